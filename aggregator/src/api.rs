@@ -1,0 +1,205 @@
+//! The aggregator's HTTP API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/query` | `{"sql": ..}` → columns, rows, stats |
+//! | `POST /v1/collections` | create a collection from its spec |
+//! | `GET /v1/collections` | list specs |
+//! | `GET /v1/collections/{name}` | spec, schema as SQL columns, document count, shards |
+//! | `DELETE /v1/collections/{name}` | drop data everywhere, then the spec |
+//! | `POST /v1/collections/{name}/docs` | NDJSON or JSON array, forwarded to a tailer |
+//! | `GET /v1/cluster` | leaf health |
+//! | `GET /healthz` | liveness |
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use altdb_common::collection::CollectionSpec;
+use altdb_common::schema::FieldType;
+
+use crate::catalog::Catalog;
+use crate::cluster::Cluster;
+use crate::error::{AggregatorError, Result};
+use crate::query::QueryEngine;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub catalog: Arc<dyn Catalog>,
+    pub cluster: Cluster,
+    pub engine: QueryEngine,
+    pub http: reqwest::Client,
+    pub tailer_url: String,
+}
+
+/// Builds the router.
+pub fn router(state: AppState, max_write_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/query", post(query))
+        .route("/v1/cluster", get(cluster_status))
+        .route(
+            "/v1/collections",
+            post(create_collection).get(list_collections),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(describe_collection).delete(delete_collection),
+        )
+        .route("/v1/collections/{name}/docs", post(write_docs))
+        .layer(DefaultBodyLimit::max(max_write_bytes))
+        .with_state(state)
+}
+
+fn json_body<T>(body: std::result::Result<Json<T>, JsonRejection>) -> Result<T> {
+    body.map(|Json(v)| v).map_err(|e| {
+        AggregatorError::InvalidRequest(format!("request body is invalid: {}", e.body_text()))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    sql: String,
+}
+
+async fn query(
+    State(state): State<AppState>,
+    body: std::result::Result<Json<QueryRequest>, JsonRejection>,
+) -> Result<Response> {
+    let request = json_body(body)?;
+    if request.sql.trim().is_empty() {
+        return Err(AggregatorError::InvalidSql(
+            "sql is empty; send {\"sql\": \"SELECT ...\"}".into(),
+        ));
+    }
+    let response = state.engine.query(&request.sql).await?;
+    Ok(Json(response).into_response())
+}
+
+async fn cluster_status(State(state): State<AppState>) -> Response {
+    let leaves = state.cluster.status().await;
+    Json(serde_json::json!({ "leaves": leaves })).into_response()
+}
+
+async fn create_collection(
+    State(state): State<AppState>,
+    body: std::result::Result<Json<CollectionSpec>, JsonRejection>,
+) -> Result<Response> {
+    let spec = json_body(body)?;
+    spec.validate()?;
+    state.catalog.create(spec.clone()).await?;
+    tracing::info!(collection = %spec.name, shards = spec.num_shards, "created collection");
+    Ok((StatusCode::CREATED, Json(spec)).into_response())
+}
+
+async fn list_collections(State(state): State<AppState>) -> Result<Response> {
+    let specs = state.catalog.list().await?;
+    Ok(Json(serde_json::json!({ "collections": specs })).into_response())
+}
+
+#[derive(Serialize)]
+struct SchemaColumn {
+    name: String,
+    #[serde(rename = "type")]
+    sql_type: String,
+}
+
+async fn describe_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let spec = state
+        .catalog
+        .get(&name)
+        .await?
+        .ok_or_else(|| AggregatorError::CollectionNotFound(name.clone()))?;
+    let stats = state.cluster.collection_stats(&name).await?;
+    let mut columns = vec![
+        SchemaColumn {
+            name: "_id".into(),
+            sql_type: FieldType::Utf8.sql_name(),
+        },
+        SchemaColumn {
+            name: "_event_time".into(),
+            sql_type: FieldType::Timestamp.sql_name(),
+        },
+    ];
+    columns.extend(
+        stats
+            .fields
+            .fields
+            .iter()
+            .filter(|(n, _)| !altdb_common::schema::is_reserved_column(n))
+            .map(|(n, t)| SchemaColumn {
+                name: n.clone(),
+                sql_type: t.sql_name(),
+            }),
+    );
+    let documents: u64 = stats.shards.iter().map(|s| s.docs).sum();
+    Ok(Json(serde_json::json!({
+        "collection": spec,
+        "schema": columns,
+        "documents": documents,
+        "shards": stats.shards,
+    }))
+    .into_response())
+}
+
+async fn delete_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    if state.catalog.get(&name).await?.is_none() {
+        return Err(AggregatorError::CollectionNotFound(name));
+    }
+    // Data first: a spec without data is harmless, data without a spec is a leak.
+    state.cluster.drop_collection(&name).await?;
+    state.catalog.delete(&name).await?;
+    tracing::info!(collection = %name, "deleted collection");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Forwards a write to the tailer, which parses, routes and pushes to leaves.
+async fn write_docs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    if state.catalog.get(&name).await?.is_none() {
+        return Err(AggregatorError::CollectionNotFound(name));
+    }
+    let url = format!("{}/v1/collections/{name}/docs", state.tailer_url);
+    let mut request = state.http.post(&url).body(body);
+    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
+        request = request.header(axum::http::header::CONTENT_TYPE, content_type);
+    }
+    let response = request.send().await.map_err(|e| {
+        AggregatorError::Unavailable(format!(
+            "the tailer at {} did not answer ({e}); nothing was written, retry when it is back",
+            state.tailer_url
+        ))
+    })?;
+    let status = StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let bytes = response.bytes().await.map_err(|e| {
+        AggregatorError::Unavailable(format!(
+            "the tailer's answer was cut off: {e}; retry the write"
+        ))
+    })?;
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,268 @@
+//! `altdb-local`: a whole altdb cluster on one machine, in one command.
+//!
+//! Starts 2 leaves, 1 aggregator and 1 tailer as separate processes keeping their
+//! data under one directory, creates a demo collection fed by the built-in
+//! clickstream generator, and prints how to query it. Ctrl-C stops the tailer,
+//! then the aggregator, then the leaves; starting again keeps the data.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "altdb-local",
+    about = "Run a local altdb cluster (2 leaves, 1 tailer, 1 aggregator)"
+)]
+struct Args {
+    /// Where every process keeps its data.
+    #[arg(long, default_value = "altdb-data")]
+    data_dir: PathBuf,
+    /// Demo events per second from the built-in generator (0: no demo collection).
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Aggregator HTTP port; the tailer uses the next one, leaves PORT+101 and PORT+102.
+    #[arg(long, default_value_t = 7700)]
+    port: u16,
+    /// Directory holding the altdb binaries (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+struct Process {
+    name: &'static str,
+    child: Child,
+}
+
+fn spawn(
+    bin_dir: &Path,
+    binary: &str,
+    name: &'static str,
+    args: &[String],
+    log: &Path,
+) -> anyhow::Result<Process> {
+    let path = bin_dir.join(binary);
+    if !path.exists() {
+        bail!(
+            "{} not found; build the binaries first with `cargo build --release --bins`",
+            path.display()
+        );
+    }
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = Command::new(&path)
+        .args(args)
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        // Own process group: Ctrl-C reaches only us, and we stop children in order.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", path.display()))?;
+    Ok(Process { name, child })
+}
+
+fn stop(process: &mut Process, deadline: Duration) {
+    let pid = process.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        if let Ok(Some(_)) = process.child.try_wait() {
+            println!("  {} stopped", process.name);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = process.child.kill();
+    let _ = process.child.wait();
+    println!("  {} killed after {:?}", process.name, deadline);
+}
+
+async fn wait_healthy(
+    http: &reqwest::Client,
+    url: &str,
+    processes: &mut [Process],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(response) = http.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        for process in processes.iter_mut() {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                bail!(
+                    "{} exited with {status} during start-up; see its log",
+                    process.name
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{url} did not become healthy within 60 s")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = match args.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()?
+            .parent()
+            .context("cannot locate the binaries")?
+            .to_path_buf(),
+    };
+    let data = args.data_dir.clone();
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let aggregator_url = format!("http://127.0.0.1:{}", args.port);
+    let tailer_url = format!("http://127.0.0.1:{}", args.port + 1);
+    let leaf_ports = [args.port + 101, args.port + 102];
+    let leaves: Vec<String> = leaf_ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let leaves_arg = leaves.join(",");
+
+    let mut processes = Vec::new();
+    for (i, port) in leaf_ports.iter().enumerate() {
+        let name = if i == 0 { "leaf-0" } else { "leaf-1" };
+        processes.push(spawn(
+            &bin_dir,
+            "altdb-leaf",
+            name,
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                data.join(name).display().to_string(),
+            ],
+            &logs.join(format!("{name}.log")),
+        )?);
+    }
+    processes.push(spawn(
+        &bin_dir,
+        "altdb-aggregator",
+        "aggregator",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{}", args.port),
+            "--data-dir".into(),
+            data.join("aggregator").display().to_string(),
+            "--leaves".into(),
+            leaves_arg.clone(),
+            "--tailer-url".into(),
+            tailer_url.clone(),
+        ],
+        &logs.join("aggregator.log"),
+    )?);
+    processes.push(spawn(
+        &bin_dir,
+        "altdb-tailer",
+        "tailer",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{}", args.port + 1),
+            "--aggregator-url".into(),
+            aggregator_url.clone(),
+            "--leaves".into(),
+            leaves_arg,
+        ],
+        &logs.join("tailer.log"),
+    )?);
+
+    let http = reqwest::Client::new();
+    let started = async {
+        wait_healthy(&http, &format!("{aggregator_url}/healthz"), &mut processes).await?;
+        wait_healthy(&http, &format!("{tailer_url}/healthz"), &mut processes).await?;
+        if args.rate > 0 {
+            let exists = http
+                .get(format!("{aggregator_url}/v1/collections/clicks"))
+                .send()
+                .await?
+                .status()
+                .is_success();
+            if !exists {
+                let spec = serde_json::json!({
+                    "name": "clicks",
+                    "num_shards": 4,
+                    "event_time_field": "ts",
+                    "text_fields": ["page.title"],
+                    "sources": [{"type": "datagen", "rate": args.rate}],
+                });
+                let response = http
+                    .post(format!("{aggregator_url}/v1/collections"))
+                    .json(&spec)
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!(
+                        "could not create the demo collection: {}",
+                        response.text().await?
+                    );
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    if let Err(error) = started.await {
+        eprintln!("altdb-local: {error:#}");
+        for process in processes.iter_mut().rev() {
+            stop(process, Duration::from_secs(5));
+        }
+        std::process::exit(1);
+    }
+
+    println!(
+        r#"altdb is running.
+  aggregator   {aggregator_url}   (SQL, collections, writes)
+  tailer       {tailer_url}
+  leaves       {leaves}
+  data         {data}   logs in {logs}
+
+Try:
+  curl -s {aggregator_url}/v1/collections/clicks
+  curl -s {aggregator_url}/v1/query -d '{{"sql":"SELECT COUNT(*) FROM clicks"}}'
+  curl -s {aggregator_url}/v1/query -d '{{"sql":"SELECT event_type, COUNT(*) AS n FROM clicks GROUP BY 1 ORDER BY n DESC"}}'
+  curl -s {aggregator_url}/v1/query -d '{{"sql":"SELECT \"geo.city\", AVG(price) FROM clicks WHERE event_type = '"'"'purchase'"'"' GROUP BY 1"}}'
+  curl -s {aggregator_url}/v1/collections/clicks/docs -d '{{"_id":"me","hello":"world"}}'
+
+Press Ctrl-C to stop."#,
+        leaves = leaves.join(" "),
+        data = data.display(),
+        logs = logs.display(),
+    );
+
+    let exited = loop {
+        tokio::select! {
+            _ = altdb_common::shutdown::signal() => break None,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let gone = processes
+                    .iter_mut()
+                    .find_map(|p| matches!(p.child.try_wait(), Ok(Some(_))).then_some(p.name));
+                if gone.is_some() {
+                    break gone;
+                }
+            }
+        }
+    };
+    if let Some(name) = exited {
+        eprintln!(
+            "altdb-local: {name} exited unexpectedly; stopping the cluster (see {})",
+            logs.display()
+        );
+    }
+    println!("stopping altdb...");
+    // Tailer first (no new writes), then the aggregator, then the leaves persist.
+    for process in processes.iter_mut().rev() {
+        stop(process, Duration::from_secs(15));
+    }
+    if exited.is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

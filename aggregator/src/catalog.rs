@@ -1,0 +1,146 @@
+//! The catalog of collections: a trait, and a file-backed implementation.
+//!
+//! The file catalog keeps every spec in one JSON file in the data directory,
+//! replaced atomically on change. A catalog backed by etcd implements the same
+//! trait for multi-aggregator clusters.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+
+use altdb_common::collection::CollectionSpec;
+
+use crate::error::{AggregatorError, Result};
+
+/// Where collection specs live.
+#[async_trait]
+pub trait Catalog: Send + Sync + std::fmt::Debug {
+    async fn list(&self) -> Result<Vec<CollectionSpec>>;
+    async fn get(&self, name: &str) -> Result<Option<CollectionSpec>>;
+    /// Adds a collection; fails if the name is taken.
+    async fn create(&self, spec: CollectionSpec) -> Result<()>;
+    /// Removes a collection; returns whether it existed.
+    async fn delete(&self, name: &str) -> Result<bool>;
+}
+
+/// A catalog kept in `<data_dir>/catalog.json`.
+#[derive(Debug)]
+pub struct FileCatalog {
+    path: PathBuf,
+    specs: RwLock<BTreeMap<String, CollectionSpec>>,
+}
+
+impl FileCatalog {
+    pub fn open(path: PathBuf) -> Result<Self> {
+        let specs = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                AggregatorError::Internal(format!("catalog {} is corrupt: {e}", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(AggregatorError::Internal(format!(
+                    "cannot read catalog {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        Ok(Self {
+            path,
+            specs: RwLock::new(specs),
+        })
+    }
+
+    fn persist(&self, specs: &BTreeMap<String, CollectionSpec>) -> Result<()> {
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let temp = self.path.with_extension("json.tmp");
+            std::fs::write(&temp, serde_json::to_vec_pretty(specs)?)?;
+            std::fs::File::open(&temp)?.sync_all()?;
+            std::fs::rename(&temp, &self.path)
+        };
+        write().map_err(|e| AggregatorError::Internal(format!("cannot write catalog: {e}")))
+    }
+}
+
+#[async_trait]
+impl Catalog for FileCatalog {
+    async fn list(&self) -> Result<Vec<CollectionSpec>> {
+        Ok(self
+            .specs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        Ok(self
+            .specs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned())
+    }
+
+    async fn create(&self, spec: CollectionSpec) -> Result<()> {
+        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
+        if specs.contains_key(&spec.name) {
+            return Err(AggregatorError::CollectionExists(spec.name));
+        }
+        let mut next = specs.clone();
+        next.insert(spec.name.clone(), spec);
+        self.persist(&next)?;
+        *specs = next;
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool> {
+        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
+        if !specs.contains_key(name) {
+            return Ok(false);
+        }
+        let mut next = specs.clone();
+        next.remove(name);
+        self.persist(&next)?;
+        *specs = next;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> CollectionSpec {
+        serde_json::from_value(serde_json::json!({ "name": name })).unwrap()
+    }
+
+    #[tokio::test]
+    async fn specs_survive_reopen_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let catalog = FileCatalog::open(path.clone()).unwrap();
+        catalog.create(spec("a")).await.unwrap();
+        catalog.create(spec("b")).await.unwrap();
+        assert!(matches!(
+            catalog.create(spec("a")).await,
+            Err(AggregatorError::CollectionExists(_))
+        ));
+        assert!(catalog.delete("b").await.unwrap());
+        assert!(!catalog.delete("b").await.unwrap());
+        let reopened = FileCatalog::open(path).unwrap();
+        let names: Vec<_> = reopened
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+    }
+}

@@ -1,0 +1,121 @@
+//! The leaves of the cluster and what the aggregator asks of all of them.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use altdb_common::collection::CollectionSpec;
+use altdb_common::routing::replicas_for_shard;
+use altdb_common::rpc::{
+    CollectionRequest, CollectionStats, LeafClient, ACTION_COLLECTION_STATS,
+    ACTION_DROP_COLLECTION, ACTION_HEALTH,
+};
+
+use crate::error::{AggregatorError, Result};
+
+/// The leaves, in the order of the cluster config (shard placement depends on it).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    leaves: Arc<Vec<LeafClient>>,
+}
+
+/// Health of one leaf.
+#[derive(Debug, serde::Serialize)]
+pub struct LeafStatus {
+    pub url: String,
+    pub healthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Cluster {
+    pub fn new(urls: &[String]) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(AggregatorError::InvalidRequest(
+                "no leaves configured; pass --leaves http://host:port,..".into(),
+            ));
+        }
+        let leaves = urls
+            .iter()
+            .map(|url| LeafClient::new(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            leaves: Arc::new(leaves),
+        })
+    }
+
+    /// The leaves holding `shard`, preferred first.
+    pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<LeafClient> {
+        replicas_for_shard(shard, self.leaves.len(), spec.replication)
+            .into_iter()
+            .map(|i| self.leaves[i].clone())
+            .collect()
+    }
+
+    /// Stats of a collection merged over every leaf; fails if a leaf is unreachable,
+    /// because a schema missing that leaf's fields would plan wrong queries.
+    pub async fn collection_stats(&self, collection: &str) -> Result<CollectionStats> {
+        let request = CollectionRequest {
+            collection: collection.to_string(),
+        };
+        let answers = join_all(self.leaves.iter().map(|leaf| {
+            let request = request.clone();
+            async move {
+                leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
+                    .await
+                    .map_err(|e| (leaf.url().to_string(), e))
+            }
+        }))
+        .await;
+        let mut merged = CollectionStats::default();
+        for answer in answers {
+            match answer {
+                Ok(stats) => {
+                    merged.fields.merge(&stats.fields);
+                    merged.shards.extend(stats.shards);
+                }
+                Err((url, error)) => {
+                    return Err(AggregatorError::Unavailable(format!(
+                        "leaf {url} did not answer: {error}; check that it is running"
+                    )))
+                }
+            }
+        }
+        merged.shards.sort_by_key(|s| s.shard);
+        // With replication each shard reports once per copy; count each once.
+        merged.shards.dedup_by_key(|s| s.shard);
+        Ok(merged)
+    }
+
+    /// Removes a collection's data from every leaf.
+    pub async fn drop_collection(&self, collection: &str) -> Result<()> {
+        let request = CollectionRequest {
+            collection: collection.to_string(),
+        };
+        for leaf in self.leaves.iter() {
+            leaf.action::<_, serde_json::Value>(ACTION_DROP_COLLECTION, &request)
+                .await
+                .map_err(|e| {
+                    AggregatorError::Unavailable(format!(
+                        "could not drop `{collection}` on leaf {}: {e}; retry when it is back",
+                        leaf.url()
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self) -> Vec<LeafStatus> {
+        join_all(self.leaves.iter().map(|leaf| async move {
+            let answer = leaf
+                .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
+                .await;
+            LeafStatus {
+                url: leaf.url().to_string(),
+                healthy: answer.is_ok(),
+                error: answer.err().map(|e| e.to_string()),
+            }
+        }))
+        .await
+    }
+}

@@ -1,0 +1,42 @@
+//! Aggregator configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Options of `altdb-aggregator` (file < `ALTDB_*` env < flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// HTTP API address.
+    pub listen: SocketAddr,
+    /// Where the file catalog lives.
+    pub data_dir: PathBuf,
+    /// Flight addresses of the leaves, in placement order.
+    pub leaves: Vec<String>,
+    /// HTTP address of a tailer; writes sent to the aggregator are forwarded there.
+    pub tailer_url: String,
+    pub query_timeout_secs: u64,
+    /// Rows returned by one query at most; the response says when it was cut.
+    pub max_result_rows: usize,
+    /// Largest write request body accepted, in bytes.
+    pub max_write_bytes: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7700".parse().expect("valid address"),
+            data_dir: PathBuf::from("altdb-data/aggregator"),
+            leaves: vec![
+                "http://127.0.0.1:7801".into(),
+                "http://127.0.0.1:7802".into(),
+            ],
+            tailer_url: "http://127.0.0.1:7701".into(),
+            query_timeout_secs: 60,
+            max_result_rows: 100_000,
+            max_write_bytes: 64 << 20,
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Errors of the aggregator, mapped to HTTP status and a stable code in one place.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use altdb_common::api::ErrorBody;
+
+/// Everything a request to the aggregator can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    /// The request is malformed; the message says what to fix.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("collection `{0}` does not exist; create it with POST /v1/collections")]
+    CollectionNotFound(String),
+    #[error("collection `{0}` already exists; delete it first or pick another name")]
+    CollectionExists(String),
+    /// The SQL does not parse or plan; the message says why.
+    #[error("{0}")]
+    InvalidSql(String),
+    #[error("{0}")]
+    UnknownColumn(String),
+    /// A shard could not be reached; the answer would be incomplete.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("query exceeded its time limit of {0} s; narrow it with filters or a LIMIT")]
+    Timeout(u64),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias for [`AggregatorError`].
+pub type Result<T, E = AggregatorError> = std::result::Result<T, E>;
+
+impl AggregatorError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) | Self::InvalidSql(_) | Self::UnknownColumn(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::CollectionNotFound(_) => StatusCode::NOT_FOUND,
+            Self::CollectionExists(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::CollectionNotFound(_) => "collection_not_found",
+            Self::CollectionExists(_) => "collection_exists",
+            Self::InvalidSql(_) => "invalid_sql",
+            Self::UnknownColumn(_) => "unknown_column",
+            Self::Unavailable(_) => "shard_unavailable",
+            Self::Timeout(_) => "query_timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for AggregatorError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::warn!(code = self.code(), error = %self, "request failed");
+        }
+        (
+            self.status(),
+            Json(ErrorBody::new(self.code(), self.to_string())),
+        )
+            .into_response()
+    }
+}
+
+impl From<altdb_common::Error> for AggregatorError {
+    fn from(error: altdb_common::Error) -> Self {
+        match error {
+            altdb_common::Error::InvalidConfig(m) | altdb_common::Error::InvalidDocument(m) => {
+                Self::InvalidRequest(m)
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

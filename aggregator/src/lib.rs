@@ -1,0 +1,19 @@
+//! altdb aggregator: the user-facing SQL and collections API.
+//!
+//! ```text
+//!  curl / dashboards ──HTTP──► api ──► QueryEngine ──► DataFusion plan
+//!                                │          │  DistributeFragments: fragments per shard
+//!                                │          └─► RemoteFragmentExec ──Flight DoGet──► leaves
+//!                                │                 ◄── partial results; final merge here
+//!                                ├─► Catalog (file-backed; trait for etcd)
+//!                                └─► writes forwarded ──HTTP──► tailer ──► leaves
+//! ```
+
+pub mod api;
+pub mod catalog;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod query;
+
+pub use config::AggregatorConfig;

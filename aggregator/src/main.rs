@@ -1,0 +1,90 @@
+//! `altdb-aggregator`: SQL and collections API over the leaves.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+
+use altdb_aggregator::api::{router, AppState};
+use altdb_aggregator::catalog::FileCatalog;
+use altdb_aggregator::cluster::Cluster;
+use altdb_aggregator::query::QueryEngine;
+use altdb_aggregator::AggregatorConfig;
+
+/// Flags override `ALTDB_*` environment variables, which override the config file.
+#[derive(Debug, Parser, Serialize)]
+#[command(
+    name = "altdb-aggregator",
+    version,
+    about = "altdb aggregator: SQL API and scatter-gather"
+)]
+struct Flags {
+    /// TOML config file.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (default 127.0.0.1:7700).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Data directory for the catalog (default altdb-data/aggregator).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Leaf Flight URLs, comma separated, in placement order.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaves: Option<Vec<String>>,
+    /// Tailer HTTP URL that receives forwarded writes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tailer_url: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_timeout_secs: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_result_rows: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    altdb_common::telemetry::init("info");
+    let flags = Flags::parse();
+    let config: AggregatorConfig = altdb_common::config::load(
+        flags.config.as_deref(),
+        altdb_common::config::flags_layer(&flags),
+    )?;
+    let catalog = Arc::new(
+        FileCatalog::open(config.data_dir.join("catalog.json"))
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+    );
+    let cluster = Cluster::new(&config.leaves).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let engine = QueryEngine::new(
+        catalog.clone(),
+        cluster.clone(),
+        Duration::from_secs(config.query_timeout_secs),
+        config.max_result_rows,
+    );
+    let state = AppState {
+        catalog,
+        cluster,
+        engine,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()?,
+        tailer_url: config.tailer_url.trim_end_matches('/').to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, leaves = ?config.leaves, "aggregator ready");
+    axum::serve(listener, router(state, config.max_write_bytes))
+        .with_graceful_shutdown(altdb_common::shutdown::signal())
+        .await?;
+    tracing::info!("aggregator stopped");
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! SQL over collections: plan with DataFusion, run fragments on leaves, merge here.
+//!
+//! ```text
+//!  SQL ─► SessionContext (per query) ─► logical plan ─► physical plan
+//!           │ CollectionSchemaProvider: catalog + merged leaf schemas
+//!           ▼
+//!  DistributeFragments: shard-local operators move into RemoteFragmentExec
+//!           ▼
+//!  execute: RemoteFragmentExec partitions stream from leaves; final aggregate,
+//!           merge, joins and windows run here ─► JSON rows + stats
+//! ```
+
+pub mod distribute;
+pub mod json;
+pub mod remote;
+pub mod table;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::catalog::Catalog;
+use crate::cluster::Cluster;
+use crate::error::{AggregatorError, Result};
+use distribute::DistributeFragments;
+use remote::{LeafRejected, QueryStats, ShardUnavailable};
+use table::CollectionSchemaProvider;
+
+/// A result column.
+#[derive(Debug, Serialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub sql_type: String,
+}
+
+/// What a query reports besides its rows.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub elapsed_ms: f64,
+    pub rows_scanned: u64,
+    pub shards_queried: u64,
+    pub shards_responded: u64,
+    /// Rows beyond `max_result_rows` were not returned.
+    pub truncated: bool,
+}
+
+/// The answer to `POST /v1/query`.
+#[derive(Debug, Serialize)]
+pub struct QueryResponse {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Value>>,
+    pub stats: Stats,
+}
+
+/// Plans and runs SQL against the cluster.
+#[derive(Debug, Clone)]
+pub struct QueryEngine {
+    catalog: Arc<dyn Catalog>,
+    cluster: Cluster,
+    timeout: Duration,
+    max_result_rows: usize,
+}
+
+impl QueryEngine {
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        cluster: Cluster,
+        timeout: Duration,
+        max_result_rows: usize,
+    ) -> Self {
+        Self {
+            catalog,
+            cluster,
+            timeout,
+            max_result_rows,
+        }
+    }
+
+    async fn context(
+        &self,
+        stats: Arc<QueryStats>,
+    ) -> Result<(SessionContext, Arc<CollectionSchemaProvider>)> {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .with_information_schema(false);
+        let options = config.options_mut();
+        // Partition-local operators must sit right on the scan to be shipped to leaves.
+        options.optimizer.enable_round_robin_repartition = false;
+        options.optimizer.enable_dynamic_filter_pushdown = false;
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_physical_optimizer_rule(Arc::new(DistributeFragments))
+            .build();
+        let context = SessionContext::new_with_state(state);
+        let names = self
+            .catalog
+            .list()
+            .await?
+            .into_iter()
+            .map(|spec| spec.name)
+            .collect();
+        let provider = Arc::new(CollectionSchemaProvider::new(
+            self.catalog.clone(),
+            self.cluster.clone(),
+            stats,
+            names,
+        ));
+        context
+            .catalog("datafusion")
+            .ok_or_else(|| AggregatorError::Internal("default catalog is missing".into()))?
+            .register_schema("public", provider.clone())
+            .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+        Ok((context, provider))
+    }
+
+    /// Runs one SQL statement.
+    pub async fn query(&self, sql: &str) -> Result<QueryResponse> {
+        let started = Instant::now();
+        let stats = Arc::new(QueryStats::default());
+        let (context, provider) = self.context(stats.clone()).await?;
+        let run = async {
+            let options = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let frame = context.sql_with_options(sql, options).await?;
+            let plan = frame.create_physical_plan().await?;
+            let schema: SchemaRef = plan.schema();
+            let mut stream = execute_stream(plan, context.task_ctx())?;
+            let mut rows = Vec::new();
+            let mut truncated = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                json::append_rows(&batch, &mut rows, self.max_result_rows);
+                if rows.len() >= self.max_result_rows {
+                    truncated = batch.num_rows() > 0;
+                    break;
+                }
+            }
+            Ok::<_, DataFusionError>((schema, rows, truncated))
+        };
+        let (schema, rows, truncated) = match tokio::time::timeout(self.timeout, run).await {
+            Err(_) => return Err(AggregatorError::Timeout(self.timeout.as_secs())),
+            Ok(Err(error)) => {
+                let missing = provider
+                    .missing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                return Err(classify(error, &missing));
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        Ok(QueryResponse {
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| Column {
+                    name: f.name().clone(),
+                    sql_type: json::sql_type_name(f.data_type()),
+                })
+                .collect(),
+            rows,
+            stats: Stats {
+                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                rows_scanned: stats.rows_scanned.load(Ordering::Relaxed),
+                shards_queried: stats.shards_queried.load(Ordering::Relaxed),
+                shards_responded: stats.shards_responded.load(Ordering::Relaxed),
+                truncated,
+            },
+        })
+    }
+}
+
+/// Turns a DataFusion error into an API error with an actionable message.
+fn classify(error: DataFusionError, missing_collections: &[String]) -> AggregatorError {
+    use datafusion::common::SchemaError;
+    if let Some(name) = missing_collections.first() {
+        if error.to_string().contains("not found") {
+            return AggregatorError::CollectionNotFound(name.clone());
+        }
+    }
+    let root = error.find_root();
+    match root {
+        DataFusionError::External(inner) => {
+            if let Some(e) = inner.downcast_ref::<AggregatorError>() {
+                return clone_error(e);
+            }
+            if let Some(e) = inner.downcast_ref::<ShardUnavailable>() {
+                return AggregatorError::Unavailable(e.to_string());
+            }
+            if let Some(e) = inner.downcast_ref::<LeafRejected>() {
+                return AggregatorError::InvalidSql(e.to_string());
+            }
+            AggregatorError::Internal(inner.to_string())
+        }
+        DataFusionError::SchemaError(schema_error, _) => match schema_error.as_ref() {
+            SchemaError::FieldNotFound {
+                field,
+                valid_fields,
+            } => {
+                let mut known: Vec<String> = valid_fields.iter().map(|c| c.name.clone()).collect();
+                known.sort();
+                known.dedup();
+                let shown = known
+                    .iter()
+                    .take(30)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut message = format!("column `{}` does not exist", field.flat_name());
+                if field.relation.is_some() {
+                    message.push_str("; dotted field names must be quoted, e.g. \"user.geo.city\"");
+                }
+                message.push_str(&format!("; available columns: {shown}"));
+                AggregatorError::UnknownColumn(message)
+            }
+            other => AggregatorError::InvalidSql(other.to_string()),
+        },
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::NotImplemented(_) => {
+            AggregatorError::InvalidSql(strip_prefix(&root.to_string()))
+        }
+        DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
+            AggregatorError::InvalidSql(strip_prefix(&root.to_string()))
+        }
+        other => AggregatorError::Internal(other.to_string()),
+    }
+}
+
+fn strip_prefix(message: &str) -> String {
+    for prefix in [
+        "Error during planning: ",
+        "SQL error: ",
+        "This feature is not implemented: ",
+        "Execution error: ",
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    message.to_string()
+}
+
+fn clone_error(error: &AggregatorError) -> AggregatorError {
+    match error {
+        AggregatorError::CollectionNotFound(n) => AggregatorError::CollectionNotFound(n.clone()),
+        AggregatorError::Unavailable(m) => AggregatorError::Unavailable(m.clone()),
+        other => AggregatorError::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,353 @@
+//! The scatter-gather nodes of a distributed plan.
+//!
+//! ```text
+//!   DistributedScanExec        one partition per shard; what the TableProvider returns
+//!          │ DistributeFragments wraps it, then absorbs shard-local operators above it
+//!          ▼
+//!   RemoteFragmentExec         partition i = the fragment run on a replica of shard i
+//!     fragment: Aggregate(Partial) ◄ Filter ◄ DistributedScanExec     (runs on the leaves)
+//! ```
+//!
+//! The fragment is encoded once with datafusion-proto; [`ScanCodec`] encodes the
+//! scan node as a [`ScanSpec`] that the leaf turns into a scan of its local shard.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use bytes::Bytes;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    displayable, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+
+use altdb_common::collection::CollectionSpec;
+use altdb_common::rpc::{FragmentItem, FragmentTicket, RpcError, ScanSpec};
+
+use crate::cluster::Cluster;
+
+/// Counters of one query, reported in its response.
+#[derive(Debug, Default)]
+pub struct QueryStats {
+    pub rows_scanned: AtomicU64,
+    pub shards_queried: AtomicU64,
+    pub shards_responded: AtomicU64,
+}
+
+/// A shard could not be reached on any replica.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {shard} of `{collection}` is unavailable ({detail}); the answer would be incomplete, retry when its leaf is back")]
+pub struct ShardUnavailable {
+    pub collection: String,
+    pub shard: u32,
+    pub detail: String,
+}
+
+/// A leaf rejected the fragment as invalid (for example a failing cast).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LeafRejected(pub String);
+
+/// Where a scan's fragments go: the collection, its leaves, the query's counters.
+#[derive(Debug)]
+pub struct ScanTarget {
+    pub collection: CollectionSpec,
+    pub cluster: Cluster,
+    pub stats: Arc<QueryStats>,
+}
+
+/// The scan of a collection across all its shards.
+pub struct DistributedScanExec {
+    pub spec: ScanSpec,
+    pub target: Arc<ScanTarget>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for DistributedScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DistributedScanExec")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+impl DistributedScanExec {
+    pub fn new(spec: ScanSpec, target: Arc<ScanTarget>) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(spec.arrow_schema()),
+            Partitioning::UnknownPartitioning(target.collection.num_shards as usize),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            spec,
+            target,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for DistributedScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let columns: Vec<&str> = self.spec.columns.iter().map(|(n, _)| n.as_str()).collect();
+        write!(
+            f,
+            "LeafScan: collection={}, shards={}, columns=[{}]",
+            self.spec.collection,
+            self.target.collection.num_shards,
+            columns.join(", ")
+        )?;
+        if let Some(limit) = self.spec.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for DistributedScanExec {
+    fn name(&self) -> &str {
+        "DistributedScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        // Normally wrapped by DistributeFragments; ship the bare scan if it was not.
+        let scan = Arc::new(Self::new(self.spec.clone(), self.target.clone()));
+        RemoteFragmentExec::try_new(scan, self.target.clone())?.execute(partition, context)
+    }
+}
+
+/// Encodes [`DistributedScanExec`] for the leaves.
+#[derive(Debug)]
+pub struct ScanCodec;
+
+impl PhysicalExtensionCodec for ScanCodec {
+    fn try_decode(
+        &self,
+        _buf: &[u8],
+        _inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(DataFusionError::NotImplemented(
+            "aggregators do not decode fragments".into(),
+        ))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        match node.downcast_ref::<DistributedScanExec>() {
+            Some(scan) => {
+                let spec = serde_json::to_vec(&scan.spec)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                buf.extend_from_slice(&spec);
+                Ok(())
+            }
+            None => Err(DataFusionError::NotImplemented(format!(
+                "{} cannot run on a leaf",
+                node.name()
+            ))),
+        }
+    }
+}
+
+/// A plan fragment executed on every shard; partition `i` streams shard `i`'s result.
+pub struct RemoteFragmentExec {
+    pub fragment: Arc<dyn ExecutionPlan>,
+    pub target: Arc<ScanTarget>,
+    encoded: Bytes,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for RemoteFragmentExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteFragmentExec")
+            .field("collection", &self.target.collection.name)
+            .finish()
+    }
+}
+
+impl RemoteFragmentExec {
+    /// Fails if the fragment cannot be encoded for the leaves.
+    pub fn try_new(fragment: Arc<dyn ExecutionPlan>, target: Arc<ScanTarget>) -> DfResult<Self> {
+        let encoded = physical_plan_to_bytes_with_extension_codec(fragment.clone(), &ScanCodec)?;
+        let properties = fragment.properties().clone();
+        Ok(Self {
+            fragment,
+            target,
+            encoded,
+            properties,
+        })
+    }
+}
+
+impl DisplayAs for RemoteFragmentExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut steps = Vec::new();
+        let mut node = Some(self.fragment.clone());
+        while let Some(current) = node {
+            steps.push(
+                displayable(current.as_ref())
+                    .one_line()
+                    .to_string()
+                    .trim()
+                    .to_string(),
+            );
+            node = current.children().first().map(|c| (*c).clone());
+        }
+        write!(
+            f,
+            "RemoteFragmentExec: on {} shards of `{}`: [{}]",
+            self.target.collection.num_shards,
+            self.target.collection.name,
+            steps.join(" <- ")
+        )
+    }
+}
+
+impl ExecutionPlan for RemoteFragmentExec {
+    fn name(&self) -> &str {
+        "RemoteFragmentExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let shard = partition as u32;
+        let ticket = FragmentTicket {
+            collection: self.target.collection.name.clone(),
+            shard,
+            plan: self.encoded.clone(),
+        };
+        let replicas = self.target.cluster.replicas(&self.target.collection, shard);
+        let stats = self.target.stats.clone();
+        stats.shards_queried.fetch_add(1, Ordering::Relaxed);
+        let schema = self.schema();
+        let collection = self.target.collection.name.clone();
+
+        let connect = async move {
+            let mut failures = Vec::new();
+            for leaf in replicas {
+                match leaf.fragment(&ticket).await {
+                    Ok(stream) => return Ok(stream.map_err(rpc_to_datafusion).boxed()),
+                    Err(error) if error.is_unavailable() => {
+                        failures.push(format!("{}: {error}", leaf.url()));
+                    }
+                    Err(error) => return Err(rpc_to_datafusion(error)),
+                }
+            }
+            Err(DataFusionError::External(Box::new(ShardUnavailable {
+                collection,
+                shard,
+                detail: failures.join("; "),
+            })))
+        };
+        let batch_schema = schema.clone();
+        let batches = futures::stream::once(connect)
+            .try_flatten()
+            .filter_map(move |item| {
+                let out = match item {
+                    Ok(FragmentItem::Batch(batch)) => Some(conform(batch, &batch_schema)),
+                    Ok(FragmentItem::Metrics(metrics)) => {
+                        stats
+                            .rows_scanned
+                            .fetch_add(metrics.rows_scanned, Ordering::Relaxed);
+                        stats.shards_responded.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Err(error) => Some(Err(error)),
+                };
+                futures::future::ready(out)
+            });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+/// Failures of the leaf RPC as DataFusion errors the API layer can classify.
+fn rpc_to_datafusion(error: RpcError) -> DataFusionError {
+    if error.is_invalid_argument() {
+        DataFusionError::External(Box::new(LeafRejected(error.to_string())))
+    } else if error.is_unavailable() {
+        DataFusionError::External(Box::new(ShardUnavailable {
+            collection: String::new(),
+            shard: 0,
+            detail: error.to_string(),
+        }))
+    } else {
+        DataFusionError::External(Box::new(error))
+    }
+}
+
+/// Leaves rebuild the fragment's schema; adopt the aggregator's exact field metadata.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
+        .map_err(|e| DataFusionError::Internal(format!("leaf returned a mismatched batch: {e}")))
+}

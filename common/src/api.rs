@@ -1,0 +1,46 @@
+//! The JSON shapes shared by every HTTP front door.
+
+use serde::{Deserialize, Serialize};
+
+/// Body of every HTTP error: `{"error":{"code":..,"message":..}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable machine-readable `code` and a message a person can act on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// One rejected element of a write request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RejectedDoc {
+    /// Zero-based position of the line (NDJSON) or element (JSON array).
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Response of `POST /v1/collections/{name}/docs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WriteResponse {
+    /// Number of documents durably stored.
+    pub written: usize,
+    /// `_id` of every stored document, in request order.
+    pub ids: Vec<String>,
+    /// Elements that were not stored, with the reason.
+    pub errors: Vec<RejectedDoc>,
+}

@@ -1,0 +1,31 @@
+//! What every altdb role shares.
+//!
+//! ```text
+//!  JSON document ──► document::prepare ──► PreparedDoc {_id, _event_time, flattened fields}
+//!                         │                        │
+//!                   routing::shard_for_id     schema::FieldType widening
+//!                         │                        │
+//!  tailer ──rpc::PutHeader + Arrow batch──► leaf ──rpc::ScanSpec fragment◄── aggregator
+//! ```
+//!
+//! - [`document`]: validation, `_id` / `_event_time` assignment and flattening of
+//!   schemaless JSON into dotted columns.
+//! - [`schema`]: the SQL type lattice (`bool < int64 < float64 < utf8`, JSON text
+//!   for mixed shapes) and conversion of flattened documents into Arrow.
+//! - [`routing`]: `hash(_id) % num_shards` and the placement of shards on leaves.
+//! - [`collection`]: the collection spec users create through the API.
+//! - [`rpc`]: the Arrow Flight protocol spoken between tailers, leaves and aggregators.
+//! - [`api`]: the JSON error body every HTTP front door returns.
+
+pub mod api;
+pub mod collection;
+pub mod config;
+pub mod document;
+pub mod error;
+pub mod routing;
+pub mod rpc;
+pub mod schema;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Error, Result};

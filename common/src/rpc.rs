@@ -1,0 +1,386 @@
+//! The Arrow Flight protocol between altdb processes, and a client for leaves.
+//!
+//! ```text
+//!  tailer ──DoPut(PutHeader, batches of _id/_event_time/_pos/_doc)──► leaf ──PutAck
+//!  aggregator ──DoGet(FragmentTicket)──► leaf ──record batches.., trailing FragmentMetrics
+//!  aggregator/tailer ──DoAction(collection_stats | drop_collection | watermarks)──► leaf
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Int64Array, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightDescriptor, Ticket};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::schema::{FieldSet, FieldType};
+use crate::{Error, Result};
+
+/// DoAction: stats and local schema of a collection on one leaf ([`CollectionStats`]).
+pub const ACTION_COLLECTION_STATS: &str = "collection_stats";
+/// DoAction: remove a collection's data from a leaf.
+pub const ACTION_DROP_COLLECTION: &str = "drop_collection";
+/// DoAction: the highest source position each shard has stored ([`Watermarks`]).
+pub const ACTION_WATERMARKS: &str = "watermarks";
+/// DoAction: liveness.
+pub const ACTION_HEALTH: &str = "health";
+
+/// Column of a put batch: document id.
+pub const PUT_ID: &str = "_id";
+/// Column of a put batch: event time in microseconds.
+pub const PUT_EVENT_TIME: &str = "_event_time";
+/// Column of a put batch: the record's position in its source (nullable).
+pub const PUT_POSITION: &str = "_pos";
+/// Column of a put batch: the document as JSON text.
+pub const PUT_DOC: &str = "_doc";
+
+/// Largest gRPC message either side accepts.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Carried in the DoPut descriptor: where the batch goes and what source it came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PutHeader {
+    pub collection: String,
+    pub shard: u32,
+    /// Stable name of the source; rows at or below its watermark are skipped.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The collection's `text_fields`, which the leaf indexes for full-text search.
+    #[serde(default)]
+    pub text_fields: Vec<String>,
+}
+
+/// A leaf's answer to a DoPut: the batch is durable and queryable.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PutAck {
+    pub written: u64,
+    /// Rows at or below the source watermark, already stored earlier.
+    pub skipped: u64,
+}
+
+/// Body of collection-scoped actions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectionRequest {
+    pub collection: String,
+}
+
+/// Body of [`ACTION_WATERMARKS`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatermarksRequest {
+    pub collection: String,
+    pub source: String,
+}
+
+/// Highest stored position of a source, per shard held by the leaf.
+pub type Watermarks = BTreeMap<u32, u64>;
+
+/// What one leaf knows of a collection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CollectionStats {
+    /// Widest type of every field in the leaf's shards of the collection.
+    pub fields: FieldSet,
+    pub shards: Vec<ShardStats>,
+}
+
+/// Size of one shard on a leaf.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub docs: u64,
+    pub sealed_segments: u64,
+    pub mutable_rows: u64,
+    /// Newest `_event_time` stored, microseconds.
+    #[serde(default)]
+    pub max_event_time_us: Option<i64>,
+}
+
+/// The leaf scan at the bottom of a plan fragment (encoded by the plan codec).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScanSpec {
+    pub collection: String,
+    /// Output columns with their collection-wide types.
+    pub columns: Vec<(String, FieldType)>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl ScanSpec {
+    /// The Arrow schema the scan produces.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let fields = self
+            .columns
+            .iter()
+            .map(|(name, t)| {
+                let nullable = !matches!(
+                    name.as_str(),
+                    crate::document::ID_COLUMN | crate::document::EVENT_TIME_COLUMN
+                );
+                Field::new(name, t.arrow_type(), nullable)
+            })
+            .collect::<Vec<_>>();
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// A DoGet ticket: run `plan` (datafusion-proto bytes) against one shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FragmentTicket {
+    pub collection: String,
+    pub shard: u32,
+    pub plan: Bytes,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TicketHeader {
+    collection: String,
+    shard: u32,
+}
+
+impl FragmentTicket {
+    /// `[u32 header length][JSON header][plan bytes]`.
+    pub fn encode(&self) -> Bytes {
+        let header = serde_json::to_vec(&TicketHeader {
+            collection: self.collection.clone(),
+            shard: self.shard,
+        })
+        .expect("ticket header serializes");
+        let mut out = Vec::with_capacity(4 + header.len() + self.plan.len());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.plan);
+        out.into()
+    }
+
+    pub fn decode(bytes: &Bytes) -> Result<Self> {
+        let bad = || Error::Protocol("malformed fragment ticket".into());
+        let len = u32::from_le_bytes(
+            bytes
+                .get(..4)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ) as usize;
+        let header: TicketHeader = serde_json::from_slice(bytes.get(4..4 + len).ok_or_else(bad)?)?;
+        Ok(Self {
+            collection: header.collection,
+            shard: header.shard,
+            plan: bytes.slice(4 + len..),
+        })
+    }
+}
+
+/// Sent by a leaf as `app_metadata` of the last message of a fragment stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FragmentMetrics {
+    pub rows_scanned: u64,
+}
+
+/// The schema of a DoPut batch.
+pub fn put_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(PUT_ID, DataType::Utf8, false),
+        Field::new(PUT_EVENT_TIME, DataType::Int64, false),
+        Field::new(PUT_POSITION, DataType::UInt64, true),
+        Field::new(PUT_DOC, DataType::Utf8, false),
+    ]))
+}
+
+/// One document on its way to a leaf.
+#[derive(Debug, Clone)]
+pub struct PutRow {
+    pub id: String,
+    pub event_time_us: i64,
+    pub position: Option<u64>,
+    pub doc_json: String,
+}
+
+/// Encodes rows as a DoPut batch.
+pub fn put_batch(rows: &[PutRow]) -> Result<RecordBatch> {
+    let ids = StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()));
+    let times = Int64Array::from_iter_values(rows.iter().map(|r| r.event_time_us));
+    let positions = UInt64Array::from_iter(rows.iter().map(|r| r.position));
+    let docs = StringArray::from_iter_values(rows.iter().map(|r| r.doc_json.as_str()));
+    Ok(RecordBatch::try_new(
+        put_schema(),
+        vec![
+            Arc::new(ids),
+            Arc::new(times),
+            Arc::new(positions),
+            Arc::new(docs),
+        ],
+    )?)
+}
+
+/// A client for one leaf's Flight service. Cheap to clone: connections are shared.
+#[derive(Debug, Clone)]
+pub struct LeafClient {
+    url: String,
+    channel: Channel,
+}
+
+/// Record batches of a fragment, then the leaf's metrics once the stream ends.
+pub enum FragmentItem {
+    Batch(RecordBatch),
+    Metrics(FragmentMetrics),
+}
+
+impl LeafClient {
+    /// Connects lazily: the first call dials the leaf.
+    pub fn new(url: &str) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::InvalidConfig(format!("leaf address `{url}` is invalid: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20));
+        Ok(Self {
+            url: url.to_string(),
+            channel: endpoint.connect_lazy(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn grpc(&self) -> FlightServiceClient<Channel> {
+        FlightServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Writes one batch to a shard; returns once it is durable on the leaf.
+    pub async fn put(&self, header: &PutHeader, batch: RecordBatch) -> Result<PutAck, RpcError> {
+        let descriptor = FlightDescriptor::new_cmd(serde_json::to_vec(header)?);
+        let stream = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(descriptor))
+            .build(futures::stream::iter([Ok(batch)]));
+        let data: Vec<_> = stream.try_collect().await.map_err(RpcError::from)?;
+        let mut results = self
+            .grpc()
+            .do_put(futures::stream::iter(data))
+            .await?
+            .into_inner();
+        let mut ack = PutAck::default();
+        while let Some(result) = results.message().await? {
+            let part: PutAck = serde_json::from_slice(&result.app_metadata)?;
+            ack.written += part.written;
+            ack.skipped += part.skipped;
+        }
+        Ok(ack)
+    }
+
+    /// Runs a DoAction whose request and answer are JSON.
+    pub async fn action<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        name: &str,
+        request: &Req,
+    ) -> Result<Resp, RpcError> {
+        let action = Action::new(name, serde_json::to_vec(request)?);
+        let mut stream = self.grpc().do_action(action).await?.into_inner();
+        let body = stream
+            .message()
+            .await?
+            .ok_or_else(|| RpcError::Protocol(format!("leaf sent no answer to `{name}`")))?;
+        Ok(serde_json::from_slice(&body.body)?)
+    }
+
+    /// Runs a plan fragment on a shard and streams its batches and metrics.
+    pub async fn fragment(
+        &self,
+        ticket: &FragmentTicket,
+    ) -> Result<BoxStream<'static, Result<FragmentItem, RpcError>>, RpcError> {
+        let response = self
+            .grpc()
+            .do_get(Ticket::new(ticket.encode()))
+            .await?
+            .into_inner()
+            .map_err(FlightError::from);
+        let decoder = FlightDataDecoder::new(response);
+        Ok(decoder
+            .filter_map(|item| async move {
+                match item {
+                    Err(e) => Some(Err(RpcError::from(e))),
+                    Ok(decoded) => match decoded.payload {
+                        DecodedPayload::RecordBatch(batch) => Some(Ok(FragmentItem::Batch(batch))),
+                        _ if !decoded.inner.app_metadata.is_empty() => Some(
+                            serde_json::from_slice(&decoded.inner.app_metadata)
+                                .map(FragmentItem::Metrics)
+                                .map_err(RpcError::from),
+                        ),
+                        _ => None,
+                    },
+                }
+            })
+            .boxed())
+    }
+}
+
+/// Errors talking to another altdb process.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// The peer answered with an error status (its message is kept).
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Flight(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+impl RpcError {
+    /// Whether the peer could not be reached or went away (retry elsewhere or later).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RpcError::Status(status) => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ),
+            RpcError::Flight(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the peer rejected the request as invalid (a user mistake).
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(self, RpcError::Status(s) if s.code() == tonic::Code::InvalidArgument)
+    }
+}
+
+impl From<FlightError> for RpcError {
+    fn from(error: FlightError) -> Self {
+        match error {
+            FlightError::Tonic(status) => RpcError::Status(*status),
+            other => RpcError::Flight(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_round_trips() {
+        let ticket = FragmentTicket {
+            collection: "events".into(),
+            shard: 3,
+            plan: Bytes::from_static(b"\x01\x02plan"),
+        };
+        assert_eq!(FragmentTicket::decode(&ticket.encode()).unwrap(), ticket);
+        assert!(FragmentTicket::decode(&Bytes::from_static(b"\xff\xff")).is_err());
+    }
+}

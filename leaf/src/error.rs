@@ -1,0 +1,52 @@
+//! Errors of the leaf, mapped to Flight status in one place.
+
+/// Everything that can go wrong on a leaf.
+#[derive(Debug, thiserror::Error)]
+pub enum LeafError {
+    /// The request is malformed; the message says what to fix.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+    #[error("segment error: {0}")]
+    Segment(String),
+    #[error(transparent)]
+    Common(#[from] altdb_common::Error),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("leaf task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Result alias for [`LeafError`].
+pub type Result<T, E = LeafError> = std::result::Result<T, E>;
+
+impl From<LeafError> for tonic::Status {
+    fn from(error: LeafError) -> Self {
+        match &error {
+            LeafError::InvalidRequest(_) => tonic::Status::invalid_argument(error.to_string()),
+            LeafError::DataFusion(e) if is_user_error(e) => {
+                tonic::Status::invalid_argument(error.to_string())
+            }
+            _ => tonic::Status::internal(error.to_string()),
+        }
+    }
+}
+
+fn is_user_error(error: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    matches!(
+        error.find_root(),
+        E::Plan(_) | E::SchemaError(..) | E::SQL(..) | E::NotImplemented(_)
+    )
+}

@@ -1,0 +1,240 @@
+//! The leaf's Arrow Flight service: writes (DoPut), fragments (DoGet), admin (DoAction).
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Int64Array, StringArray, UInt64Array};
+use arrow::datatypes::{Int64Type, UInt64Type};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status, Streaming};
+
+use altdb_common::rpc::{
+    CollectionRequest, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
+    ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS, PUT_DOC, PUT_EVENT_TIME, PUT_ID,
+    PUT_POSITION,
+};
+
+use crate::error::LeafError;
+use crate::fragment::run_fragment;
+use crate::node::Leaf;
+use crate::shard::IncomingDoc;
+use crate::store::CollectionMeta;
+
+/// Serves a [`Leaf`] over Arrow Flight.
+pub struct LeafService {
+    leaf: Arc<Leaf>,
+}
+
+impl LeafService {
+    pub fn new(leaf: Arc<Leaf>) -> Self {
+        Self { leaf }
+    }
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("bad request body: {e}")))
+}
+
+fn one_result(body: Vec<u8>) -> BoxStream<'static, Result<arrow_flight::Result, Status>> {
+    futures::stream::once(async move {
+        Ok(arrow_flight::Result {
+            body: Bytes::from(body),
+        })
+    })
+    .boxed()
+}
+
+fn column<'a, T: 'static>(
+    batch: &'a arrow::record_batch::RecordBatch,
+    name: &str,
+    cast: impl Fn(&'a dyn arrow::array::Array) -> Option<&'a T>,
+) -> Result<&'a T, Status> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| cast(c.as_ref()))
+        .ok_or_else(|| Status::invalid_argument(format!("put batch lacks column `{name}`")))
+}
+
+fn batch_to_docs(batch: &arrow::record_batch::RecordBatch) -> Result<Vec<IncomingDoc>, Status> {
+    let ids: &StringArray = column(batch, PUT_ID, |c| c.as_string_opt::<i32>())?;
+    let times: &Int64Array = column(batch, PUT_EVENT_TIME, |c| c.as_primitive_opt::<Int64Type>())?;
+    let positions: &UInt64Array =
+        column(batch, PUT_POSITION, |c| c.as_primitive_opt::<UInt64Type>())?;
+    let docs: &StringArray = column(batch, PUT_DOC, |c| c.as_string_opt::<i32>())?;
+    Ok((0..batch.num_rows())
+        .map(|i| IncomingDoc {
+            id: ids.value(i).to_string(),
+            event_time_us: times.value(i),
+            position: (!arrow::array::Array::is_null(positions, i)).then(|| positions.value(i)),
+            json: docs.value(i).to_string(),
+        })
+        .collect())
+}
+
+#[tonic::async_trait]
+impl FlightService for LeafService {
+    type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
+    type ListFlightsStream = BoxStream<'static, Result<FlightInfo, Status>>;
+    type DoGetStream = BoxStream<'static, Result<FlightData, Status>>;
+    type DoPutStream = BoxStream<'static, Result<PutResult, Status>>;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+    type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("handshake is not needed"))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("list_flights is not supported"))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("get_flight_info is not supported"))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("poll_flight_info is not supported"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("get_schema is not supported"))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket = FragmentTicket::decode(&request.into_inner().ticket)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let stream = run_fragment(self.leaf.clone(), ticket)?;
+        Ok(Response::new(stream))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut messages = request.into_inner();
+        let first = messages
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty put stream"))?;
+        let header: PutHeader = first
+            .flight_descriptor
+            .as_ref()
+            .map(|d| parse_body(&d.cmd))
+            .transpose()?
+            .ok_or_else(|| Status::invalid_argument("put stream lacks a descriptor"))?;
+        let data = futures::stream::once(async { Ok(first) })
+            .chain(messages)
+            .map_err(FlightError::from);
+        let batches: Vec<_> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .map_err(Status::from)?;
+        let mut docs = Vec::new();
+        for batch in &batches {
+            docs.extend(batch_to_docs(batch)?);
+        }
+        let meta = CollectionMeta {
+            text_fields: header.text_fields.clone(),
+        };
+        let ack = self
+            .leaf
+            .write(header.collection, header.shard, meta, header.source, docs)
+            .await
+            .map_err(Status::from)?;
+        let result = PutResult {
+            app_metadata: serde_json::to_vec(&ack).expect("ack serializes").into(),
+        };
+        Ok(Response::new(
+            futures::stream::once(async { Ok(result) }).boxed(),
+        ))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("do_exchange is not supported"))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        let body = match action.r#type.as_str() {
+            ACTION_HEALTH => b"{\"ok\":true}".to_vec(),
+            ACTION_COLLECTION_STATS => {
+                let request: CollectionRequest = parse_body(&action.body)?;
+                serde_json::to_vec(&self.leaf.collection_stats(&request.collection))
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+            ACTION_WATERMARKS => {
+                let request: WatermarksRequest = parse_body(&action.body)?;
+                serde_json::to_vec(&self.leaf.watermarks(&request.collection, &request.source))
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+            ACTION_DROP_COLLECTION => {
+                let request: CollectionRequest = parse_body(&action.body)?;
+                self.leaf
+                    .drop_collection(&request.collection)
+                    .await
+                    .map_err(Status::from)?;
+                b"{}".to_vec()
+            }
+            other => {
+                return Err(Status::from(LeafError::InvalidRequest(format!(
+                    "unknown action `{other}`"
+                ))))
+            }
+        };
+        Ok(Response::new(one_result(body)))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = [
+            ACTION_HEALTH,
+            ACTION_COLLECTION_STATS,
+            ACTION_WATERMARKS,
+            ACTION_DROP_COLLECTION,
+        ]
+        .map(|name| {
+            Ok(ActionType {
+                r#type: name.to_string(),
+                description: String::new(),
+            })
+        });
+        Ok(Response::new(futures::stream::iter(actions).boxed()))
+    }
+}

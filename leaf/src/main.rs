@@ -1,0 +1,94 @@
+//! `altdb-leaf`: stores shards and runs plan fragments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use clap::Parser;
+use serde::Serialize;
+
+use altdb_common::rpc::MAX_MESSAGE_BYTES;
+use altdb_leaf::flight::LeafService;
+use altdb_leaf::{Leaf, LeafConfig};
+
+/// Flags override `ALTDB_*` environment variables, which override the config file.
+#[derive(Debug, Parser, Serialize)]
+#[command(
+    name = "altdb-leaf",
+    version,
+    about = "altdb leaf: shard storage and local execution"
+)]
+struct Flags {
+    /// TOML config file.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Flight listen address (default 127.0.0.1:7801).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Data directory (default altdb-data/leaf-0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Rows that trigger sealing of the mutable segment (default 100000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seal_rows: Option<usize>,
+    /// Age in seconds that triggers sealing (default 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seal_interval_secs: Option<u64>,
+    /// fsync the WAL on every write (default true).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_writes: Option<bool>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    altdb_common::telemetry::init("info");
+    let flags = Flags::parse();
+    let config: LeafConfig = altdb_common::config::load(
+        flags.config.as_deref(),
+        altdb_common::config::flags_layer(&flags),
+    )?;
+    config.validate().map_err(anyhow::Error::msg)?;
+
+    let leaf = {
+        let open_config = config.clone();
+        tokio::task::spawn_blocking(move || Leaf::open(&open_config))
+            .await?
+            .with_context(|| format!("cannot open leaf data in {}", config.data_dir.display()))?
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sealer = tokio::spawn(leaf.clone().run_sealer(stop_rx.clone()));
+
+    let service = FlightServiceServer::new(LeafService::new(leaf.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "leaf ready");
+    let mut server_stop = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = server_stop.changed().await;
+            },
+        );
+    let server = tokio::spawn(server);
+
+    altdb_common::shutdown::signal().await;
+    tracing::info!("shutting down: stopping the sealer and the server");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), sealer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    tokio::task::spawn_blocking(move || leaf.flush()).await??;
+    tracing::info!("leaf stopped");
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The leaf node: every shard this process holds, and the background sealer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use altdb_common::rpc::{CollectionStats, PutAck, Watermarks};
+use tokio::sync::watch;
+
+use crate::config::LeafConfig;
+use crate::error::Result;
+use crate::shard::{IncomingDoc, SealPolicy, Shard};
+use crate::store::{CollectionMeta, Store};
+
+type ShardKey = (String, u32);
+
+/// All shards of all collections on this leaf.
+pub struct Leaf {
+    store: Arc<Store>,
+    segments_dir: PathBuf,
+    shards: RwLock<HashMap<ShardKey, Arc<Shard>>>,
+    seal_policy: SealPolicy,
+}
+
+impl std::fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaf")
+            .field("segments_dir", &self.segments_dir)
+            .finish()
+    }
+}
+
+impl Leaf {
+    /// Opens the leaf's storage and recovers every shard. Blocking.
+    pub fn open(config: &LeafConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Arc::new(Store::open(
+            &config.data_dir.join("rocksdb"),
+            config.sync_writes,
+        )?);
+        let segments_dir = config.data_dir.join("segments");
+        let mut shards = HashMap::new();
+        for (collection, shard) in store.shards()? {
+            let dir = shard_dir(&segments_dir, &collection, shard);
+            let recovered = Shard::recover(&collection, shard, dir, store.clone())?;
+            shards.insert((collection, shard), Arc::new(recovered));
+        }
+        Ok(Arc::new(Self {
+            store,
+            segments_dir,
+            shards: RwLock::new(shards),
+            seal_policy: SealPolicy {
+                max_rows: config.seal_rows,
+                max_age_secs: config.seal_interval_secs,
+            },
+        }))
+    }
+
+    pub fn shard(&self, collection: &str, shard: u32) -> Option<Arc<Shard>> {
+        self.shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(collection.to_string(), shard))
+            .cloned()
+    }
+
+    fn shard_or_create(&self, collection: &str, shard: u32) -> Arc<Shard> {
+        if let Some(existing) = self.shard(collection, shard) {
+            return existing;
+        }
+        let mut shards = self.shards.write().unwrap_or_else(|p| p.into_inner());
+        shards
+            .entry((collection.to_string(), shard))
+            .or_insert_with(|| {
+                Arc::new(Shard::new(
+                    collection,
+                    shard,
+                    shard_dir(&self.segments_dir, collection, shard),
+                    self.store.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    fn shards_of(&self, collection: &str) -> Vec<Arc<Shard>> {
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = shards
+            .iter()
+            .filter(|((c, _), _)| c == collection)
+            .map(|(_, s)| s.clone())
+            .collect();
+        out.sort_by_key(|s| s.shard);
+        out
+    }
+
+    /// Stores a batch durably; returns once it is in the WAL and queryable.
+    pub async fn write(
+        self: &Arc<Self>,
+        collection: String,
+        shard: u32,
+        meta: CollectionMeta,
+        source: Option<String>,
+        docs: Vec<IncomingDoc>,
+    ) -> Result<PutAck> {
+        let shard = self.shard_or_create(&collection, shard);
+        tokio::task::spawn_blocking(move || shard.write(&meta, source.as_deref(), docs)).await?
+    }
+
+    pub fn collection_stats(&self, collection: &str) -> CollectionStats {
+        let mut stats = CollectionStats::default();
+        for shard in self.shards_of(collection) {
+            stats.fields.merge(&shard.fields());
+            stats.shards.push(shard.stats());
+        }
+        stats
+    }
+
+    pub fn watermarks(&self, collection: &str, source: &str) -> Watermarks {
+        self.shards_of(collection)
+            .into_iter()
+            .filter_map(|s| s.watermark(source).map(|w| (s.shard, w)))
+            .collect()
+    }
+
+    /// Removes a collection's rows, segments and watermarks from this leaf.
+    pub async fn drop_collection(self: &Arc<Self>, collection: &str) -> Result<()> {
+        let removed: Vec<Arc<Shard>> = {
+            let mut shards = self.shards.write().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<ShardKey> = shards
+                .keys()
+                .filter(|(c, _)| c == collection)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| shards.remove(k)).collect()
+        };
+        let this = self.clone();
+        let collection = collection.to_string();
+        tokio::task::spawn_blocking(move || {
+            this.store.drop_collection(&collection)?;
+            for shard in removed {
+                shard.remove_files();
+            }
+            let dir = this.segments_dir.join(&collection);
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Seals due mutable segments until `shutdown` flips, then seals nothing more:
+    /// unsealed rows are safe in RocksDB and return on restart.
+    pub async fn run_sealer(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let shards: Vec<Arc<Shard>> = self
+                .shards
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for shard in shards {
+                let policy = self.seal_policy;
+                let sealed =
+                    tokio::task::spawn_blocking(move || shard.seal_if_due(policy, false)).await;
+                match sealed {
+                    Ok(Err(error)) => tracing::error!(%error, "sealing a segment failed"),
+                    Err(error) => tracing::error!(%error, "sealer task failed"),
+                    Ok(Ok(_)) => {}
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Flushes RocksDB memtables so the next start replays little WAL.
+    pub fn flush(&self) -> Result<()> {
+        self.store.flush()
+    }
+}
+
+fn shard_dir(segments_dir: &std::path::Path, collection: &str, shard: u32) -> PathBuf {
+    segments_dir
+        .join(collection)
+        .join(format!("shard-{shard:04}"))
+}

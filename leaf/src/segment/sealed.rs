@@ -1,0 +1,317 @@
+//! Sealed segments: an immutable columnar file plus its inverted index.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
+use altdb_common::schema::{rows_to_batch, FieldSet, FlatRow, SEQ_COLUMN};
+
+use super::{index, DeleteSet, SegmentMeta};
+use crate::error::{LeafError, Result};
+
+const DATA_FILE: &str = "data.parquet";
+const INDEX_DIR: &str = "index";
+/// Rows per Arrow batch read from or written to a segment.
+pub const BATCH_ROWS: usize = 8192;
+
+/// An immutable segment on disk.
+#[derive(Debug)]
+pub struct SealedSegment {
+    pub meta: SegmentMeta,
+    pub dir: PathBuf,
+}
+
+/// The columns stored in a segment: the SQL schema plus the internal `_seq`.
+fn file_schema(fields: &FieldSet) -> SchemaRef {
+    let sql = fields.to_arrow_schema();
+    let mut columns: Vec<Field> = sql.fields().iter().map(|f| f.as_ref().clone()).collect();
+    columns.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
+    Arc::new(Schema::new(columns))
+}
+
+impl SealedSegment {
+    /// Writes `rows` as segment `id` under `dir` (columnar file, then index) and
+    /// returns it. Nothing refers to the files until the manifest entry is written.
+    pub fn write(
+        dir: PathBuf,
+        id: u64,
+        rows: &[Arc<FlatRow>],
+        text_fields: &[String],
+    ) -> Result<Self> {
+        let mut fields = FieldSet::default();
+        for row in rows {
+            for (name, value) in &row.fields {
+                fields.observe(name, altdb_common::schema::FieldType::of(value));
+            }
+        }
+        std::fs::create_dir_all(&dir)?;
+        let schema = file_schema(&fields);
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+            .set_max_row_group_row_count(Some(64 * 1024))
+            .build();
+        let file = File::create(dir.join(DATA_FILE))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))?;
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let refs: Vec<&FlatRow> = chunk.iter().map(Arc::as_ref).collect();
+            writer.write(&rows_to_batch(&schema, &refs)?)?;
+        }
+        let file = writer.into_inner()?;
+        file.sync_all()?;
+
+        index::build(
+            &dir.join(INDEX_DIR),
+            rows.iter()
+                .enumerate()
+                .map(|(i, row)| (i as u64, row.fields.as_slice())),
+            text_fields,
+        )?;
+
+        let meta = SegmentMeta {
+            id,
+            rows: rows.len() as u64,
+            min_seq: rows.iter().map(|r| r.seq).min().unwrap_or(0),
+            max_seq: rows.iter().map(|r| r.seq).max().unwrap_or(0),
+            min_event_time_us: rows.iter().map(|r| r.event_time_us).min().unwrap_or(0),
+            max_event_time_us: rows.iter().map(|r| r.event_time_us).max().unwrap_or(0),
+            fields,
+        };
+        Ok(Self { meta, dir })
+    }
+
+    /// Opens a segment listed in the manifest, rebuilding its index if it is missing.
+    pub fn open(dir: PathBuf, meta: SegmentMeta, text_fields: &[String]) -> Result<Self> {
+        let data = dir.join(DATA_FILE);
+        if !data.exists() {
+            return Err(LeafError::Segment(format!(
+                "segment {} has no data file at {}",
+                meta.id,
+                data.display()
+            )));
+        }
+        let segment = Self { meta, dir };
+        if !index::exists(&segment.index_dir()) {
+            tracing::info!(
+                segment = segment.meta.id,
+                "rebuilding missing segment index"
+            );
+            segment.rebuild_index(text_fields)?;
+        }
+        Ok(segment)
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.dir.join(INDEX_DIR)
+    }
+
+    fn rebuild_index(&self, text_fields: &[String]) -> Result<()> {
+        let rows = self.read_rows()?;
+        let _ = std::fs::remove_dir_all(self.index_dir());
+        index::build(
+            &self.index_dir(),
+            rows.iter()
+                .enumerate()
+                .map(|(i, row)| (i as u64, row.fields.as_slice())),
+            text_fields,
+        )
+    }
+
+    /// Reads the segment back into rows (to rebuild derived data).
+    pub fn read_rows(&self) -> Result<Vec<FlatRow>> {
+        let mut rows = Vec::with_capacity(self.meta.rows as usize);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(self.data_path())?)?
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        for batch in reader {
+            let batch = batch?;
+            let objects = arrow_json_rows(&batch)?;
+            let ids = batch
+                .column_by_name(ID_COLUMN)
+                .map(|c| c.as_string::<i32>().clone());
+            let seqs = batch
+                .column_by_name(SEQ_COLUMN)
+                .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().clone());
+            let times = batch.column_by_name(EVENT_TIME_COLUMN).map(|c| {
+                c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                    .clone()
+            });
+            for (i, object) in objects.into_iter().enumerate() {
+                let mut fields: Vec<(String, serde_json::Value)> = object
+                    .into_iter()
+                    .filter(|(k, v)| !altdb_common::schema::is_reserved_column(k) && !v.is_null())
+                    .collect();
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+                rows.push(FlatRow {
+                    id: ids
+                        .as_ref()
+                        .map(|a| a.value(i).to_string())
+                        .unwrap_or_default(),
+                    event_time_us: times.as_ref().map_or(0, |a| a.value(i)),
+                    seq: seqs.as_ref().map_or(0, |a| a.value(i)),
+                    fields,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    fn data_path(&self) -> PathBuf {
+        self.dir.join(DATA_FILE)
+    }
+
+    /// The `_id` and `_seq` of every row, in row order (to rebuild the key map).
+    pub fn ids_and_seqs(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::with_capacity(self.meta.rows as usize);
+        self.scan(
+            &[ID_COLUMN.to_string(), SEQ_COLUMN.to_string()],
+            &DeleteSet::default(),
+            |batch| {
+                let ids = batch.column(0).as_string::<i32>();
+                let seqs = batch
+                    .column(1)
+                    .as_primitive::<arrow::datatypes::UInt64Type>();
+                for i in 0..batch.num_rows() {
+                    out.push((ids.value(i).to_string(), seqs.value(i)));
+                }
+                true
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Streams the live rows' `columns` (those the segment has, in its own types)
+    /// to `emit` until it returns false. Returns the rows read.
+    pub fn scan(
+        &self,
+        columns: &[String],
+        deletes: &DeleteSet,
+        mut emit: impl FnMut(RecordBatch) -> bool,
+    ) -> Result<u64> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(self.data_path())?)?;
+        let file_schema = builder.schema().clone();
+        let mut indices: Vec<usize> = columns
+            .iter()
+            .filter_map(|name| file_schema.index_of(name).ok())
+            .collect();
+        // With no column asked for (COUNT(*)), read the narrowest one for row counts.
+        let count_only = indices.is_empty();
+        if count_only {
+            indices.push(file_schema.index_of(SEQ_COLUMN)?);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        let mut offset = 0usize;
+        for batch in reader {
+            let mut batch = batch?;
+            let rows = batch.num_rows();
+            if count_only {
+                batch = batch.project(&[])?;
+            }
+            if !deletes.is_empty() {
+                let keep: BooleanArray = (offset..offset + rows)
+                    .map(|row| Some(!deletes.contains(row)))
+                    .collect();
+                batch = filter_record_batch(&batch, &keep)?;
+            }
+            offset += rows;
+            if batch.num_rows() > 0 && !emit(batch) {
+                break;
+            }
+        }
+        Ok(offset as u64)
+    }
+
+    /// Removes the segment's files.
+    pub fn remove_files(dir: &Path) {
+        if let Err(error) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), %error, "could not remove segment files");
+        }
+    }
+}
+
+fn arrow_json_rows(batch: &RecordBatch) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    writer.write(batch)?;
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(seq: u64, body: serde_json::Value) -> Arc<FlatRow> {
+        let serde_json::Value::Object(body) = body else {
+            unreachable!()
+        };
+        Arc::new(FlatRow {
+            id: format!("d{seq}"),
+            event_time_us: seq as i64 * 10,
+            seq,
+            fields: altdb_common::document::flatten(&body),
+        })
+    }
+
+    #[test]
+    fn write_scan_and_reopen_without_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<_> = (0..20_000)
+            .map(|i| {
+                row(
+                    i,
+                    json!({"n": i, "user": {"city": if i % 2 == 0 {"Oslo"} else {"Rome"}}}),
+                )
+            })
+            .collect();
+        let segment = SealedSegment::write(dir.path().join("s1"), 1, &rows, &[]).unwrap();
+        assert_eq!(segment.meta.rows, 20_000);
+        assert_eq!(segment.meta.max_event_time_us, 199_990);
+
+        let mut deletes = DeleteSet::with_rows(20_000);
+        deletes.insert(0);
+        deletes.insert(19_999);
+        let mut seen = 0;
+        let read = segment
+            .scan(&["n".to_string(), "missing".to_string()], &deletes, |b| {
+                assert_eq!(b.num_columns(), 1);
+                seen += b.num_rows();
+                true
+            })
+            .unwrap();
+        assert_eq!((read, seen), (20_000, 19_998));
+        let mut counted = 0;
+        segment
+            .scan(&[], &DeleteSet::default(), |b| {
+                counted += b.num_rows();
+                true
+            })
+            .unwrap();
+        assert_eq!(counted, 20_000);
+
+        std::fs::remove_dir_all(segment.index_dir()).unwrap();
+        let reopened =
+            SealedSegment::open(dir.path().join("s1"), segment.meta.clone(), &[]).unwrap();
+        assert_eq!(index::num_docs(&reopened.index_dir()).unwrap(), 20_000);
+        let back = reopened.read_rows().unwrap();
+        assert_eq!(back[3], *rows[3]);
+        assert_eq!(reopened.ids_and_seqs().unwrap()[5], ("d5".to_string(), 5));
+    }
+}

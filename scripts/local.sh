@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds altdb (release) and runs a local cluster: 2 leaves, 1 tailer, 1 aggregator.
+# Arguments go to altdb-local (try --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/altdb-target}"
+cargo build --release --bins -q
+exec "$CARGO_TARGET_DIR/release/altdb-local" "$@"

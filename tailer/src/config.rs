@@ -1,0 +1,45 @@
+//! Tailer configuration.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Options of `altdb-tailer` (file < `ALTDB_*` env < flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailerConfig {
+    /// HTTP write API address.
+    pub listen: SocketAddr,
+    /// Aggregator URL, where collection specs are read from.
+    pub aggregator_url: String,
+    /// Flight addresses of the leaves, in placement order (as the aggregator has them).
+    pub leaves: Vec<String>,
+    /// Largest accepted document, in bytes.
+    pub max_document_bytes: usize,
+    /// Deepest accepted nesting of objects and arrays.
+    pub max_nesting_depth: usize,
+    /// Largest accepted write request body, in bytes.
+    pub max_write_bytes: usize,
+    /// Documents per batch pushed to one shard.
+    pub push_batch_rows: usize,
+    /// How often sources are reconciled with the catalog, in seconds.
+    pub source_poll_secs: u64,
+}
+
+impl Default for TailerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7701".parse().expect("valid address"),
+            aggregator_url: "http://127.0.0.1:7700".into(),
+            leaves: vec![
+                "http://127.0.0.1:7801".into(),
+                "http://127.0.0.1:7802".into(),
+            ],
+            max_document_bytes: 1 << 20,
+            max_nesting_depth: 32,
+            max_write_bytes: 64 << 20,
+            push_batch_rows: 10_000,
+            source_poll_secs: 2,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The HTTP write API: `POST /v1/collections/{name}/docs` with NDJSON or a JSON array.
+//!
+//! Every element is parsed and validated on its own: bad ones are reported with
+//! their index and reason, good ones are stored. A 200 means every accepted
+//! document is durable on its leaves and visible to queries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use altdb_common::api::{RejectedDoc, WriteResponse};
+use altdb_common::collection::CollectionSpec;
+use altdb_common::document::{prepare, DocLimits, IdentityRules};
+use altdb_common::rpc::PutRow;
+
+use crate::catalog::CatalogClient;
+use crate::error::{Result, TailerError};
+use crate::pusher::Pusher;
+
+/// Shared state of the write API.
+#[derive(Clone)]
+pub struct WriteApi {
+    pub catalog: Arc<CatalogClient>,
+    pub pusher: Pusher,
+    pub limits: DocLimits,
+    pub id_counter: Arc<AtomicU64>,
+    pub id_salt: u64,
+}
+
+pub fn router(api: WriteApi, max_write_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/collections/{name}/docs", post(write_docs))
+        .layer(DefaultBodyLimit::max(max_write_bytes))
+        .with_state(api)
+}
+
+/// One element of a request body: its index, its JSON (or why it is not JSON), its size.
+struct Element {
+    index: usize,
+    parsed: std::result::Result<Value, String>,
+    raw_len: usize,
+}
+
+/// Splits a body into elements: a JSON array, or NDJSON (one document per line).
+fn split_body(body: &[u8]) -> Result<Vec<Element>> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+            TailerError::InvalidRequest(format!(
+                "body starts with `[` but is not a valid JSON array ({e}); send a JSON array of \
+                 objects or NDJSON, one object per line"
+            ))
+        })?;
+        return Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| Element {
+                index,
+                parsed: serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
+                raw_len: raw.get().len(),
+            })
+            .collect());
+    }
+    Ok(body
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
+        .map(|(index, line)| Element {
+            index,
+            parsed: serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}")),
+            raw_len: line.len(),
+        })
+        .collect())
+}
+
+impl WriteApi {
+    /// An id for a document that has none: HTTP writes have no source position to
+    /// derive one from, so it is unique per tailer process and request element.
+    fn fresh_id(&self) -> String {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.id_salt, n)
+    }
+
+    /// Validates elements into rows; rejected ones are returned with reasons.
+    pub fn prepare_rows(
+        &self,
+        spec: &CollectionSpec,
+        elements: Vec<(usize, std::result::Result<Value, String>, usize)>,
+        now_us: i64,
+    ) -> (Vec<(usize, PutRow)>, Vec<RejectedDoc>) {
+        let rules = IdentityRules {
+            id_field: spec.id_field.as_deref(),
+            event_time_field: spec.event_time_field.as_deref(),
+        };
+        let mut rows = Vec::with_capacity(elements.len());
+        let mut rejected = Vec::new();
+        for (index, parsed, raw_len) in elements {
+            let prepared = parsed.and_then(|value| {
+                prepare(
+                    value,
+                    raw_len,
+                    &rules,
+                    &self.limits,
+                    || self.fresh_id(),
+                    now_us,
+                )
+            });
+            match prepared {
+                Ok(doc) => rows.push((
+                    index,
+                    PutRow {
+                        id: doc.id,
+                        event_time_us: doc.event_time_us,
+                        position: None,
+                        doc_json: Value::Object(doc.body).to_string(),
+                    },
+                )),
+                Err(reason) => rejected.push(RejectedDoc { index, reason }),
+            }
+        }
+        (rows, rejected)
+    }
+}
+
+async fn write_docs(
+    State(api): State<WriteApi>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let spec = api.catalog.get(&name).await?;
+    let elements = split_body(&body)?
+        .into_iter()
+        .map(|e| (e.index, e.parsed, e.raw_len))
+        .collect();
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let (rows, mut errors) = api.prepare_rows(&spec, elements, now_us);
+
+    let shards: Vec<u32> = rows
+        .iter()
+        .map(|(_, row)| Pusher::shard_of(&spec, row))
+        .collect();
+    let indexed: Vec<(usize, String)> = rows.iter().map(|(i, r)| (*i, r.id.clone())).collect();
+    let outcome = api
+        .pusher
+        .push(&spec, None, rows.into_iter().map(|(_, r)| r).collect())
+        .await;
+
+    let mut response = WriteResponse::default();
+    for ((index, id), shard) in indexed.into_iter().zip(shards) {
+        match outcome.failed_shards.get(&shard) {
+            None => response.ids.push(id),
+            Some(reason) => errors.push(RejectedDoc {
+                index,
+                reason: format!(
+                    "not stored: shard {shard} is unavailable ({reason}); retry this document"
+                ),
+            }),
+        }
+    }
+    errors.sort_by_key(|e| e.index);
+    response.written = response.ids.len();
+    response.errors = errors;
+    let status = if outcome.failed_shards.is_empty() {
+        StatusCode::OK
+    } else {
+        tracing::warn!(collection = %name, failed = ?outcome.failed_shards, "write partly failed");
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_split_into_indexed_elements() {
+        let ndjson = b"{\"a\":1}\n\n{bad\n[1]\n";
+        let elements = split_body(ndjson).unwrap();
+        let indexes: Vec<usize> = elements.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, [0, 2, 3]);
+        assert!(elements[1]
+            .parsed
+            .as_ref()
+            .unwrap_err()
+            .contains("malformed JSON"));
+        let array = br#" [{"a":1}, 2, {"b":{"c":3}}]"#;
+        let elements = split_body(array).unwrap();
+        assert_eq!(elements.len(), 3);
+        assert_eq!(elements[2].raw_len, 13);
+        assert!(split_body(b"[{\"a\":1},").is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! `altdb-tailer`: the HTTP write API and built-in sources.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+
+use altdb_common::document::DocLimits;
+use altdb_tailer::catalog::CatalogClient;
+use altdb_tailer::http::{router, WriteApi};
+use altdb_tailer::pusher::Pusher;
+use altdb_tailer::TailerConfig;
+
+/// Flags override `ALTDB_*` environment variables, which override the config file.
+#[derive(Debug, Parser, Serialize)]
+#[command(
+    name = "altdb-tailer",
+    version,
+    about = "altdb tailer: ingest sources into leaves"
+)]
+struct Flags {
+    /// TOML config file.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (default 127.0.0.1:7701).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// Aggregator URL for collection specs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregator_url: Option<String>,
+    /// Leaf Flight URLs, comma separated, in placement order.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaves: Option<Vec<String>>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_document_bytes: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    altdb_common::telemetry::init("info");
+    let flags = Flags::parse();
+    let config: TailerConfig = altdb_common::config::load(
+        flags.config.as_deref(),
+        altdb_common::config::flags_layer(&flags),
+    )?;
+    let catalog = Arc::new(CatalogClient::new(&config.aggregator_url));
+    let pusher = Pusher::new(&config.leaves, config.push_batch_rows)
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let api = WriteApi {
+        catalog: catalog.clone(),
+        pusher: pusher.clone(),
+        limits: DocLimits {
+            max_bytes: config.max_document_bytes,
+            max_depth: config.max_nesting_depth,
+        },
+        id_counter: Arc::new(AtomicU64::new(0)),
+        id_salt: xxhash_rust::xxh3::xxh3_64(
+            format!(
+                "{}/{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+            )
+            .as_bytes(),
+        ),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sources = tokio::spawn(altdb_tailer::source::supervise(
+        catalog,
+        pusher,
+        Duration::from_secs(config.source_poll_secs),
+        stop_rx,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, leaves = ?config.leaves, "tailer ready");
+    axum::serve(listener, router(api, config.max_write_bytes))
+        .with_graceful_shutdown(altdb_common::shutdown::signal())
+        .await?;
+    tracing::info!("stopping sources");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), sources).await;
+    tracing::info!("tailer stopped");
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! End-to-end test harness: starts the real altdb binaries on loopback.
+//!
+//! [`Cluster::start`] launches leaves, an aggregator and a tailer as separate
+//! processes with their data in a temporary directory; tests talk to them over
+//! HTTP exactly as users do. Expected answers come from DuckDB (see
+//! `oracle/duckdb_oracle.py`), computed on the same documents.
+
+pub mod data;
+pub mod oracle;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// Where the altdb binaries are: `ALTDB_BIN_DIR`, else the target dir of this test.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ALTDB_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One running altdb process.
+pub struct Process {
+    pub name: String,
+    binary: &'static str,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn start(
+        name: &str,
+        binary: &'static str,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let mut process = Self {
+            name: name.to_string(),
+            binary,
+            args,
+            log,
+            child: None,
+        };
+        process.spawn()?;
+        Ok(process)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let path = bin_dir().join(self.binary);
+        if !path.exists() {
+            bail!(
+                "{} is missing; run `cargo build --bins` first",
+                path.display()
+            );
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&path)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("process is not running")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Options of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub leaves: usize,
+    /// Rows after which leaves seal their mutable segment.
+    pub seal_rows: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            leaves: 2,
+            seal_rows: 100_000,
+        }
+    }
+}
+
+/// A running cluster: leaves, one aggregator, one tailer.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub leaves: Vec<Process>,
+    pub aggregator: Process,
+    pub tailer: Process,
+    http: reqwest::blocking::Client,
+}
+
+/// An HTTP answer: status and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Cluster {
+    pub fn start(options: ClusterOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let aggregator_port = free_port();
+        let tailer_port = free_port();
+        let leaf_urls: Vec<(u16, String)> = (0..options.leaves)
+            .map(|_| {
+                let port = free_port();
+                (port, format!("http://127.0.0.1:{port}"))
+            })
+            .collect();
+        let leaves_arg = leaf_urls
+            .iter()
+            .map(|(_, u)| u.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut leaves = Vec::new();
+        for (i, (port, _)) in leaf_urls.iter().enumerate() {
+            leaves.push(Process::start(
+                &format!("leaf-{i}"),
+                "altdb-leaf",
+                vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--data-dir".into(),
+                    dir.path().join(format!("leaf-{i}")).display().to_string(),
+                    "--seal-rows".into(),
+                    options.seal_rows.to_string(),
+                    "--seal-interval-secs".into(),
+                    "3600".into(),
+                ],
+                dir.path().join(format!("leaf-{i}.log")),
+            )?);
+        }
+        let url = format!("http://127.0.0.1:{aggregator_port}");
+        let aggregator = Process::start(
+            "aggregator",
+            "altdb-aggregator",
+            vec![
+                "--listen".into(),
+                format!("127.0.0.1:{aggregator_port}"),
+                "--data-dir".into(),
+                dir.path().join("aggregator").display().to_string(),
+                "--leaves".into(),
+                leaves_arg.clone(),
+                "--tailer-url".into(),
+                format!("http://127.0.0.1:{tailer_port}"),
+            ],
+            dir.path().join("aggregator.log"),
+        )?;
+        let tailer = Process::start(
+            "tailer",
+            "altdb-tailer",
+            vec![
+                "--listen".into(),
+                format!("127.0.0.1:{tailer_port}"),
+                "--aggregator-url".into(),
+                url.clone(),
+                "--leaves".into(),
+                leaves_arg,
+            ],
+            dir.path().join("tailer.log"),
+        )?;
+        let cluster = Self {
+            dir,
+            url,
+            leaves,
+            aggregator,
+            tailer,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()?,
+        };
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    /// Waits until the aggregator answers and every leaf is healthy.
+    pub fn wait_ready(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Ok(answer) = self.get("/v1/cluster") {
+                let healthy = answer.body["leaves"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|leaf| leaf["healthy"] == true));
+                if answer.status == 200 && healthy {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "cluster did not become ready in 60 s\n{}\n{}",
+                    self.aggregator.log_tail(),
+                    self.leaves
+                        .iter()
+                        .map(Process::log_tail)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answer(response: reqwest::blocking::Response) -> anyhow::Result<Answer> {
+        let status = response.status().as_u16();
+        let text = response.text()?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Answer { status, body })
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        Self::answer(self.http.get(format!("{}{path}", self.url)).send()?)
+    }
+
+    pub fn delete(&self, path: &str) -> anyhow::Result<Answer> {
+        Self::answer(self.http.delete(format!("{}{path}", self.url)).send()?)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Answer> {
+        Self::answer(
+            self.http
+                .post(format!("{}{path}", self.url))
+                .json(body)
+                .send()?,
+        )
+    }
+
+    pub fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> anyhow::Result<Answer> {
+        Self::answer(
+            self.http
+                .post(format!("{}{path}", self.url))
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()?,
+        )
+    }
+
+    pub fn create_collection(&self, spec: Value) -> anyhow::Result<()> {
+        let answer = self.post_json("/v1/collections", &spec)?;
+        if answer.status != 201 {
+            bail!(
+                "creating collection failed: {} {}",
+                answer.status,
+                answer.body
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes NDJSON documents in requests of `per_request`; fails unless all are stored.
+    pub fn write_docs(
+        &self,
+        collection: &str,
+        docs: &[Value],
+        per_request: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(docs.len());
+        for chunk in docs.chunks(per_request) {
+            let body: String = chunk.iter().map(|d| format!("{d}\n")).collect();
+            let answer = self.post_raw(&format!("/v1/collections/{collection}/docs"), body)?;
+            if answer.status != 200 || answer.body["written"].as_u64() != Some(chunk.len() as u64) {
+                bail!("write failed: {} {}", answer.status, answer.body);
+            }
+            for id in answer.body["ids"].as_array().context("ids")? {
+                ids.push(id.as_str().context("id")?.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Runs SQL; returns the whole answer (status and body).
+    pub fn query(&self, sql: &str) -> anyhow::Result<Answer> {
+        self.post_json("/v1/query", &serde_json::json!({ "sql": sql }))
+    }
+
+    /// Runs SQL that must succeed; returns its rows.
+    pub fn rows(&self, sql: &str) -> anyhow::Result<Vec<Vec<Value>>> {
+        let answer = self.query(sql)?;
+        if answer.status != 200 {
+            bail!("query failed: {sql}\n{} {}", answer.status, answer.body);
+        }
+        Ok(serde_json::from_value(answer.body["rows"].clone())?)
+    }
+
+    /// Runs SQL that returns a single integer.
+    pub fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
+        let rows = self.rows(sql)?;
+        rows.first()
+            .and_then(|r| r.first())
+            .and_then(Value::as_i64)
+            .with_context(|| format!("no integer answer to {sql}: {rows:?}"))
+    }
+}

@@ -1,0 +1,172 @@
+//! Bad input gets a clear error and never costs the good part of a request.
+
+use altdb_tests::{Cluster, ClusterOptions};
+use serde_json::json;
+
+fn error_of(answer: &altdb_tests::Answer) -> (String, String) {
+    (
+        answer.body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[test]
+fn bad_documents_are_reported_and_good_ones_kept() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    cluster.create_collection(json!({"name": "docs", "num_shards": 4, "id_field": "id"}))?;
+    let deep = (0..40).fold(json!(1), |inner, _| json!({ "x": inner }));
+    let oversize = json!({"id": 900, "blob": "x".repeat(2 << 20)});
+    let body = [
+        json!({"id": 1, "a": 1}).to_string(),
+        "{\"id\": 2, \"a\": ".to_string(), // malformed JSON
+        "[1, 2, 3]".to_string(),           // not an object
+        json!({"id": 3, "deep": deep}).to_string(), // nests too deep
+        oversize.to_string(),              // too large
+        json!({"a": 5}).to_string(),       // lacks the id field
+        json!({"id": 4, "a": {"b": [1, 2]}}).to_string(),
+    ]
+    .join("\n");
+    let answer = cluster.post_raw("/v1/collections/docs/docs", body)?;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["written"], 2);
+    assert_eq!(answer.body["ids"], json!(["1", "4"]));
+    let errors = answer.body["errors"].as_array().unwrap();
+    let indexes: Vec<u64> = errors
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [1, 2, 3, 4, 5]);
+    let reasons: Vec<&str> = errors
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons[0].contains("malformed JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("must be a JSON object"), "{reasons:?}");
+    assert!(reasons[2].contains("levels deep"), "{reasons:?}");
+    assert!(reasons[3].contains("the limit is"), "{reasons:?}");
+    assert!(
+        reasons[4].contains("id field `id` is missing"),
+        "{reasons:?}"
+    );
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM docs")?, 2);
+    assert_eq!(
+        cluster.rows("SELECT \"a.b\" FROM docs WHERE id = 4")?,
+        vec![vec![json!([1, 2])]]
+    );
+
+    // A JSON array body works the same way.
+    let answer = cluster.post_raw(
+        "/v1/collections/docs/docs",
+        r#"[{"id": 10}, 7, {"id": 11}]"#,
+    )?;
+    assert_eq!(answer.body["written"], 2, "{}", answer.body);
+    assert_eq!(answer.body["errors"][0]["index"], 1);
+    // A body that is not JSON at all says what to send.
+    let answer = cluster.post_raw("/v1/collections/docs/docs", "[{\"id\": 1},")?;
+    assert_eq!(answer.status, 400);
+    assert!(error_of(&answer).1.contains("NDJSON"), "{}", answer.body);
+    Ok(())
+}
+
+#[test]
+fn unknown_collections_bad_sql_and_unknown_columns_say_what_to_fix() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    cluster.create_collection(json!({"name": "docs", "num_shards": 2}))?;
+    cluster.write_docs("docs", &[json!({"user": {"name": "ada"}, "n": 1})], 10)?;
+
+    let answer = cluster.post_raw("/v1/collections/nope/docs", "{\"a\":1}")?;
+    assert_eq!(answer.status, 404);
+    assert_eq!(error_of(&answer).0, "collection_not_found");
+    assert!(error_of(&answer).1.contains("POST /v1/collections"));
+
+    let answer = cluster.query("SELECT * FROM nope")?;
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    assert_eq!(error_of(&answer).0, "collection_not_found");
+
+    let answer = cluster.query("SELEC COUNT(*) FROM docs")?;
+    assert_eq!(answer.status, 400);
+    assert_eq!(error_of(&answer).0, "invalid_sql");
+
+    let answer = cluster.query("SELECT missing_column FROM docs")?;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, "unknown_column");
+    assert!(
+        message.contains("missing_column") && message.contains("user.name"),
+        "{message}"
+    );
+
+    let answer = cluster.query("SELECT user.name FROM docs")?;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(error_of(&answer).1.contains("quoted"), "{}", answer.body);
+    assert_eq!(
+        cluster.rows("SELECT \"user.name\" FROM docs")?,
+        vec![vec![json!("ada")]]
+    );
+
+    let answer = cluster.query("CREATE TABLE x (a INT)")?;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    let answer = cluster.post_json("/v1/query", &json!({"query": "SELECT 1"}))?;
+    assert_eq!(answer.status, 400);
+    assert!(error_of(&answer).1.contains("sql"), "{}", answer.body);
+    Ok(())
+}
+
+#[test]
+fn collections_can_be_created_described_listed_and_deleted() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    let bad = cluster.post_json("/v1/collections", &json!({"name": "Bad Name"}))?;
+    assert_eq!(bad.status, 400);
+    assert!(error_of(&bad).1.contains("lowercase"));
+    let typo = cluster.post_json("/v1/collections", &json!({"name": "ok", "shards": 3}))?;
+    assert_eq!(typo.status, 400);
+    assert!(error_of(&typo).1.contains("shards"), "{}", typo.body);
+
+    cluster
+        .create_collection(json!({"name": "things", "num_shards": 3, "text_fields": ["title"]}))?;
+    let again = cluster.post_json("/v1/collections", &json!({"name": "things"}))?;
+    assert_eq!(again.status, 409);
+
+    cluster.write_docs(
+        "things",
+        &[
+            json!({"title": "a", "n": 1}),
+            json!({"title": "b", "n": 2.5, "tags": ["x"]}),
+        ],
+        10,
+    )?;
+    let described = cluster.get("/v1/collections/things")?;
+    assert_eq!(described.status, 200);
+    assert_eq!(described.body["documents"], 2);
+    let schema = &described.body["schema"];
+    assert!(
+        schema
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "n", "type": "double"})),
+        "{schema}"
+    );
+    assert!(
+        schema
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "tags", "type": "varchar[]"})),
+        "{schema}"
+    );
+    let listed = cluster.get("/v1/collections")?;
+    assert_eq!(listed.body["collections"][0]["name"], "things");
+
+    assert_eq!(cluster.delete("/v1/collections/things")?.status, 204);
+    assert_eq!(cluster.get("/v1/collections/things")?.status, 404);
+    assert_eq!(cluster.query("SELECT COUNT(*) FROM things")?.status, 404);
+    // A new collection of the same name starts empty.
+    cluster.create_collection(json!({"name": "things", "num_shards": 3}))?;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM things")?, 0);
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! 100k documents through the HTTP API into 2 leaves and 6 shards, with sealed and
+//! mutable segments and upserts; 30+ queries checked against DuckDB on the same data.
+
+use std::io::Write;
+
+use altdb_tests::oracle::{compare, expected, Case, Table};
+use altdb_tests::{data, Cluster, ClusterOptions};
+use serde_json::json;
+
+const DOCS: u64 = 100_000;
+const SEED: u64 = 20_261_122;
+
+const CASES: &[Case] = &[
+    Case { name: "count", sql: "SELECT COUNT(*) FROM events", ordered: true },
+    Case { name: "simple_aggregates", sql: "SELECT COUNT(*), SUM(qty), MIN(amount), MAX(amount), COUNT(amount) FROM events", ordered: true },
+    Case { name: "avg", sql: "SELECT AVG(amount), AVG(qty) FROM events", ordered: true },
+    Case { name: "group_low_cardinality", sql: "SELECT event, COUNT(*) FROM events GROUP BY event", ordered: false },
+    Case { name: "group_nested_ordered", sql: "SELECT \"user.geo.country\", COUNT(*), SUM(qty) FROM events GROUP BY 1 ORDER BY 1", ordered: true },
+    Case { name: "count_distinct", sql: "SELECT COUNT(DISTINCT \"user.id\") FROM events", ordered: true },
+    Case { name: "count_distinct_grouped", sql: "SELECT event, COUNT(DISTINCT \"user.id\") FROM events GROUP BY event", ordered: false },
+    Case { name: "group_high_cardinality_topk", sql: "SELECT hi_card, COUNT(*) AS c, SUM(qty) FROM events GROUP BY hi_card ORDER BY c DESC, hi_card LIMIT 20", ordered: true },
+    Case { name: "group_high_cardinality_count", sql: "SELECT COUNT(*) FROM (SELECT hi_card FROM events GROUP BY hi_card) AS g", ordered: true },
+    Case { name: "having", sql: "SELECT \"user.id\", COUNT(*), SUM(amount) FROM events GROUP BY 1 HAVING COUNT(*) > 150 ORDER BY 1", ordered: true },
+    Case { name: "top_k", sql: "SELECT id, amount FROM events WHERE amount IS NOT NULL ORDER BY amount DESC, id LIMIT 10", ordered: true },
+    Case { name: "nested_filter", sql: "SELECT id, qty FROM events WHERE \"user.geo.city\" = 'Oslo' AND qty > 8 ORDER BY id LIMIT 50", ordered: true },
+    Case { name: "is_null_missing_and_explicit", sql: "SELECT COUNT(*) FROM events WHERE \"user.age\" IS NULL", ordered: true },
+    Case { name: "is_not_null_and_range", sql: "SELECT COUNT(*) FROM events WHERE amount IS NOT NULL AND \"user.age\" BETWEEN 30 AND 40", ordered: true },
+    Case { name: "like_prefix", sql: "SELECT COUNT(*) FROM events WHERE \"user.id\" LIKE 'u1%'", ordered: true },
+    Case { name: "like_infix", sql: "SELECT note, COUNT(*) FROM events WHERE note LIKE '%quick%' GROUP BY note", ordered: false },
+    Case { name: "mixed_int_string", sql: "SELECT code, COUNT(*) FROM events WHERE code IN ('E1', 'E2', '7') GROUP BY code ORDER BY code", ordered: true },
+    Case { name: "mixed_int_float", sql: "SELECT SUM(score), MAX(score), MIN(score) FROM events", ordered: true },
+    Case { name: "time_bucket_day", sql: "SELECT date_trunc('day', _event_time) AS d, COUNT(*) FROM events GROUP BY 1 ORDER BY 1", ordered: true },
+    Case { name: "time_bucket_hour_filtered", sql: "SELECT date_trunc('hour', _event_time) AS h, COUNT(*), SUM(qty) FROM events WHERE _event_time < '2024-01-02' GROUP BY 1 ORDER BY 1", ordered: true },
+    Case { name: "time_range", sql: "SELECT MIN(_event_time), MAX(_event_time) FROM events", ordered: true },
+    Case { name: "join", sql: "SELECT u.tier, COUNT(*), SUM(e.qty) FROM events e JOIN users u ON e.\"user.id\" = u.uid GROUP BY u.tier ORDER BY u.tier", ordered: true },
+    Case { name: "window_rank", sql: "SELECT country, c, RANK() OVER (ORDER BY c DESC) FROM (SELECT \"user.geo.country\" AS country, COUNT(*) AS c FROM events GROUP BY 1) AS t ORDER BY country", ordered: true },
+    Case { name: "window_partitioned", sql: "SELECT event, id, rn FROM (SELECT event, id, ROW_NUMBER() OVER (PARTITION BY event ORDER BY amount DESC, id) AS rn FROM events WHERE amount IS NOT NULL) AS t WHERE rn <= 3 ORDER BY event, rn", ordered: true },
+    Case { name: "subquery_in", sql: "SELECT COUNT(*) FROM events WHERE \"user.id\" IN (SELECT uid FROM users WHERE tier = 'gold')", ordered: true },
+    Case { name: "scalar_subquery", sql: "SELECT COUNT(*) FROM events WHERE amount > (SELECT AVG(amount) FROM events)", ordered: true },
+    Case { name: "boolean_group", sql: "SELECT flag, COUNT(*) FROM events GROUP BY flag ORDER BY flag", ordered: true },
+    Case { name: "array_length", sql: "SELECT COUNT(*) FROM events WHERE array_length(tags) = 2", ordered: true },
+    Case { name: "or_and_not", sql: "SELECT COUNT(*) FROM events WHERE event <> 'view' AND (qty < 3 OR \"user.geo.country\" = 'DE')", ordered: true },
+    Case { name: "group_two_keys", sql: "SELECT \"user.geo.country\", \"user.geo.city\", AVG(qty), COUNT(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2", ordered: true },
+    Case { name: "point_lookup", sql: "SELECT _id, qty, event FROM events WHERE _id = '12345'", ordered: true },
+    Case { name: "case_expression", sql: "SELECT CASE WHEN amount > 100 THEN 'big' ELSE 'small' END AS b, COUNT(*) FROM events GROUP BY 1 ORDER BY 1", ordered: true },
+    Case { name: "upserted_values", sql: "SELECT COUNT(*), SUM(qty) FROM events WHERE id % 97 = 0", ordered: true },
+    Case { name: "limit_only_count", sql: "SELECT COUNT(*) FROM (SELECT id FROM events LIMIT 777) AS t", ordered: true },
+];
+
+#[test]
+fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
+    // Small segments so every shard has several sealed segments and a mutable tail.
+    let cluster = Cluster::start(ClusterOptions {
+        leaves: 2,
+        seal_rows: 7_000,
+    })?;
+    cluster.create_collection(json!({
+        "name": "events", "num_shards": 6, "id_field": "id", "event_time_field": "ts",
+        "text_fields": ["note"]
+    }))?;
+    cluster.create_collection(json!({"name": "users", "num_shards": 2, "id_field": "uid"}))?;
+
+    let mut docs = data::events(SEED, DOCS);
+    cluster.write_docs("events", &docs, 5_000)?;
+    cluster.write_docs("users", &data::users(), 1_000)?;
+    // Let the sealer turn most rows into segments, then upsert a slice of them.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut updated = Vec::new();
+    for doc in docs
+        .iter_mut()
+        .filter(|d| d["id"].as_u64().unwrap() % 97 == 0)
+    {
+        doc["qty"] = json!(doc["qty"].as_u64().unwrap() + 100);
+        updated.push(doc.clone());
+    }
+    cluster.write_docs("events", &updated, 500)?;
+
+    let events_path = cluster.dir.path().join("events.ndjson");
+    let users_path = cluster.dir.path().join("users.ndjson");
+    for (path, rows) in [(&events_path, &docs), (&users_path, &data::users())] {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for row in rows.iter() {
+            writeln!(file, "{row}")?;
+        }
+    }
+    let answers = expected(
+        cluster.dir.path(),
+        &[
+            Table {
+                name: "events",
+                path: &events_path,
+                id_field: "id",
+                time_field: Some("ts"),
+            },
+            Table {
+                name: "users",
+                path: &users_path,
+                id_field: "uid",
+                time_field: None,
+            },
+        ],
+        CASES,
+    )?;
+
+    let mut failures = Vec::new();
+    for case in CASES {
+        let expected = &answers[case.name];
+        if let Some(error) = expected.get("error") {
+            failures.push(format!("{}: duckdb failed: {error}", case.name));
+            continue;
+        }
+        let expected: Vec<Vec<serde_json::Value>> =
+            serde_json::from_value(expected["rows"].clone())?;
+        match cluster.rows(case.sql) {
+            Ok(actual) => {
+                if let Err(difference) = compare(case, &actual, &expected) {
+                    failures.push(difference);
+                }
+            }
+            Err(error) => failures.push(format!("{}: {error}", case.name)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} queries differ:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n\n")
+    );
+
+    // Stats: every shard answered, and partial aggregation kept rows on the leaves.
+    let answer = cluster.query("SELECT event, COUNT(*) FROM events GROUP BY event")?;
+    let stats = &answer.body["stats"];
+    assert_eq!(stats["shards_queried"], 6, "{stats}");
+    assert_eq!(stats["shards_responded"], 6, "{stats}");
+    assert_eq!(stats["rows_scanned"], DOCS, "{stats}");
+
+    // The plan ships the partial aggregate to the leaves.
+    let plan = cluster.rows("EXPLAIN SELECT event, COUNT(*) FROM events GROUP BY event")?;
+    let text = serde_json::to_string(&plan)?;
+    assert!(text.contains("RemoteFragmentExec"), "{text}");
+    assert!(text.contains("mode=Partial"), "{text}");
+
+    // Both sealed segments and a mutable tail exist on the leaves.
+    let described = cluster.get("/v1/collections/events")?;
+    assert_eq!(described.body["documents"], DOCS, "{}", described.body);
+    let shards = described.body["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 6);
+    assert!(
+        shards
+            .iter()
+            .all(|s| s["sealed_segments"].as_u64().unwrap() >= 1),
+        "{shards:?}"
+    );
+    Ok(())
+}
