@@ -221,7 +221,7 @@ fn classify(error: DataFusionError, missing_collections: &[String]) -> Aggregato
                     .join(", ");
                 let mut message = format!("column `{}` does not exist", field.flat_name());
                 if field.relation.is_some() {
-                    message.push_str("; dotted field names must be quoted, e.g. \"user.geo.city\"");
+                    message.push_str(QUOTE_HINT);
                 }
                 message.push_str(&format!("; available columns: {shown}"));
                 AggregatorError::UnknownColumn(message)
@@ -231,7 +231,11 @@ fn classify(error: DataFusionError, missing_collections: &[String]) -> Aggregato
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::NotImplemented(_) => {
-            AggregatorError::InvalidSql(strip_prefix(&root.to_string()))
+            let mut message = strip_prefix(&root.to_string());
+            if message.contains("Dot access") {
+                message.push_str(QUOTE_HINT);
+            }
+            AggregatorError::InvalidSql(message)
         }
         DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
             AggregatorError::InvalidSql(strip_prefix(&root.to_string()))
@@ -239,6 +243,8 @@ fn classify(error: DataFusionError, missing_collections: &[String]) -> Aggregato
         other => AggregatorError::Internal(other.to_string()),
     }
 }
+
+const QUOTE_HINT: &str = "; nested fields are dotted column names and must be quoted, e.g. \"user.geo.city\"";
 
 fn strip_prefix(message: &str) -> String {
     for prefix in [
