@@ -33,6 +33,38 @@ def flatten(obj, prefix="", out=None):
     return out
 
 
+def scalar_kind(value):
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "other"
+
+
+def text_of(value):
+    """altdb's text form of a value in a varchar column (serde_json's formatting)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def widen_mixed_scalars(docs):
+    """Applies altdb's documented widening (DESIGN.md section 2): a field holding
+    strings and other scalars is varchar, with the other values as their JSON text.
+    DuckDB would type such a field JSON instead."""
+    kinds = {}
+    for doc in docs:
+        for key, value in doc.items():
+            kinds.setdefault(key, set()).add(scalar_kind(value))
+    textual = {k for k, v in kinds.items() if "string" in v and len(v) > 1 and "other" not in v}
+    for doc in docs:
+        for key in textual & doc.keys():
+            doc[key] = text_of(doc[key])
+    return docs
+
+
 def normalize(value):
     if isinstance(value, datetime.datetime):
         if value.tzinfo is not None:
@@ -61,10 +93,11 @@ def main():
     workdir = tempfile.mkdtemp()
     for table in tables:
         flat_path = os.path.join(workdir, table["name"] + ".ndjson")
-        with open(table["path"]) as src, open(flat_path, "w") as dst:
-            for line in src:
-                if line.strip():
-                    dst.write(json.dumps(flatten(json.loads(line))) + "\n")
+        with open(table["path"]) as src:
+            docs = [flatten(json.loads(line)) for line in src if line.strip()]
+        with open(flat_path, "w") as dst:
+            for doc in widen_mixed_scalars(docs):
+                dst.write(json.dumps(doc) + "\n")
         time_expr = (
             f'CAST("{table["time_field"]}" AS TIMESTAMP)' if table.get("time_field") else "NULL"
         )

@@ -133,7 +133,13 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     let stats = &answer.body["stats"];
     assert_eq!(stats["shards_queried"], 6, "{stats}");
     assert_eq!(stats["shards_responded"], 6, "{stats}");
-    assert_eq!(stats["rows_scanned"], DOCS, "{stats}");
+    // Rows read include superseded versions in sealed segments (skipped by delete
+    // markers), never more than one extra per upsert.
+    let scanned = stats["rows_scanned"].as_u64().unwrap();
+    assert!(
+        (DOCS..=DOCS + updated.len() as u64).contains(&scanned),
+        "{stats}"
+    );
 
     // The plan ships the partial aggregate to the leaves.
     let plan = cluster.rows("EXPLAIN SELECT event, COUNT(*) FROM events GROUP BY event")?;

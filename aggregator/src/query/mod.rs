@@ -244,7 +244,8 @@ fn classify(error: DataFusionError, missing_collections: &[String]) -> Aggregato
     }
 }
 
-const QUOTE_HINT: &str = "; nested fields are dotted column names and must be quoted, e.g. \"user.geo.city\"";
+const QUOTE_HINT: &str =
+    "; nested fields are dotted column names and must be quoted, e.g. \"user.geo.city\"";
 
 fn strip_prefix(message: &str) -> String {
     for prefix in [

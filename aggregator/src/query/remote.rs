@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -22,13 +22,17 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     displayable, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
+use datafusion::prelude::SessionContext;
+use datafusion_proto::bytes::{
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+};
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use futures::{StreamExt, TryStreamExt};
 
@@ -158,16 +162,18 @@ impl ExecutionPlan for DistributedScanExec {
 pub struct ScanCodec;
 
 impl PhysicalExtensionCodec for ScanCodec {
+    /// Decodes the scan as an empty placeholder: aggregators decode fragments only
+    /// to prove that a leaf will be able to.
     fn try_decode(
         &self,
-        _buf: &[u8],
+        buf: &[u8],
         _inputs: &[Arc<dyn ExecutionPlan>],
         _ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Err(DataFusionError::NotImplemented(
-            "aggregators do not decode fragments".into(),
-        ))
+        let spec: ScanSpec =
+            serde_json::from_slice(buf).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Arc::new(EmptyExec::new(spec.arrow_schema())))
     }
 
     fn try_encode(
@@ -208,9 +214,13 @@ impl fmt::Debug for RemoteFragmentExec {
 }
 
 impl RemoteFragmentExec {
-    /// Fails if the fragment cannot be encoded for the leaves.
+    /// Fails if the fragment cannot be shipped: it must encode, and decode again
+    /// without anything only the aggregator has (such as a scalar subquery's result).
     pub fn try_new(fragment: Arc<dyn ExecutionPlan>, target: Arc<ScanTarget>) -> DfResult<Self> {
+        static DECODE_CONTEXT: OnceLock<Arc<TaskContext>> = OnceLock::new();
         let encoded = physical_plan_to_bytes_with_extension_codec(fragment.clone(), &ScanCodec)?;
+        let context = DECODE_CONTEXT.get_or_init(|| SessionContext::new().task_ctx());
+        physical_plan_from_bytes_with_extension_codec(&encoded, context, &ScanCodec)?;
         let properties = fragment.properties().clone();
         Ok(Self {
             fragment,
