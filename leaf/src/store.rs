@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::segment::SegmentMeta;
 
+/// A raw RocksDB entry.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Per-collection settings the leaf needs to index (sent with every write).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CollectionMeta {
@@ -171,7 +174,7 @@ impl Store {
     fn scan_prefix(
         &self,
         prefix: Vec<u8>,
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_ {
+    ) -> impl Iterator<Item = Result<KeyValue>> + '_ {
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(prefix_end(&prefix));
         self.db

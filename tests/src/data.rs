@@ -2,40 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-/// SplitMix64: a tiny, stable pseudo-random generator.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Skewed to small values (a few hot keys).
-    pub fn skewed(&mut self, n: u64) -> u64 {
-        let u = self.unit();
-        ((n as f64).powf(u * u) as u64).saturating_sub(1).min(n - 1)
-    }
-
-    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
+pub use altdb_common::random::SplitMix64 as Rng;
 
 const EVENTS: &[&str] = &["view", "view", "view", "click", "click", "buy", "share"];
 const PLACES: &[(&str, &str)] = &[

@@ -8,23 +8,12 @@ use altdb_common::schema::FlatRow;
 
 /// Rows appended since the last seal. A row's *position* is global and never reused,
 /// so the primary-key map can point at it while older rows are sealed away.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct MutableSegment {
     base: u64,
     rows: VecDeque<Option<Arc<FlatRow>>>,
     live: usize,
     oldest: Option<Instant>,
-}
-
-impl Default for MutableSegment {
-    fn default() -> Self {
-        Self {
-            base: 0,
-            rows: VecDeque::new(),
-            live: 0,
-            oldest: None,
-        }
-    }
 }
 
 impl MutableSegment {

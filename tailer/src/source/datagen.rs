@@ -11,46 +11,10 @@ use tokio::sync::watch;
 use xxhash_rust::xxh3::xxh3_64;
 
 use altdb_common::collection::{CollectionSpec, SourceSpec};
+use altdb_common::random::SplitMix64;
 use altdb_common::rpc::PutRow;
 
 use crate::pusher::Pusher;
-
-/// Deterministic pseudo-random numbers (SplitMix64): stable across versions and platforms.
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Skewed towards small values: a few users and pages get most events.
-    pub fn skewed(&mut self, n: u64) -> u64 {
-        let u = self.unit();
-        ((n as f64).powf(u * u) as u64).saturating_sub(1).min(n - 1)
-    }
-
-    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 const EVENT_TYPES: &[&str] = &[
     "page_view",
