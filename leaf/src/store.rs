@@ -171,10 +171,7 @@ impl Store {
         })
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: Vec<u8>,
-    ) -> impl Iterator<Item = Result<KeyValue>> + '_ {
+    fn scan_prefix(&self, prefix: Vec<u8>) -> impl Iterator<Item = Result<KeyValue>> + '_ {
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(prefix_end(&prefix));
         self.db
