@@ -22,6 +22,7 @@ pub mod collection;
 pub mod config;
 pub mod document;
 pub mod error;
+pub mod plan;
 pub mod random;
 pub mod routing;
 pub mod rpc;

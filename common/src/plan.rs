@@ -1,0 +1,44 @@
+//! Helpers for altdb's own DataFusion plan nodes.
+
+/// Implements the [`ExecutionPlan`](datafusion::physical_plan::ExecutionPlan)
+/// methods every childless altdb node shares: `name`, `properties` (from a
+/// `properties: Arc<PlanProperties>` field), `children`, `apply_expressions` and
+/// `with_new_children`. Use inside the `impl ExecutionPlan for ..` block.
+#[macro_export]
+macro_rules! childless_plan_methods {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(
+            &self,
+        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
+            vec![]
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(
+                &::std::sync::Arc<dyn ::datafusion::physical_expr::PhysicalExpr>,
+            ) -> ::datafusion::error::Result<
+                ::datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> ::datafusion::error::Result<::datafusion::common::tree_node::TreeNodeRecursion> {
+            Ok(::datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+
+        fn with_new_children(
+            self: ::std::sync::Arc<Self>,
+            _children: Vec<::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>>,
+        ) -> ::datafusion::error::Result<
+            ::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>,
+        > {
+            Ok(self)
+        }
+    };
+}
