@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -59,9 +58,10 @@ pub fn router(state: AppState, max_write_bytes: usize) -> Router {
         .with_state(state)
 }
 
-fn json_body<T>(body: std::result::Result<Json<T>, JsonRejection>) -> Result<T> {
-    body.map(|Json(v)| v).map_err(|e| {
-        AggregatorError::InvalidRequest(format!("request body is invalid: {}", e.body_text()))
+/// Parses a JSON body whatever its content type (`curl -d` sends a form type).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        AggregatorError::InvalidRequest(format!("request body is not valid JSON here: {e}"))
     })
 }
 
@@ -71,11 +71,8 @@ struct QueryRequest {
     sql: String,
 }
 
-async fn query(
-    State(state): State<AppState>,
-    body: std::result::Result<Json<QueryRequest>, JsonRejection>,
-) -> Result<Response> {
-    let request = json_body(body)?;
+async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
+    let request: QueryRequest = json_body(&body)?;
     if request.sql.trim().is_empty() {
         return Err(AggregatorError::InvalidSql(
             "sql is empty; send {\"sql\": \"SELECT ...\"}".into(),
@@ -90,11 +87,8 @@ async fn cluster_status(State(state): State<AppState>) -> Response {
     Json(serde_json::json!({ "leaves": leaves })).into_response()
 }
 
-async fn create_collection(
-    State(state): State<AppState>,
-    body: std::result::Result<Json<CollectionSpec>, JsonRejection>,
-) -> Result<Response> {
-    let spec = json_body(body)?;
+async fn create_collection(State(state): State<AppState>, body: Bytes) -> Result<Response> {
+    let spec: CollectionSpec = json_body(&body)?;
     spec.validate()?;
     state.catalog.create(spec.clone()).await?;
     tracing::info!(collection = %spec.name, shards = spec.num_shards, "created collection");

@@ -115,6 +115,10 @@ fn unknown_collections_bad_sql_and_unknown_columns_say_what_to_fix() -> anyhow::
     let answer = cluster.post_json("/v1/query", &json!({"query": "SELECT 1"}))?;
     assert_eq!(answer.status, 400);
     assert!(error_of(&answer).1.contains("sql"), "{}", answer.body);
+    // `curl -d` sends a form content type; the JSON body is still understood.
+    let answer = cluster.post_raw("/v1/query", r#"{"sql": "SELECT COUNT(*) FROM docs"}"#)?;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["rows"], json!([[1]]));
     Ok(())
 }
 

@@ -52,8 +52,12 @@ fn spawn(
             path.display()
         );
     }
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    // Append: the logs of earlier runs are kept for diagnosis.
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
     let child = Command::new(&path)
         .args(args)
         .stdout(log_file.try_clone()?)
@@ -177,7 +181,12 @@ async fn main() -> anyhow::Result<()> {
 
     let http = reqwest::Client::new();
     let started = async {
-        wait_healthy(&http, &format!("{aggregator_url}/healthz"), &mut processes).await?;
+        wait_healthy(
+            &http,
+            &format!("{aggregator_url}/v1/cluster"),
+            &mut processes,
+        )
+        .await?;
         wait_healthy(&http, &format!("{tailer_url}/healthz"), &mut processes).await?;
         if args.rate > 0 {
             let exists = http
