@@ -189,31 +189,25 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         wait_healthy(&http, &format!("{tailer_url}/healthz"), &mut processes).await?;
         if args.rate > 0 {
-            let exists = http
-                .get(format!("{aggregator_url}/v1/collections/clicks"))
+            let spec = serde_json::json!({
+                "name": "clicks",
+                "num_shards": 4,
+                "event_time_field": "ts",
+                "text_fields": ["page.title"],
+                "sources": [{"type": "datagen", "rate": args.rate}],
+            });
+            let response = http
+                .post(format!("{aggregator_url}/v1/collections"))
+                .json(&spec)
                 .send()
-                .await?
-                .status()
-                .is_success();
-            if !exists {
-                let spec = serde_json::json!({
-                    "name": "clicks",
-                    "num_shards": 4,
-                    "event_time_field": "ts",
-                    "text_fields": ["page.title"],
-                    "sources": [{"type": "datagen", "rate": args.rate}],
-                });
-                let response = http
-                    .post(format!("{aggregator_url}/v1/collections"))
-                    .json(&spec)
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    bail!(
-                        "could not create the demo collection: {}",
-                        response.text().await?
-                    );
-                }
+                .await?;
+            // 409: the demo collection exists from an earlier run, with its data.
+            let status = response.status();
+            if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
+                bail!(
+                    "could not create the demo collection: {}",
+                    response.text().await?
+                );
             }
         }
         anyhow::Ok(())
