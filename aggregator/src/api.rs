@@ -169,11 +169,19 @@ async fn write_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    if state.catalog.get(&name).await?.is_none() {
-        return Err(AggregatorError::CollectionNotFound(name));
-    }
+    let spec = state
+        .catalog
+        .get(&name)
+        .await?
+        .ok_or_else(|| AggregatorError::CollectionNotFound(name.clone()))?;
+    let spec_json =
+        serde_json::to_string(&spec).map_err(|e| AggregatorError::Internal(e.to_string()))?;
     let url = format!("{}/v1/collections/{name}/docs", state.tailer_url);
-    let mut request = state.http.post(&url).body(body);
+    let mut request = state
+        .http
+        .post(&url)
+        .header(altdb_common::api::SPEC_HEADER, spec_json)
+        .body(body);
     if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
         request = request.header(axum::http::header::CONTENT_TYPE, content_type);
     }

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Header with which an aggregator forwards the collection spec along with a write,
+/// so the tailer routes with the catalog's current spec, never a cached one.
+pub const SPEC_HEADER: &str = "x-altdb-collection-spec";
+
 /// Body of every HTTP error: `{"error":{"code":..,"message":..}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use altdb_common::api::{RejectedDoc, WriteResponse};
+use altdb_common::api::{RejectedDoc, WriteResponse, SPEC_HEADER};
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::{prepare, DocLimits, IdentityRules};
 use altdb_common::rpc::PutRow;
@@ -134,9 +134,17 @@ impl WriteApi {
 async fn write_docs(
     State(api): State<WriteApi>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let spec = api.catalog.get(&name).await?;
+    let forwarded = headers
+        .get(SPEC_HEADER)
+        .and_then(|v| serde_json::from_slice::<CollectionSpec>(v.as_bytes()).ok())
+        .filter(|spec| spec.name == name);
+    let spec = match forwarded {
+        Some(spec) => spec,
+        None => api.catalog.get(&name).await?,
+    };
     let elements = split_body(&body)?
         .into_iter()
         .map(|e| (e.index, e.parsed, e.raw_len))

@@ -169,8 +169,15 @@ fn collections_can_be_created_described_listed_and_deleted() -> anyhow::Result<(
     assert_eq!(cluster.delete("/v1/collections/things")?.status, 204);
     assert_eq!(cluster.get("/v1/collections/things")?.status, 404);
     assert_eq!(cluster.query("SELECT COUNT(*) FROM things")?.status, 404);
-    // A new collection of the same name starts empty.
-    cluster.create_collection(json!({"name": "things", "num_shards": 3}))?;
+    // A new collection of the same name starts empty, and its new shard count
+    // applies to writes at once (no stale routing that would duplicate upserts).
+    cluster.create_collection(json!({"name": "things", "num_shards": 5, "id_field": "k"}))?;
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM things")?, 0);
+    let docs: Vec<_> = (0..200).map(|k| json!({"k": k, "v": 1})).collect();
+    cluster.write_docs("things", &docs, 200)?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    cluster.write_docs("things", &docs, 200)?;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM things")?, 200);
+    assert_eq!(cluster.scalar("SELECT COUNT(DISTINCT _id) FROM things")?, 200);
     Ok(())
 }
