@@ -27,7 +27,7 @@ impl Default for LeafConfig {
             listen: "127.0.0.1:7801".parse().expect("valid address"),
             data_dir: PathBuf::from("altdb-data/leaf-0"),
             seal_rows: 100_000,
-            seal_interval_secs: 60,
+            seal_interval_secs: 10,
             sync_writes: true,
         }
     }

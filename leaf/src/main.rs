@@ -36,7 +36,7 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     seal_rows: Option<usize>,
-    /// Age in seconds that triggers sealing (default 60).
+    /// Age in seconds that triggers sealing (default 10).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     seal_interval_secs: Option<u64>,
