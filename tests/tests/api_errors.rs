@@ -178,6 +178,9 @@ fn collections_can_be_created_described_listed_and_deleted() -> anyhow::Result<(
     std::thread::sleep(std::time::Duration::from_secs(3));
     cluster.write_docs("things", &docs, 200)?;
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM things")?, 200);
-    assert_eq!(cluster.scalar("SELECT COUNT(DISTINCT _id) FROM things")?, 200);
+    assert_eq!(
+        cluster.scalar("SELECT COUNT(DISTINCT _id) FROM things")?,
+        200
+    );
     Ok(())
 }
