@@ -7,7 +7,7 @@ use axum::Json;
 use altdb_common::api::ErrorBody;
 
 /// Everything a request to the aggregator can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AggregatorError {
     /// The request is malformed; the message says what to fix.
     #[error("{0}")]

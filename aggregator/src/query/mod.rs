@@ -195,7 +195,7 @@ fn classify(error: DataFusionError, missing_collections: &[String]) -> Aggregato
     match root {
         DataFusionError::External(inner) => {
             if let Some(e) = inner.downcast_ref::<AggregatorError>() {
-                return clone_error(e);
+                return e.clone();
             }
             if let Some(e) = inner.downcast_ref::<ShardUnavailable>() {
                 return AggregatorError::Unavailable(e.to_string());
@@ -259,12 +259,4 @@ fn strip_prefix(message: &str) -> String {
         }
     }
     message.to_string()
-}
-
-fn clone_error(error: &AggregatorError) -> AggregatorError {
-    match error {
-        AggregatorError::CollectionNotFound(n) => AggregatorError::CollectionNotFound(n.clone()),
-        AggregatorError::Unavailable(m) => AggregatorError::Unavailable(m.clone()),
-        other => AggregatorError::Internal(other.to_string()),
-    }
 }
