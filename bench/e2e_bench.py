@@ -15,15 +15,15 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
 import duckdb
+
+from cluster import default_bin_dir, http, start_cluster, stop
 
 QUERIES = [
     ("count", "SELECT COUNT(*) FROM clicks"),
@@ -64,47 +64,6 @@ def make_doc(rng, i):
     return doc
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method, url, body=None, timeout=600):
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def start_cluster(bin_dir, data_dir):
-    agg, tail, l0, l1 = (free_port() for _ in range(4))
-    leaves = f"http://127.0.0.1:{l0},http://127.0.0.1:{l1}"
-    procs = []
-    log = open(os.path.join(data_dir, "cluster.log"), "w")
-    for i, port in enumerate((l0, l1)):
-        procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-leaf"), "--listen", f"127.0.0.1:{port}",
-                                       "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log))
-    procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-aggregator"), "--listen", f"127.0.0.1:{agg}",
-                                   "--data-dir", os.path.join(data_dir, "agg"), "--leaves", leaves,
-                                   "--tailer-url", f"http://127.0.0.1:{tail}"], stdout=log, stderr=log))
-    procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-tailer"), "--listen", f"127.0.0.1:{tail}",
-                                   "--aggregator-url", f"http://127.0.0.1:{agg}", "--leaves", leaves], stdout=log, stderr=log))
-    url = f"http://127.0.0.1:{agg}"
-    for _ in range(300):
-        try:
-            status, body = http("GET", url + "/v1/cluster")
-            if status == 200 and all(l["healthy"] for l in body["leaves"]):
-                return url, procs
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("cluster did not start; see " + data_dir)
-
-
 def timed(fn, runs):
     fn()  # cold run, not counted
     samples = []
@@ -121,7 +80,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/altdb-target")), "release"))
+    parser.add_argument("--bin-dir", default=default_bin_dir())
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="altdb-bench-")
@@ -173,10 +132,7 @@ def main():
             duck_ms = timed(lambda: con.execute(sql).fetchall(), args.runs)
             print(f"| {name} | {altdb_ms:.1f} | {duck_ms:.1f} | {altdb_ms / duck_ms:.1f}x | {answer['stats']['rows_scanned']:,} |")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@
 //! | `DELETE /v1/collections/{name}` | drop data everywhere, then the spec |
 //! | `POST /v1/collections/{name}/docs` | NDJSON or JSON array, forwarded to a tailer |
 //! | `GET /v1/cluster` | leaf health |
+//! | `GET /metrics` | Prometheus metrics, incl. per-partition lag and freshness |
 //! | `GET /healthz` | liveness |
 
 use std::sync::Arc;
@@ -22,12 +23,14 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use altdb_common::collection::CollectionSpec;
+use altdb_common::metrics::Metrics;
 use altdb_common::schema::FieldType;
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
 use crate::query::QueryEngine;
+use crate::sources::{export, source_status, KafkaProbe};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -37,6 +40,8 @@ pub struct AppState {
     pub engine: QueryEngine,
     pub http: reqwest::Client,
     pub tailer_url: String,
+    pub probe: Arc<KafkaProbe>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds the router.
@@ -45,6 +50,7 @@ pub fn router(state: AppState, max_write_bytes: usize) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/query", post(query))
         .route("/v1/cluster", get(cluster_status))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/collections",
             post(create_collection).get(list_collections),
@@ -78,8 +84,47 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
             "sql is empty; send {\"sql\": \"SELECT ...\"}".into(),
         ));
     }
-    let response = state.engine.query(&request.sql).await?;
-    Ok(Json(response).into_response())
+    let result = state.engine.query(&request.sql).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.code(),
+    };
+    state.metrics.add(
+        "altdb_queries_total",
+        "SQL queries answered, by outcome.",
+        &[("outcome", outcome)],
+        1.0,
+    );
+    if let Ok(response) = &result {
+        state.metrics.add(
+            "altdb_query_seconds_total",
+            "Time spent answering queries.",
+            &[],
+            response.stats.elapsed_ms / 1000.0,
+        );
+    }
+    Ok(Json(result?).into_response())
+}
+
+/// Prometheus metrics; source lag and freshness are measured at scrape time.
+async fn metrics(State(state): State<AppState>) -> Result<Response> {
+    state.metrics.clear("altdb_source_partition_lag_records");
+    state.metrics.clear("altdb_source_partition_freshness_seconds");
+    state.metrics.clear("altdb_source_freshness_seconds");
+    for spec in state.catalog.list().await? {
+        if spec.sources.is_empty() {
+            continue;
+        }
+        if let Ok(stats) = state.cluster.collection_stats(&spec.name).await {
+            let statuses = source_status(&spec, &stats, &state.probe).await;
+            export(&state.metrics, &spec.name, &statuses);
+        }
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response())
 }
 
 async fn cluster_status(State(state): State<AppState>) -> Response {
@@ -139,10 +184,12 @@ async fn describe_collection(
             }),
     );
     let documents: u64 = stats.shards.iter().map(|s| s.docs).sum();
+    let sources = source_status(&spec, &stats, &state.probe).await;
     Ok(Json(serde_json::json!({
         "collection": spec,
         "schema": columns,
         "documents": documents,
+        "sources": sources,
         "shards": stats.shards,
     }))
     .into_response())
@@ -157,6 +204,10 @@ async fn delete_collection(
     }
     // Data first: a spec without data is harmless, data without a spec is a leak.
     state.cluster.drop_collection(&name).await?;
+    if CollectionSpec::is_system(&name) {
+        tracing::info!(collection = %name, "cleared system collection");
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     state.catalog.delete(&name).await?;
     tracing::info!(collection = %name, "deleted collection");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -169,6 +220,12 @@ async fn write_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    if CollectionSpec::is_system(&name) {
+        return Err(AggregatorError::InvalidRequest(format!(
+            "`{name}` is a system collection that altdb writes itself; write to your own \
+             collections"
+        )));
+    }
     let spec = state
         .catalog
         .get(&name)

@@ -15,5 +15,6 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod query;
+pub mod sources;
 
 pub use config::AggregatorConfig;

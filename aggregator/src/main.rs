@@ -9,9 +9,12 @@ use clap::Parser;
 use serde::Serialize;
 
 use altdb_aggregator::api::{router, AppState};
-use altdb_aggregator::catalog::FileCatalog;
+use altdb_aggregator::catalog::{Catalog, FileCatalog};
 use altdb_aggregator::cluster::Cluster;
 use altdb_aggregator::query::QueryEngine;
+use altdb_aggregator::sources::KafkaProbe;
+use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
+use altdb_common::metrics::Metrics;
 use altdb_aggregator::AggregatorConfig;
 
 /// Flags override `ALTDB_*` environment variables, which override the config file.
@@ -62,6 +65,18 @@ async fn main() -> anyhow::Result<()> {
         FileCatalog::open(config.data_dir.join("catalog.json"))
             .map_err(|e| anyhow::anyhow!(e.to_string()))?,
     );
+    if catalog
+        .get(DLQ_COLLECTION)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?
+        .is_none()
+    {
+        catalog
+            .create(CollectionSpec::dead_letters())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+        tracing::info!("created the dead-letter collection `{DLQ_COLLECTION}`");
+    }
     let cluster = Cluster::new(&config.leaves).map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let engine = QueryEngine::new(
         catalog.clone(),
@@ -77,6 +92,8 @@ async fn main() -> anyhow::Result<()> {
             .timeout(Duration::from_secs(300))
             .build()?,
         tailer_url: config.tailer_url.trim_end_matches('/').to_string(),
+        probe: Arc::new(KafkaProbe::default()),
+        metrics: Arc::new(Metrics::default()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

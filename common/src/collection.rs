@@ -7,6 +7,9 @@ use crate::{Error, Result};
 /// Largest number of shards a collection may have.
 pub const MAX_SHARDS: u32 = 1024;
 
+/// The system collection of records a source could not ingest (the dead-letter store).
+pub const DLQ_COLLECTION: &str = "_dlq";
+
 /// A named, schemaless set of JSON documents and how it is fed and laid out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +57,106 @@ pub enum SourceSpec {
         #[serde(default)]
         seed: u64,
     },
+    /// A Kafka topic, read by the tailers of a consumer group.
+    Kafka(KafkaSource),
+}
+
+/// Where a Kafka source starts when the leaves hold nothing of a partition yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// How records of a source are decoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordFormat {
+    /// One JSON object per record.
+    #[default]
+    Json,
+}
+
+/// `{"type":"kafka","brokers":..,"topic":..}` in a collection's `sources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSource {
+    /// Bootstrap servers, `host:port,..`.
+    pub brokers: String,
+    pub topic: String,
+    #[serde(default)]
+    pub format: RecordFormat,
+    #[serde(default)]
+    pub start: StartFrom,
+    /// Consumer group shared by the tailers; default `altdb-<collection>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+    /// Add `_meta.kafka` (partition, offset, timestamp, key, headers) to every document.
+    #[serde(default = "default_true")]
+    pub include_metadata: bool,
+    /// librdkafka settings passed through (e.g. `security.protocol`, `sasl.*`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// librdkafka settings altdb sets itself; a source may not override them.
+pub const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
+impl KafkaSource {
+    pub fn consumer_group(&self, collection: &str) -> String {
+        self.consumer_group
+            .clone()
+            .unwrap_or_else(|| format!("altdb-{collection}"))
+    }
+
+    /// The watermark key of one partition: `kafka:<collection>:<topic>:<partition>`.
+    pub fn partition_source(&self, collection: &str, partition: i32) -> String {
+        format!("kafka:{collection}:{}:{partition}", self.topic)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.brokers.trim().is_empty() {
+            return Err(Error::InvalidConfig(
+                "kafka source needs `brokers`, e.g. \"localhost:9092\"".into(),
+            ));
+        }
+        let topic_ok = !self.topic.is_empty()
+            && self.topic.len() <= 249
+            && self
+                .topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !topic_ok {
+            return Err(Error::InvalidConfig(format!(
+                "kafka topic `{}` is invalid; use 1 to 249 letters, digits, `.`, `_` or `-`",
+                self.topic
+            )));
+        }
+        if let Some(key) = self
+            .properties
+            .keys()
+            .find(|k| MANAGED_KAFKA_PROPERTIES.contains(&k.as_str()))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "kafka property `{key}` is set by altdb; use `brokers`, `consumer_group` or \
+                 `start` instead, or drop it"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_datagen_rate() -> u32 {
@@ -65,11 +168,30 @@ impl SourceSpec {
     pub fn source_id(&self, collection: &str) -> String {
         match self {
             SourceSpec::Datagen { seed, .. } => format!("datagen:{collection}:{seed}"),
+            SourceSpec::Kafka(kafka) => format!("kafka:{collection}:{}", kafka.topic),
         }
     }
 }
 
 impl CollectionSpec {
+    /// The spec of [`DLQ_COLLECTION`], which the aggregator creates on start-up.
+    pub fn dead_letters() -> Self {
+        Self {
+            name: DLQ_COLLECTION.to_string(),
+            num_shards: 2,
+            replication: 1,
+            id_field: None,
+            event_time_field: None,
+            text_fields: vec!["error".to_string()],
+            sources: Vec::new(),
+        }
+    }
+
+    /// Whether altdb manages this collection itself (its name starts with `_`).
+    pub fn is_system(name: &str) -> bool {
+        name.starts_with('_')
+    }
+
     /// Checks the spec and says what to fix.
     pub fn validate(&self) -> Result<()> {
         validate_collection_name(&self.name)?;
@@ -103,6 +225,7 @@ impl CollectionSpec {
                     ))
                 }
                 SourceSpec::Datagen { .. } => {}
+                SourceSpec::Kafka(kafka) => kafka.validate()?,
             }
         }
         Ok(())
@@ -111,6 +234,12 @@ impl CollectionSpec {
 
 /// Collection names are SQL identifiers that need no quoting.
 pub fn validate_collection_name(name: &str) -> Result<()> {
+    if CollectionSpec::is_system(name) {
+        return Err(Error::InvalidConfig(format!(
+            "collection name `{name}` is reserved: names starting with `_` are system \
+             collections such as `{DLQ_COLLECTION}`"
+        )));
+    }
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -167,6 +296,35 @@ mod tests {
             .to_string();
         assert!(err.contains("id_field"), "{err}");
         assert!(spec(r#"{"name":"ok","shards":3}"#).is_err());
+    }
+
+    #[test]
+    fn kafka_source_parses_and_validates() {
+        let spec = spec(
+            r#"{"name":"orders","sources":[{"type":"kafka","brokers":"k:9092","topic":"orders.v1",
+                "properties":{"fetch.min.bytes":"1"}}]}"#,
+        )
+        .unwrap();
+        let SourceSpec::Kafka(kafka) = &spec.sources[0] else {
+            panic!("not kafka")
+        };
+        assert_eq!(kafka.start, StartFrom::Earliest);
+        assert_eq!(kafka.consumer_group("orders"), "altdb-orders");
+        assert_eq!(kafka.partition_source("orders", 3), "kafka:orders:orders.v1:3");
+        let err = spec_err(r#"{"type":"kafka","brokers":"k:1","topic":"a b"}"#);
+        assert!(err.contains("topic"), "{err}");
+        let err = spec_err(
+            r#"{"type":"kafka","brokers":"k:1","topic":"t","properties":{"enable.auto.commit":"true"}}"#,
+        );
+        assert!(err.contains("enable.auto.commit"), "{err}");
+        let err = spec_err(r#"{"type":"kafka","brokers":"k:1","topic":"t","start":"middle"}"#);
+        assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    fn spec_err(source: &str) -> String {
+        spec(&format!(r#"{{"name":"c","sources":[{source}]}}"#))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]

@@ -16,12 +16,14 @@
 //! - [`collection`]: the collection spec users create through the API.
 //! - [`rpc`]: the Arrow Flight protocol spoken between tailers, leaves and aggregators.
 //! - [`api`]: the JSON error body every HTTP front door returns.
+//! - [`metrics`]: counters and gauges in the Prometheus text format.
 
 pub mod api;
 pub mod collection;
 pub mod config;
 pub mod document;
 pub mod error;
+pub mod metrics;
 pub mod plan;
 pub mod random;
 pub mod routing;

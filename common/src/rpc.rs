@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Int64Array, StringArray, UInt64Array};
+use arrow::array::{Int64Array, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -41,6 +41,8 @@ pub const ACTION_HEALTH: &str = "health";
 pub const PUT_ID: &str = "_id";
 /// Column of a put batch: event time in microseconds.
 pub const PUT_EVENT_TIME: &str = "_event_time";
+/// Column of a put batch: index into [`PutHeader::sources`] of the record's source (nullable).
+pub const PUT_SOURCE: &str = "_src";
 /// Column of a put batch: the record's position in its source (nullable).
 pub const PUT_POSITION: &str = "_pos";
 /// Column of a put batch: the document as JSON text.
@@ -54,12 +56,27 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 pub struct PutHeader {
     pub collection: String,
     pub shard: u32,
-    /// Stable name of the source; rows at or below its watermark are skipped.
+    /// The sources the rows come from; rows at or below their source's watermark are skipped.
     #[serde(default)]
-    pub source: Option<String>,
+    pub sources: Vec<SourceMark>,
     /// The collection's `text_fields`, which the leaf indexes for full-text search.
     #[serde(default)]
     pub text_fields: Vec<String>,
+}
+
+/// A source of a put batch and how far the batch takes it on this shard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceMark {
+    /// Stable name of the source (for Kafka one per partition), the key of its watermark.
+    pub source: String,
+    /// The shard holds every record of the source up to this position once the batch is
+    /// stored, also those routed to other shards (so its watermark advances without rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<u64>,
+    /// Every record the source produced before this time (microseconds) is in the batch
+    /// or stored earlier: the freshness of the shard's data from this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of_us: Option<i64>,
 }
 
 /// A leaf's answer to a DoPut: the batch is durable and queryable.
@@ -80,11 +97,21 @@ pub struct CollectionRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WatermarksRequest {
     pub collection: String,
-    pub source: String,
+    pub sources: Vec<String>,
 }
 
-/// Highest stored position of a source, per shard held by the leaf.
-pub type Watermarks = BTreeMap<u32, u64>;
+/// Highest stored position per source, per shard held by the leaf.
+pub type Watermarks = BTreeMap<String, BTreeMap<u32, u64>>;
+
+/// What a shard has stored of one source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceProgress {
+    /// Highest position stored.
+    pub watermark: u64,
+    /// Freshness: everything the source produced before this time is stored (if known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of_us: Option<i64>,
+}
 
 /// What one leaf knows of a collection.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -104,6 +131,9 @@ pub struct ShardStats {
     /// Newest `_event_time` stored, microseconds.
     #[serde(default)]
     pub max_event_time_us: Option<i64>,
+    /// Progress of every source that has written to the shard.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceProgress>,
 }
 
 /// The leaf scan at the bottom of a plan fragment (encoded by the plan codec).
@@ -185,6 +215,9 @@ impl FragmentTicket {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FragmentMetrics {
     pub rows_scanned: u64,
+    /// Freshness of the shard per source ([`SourceProgress::as_of_us`]).
+    #[serde(default)]
+    pub source_as_of_us: BTreeMap<String, i64>,
 }
 
 /// The schema of a DoPut batch.
@@ -192,6 +225,7 @@ pub fn put_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(PUT_ID, DataType::Utf8, false),
         Field::new(PUT_EVENT_TIME, DataType::Int64, false),
+        Field::new(PUT_SOURCE, DataType::UInt32, true),
         Field::new(PUT_POSITION, DataType::UInt64, true),
         Field::new(PUT_DOC, DataType::Utf8, false),
     ]))
@@ -202,21 +236,31 @@ pub fn put_schema() -> SchemaRef {
 pub struct PutRow {
     pub id: String,
     pub event_time_us: i64,
-    pub position: Option<u64>,
+    pub position: Option<RowPosition>,
     pub doc_json: String,
+}
+
+/// Where a record sits in its source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowPosition {
+    /// Index into [`PutHeader::sources`].
+    pub source: u32,
+    pub offset: u64,
 }
 
 /// Encodes rows as a DoPut batch.
 pub fn put_batch(rows: &[PutRow]) -> Result<RecordBatch> {
     let ids = StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()));
     let times = Int64Array::from_iter_values(rows.iter().map(|r| r.event_time_us));
-    let positions = UInt64Array::from_iter(rows.iter().map(|r| r.position));
+    let sources = UInt32Array::from_iter(rows.iter().map(|r| r.position.map(|p| p.source)));
+    let positions = UInt64Array::from_iter(rows.iter().map(|r| r.position.map(|p| p.offset)));
     let docs = StringArray::from_iter_values(rows.iter().map(|r| r.doc_json.as_str()));
     Ok(RecordBatch::try_new(
         put_schema(),
         vec![
             Arc::new(ids),
             Arc::new(times),
+            Arc::new(sources),
             Arc::new(positions),
             Arc::new(docs),
         ],

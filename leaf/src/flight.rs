@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Int64Array, StringArray, UInt64Array};
-use arrow::datatypes::{Int64Type, UInt64Type};
+use arrow::array::{AsArray, Int64Array, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{Int64Type, UInt32Type, UInt64Type};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use altdb_common::rpc::{
     CollectionRequest, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
     ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS, PUT_DOC, PUT_EVENT_TIME, PUT_ID,
-    PUT_POSITION,
+    PUT_POSITION, PUT_SOURCE,
 };
 
 use crate::error::LeafError;
@@ -68,6 +68,7 @@ fn column<'a, T: 'static>(
 fn batch_to_docs(batch: &arrow::record_batch::RecordBatch) -> Result<Vec<IncomingDoc>, Status> {
     let ids: &StringArray = column(batch, PUT_ID, |c| c.as_string_opt::<i32>())?;
     let times: &Int64Array = column(batch, PUT_EVENT_TIME, |c| c.as_primitive_opt::<Int64Type>())?;
+    let sources: &UInt32Array = column(batch, PUT_SOURCE, |c| c.as_primitive_opt::<UInt32Type>())?;
     let positions: &UInt64Array =
         column(batch, PUT_POSITION, |c| c.as_primitive_opt::<UInt64Type>())?;
     let docs: &StringArray = column(batch, PUT_DOC, |c| c.as_string_opt::<i32>())?;
@@ -75,7 +76,8 @@ fn batch_to_docs(batch: &arrow::record_batch::RecordBatch) -> Result<Vec<Incomin
         .map(|i| IncomingDoc {
             id: ids.value(i).to_string(),
             event_time_us: times.value(i),
-            position: (!arrow::array::Array::is_null(positions, i)).then(|| positions.value(i)),
+            position: (!arrow::array::Array::is_null(positions, i))
+                .then(|| (sources.value(i) as usize, positions.value(i))),
             json: docs.value(i).to_string(),
         })
         .collect())
@@ -167,7 +169,7 @@ impl FlightService for LeafService {
         };
         let ack = self
             .leaf
-            .write(header.collection, header.shard, meta, header.source, docs)
+            .write(header.collection, header.shard, meta, header.sources, docs)
             .await
             .map_err(Status::from)?;
         let result = PutResult {
@@ -199,7 +201,7 @@ impl FlightService for LeafService {
             }
             ACTION_WATERMARKS => {
                 let request: WatermarksRequest = parse_body(&action.body)?;
-                serde_json::to_vec(&self.leaf.watermarks(&request.collection, &request.source))
+                serde_json::to_vec(&self.leaf.watermarks(&request.collection, &request.sources))
                     .map_err(|e| Status::internal(e.to_string()))?
             }
             ACTION_DROP_COLLECTION => {

@@ -69,6 +69,11 @@ pub fn run_fragment(
     ticket: FragmentTicket,
 ) -> Result<BoxStream<'static, Result<FlightData, tonic::Status>>> {
     let rows_scanned = Arc::new(AtomicU64::new(0));
+    // Taken before the scan's snapshot, so the data read is at least this fresh.
+    let source_as_of_us = leaf
+        .shard(&ticket.collection, ticket.shard)
+        .map(|shard| shard.source_as_of())
+        .unwrap_or_default();
     let codec = FragmentCodec {
         leaf,
         shard: ticket.shard,
@@ -88,6 +93,7 @@ pub fn run_fragment(
     let trailer = futures::stream::once(async move {
         let metrics = FragmentMetrics {
             rows_scanned: rows_scanned.load(Ordering::Relaxed),
+            source_as_of_us,
         };
         let mut message: FlightData = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
         message.app_metadata = serde_json::to_vec(&metrics)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use altdb_common::rpc::{CollectionStats, PutAck, Watermarks};
+use altdb_common::rpc::{CollectionStats, PutAck, SourceMark, Watermarks};
 use tokio::sync::watch;
 
 use crate::config::LeafConfig;
@@ -100,11 +100,11 @@ impl Leaf {
         collection: String,
         shard: u32,
         meta: CollectionMeta,
-        source: Option<String>,
+        sources: Vec<SourceMark>,
         docs: Vec<IncomingDoc>,
     ) -> Result<PutAck> {
         let shard = self.shard_or_create(&collection, shard);
-        tokio::task::spawn_blocking(move || shard.write(&meta, source.as_deref(), docs)).await?
+        tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs)).await?
     }
 
     pub fn collection_stats(&self, collection: &str) -> CollectionStats {
@@ -116,10 +116,17 @@ impl Leaf {
         stats
     }
 
-    pub fn watermarks(&self, collection: &str, source: &str) -> Watermarks {
-        self.shards_of(collection)
-            .into_iter()
-            .filter_map(|s| s.watermark(source).map(|w| (s.shard, w)))
+    pub fn watermarks(&self, collection: &str, sources: &[String]) -> Watermarks {
+        let shards = self.shards_of(collection);
+        sources
+            .iter()
+            .map(|source| {
+                let marks = shards
+                    .iter()
+                    .filter_map(|s| s.watermark(source).map(|w| (s.shard, w)))
+                    .collect();
+                (source.clone(), marks)
+            })
             .collect()
     }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, ShardStats};
+use altdb_common::rpc::{PutAck, ShardStats, SourceMark, SourceProgress};
 use altdb_common::schema::{FieldSet, FieldType, FlatRow};
 
 use crate::error::{LeafError, Result};
@@ -22,7 +22,8 @@ use crate::store::{CollectionMeta, Store};
 pub struct IncomingDoc {
     pub id: String,
     pub event_time_us: i64,
-    pub position: Option<u64>,
+    /// Index into the batch's sources and the record's position there.
+    pub position: Option<(usize, u64)>,
     pub json: String,
 }
 
@@ -58,6 +59,8 @@ struct ShardState {
     mutable: MutableSegment,
     sealed: Vec<SealedEntry>,
     watermarks: HashMap<String, u64>,
+    /// Freshness per source, as last reported by a tailer (not persisted).
+    as_of_us: HashMap<String, i64>,
     max_event_time_us: Option<i64>,
 }
 
@@ -107,6 +110,7 @@ impl Shard {
                 mutable: MutableSegment::default(),
                 sealed: Vec::new(),
                 watermarks: HashMap::new(),
+                as_of_us: HashMap::new(),
                 max_event_time_us: None,
             }),
         }
@@ -120,54 +124,84 @@ impl Shard {
 
     /// Stores a batch durably and makes it queryable. Blocking: call from a blocking thread.
     ///
-    /// Rows at or below the watermark of `source` were stored by an earlier delivery
-    /// and are skipped, which makes a source replay exactly-once.
+    /// Rows at or below the watermark of their source were stored by an earlier
+    /// delivery and are skipped, which makes a source replay exactly-once. The
+    /// watermarks the batch advances are written in the same RocksDB batch as its rows.
     pub fn write(
         &self,
         meta: &CollectionMeta,
-        source: Option<&str>,
+        sources: &[SourceMark],
         docs: Vec<IncomingDoc>,
     ) -> Result<PutAck> {
         let parsed = docs.iter().map(parse_row).collect::<Result<Vec<_>>>()?;
+        if let Some(bad) = docs
+            .iter()
+            .find(|d| d.position.is_some_and(|(i, _)| i >= sources.len()))
+        {
+            return Err(LeafError::InvalidRequest(format!(
+                "document `{}` names source #{} but the batch has {} sources",
+                bad.id,
+                bad.position.map_or(0, |(i, _)| i),
+                sources.len()
+            )));
+        }
         let mut state = self.lock();
-        let watermark = source.and_then(|s| state.watermarks.get(s).copied());
+        let before: Vec<Option<u64>> = sources
+            .iter()
+            .map(|m| state.watermarks.get(&m.source).copied())
+            .collect();
+        let mut after = before.clone();
         let mut write = self.store.shard_write(&self.collection, self.shard);
         if !state.registered || state.meta != *meta {
             write.register_shard(meta)?;
         }
         let mut accepted = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
-        let mut new_watermark = watermark;
         for (doc, mut row) in docs.iter().zip(parsed) {
-            if let (Some(position), Some(mark)) = (doc.position, watermark) {
-                if position <= mark {
+            if let Some((source, offset)) = doc.position {
+                if before[source].is_some_and(|mark| offset <= mark) {
                     skipped += 1;
                     continue;
                 }
-            }
-            if let Some(position) = doc.position {
-                new_watermark = Some(new_watermark.map_or(position, |m| m.max(position)));
+                after[source] = Some(after[source].map_or(offset, |m| m.max(offset)));
             }
             row.seq = state.next_seq;
             state.next_seq += 1;
             write.put_doc(&row.id, row.seq, row.event_time_us, doc.json.as_bytes());
             accepted.push(row);
         }
-        if let (Some(source), Some(mark)) = (source, new_watermark) {
-            if Some(mark) != watermark {
-                write.put_watermark(source, mark);
+        for (mark, new) in sources.iter().zip(after.iter_mut()) {
+            if let Some(through) = mark.through {
+                *new = Some(new.map_or(through, |m| m.max(through)));
             }
         }
-        if accepted.is_empty() && new_watermark == watermark && state.registered {
+        let advanced: Vec<(&str, u64)> = sources
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter_map(|(mark, (old, new))| match new {
+                Some(new) if *old != Some(*new) => Some((mark.source.as_str(), *new)),
+                _ => None,
+            })
+            .collect();
+        for mark in sources {
+            if let Some(as_of) = mark.as_of_us {
+                let entry = state.as_of_us.entry(mark.source.clone()).or_insert(as_of);
+                *entry = (*entry).max(as_of);
+            }
+        }
+        if accepted.is_empty() && advanced.is_empty() && state.registered {
             return Ok(PutAck {
                 written: 0,
                 skipped,
             });
         }
+        for (source, mark) in &advanced {
+            write.put_watermark(source, *mark);
+        }
         self.store.commit(write)?;
         state.registered = true;
         state.meta = meta.clone();
-        if let (Some(source), Some(mark)) = (source, new_watermark) {
+        for (source, mark) in advanced {
             state.watermarks.insert(source.to_string(), mark);
         }
         let written = accepted.len() as u64;
@@ -195,6 +229,17 @@ impl Shard {
             sealed_segments: state.sealed.len() as u64,
             mutable_rows: state.mutable.live() as u64,
             max_event_time_us: state.max_event_time_us,
+            sources: state
+                .watermarks
+                .iter()
+                .map(|(source, &watermark)| {
+                    let progress = SourceProgress {
+                        watermark,
+                        as_of_us: state.as_of_us.get(source).copied(),
+                    };
+                    (source.clone(), progress)
+                })
+                .collect(),
         }
     }
 
@@ -204,6 +249,15 @@ impl Shard {
 
     pub fn watermark(&self, source: &str) -> Option<u64> {
         self.lock().watermarks.get(source).copied()
+    }
+
+    /// Freshness per source, as last reported by the tailers.
+    pub fn source_as_of(&self) -> std::collections::BTreeMap<String, i64> {
+        self.lock()
+            .as_of_us
+            .iter()
+            .map(|(s, t)| (s.clone(), *t))
+            .collect()
     }
 
     /// Seals the mutable segment into a segment on disk if the policy says so.
@@ -431,8 +485,16 @@ mod tests {
         IncomingDoc {
             id: id.into(),
             event_time_us: 5,
-            position: pos,
+            position: pos.map(|p| (0, p)),
             json: json.into(),
+        }
+    }
+
+    fn mark(source: &str, through: Option<u64>) -> SourceMark {
+        SourceMark {
+            source: source.into(),
+            through,
+            as_of_us: None,
         }
     }
 
@@ -452,6 +514,31 @@ mod tests {
     }
 
     #[test]
+    fn marks_advance_watermarks_of_several_sources_without_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
+        let shard = Shard::new("c", 0, dir.path().join("segments"), store);
+        let meta = CollectionMeta::default();
+        let mut from_b = doc("x", None, "{}");
+        from_b.position = Some((1, 7));
+        let sources = [mark("p0", Some(40)), mark("p1", None)];
+        let ack = shard.write(&meta, &sources, vec![from_b]).unwrap();
+        assert_eq!(ack.written, 1);
+        assert_eq!(shard.watermark("p0"), Some(40));
+        assert_eq!(shard.watermark("p1"), Some(7));
+        // A replay of p0 at or below 40 is skipped; the mark never goes back.
+        let ack = shard
+            .write(&meta, &[mark("p0", Some(30))], vec![doc("y", Some(40), "{}")])
+            .unwrap();
+        assert_eq!((ack.written, ack.skipped), (0, 1));
+        assert_eq!(shard.watermark("p0"), Some(40));
+        let mut bad = doc("z", None, "{}");
+        bad.position = Some((5, 1));
+        let err = shard.write(&meta, &sources, vec![bad]).unwrap_err();
+        assert!(err.to_string().contains("source #5"), "{err}");
+    }
+
+    #[test]
     fn upserts_watermarks_sealing_and_recovery_agree() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
@@ -461,7 +548,7 @@ mod tests {
         let ack = shard
             .write(
                 &meta,
-                Some("src"),
+                &[mark("src", None)],
                 vec![
                     doc("a", Some(1), r#"{"v":1}"#),
                     doc("b", Some(2), r#"{"v":2}"#),
@@ -473,7 +560,7 @@ mod tests {
         let ack = shard
             .write(
                 &meta,
-                Some("src"),
+                &[mark("src", None)],
                 vec![
                     doc("a", Some(1), r#"{"v":1}"#),
                     doc("c", Some(3), r#"{"v":"x"}"#),
@@ -490,7 +577,7 @@ mod tests {
         shard
             .write(
                 &meta,
-                None,
+                &[],
                 vec![doc("a", None, r#"{"v":10}"#), doc("d", None, "{}")],
             )
             .unwrap();

@@ -19,6 +19,7 @@ use serde_json::Value;
 use altdb_common::api::{RejectedDoc, WriteResponse, SPEC_HEADER};
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::{prepare, DocLimits, IdentityRules};
+use altdb_common::metrics::Metrics;
 use altdb_common::rpc::PutRow;
 
 use crate::catalog::CatalogClient;
@@ -31,6 +32,7 @@ pub struct WriteApi {
     pub catalog: Arc<CatalogClient>,
     pub pusher: Pusher,
     pub limits: DocLimits,
+    pub metrics: Arc<Metrics>,
     pub id_counter: Arc<AtomicU64>,
     pub id_salt: u64,
 }
@@ -38,6 +40,7 @@ pub struct WriteApi {
 pub fn router(api: WriteApi, max_write_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/v1/collections/{name}/docs", post(write_docs))
         .layer(DefaultBodyLimit::max(max_write_bytes))
         .with_state(api)
@@ -131,6 +134,10 @@ impl WriteApi {
     }
 }
 
+async fn metrics(State(api): State<WriteApi>) -> String {
+    api.metrics.render()
+}
+
 async fn write_docs(
     State(api): State<WriteApi>,
     Path(name): Path<String>,
@@ -159,7 +166,7 @@ async fn write_docs(
     let indexed: Vec<(usize, String)> = rows.iter().map(|(i, r)| (*i, r.id.clone())).collect();
     let outcome = api
         .pusher
-        .push(&spec, None, rows.into_iter().map(|(_, r)| r).collect())
+        .push(&spec, &[], rows.into_iter().map(|(_, r)| r).collect())
         .await;
 
     let mut response = WriteResponse::default();
@@ -176,6 +183,19 @@ async fn write_docs(
     }
     errors.sort_by_key(|e| e.index);
     response.written = response.ids.len();
+    let labels = [("collection", name.as_str())];
+    api.metrics.add(
+        "altdb_tailer_http_documents_total",
+        "Documents stored through the HTTP write API.",
+        &labels,
+        response.written as f64,
+    );
+    api.metrics.add(
+        "altdb_tailer_http_rejected_total",
+        "Documents of HTTP writes that were rejected or not stored.",
+        &labels,
+        errors.len() as f64,
+    );
     response.errors = errors;
     let status = if outcome.failed_shards.is_empty() {
         StatusCode::OK

@@ -10,9 +10,11 @@ use clap::Parser;
 use serde::Serialize;
 
 use altdb_common::document::DocLimits;
+use altdb_common::metrics::Metrics;
 use altdb_tailer::catalog::CatalogClient;
 use altdb_tailer::http::{router, WriteApi};
 use altdb_tailer::pusher::Pusher;
+use altdb_tailer::source::SourceContext;
 use altdb_tailer::TailerConfig;
 
 /// Flags override `ALTDB_*` environment variables, which override the config file.
@@ -55,13 +57,16 @@ async fn main() -> anyhow::Result<()> {
     let catalog = Arc::new(CatalogClient::new(&config.aggregator_url));
     let pusher = Pusher::new(&config.leaves, config.push_batch_rows)
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let limits = DocLimits {
+        max_bytes: config.max_document_bytes,
+        max_depth: config.max_nesting_depth,
+    };
+    let metrics = Arc::new(Metrics::default());
     let api = WriteApi {
         catalog: catalog.clone(),
         pusher: pusher.clone(),
-        limits: DocLimits {
-            max_bytes: config.max_document_bytes,
-            max_depth: config.max_nesting_depth,
-        },
+        limits,
+        metrics: metrics.clone(),
         id_counter: Arc::new(AtomicU64::new(0)),
         id_salt: xxhash_rust::xxh3::xxh3_64(
             format!(
@@ -74,8 +79,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sources = tokio::spawn(altdb_tailer::source::supervise(
-        catalog,
-        pusher,
+        SourceContext {
+            catalog,
+            pusher,
+            metrics,
+            limits,
+        },
         Duration::from_secs(config.source_poll_secs),
         stop_rx,
     ));

@@ -6,7 +6,7 @@ use futures::future::join_all;
 
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
-use altdb_common::rpc::{put_batch, LeafClient, PutHeader, PutRow, RpcError};
+use altdb_common::rpc::{put_batch, LeafClient, PutHeader, PutRow, RpcError, SourceMark};
 
 use crate::error::{Result, TailerError};
 
@@ -51,13 +51,23 @@ impl Pusher {
     }
 
     /// Writes rows to their shards on every replica; returns when all acked or failed.
+    ///
+    /// `sources` are the sources the rows' positions refer to. A mark that carries
+    /// `through` or `as_of_us` is sent to every shard, also those without rows, so
+    /// every shard's watermark and freshness advance.
     pub async fn push(
         &self,
         spec: &CollectionSpec,
-        source: Option<&str>,
+        sources: &[SourceMark],
         rows: Vec<PutRow>,
     ) -> PushOutcome {
         let mut by_shard: BTreeMap<u32, Vec<PutRow>> = BTreeMap::new();
+        if sources
+            .iter()
+            .any(|m| m.through.is_some() || m.as_of_us.is_some())
+        {
+            by_shard.extend((0..spec.num_shards).map(|shard| (shard, Vec::new())));
+        }
         for row in rows {
             by_shard
                 .entry(Self::shard_of(spec, &row))
@@ -65,7 +75,7 @@ impl Pusher {
                 .push(row);
         }
         let pushes = by_shard.into_iter().map(|(shard, rows)| async move {
-            let result = self.push_shard(spec, shard, source, rows).await;
+            let result = self.push_shard(spec, shard, sources, rows).await;
             (shard, result)
         });
         let mut outcome = PushOutcome::default();
@@ -81,17 +91,37 @@ impl Pusher {
         &self,
         spec: &CollectionSpec,
         shard: u32,
-        source: Option<&str>,
+        sources: &[SourceMark],
         rows: Vec<PutRow>,
     ) -> Result<(), String> {
-        let header = PutHeader {
-            collection: spec.name.clone(),
-            shard,
-            source: source.map(str::to_string),
-            text_fields: spec.text_fields.clone(),
-        };
+        // Rows refer to sources by index, so every chunk names them all; only the
+        // last chunk carries the marks, which hold once every row is stored.
+        let positions_only: Vec<SourceMark> = sources
+            .iter()
+            .map(|m| SourceMark {
+                source: m.source.clone(),
+                through: None,
+                as_of_us: None,
+            })
+            .collect();
         let replicas = replicas_for_shard(shard, self.leaves.len(), spec.replication);
-        for chunk in rows.chunks(self.batch_rows) {
+        let chunks: Vec<&[PutRow]> = if rows.is_empty() {
+            vec![&[]]
+        } else {
+            rows.chunks(self.batch_rows).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let header = PutHeader {
+                collection: spec.name.clone(),
+                shard,
+                sources: if i == last {
+                    sources.to_vec()
+                } else {
+                    positions_only.clone()
+                },
+                text_fields: spec.text_fields.clone(),
+            };
             let batch = put_batch(chunk).map_err(|e| e.to_string())?;
             let puts = replicas.iter().map(|&leaf| {
                 let client = &self.leaves[leaf];

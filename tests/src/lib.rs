@@ -6,6 +6,7 @@
 //! `oracle/duckdb_oracle.py`), computed on the same documents.
 
 pub mod data;
+pub mod kafka;
 pub mod oracle;
 
 use std::net::TcpListener;
@@ -136,6 +137,8 @@ impl Drop for Process {
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub leaves: usize,
+    /// Tailers; HTTP writes go to the first.
+    pub tailers: usize,
     /// Rows after which leaves seal their mutable segment.
     pub seal_rows: usize,
 }
@@ -144,18 +147,21 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
             leaves: 2,
+            tailers: 1,
             seal_rows: 100_000,
         }
     }
 }
 
-/// A running cluster: leaves, one aggregator, one tailer.
+/// A running cluster: leaves, one aggregator, tailers.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub leaves: Vec<Process>,
     pub aggregator: Process,
-    pub tailer: Process,
+    pub tailers: Vec<Process>,
+    /// HTTP addresses of the tailers, in order.
+    pub tailer_urls: Vec<String>,
     http: reqwest::blocking::Client,
 }
 
@@ -170,7 +176,7 @@ impl Cluster {
     pub fn start(options: ClusterOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let aggregator_port = free_port();
-        let tailer_port = free_port();
+        let tailer_ports: Vec<u16> = (0..options.tailers.max(1)).map(|_| free_port()).collect();
         let leaf_urls: Vec<(u16, String)> = (0..options.leaves)
             .map(|_| {
                 let port = free_port();
@@ -212,29 +218,36 @@ impl Cluster {
                 "--leaves".into(),
                 leaves_arg.clone(),
                 "--tailer-url".into(),
-                format!("http://127.0.0.1:{tailer_port}"),
+                format!("http://127.0.0.1:{}", tailer_ports[0]),
             ],
             dir.path().join("aggregator.log"),
         )?;
-        let tailer = Process::start(
-            "tailer",
-            "altdb-tailer",
-            vec![
-                "--listen".into(),
-                format!("127.0.0.1:{tailer_port}"),
-                "--aggregator-url".into(),
-                url.clone(),
-                "--leaves".into(),
-                leaves_arg,
-            ],
-            dir.path().join("tailer.log"),
-        )?;
+        let mut tailers = Vec::new();
+        for (i, port) in tailer_ports.iter().enumerate() {
+            tailers.push(Process::start(
+                &format!("tailer-{i}"),
+                "altdb-tailer",
+                vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--aggregator-url".into(),
+                    url.clone(),
+                    "--leaves".into(),
+                    leaves_arg.clone(),
+                ],
+                dir.path().join(format!("tailer-{i}.log")),
+            )?);
+        }
         let cluster = Self {
             dir,
             url,
             leaves,
             aggregator,
-            tailer,
+            tailers,
+            tailer_urls: tailer_ports
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(300))
                 .build()?,
@@ -283,6 +296,27 @@ impl Cluster {
 
     pub fn get(&self, path: &str) -> anyhow::Result<Answer> {
         Self::answer(self.http.get(format!("{}{path}", self.url)).send()?)
+    }
+
+    /// GET any URL as text (e.g. a tailer's `/metrics`).
+    pub fn get_text(&self, url: &str) -> anyhow::Result<String> {
+        Ok(self.http.get(url).send()?.error_for_status()?.text()?)
+    }
+
+    /// Polls `sql` (a single integer) until it equals `want`; returns the last value.
+    pub fn wait_for_scalar(&self, sql: &str, want: i64, timeout: Duration) -> anyhow::Result<i64> {
+        let started = Instant::now();
+        let mut last = i64::MIN;
+        while started.elapsed() < timeout {
+            if let Ok(value) = self.scalar(sql) {
+                last = value;
+                if value == want {
+                    return Ok(value);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(last)
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<Answer> {

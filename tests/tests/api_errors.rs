@@ -164,7 +164,23 @@ fn collections_can_be_created_described_listed_and_deleted() -> anyhow::Result<(
         "{schema}"
     );
     let listed = cluster.get("/v1/collections")?;
-    assert_eq!(listed.body["collections"][0]["name"], "things");
+    let names: Vec<&str> = listed.body["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["_dlq", "things"], "the dead-letter store is listed");
+
+    // System collections: reserved names, written only by altdb, clearable.
+    let answer = cluster.post_json("/v1/collections", &json!({"name": "_mine"}))?;
+    assert_eq!(answer.status, 400);
+    assert!(error_of(&answer).1.contains("reserved"), "{}", answer.body);
+    let answer = cluster.post_raw("/v1/collections/_dlq/docs", "{\"a\":1}\n")?;
+    assert_eq!(answer.status, 400);
+    assert!(error_of(&answer).1.contains("system collection"), "{}", answer.body);
+    assert_eq!(cluster.delete("/v1/collections/_dlq")?.status, 204);
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM _dlq")?, 0);
 
     assert_eq!(cluster.delete("/v1/collections/things")?.status, 204);
     assert_eq!(cluster.get("/v1/collections/things")?.status, 404);

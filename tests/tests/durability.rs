@@ -8,6 +8,7 @@ fn acknowledged_documents_survive_kill_9_and_restart() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(ClusterOptions {
         leaves: 2,
         seal_rows: 3_000,
+        ..ClusterOptions::default()
     })?;
     cluster.create_collection(
         json!({"name": "events", "num_shards": 4, "id_field": "id", "event_time_field": "ts"}),
@@ -63,6 +64,7 @@ fn segment_files_are_rebuilt_when_lost() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(ClusterOptions {
         leaves: 1,
         seal_rows: 1_000,
+        ..ClusterOptions::default()
     })?;
     cluster.create_collection(json!({"name": "events", "num_shards": 2, "id_field": "id"}))?;
     let docs = data::events(11, 6_000);

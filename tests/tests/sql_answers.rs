@@ -53,6 +53,7 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions {
         leaves: 2,
         seal_rows: 7_000,
+        ..ClusterOptions::default()
     })?;
     cluster.create_collection(json!({
         "name": "events", "num_shards": 6, "id_field": "id", "event_time_field": "ts",

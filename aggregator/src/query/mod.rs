@@ -52,6 +52,9 @@ pub struct Stats {
     pub shards_responded: u64,
     /// Rows beyond `max_result_rows` were not returned.
     pub truncated: bool,
+    /// Data freshness: everything the streaming sources of the queried collections
+    /// produced more than this long ago is in the answer (null without such sources).
+    pub freshness_ms: Option<f64>,
 }
 
 /// The answer to `POST /v1/query`.
@@ -162,6 +165,7 @@ impl QueryEngine {
             }
             Ok(Ok(answer)) => answer,
         };
+        let freshness_ms = self.freshness_ms(&stats).await;
         Ok(QueryResponse {
             columns: schema
                 .fields()
@@ -178,8 +182,29 @@ impl QueryEngine {
                 shards_queried: stats.shards_queried.load(Ordering::Relaxed),
                 shards_responded: stats.shards_responded.load(Ordering::Relaxed),
                 truncated,
+                freshness_ms,
             },
         })
+    }
+
+    /// The worst freshness over the current sources of the collections a query read.
+    async fn freshness_ms(&self, stats: &QueryStats) -> Option<f64> {
+        let as_of = stats
+            .source_as_of_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if as_of.is_empty() {
+            return None;
+        }
+        let specs = self.catalog.list().await.ok()?;
+        let oldest = as_of
+            .iter()
+            .filter(|(key, _)| specs.iter().any(|s| crate::sources::is_live_source(s, key)))
+            .map(|(_, t)| *t)
+            .min()?;
+        let now = chrono::Utc::now().timestamp_micros();
+        Some((now - oldest).max(0) as f64 / 1000.0)
     }
 }
 

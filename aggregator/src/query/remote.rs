@@ -46,6 +46,21 @@ pub struct QueryStats {
     pub rows_scanned: AtomicU64,
     pub shards_queried: AtomicU64,
     pub shards_responded: AtomicU64,
+    /// Per source, the oldest freshness over the shards that answered.
+    pub source_as_of_us: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
+}
+
+impl QueryStats {
+    fn merge_freshness(&self, shard: &std::collections::BTreeMap<String, i64>) {
+        let mut merged = self
+            .source_as_of_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (source, as_of) in shard {
+            let entry = merged.entry(source.clone()).or_insert(*as_of);
+            *entry = (*entry).min(*as_of);
+        }
+    }
 }
 
 /// A shard could not be reached on any replica.
@@ -278,6 +293,7 @@ impl ExecutionPlan for RemoteFragmentExec {
                             .rows_scanned
                             .fetch_add(metrics.rows_scanned, Ordering::Relaxed);
                         stats.shards_responded.fetch_add(1, Ordering::Relaxed);
+                        stats.merge_freshness(&metrics.source_as_of_us);
                         None
                     }
                     Err(error) => Some(Err(error)),

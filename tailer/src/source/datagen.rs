@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use altdb_common::collection::{CollectionSpec, SourceSpec};
 use altdb_common::random::SplitMix64;
-use altdb_common::rpc::PutRow;
+use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
 use crate::pusher::Pusher;
 
@@ -105,11 +105,17 @@ pub async fn run(
         rate,
         max_events,
         seed,
-    } = source.clone();
+    } = source.clone()
+    else {
+        return;
+    };
     let source_id = source.source_id(&spec.name);
     let mut next = loop {
-        if let Some(position) = super::resume_position(&pusher, &spec, &source_id).await {
-            break position;
+        let resume = super::resume_positions(&pusher, &spec, std::slice::from_ref(&source_id)).await;
+        match resume.as_deref() {
+            Some([super::Resume::At(position)]) => break *position,
+            Some(_) => break 0,
+            None => {}
         }
         tracing::warn!(source = %source_id, "leaves unreachable; waiting to resume datagen");
         tokio::select! {
@@ -137,11 +143,20 @@ pub async fn run(
             .map(|n| PutRow {
                 id: format!("{:016x}", xxh3_64(format!("{source_id}/{n}").as_bytes())),
                 event_time_us: now_us,
-                position: Some(n),
+                position: Some(RowPosition {
+                    source: 0,
+                    offset: n,
+                }),
                 doc_json: event(seed, n, now_us).to_string(),
             })
             .collect();
-        let outcome = pusher.push(&spec, Some(&source_id), rows).await;
+        // Every event before `end` is in this push: that is the shards' new watermark.
+        let mark = SourceMark {
+            source: source_id.clone(),
+            through: end.checked_sub(1),
+            as_of_us: Some(now_us),
+        };
+        let outcome = pusher.push(&spec, &[mark], rows).await;
         if outcome.failed_shards.is_empty() {
             next = end;
         } else {

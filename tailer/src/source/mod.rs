@@ -5,6 +5,7 @@
 //! second delivery never duplicates a record (DESIGN.md §3).
 
 pub mod datagen;
+pub mod kafka;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,59 +15,98 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use altdb_common::collection::{CollectionSpec, SourceSpec};
+use altdb_common::document::DocLimits;
+use altdb_common::metrics::Metrics;
 use altdb_common::rpc::{Watermarks, WatermarksRequest, ACTION_WATERMARKS};
 
 use crate::catalog::CatalogClient;
 use crate::pusher::Pusher;
 
-/// Smallest next position of `source` over the collection's leaves (0 if none yet).
-pub async fn resume_position(pusher: &Pusher, spec: &CollectionSpec, source: &str) -> Option<u64> {
+/// Where a source continues, from what the collection's leaves have stored of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resume {
+    /// Every shard holds the source up to here (exclusive): continue at this position.
+    At(u64),
+    /// No shard holds anything of the source: start where the source's policy says.
+    Fresh,
+    /// Some shards hold part of it, others nothing: read from the start again (the
+    /// shards that have records skip them by watermark).
+    Partial,
+}
+
+/// The resume point of each of `sources`, or `None` if a leaf did not answer.
+pub async fn resume_positions(
+    pusher: &Pusher,
+    spec: &CollectionSpec,
+    sources: &[String],
+) -> Option<Vec<Resume>> {
     let request = WatermarksRequest {
         collection: spec.name.clone(),
-        source: source.to_string(),
+        sources: sources.to_vec(),
     };
-    let mut per_shard: HashMap<u32, u64> = HashMap::new();
+    let mut per_source: HashMap<String, HashMap<u32, u64>> = HashMap::new();
     for leaf in pusher.leaves() {
         match leaf
             .action::<_, Watermarks>(ACTION_WATERMARKS, &request)
             .await
         {
             Ok(marks) => {
-                for (shard, mark) in marks {
-                    let entry = per_shard.entry(shard).or_insert(mark);
-                    *entry = (*entry).min(mark);
+                for (source, shards) in marks {
+                    let per_shard = per_source.entry(source).or_default();
+                    for (shard, mark) in shards {
+                        let entry = per_shard.entry(shard).or_insert(mark);
+                        *entry = (*entry).min(mark);
+                    }
                 }
             }
-            // Without every leaf's answer the resume point is unknown; try again later.
-            Err(_) => return None,
+            Err(error) => {
+                tracing::warn!(leaf = leaf.url(), %error, "cannot read watermarks");
+                return None;
+            }
         }
     }
-    if per_shard.len() < spec.num_shards as usize {
-        // A shard that has stored nothing yet needs the source from its start.
-        return Some(0);
-    }
-    Some(per_shard.values().min().map_or(0, |m| m + 1))
+    Some(
+        sources
+            .iter()
+            .map(|source| match per_source.get(source) {
+                None => Resume::Fresh,
+                Some(shards) if shards.is_empty() => Resume::Fresh,
+                Some(shards) if shards.len() < spec.num_shards as usize => Resume::Partial,
+                Some(shards) => Resume::At(shards.values().min().map_or(0, |m| m + 1)),
+            })
+            .collect(),
+    )
 }
 
-/// Keeps one task per configured source running.
+/// What every source task needs: specs, leaves, limits and the metrics it feeds.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub catalog: Arc<CatalogClient>,
+    pub pusher: Pusher,
+    pub metrics: Arc<Metrics>,
+    pub limits: DocLimits,
+}
+
+type Running = (CollectionSpec, SourceSpec, watch::Sender<bool>, JoinHandle<()>);
+
+/// Keeps one task per configured source running; restarts a source whose
+/// collection spec changed (for example re-created with another shard count).
 pub async fn supervise(
-    catalog: Arc<CatalogClient>,
-    pusher: Pusher,
+    context: SourceContext,
     poll: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut running: HashMap<String, (SourceSpec, watch::Sender<bool>, JoinHandle<()>)> =
-        HashMap::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
     loop {
-        if let Ok(specs) = catalog.all().await {
+        if let Ok(specs) = context.catalog.all().await {
             let mut wanted = HashMap::new();
             for spec in specs.values() {
                 for source in &spec.sources {
                     wanted.insert(source.source_id(&spec.name), (spec.clone(), source.clone()));
                 }
             }
-            running.retain(|id, (source, stop, _)| {
-                let keep = wanted.get(id).is_some_and(|(_, s)| s == source);
+            running.retain(|id, (spec, source, stop, _)| {
+                let keep = wanted.get(id).is_some_and(|(p, s)| s == source && p == spec);
                 if !keep {
                     let _ = stop.send(true);
                 }
@@ -78,12 +118,21 @@ pub async fn supervise(
                 }
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let task = match &source {
-                    SourceSpec::Datagen { .. } => {
-                        tokio::spawn(datagen::run(spec, source.clone(), pusher.clone(), stop_rx))
-                    }
+                    SourceSpec::Datagen { .. } => tokio::spawn(datagen::run(
+                        spec.clone(),
+                        source.clone(),
+                        context.pusher.clone(),
+                        stop_rx,
+                    )),
+                    SourceSpec::Kafka(kafka) => tokio::spawn(kafka::run(
+                        spec.clone(),
+                        kafka.clone(),
+                        context.clone(),
+                        stop_rx,
+                    )),
                 };
                 tracing::info!(source = %id, "started source");
-                running.insert(id, (source, stop_tx, task));
+                running.insert(id, (spec, source, stop_tx, task));
             }
         }
         tokio::select! {
@@ -91,7 +140,7 @@ pub async fn supervise(
             _ = shutdown.changed() => break,
         }
     }
-    for (_, (_, stop, task)) in running {
+    for (_, (_, _, stop, task)) in running {
         let _ = stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

@@ -1,0 +1,84 @@
+"""Shared helpers of the benchmarks: start the release binaries and talk HTTP to them."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def default_bin_dir():
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/altdb-target"))
+    return os.path.join(target, "release")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, timeout=600):
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def start_cluster(bin_dir, data_dir):
+    """2 leaves, 1 aggregator, 1 tailer on free loopback ports; returns (url, processes)."""
+    agg, tail, l0, l1 = (free_port() for _ in range(4))
+    leaves = f"http://127.0.0.1:{l0},http://127.0.0.1:{l1}"
+    procs = []
+    log = open(os.path.join(data_dir, "cluster.log"), "w")
+    for i, port in enumerate((l0, l1)):
+        procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-leaf"), "--listen", f"127.0.0.1:{port}",
+                                       "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log))
+    procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-aggregator"), "--listen", f"127.0.0.1:{agg}",
+                                   "--data-dir", os.path.join(data_dir, "agg"), "--leaves", leaves,
+                                   "--tailer-url", f"http://127.0.0.1:{tail}"], stdout=log, stderr=log))
+    procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-tailer"), "--listen", f"127.0.0.1:{tail}",
+                                   "--aggregator-url", f"http://127.0.0.1:{agg}", "--leaves", leaves], stdout=log, stderr=log))
+    url = f"http://127.0.0.1:{agg}"
+    for _ in range(300):
+        try:
+            status, body = http("GET", url + "/v1/cluster")
+            if status == 200 and all(l["healthy"] for l in body["leaves"]):
+                return url, procs
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("cluster did not start; see " + data_dir)
+
+
+
+def start_tansu(data_dir):
+    """A tansu Kafka broker with in-memory storage; returns (address, process)."""
+    binary = shutil.which("tansu") or os.path.expanduser("~/.cargo/bin/tansu")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = open(os.path.join(data_dir, "tansu.log"), "w")
+    proc = subprocess.Popen([binary, "broker", "--listener-url", f"tcp://{address}",
+                             "--advertised-listener-url", f"tcp://{address}",
+                             "--storage-engine", "memory://tansu/"], stdout=log, stderr=log)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return address, proc
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("tansu did not start")
+
+
+def stop(procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -1,0 +1,780 @@
+//! Kafka source: tailers share a topic through a consumer group and deliver every
+//! record to the leaves exactly once.
+//!
+//! ```text
+//!  consumer thread (BaseConsumer, group member)          push task (async)
+//!   rebalance: assign at the leaves' watermarks ──┐       │
+//!   poll ─► decode ─► Pending ──flush──► bounded queue ──►│ _dlq rows, then rows + marks
+//!   queue full ─► pause partitions (keep polling)         │ retry until every shard acks
+//!                                                        └► commit offsets (for lag tools)
+//! ```
+//!
+//! - Positions are Kafka offsets, one watermark per partition on every shard; a flush
+//!   carries each assigned partition's `through` (last offset read) so shards without
+//!   rows advance too. Leaves skip records at or below their watermark, so replays after
+//!   a crash or rebalance never duplicate (DESIGN.md §3). Kafka's committed offsets are
+//!   informational only: the leaves' watermarks are the truth.
+//! - Backpressure: the queue holds at most [`QUEUE_FLUSHES`] flushes; while it is full
+//!   the consumer pauses its partitions, so memory stays bounded while leaves are down.
+//! - A record that is not a JSON object (or breaks a limit) goes to `_dlq` with its
+//!   partition, offset, error and payload; the stream goes on.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::{json, Map, Value};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+
+use altdb_common::collection::{
+    CollectionSpec, KafkaSource, StartFrom, DLQ_COLLECTION,
+};
+use altdb_common::document::{prepare, IdentityRules};
+use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
+
+use super::{resume_positions, Resume, SourceContext};
+
+/// Flushes waiting to be pushed before the consumer pauses.
+pub const QUEUE_FLUSHES: usize = 2;
+/// A flush is cut at this many records ...
+const FLUSH_MAX_RECORDS: usize = 20_000;
+/// ... or this many payload bytes ...
+const FLUSH_MAX_BYTES: usize = 16 << 20;
+/// ... or when its oldest record has waited this long.
+const FLUSH_LINGER: Duration = Duration::from_millis(20);
+/// Marks (watermarks and freshness) are sent at least this often while idle.
+const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How long the broker holds a fetch open waiting for data (bounds freshness).
+const FETCH_WAIT_MS: i64 = 50;
+/// Payload bytes kept in a dead letter.
+pub const DLQ_MAX_PAYLOAD: usize = 64 << 10;
+
+const M_RECORDS: &str = "altdb_tailer_source_records_total";
+const M_BYTES: &str = "altdb_tailer_source_bytes_total";
+const M_DEAD: &str = "altdb_tailer_dead_letters_total";
+const M_PAUSED: &str = "altdb_tailer_source_paused";
+const M_PUSH_FAILURES: &str = "altdb_tailer_push_failures_total";
+
+/// Runs the Kafka source of `spec` until `stop` flips.
+pub async fn run(
+    spec: CollectionSpec,
+    kafka: KafkaSource,
+    context: SourceContext,
+    mut stop: watch::Receiver<bool>,
+) {
+    let source_id = altdb_common::collection::SourceSpec::Kafka(kafka.clone()).source_id(&spec.name);
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (flushes, mut queue) = mpsc::channel::<Flush>(QUEUE_FLUSHES);
+    let rebalancer = Rebalancer {
+        handle: Handle::current(),
+        spec: spec.clone(),
+        kafka: kafka.clone(),
+        context: context.clone(),
+        stopped: stopped.clone(),
+        events: Arc::new(Mutex::new(Vec::new())),
+    };
+    let consumer = loop {
+        match create_consumer(&spec, &kafka, rebalancer.clone()) {
+            Ok(consumer) => break Arc::new(consumer),
+            Err(error) => {
+                tracing::error!(source = %source_id, %error, "cannot create the kafka consumer; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    let thread = {
+        let consumer = consumer.clone();
+        let stopped = stopped.clone();
+        let metrics_source = source_id.clone();
+        let context = context.clone();
+        let kafka = kafka.clone();
+        let spec = spec.clone();
+        std::thread::Builder::new()
+            .name(format!("kafka-{}", spec.name))
+            .spawn(move || {
+                ConsumeLoop {
+                    consumer,
+                    kafka,
+                    collection: spec.name.clone(),
+                    spec,
+                    source_id: metrics_source,
+                    context,
+                    flushes,
+                    stopped,
+                    partitions: BTreeMap::new(),
+                    pending: Pending::default(),
+                    ready: None,
+                    paused: false,
+                    last_flush: Instant::now(),
+                }
+                .run()
+            })
+            .expect("spawn kafka consumer thread")
+    };
+    tracing::info!(source = %source_id, brokers = %kafka.brokers, group = %kafka.consumer_group(&spec.name), "kafka source started");
+    loop {
+        let flush = tokio::select! {
+            flush = queue.recv() => flush,
+            _ = stop.changed() => None,
+        };
+        let Some(flush) = flush else { break };
+        if !deliver(&spec, &source_id, &context, &flush, &mut stop).await {
+            break;
+        }
+        commit(&consumer, &kafka.topic, &flush.marks);
+    }
+    stopped.store(true, Ordering::Relaxed);
+    drop(queue);
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    tracing::info!(source = %source_id, "kafka source stopped");
+}
+
+fn create_consumer(
+    spec: &CollectionSpec,
+    kafka: &KafkaSource,
+    rebalancer: Rebalancer,
+) -> Result<BaseConsumer<Rebalancer>, KafkaError> {
+    let mut config = ClientConfig::new();
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", kafka.consumer_group(&spec.name))
+        .set("client.id", format!("altdb-tailer-{}", spec.name))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "auto.offset.reset",
+            match kafka.start {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
+    for (key, default) in [
+        ("fetch.wait.max.ms", FETCH_WAIT_MS.to_string()),
+        ("session.timeout.ms", "10000".to_string()),
+        ("heartbeat.interval.ms", "1000".to_string()),
+        ("queued.max.messages.kbytes", "32768".to_string()),
+    ] {
+        if !kafka.properties.contains_key(key) {
+            config.set(key, default);
+        }
+    }
+    let consumer: BaseConsumer<Rebalancer> = config.create_with_context(rebalancer)?;
+    consumer.subscribe(&[kafka.topic.as_str()])?;
+    Ok(consumer)
+}
+
+/// Pushes a flush: dead letters first (idempotent by id), then the rows with the
+/// marks. Retries until every shard acked; `false` if the source was stopped.
+async fn deliver(
+    spec: &CollectionSpec,
+    source_id: &str,
+    context: &SourceContext,
+    flush: &Flush,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    let mut paused_since: Option<Instant> = None;
+    loop {
+        let failure = match push_once(spec, context, flush).await {
+            Ok(()) => {
+                if paused_since.is_some() {
+                    tracing::info!(source = %source_id, "leaves are back; resuming");
+                    context
+                        .metrics
+                        .set(M_PAUSED, "1 while a source waits for unavailable leaves.", &[("source", source_id)], 0.0);
+                }
+                return true;
+            }
+            Err(failure) => failure,
+        };
+        context.metrics.add(
+            M_PUSH_FAILURES,
+            "Pushes to leaves that failed and were retried.",
+            &[("source", source_id)],
+            1.0,
+        );
+        if paused_since.is_none() {
+            paused_since = Some(Instant::now());
+            context.metrics.set(
+                M_PAUSED,
+                "1 while a source waits for unavailable leaves.",
+                &[("source", source_id)],
+                1.0,
+            );
+        }
+        tracing::warn!(source = %source_id, %failure, retry_in = ?backoff, "push failed; consumption paused until the leaves take it");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return false,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn push_once(spec: &CollectionSpec, context: &SourceContext, flush: &Flush) -> Result<(), String> {
+    if !flush.dead.is_empty() {
+        let dlq = context
+            .catalog
+            .get(DLQ_COLLECTION)
+            .await
+            .map_err(|e| format!("cannot read the `{DLQ_COLLECTION}` spec: {e}"))?;
+        let outcome = context.pusher.push(&dlq, &[], flush.dead.clone()).await;
+        if let Some((shard, error)) = outcome.failed_shards.into_iter().next() {
+            return Err(format!("dead letters to shard {shard}: {error}"));
+        }
+    }
+    let outcome = context
+        .pusher
+        .push(spec, &flush.marks, flush.rows.clone())
+        .await;
+    match outcome.failed_shards.into_iter().next() {
+        Some((shard, error)) => Err(format!("shard {shard}: {error}")),
+        None => Ok(()),
+    }
+}
+
+/// Commits the offsets a flush reached, so Kafka tools show the group's lag.
+fn commit(consumer: &BaseConsumer<Rebalancer>, topic: &str, marks: &[SourceMark]) {
+    let mut offsets = TopicPartitionList::new();
+    for mark in marks {
+        let (Some(through), Some(partition)) = (mark.through, partition_of(&mark.source)) else {
+            continue;
+        };
+        let _ = offsets.add_partition_offset(topic, partition, Offset::Offset(through as i64 + 1));
+    }
+    if offsets.count() > 0 {
+        if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::debug!(%error, "offset commit failed (informational only)");
+        }
+    }
+}
+
+fn partition_of(source: &str) -> Option<i32> {
+    source.rsplit(':').next()?.parse().ok()
+}
+
+/// What the consumer hands to the push task.
+#[derive(Debug, Default)]
+struct Flush {
+    rows: Vec<PutRow>,
+    dead: Vec<PutRow>,
+    marks: Vec<SourceMark>,
+}
+
+/// A change of assignment seen in the rebalance callback.
+#[derive(Debug)]
+enum AssignmentEvent {
+    Assigned(Vec<(i32, i64)>),
+    Revoked(Vec<i32>),
+}
+
+/// The consumer context: on assignment, positions each partition at the smallest
+/// watermark the leaves hold for it.
+#[derive(Clone)]
+struct Rebalancer {
+    handle: Handle,
+    spec: CollectionSpec,
+    kafka: KafkaSource,
+    context: SourceContext,
+    stopped: Arc<AtomicBool>,
+    events: Arc<Mutex<Vec<AssignmentEvent>>>,
+}
+
+impl ClientContext for Rebalancer {}
+
+impl ConsumerContext for Rebalancer {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.kafka.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let Some(offsets) = self.resume_offsets(consumer, &partitions) else {
+                    return;
+                };
+                for (partition, offset) in &offsets {
+                    let _ = tpl.set_partition_offset(
+                        &self.kafka.topic,
+                        *partition,
+                        Offset::Offset(*offset),
+                    );
+                }
+                tracing::info!(collection = %self.spec.name, topic = %self.kafka.topic, ?offsets, "partitions assigned");
+                if let Err(error) = consumer.assign(tpl) {
+                    tracing::error!(%error, "assign failed");
+                    return;
+                }
+                self.push_event(AssignmentEvent::Assigned(offsets));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(collection = %self.spec.name, topic = %self.kafka.topic, ?partitions, "partitions revoked");
+                self.push_event(AssignmentEvent::Revoked(partitions));
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                self.push_event(AssignmentEvent::Revoked(partitions));
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl Rebalancer {
+    fn push_event(&self, event: AssignmentEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+
+    /// Where each partition continues; blocks (on the consumer thread) until the
+    /// leaves answer, `None` if the source stopped meanwhile.
+    fn resume_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+    ) -> Option<Vec<(i32, i64)>> {
+        let sources: Vec<String> = partitions
+            .iter()
+            .map(|p| self.kafka.partition_source(&self.spec.name, *p))
+            .collect();
+        let resumes = loop {
+            let answer = self.handle.block_on(resume_positions(
+                &self.context.pusher,
+                &self.spec,
+                &sources,
+            ));
+            if let Some(resumes) = answer {
+                break resumes;
+            }
+            if self.stopped.load(Ordering::Relaxed) {
+                return None;
+            }
+            tracing::warn!(collection = %self.spec.name, "leaves unreachable; waiting to position the assigned partitions");
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let mut offsets = Vec::with_capacity(partitions.len());
+        for (&partition, resume) in partitions.iter().zip(resumes) {
+            let offset = match resume {
+                Resume::At(next) => next as i64,
+                Resume::Fresh | Resume::Partial => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&self.kafka.topic, partition, Duration::from_secs(10))
+                        .unwrap_or((0, 0));
+                    match (resume, self.kafka.start) {
+                        (Resume::Fresh, StartFrom::Latest) => high,
+                        _ => low,
+                    }
+                }
+            };
+            offsets.push((partition, offset));
+        }
+        Some(offsets)
+    }
+}
+
+/// Per assigned partition: where reading is and how fresh it is.
+#[derive(Debug)]
+struct PartitionState {
+    source: String,
+    /// Next offset to read; everything before it was read (and is in a flush).
+    next: i64,
+    /// Set when the consumer reached the end of the partition.
+    caught_up: bool,
+    /// Produce time of the last record read, microseconds.
+    last_timestamp_us: Option<i64>,
+}
+
+/// Records read since the last flush.
+#[derive(Debug, Default)]
+struct Pending {
+    /// (partition, offset, row); positions are set when the flush is cut.
+    rows: Vec<(i32, i64, PutRow)>,
+    dead: Vec<PutRow>,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+struct ConsumeLoop {
+    consumer: Arc<BaseConsumer<Rebalancer>>,
+    kafka: KafkaSource,
+    spec: CollectionSpec,
+    collection: String,
+    source_id: String,
+    context: SourceContext,
+    flushes: mpsc::Sender<Flush>,
+    stopped: Arc<AtomicBool>,
+    partitions: BTreeMap<i32, PartitionState>,
+    pending: Pending,
+    /// A cut flush the queue had no room for.
+    ready: Option<Flush>,
+    paused: bool,
+    last_flush: Instant,
+}
+
+impl ConsumeLoop {
+    fn run(mut self) {
+        while !self.stopped.load(Ordering::Relaxed) {
+            if !self.hand_over() {
+                break;
+            }
+            let consumer = self.consumer.clone();
+            let polled = consumer.poll(Duration::from_millis(20));
+            self.apply_rebalances();
+            match polled {
+                Some(Ok(message)) => self.read(&message),
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(state) = self.partitions.get_mut(&partition) {
+                        state.caught_up = true;
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(source = %self.source_id, %error, "kafka consumer error")
+                }
+                None => {}
+            }
+            if self.ready.is_none() && self.flush_due() {
+                self.ready = Some(self.cut());
+            }
+        }
+        let _ = self.consumer.unsubscribe();
+    }
+
+    /// Offers the cut flush to the push task; pauses the partitions while the queue is
+    /// full and resumes them once it has room. `false` when the push task is gone.
+    fn hand_over(&mut self) -> bool {
+        let Some(flush) = self.ready.take() else {
+            return true;
+        };
+        match self.flushes.try_send(flush) {
+            Ok(()) => {
+                if self.paused {
+                    self.set_paused(false);
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(flush)) => {
+                self.ready = Some(flush);
+                if !self.paused {
+                    self.set_paused(true);
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                self.paused = paused;
+                tracing::debug!(source = %self.source_id, paused, "backpressure");
+            }
+            Err(error) => tracing::warn!(%error, "cannot pause/resume partitions"),
+        }
+    }
+
+    fn apply_rebalances(&mut self) {
+        let events = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for event in events {
+            match event {
+                AssignmentEvent::Assigned(offsets) => {
+                    for (partition, next) in offsets {
+                        self.partitions.insert(
+                            partition,
+                            PartitionState {
+                                source: self.kafka.partition_source(&self.collection, partition),
+                                next,
+                                caught_up: false,
+                                last_timestamp_us: None,
+                            },
+                        );
+                    }
+                    // A fresh assignment is not paused; pause again if still full.
+                    self.paused = false;
+                    if self.ready.is_some() {
+                        self.set_paused(true);
+                    }
+                }
+                AssignmentEvent::Revoked(partitions) => {
+                    // Records read from them stay in the flush: delivering them is
+                    // harmless (leaves skip duplicates), dropping them would be too.
+                    for partition in partitions {
+                        self.partitions.remove(&partition);
+                    }
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, message: &BorrowedMessage<'_>) {
+        let partition = message.partition();
+        let offset = message.offset();
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return; // from a revoked assignment
+        };
+        if offset < state.next {
+            return; // already read (a re-fetch after pause)
+        }
+        state.next = offset + 1;
+        state.caught_up = false;
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let timestamp_us = message.timestamp().to_millis().map(|ms| ms * 1000);
+        state.last_timestamp_us = timestamp_us.or(state.last_timestamp_us);
+        let source = state.source.clone();
+        let payload = message.payload().unwrap_or_default();
+        self.pending.bytes += payload.len();
+        self.pending.oldest.get_or_insert_with(Instant::now);
+        let labels = [("source", self.source_id.as_str())];
+        self.context.metrics.add(M_RECORDS, "Records read from sources.", &labels, 1.0);
+        self.context
+            .metrics
+            .add(M_BYTES, "Payload bytes read from sources.", &labels, payload.len() as f64);
+        match self.decode(message, timestamp_us.unwrap_or(now_us)) {
+            Ok(row) => self.pending.rows.push((partition, offset, row)),
+            Err(error) => {
+                self.context.metrics.add(
+                    M_DEAD,
+                    "Records set aside in _dlq because they could not be ingested.",
+                    &[("collection", self.collection.as_str()), ("source", self.source_id.as_str())],
+                    1.0,
+                );
+                let dead = dead_letter(&DeadLetter {
+                    collection: &self.collection,
+                    source: &source,
+                    topic: &self.kafka.topic,
+                    partition,
+                    offset,
+                    key: message.key(),
+                    payload: message.payload(),
+                    error: &error,
+                    timestamp_us,
+                    now_us,
+                });
+                self.pending.dead.push(dead);
+            }
+        }
+    }
+
+    /// A record as a document, or why it cannot be one.
+    fn decode(&self, message: &BorrowedMessage<'_>, default_time_us: i64) -> Result<PutRow, String> {
+        let payload = message
+            .payload()
+            .ok_or_else(|| "record has no value (a tombstone); altdb ingests JSON objects".to_string())?;
+        let value: Value = serde_json::from_slice(payload).map_err(|e| format!("malformed JSON: {e}"))?;
+        let rules = IdentityRules {
+            id_field: self.spec.id_field.as_deref(),
+            event_time_field: self.spec.event_time_field.as_deref(),
+        };
+        let derived_id = || format!("{}:{}:{}", self.kafka.topic, message.partition(), message.offset());
+        let mut doc = prepare(
+            value,
+            payload.len(),
+            &rules,
+            &self.context.limits,
+            derived_id,
+            default_time_us,
+        )?;
+        if self.kafka.include_metadata && !doc.body.contains_key("_meta") {
+            doc.body.insert("_meta".into(), json!({ "kafka": kafka_metadata(message) }));
+        }
+        Ok(PutRow {
+            id: doc.id,
+            event_time_us: doc.event_time_us,
+            position: None,
+            doc_json: Value::Object(doc.body).to_string(),
+        })
+    }
+
+    fn flush_due(&self) -> bool {
+        let pending = &self.pending;
+        let full = pending.rows.len() + pending.dead.len() >= FLUSH_MAX_RECORDS
+            || pending.bytes >= FLUSH_MAX_BYTES;
+        let lingered = pending.oldest.is_some_and(|t| t.elapsed() >= FLUSH_LINGER);
+        let heartbeat = !self.partitions.is_empty() && self.last_flush.elapsed() >= HEARTBEAT;
+        full || lingered || heartbeat
+    }
+
+    /// Turns what was read into a flush with a mark per assigned partition.
+    fn cut(&mut self) -> Flush {
+        self.last_flush = Instant::now();
+        let pending = std::mem::take(&mut self.pending);
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let mut marks: Vec<SourceMark> = Vec::new();
+        let mut index: BTreeMap<i32, u32> = BTreeMap::new();
+        for (&partition, state) in &self.partitions {
+            index.insert(partition, marks.len() as u32);
+            let as_of_us = if state.caught_up {
+                // Everything produced up to a fetch wait ago has been read.
+                Some(now_us - FETCH_WAIT_MS * 1000)
+            } else {
+                state.last_timestamp_us
+            };
+            marks.push(SourceMark {
+                source: state.source.clone(),
+                through: (state.next > 0).then(|| state.next as u64 - 1),
+                as_of_us,
+            });
+        }
+        let mut rows = Vec::with_capacity(pending.rows.len());
+        for (partition, offset, mut row) in pending.rows {
+            let source = match index.get(&partition) {
+                Some(&i) => i,
+                None => {
+                    // Revoked since it was read: name its source without a mark.
+                    let i = marks.len() as u32;
+                    marks.push(SourceMark {
+                        source: self.kafka.partition_source(&self.collection, partition),
+                        through: None,
+                        as_of_us: None,
+                    });
+                    index.insert(partition, i);
+                    i
+                }
+            };
+            row.position = Some(RowPosition {
+                source,
+                offset: offset as u64,
+            });
+            rows.push(row);
+        }
+        Flush {
+            rows,
+            dead: pending.dead,
+            marks,
+        }
+    }
+}
+
+fn kafka_metadata(message: &BorrowedMessage<'_>) -> Value {
+    let mut meta = Map::new();
+    meta.insert("partition".into(), json!(message.partition()));
+    meta.insert("offset".into(), json!(message.offset()));
+    if let Some(ms) = message.timestamp().to_millis() {
+        meta.insert("timestamp".into(), json!(ms));
+    }
+    if let Some(key) = message.key() {
+        meta.insert("key".into(), json!(String::from_utf8_lossy(key)));
+    }
+    if let Some(headers) = message.headers() {
+        let headers: Map<String, Value> = headers
+            .iter()
+            .map(|h| {
+                let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                (h.key.to_string(), json!(value))
+            })
+            .collect();
+        meta.insert("headers".into(), Value::Object(headers));
+    }
+    Value::Object(meta)
+}
+
+/// What is known of a record that could not be ingested.
+pub struct DeadLetter<'a> {
+    pub collection: &'a str,
+    /// The watermark key of its partition (`kafka:<collection>:<topic>:<partition>`).
+    pub source: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub error: &'a str,
+    pub timestamp_us: Option<i64>,
+    pub now_us: i64,
+}
+
+/// A `_dlq` document; its id is the record's position, so a replay overwrites it.
+pub fn dead_letter(letter: &DeadLetter<'_>) -> PutRow {
+    let payload = letter.payload.unwrap_or_default();
+    let kept = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
+    let doc = json!({
+        "collection": letter.collection,
+        "source": letter.source,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "key": letter.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+        "error": letter.error,
+        "payload": String::from_utf8_lossy(kept),
+        "payload_bytes": payload.len(),
+        "payload_truncated": kept.len() < payload.len(),
+        "record_time": letter.timestamp_us.and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    });
+    PutRow {
+        id: format!("{}:{}", letter.source, letter.offset),
+        event_time_us: letter.now_us,
+        position: None,
+        doc_json: doc.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_keep_position_error_and_a_bounded_payload() {
+        let big = vec![b'x'; DLQ_MAX_PAYLOAD + 10];
+        let row = dead_letter(&DeadLetter {
+            collection: "orders",
+            source: "kafka:orders:t:3",
+            topic: "t",
+            partition: 3,
+            offset: 42,
+            key: Some(b"k1"),
+            payload: Some(&big),
+            error: "malformed JSON: x",
+            timestamp_us: Some(1_700_000_000_000_000),
+            now_us: 5,
+        });
+        assert_eq!(row.id, "kafka:orders:t:3:42");
+        let doc: Value = serde_json::from_str(&row.doc_json).unwrap();
+        assert_eq!(doc["offset"], 42);
+        assert_eq!(doc["partition"], 3);
+        assert_eq!(doc["key"], "k1");
+        assert_eq!(doc["payload_truncated"], true);
+        assert_eq!(doc["payload"].as_str().unwrap().len(), DLQ_MAX_PAYLOAD);
+        assert_eq!(doc["payload_bytes"], DLQ_MAX_PAYLOAD + 10);
+        assert_eq!(partition_of("kafka:orders:t:3"), Some(3));
+    }
+}

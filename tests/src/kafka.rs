@@ -1,0 +1,199 @@
+//! A real Kafka-protocol broker (tansu) on loopback, and a producer that remembers
+//! where every record landed.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+
+/// The `tansu` binary: `ALTDB_TANSU`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ALTDB_TANSU") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.exists()));
+    if let Some(Some(path)) = on_path {
+        return path;
+    }
+    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
+}
+
+/// A tansu broker with in-memory storage, killed on drop.
+pub struct Broker {
+    pub address: String,
+    child: Child,
+}
+
+impl Broker {
+    pub fn start(log: PathBuf) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let address = format!("127.0.0.1:{port}");
+        let binary = tansu_binary();
+        let log = std::fs::File::create(&log)?;
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{address}"),
+                "--advertised-listener-url",
+                &format!("tcp://{address}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {}; install it with `cargo install tansu --locked --features \
+                     dynostore,libsql` (.ci/run does)",
+                    binary.display()
+                )
+            })?;
+        let started = Instant::now();
+        while TcpStream::connect(&address).is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("tansu did not listen on {address} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { address, child })
+    }
+
+    /// Creates a topic and waits until its metadata shows every partition.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .create()?;
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let results = futures::executor::block_on(
+            admin.create_topics([&new_topic], &AdminOptions::new()),
+        )?;
+        for result in results {
+            if let Err((name, code)) = result {
+                bail!("creating topic {name} failed: {code}");
+            }
+        }
+        let started = Instant::now();
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            let found = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len());
+            if found == partitions as usize {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("topic {topic} shows {found} of {partitions} partitions after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where each produced record landed, by the caller's tag.
+#[derive(Default)]
+struct Deliveries {
+    landed: Mutex<HashMap<u64, (i32, i64)>>,
+    failed: Mutex<Vec<String>>,
+}
+
+struct Recorder(Arc<Deliveries>);
+
+impl ClientContext for Recorder {}
+
+impl ProducerContext for Recorder {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Self::DeliveryOpaque) {
+        match result {
+            Ok(message) => {
+                self.0
+                    .landed
+                    .lock()
+                    .unwrap()
+                    .insert(*tag, (message.partition(), message.offset()));
+            }
+            Err((error, _)) => self.0.failed.lock().unwrap().push(error.to_string()),
+        }
+    }
+}
+
+/// Produces records and records each one's partition and offset.
+pub struct TrackingProducer {
+    producer: ThreadedProducer<Recorder>,
+    deliveries: Arc<Deliveries>,
+}
+
+impl TrackingProducer {
+    pub fn new(broker: &Broker) -> anyhow::Result<Self> {
+        let deliveries = Arc::new(Deliveries::default());
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &broker.address)
+            .set("linger.ms", "5")
+            .set("acks", "all")
+            .create_with_context(Recorder(deliveries.clone()))?;
+        Ok(Self {
+            producer,
+            deliveries,
+        })
+    }
+
+    /// Queues one record, tagged for [`Self::landed`]; retries while the queue is full.
+    pub fn send(&self, topic: &str, key: &str, payload: &[u8], tag: u64) -> anyhow::Result<()> {
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(tag))
+            .key(key)
+            .payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((error, _)) => bail!("produce failed: {error}"),
+            }
+        }
+    }
+
+    /// Waits until every queued record is acknowledged by the broker.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.producer.flush(Duration::from_secs(60))?;
+        let failed = self.deliveries.failed.lock().unwrap();
+        if !failed.is_empty() {
+            bail!("{} records were not delivered: {:?}", failed.len(), &failed[..1]);
+        }
+        Ok(())
+    }
+
+    /// Partition and offset of the record produced with `tag`.
+    pub fn landed(&self, tag: u64) -> Option<(i32, i64)> {
+        self.deliveries.landed.lock().unwrap().get(&tag).copied()
+    }
+}

@@ -1,0 +1,271 @@
+//! Kafka ingestion end to end against a real Kafka-protocol broker (tansu): exactly-once
+//! delivery across crashes of a tailer and of a leaf, dead letters, backpressure while
+//! every leaf is down, and lag/freshness reporting.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use altdb_tests::kafka::{Broker, TrackingProducer};
+use altdb_tests::{Cluster, ClusterOptions};
+
+const TOPIC: &str = "events";
+
+/// Record `n`: a JSON event, or (for a few) something that is not a JSON object.
+fn record(n: u64) -> (Vec<u8>, bool) {
+    match n % 1000 {
+        7 => (format!("{{\"seq\": {n}, \"broken\": ").into_bytes(), false),
+        507 => (format!("[{n}, \"an array, not an object\"]").into_bytes(), false),
+        _ => {
+            let kind = ["view", "click", "buy"][(n % 3) as usize];
+            let event = json!({
+                "seq": n,
+                "user": format!("u{}", n % 997),
+                "kind": kind,
+                "amount": (n % 100) as f64 / 4.0,
+                "page": {"path": format!("/p/{}", n % 50), "ref": if n % 5 == 0 { Value::Null } else { json!("search") }},
+                "note": "x".repeat(64 + (n % 200) as usize),
+            });
+            (event.to_string().into_bytes(), true)
+        }
+    }
+}
+
+struct Produced {
+    good: u64,
+    good_seq_sum: u64,
+    bad: Vec<u64>,
+}
+
+fn produce(producer: &TrackingProducer, range: std::ops::Range<u64>, produced: &mut Produced) {
+    for n in range {
+        let (payload, good) = record(n);
+        producer
+            .send(TOPIC, &format!("k{n}"), &payload, n)
+            .expect("produce");
+        if good {
+            produced.good += 1;
+            produced.good_seq_sum += n;
+        } else {
+            produced.bad.push(n);
+        }
+    }
+    producer.flush().expect("flush producer");
+}
+
+fn wait_at_least(cluster: &Cluster, sql: &str, at_least: i64) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if cluster.scalar(sql).is_ok_and(|v| v >= at_least) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("`{sql}` did not reach {at_least} in 120 s");
+}
+
+fn kafka_collection(broker: &Broker) -> Value {
+    json!({
+        "name": "events",
+        "num_shards": 4,
+        "sources": [{"type": "kafka", "brokers": broker.address, "topic": TOPIC}],
+    })
+}
+
+#[test]
+fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        leaves: 2,
+        tailers: 2,
+        seal_rows: 20_000,
+    })
+    .expect("cluster starts");
+    let broker = Broker::start(cluster.dir.path().join("tansu.log")).expect("tansu starts");
+    broker.create_topic(TOPIC, 8).expect("topic");
+    cluster
+        .create_collection(kafka_collection(&broker))
+        .expect("collection");
+    let producer = TrackingProducer::new(&broker).expect("producer");
+    let mut produced = Produced {
+        good: 0,
+        good_seq_sum: 0,
+        bad: Vec::new(),
+    };
+
+    produce(&producer, 0..60_000, &mut produced);
+    wait_at_least(&cluster, "SELECT COUNT(*) FROM events", 20_000);
+    // A tailer dies mid-stream: its partitions move to the other one and back.
+    cluster.tailers[0].kill9();
+    produce(&producer, 60_000..100_000, &mut produced);
+    cluster.tailers[0].restart().expect("tailer restarts");
+    produce(&producer, 100_000..130_000, &mut produced);
+    wait_at_least(&cluster, "SELECT COUNT(*) FROM events", 80_000);
+    // A leaf dies mid-stream and comes back.
+    cluster.leaves[1].kill9();
+    produce(&producer, 130_000..170_000, &mut produced);
+    cluster.leaves[1].restart().expect("leaf restarts");
+    produce(&producer, 170_000..200_000, &mut produced);
+
+    let good = produced.good as i64;
+    let count = cluster
+        .wait_for_scalar("SELECT COUNT(*) FROM events", good, Duration::from_secs(240))
+        .unwrap();
+    assert_eq!(
+        count,
+        good,
+        "every good event once\n{}\n{}",
+        cluster.tailers[0].log_tail(),
+        cluster.tailers[1].log_tail()
+    );
+    let rows = cluster
+        .rows("SELECT COUNT(DISTINCT _id), COUNT(DISTINCT seq), SUM(seq), MIN(seq), MAX(seq) FROM events")
+        .unwrap();
+    assert_eq!(
+        rows[0],
+        vec![
+            json!(good),
+            json!(good),
+            json!(produced.good_seq_sum),
+            json!(0),
+            json!(199_999)
+        ]
+    );
+    // Documents carry their Kafka coordinates; ids derive from them.
+    let rows = cluster
+        .rows(&format!(
+            "SELECT _id, \"_meta.kafka.partition\", \"_meta.kafka.offset\", \"_meta.kafka.key\" \
+             FROM events WHERE seq = 12345"
+        ))
+        .unwrap();
+    let (partition, offset) = producer.landed(12345).unwrap();
+    assert_eq!(
+        rows,
+        vec![vec![
+            json!(format!("{TOPIC}:{partition}:{offset}")),
+            json!(partition),
+            json!(offset),
+            json!("k12345")
+        ]]
+    );
+
+    // Exactly the malformed records are in _dlq, with their partitions and offsets.
+    let dead = cluster
+        .wait_for_scalar(
+            "SELECT COUNT(*) FROM _dlq WHERE collection = 'events'",
+            produced.bad.len() as i64,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(dead, produced.bad.len() as i64);
+    let rows = cluster
+        .rows("SELECT \"partition\", \"offset\", error, payload FROM _dlq WHERE collection = 'events'")
+        .unwrap();
+    let stored: BTreeSet<(i64, i64)> = rows
+        .iter()
+        .map(|r| (r[0].as_i64().unwrap(), r[1].as_i64().unwrap()))
+        .collect();
+    let expected: BTreeSet<(i64, i64)> = produced
+        .bad
+        .iter()
+        .map(|n| {
+            let (p, o) = producer.landed(*n).unwrap();
+            (i64::from(p), o)
+        })
+        .collect();
+    assert_eq!(stored, expected);
+    assert!(rows.iter().any(|r| r[2].as_str().unwrap().contains("malformed JSON")));
+    assert!(rows.iter().any(|r| r[2].as_str().unwrap().contains("must be a JSON object")));
+    assert!(rows.iter().all(|r| r[3].as_str().unwrap().contains("seq")
+        || r[3].as_str().unwrap().starts_with('[')));
+
+    // Lag reaches zero on every partition; freshness is reported.
+    let started = std::time::Instant::now();
+    let status = loop {
+        let answer = cluster.get("/v1/collections/events").unwrap();
+        let source = answer.body["sources"][0].clone();
+        if source["lag"] == json!(0) || started.elapsed() > Duration::from_secs(30) {
+            break source;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["lag"], json!(0), "{status}");
+    assert_eq!(status["partitions"].as_array().unwrap().len(), 8, "{status}");
+    assert!(status["freshness_ms"].is_number(), "{status}");
+    let answer = cluster.query("SELECT COUNT(*) FROM events").unwrap();
+    assert!(
+        answer.body["stats"]["freshness_ms"].is_number(),
+        "{}",
+        answer.body
+    );
+    let metrics = cluster.get_text(&format!("{}/metrics", cluster.url)).unwrap();
+    assert!(
+        metrics.contains("altdb_source_partition_lag_records{collection=\"events\""),
+        "{metrics}"
+    );
+    let dead_letters: f64 = cluster
+        .tailer_urls
+        .iter()
+        .filter_map(|url| cluster.get_text(&format!("{url}/metrics")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("altdb_tailer_dead_letters_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert!(dead_letters >= 1.0, "dead letters are counted");
+}
+
+#[test]
+fn events_produced_while_every_leaf_is_down_arrive_when_they_return() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).expect("cluster starts");
+    let broker = Broker::start(cluster.dir.path().join("tansu.log")).expect("tansu starts");
+    broker.create_topic(TOPIC, 4).expect("topic");
+    cluster
+        .create_collection(kafka_collection(&broker))
+        .expect("collection");
+    let producer = TrackingProducer::new(&broker).expect("producer");
+    let mut produced = Produced {
+        good: 0,
+        good_seq_sum: 0,
+        bad: Vec::new(),
+    };
+    produce(&producer, 0..5_000, &mut produced);
+    let good = produced.good as i64;
+    assert_eq!(
+        cluster
+            .wait_for_scalar("SELECT COUNT(*) FROM events", good, Duration::from_secs(60))
+            .unwrap(),
+        good
+    );
+
+    for leaf in &mut cluster.leaves {
+        leaf.kill9();
+    }
+    produce(&producer, 5_000..30_000, &mut produced);
+    // The tailer holds off (bounded) instead of dropping or buffering without end.
+    let tailer_metrics = format!("{}/metrics", cluster.tailer_urls[0]);
+    let started = std::time::Instant::now();
+    let mut paused = false;
+    while !paused && started.elapsed() < Duration::from_secs(30) {
+        paused = cluster
+            .get_text(&tailer_metrics)
+            .is_ok_and(|m| m.lines().any(|l| l.starts_with("altdb_tailer_source_paused{") && l.ends_with(" 1")));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(paused, "the source reports that it is paused");
+    for leaf in &mut cluster.leaves {
+        leaf.restart().expect("leaf restarts");
+    }
+    cluster.wait_ready().unwrap();
+    let good = produced.good as i64;
+    let count = cluster
+        .wait_for_scalar("SELECT COUNT(*) FROM events", good, Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(count, good, "{}", cluster.tailers[0].log_tail());
+    assert_eq!(
+        cluster.scalar("SELECT SUM(seq) FROM events").unwrap(),
+        produced.good_seq_sum as i64
+    );
+}
