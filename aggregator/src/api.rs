@@ -109,7 +109,9 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
 /// Prometheus metrics; source lag and freshness are measured at scrape time.
 async fn metrics(State(state): State<AppState>) -> Result<Response> {
     state.metrics.clear("altdb_source_partition_lag_records");
-    state.metrics.clear("altdb_source_partition_freshness_seconds");
+    state
+        .metrics
+        .clear("altdb_source_partition_freshness_seconds");
     state.metrics.clear("altdb_source_freshness_seconds");
     for spec in state.catalog.list().await? {
         if spec.sources.is_empty() {
@@ -121,7 +123,10 @@ async fn metrics(State(state): State<AppState>) -> Result<Response> {
         }
     }
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
         .into_response())

@@ -13,9 +13,9 @@ use altdb_aggregator::catalog::{Catalog, FileCatalog};
 use altdb_aggregator::cluster::Cluster;
 use altdb_aggregator::query::QueryEngine;
 use altdb_aggregator::sources::KafkaProbe;
+use altdb_aggregator::AggregatorConfig;
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
 use altdb_common::metrics::Metrics;
-use altdb_aggregator::AggregatorConfig;
 
 /// Flags override `ALTDB_*` environment variables, which override the config file.
 #[derive(Debug, Parser, Serialize)]

@@ -189,8 +189,11 @@ pub async fn source_status(
                 let statuses: Vec<PartitionStatus> = partitions
                     .into_iter()
                     .map(|partition| {
-                        let (stored, as_of) =
-                            over_shards(spec, stats, &kafka.partition_source(&spec.name, partition));
+                        let (stored, as_of) = over_shards(
+                            spec,
+                            stats,
+                            &kafka.partition_source(&spec.name, partition),
+                        );
                         let end = ends.get(&partition).copied();
                         let lag = end.map(|end| (end - stored.unwrap_or(0) as i64).max(0));
                         // A partition with nothing left to read is fresh by definition.
@@ -273,7 +276,10 @@ pub fn export(metrics: &Metrics, collection: &str, statuses: &[SourceStatus]) {
 pub fn is_live_source(spec: &CollectionSpec, key: &str) -> bool {
     spec.sources.iter().any(|source| {
         let id = source.source_id(&spec.name);
-        key == id || key.strip_prefix(&id).is_some_and(|rest| rest.starts_with(':'))
+        key == id
+            || key
+                .strip_prefix(&id)
+                .is_some_and(|rest| rest.starts_with(':'))
     })
 }
 
@@ -304,7 +310,10 @@ mod tests {
         stats.shards.push(shard(0, 9, 100));
         assert_eq!(over_shards(&spec, &stats, "kafka:c:t:0"), (None, None));
         stats.shards.push(shard(1, 4, 50));
-        assert_eq!(over_shards(&spec, &stats, "kafka:c:t:0"), (Some(5), Some(50)));
+        assert_eq!(
+            over_shards(&spec, &stats, "kafka:c:t:0"),
+            (Some(5), Some(50))
+        );
         assert!(is_live_source(&spec, "kafka:c:t:0"));
         assert!(!is_live_source(&spec, "kafka:c:tt:0"));
         assert!(!is_live_source(&spec, "datagen:c:0"));

@@ -310,7 +310,10 @@ mod tests {
         };
         assert_eq!(kafka.start, StartFrom::Earliest);
         assert_eq!(kafka.consumer_group("orders"), "altdb-orders");
-        assert_eq!(kafka.partition_source("orders", 3), "kafka:orders:orders.v1:3");
+        assert_eq!(
+            kafka.partition_source("orders", 3),
+            "kafka:orders:orders.v1:3"
+        );
         let err = spec_err(r#"{"type":"kafka","brokers":"k:1","topic":"a b"}"#);
         assert!(err.contains("topic"), "{err}");
         let err = spec_err(

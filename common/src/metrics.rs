@@ -113,12 +113,28 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.add("altdb_records_total", "Records read.", &[("src", "a\"b")], 2.0);
-        metrics.add("altdb_records_total", "Records read.", &[("src", "a\"b")], 3.0);
+        metrics.add(
+            "altdb_records_total",
+            "Records read.",
+            &[("src", "a\"b")],
+            2.0,
+        );
+        metrics.add(
+            "altdb_records_total",
+            "Records read.",
+            &[("src", "a\"b")],
+            3.0,
+        );
         metrics.set("altdb_lag", "Lag.", &[], 7.0);
         let text = metrics.render();
-        assert!(text.contains("# TYPE altdb_records_total counter"), "{text}");
-        assert!(text.contains("altdb_records_total{src=\"a\\\"b\"} 5"), "{text}");
+        assert!(
+            text.contains("# TYPE altdb_records_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("altdb_records_total{src=\"a\\\"b\"} 5"),
+            "{text}"
+        );
         assert!(text.contains("altdb_lag 7"), "{text}");
         assert_eq!(metrics.get("altdb_lag", &[]), Some(7.0));
         metrics.clear("altdb_lag");

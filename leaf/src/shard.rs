@@ -528,7 +528,11 @@ mod tests {
         assert_eq!(shard.watermark("p1"), Some(7));
         // A replay of p0 at or below 40 is skipped; the mark never goes back.
         let ack = shard
-            .write(&meta, &[mark("p0", Some(30))], vec![doc("y", Some(40), "{}")])
+            .write(
+                &meta,
+                &[mark("p0", Some(30))],
+                vec![doc("y", Some(40), "{}")],
+            )
             .unwrap();
         assert_eq!((ack.written, ack.skipped), (0, 1));
         assert_eq!(shard.watermark("p0"), Some(40));

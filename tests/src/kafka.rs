@@ -21,8 +21,11 @@ fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("ALTDB_TANSU") {
         return PathBuf::from(path);
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.exists()));
+    let on_path = std::env::var_os("PATH").map(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.exists())
+    });
     if let Some(Some(path)) = on_path {
         return path;
     }
@@ -37,7 +40,9 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(log: PathBuf) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let address = format!("127.0.0.1:{port}");
         let binary = tansu_binary();
         let log = std::fs::File::create(&log)?;
@@ -79,9 +84,8 @@ impl Broker {
             .set("bootstrap.servers", &self.address)
             .create()?;
         let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let results = futures::executor::block_on(
-            admin.create_topics([&new_topic], &AdminOptions::new()),
-        )?;
+        let results =
+            futures::executor::block_on(admin.create_topics([&new_topic], &AdminOptions::new()))?;
         for result in results {
             if let Err((name, code)) = result {
                 bail!("creating topic {name} failed: {code}");
@@ -171,9 +175,12 @@ impl TrackingProducer {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), back)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -187,7 +194,11 @@ impl TrackingProducer {
         self.producer.flush(Duration::from_secs(60))?;
         let failed = self.deliveries.failed.lock().unwrap();
         if !failed.is_empty() {
-            bail!("{} records were not delivered: {:?}", failed.len(), &failed[..1]);
+            bail!(
+                "{} records were not delivered: {:?}",
+                failed.len(),
+                &failed[..1]
+            );
         }
         Ok(())
     }

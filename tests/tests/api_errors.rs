@@ -178,7 +178,11 @@ fn collections_can_be_created_described_listed_and_deleted() -> anyhow::Result<(
     assert!(error_of(&answer).1.contains("reserved"), "{}", answer.body);
     let answer = cluster.post_raw("/v1/collections/_dlq/docs", "{\"a\":1}\n")?;
     assert_eq!(answer.status, 400);
-    assert!(error_of(&answer).1.contains("system collection"), "{}", answer.body);
+    assert!(
+        error_of(&answer).1.contains("system collection"),
+        "{}",
+        answer.body
+    );
     assert_eq!(cluster.delete("/v1/collections/_dlq")?.status, 204);
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM _dlq")?, 0);
 

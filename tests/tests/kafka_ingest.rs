@@ -16,7 +16,10 @@ const TOPIC: &str = "events";
 fn record(n: u64) -> (Vec<u8>, bool) {
     match n % 1000 {
         7 => (format!("{{\"seq\": {n}, \"broken\": ").into_bytes(), false),
-        507 => (format!("[{n}, \"an array, not an object\"]").into_bytes(), false),
+        507 => (
+            format!("[{n}, \"an array, not an object\"]").into_bytes(),
+            false,
+        ),
         _ => {
             let kind = ["view", "click", "buy"][(n % 3) as usize];
             let event = json!({
@@ -24,7 +27,7 @@ fn record(n: u64) -> (Vec<u8>, bool) {
                 "user": format!("u{}", n % 997),
                 "kind": kind,
                 "amount": (n % 100) as f64 / 4.0,
-                "page": {"path": format!("/p/{}", n % 50), "ref": if n % 5 == 0 { Value::Null } else { json!("search") }},
+                "page": {"path": format!("/p/{}", n % 50), "ref": if n.is_multiple_of(5) { Value::Null } else { json!("search") }},
                 "note": "x".repeat(64 + (n % 200) as usize),
             });
             (event.to_string().into_bytes(), true)
@@ -109,7 +112,11 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
 
     let good = produced.good as i64;
     let count = cluster
-        .wait_for_scalar("SELECT COUNT(*) FROM events", good, Duration::from_secs(240))
+        .wait_for_scalar(
+            "SELECT COUNT(*) FROM events",
+            good,
+            Duration::from_secs(240),
+        )
         .unwrap();
     assert_eq!(
         count,
@@ -133,10 +140,10 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
     );
     // Documents carry their Kafka coordinates; ids derive from them.
     let rows = cluster
-        .rows(&format!(
+        .rows(
             "SELECT _id, \"_meta.kafka.partition\", \"_meta.kafka.offset\", \"_meta.kafka.key\" \
-             FROM events WHERE seq = 12345"
-        ))
+             FROM events WHERE seq = 12345",
+        )
         .unwrap();
     let (partition, offset) = producer.landed(12345).unwrap();
     assert_eq!(
@@ -174,10 +181,17 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
         })
         .collect();
     assert_eq!(stored, expected);
-    assert!(rows.iter().any(|r| r[2].as_str().unwrap().contains("malformed JSON")));
-    assert!(rows.iter().any(|r| r[2].as_str().unwrap().contains("must be a JSON object")));
-    assert!(rows.iter().all(|r| r[3].as_str().unwrap().contains("seq")
-        || r[3].as_str().unwrap().starts_with('[')));
+    assert!(rows
+        .iter()
+        .any(|r| r[2].as_str().unwrap().contains("malformed JSON")));
+    assert!(rows
+        .iter()
+        .any(|r| r[2].as_str().unwrap().contains("must be a JSON object")));
+    assert!(
+        rows.iter()
+            .all(|r| r[3].as_str().unwrap().contains("seq")
+                || r[3].as_str().unwrap().starts_with('['))
+    );
 
     // Lag reaches zero on every partition; freshness is reported.
     let started = std::time::Instant::now();
@@ -190,7 +204,11 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status["lag"], json!(0), "{status}");
-    assert_eq!(status["partitions"].as_array().unwrap().len(), 8, "{status}");
+    assert_eq!(
+        status["partitions"].as_array().unwrap().len(),
+        8,
+        "{status}"
+    );
     assert!(status["freshness_ms"].is_number(), "{status}");
     let answer = cluster.query("SELECT COUNT(*) FROM events").unwrap();
     assert!(
@@ -198,7 +216,9 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
         "{}",
         answer.body
     );
-    let metrics = cluster.get_text(&format!("{}/metrics", cluster.url)).unwrap();
+    let metrics = cluster
+        .get_text(&format!("{}/metrics", cluster.url))
+        .unwrap();
     assert!(
         metrics.contains("altdb_source_partition_lag_records{collection=\"events\""),
         "{metrics}"
@@ -249,9 +269,10 @@ fn events_produced_while_every_leaf_is_down_arrive_when_they_return() {
     let started = std::time::Instant::now();
     let mut paused = false;
     while !paused && started.elapsed() < Duration::from_secs(30) {
-        paused = cluster
-            .get_text(&tailer_metrics)
-            .is_ok_and(|m| m.lines().any(|l| l.starts_with("altdb_tailer_source_paused{") && l.ends_with(" 1")));
+        paused = cluster.get_text(&tailer_metrics).is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.starts_with("altdb_tailer_source_paused{") && l.ends_with(" 1"))
+        });
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(paused, "the source reports that it is paused");
@@ -261,7 +282,11 @@ fn events_produced_while_every_leaf_is_down_arrive_when_they_return() {
     cluster.wait_ready().unwrap();
     let good = produced.good as i64;
     let count = cluster
-        .wait_for_scalar("SELECT COUNT(*) FROM events", good, Duration::from_secs(120))
+        .wait_for_scalar(
+            "SELECT COUNT(*) FROM events",
+            good,
+            Duration::from_secs(120),
+        )
         .unwrap();
     assert_eq!(count, good, "{}", cluster.tailers[0].log_tail());
     assert_eq!(

@@ -111,7 +111,8 @@ pub async fn run(
     };
     let source_id = source.source_id(&spec.name);
     let mut next = loop {
-        let resume = super::resume_positions(&pusher, &spec, std::slice::from_ref(&source_id)).await;
+        let resume =
+            super::resume_positions(&pusher, &spec, std::slice::from_ref(&source_id)).await;
         match resume.as_deref() {
             Some([super::Resume::At(position)]) => break *position,
             Some(_) => break 0,

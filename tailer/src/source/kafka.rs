@@ -34,9 +34,7 @@ use serde_json::{json, Map, Value};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use altdb_common::collection::{
-    CollectionSpec, KafkaSource, StartFrom, DLQ_COLLECTION,
-};
+use altdb_common::collection::{CollectionSpec, KafkaSource, StartFrom, DLQ_COLLECTION};
 use altdb_common::document::{prepare, IdentityRules};
 use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
@@ -70,7 +68,8 @@ pub async fn run(
     context: SourceContext,
     mut stop: watch::Receiver<bool>,
 ) {
-    let source_id = altdb_common::collection::SourceSpec::Kafka(kafka.clone()).source_id(&spec.name);
+    let source_id =
+        altdb_common::collection::SourceSpec::Kafka(kafka.clone()).source_id(&spec.name);
     let stopped = Arc::new(AtomicBool::new(false));
     let (flushes, mut queue) = mpsc::channel::<Flush>(QUEUE_FLUSHES);
     let rebalancer = Rebalancer {
@@ -194,9 +193,12 @@ async fn deliver(
             Ok(()) => {
                 if paused_since.is_some() {
                     tracing::info!(source = %source_id, "leaves are back; resuming");
-                    context
-                        .metrics
-                        .set(M_PAUSED, "1 while a source waits for unavailable leaves.", &[("source", source_id)], 0.0);
+                    context.metrics.set(
+                        M_PAUSED,
+                        "1 while a source waits for unavailable leaves.",
+                        &[("source", source_id)],
+                        0.0,
+                    );
                 }
                 return true;
             }
@@ -226,7 +228,11 @@ async fn deliver(
     }
 }
 
-async fn push_once(spec: &CollectionSpec, context: &SourceContext, flush: &Flush) -> Result<(), String> {
+async fn push_once(
+    spec: &CollectionSpec,
+    context: &SourceContext,
+    flush: &Flush,
+) -> Result<(), String> {
     if !flush.dead.is_empty() {
         let dlq = context
             .catalog
@@ -362,11 +368,9 @@ impl Rebalancer {
             .map(|p| self.kafka.partition_source(&self.spec.name, *p))
             .collect();
         let resumes = loop {
-            let answer = self.handle.block_on(resume_positions(
-                &self.context.pusher,
-                &self.spec,
-                &sources,
-            ));
+            let answer =
+                self.handle
+                    .block_on(resume_positions(&self.context.pusher, &self.spec, &sources));
             if let Some(resumes) = answer {
                 break resumes;
             }
@@ -460,7 +464,7 @@ impl ConsumeLoop {
                 self.ready = Some(self.cut());
             }
         }
-        let _ = self.consumer.unsubscribe();
+        self.consumer.unsubscribe();
     }
 
     /// Offers the cut flush to the push task; pauses the partitions while the queue is
@@ -564,17 +568,25 @@ impl ConsumeLoop {
         self.pending.bytes += payload.len();
         self.pending.oldest.get_or_insert_with(Instant::now);
         let labels = [("source", self.source_id.as_str())];
-        self.context.metrics.add(M_RECORDS, "Records read from sources.", &labels, 1.0);
         self.context
             .metrics
-            .add(M_BYTES, "Payload bytes read from sources.", &labels, payload.len() as f64);
+            .add(M_RECORDS, "Records read from sources.", &labels, 1.0);
+        self.context.metrics.add(
+            M_BYTES,
+            "Payload bytes read from sources.",
+            &labels,
+            payload.len() as f64,
+        );
         match self.decode(message, timestamp_us.unwrap_or(now_us)) {
             Ok(row) => self.pending.rows.push((partition, offset, row)),
             Err(error) => {
                 self.context.metrics.add(
                     M_DEAD,
                     "Records set aside in _dlq because they could not be ingested.",
-                    &[("collection", self.collection.as_str()), ("source", self.source_id.as_str())],
+                    &[
+                        ("collection", self.collection.as_str()),
+                        ("source", self.source_id.as_str()),
+                    ],
                     1.0,
                 );
                 let dead = dead_letter(&DeadLetter {
@@ -595,16 +607,28 @@ impl ConsumeLoop {
     }
 
     /// A record as a document, or why it cannot be one.
-    fn decode(&self, message: &BorrowedMessage<'_>, default_time_us: i64) -> Result<PutRow, String> {
-        let payload = message
-            .payload()
-            .ok_or_else(|| "record has no value (a tombstone); altdb ingests JSON objects".to_string())?;
-        let value: Value = serde_json::from_slice(payload).map_err(|e| format!("malformed JSON: {e}"))?;
+    fn decode(
+        &self,
+        message: &BorrowedMessage<'_>,
+        default_time_us: i64,
+    ) -> Result<PutRow, String> {
+        let payload = message.payload().ok_or_else(|| {
+            "record has no value (a tombstone); altdb ingests JSON objects".to_string()
+        })?;
+        let value: Value =
+            serde_json::from_slice(payload).map_err(|e| format!("malformed JSON: {e}"))?;
         let rules = IdentityRules {
             id_field: self.spec.id_field.as_deref(),
             event_time_field: self.spec.event_time_field.as_deref(),
         };
-        let derived_id = || format!("{}:{}:{}", self.kafka.topic, message.partition(), message.offset());
+        let derived_id = || {
+            format!(
+                "{}:{}:{}",
+                self.kafka.topic,
+                message.partition(),
+                message.offset()
+            )
+        };
         let mut doc = prepare(
             value,
             payload.len(),
@@ -614,7 +638,8 @@ impl ConsumeLoop {
             default_time_us,
         )?;
         if self.kafka.include_metadata && !doc.body.contains_key("_meta") {
-            doc.body.insert("_meta".into(), json!({ "kafka": kafka_metadata(message) }));
+            doc.body
+                .insert("_meta".into(), json!({ "kafka": kafka_metadata(message) }));
         }
         Ok(PutRow {
             id: doc.id,

@@ -87,7 +87,12 @@ pub struct SourceContext {
     pub limits: DocLimits,
 }
 
-type Running = (CollectionSpec, SourceSpec, watch::Sender<bool>, JoinHandle<()>);
+type Running = (
+    CollectionSpec,
+    SourceSpec,
+    watch::Sender<bool>,
+    JoinHandle<()>,
+);
 
 /// Keeps one task per configured source running; restarts a source whose
 /// collection spec changed (for example re-created with another shard count).
@@ -106,7 +111,9 @@ pub async fn supervise(
                 }
             }
             running.retain(|id, (spec, source, stop, _)| {
-                let keep = wanted.get(id).is_some_and(|(p, s)| s == source && p == spec);
+                let keep = wanted
+                    .get(id)
+                    .is_some_and(|(p, s)| s == source && p == spec);
                 if !keep {
                     let _ = stop.send(true);
                 }
