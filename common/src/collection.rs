@@ -105,6 +105,7 @@ pub struct KafkaSource {
 pub const MANAGED_KAFKA_PROPERTIES: &[&str] = &[
     "bootstrap.servers",
     "group.id",
+    "group.instance.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",

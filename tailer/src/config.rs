@@ -24,6 +24,24 @@ pub struct TailerConfig {
     pub push_batch_rows: usize,
     /// How often sources are reconciled with the catalog, in seconds.
     pub source_poll_secs: u64,
+    /// Stable name of this tailer (Kafka static group membership: a restarted tailer
+    /// takes its partitions back at once). Default: `<hostname>:<listen port>`.
+    pub instance_id: Option<String>,
+}
+
+impl TailerConfig {
+    /// [`Self::instance_id`] or its default.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "tailer".to_string());
+            format!("{host}:{}", self.listen.port())
+        })
+    }
 }
 
 impl Default for TailerConfig {
@@ -40,6 +58,7 @@ impl Default for TailerConfig {
             max_write_bytes: 64 << 20,
             push_batch_rows: 10_000,
             source_poll_secs: 2,
+            instance_id: None,
         }
     }
 }

@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             pusher,
             metrics,
             limits,
+            instance_id: config.instance_id(),
         },
         Duration::from_secs(config.source_poll_secs),
         stop_rx,

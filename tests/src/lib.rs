@@ -174,7 +174,15 @@ pub struct Answer {
 
 impl Cluster {
     pub fn start(options: ClusterOptions) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        // ALTDB_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
+        let keep = std::env::var_os("ALTDB_KEEP_TEST_DIRS").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("altdb-test-")
+            .disable_cleanup(keep)
+            .tempdir()?;
+        if keep {
+            eprintln!("test cluster in {}", dir.path().display());
+        }
         let aggregator_port = free_port();
         let tailer_ports: Vec<u16> = (0..options.tailers.max(1)).map(|_| free_port()).collect();
         let leaf_urls: Vec<(u16, String)> = (0..options.leaves)

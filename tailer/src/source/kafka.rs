@@ -5,7 +5,7 @@
 //!  consumer thread (BaseConsumer, group member)          push task (async)
 //!   rebalance: assign at the leaves' watermarks ──┐       │
 //!   poll ─► decode ─► Pending ──flush──► bounded queue ──►│ _dlq rows, then rows + marks
-//!   queue full ─► pause partitions (keep polling)         │ retry until every shard acks
+//!   queue full ─► wait (librdkafka prefetch is bounded)   │ retry until every shard acks
 //!                                                        └► commit offsets (for lag tools)
 //! ```
 //!
@@ -15,7 +15,8 @@
 //!   a crash or rebalance never duplicate (DESIGN.md §3). Kafka's committed offsets are
 //!   informational only: the leaves' watermarks are the truth.
 //! - Backpressure: the queue holds at most [`QUEUE_FLUSHES`] flushes; while it is full
-//!   the consumer pauses its partitions, so memory stays bounded while leaves are down.
+//!   the consumer thread waits, and librdkafka stops fetching once its bounded
+//!   prefetch queue is full, so memory stays bounded while leaves are down.
 //! - A record that is not a JSON object (or breaks a limit) goes to `_dlq` with its
 //!   partition, offset, error and payload; the stream goes on.
 
@@ -113,8 +114,6 @@ pub async fn run(
                     stopped,
                     partitions: BTreeMap::new(),
                     pending: Pending::default(),
-                    ready: None,
-                    paused: false,
                     last_flush: Instant::now(),
                 }
                 .run()
@@ -144,6 +143,7 @@ fn create_consumer(
     kafka: &KafkaSource,
     rebalancer: Rebalancer,
 ) -> Result<BaseConsumer<Rebalancer>, KafkaError> {
+    let instance_id = rebalancer.context.instance_id.clone();
     let mut config = ClientConfig::new();
     for (key, value) in &kafka.properties {
         config.set(key, value);
@@ -152,6 +152,9 @@ fn create_consumer(
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", kafka.consumer_group(&spec.name))
         .set("client.id", format!("altdb-tailer-{}", spec.name))
+        // Static membership: a restarted tailer rejoins as itself and gets its
+        // partitions back without waiting for the group to notice it was gone.
+        .set("group.instance.id", instance_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
@@ -167,6 +170,10 @@ fn create_consumer(
         ("session.timeout.ms", "10000".to_string()),
         ("heartbeat.interval.ms", "1000".to_string()),
         ("queued.max.messages.kbytes", "32768".to_string()),
+        // While leaves are down the consumer thread waits (backpressure) instead of
+        // polling; stay in the group meanwhile. A dead tailer is still noticed by
+        // its missing heartbeats after `session.timeout.ms`.
+        ("max.poll.interval.ms", "3600000".to_string()),
     ] {
         if !kafka.properties.contains_key(key) {
             config.set(key, default);
@@ -285,7 +292,7 @@ struct Flush {
 /// A change of assignment seen in the rebalance callback.
 #[derive(Debug)]
 enum AssignmentEvent {
-    Assigned(Vec<(i32, i64)>),
+    Assigned(Vec<Resumed>),
     Revoked(Vec<i32>),
 }
 
@@ -301,7 +308,18 @@ struct Rebalancer {
     events: Arc<Mutex<Vec<AssignmentEvent>>>,
 }
 
-impl ClientContext for Rebalancer {}
+impl ClientContext for Rebalancer {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // End-of-partition is also raised as a client-wide event; it is not an error.
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
+        tracing::warn!(collection = %self.spec.name, %error, reason, "kafka client error");
+    }
+}
 
 impl ConsumerContext for Rebalancer {
     fn rebalance(
@@ -320,11 +338,11 @@ impl ConsumerContext for Rebalancer {
                 let Some(offsets) = self.resume_offsets(consumer, &partitions) else {
                     return;
                 };
-                for (partition, offset) in &offsets {
+                for resumed in &offsets {
                     let _ = tpl.set_partition_offset(
                         &self.kafka.topic,
-                        *partition,
-                        Offset::Offset(*offset),
+                        resumed.partition,
+                        Offset::Offset(resumed.fetch_from),
                     );
                 }
                 tracing::info!(collection = %self.spec.name, topic = %self.kafka.topic, ?offsets, "partitions assigned");
@@ -362,7 +380,7 @@ impl Rebalancer {
         &self,
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
-    ) -> Option<Vec<(i32, i64)>> {
+    ) -> Option<Vec<Resumed>> {
         let sources: Vec<String> = partitions
             .iter()
             .map(|p| self.kafka.partition_source(&self.spec.name, *p))
@@ -382,22 +400,46 @@ impl Rebalancer {
         };
         let mut offsets = Vec::with_capacity(partitions.len());
         for (&partition, resume) in partitions.iter().zip(resumes) {
-            let offset = match resume {
-                Resume::At(next) => next as i64,
-                Resume::Fresh | Resume::Partial => {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&self.kafka.topic, partition, Duration::from_secs(10))
-                        .unwrap_or((0, 0));
-                    match (resume, self.kafka.start) {
-                        (Resume::Fresh, StartFrom::Latest) => high,
-                        _ => low,
-                    }
-                }
+            let (low, high) = consumer
+                .fetch_watermarks(&self.kafka.topic, partition, Duration::from_secs(10))
+                .unwrap_or((0, 0));
+            let next = match (resume, self.kafka.start) {
+                (Resume::At(next), _) => next as i64,
+                (Resume::Fresh, StartFrom::Latest) => high,
+                (Resume::Fresh | Resume::Partial, _) => low,
             };
-            offsets.push((partition, offset));
+            offsets.push(Resumed {
+                partition,
+                next,
+                low,
+                fetch_from: rewound(next, low, 0),
+            });
         }
         Some(offsets)
     }
+}
+
+/// Where a partition continues after an assignment.
+#[derive(Debug, Clone, Copy)]
+struct Resumed {
+    partition: i32,
+    /// The first offset not yet stored.
+    next: i64,
+    /// The partition's first offset on the broker.
+    low: i64,
+    /// Where fetching starts: a little before `next` (see [`rewound`]).
+    fetch_from: i64,
+}
+
+/// Records fetched before the resume point and dropped, on the `attempt`-th try.
+///
+/// A fetch from an offset inside a producer batch must return that whole batch; some
+/// Kafka-protocol brokers (tansu) return the next batch instead, which would skip the
+/// rest of the batch. Fetching from a little earlier and dropping what is below
+/// `next` is correct with either, and costs a few re-read records.
+fn rewound(next: i64, low: i64, attempt: u32) -> i64 {
+    let back = RESUME_REWIND << (2 * attempt.min(8));
+    next.saturating_sub(back).max(low).min(next)
 }
 
 /// Per assigned partition: where reading is and how fresh it is.
@@ -410,7 +452,22 @@ struct PartitionState {
     caught_up: bool,
     /// Produce time of the last record read, microseconds.
     last_timestamp_us: Option<i64>,
+    /// Until the record at `next` arrives after an assignment, nothing else is taken:
+    /// librdkafka may still hand out records fetched for an earlier assignment, or
+    /// start elsewhere, and taking one of those would skip the records in between.
+    verified: bool,
+    /// Seeks back before `next` made while unverified, and when the last one was made.
+    seeks: u32,
+    last_seek: Option<Instant>,
+    /// The partition's first offset on the broker (seeks go no further back).
+    low: i64,
 }
+
+/// Seeks before a partition's first record past the resume point is accepted anyway
+/// (the records before it are gone, e.g. by retention).
+const MAX_RESUME_SEEKS: u32 = 5;
+/// Records re-read before the resume point after an assignment (times 4 per retry).
+const RESUME_REWIND: i64 = 1000;
 
 /// Records read since the last flush.
 #[derive(Debug, Default)]
@@ -433,18 +490,12 @@ struct ConsumeLoop {
     stopped: Arc<AtomicBool>,
     partitions: BTreeMap<i32, PartitionState>,
     pending: Pending,
-    /// A cut flush the queue had no room for.
-    ready: Option<Flush>,
-    paused: bool,
     last_flush: Instant,
 }
 
 impl ConsumeLoop {
     fn run(mut self) {
         while !self.stopped.load(Ordering::Relaxed) {
-            if !self.hand_over() {
-                break;
-            }
             let consumer = self.consumer.clone();
             let polled = consumer.poll(Duration::from_millis(20));
             self.apply_rebalances();
@@ -460,52 +511,34 @@ impl ConsumeLoop {
                 }
                 None => {}
             }
-            if self.ready.is_none() && self.flush_due() {
-                self.ready = Some(self.cut());
+            if self.flush_due() {
+                let flush = self.cut();
+                if !self.hand_over(flush) {
+                    break;
+                }
             }
         }
         self.consumer.unsubscribe();
     }
 
-    /// Offers the cut flush to the push task; pauses the partitions while the queue is
-    /// full and resumes them once it has room. `false` when the push task is gone.
-    fn hand_over(&mut self) -> bool {
-        let Some(flush) = self.ready.take() else {
-            return true;
-        };
-        match self.flushes.try_send(flush) {
-            Ok(()) => {
-                if self.paused {
-                    self.set_paused(false);
+    /// Hands a flush to the push task, waiting while its queue is full: this is the
+    /// backpressure. Meanwhile librdkafka prefetches at most
+    /// `queued.max.messages.kbytes` and keeps the group membership alive; pausing
+    /// partitions instead would make it skip what it had prefetched. `false` when the
+    /// source stops.
+    fn hand_over(&mut self, mut flush: Flush) -> bool {
+        loop {
+            match self.flushes.try_send(flush) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if self.stopped.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    flush = back;
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                true
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
             }
-            Err(mpsc::error::TrySendError::Full(flush)) => {
-                self.ready = Some(flush);
-                if !self.paused {
-                    self.set_paused(true);
-                }
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    fn set_paused(&mut self, paused: bool) {
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let result = if paused {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        match result {
-            Ok(()) => {
-                self.paused = paused;
-                tracing::debug!(source = %self.source_id, paused, "backpressure");
-            }
-            Err(error) => tracing::warn!(%error, "cannot pause/resume partitions"),
         }
     }
 
@@ -521,21 +554,26 @@ impl ConsumeLoop {
         for event in events {
             match event {
                 AssignmentEvent::Assigned(offsets) => {
-                    for (partition, next) in offsets {
+                    for Resumed {
+                        partition,
+                        next,
+                        low,
+                        ..
+                    } in offsets
+                    {
                         self.partitions.insert(
                             partition,
                             PartitionState {
                                 source: self.kafka.partition_source(&self.collection, partition),
                                 next,
+                                low,
                                 caught_up: false,
                                 last_timestamp_us: None,
+                                verified: false,
+                                seeks: 0,
+                                last_seek: None,
                             },
                         );
-                    }
-                    // A fresh assignment is not paused; pause again if still full.
-                    self.paused = false;
-                    if self.ready.is_some() {
-                        self.set_paused(true);
                     }
                 }
                 AssignmentEvent::Revoked(partitions) => {
@@ -556,7 +594,45 @@ impl ConsumeLoop {
             return; // from a revoked assignment
         };
         if offset < state.next {
-            return; // already read (a re-fetch after pause)
+            return; // stored already: rewound, or fetched for an earlier assignment
+        }
+        if !state.verified && offset > state.next {
+            if state.seeks >= MAX_RESUME_SEEKS {
+                tracing::warn!(
+                    partition,
+                    expected = state.next,
+                    got = offset,
+                    "records before the first available offset are gone (retention?); continuing"
+                );
+            } else {
+                if state
+                    .last_seek
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+                {
+                    state.seeks += 1;
+                    state.last_seek = Some(Instant::now());
+                    let target = Offset::Offset(rewound(state.next, state.low, state.seeks));
+                    tracing::info!(
+                        partition,
+                        offset,
+                        next = state.next,
+                        ?target,
+                        "first record is past the resume point; fetching from further back"
+                    );
+                    if let Err(error) =
+                        self.consumer
+                            .seek(&self.kafka.topic, partition, target, Duration::ZERO)
+                    {
+                        tracing::warn!(partition, %error, "seek to the resume point failed");
+                    }
+                }
+                return;
+            }
+        }
+        state.verified = true;
+        if offset > state.next {
+            // Normal for compacted or transactional topics.
+            tracing::debug!(partition, expected = state.next, got = offset, "offset gap");
         }
         state.next = offset + 1;
         state.caught_up = false;
@@ -776,6 +852,15 @@ pub fn dead_letter(letter: &DeadLetter<'_>) -> PutRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resumes_fetch_a_little_before_the_resume_point() {
+        assert_eq!(rewound(5000, 0, 0), 4000);
+        assert_eq!(rewound(5000, 0, 1), 1000);
+        assert_eq!(rewound(5000, 3000, 1), 3000);
+        assert_eq!(rewound(10, 0, 0), 0);
+        assert_eq!(rewound(7, 9, 0), 7, "never past the resume point");
+    }
 
     #[test]
     fn dead_letters_keep_position_error_and_a_bounded_payload() {

@@ -85,6 +85,8 @@ pub struct SourceContext {
     pub pusher: Pusher,
     pub metrics: Arc<Metrics>,
     pub limits: DocLimits,
+    /// Stable name of this tailer ([`crate::TailerConfig::instance_id`]).
+    pub instance_id: String,
 }
 
 type Running = (
