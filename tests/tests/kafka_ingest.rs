@@ -35,6 +35,7 @@ fn record(n: u64) -> (Vec<u8>, bool) {
     }
 }
 
+#[derive(Default)]
 struct Produced {
     good: u64,
     good_seq_sum: u64,
@@ -68,33 +69,33 @@ fn wait_at_least(cluster: &Cluster, sql: &str, at_least: i64) {
     panic!("`{sql}` did not reach {at_least} in 120 s");
 }
 
-fn kafka_collection(broker: &Broker) -> Value {
-    json!({
-        "name": "events",
-        "num_shards": 4,
-        "sources": [{"type": "kafka", "brokers": broker.address, "topic": TOPIC}],
-    })
+/// A cluster with the `events` collection fed by a fresh topic of `partitions`.
+fn start(options: ClusterOptions, partitions: i32) -> (Cluster, Broker, TrackingProducer) {
+    let cluster = Cluster::start(options).expect("cluster starts");
+    let broker = Broker::start(cluster.dir.path().join("tansu.log")).expect("tansu starts");
+    broker.create_topic(TOPIC, partitions).expect("topic");
+    cluster
+        .create_collection(json!({
+            "name": "events",
+            "num_shards": 4,
+            "sources": [{"type": "kafka", "brokers": broker.address, "topic": TOPIC}],
+        }))
+        .expect("collection");
+    let producer = TrackingProducer::new(&broker).expect("producer");
+    (cluster, broker, producer)
 }
 
 #[test]
 fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
-    let mut cluster = Cluster::start(ClusterOptions {
-        leaves: 2,
-        tailers: 2,
-        seal_rows: 20_000,
-    })
-    .expect("cluster starts");
-    let broker = Broker::start(cluster.dir.path().join("tansu.log")).expect("tansu starts");
-    broker.create_topic(TOPIC, 8).expect("topic");
-    cluster
-        .create_collection(kafka_collection(&broker))
-        .expect("collection");
-    let producer = TrackingProducer::new(&broker).expect("producer");
-    let mut produced = Produced {
-        good: 0,
-        good_seq_sum: 0,
-        bad: Vec::new(),
-    };
+    let (mut cluster, _broker, producer) = start(
+        ClusterOptions {
+            leaves: 2,
+            tailers: 2,
+            seal_rows: 20_000,
+        },
+        8,
+    );
+    let mut produced = Produced::default();
 
     produce(&producer, 0..60_000, &mut produced);
     wait_at_least(&cluster, "SELECT COUNT(*) FROM events", 20_000);
@@ -239,18 +240,8 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
 
 #[test]
 fn events_produced_while_every_leaf_is_down_arrive_when_they_return() {
-    let mut cluster = Cluster::start(ClusterOptions::default()).expect("cluster starts");
-    let broker = Broker::start(cluster.dir.path().join("tansu.log")).expect("tansu starts");
-    broker.create_topic(TOPIC, 4).expect("topic");
-    cluster
-        .create_collection(kafka_collection(&broker))
-        .expect("collection");
-    let producer = TrackingProducer::new(&broker).expect("producer");
-    let mut produced = Produced {
-        good: 0,
-        good_seq_sum: 0,
-        bad: Vec::new(),
-    };
+    let (mut cluster, _broker, producer) = start(ClusterOptions::default(), 4);
+    let mut produced = Produced::default();
     produce(&producer, 0..5_000, &mut produced);
     let good = produced.good as i64;
     assert_eq!(
