@@ -76,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Fragment streams end with small frames (the metrics trailer): without
+            // TCP_NODELAY they wait out the peer's delayed ACK (~40 ms per query).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = server_stop.changed().await;
             },

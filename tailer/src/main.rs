@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use serde::Serialize;
 
@@ -93,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, leaves = ?config.leaves, "tailer ready");
+    // Small JSON answers must not wait out the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(api, config.max_write_bytes))
         .with_graceful_shutdown(altdb_common::shutdown::signal())
         .await?;
