@@ -99,9 +99,11 @@ def main():
         # 1. Backlog: sustained ingest rate.
         create_topic(brokers, "backlog", args.partitions)
         payload_bytes = 0
+        ndjson = open(os.path.join(work, "backlog.ndjson"), "wb")
         for seq in range(args.backlog):
             body = event(seq, args.event_bytes, WORDS)
             payload_bytes += len(body)
+            ndjson.write(body + b"\n")
             while True:
                 try:
                     producer.produce("backlog", body, key=str(seq))
@@ -110,6 +112,15 @@ def main():
                     producer.poll(0.01)
             producer.poll(0)
         producer.flush(120)
+        ndjson.close()
+        # Peer: DuckDB parsing and loading the same events from a local file (no broker,
+        # no durability, no indexing): an upper bound for a single-node JSON load.
+        import duckdb
+        con = duckdb.connect()
+        duck_started = time.perf_counter()
+        con.execute(f"CREATE TABLE backlog AS SELECT * FROM read_json('{ndjson.name}', format='newline_delimited')")
+        duck_s = time.perf_counter() - duck_started
+        assert con.execute("SELECT COUNT(*) FROM backlog").fetchone()[0] == args.backlog
         started = time.perf_counter()
         attach(url, "backlog", brokers, "backlog")
         while count(url, "backlog") < args.backlog:
@@ -173,6 +184,8 @@ def main():
         print(f"| backlog of {args.backlog:,} events: time to all queryable | {backlog_s:.1f} s |")
         print(f"| sustained ingest | {rate:,.0f} events/s ({rate / 2:,.0f} per leaf), "
               f"{payload_bytes / backlog_s / 1e6:.1f} MB/s |")
+        print(f"| peer: DuckDB {duckdb.__version__} read_json of the same events from a file | "
+              f"{args.backlog / duck_s:,.0f} events/s ({duck_s:.1f} s); altdb/DuckDB time {backlog_s / duck_s:.1f}x |")
         print(f"| steady rate | {args.rate:,} events/s for {args.seconds} s ({produced[0]:,} events, all queryable) |")
         print(f"| produce-to-queryable p50 / p95 / p99 | {percentile(samples, 50):.0f} / "
               f"{percentile(samples, 95):.0f} / {percentile(samples, 99):.0f} ms ({len(samples)} samples) |")
