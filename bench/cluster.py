@@ -82,3 +82,18 @@ def stop(procs):
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def cpu_seconds(procs):
+    """User + system CPU seconds so far of each process, by its binary name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            name = os.path.basename(p.args[0])
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return out

@@ -14,8 +14,10 @@
 //!   rows advance too. Leaves skip records at or below their watermark, so replays after
 //!   a crash or rebalance never duplicate (DESIGN.md §3). Kafka's committed offsets are
 //!   informational only: the leaves' watermarks are the truth.
-//! - Backpressure: the queue holds at most [`QUEUE_FLUSHES`] flushes; while it is full
-//!   the consumer thread waits, and librdkafka stops fetching once its bounded
+//! - Batching adapts to load: records collect while the queue is full, up to
+//!   [`FLUSH_MAX_RECORDS`]/[`FLUSH_MAX_BYTES`] per flush.
+//! - Backpressure: the queue holds at most [`QUEUE_FLUSHES`] flushes; once it and the
+//!   pending records are full the consumer thread waits, and librdkafka stops fetching once its bounded
 //!   prefetch queue is full, so memory stays bounded while leaves are down.
 //! - A record that is not a JSON object (or breaks a limit) goes to `_dlq` with its
 //!   partition, offset, error and payload; the stream goes on.
@@ -725,13 +727,16 @@ impl ConsumeLoop {
         })
     }
 
+    /// A flush is cut when the pending records are full, or when they have lingered
+    /// (or a heartbeat is due) and the push queue has room. While the pushes lag,
+    /// records keep collecting up to the limit, so batches grow with the load.
     fn flush_due(&self) -> bool {
         let pending = &self.pending;
         let full = pending.rows.len() + pending.dead.len() >= FLUSH_MAX_RECORDS
             || pending.bytes >= FLUSH_MAX_BYTES;
         let lingered = pending.oldest.is_some_and(|t| t.elapsed() >= FLUSH_LINGER);
         let heartbeat = !self.partitions.is_empty() && self.last_flush.elapsed() >= HEARTBEAT;
-        full || lingered || heartbeat
+        full || ((lingered || heartbeat) && self.flushes.capacity() > 0)
     }
 
     /// Turns what was read into a flush with a mark per assigned partition.
