@@ -230,7 +230,8 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[&FlatRow]) -> Result<RecordBatc
     )?)
 }
 
-fn build_column(field: &FieldRef, rows: &[&FlatRow]) -> Result<ArrayRef> {
+/// One column of `rows` as an Arrow array of `field`'s type.
+pub fn build_column(field: &FieldRef, rows: &[&FlatRow]) -> Result<ArrayRef> {
     let name = field.name().as_str();
     let array: ArrayRef = match (name, field.data_type()) {
         (ID_COLUMN, _) => {

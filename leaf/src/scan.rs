@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::EquivalenceProperties;
@@ -25,9 +25,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::rpc::ScanSpec;
-use altdb_common::schema::{align_batch, rows_to_batch, FlatRow};
+use altdb_common::schema::{align_batch, build_column, FlatRow};
 
-use crate::segment::sealed::BATCH_ROWS;
 use crate::shard::{Shard, ShardSnapshot};
 
 /// Scans one shard on this leaf.
@@ -161,12 +160,25 @@ impl ScanJob {
                 })
                 .collect::<Vec<_>>(),
         ));
-        for chunk in snapshot.mutable.chunks(BATCH_ROWS) {
-            let rows: Vec<&FlatRow> = chunk.iter().map(Arc::as_ref).collect();
+        for chunk in &snapshot.mutable {
+            if chunk.rows.is_empty() {
+                continue;
+            }
+            let rows: Vec<&FlatRow> = chunk.rows.iter().map(Arc::as_ref).collect();
             self.rows_scanned
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            let batch =
-                rows_to_batch(&local, &rows).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let columns = local
+                .fields()
+                .iter()
+                .map(|field| {
+                    snapshot
+                        .column_cache
+                        .get_or_build(chunk, field, || build_column(field, &rows))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+            let batch = RecordBatch::try_new_with_options(local.clone(), columns, &options)?;
             if !self.emit(batch, produced)? {
                 return Ok(());
             }

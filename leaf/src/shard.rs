@@ -15,7 +15,8 @@ use altdb_common::rpc::{PutAck, ShardStats, SourceMark, SourceProgress};
 use altdb_common::schema::{FieldSet, FieldType, FlatRow};
 
 use crate::error::{LeafError, Result};
-use crate::segment::{DeleteSet, MutableSegment, SealedSegment};
+use crate::segment::mutable::CHUNK_POSITIONS;
+use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
 use crate::store::{CollectionMeta, Store};
 
 /// A document arriving in a put batch.
@@ -45,7 +46,10 @@ pub struct SealedEntry {
 pub struct ShardSnapshot {
     /// The shard's local schema (at least as wide as every row below).
     pub fields: FieldSet,
-    pub mutable: Vec<Arc<FlatRow>>,
+    /// The mutable segment's live rows, by chunk of positions.
+    pub mutable: Vec<MutableChunk>,
+    /// Converted columns of complete mutable chunks, shared by the shard's queries.
+    pub column_cache: Arc<ColumnCache>,
     pub sealed: Vec<SealedEntry>,
 }
 
@@ -71,6 +75,7 @@ pub struct Shard {
     dir: PathBuf,
     store: Arc<Store>,
     state: Mutex<ShardState>,
+    column_cache: Arc<ColumnCache>,
 }
 
 /// When the mutable segment is sealed.
@@ -113,6 +118,7 @@ impl Shard {
                 as_of_us: HashMap::new(),
                 max_event_time_us: None,
             }),
+            column_cache: Arc::new(ColumnCache::default()),
         }
     }
 
@@ -216,7 +222,8 @@ impl Shard {
         let state = self.lock();
         ShardSnapshot {
             fields: state.fields.clone(),
-            mutable: state.mutable.rows(),
+            mutable: state.mutable.chunks(),
+            column_cache: self.column_cache.clone(),
             sealed: state.sealed.clone(),
         }
     }
@@ -306,6 +313,7 @@ impl Shard {
             }
         }
         state.mutable.truncate_front(end);
+        self.column_cache.evict_below(end / CHUNK_POSITIONS);
         state.sealed.push(SealedEntry {
             segment: Arc::new(segment),
             deletes: Arc::new(deletes),
@@ -500,7 +508,12 @@ mod tests {
 
     fn live_ids(shard: &Shard) -> Vec<String> {
         let snapshot = shard.snapshot();
-        let mut ids: Vec<String> = snapshot.mutable.iter().map(|r| r.id.clone()).collect();
+        let mut ids: Vec<String> = snapshot
+            .mutable
+            .iter()
+            .flat_map(|c| &c.rows)
+            .map(|r| r.id.clone())
+            .collect();
         for entry in &snapshot.sealed {
             let rows = entry.segment.ids_and_seqs().unwrap();
             for (i, (id, _)) in rows.into_iter().enumerate() {
@@ -596,7 +609,12 @@ mod tests {
         let snapshot = recovered.snapshot();
         assert_eq!(snapshot.sealed.len(), 1);
         assert_eq!(snapshot.sealed[0].deletes.len(), 1);
-        let a = snapshot.mutable.iter().find(|r| r.id == "a").unwrap();
+        let a = snapshot
+            .mutable
+            .iter()
+            .flat_map(|c| &c.rows)
+            .find(|r| r.id == "a")
+            .unwrap();
         assert_eq!(a.get("v"), Some(&serde_json::json!(10)));
     }
 }

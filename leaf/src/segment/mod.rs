@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use altdb_common::schema::FieldSet;
 
-pub use mutable::MutableSegment;
+pub use mutable::{ColumnCache, MutableChunk, MutableSegment};
 pub use sealed::SealedSegment;
 
 /// The manifest entry of a sealed segment, kept in RocksDB.
