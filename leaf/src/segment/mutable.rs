@@ -136,9 +136,11 @@ impl MutableSegment {
 /// of once per query.
 #[derive(Debug, Default)]
 pub struct ColumnCache {
-    #[allow(clippy::type_complexity)]
-    entries: Mutex<HashMap<(u64, String, DataType), (u64, ArrayRef)>>,
+    entries: Mutex<CachedColumns>,
 }
+
+/// (chunk, column, type) → (chunk version, converted column).
+type CachedColumns = HashMap<(u64, String, DataType), (u64, ArrayRef)>;
 
 impl ColumnCache {
     /// The column of a chunk, converted by `build` unless cached for this version.
@@ -167,7 +169,7 @@ impl ColumnCache {
         self.lock().retain(|(index, _, _), _| *index >= chunk);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, String, DataType), (u64, ArrayRef)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedColumns> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
