@@ -477,6 +477,8 @@ struct Pending {
     /// (partition, offset, row); positions are set when the flush is cut.
     rows: Vec<(i32, i64, PutRow)>,
     dead: Vec<PutRow>,
+    /// Records and payload bytes read (good and dead), for the metrics.
+    records: usize,
     bytes: usize,
     oldest: Option<Instant>,
 }
@@ -645,28 +647,10 @@ impl ConsumeLoop {
         let payload = message.payload().unwrap_or_default();
         self.pending.bytes += payload.len();
         self.pending.oldest.get_or_insert_with(Instant::now);
-        let labels = [("source", self.source_id.as_str())];
-        self.context
-            .metrics
-            .add(M_RECORDS, "Records read from sources.", &labels, 1.0);
-        self.context.metrics.add(
-            M_BYTES,
-            "Payload bytes read from sources.",
-            &labels,
-            payload.len() as f64,
-        );
+        self.pending.records += 1;
         match self.decode(message, timestamp_us.unwrap_or(now_us)) {
             Ok(row) => self.pending.rows.push((partition, offset, row)),
             Err(error) => {
-                self.context.metrics.add(
-                    M_DEAD,
-                    "Records set aside in _dlq because they could not be ingested.",
-                    &[
-                        ("collection", self.collection.as_str()),
-                        ("source", self.source_id.as_str()),
-                    ],
-                    1.0,
-                );
                 let dead = dead_letter(&DeadLetter {
                     collection: &self.collection,
                     source: &source,
@@ -681,6 +665,38 @@ impl ConsumeLoop {
                 });
                 self.pending.dead.push(dead);
             }
+        }
+    }
+
+    /// Adds what a flush read to the metrics (once per flush, not per record).
+    fn count(&self, pending: &Pending) {
+        if pending.records == 0 {
+            return;
+        }
+        let metrics = &self.context.metrics;
+        let labels = [("source", self.source_id.as_str())];
+        metrics.add(
+            M_RECORDS,
+            "Records read from sources.",
+            &labels,
+            pending.records as f64,
+        );
+        metrics.add(
+            M_BYTES,
+            "Payload bytes read from sources.",
+            &labels,
+            pending.bytes as f64,
+        );
+        if !pending.dead.is_empty() {
+            metrics.add(
+                M_DEAD,
+                "Records set aside in _dlq because they could not be ingested.",
+                &[
+                    ("collection", self.collection.as_str()),
+                    ("source", self.source_id.as_str()),
+                ],
+                pending.dead.len() as f64,
+            );
         }
     }
 
@@ -743,6 +759,7 @@ impl ConsumeLoop {
     fn cut(&mut self) -> Flush {
         self.last_flush = Instant::now();
         let pending = std::mem::take(&mut self.pending);
+        self.count(&pending);
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut marks: Vec<SourceMark> = Vec::new();
         let mut index: BTreeMap<i32, u32> = BTreeMap::new();
