@@ -140,9 +140,12 @@ def main():
         # 2. Steady rate: produce-to-queryable latency.
         create_topic(brokers, "steady", args.partitions)
         attach(url, "steady", brokers, "steady")
-        while count(url, "steady") != 0:
+        # One probe event first: the measurement starts once the consumer group has
+        # joined and the first event is queryable (joining is start-up, not freshness).
+        producer.produce("steady", event(-1, args.event_bytes, WORDS), key="probe")
+        producer.flush(30)
+        while count(url, "steady") != 1:
             time.sleep(0.1)
-        time.sleep(2)  # let the consumer group settle
         stop_flag = threading.Event()
         produced = [0]
 
@@ -166,7 +169,7 @@ def main():
 
         thread = threading.Thread(target=produce_steady)
         thread.start()
-        samples, query_ms, freshness_reported = [], [], []
+        samples, query_ms, freshness_reported, timeline = [], [], [], []
         warmup_until = time.perf_counter() + 5
         end_at = time.perf_counter() + args.seconds
         while time.perf_counter() < end_at:
@@ -176,15 +179,19 @@ def main():
             q_ms = (time.perf_counter() - q0) * 1000
             if status == 200 and body["rows"][0][0] is not None and time.perf_counter() > warmup_until:
                 samples.append(max(0, t0_us - body["rows"][0][0]) / 1000)
+                timeline.append((t0_us, samples[-1], q_ms))
                 query_ms.append(q_ms)
                 if body["stats"].get("freshness_ms") is not None:
                     freshness_reported.append(body["stats"]["freshness_ms"])
             time.sleep(args.poll_ms / 1000)
         stop_flag.set()
         thread.join()
-        while count(url, "steady") < produced[0]:
+        with open(os.path.join(work, "latency.csv"), "w") as f:
+            f.write("time_us,latency_ms,query_ms\n")
+            f.writelines(f"{t},{lat:.1f},{q:.1f}\n" for t, lat, q in timeline)
+        while count(url, "steady") < produced[0] + 1:
             time.sleep(0.1)
-        assert count(url, "steady") == produced[0]
+        assert count(url, "steady") == produced[0] + 1
 
         print(f"\n## Kafka ingest, {os.cpu_count()} cores, tansu in-memory broker, 2 leaves, 1 tailer, "
               f"{args.partitions} partitions, ~{args.event_bytes} B JSON events\n")

@@ -267,6 +267,15 @@ impl Shard {
             .collect()
     }
 
+    /// The age at which this shard seals: the policy's, spread over ±25% by shard so
+    /// that shards written together (on every leaf) do not all seal at the same moment
+    /// and starve ingest and queries of CPU at once.
+    fn seal_age(&self, policy: SealPolicy) -> std::time::Duration {
+        let key = format!("{}/{}", self.collection, self.shard);
+        let spread = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % 51; // 0..=50
+        std::time::Duration::from_millis(policy.max_age_secs * 10 * (75 + spread))
+    }
+
     /// Seals the mutable segment into a segment on disk if the policy says so.
     /// Blocking. Writes continue while the files are built.
     pub fn seal_if_due(&self, policy: SealPolicy, force: bool) -> Result<bool> {
@@ -274,7 +283,7 @@ impl Shard {
             let mut state = self.lock();
             let live = state.mutable.live();
             let due = live >= policy.max_rows
-                || (live > 0 && state.mutable.age_secs() >= policy.max_age_secs)
+                || (live > 0 && state.mutable.age() >= self.seal_age(policy))
                 || (force && live > 0);
             if !due {
                 return Ok(false);

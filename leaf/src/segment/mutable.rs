@@ -65,7 +65,13 @@ impl MutableSegment {
 
     /// Seconds since the oldest unsealed row arrived.
     pub fn age_secs(&self) -> u64 {
-        self.oldest.map_or(0, |t| t.elapsed().as_secs())
+        self.age().as_secs()
+    }
+
+    /// Time since the oldest unsealed row arrived.
+    pub fn age(&self) -> std::time::Duration {
+        self.oldest
+            .map_or(std::time::Duration::ZERO, |t| t.elapsed())
     }
 
     /// Position after the last row.
