@@ -643,7 +643,6 @@ impl ConsumeLoop {
         let now_us = chrono::Utc::now().timestamp_micros();
         let timestamp_us = message.timestamp().to_millis().map(|ms| ms * 1000);
         state.last_timestamp_us = timestamp_us.or(state.last_timestamp_us);
-        let source = state.source.clone();
         let payload = message.payload().unwrap_or_default();
         self.pending.bytes += payload.len();
         self.pending.oldest.get_or_insert_with(Instant::now);
@@ -651,6 +650,7 @@ impl ConsumeLoop {
         match self.decode(message, timestamp_us.unwrap_or(now_us)) {
             Ok(row) => self.pending.rows.push((partition, offset, row)),
             Err(error) => {
+                let source = self.kafka.partition_source(&self.collection, partition);
                 let dead = dead_letter(&DeadLetter {
                     collection: &self.collection,
                     source: &source,
