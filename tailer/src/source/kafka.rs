@@ -410,6 +410,18 @@ impl Rebalancer {
                 (Resume::Fresh, StartFrom::Latest) => high,
                 (Resume::Fresh | Resume::Partial, _) => low,
             };
+            if next > high {
+                tracing::error!(
+                    collection = %self.spec.name,
+                    topic = %self.kafka.topic,
+                    partition,
+                    stored_through = next - 1,
+                    end = high,
+                    "the leaves hold offsets past the end of this partition (was the topic \
+                     re-created?); records below offset {next} are skipped — drop and re-create \
+                     the collection to read it from the start"
+                );
+            }
             offsets.push(Resumed {
                 partition,
                 next,
