@@ -402,15 +402,19 @@ impl Rebalancer {
         };
         let mut offsets = Vec::with_capacity(partitions.len());
         for (&partition, resume) in partitions.iter().zip(resumes) {
-            let (low, high) = consumer
+            let watermarks = consumer
                 .fetch_watermarks(&self.kafka.topic, partition, Duration::from_secs(10))
-                .unwrap_or((0, 0));
+                .inspect_err(|error| {
+                    tracing::warn!(partition, %error, "cannot read the partition's offsets")
+                })
+                .ok();
+            let (low, high) = watermarks.unwrap_or((0, 0));
             let next = match (resume, self.kafka.start) {
                 (Resume::At(next), _) => next as i64,
                 (Resume::Fresh, StartFrom::Latest) => high,
                 (Resume::Fresh | Resume::Partial, _) => low,
             };
-            if next > high {
+            if watermarks.is_some() && next > high {
                 tracing::error!(
                     collection = %self.spec.name,
                     topic = %self.kafka.topic,
