@@ -90,14 +90,14 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
         Err(error) => error.code(),
     };
     state.metrics.add(
-        "altdb_queries_total",
+        "altdb_aggregator_queries_total",
         "SQL queries answered, by outcome.",
         &[("outcome", outcome)],
         1.0,
     );
     if let Ok(response) = &result {
         state.metrics.add(
-            "altdb_query_seconds_total",
+            "altdb_aggregator_query_seconds_total",
             "Time spent answering queries.",
             &[],
             response.stats.elapsed_ms / 1000.0,
@@ -108,11 +108,13 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
 
 /// Prometheus metrics; source lag and freshness are measured at scrape time.
 async fn metrics(State(state): State<AppState>) -> Result<Response> {
-    state.metrics.clear("altdb_source_partition_lag_records");
+    state.metrics.clear("altdb_aggregator_source_lag_records");
     state
         .metrics
-        .clear("altdb_source_partition_freshness_seconds");
-    state.metrics.clear("altdb_source_freshness_seconds");
+        .clear("altdb_aggregator_source_partition_freshness_seconds");
+    state
+        .metrics
+        .clear("altdb_aggregator_source_freshness_seconds");
     for spec in state.catalog.list().await? {
         if spec.sources.is_empty() {
             continue;

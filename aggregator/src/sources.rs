@@ -239,7 +239,7 @@ pub fn export(metrics: &Metrics, collection: &str, statuses: &[SourceStatus]) {
         let source = status.source.as_str();
         if let Some(f) = status.freshness_ms {
             metrics.set(
-                "altdb_source_freshness_seconds",
+                "altdb_aggregator_source_freshness_seconds",
                 "Age of the newest data of a source that may not yet be queryable.",
                 &[("collection", collection), ("source", source)],
                 f / 1000.0,
@@ -254,7 +254,7 @@ pub fn export(metrics: &Metrics, collection: &str, statuses: &[SourceStatus]) {
             ];
             if let Some(lag) = p.lag {
                 metrics.set(
-                    "altdb_source_partition_lag_records",
+                    "altdb_aggregator_source_lag_records",
                     "Records produced to a partition but not yet queryable.",
                     &labels,
                     lag as f64,
@@ -262,7 +262,7 @@ pub fn export(metrics: &Metrics, collection: &str, statuses: &[SourceStatus]) {
             }
             if let Some(f) = p.freshness_ms {
                 metrics.set(
-                    "altdb_source_partition_freshness_seconds",
+                    "altdb_aggregator_source_partition_freshness_seconds",
                     "How long ago everything of a partition was last known to be queryable.",
                     &labels,
                     f / 1000.0,

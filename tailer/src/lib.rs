@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  HTTP write API (http) ─┐
-//!  datagen (source) ──────┼─► prepare: validate, _id, _event_time ─► Pusher
+//!  datagen (source) ──────┤
+//!  Kafka (source::kafka) ─┼─► prepare: validate, _id, _event_time ─► Pusher
+//!    bad records ─► _dlq  │
 //!                         │                                           │ shard_for_id(_id) % num_shards
 //!  CatalogClient ◄── specs from the aggregator                        ▼
 //!                                        DoPut to every replica leaf (rows + source position)

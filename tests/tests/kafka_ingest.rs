@@ -221,7 +221,7 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
         .get_text(&format!("{}/metrics", cluster.url))
         .unwrap();
     assert!(
-        metrics.contains("altdb_source_partition_lag_records{collection=\"events\""),
+        metrics.contains("altdb_aggregator_source_lag_records{collection=\"events\""),
         "{metrics}"
     );
     let dead_letters: f64 = cluster

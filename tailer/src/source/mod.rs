@@ -5,6 +5,7 @@
 //! second delivery never duplicates a record (DESIGN.md §3).
 
 pub mod datagen;
+pub mod dead_letter;
 pub mod kafka;
 
 use std::collections::HashMap;

@@ -28,11 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
@@ -41,7 +40,11 @@ use altdb_common::collection::{CollectionSpec, KafkaSource, StartFrom, DLQ_COLLE
 use altdb_common::document::{prepare, IdentityRules};
 use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
-use super::{resume_positions, Resume, SourceContext};
+mod rebalance;
+
+use self::rebalance::{rewound, AssignmentEvent, Rebalancer, Resumed};
+use super::dead_letter::{dead_letter, DeadLetter};
+use super::SourceContext;
 
 /// Flushes waiting to be pushed before the consumer pauses.
 pub const QUEUE_FLUSHES: usize = 2;
@@ -55,8 +58,6 @@ const FLUSH_LINGER: Duration = Duration::from_millis(20);
 const HEARTBEAT: Duration = Duration::from_millis(250);
 /// How long the broker holds a fetch open waiting for data (bounds freshness).
 const FETCH_WAIT_MS: i64 = 50;
-/// Payload bytes kept in a dead letter.
-pub const DLQ_MAX_PAYLOAD: usize = 64 << 10;
 
 const M_RECORDS: &str = "altdb_tailer_source_records_total";
 const M_BYTES: &str = "altdb_tailer_source_bytes_total";
@@ -291,175 +292,6 @@ struct Flush {
     marks: Vec<SourceMark>,
 }
 
-/// A change of assignment seen in the rebalance callback.
-#[derive(Debug)]
-enum AssignmentEvent {
-    Assigned(Vec<Resumed>),
-    Revoked(Vec<i32>),
-}
-
-/// The consumer context: on assignment, positions each partition at the smallest
-/// watermark the leaves hold for it.
-#[derive(Clone)]
-struct Rebalancer {
-    handle: Handle,
-    spec: CollectionSpec,
-    kafka: KafkaSource,
-    context: SourceContext,
-    stopped: Arc<AtomicBool>,
-    events: Arc<Mutex<Vec<AssignmentEvent>>>,
-}
-
-impl ClientContext for Rebalancer {
-    fn error(&self, error: KafkaError, reason: &str) {
-        // End-of-partition is also raised as a client-wide event; it is not an error.
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        ) {
-            return;
-        }
-        tracing::warn!(collection = %self.spec.name, %error, reason, "kafka client error");
-    }
-}
-
-impl ConsumerContext for Rebalancer {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.kafka.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let Some(offsets) = self.resume_offsets(consumer, &partitions) else {
-                    return;
-                };
-                for resumed in &offsets {
-                    let _ = tpl.set_partition_offset(
-                        &self.kafka.topic,
-                        resumed.partition,
-                        Offset::Offset(resumed.fetch_from),
-                    );
-                }
-                tracing::info!(collection = %self.spec.name, topic = %self.kafka.topic, ?offsets, "partitions assigned");
-                if let Err(error) = consumer.assign(tpl) {
-                    tracing::error!(%error, "assign failed");
-                    return;
-                }
-                self.push_event(AssignmentEvent::Assigned(offsets));
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                tracing::info!(collection = %self.spec.name, topic = %self.kafka.topic, ?partitions, "partitions revoked");
-                self.push_event(AssignmentEvent::Revoked(partitions));
-                let _ = consumer.unassign();
-            }
-            other => {
-                tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
-                self.push_event(AssignmentEvent::Revoked(partitions));
-                let _ = consumer.unassign();
-            }
-        }
-    }
-}
-
-impl Rebalancer {
-    fn push_event(&self, event: AssignmentEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event);
-    }
-
-    /// Where each partition continues; blocks (on the consumer thread) until the
-    /// leaves answer, `None` if the source stopped meanwhile.
-    fn resume_offsets(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        partitions: &[i32],
-    ) -> Option<Vec<Resumed>> {
-        let sources: Vec<String> = partitions
-            .iter()
-            .map(|p| self.kafka.partition_source(&self.spec.name, *p))
-            .collect();
-        let resumes = loop {
-            let answer =
-                self.handle
-                    .block_on(resume_positions(&self.context.pusher, &self.spec, &sources));
-            if let Some(resumes) = answer {
-                break resumes;
-            }
-            if self.stopped.load(Ordering::Relaxed) {
-                return None;
-            }
-            tracing::warn!(collection = %self.spec.name, "leaves unreachable; waiting to position the assigned partitions");
-            std::thread::sleep(Duration::from_secs(1));
-        };
-        let mut offsets = Vec::with_capacity(partitions.len());
-        for (&partition, resume) in partitions.iter().zip(resumes) {
-            let watermarks = consumer
-                .fetch_watermarks(&self.kafka.topic, partition, Duration::from_secs(10))
-                .inspect_err(|error| {
-                    tracing::warn!(partition, %error, "cannot read the partition's offsets")
-                })
-                .ok();
-            let (low, high) = watermarks.unwrap_or((0, 0));
-            let next = match (resume, self.kafka.start) {
-                (Resume::At(next), _) => next as i64,
-                (Resume::Fresh, StartFrom::Latest) => high,
-                (Resume::Fresh | Resume::Partial, _) => low,
-            };
-            if watermarks.is_some() && next > high {
-                tracing::error!(
-                    collection = %self.spec.name,
-                    topic = %self.kafka.topic,
-                    partition,
-                    stored_through = next - 1,
-                    end = high,
-                    "the leaves hold offsets past the end of this partition (was the topic \
-                     re-created?); records below offset {next} are skipped — drop and re-create \
-                     the collection to read it from the start"
-                );
-            }
-            offsets.push(Resumed {
-                partition,
-                next,
-                low,
-                fetch_from: rewound(next, low, 0),
-            });
-        }
-        Some(offsets)
-    }
-}
-
-/// Where a partition continues after an assignment.
-#[derive(Debug, Clone, Copy)]
-struct Resumed {
-    partition: i32,
-    /// The first offset not yet stored.
-    next: i64,
-    /// The partition's first offset on the broker.
-    low: i64,
-    /// Where fetching starts: a little before `next` (see [`rewound`]).
-    fetch_from: i64,
-}
-
-/// Records fetched before the resume point and dropped, on the `attempt`-th try.
-///
-/// A fetch from an offset inside a producer batch must return that whole batch; some
-/// Kafka-protocol brokers (tansu) return the next batch instead, which would skip the
-/// rest of the batch. Fetching from a little earlier and dropping what is below
-/// `next` is correct with either, and costs a few re-read records.
-fn rewound(next: i64, low: i64, attempt: u32) -> i64 {
-    let back = RESUME_REWIND << (2 * attempt.min(8));
-    next.saturating_sub(back).max(low).min(next)
-}
-
 /// Per assigned partition: where reading is and how fresh it is.
 #[derive(Debug)]
 struct PartitionState {
@@ -484,8 +316,6 @@ struct PartitionState {
 /// Seeks before a partition's first record past the resume point is accepted anyway
 /// (the records before it are gone, e.g. by retention).
 const MAX_RESUME_SEEKS: u32 = 5;
-/// Records re-read before the resume point after an assignment (times 4 per retry).
-const RESUME_REWIND: i64 = 1000;
 
 /// Records read since the last flush.
 #[derive(Debug, Default)]
@@ -846,83 +676,12 @@ fn kafka_metadata(message: &BorrowedMessage<'_>) -> Value {
     Value::Object(meta)
 }
 
-/// What is known of a record that could not be ingested.
-pub struct DeadLetter<'a> {
-    pub collection: &'a str,
-    /// The watermark key of its partition (`kafka:<collection>:<topic>:<partition>`).
-    pub source: &'a str,
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub payload: Option<&'a [u8]>,
-    pub error: &'a str,
-    pub timestamp_us: Option<i64>,
-    pub now_us: i64,
-}
-
-/// A `_dlq` document; its id is the record's position, so a replay overwrites it.
-pub fn dead_letter(letter: &DeadLetter<'_>) -> PutRow {
-    let payload = letter.payload.unwrap_or_default();
-    let kept = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
-    let doc = json!({
-        "collection": letter.collection,
-        "source": letter.source,
-        "topic": letter.topic,
-        "partition": letter.partition,
-        "offset": letter.offset,
-        "key": letter.key.map(|k| String::from_utf8_lossy(k).into_owned()),
-        "error": letter.error,
-        "payload": String::from_utf8_lossy(kept),
-        "payload_bytes": payload.len(),
-        "payload_truncated": kept.len() < payload.len(),
-        "record_time": letter.timestamp_us.and_then(chrono::DateTime::from_timestamp_micros)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-    });
-    PutRow {
-        id: format!("{}:{}", letter.source, letter.offset),
-        event_time_us: letter.now_us,
-        position: None,
-        doc_json: doc.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn resumes_fetch_a_little_before_the_resume_point() {
-        assert_eq!(rewound(5000, 0, 0), 4000);
-        assert_eq!(rewound(5000, 0, 1), 1000);
-        assert_eq!(rewound(5000, 3000, 1), 3000);
-        assert_eq!(rewound(10, 0, 0), 0);
-        assert_eq!(rewound(7, 9, 0), 7, "never past the resume point");
-    }
-
-    #[test]
-    fn dead_letters_keep_position_error_and_a_bounded_payload() {
-        let big = vec![b'x'; DLQ_MAX_PAYLOAD + 10];
-        let row = dead_letter(&DeadLetter {
-            collection: "orders",
-            source: "kafka:orders:t:3",
-            topic: "t",
-            partition: 3,
-            offset: 42,
-            key: Some(b"k1"),
-            payload: Some(&big),
-            error: "malformed JSON: x",
-            timestamp_us: Some(1_700_000_000_000_000),
-            now_us: 5,
-        });
-        assert_eq!(row.id, "kafka:orders:t:3:42");
-        let doc: Value = serde_json::from_str(&row.doc_json).unwrap();
-        assert_eq!(doc["offset"], 42);
-        assert_eq!(doc["partition"], 3);
-        assert_eq!(doc["key"], "k1");
-        assert_eq!(doc["payload_truncated"], true);
-        assert_eq!(doc["payload"].as_str().unwrap().len(), DLQ_MAX_PAYLOAD);
-        assert_eq!(doc["payload_bytes"], DLQ_MAX_PAYLOAD + 10);
+    fn partitions_are_read_back_from_their_source_names() {
         assert_eq!(partition_of("kafka:orders:t:3"), Some(3));
     }
 }
