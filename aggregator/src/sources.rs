@@ -128,12 +128,12 @@ fn over_shards(
         .iter()
         .filter_map(|s| s.sources.get(source))
         .collect();
-    let stored = (progress.len() >= spec.num_shards as usize)
-        .then(|| progress.iter().map(|p| p.watermark + 1).min())
-        .flatten();
-    let as_of = (progress.len() >= spec.num_shards as usize)
-        .then(|| progress.iter().map(|p| p.as_of_us).min().flatten())
-        .flatten();
+    // A shard without progress holds nothing of the source yet.
+    if progress.len() < spec.num_shards as usize {
+        return (None, None);
+    }
+    let stored = progress.iter().map(|p| p.watermark + 1).min();
+    let as_of = progress.iter().map(|p| p.as_of_us).min().flatten();
     (stored, as_of)
 }
 

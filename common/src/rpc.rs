@@ -249,7 +249,7 @@ pub struct RowPosition {
 }
 
 /// Encodes rows as a DoPut batch.
-pub fn put_batch(rows: &[PutRow]) -> Result<RecordBatch> {
+pub fn put_batch(rows: &[&PutRow]) -> Result<RecordBatch> {
     let ids = StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()));
     let times = Int64Array::from_iter_values(rows.iter().map(|r| r.event_time_us));
     let sources = UInt32Array::from_iter(rows.iter().map(|r| r.position.map(|p| p.source)));

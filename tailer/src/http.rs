@@ -159,21 +159,18 @@ async fn write_docs(
     let now_us = chrono::Utc::now().timestamp_micros();
     let (rows, mut errors) = api.prepare_rows(&spec, elements, now_us);
 
-    let shards: Vec<u32> = rows
-        .iter()
-        .map(|(_, row)| Pusher::shard_of(&spec, row))
-        .collect();
-    let indexed: Vec<(usize, String)> = rows.iter().map(|(i, r)| (*i, r.id.clone())).collect();
-    let outcome = api
-        .pusher
-        .push(&spec, &[], rows.into_iter().map(|(_, r)| r).collect())
-        .await;
+    let (indexes, rows): (Vec<usize>, Vec<PutRow>) = rows.into_iter().unzip();
+    let outcome = api.pusher.push(&spec, &[], &rows).await;
 
     let mut response = WriteResponse::default();
-    for ((index, id), shard) in indexed.into_iter().zip(shards) {
-        match outcome.failed_shards.get(&shard) {
-            None => response.ids.push(id),
-            Some(reason) => errors.push(RejectedDoc {
+    for (index, row) in indexes.into_iter().zip(rows) {
+        // The shard is only worked out again when some shard failed.
+        let failed = (!outcome.failed_shards.is_empty())
+            .then(|| Pusher::shard_of(&spec, &row))
+            .and_then(|shard| Some((shard, outcome.failed_shards.get(&shard)?)));
+        match failed {
+            None => response.ids.push(row.id),
+            Some((shard, reason)) => errors.push(RejectedDoc {
                 index,
                 reason: format!(
                     "not stored: shard {shard} is unavailable ({reason}); retry this document"

@@ -59,9 +59,9 @@ impl Pusher {
         &self,
         spec: &CollectionSpec,
         sources: &[SourceMark],
-        rows: Vec<PutRow>,
+        rows: &[PutRow],
     ) -> PushOutcome {
-        let mut by_shard: BTreeMap<u32, Vec<PutRow>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<u32, Vec<&PutRow>> = BTreeMap::new();
         if sources
             .iter()
             .any(|m| m.through.is_some() || m.as_of_us.is_some())
@@ -70,7 +70,7 @@ impl Pusher {
         }
         for row in rows {
             by_shard
-                .entry(Self::shard_of(spec, &row))
+                .entry(Self::shard_of(spec, row))
                 .or_default()
                 .push(row);
         }
@@ -92,7 +92,7 @@ impl Pusher {
         spec: &CollectionSpec,
         shard: u32,
         sources: &[SourceMark],
-        rows: Vec<PutRow>,
+        rows: Vec<&PutRow>,
     ) -> Result<(), String> {
         // Rows refer to sources by index, so every chunk names them all; only the
         // last chunk carries the marks, which hold once every row is stored.
@@ -105,7 +105,7 @@ impl Pusher {
             })
             .collect();
         let replicas = replicas_for_shard(shard, self.leaves.len(), spec.replication);
-        let chunks: Vec<&[PutRow]> = if rows.is_empty() {
+        let chunks: Vec<&[&PutRow]> = if rows.is_empty() {
             vec![&[]]
         } else {
             rows.chunks(self.batch_rows).collect()

@@ -311,20 +311,21 @@ impl Cluster {
         Ok(self.http.get(url).send()?.error_for_status()?.text()?)
     }
 
-    /// Polls `sql` (a single integer) until it equals `want`; returns the last value.
-    pub fn wait_for_scalar(&self, sql: &str, want: i64, timeout: Duration) -> anyhow::Result<i64> {
+    /// Polls `sql` (a single integer) until `done` holds for it or `timeout` passes;
+    /// returns the last value seen (`i64::MIN` if the query never answered).
+    pub fn wait_until(&self, sql: &str, timeout: Duration, done: impl Fn(i64) -> bool) -> i64 {
         let started = Instant::now();
         let mut last = i64::MIN;
         while started.elapsed() < timeout {
             if let Ok(value) = self.scalar(sql) {
                 last = value;
-                if value == want {
-                    return Ok(value);
+                if done(value) {
+                    break;
                 }
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(last)
+        last
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<Answer> {

@@ -59,14 +59,16 @@ fn produce(producer: &TrackingProducer, range: std::ops::Range<u64>, produced: &
 }
 
 fn wait_at_least(cluster: &Cluster, sql: &str, at_least: i64) {
-    let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(120) {
-        if cluster.scalar(sql).is_ok_and(|v| v >= at_least) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("`{sql}` did not reach {at_least} in 120 s");
+    let last = cluster.wait_until(sql, Duration::from_secs(120), |v| v >= at_least);
+    assert!(
+        last >= at_least,
+        "`{sql}` reached {last}, not {at_least}, in 120 s"
+    );
+}
+
+/// Waits until the collection holds `good` events; returns how many it holds.
+fn wait_for_events(cluster: &Cluster, good: i64, timeout: Duration) -> i64 {
+    cluster.wait_until("SELECT COUNT(*) FROM events", timeout, |v| v == good)
 }
 
 /// A cluster with the `events` collection fed by a fresh topic of `partitions`.
@@ -112,13 +114,7 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
     produce(&producer, 170_000..200_000, &mut produced);
 
     let good = produced.good as i64;
-    let count = cluster
-        .wait_for_scalar(
-            "SELECT COUNT(*) FROM events",
-            good,
-            Duration::from_secs(240),
-        )
-        .unwrap();
+    let count = wait_for_events(&cluster, good, Duration::from_secs(240));
     assert_eq!(
         count,
         good,
@@ -158,13 +154,12 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
     );
 
     // Exactly the malformed records are in _dlq, with their partitions and offsets.
-    let dead = cluster
-        .wait_for_scalar(
-            "SELECT COUNT(*) FROM _dlq WHERE collection = 'events'",
-            produced.bad.len() as i64,
-            Duration::from_secs(30),
-        )
-        .unwrap();
+    let bad = produced.bad.len() as i64;
+    let dead = cluster.wait_until(
+        "SELECT COUNT(*) FROM _dlq WHERE collection = 'events'",
+        Duration::from_secs(30),
+        |v| v == bad,
+    );
     assert_eq!(dead, produced.bad.len() as i64);
     let rows = cluster
         .rows("SELECT \"partition\", \"offset\", error, payload FROM _dlq WHERE collection = 'events'")
@@ -245,9 +240,7 @@ fn events_produced_while_every_leaf_is_down_arrive_when_they_return() {
     produce(&producer, 0..5_000, &mut produced);
     let good = produced.good as i64;
     assert_eq!(
-        cluster
-            .wait_for_scalar("SELECT COUNT(*) FROM events", good, Duration::from_secs(60))
-            .unwrap(),
+        wait_for_events(&cluster, good, Duration::from_secs(60)),
         good
     );
 
@@ -272,13 +265,7 @@ fn events_produced_while_every_leaf_is_down_arrive_when_they_return() {
     }
     cluster.wait_ready().unwrap();
     let good = produced.good as i64;
-    let count = cluster
-        .wait_for_scalar(
-            "SELECT COUNT(*) FROM events",
-            good,
-            Duration::from_secs(120),
-        )
-        .unwrap();
+    let count = wait_for_events(&cluster, good, Duration::from_secs(120));
     assert_eq!(count, good, "{}", cluster.tailers[0].log_tail());
     assert_eq!(
         cluster.scalar("SELECT SUM(seq) FROM events").unwrap(),

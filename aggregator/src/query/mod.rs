@@ -28,6 +28,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use altdb_common::collection::CollectionSpec;
+
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
@@ -92,7 +94,11 @@ impl QueryEngine {
     async fn context(
         &self,
         stats: Arc<QueryStats>,
-    ) -> Result<(SessionContext, Arc<CollectionSchemaProvider>)> {
+    ) -> Result<(
+        SessionContext,
+        Arc<CollectionSchemaProvider>,
+        Vec<CollectionSpec>,
+    )> {
         let mut config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .with_information_schema(false);
@@ -106,13 +112,8 @@ impl QueryEngine {
             .with_physical_optimizer_rule(Arc::new(DistributeFragments))
             .build();
         let context = SessionContext::new_with_state(state);
-        let names = self
-            .catalog
-            .list()
-            .await?
-            .into_iter()
-            .map(|spec| spec.name)
-            .collect();
+        let specs = self.catalog.list().await?;
+        let names = specs.iter().map(|spec| spec.name.clone()).collect();
         let provider = Arc::new(CollectionSchemaProvider::new(
             self.catalog.clone(),
             self.cluster.clone(),
@@ -124,14 +125,14 @@ impl QueryEngine {
             .ok_or_else(|| AggregatorError::Internal("default catalog is missing".into()))?
             .register_schema("public", provider.clone())
             .map_err(|e| AggregatorError::Internal(e.to_string()))?;
-        Ok((context, provider))
+        Ok((context, provider, specs))
     }
 
     /// Runs one SQL statement.
     pub async fn query(&self, sql: &str) -> Result<QueryResponse> {
         let started = Instant::now();
         let stats = Arc::new(QueryStats::default());
-        let (context, provider) = self.context(stats.clone()).await?;
+        let (context, provider, specs) = self.context(stats.clone()).await?;
         let run = async {
             let options = SQLOptions::new()
                 .with_allow_ddl(false)
@@ -165,7 +166,7 @@ impl QueryEngine {
             }
             Ok(Ok(answer)) => answer,
         };
-        let freshness_ms = self.freshness_ms(&stats).await;
+        let freshness_ms = freshness_ms(&stats, &specs);
         Ok(QueryResponse {
             columns: schema
                 .fields()
@@ -186,26 +187,21 @@ impl QueryEngine {
             },
         })
     }
+}
 
-    /// The worst freshness over the current sources of the collections a query read.
-    async fn freshness_ms(&self, stats: &QueryStats) -> Option<f64> {
-        let as_of = stats
-            .source_as_of_us
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if as_of.is_empty() {
-            return None;
-        }
-        let specs = self.catalog.list().await.ok()?;
-        let oldest = as_of
-            .iter()
-            .filter(|(key, _)| specs.iter().any(|s| crate::sources::is_live_source(s, key)))
-            .map(|(_, t)| *t)
-            .min()?;
-        let now = chrono::Utc::now().timestamp_micros();
-        Some((now - oldest).max(0) as f64 / 1000.0)
-    }
+/// The worst freshness over the current sources of the collections a query read.
+fn freshness_ms(stats: &QueryStats, specs: &[CollectionSpec]) -> Option<f64> {
+    let as_of = stats
+        .source_as_of_us
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let oldest = as_of
+        .iter()
+        .filter(|(key, _)| specs.iter().any(|s| crate::sources::is_live_source(s, key)))
+        .map(|(_, t)| *t)
+        .min()?;
+    let now = chrono::Utc::now().timestamp_micros();
+    Some((now - oldest).max(0) as f64 / 1000.0)
 }
 
 /// Turns a DataFusion error into an API error with an actionable message.

@@ -88,11 +88,6 @@ impl MutableSegment {
             .collect()
     }
 
-    /// Live rows only (cheaper than [`Self::snapshot`] when positions are not needed).
-    pub fn rows(&self) -> Vec<Arc<FlatRow>> {
-        self.rows.iter().flatten().cloned().collect()
-    }
-
     /// The live rows by chunk of positions, for a query.
     pub fn chunks(&self) -> Vec<MutableChunk> {
         let end = self.end();

@@ -157,7 +157,7 @@ pub async fn run(
             through: end.checked_sub(1),
             as_of_us: Some(now_us),
         };
-        let outcome = pusher.push(&spec, &[mark], rows).await;
+        let outcome = pusher.push(&spec, &[mark], &rows).await;
         if outcome.failed_shards.is_empty() {
             next = end;
         } else {

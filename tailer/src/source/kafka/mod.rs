@@ -109,7 +109,6 @@ pub async fn run(
                 ConsumeLoop {
                     consumer,
                     kafka,
-                    collection: spec.name.clone(),
                     spec,
                     source_id: metrics_source,
                     context,
@@ -197,18 +196,21 @@ async fn deliver(
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let mut backoff = Duration::from_millis(100);
-    let mut paused_since: Option<Instant> = None;
+    let mut paused = false;
+    let set_paused = |value: f64| {
+        context.metrics.set(
+            M_PAUSED,
+            "1 while a source waits for unavailable leaves.",
+            &[("source", source_id)],
+            value,
+        )
+    };
     loop {
         let failure = match push_once(spec, context, flush).await {
             Ok(()) => {
-                if paused_since.is_some() {
+                if paused {
                     tracing::info!(source = %source_id, "leaves are back; resuming");
-                    context.metrics.set(
-                        M_PAUSED,
-                        "1 while a source waits for unavailable leaves.",
-                        &[("source", source_id)],
-                        0.0,
-                    );
+                    set_paused(0.0);
                 }
                 return true;
             }
@@ -220,14 +222,9 @@ async fn deliver(
             &[("source", source_id)],
             1.0,
         );
-        if paused_since.is_none() {
-            paused_since = Some(Instant::now());
-            context.metrics.set(
-                M_PAUSED,
-                "1 while a source waits for unavailable leaves.",
-                &[("source", source_id)],
-                1.0,
-            );
+        if !paused {
+            paused = true;
+            set_paused(1.0);
         }
         tracing::warn!(source = %source_id, %failure, retry_in = ?backoff, "push failed; consumption paused until the leaves take it");
         tokio::select! {
@@ -249,15 +246,12 @@ async fn push_once(
             .get(DLQ_COLLECTION)
             .await
             .map_err(|e| format!("cannot read the `{DLQ_COLLECTION}` spec: {e}"))?;
-        let outcome = context.pusher.push(&dlq, &[], flush.dead.clone()).await;
+        let outcome = context.pusher.push(&dlq, &[], &flush.dead).await;
         if let Some((shard, error)) = outcome.failed_shards.into_iter().next() {
             return Err(format!("dead letters to shard {shard}: {error}"));
         }
     }
-    let outcome = context
-        .pusher
-        .push(spec, &flush.marks, flush.rows.clone())
-        .await;
+    let outcome = context.pusher.push(spec, &flush.marks, &flush.rows).await;
     match outcome.failed_shards.into_iter().next() {
         Some((shard, error)) => Err(format!("shard {shard}: {error}")),
         None => Ok(()),
@@ -333,7 +327,6 @@ struct ConsumeLoop {
     consumer: Arc<BaseConsumer<Rebalancer>>,
     kafka: KafkaSource,
     spec: CollectionSpec,
-    collection: String,
     source_id: String,
     context: SourceContext,
     flushes: mpsc::Sender<Flush>,
@@ -414,7 +407,7 @@ impl ConsumeLoop {
                         self.partitions.insert(
                             partition,
                             PartitionState {
-                                source: self.kafka.partition_source(&self.collection, partition),
+                                source: self.kafka.partition_source(&self.spec.name, partition),
                                 next,
                                 low,
                                 caught_up: false,
@@ -496,9 +489,9 @@ impl ConsumeLoop {
         match self.decode(message, timestamp_us.unwrap_or(now_us)) {
             Ok(row) => self.pending.rows.push((partition, offset, row)),
             Err(error) => {
-                let source = self.kafka.partition_source(&self.collection, partition);
+                let source = self.kafka.partition_source(&self.spec.name, partition);
                 let dead = dead_letter(&DeadLetter {
-                    collection: &self.collection,
+                    collection: &self.spec.name,
                     source: &source,
                     topic: &self.kafka.topic,
                     partition,
@@ -538,7 +531,7 @@ impl ConsumeLoop {
                 M_DEAD,
                 "Records set aside in _dlq because they could not be ingested.",
                 &[
-                    ("collection", self.collection.as_str()),
+                    ("collection", self.spec.name.as_str()),
                     ("source", self.source_id.as_str()),
                 ],
                 pending.dead.len() as f64,
@@ -631,7 +624,7 @@ impl ConsumeLoop {
                     // Revoked since it was read: name its source without a mark.
                     let i = marks.len() as u32;
                     marks.push(SourceMark {
-                        source: self.kafka.partition_source(&self.collection, partition),
+                        source: self.kafka.partition_source(&self.spec.name, partition),
                         through: None,
                         as_of_us: None,
                     });
