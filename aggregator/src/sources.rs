@@ -14,7 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 
-use altdb_common::collection::{CollectionSpec, KafkaSource, SourceSpec};
+use altdb_common::collection::{CollectionSpec, KafkaSource, ObjectSource, SourceSpec};
 use altdb_common::metrics::Metrics;
 use altdb_common::rpc::CollectionStats;
 
@@ -113,8 +113,22 @@ pub struct SourceStatus {
     /// Total lag over partitions (Kafka), when every partition's is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Object-store sources: objects stored to their end ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects_done: Option<usize>,
+    /// ... and those partly stored, with the records stored so far.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects_reading: Vec<ObjectStatus>,
     /// Worst freshness over the source's partitions or shards.
     pub freshness_ms: Option<f64>,
+}
+
+/// An object a source is part way through.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectStatus {
+    pub object: String,
+    /// Records stored on every shard (the next record to read).
+    pub stored_records: u64,
 }
 
 /// Smallest watermark and oldest freshness of `source` over every shard.
@@ -166,6 +180,45 @@ pub async fn source_status(
                     error: None,
                     partitions: Vec::new(),
                     lag: None,
+                    objects_done: None,
+                    objects_reading: Vec::new(),
+                    freshness_ms: freshness_ms(as_of, now_us),
+                });
+            }
+            SourceSpec::S3(objects) => {
+                let (_, as_of) = over_shards(spec, stats, &id);
+                let prefix = objects.object_source(&spec.name, objects.url.trim_end_matches('/'));
+                let mut keys: Vec<&String> = stats
+                    .shards
+                    .iter()
+                    .flat_map(|shard| shard.sources.keys())
+                    .filter(|key| key.starts_with(&prefix) && **key != id)
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let mut done = 0;
+                let mut reading = Vec::new();
+                for key in keys {
+                    match over_shards(spec, stats, key).0 {
+                        Some(next) if next > ObjectSource::DONE => done += 1,
+                        stored => reading.push(ObjectStatus {
+                            object: key
+                                .strip_prefix(&format!("s3:{}:", spec.name))
+                                .unwrap_or(key)
+                                .to_string(),
+                            stored_records: stored.unwrap_or(0),
+                        }),
+                    }
+                }
+                out.push(SourceStatus {
+                    source: id,
+                    kind: "s3",
+                    topic: None,
+                    error: None,
+                    partitions: Vec::new(),
+                    lag: None,
+                    objects_done: Some(done),
+                    objects_reading: reading,
                     freshness_ms: freshness_ms(as_of, now_us),
                 });
             }
@@ -225,6 +278,8 @@ pub async fn source_status(
                     error,
                     partitions: statuses,
                     lag,
+                    objects_done: None,
+                    objects_reading: Vec::new(),
                     freshness_ms: freshness,
                 });
             }

@@ -47,4 +47,7 @@ pub struct WriteResponse {
     pub ids: Vec<String>,
     /// Elements that were not stored, with the reason.
     pub errors: Vec<RejectedDoc>,
+    /// Elements the collection's ingest transform filtered out (not errors).
+    #[serde(default)]
+    pub filtered: usize,
 }

@@ -32,6 +32,10 @@ pub struct CollectionSpec {
     /// Sources the tailers read into this collection.
     #[serde(default)]
     pub sources: Vec<SourceSpec>,
+    /// Ingest transform applied to every document from every source (HTTP writes
+    /// included): `SELECT ... FROM _input [WHERE ...]`, see [`crate::transform`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
 }
 
 fn default_num_shards() -> u32 {
@@ -59,6 +63,175 @@ pub enum SourceSpec {
     },
     /// A Kafka topic, read by the tailers of a consumer group.
     Kafka(KafkaSource),
+    /// Objects under an S3 prefix or files under a local directory: the ones there
+    /// now (backfill) and the ones that appear later.
+    S3(ObjectSource),
+}
+
+/// How the records of an object are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectFormat {
+    /// From the object's name: `.json`/`.ndjson`/`.jsonl`, `.csv`, `.parquet`
+    /// (before a `.gz`/`.zst` suffix).
+    #[default]
+    Auto,
+    /// One JSON object per line.
+    Ndjson,
+    /// A header line of field names, then one record per line.
+    Csv,
+    Parquet,
+}
+
+/// How objects are compressed (Parquet compresses inside the file instead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// From the object's name: `.gz` is gzip, `.zst` is zstd, else none.
+    #[default]
+    Auto,
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// `{"type":"s3","url":"s3://bucket/prefix/"}` (or `file:///dir/`) in a collection's `sources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectSource {
+    /// `s3://bucket/prefix/` or `file:///absolute/dir/`.
+    pub url: String,
+    #[serde(default)]
+    pub format: ObjectFormat,
+    #[serde(default)]
+    pub compression: Compression,
+    /// S3 API endpoint for S3-compatible stores (MinIO, R2, ..), e.g. `http://host:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// How often the prefix is listed for new objects, e.g. `"10s"`, `"500ms"`, `"1m"`.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: String,
+    /// Field separator of CSV objects.
+    #[serde(default = "default_csv_delimiter")]
+    pub csv_delimiter: char,
+    /// Add `_meta.object` (`key`, `record`) to every document.
+    #[serde(default = "default_true")]
+    pub include_metadata: bool,
+    /// object_store S3 settings passed through (e.g. `aws_skip_signature`,
+    /// `aws_virtual_hosted_style_request`); credentials come from the usual `AWS_*`
+    /// environment variables of the tailers.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+fn default_poll_interval() -> String {
+    "10s".to_string()
+}
+
+fn default_csv_delimiter() -> char {
+    ','
+}
+
+impl ObjectSource {
+    /// The watermark of an object that was read to its end (an object's watermark
+    /// is otherwise the number of its last stored record).
+    pub const DONE: u64 = u64::MAX - 1;
+
+    /// The watermark key of one object: `s3:<collection>:<object url>`.
+    pub fn object_source(&self, collection: &str, object_url: &str) -> String {
+        format!("s3:{collection}:{object_url}")
+    }
+
+    /// `(scheme, bucket, prefix)` of [`Self::url`]; the prefix has no leading `/`.
+    pub fn location(&self) -> Result<(&str, &str, &str)> {
+        let bad = || {
+            Error::InvalidConfig(format!(
+                "s3 source url `{}` is invalid; use `s3://bucket/prefix/` or `file:///absolute/dir/`",
+                self.url
+            ))
+        };
+        if let Some(rest) = self.url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-')
+                });
+            if !bucket_ok {
+                return Err(Error::InvalidConfig(format!(
+                    "s3 bucket `{bucket}` is invalid; bucket names have 3 to 63 lowercase                      letters, digits, `.` or `-`"
+                )));
+            }
+            Ok(("s3", bucket, prefix))
+        } else if let Some(path) = self.url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(bad());
+            }
+            Ok(("file", "", path.trim_start_matches('/')))
+        } else {
+            Err(bad())
+        }
+    }
+
+    /// [`Self::poll_interval`] as a duration.
+    pub fn poll_interval(&self) -> Result<std::time::Duration> {
+        let text = self.poll_interval.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| self.bad_interval())?;
+        let seconds = match unit.trim() {
+            "ms" => number / 1000.0,
+            "s" | "" => number,
+            "m" => number * 60.0,
+            "h" => number * 3600.0,
+            _ => return Err(self.bad_interval()),
+        };
+        if !(0.1..=86_400.0).contains(&seconds) {
+            return Err(Error::InvalidConfig(format!(
+                "poll_interval `{}` must be between 100ms and 24h",
+                self.poll_interval
+            )));
+        }
+        Ok(std::time::Duration::from_secs_f64(seconds))
+    }
+
+    fn bad_interval(&self) -> Error {
+        Error::InvalidConfig(format!(
+            "poll_interval `{}` is not a duration; write e.g. \"500ms\", \"10s\" or \"5m\"",
+            self.poll_interval
+        ))
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.location()?;
+        self.poll_interval()?;
+        if let Some(endpoint) = &self.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(Error::InvalidConfig(format!(
+                    "s3 endpoint `{endpoint}` must be an http:// or https:// URL"
+                )));
+            }
+        }
+        if self.csv_delimiter == '\n' || self.csv_delimiter == '"' || !self.csv_delimiter.is_ascii()
+        {
+            return Err(Error::InvalidConfig(format!(
+                "csv_delimiter {:?} cannot separate fields; use an ASCII character such as \",\", \";\" or \"\\t\"",
+                self.csv_delimiter
+            )));
+        }
+        for key in self.properties.keys() {
+            if key.parse::<object_store::aws::AmazonS3ConfigKey>().is_err() {
+                return Err(Error::InvalidConfig(format!(
+                    "s3 property `{key}` is not an object_store S3 setting (e.g. \
+                     `aws_skip_signature`, `aws_virtual_hosted_style_request`)"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where a Kafka source starts when the leaves hold nothing of a partition yet.
@@ -170,6 +343,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Datagen { seed, .. } => format!("datagen:{collection}:{seed}"),
             SourceSpec::Kafka(kafka) => format!("kafka:{collection}:{}", kafka.topic),
+            SourceSpec::S3(objects) => format!("s3:{collection}:{}", objects.url),
         }
     }
 }
@@ -185,6 +359,7 @@ impl CollectionSpec {
             event_time_field: None,
             text_fields: vec!["error".to_string()],
             sources: Vec::new(),
+            transform: None,
         }
     }
 
@@ -227,7 +402,11 @@ impl CollectionSpec {
                 }
                 SourceSpec::Datagen { .. } => {}
                 SourceSpec::Kafka(kafka) => kafka.validate()?,
+                SourceSpec::S3(objects) => objects.validate()?,
             }
+        }
+        if let Some(sql) = &self.transform {
+            crate::transform::IngestTransform::compile(sql)?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 //! - [`rpc`]: the Arrow Flight protocol spoken between tailers, leaves and aggregators.
 //! - [`api`]: the JSON error body every HTTP front door returns.
 //! - [`metrics`]: counters and gauges in the Prometheus text format.
+//! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
 
 pub mod api;
 pub mod collection;
@@ -31,5 +32,6 @@ pub mod rpc;
 pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
+pub mod transform;
 
 pub use error::{Error, Result};

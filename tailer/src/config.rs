@@ -27,9 +27,25 @@ pub struct TailerConfig {
     /// Stable name of this tailer (Kafka static group membership: a restarted tailer
     /// takes its partitions back at once). Default: `<hostname>:<listen port>`.
     pub instance_id: Option<String>,
+    /// How many tailers share the object-store sources ...
+    pub tailers: u32,
+    /// ... and which of them (0-based) this one is: it reads the objects whose key
+    /// hashes to `ordinal` modulo `tailers`. Default: 0 of 1 (every object).
+    pub ordinal: u32,
 }
 
 impl TailerConfig {
+    /// Checks the options and says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tailers == 0 || self.ordinal >= self.tailers {
+            return Err(format!(
+                "ordinal {} of {} tailers is impossible; set --tailers N and --ordinal 0..N-1",
+                self.ordinal, self.tailers
+            ));
+        }
+        Ok(())
+    }
+
     /// [`Self::instance_id`] or its default.
     pub fn instance_id(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
@@ -59,6 +75,8 @@ impl Default for TailerConfig {
             push_batch_rows: 10_000,
             source_poll_secs: 2,
             instance_id: None,
+            tailers: 1,
+            ordinal: 0,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! their index and reason, good ones are stored. A 200 means every accepted
 //! document is durable on its leaves and visible to queries.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -18,13 +19,14 @@ use serde_json::Value;
 
 use altdb_common::api::{RejectedDoc, WriteResponse, SPEC_HEADER};
 use altdb_common::collection::CollectionSpec;
-use altdb_common::document::{prepare, DocLimits, IdentityRules};
+use altdb_common::document::DocLimits;
 use altdb_common::metrics::Metrics;
 use altdb_common::rpc::PutRow;
 
 use crate::catalog::CatalogClient;
 use crate::error::{Result, TailerError};
 use crate::pusher::Pusher;
+use crate::shape::{Record, Shaped, Shaper};
 
 /// Shared state of the write API.
 #[derive(Clone)]
@@ -35,6 +37,8 @@ pub struct WriteApi {
     pub metrics: Arc<Metrics>,
     pub id_counter: Arc<AtomicU64>,
     pub id_salt: u64,
+    /// Shapers by collection, with the spec they were made for.
+    pub shapers: Arc<Mutex<HashMap<String, (CollectionSpec, Shaper)>>>,
 }
 
 pub fn router(api: WriteApi, max_write_bytes: usize) -> Router {
@@ -47,7 +51,7 @@ pub fn router(api: WriteApi, max_write_bytes: usize) -> Router {
 }
 
 /// One element of a request body: its index, its JSON (or why it is not JSON), its size.
-struct Element {
+pub struct Element {
     index: usize,
     parsed: std::result::Result<Value, String>,
     raw_len: usize,
@@ -93,44 +97,58 @@ impl WriteApi {
         format!("{:016x}{:08x}", self.id_salt, n)
     }
 
-    /// Validates elements into rows; rejected ones are returned with reasons.
-    pub fn prepare_rows(
-        &self,
-        spec: &CollectionSpec,
-        elements: Vec<(usize, std::result::Result<Value, String>, usize)>,
-        now_us: i64,
-    ) -> (Vec<(usize, PutRow)>, Vec<RejectedDoc>) {
-        let rules = IdentityRules {
-            id_field: spec.id_field.as_deref(),
-            event_time_field: spec.event_time_field.as_deref(),
-        };
-        let mut rows = Vec::with_capacity(elements.len());
-        let mut rejected = Vec::new();
-        for (index, parsed, raw_len) in elements {
-            let prepared = parsed.and_then(|value| {
-                prepare(
-                    value,
-                    raw_len,
-                    &rules,
-                    &self.limits,
-                    || self.fresh_id(),
-                    now_us,
-                )
-            });
-            match prepared {
-                Ok(doc) => rows.push((
-                    index,
-                    PutRow {
-                        id: doc.id,
-                        event_time_us: doc.event_time_us,
-                        position: None,
-                        doc_json: Value::Object(doc.body).to_string(),
-                    },
-                )),
-                Err(reason) => rejected.push(RejectedDoc { index, reason }),
+    /// The shaper of `spec`, compiled once per spec version.
+    fn shaper(&self, spec: &CollectionSpec) -> Result<Shaper> {
+        let mut shapers = self.shapers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, shaper)) = shapers.get(&spec.name) {
+            if cached == spec {
+                return Ok(shaper.clone());
             }
         }
-        (rows, rejected)
+        let shaper = Shaper::new(spec, self.limits).map_err(TailerError::InvalidRequest)?;
+        shapers.insert(spec.name.clone(), (spec.clone(), shaper.clone()));
+        Ok(shaper)
+    }
+
+    /// Shapes elements into rows; rejected ones are returned with reasons, and the
+    /// number the transform filtered out.
+    pub async fn prepare_rows(
+        &self,
+        spec: &CollectionSpec,
+        elements: Vec<Element>,
+        now_us: i64,
+    ) -> Result<(Vec<(usize, PutRow)>, Vec<RejectedDoc>, usize)> {
+        let shaper = self.shaper(spec)?;
+        let mut rejected = Vec::new();
+        let mut indexes = Vec::with_capacity(elements.len());
+        let mut records = Vec::with_capacity(elements.len());
+        for element in elements {
+            match element.parsed {
+                Ok(value) => {
+                    indexes.push(element.index);
+                    records.push(Record {
+                        value,
+                        raw_len: element.raw_len,
+                        derived_id: self.fresh_id(),
+                        default_time_us: now_us,
+                    });
+                }
+                Err(reason) => rejected.push(RejectedDoc {
+                    index: element.index,
+                    reason,
+                }),
+            }
+        }
+        let mut rows = Vec::with_capacity(records.len());
+        let mut filtered = 0;
+        for (index, outcome) in indexes.into_iter().zip(shaper.shape(records).await) {
+            match outcome {
+                Shaped::Row(row) => rows.push((index, row)),
+                Shaped::Filtered => filtered += 1,
+                Shaped::Rejected { reason, .. } => rejected.push(RejectedDoc { index, reason }),
+            }
+        }
+        Ok((rows, rejected, filtered))
     }
 }
 
@@ -152,12 +170,9 @@ async fn write_docs(
         Some(spec) => spec,
         None => api.catalog.get(&name).await?,
     };
-    let elements = split_body(&body)?
-        .into_iter()
-        .map(|e| (e.index, e.parsed, e.raw_len))
-        .collect();
+    let elements = split_body(&body)?;
     let now_us = chrono::Utc::now().timestamp_micros();
-    let (rows, mut errors) = api.prepare_rows(&spec, elements, now_us);
+    let (rows, mut errors, filtered) = api.prepare_rows(&spec, elements, now_us).await?;
 
     let (indexes, rows): (Vec<usize>, Vec<PutRow>) = rows.into_iter().unzip();
     let outcome = api.pusher.push(&spec, &[], &rows).await;
@@ -180,6 +195,7 @@ async fn write_docs(
     }
     errors.sort_by_key(|e| e.index);
     response.written = response.ids.len();
+    response.filtered = filtered;
     let labels = [("collection", name.as_str())];
     api.metrics.add(
         "altdb_tailer_http_documents_total",

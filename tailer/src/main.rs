@@ -45,6 +45,14 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_document_bytes: Option<usize>,
+    /// How many tailers share object-store sources (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tailers: Option<u32>,
+    /// Which of them this tailer is, 0-based (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordinal: Option<u32>,
 }
 
 #[tokio::main]
@@ -55,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         flags.config.as_deref(),
         altdb_common::config::flags_layer(&flags),
     )?;
+    config.validate().map_err(anyhow::Error::msg)?;
     let catalog = Arc::new(CatalogClient::new(&config.aggregator_url));
     let pusher = Pusher::new(&config.leaves, config.push_batch_rows)
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
@@ -69,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         limits,
         metrics: metrics.clone(),
         id_counter: Arc::new(AtomicU64::new(0)),
+        shapers: Default::default(),
         id_salt: xxhash_rust::xxh3::xxh3_64(
             format!(
                 "{}/{}",
@@ -86,6 +96,8 @@ async fn main() -> anyhow::Result<()> {
             metrics,
             limits,
             instance_id: config.instance_id(),
+            ordinal: config.ordinal,
+            tailers: config.tailers,
         },
         Duration::from_secs(config.source_poll_secs),
         stop_rx,

@@ -8,6 +8,7 @@
 pub mod data;
 pub mod kafka;
 pub mod oracle;
+pub mod s3;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub struct Process {
     pub name: String,
     binary: &'static str,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -51,12 +53,14 @@ impl Process {
         name: &str,
         binary: &'static str,
         args: Vec<String>,
+        env: Vec<(String, String)>,
         log: PathBuf,
     ) -> anyhow::Result<Self> {
         let mut process = Self {
             name: name.to_string(),
             binary,
             args,
+            env,
             log,
             child: None,
         };
@@ -79,6 +83,7 @@ impl Process {
         let child = Command::new(&path)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -141,6 +146,8 @@ pub struct ClusterOptions {
     pub tailers: usize,
     /// Rows after which leaves seal their mutable segment.
     pub seal_rows: usize,
+    /// Environment of every process (e.g. `AWS_*` credentials for the tailers).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -149,6 +156,7 @@ impl Default for ClusterOptions {
             leaves: 2,
             tailers: 1,
             seal_rows: 100_000,
+            env: Vec::new(),
         }
     }
 }
@@ -211,6 +219,7 @@ impl Cluster {
                     "--seal-interval-secs".into(),
                     "3600".into(),
                 ],
+                options.env.clone(),
                 dir.path().join(format!("leaf-{i}.log")),
             )?);
         }
@@ -228,6 +237,7 @@ impl Cluster {
                 "--tailer-url".into(),
                 format!("http://127.0.0.1:{}", tailer_ports[0]),
             ],
+            options.env.clone(),
             dir.path().join("aggregator.log"),
         )?;
         let mut tailers = Vec::new();
@@ -242,7 +252,13 @@ impl Cluster {
                     url.clone(),
                     "--leaves".into(),
                     leaves_arg.clone(),
+                    // Object-store sources are split between the tailers.
+                    "--tailers".into(),
+                    tailer_ports.len().to_string(),
+                    "--ordinal".into(),
+                    i.to_string(),
                 ],
+                options.env.clone(),
                 dir.path().join(format!("tailer-{i}.log")),
             )?);
         }

@@ -94,6 +94,7 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
             leaves: 2,
             tailers: 2,
             seal_rows: 20_000,
+            ..ClusterOptions::default()
         },
         8,
     );

@@ -14,7 +14,8 @@ use altdb_common::collection::{CollectionSpec, SourceSpec};
 use altdb_common::random::SplitMix64;
 use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
-use crate::pusher::Pusher;
+use super::SourceContext;
+use crate::shape::{Record, Shaped};
 
 const EVENT_TYPES: &[&str] = &[
     "page_view",
@@ -98,7 +99,7 @@ pub fn event(seed: u64, n: u64, event_time_us: i64) -> Value {
 pub async fn run(
     spec: CollectionSpec,
     source: SourceSpec,
-    pusher: Pusher,
+    context: SourceContext,
     mut stop: watch::Receiver<bool>,
 ) {
     let SourceSpec::Datagen {
@@ -110,9 +111,12 @@ pub async fn run(
         return;
     };
     let source_id = source.source_id(&spec.name);
+    let Some(shaper) = super::shaper_or_wait(&spec, &context, &source_id, &mut stop).await else {
+        return;
+    };
+    let pusher = &context.pusher;
     let mut next = loop {
-        let resume =
-            super::resume_positions(&pusher, &spec, std::slice::from_ref(&source_id)).await;
+        let resume = super::resume_positions(pusher, &spec, std::slice::from_ref(&source_id)).await;
         match resume.as_deref() {
             Some([super::Resume::At(position)]) => break *position,
             Some(_) => break 0,
@@ -140,15 +144,33 @@ pub async fn run(
             None => next + per_tick,
         };
         let now_us = chrono::Utc::now().timestamp_micros();
+        let records: Vec<Record> = (next..end)
+            .map(|n| {
+                let value = event(seed, n, now_us);
+                Record {
+                    raw_len: 0,
+                    value,
+                    derived_id: format!("{:016x}", xxh3_64(format!("{source_id}/{n}").as_bytes())),
+                    default_time_us: now_us,
+                }
+            })
+            .collect();
+        let shaped = shaper.shape(records).await;
         let rows: Vec<PutRow> = (next..end)
-            .map(|n| PutRow {
-                id: format!("{:016x}", xxh3_64(format!("{source_id}/{n}").as_bytes())),
-                event_time_us: now_us,
-                position: Some(RowPosition {
-                    source: 0,
-                    offset: n,
-                }),
-                doc_json: event(seed, n, now_us).to_string(),
+            .zip(shaped)
+            .filter_map(|(n, outcome)| match outcome {
+                Shaped::Row(mut row) => {
+                    row.position = Some(RowPosition {
+                        source: 0,
+                        offset: n,
+                    });
+                    Some(row)
+                }
+                Shaped::Filtered => None,
+                Shaped::Rejected { reason, .. } => {
+                    tracing::warn!(source = %source_id, event = n, %reason, "generated event not stored");
+                    None
+                }
             })
             .collect();
         // Every event before `end` is in this push: that is the shards' new watermark.

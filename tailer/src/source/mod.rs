@@ -7,6 +7,7 @@
 pub mod datagen;
 pub mod dead_letter;
 pub mod kafka;
+pub mod objects;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,13 +16,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use altdb_common::collection::{CollectionSpec, SourceSpec};
+use altdb_common::collection::{CollectionSpec, SourceSpec, DLQ_COLLECTION};
 use altdb_common::document::DocLimits;
 use altdb_common::metrics::Metrics;
-use altdb_common::rpc::{Watermarks, WatermarksRequest, ACTION_WATERMARKS};
+use altdb_common::rpc::{PutRow, SourceMark, Watermarks, WatermarksRequest, ACTION_WATERMARKS};
 
 use crate::catalog::CatalogClient;
 use crate::pusher::Pusher;
+use crate::shape::Shaper;
 
 /// Where a source continues, from what the collection's leaves have stored of it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +90,160 @@ pub struct SourceContext {
     pub limits: DocLimits,
     /// Stable name of this tailer ([`crate::TailerConfig::instance_id`]).
     pub instance_id: String,
+    /// This tailer's share of object-store sources: objects whose key hashes to
+    /// `ordinal` modulo `tailers` ([`crate::TailerConfig::ordinal`]).
+    pub ordinal: u32,
+    pub tailers: u32,
+}
+
+const M_RECORDS: &str = "altdb_tailer_source_records_total";
+const M_BYTES: &str = "altdb_tailer_source_bytes_total";
+const M_DEAD: &str = "altdb_tailer_dead_letters_total";
+const M_FILTERED: &str = "altdb_tailer_transform_filtered_total";
+const M_PAUSED: &str = "altdb_tailer_source_paused";
+const M_PUSH_FAILURES: &str = "altdb_tailer_push_failures_total";
+
+/// What a source hands to the leaves in one go: rows, dead letters, and the marks
+/// (positions reached, freshness) that hold once both are stored.
+#[derive(Debug, Default)]
+pub struct Flush {
+    pub rows: Vec<PutRow>,
+    pub dead: Vec<PutRow>,
+    pub marks: Vec<SourceMark>,
+    /// Records read (good, dead and filtered) and their payload bytes, for metrics.
+    pub records: usize,
+    pub bytes: usize,
+    pub filtered: usize,
+}
+
+impl SourceContext {
+    /// Adds what a flush read to the metrics (once per flush, not per record).
+    pub fn count(&self, collection: &str, source_id: &str, flush: &Flush) {
+        if flush.records == 0 {
+            return;
+        }
+        let labels = [("source", source_id)];
+        let metrics = &self.metrics;
+        metrics.add(
+            M_RECORDS,
+            "Records read from sources.",
+            &labels,
+            flush.records as f64,
+        );
+        metrics.add(
+            M_BYTES,
+            "Payload bytes read from sources.",
+            &labels,
+            flush.bytes as f64,
+        );
+        let labels = [("collection", collection), ("source", source_id)];
+        if !flush.dead.is_empty() {
+            metrics.add(
+                M_DEAD,
+                "Records set aside in _dlq because they could not be ingested.",
+                &labels,
+                flush.dead.len() as f64,
+            );
+        }
+        if flush.filtered > 0 {
+            metrics.add(
+                M_FILTERED,
+                "Records the collection's ingest transform filtered out.",
+                &labels,
+                flush.filtered as f64,
+            );
+        }
+    }
+}
+
+/// The collection's shaper, or `None` once `stop` flips if its transform does not
+/// compile here (the source does not run: nothing would be stored as the user meant).
+pub async fn shaper_or_wait(
+    spec: &CollectionSpec,
+    context: &SourceContext,
+    source_id: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Shaper> {
+    match Shaper::new(spec, context.limits) {
+        Ok(shaper) => Some(shaper),
+        Err(error) => {
+            tracing::error!(source = %source_id, %error, "the collection's transform does not compile; source not started");
+            let _ = stop.changed().await;
+            None
+        }
+    }
+}
+
+/// Pushes a flush: dead letters first (idempotent by id), then the rows with the
+/// marks. Retries until every shard acked; `false` if the source was stopped.
+pub async fn deliver(
+    spec: &CollectionSpec,
+    source_id: &str,
+    context: &SourceContext,
+    flush: &Flush,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    let mut paused = false;
+    let set_paused = |value: f64| {
+        context.metrics.set(
+            M_PAUSED,
+            "1 while a source waits for unavailable leaves.",
+            &[("source", source_id)],
+            value,
+        )
+    };
+    loop {
+        let failure = match push_once(spec, context, flush).await {
+            Ok(()) => {
+                if paused {
+                    tracing::info!(source = %source_id, "leaves are back; resuming");
+                    set_paused(0.0);
+                }
+                return true;
+            }
+            Err(failure) => failure,
+        };
+        context.metrics.add(
+            M_PUSH_FAILURES,
+            "Pushes to leaves that failed and were retried.",
+            &[("source", source_id)],
+            1.0,
+        );
+        if !paused {
+            paused = true;
+            set_paused(1.0);
+        }
+        tracing::warn!(source = %source_id, %failure, retry_in = ?backoff, "push failed; reading paused until the leaves take it");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return false,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn push_once(
+    spec: &CollectionSpec,
+    context: &SourceContext,
+    flush: &Flush,
+) -> Result<(), String> {
+    if !flush.dead.is_empty() {
+        let dlq = context
+            .catalog
+            .get(DLQ_COLLECTION)
+            .await
+            .map_err(|e| format!("cannot read the `{DLQ_COLLECTION}` spec: {e}"))?;
+        let outcome = context.pusher.push(&dlq, &[], &flush.dead).await;
+        if let Some((shard, error)) = outcome.failed_shards.into_iter().next() {
+            return Err(format!("dead letters to shard {shard}: {error}"));
+        }
+    }
+    let outcome = context.pusher.push(spec, &flush.marks, &flush.rows).await;
+    match outcome.failed_shards.into_iter().next() {
+        Some((shard, error)) => Err(format!("shard {shard}: {error}")),
+        None => Ok(()),
+    }
 }
 
 type Running = (
@@ -131,7 +287,13 @@ pub async fn supervise(
                     SourceSpec::Datagen { .. } => tokio::spawn(datagen::run(
                         spec.clone(),
                         source.clone(),
-                        context.pusher.clone(),
+                        context.clone(),
+                        stop_rx,
+                    )),
+                    SourceSpec::S3(objects) => tokio::spawn(objects::run(
+                        spec.clone(),
+                        objects.clone(),
+                        context.clone(),
                         stop_rx,
                     )),
                     SourceSpec::Kafka(kafka) => tokio::spawn(kafka::run(

@@ -36,15 +36,15 @@ use serde_json::{json, Map, Value};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use altdb_common::collection::{CollectionSpec, KafkaSource, StartFrom, DLQ_COLLECTION};
-use altdb_common::document::{prepare, IdentityRules};
+use altdb_common::collection::{CollectionSpec, KafkaSource, StartFrom};
 use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
 mod rebalance;
 
 use self::rebalance::{rewound, AssignmentEvent, Rebalancer, Resumed};
 use super::dead_letter::{dead_letter, DeadLetter};
-use super::SourceContext;
+use super::{deliver, Flush, SourceContext};
+use crate::shape::{Record, Shaped, Shaper};
 
 /// Flushes waiting to be pushed before the consumer pauses.
 pub const QUEUE_FLUSHES: usize = 2;
@@ -59,12 +59,6 @@ const HEARTBEAT: Duration = Duration::from_millis(250);
 /// How long the broker holds a fetch open waiting for data (bounds freshness).
 const FETCH_WAIT_MS: i64 = 50;
 
-const M_RECORDS: &str = "altdb_tailer_source_records_total";
-const M_BYTES: &str = "altdb_tailer_source_bytes_total";
-const M_DEAD: &str = "altdb_tailer_dead_letters_total";
-const M_PAUSED: &str = "altdb_tailer_source_paused";
-const M_PUSH_FAILURES: &str = "altdb_tailer_push_failures_total";
-
 /// Runs the Kafka source of `spec` until `stop` flips.
 pub async fn run(
     spec: CollectionSpec,
@@ -74,6 +68,9 @@ pub async fn run(
 ) {
     let source_id =
         altdb_common::collection::SourceSpec::Kafka(kafka.clone()).source_id(&spec.name);
+    let Some(shaper) = super::shaper_or_wait(&spec, &context, &source_id, &mut stop).await else {
+        return;
+    };
     let stopped = Arc::new(AtomicBool::new(false));
     let (flushes, mut queue) = mpsc::channel::<Flush>(QUEUE_FLUSHES);
     let rebalancer = Rebalancer {
@@ -112,6 +109,8 @@ pub async fn run(
                     spec,
                     source_id: metrics_source,
                     context,
+                    shaper,
+                    handle: Handle::current(),
                     flushes,
                     stopped,
                     partitions: BTreeMap::new(),
@@ -186,78 +185,6 @@ fn create_consumer(
     Ok(consumer)
 }
 
-/// Pushes a flush: dead letters first (idempotent by id), then the rows with the
-/// marks. Retries until every shard acked; `false` if the source was stopped.
-async fn deliver(
-    spec: &CollectionSpec,
-    source_id: &str,
-    context: &SourceContext,
-    flush: &Flush,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    let mut backoff = Duration::from_millis(100);
-    let mut paused = false;
-    let set_paused = |value: f64| {
-        context.metrics.set(
-            M_PAUSED,
-            "1 while a source waits for unavailable leaves.",
-            &[("source", source_id)],
-            value,
-        )
-    };
-    loop {
-        let failure = match push_once(spec, context, flush).await {
-            Ok(()) => {
-                if paused {
-                    tracing::info!(source = %source_id, "leaves are back; resuming");
-                    set_paused(0.0);
-                }
-                return true;
-            }
-            Err(failure) => failure,
-        };
-        context.metrics.add(
-            M_PUSH_FAILURES,
-            "Pushes to leaves that failed and were retried.",
-            &[("source", source_id)],
-            1.0,
-        );
-        if !paused {
-            paused = true;
-            set_paused(1.0);
-        }
-        tracing::warn!(source = %source_id, %failure, retry_in = ?backoff, "push failed; consumption paused until the leaves take it");
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => return false,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn push_once(
-    spec: &CollectionSpec,
-    context: &SourceContext,
-    flush: &Flush,
-) -> Result<(), String> {
-    if !flush.dead.is_empty() {
-        let dlq = context
-            .catalog
-            .get(DLQ_COLLECTION)
-            .await
-            .map_err(|e| format!("cannot read the `{DLQ_COLLECTION}` spec: {e}"))?;
-        let outcome = context.pusher.push(&dlq, &[], &flush.dead).await;
-        if let Some((shard, error)) = outcome.failed_shards.into_iter().next() {
-            return Err(format!("dead letters to shard {shard}: {error}"));
-        }
-    }
-    let outcome = context.pusher.push(spec, &flush.marks, &flush.rows).await;
-    match outcome.failed_shards.into_iter().next() {
-        Some((shard, error)) => Err(format!("shard {shard}: {error}")),
-        None => Ok(()),
-    }
-}
-
 /// Commits the offsets a flush reached, so Kafka tools show the group's lag.
 fn commit(consumer: &BaseConsumer<Rebalancer>, topic: &str, marks: &[SourceMark]) {
     let mut offsets = TopicPartitionList::new();
@@ -276,14 +203,6 @@ fn commit(consumer: &BaseConsumer<Rebalancer>, topic: &str, marks: &[SourceMark]
 
 fn partition_of(source: &str) -> Option<i32> {
     source.rsplit(':').next()?.parse().ok()
-}
-
-/// What the consumer hands to the push task.
-#[derive(Debug, Default)]
-struct Flush {
-    rows: Vec<PutRow>,
-    dead: Vec<PutRow>,
-    marks: Vec<SourceMark>,
 }
 
 /// Per assigned partition: where reading is and how fresh it is.
@@ -311,11 +230,21 @@ struct PartitionState {
 /// (the records before it are gone, e.g. by retention).
 const MAX_RESUME_SEEKS: u32 = 5;
 
+/// A decoded record with what its dead letter would need.
+#[derive(Debug)]
+struct Read {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    timestamp_us: Option<i64>,
+    record: Record,
+}
+
 /// Records read since the last flush.
 #[derive(Debug, Default)]
 struct Pending {
-    /// (partition, offset, row); positions are set when the flush is cut.
-    rows: Vec<(i32, i64, PutRow)>,
+    /// Decoded records; shaped (transform, identity) when the flush is cut.
+    rows: Vec<Read>,
     dead: Vec<PutRow>,
     /// Records and payload bytes read (good and dead), for the metrics.
     records: usize,
@@ -329,6 +258,9 @@ struct ConsumeLoop {
     spec: CollectionSpec,
     source_id: String,
     context: SourceContext,
+    shaper: Shaper,
+    /// The runtime the shaper's transform runs on.
+    handle: Handle,
     flushes: mpsc::Sender<Flush>,
     stopped: Arc<AtomicBool>,
     partitions: BTreeMap<i32, PartitionState>,
@@ -487,56 +419,49 @@ impl ConsumeLoop {
         self.pending.oldest.get_or_insert_with(Instant::now);
         self.pending.records += 1;
         match self.decode(message, timestamp_us.unwrap_or(now_us)) {
-            Ok(row) => self.pending.rows.push((partition, offset, row)),
+            Ok(record) => self.pending.rows.push(Read {
+                partition,
+                offset,
+                key: message.key().map(<[u8]>::to_vec),
+                timestamp_us,
+                record,
+            }),
             Err(error) => {
-                let source = self.kafka.partition_source(&self.spec.name, partition);
-                let dead = dead_letter(&DeadLetter {
-                    collection: &self.spec.name,
-                    source: &source,
-                    topic: &self.kafka.topic,
+                let dead = self.dead_letter(
                     partition,
                     offset,
-                    key: message.key(),
-                    payload: message.payload(),
-                    error: &error,
+                    message.key(),
+                    message.payload(),
+                    &error,
                     timestamp_us,
-                    now_us,
-                });
+                );
                 self.pending.dead.push(dead);
             }
         }
     }
 
-    /// Adds what a flush read to the metrics (once per flush, not per record).
-    fn count(&self, pending: &Pending) {
-        if pending.records == 0 {
-            return;
-        }
-        let metrics = &self.context.metrics;
-        let labels = [("source", self.source_id.as_str())];
-        metrics.add(
-            M_RECORDS,
-            "Records read from sources.",
-            &labels,
-            pending.records as f64,
-        );
-        metrics.add(
-            M_BYTES,
-            "Payload bytes read from sources.",
-            &labels,
-            pending.bytes as f64,
-        );
-        if !pending.dead.is_empty() {
-            metrics.add(
-                M_DEAD,
-                "Records set aside in _dlq because they could not be ingested.",
-                &[
-                    ("collection", self.spec.name.as_str()),
-                    ("source", self.source_id.as_str()),
-                ],
-                pending.dead.len() as f64,
-            );
-        }
+    fn dead_letter(
+        &self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        error: &str,
+        timestamp_us: Option<i64>,
+    ) -> PutRow {
+        let source = self.kafka.partition_source(&self.spec.name, partition);
+        let origin = json!({"topic": self.kafka.topic, "partition": partition, "offset": offset});
+        dead_letter(DeadLetter {
+            collection: &self.spec.name,
+            source: &source,
+            position: Some(offset as u64),
+            origin: origin.as_object().cloned().unwrap_or_default(),
+            key,
+            payload,
+            error,
+            timestamp_us,
+            now_us: chrono::Utc::now().timestamp_micros(),
+        })
     }
 
     /// A record as a document, or why it cannot be one.
@@ -544,41 +469,27 @@ impl ConsumeLoop {
         &self,
         message: &BorrowedMessage<'_>,
         default_time_us: i64,
-    ) -> Result<PutRow, String> {
+    ) -> Result<Record, String> {
         let payload = message.payload().ok_or_else(|| {
             "record has no value (a tombstone); altdb ingests JSON objects".to_string()
         })?;
-        let value: Value =
+        let mut value: Value =
             serde_json::from_slice(payload).map_err(|e| format!("malformed JSON: {e}"))?;
-        let rules = IdentityRules {
-            id_field: self.spec.id_field.as_deref(),
-            event_time_field: self.spec.event_time_field.as_deref(),
-        };
-        let derived_id = || {
-            format!(
+        if let Value::Object(body) = &mut value {
+            if self.kafka.include_metadata && !body.contains_key("_meta") {
+                body.insert("_meta".into(), json!({ "kafka": kafka_metadata(message) }));
+            }
+        }
+        Ok(Record {
+            value,
+            raw_len: payload.len(),
+            derived_id: format!(
                 "{}:{}:{}",
                 self.kafka.topic,
                 message.partition(),
                 message.offset()
-            )
-        };
-        let mut doc = prepare(
-            value,
-            payload.len(),
-            &rules,
-            &self.context.limits,
-            derived_id,
+            ),
             default_time_us,
-        )?;
-        if self.kafka.include_metadata && !doc.body.contains_key("_meta") {
-            doc.body
-                .insert("_meta".into(), json!({ "kafka": kafka_metadata(message) }));
-        }
-        Ok(PutRow {
-            id: doc.id,
-            event_time_us: doc.event_time_us,
-            position: None,
-            doc_json: Value::Object(doc.body).to_string(),
         })
     }
 
@@ -598,7 +509,6 @@ impl ConsumeLoop {
     fn cut(&mut self) -> Flush {
         self.last_flush = Instant::now();
         let pending = std::mem::take(&mut self.pending);
-        self.count(&pending);
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut marks: Vec<SourceMark> = Vec::new();
         let mut index: BTreeMap<i32, u32> = BTreeMap::new();
@@ -617,7 +527,43 @@ impl ConsumeLoop {
             });
         }
         let mut rows = Vec::with_capacity(pending.rows.len());
-        for (partition, offset, mut row) in pending.rows {
+        let mut dead = pending.dead;
+        let mut filtered = 0;
+        let (reads, records): (Vec<_>, Vec<_>) = pending
+            .rows
+            .into_iter()
+            .map(|read| {
+                let Read {
+                    partition,
+                    offset,
+                    key,
+                    timestamp_us,
+                    record,
+                } = read;
+                ((partition, offset, key, timestamp_us), record)
+            })
+            .unzip();
+        let shaped = self.handle.block_on(self.shaper.shape(records));
+        for ((partition, offset, key, timestamp_us), outcome) in reads.into_iter().zip(shaped) {
+            let mut row = match outcome {
+                Shaped::Row(row) => row,
+                Shaped::Filtered => {
+                    filtered += 1;
+                    continue;
+                }
+                Shaped::Rejected { reason, value } => {
+                    let payload = value.to_string();
+                    dead.push(self.dead_letter(
+                        partition,
+                        offset,
+                        key.as_deref(),
+                        Some(payload.as_bytes()),
+                        &reason,
+                        timestamp_us,
+                    ));
+                    continue;
+                }
+            };
             let source = match index.get(&partition) {
                 Some(&i) => i,
                 None => {
@@ -638,11 +584,16 @@ impl ConsumeLoop {
             });
             rows.push(row);
         }
-        Flush {
+        let flush = Flush {
             rows,
-            dead: pending.dead,
+            dead,
             marks,
-        }
+            records: pending.records,
+            bytes: pending.bytes,
+            filtered,
+        };
+        self.context.count(&self.spec.name, &self.source_id, &flush);
+        flush
     }
 }
 
