@@ -97,3 +97,23 @@ def cpu_seconds(procs):
         except (OSError, IndexError, ValueError):
             pass
     return out
+
+
+def event(seq, size, rng_words):
+    """A JSON event of about `size` bytes: nested, an array, a number and padding text."""
+    doc = {
+        "seq": seq,
+        "sent_us": time.time_ns() // 1000,
+        "user_id": f"u{(seq * 7919) % 50_000}",
+        "event_type": rng_words[seq % len(rng_words)],
+        "geo": {"country": ["NO", "DE", "US", "JP"][seq % 4], "city": ["Oslo", "Berlin", "Boston", "Tokyo"][seq % 4]},
+        "amount": (seq % 1000) / 10.0,
+        "tags": [rng_words[seq % 3], rng_words[(seq // 3) % 5]],
+    }
+    body = json.dumps(doc, separators=(",", ":"))
+    pad = max(0, size - len(body) - 12)
+    doc["text"] = ("lorem ipsum dolor sit amet " * (pad // 27 + 1))[:pad]
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+WORDS = ["page_view", "click", "add_to_cart", "purchase", "search", "scroll", "login"]

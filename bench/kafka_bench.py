@@ -26,26 +26,9 @@ import time
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster import cpu_seconds, default_bin_dir, http, start_cluster, start_tansu, stop
+from cluster import WORDS, cpu_seconds, default_bin_dir, event, http, start_cluster, start_tansu, stop
 
 
-def event(seq, size, rng_words):
-    doc = {
-        "seq": seq,
-        "sent_us": time.time_ns() // 1000,
-        "user_id": f"u{(seq * 7919) % 50_000}",
-        "event_type": rng_words[seq % len(rng_words)],
-        "geo": {"country": ["NO", "DE", "US", "JP"][seq % 4], "city": ["Oslo", "Berlin", "Boston", "Tokyo"][seq % 4]},
-        "amount": (seq % 1000) / 10.0,
-        "tags": [rng_words[seq % 3], rng_words[(seq // 3) % 5]],
-    }
-    body = json.dumps(doc, separators=(",", ":"))
-    pad = max(0, size - len(body) - 12)
-    doc["text"] = ("lorem ipsum dolor sit amet " * (pad // 27 + 1))[:pad]
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
-WORDS = ["page_view", "click", "add_to_cart", "purchase", "search", "scroll", "login"]
 
 
 def create_topic(brokers, topic, partitions):

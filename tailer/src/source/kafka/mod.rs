@@ -100,6 +100,8 @@ pub async fn run(
         let context = context.clone();
         let kafka = kafka.clone();
         let spec = spec.clone();
+        // Taken here: the consumer thread is not a runtime thread.
+        let handle = Handle::current();
         std::thread::Builder::new()
             .name(format!("kafka-{}", spec.name))
             .spawn(move || {
@@ -110,7 +112,7 @@ pub async fn run(
                     source_id: metrics_source,
                     context,
                     shaper,
-                    handle: Handle::current(),
+                    handle,
                     flushes,
                     stopped,
                     partitions: BTreeMap::new(),
