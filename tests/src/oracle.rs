@@ -41,7 +41,11 @@ pub fn expected(
     let out_path = dir.join("oracle-out.json");
     std::fs::write(&tables_path, serde_json::to_vec(&tables_json)?)?;
     std::fs::write(&queries_path, serde_json::to_vec(&queries)?)?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("oracle/duckdb_oracle.py");
+    // `cargo test` sets the package directory at run time too; the compile-time one
+    // is stale when a shared target directory was built from another checkout.
+    let package = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let script = Path::new(&package).join("oracle/duckdb_oracle.py");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let output = Command::new(python)
         .arg(&script)

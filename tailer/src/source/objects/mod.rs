@@ -352,27 +352,52 @@ impl Reader {
             .map_err(|e| ObjectFailure::Unreadable(format!("cannot start a reader: {e}")))?;
         let url = self.object_url(meta);
         let key = self.watermark_key(meta);
+        // The next chunk is shaped while the previous one is being pushed, so the
+        // leaves index one flush while the tailer prepares the next.
         let mut outcome = Err(ObjectFailure::Stopped);
+        let mut shaped: Option<(Flush, bool)> = None;
         loop {
-            let message = tokio::select! {
-                message = received.recv() => message,
-                _ = stop.changed() => None,
-            };
-            let chunk = match message {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(error)) => {
-                    outcome = Err(ObjectFailure::Unreadable(error));
-                    break;
+            let pending_last = shaped.as_ref().is_some_and(|(_, last)| *last);
+            let chunk = if pending_last {
+                None
+            } else {
+                let message = tokio::select! {
+                    message = received.recv() => message,
+                    _ = stop.changed() => None,
+                };
+                match message {
+                    Some(Ok(chunk)) => Some(chunk),
+                    Some(Err(error)) => {
+                        outcome = Err(ObjectFailure::Unreadable(error));
+                        break;
+                    }
+                    None => break,
                 }
-                None => break,
             };
-            let last = chunk.last;
-            let flush = self.flush(chunk, &url, &key, meta).await;
-            self.context.count(&self.spec.name, &self.source_id, &flush);
-            if !deliver(&self.spec, &self.source_id, &self.context, &flush, stop).await {
+            let push = async {
+                match &shaped {
+                    Some((flush, _)) => {
+                        self.context.count(&self.spec.name, &self.source_id, flush);
+                        deliver(&self.spec, &self.source_id, &self.context, flush, stop).await
+                    }
+                    None => true,
+                }
+            };
+            let next = async {
+                match chunk {
+                    Some(chunk) => {
+                        let last = chunk.last;
+                        Some((self.flush(chunk, &url, &key, meta).await, last))
+                    }
+                    None => None,
+                }
+            };
+            let (delivered, next) = tokio::join!(push, next);
+            if !delivered {
                 break;
             }
-            if last {
+            shaped = next;
+            if pending_last {
                 outcome = Ok(());
                 break;
             }

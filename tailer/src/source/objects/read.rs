@@ -30,9 +30,9 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use altdb_common::collection::{Compression, ObjectFormat};
 
 /// A chunk ends after this many records ...
-pub const CHUNK_RECORDS: usize = 20_000;
+pub const CHUNK_RECORDS: usize = 10_000;
 /// ... or this many bytes of records.
-pub const CHUNK_BYTES: usize = 16 << 20;
+pub const CHUNK_BYTES: usize = 8 << 20;
 /// Parquet rows decoded at a time.
 const PARQUET_BATCH_ROWS: usize = 4096;
 
