@@ -215,9 +215,31 @@ impl FragmentTicket {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FragmentMetrics {
     pub rows_scanned: u64,
+    /// How the shard's data was read; see [`ScanCounts`].
+    #[serde(default)]
+    pub scan: ScanCounts,
     /// Freshness of the shard per source ([`SourceProgress::as_of_us`]).
     #[serde(default)]
     pub source_as_of_us: BTreeMap<String, i64>,
+}
+
+/// How a scan read a shard: sealed segments skipped by their `_event_time` range,
+/// read through the inverted index, or scanned whole; rows fetched by `_id`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanCounts {
+    pub segments_pruned: u64,
+    pub segments_indexed: u64,
+    pub segments_scanned: u64,
+    pub rows_by_id: u64,
+}
+
+impl ScanCounts {
+    pub fn add(&mut self, other: &ScanCounts) {
+        self.segments_pruned += other.segments_pruned;
+        self.segments_indexed += other.segments_indexed;
+        self.segments_scanned += other.segments_scanned;
+        self.rows_by_id += other.rows_by_id;
+    }
 }
 
 /// The schema of a DoPut batch.

@@ -4,14 +4,17 @@
 //! holding a [`ScanSpec`]; [`FragmentCodec`] turns that node into a
 //! [`LocalScanExec`] over the requested shard, and the decoded plan runs here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightData, SchemaAsIpc};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
@@ -23,14 +26,15 @@ use altdb_common::rpc::{FragmentMetrics, FragmentTicket, ScanSpec};
 
 use crate::error::{LeafError, Result};
 use crate::node::Leaf;
-use crate::scan::LocalScanExec;
+use crate::predicate::IndexPredicate;
+use crate::scan::{LocalScanExec, ScanMetrics};
 
 /// Decodes the aggregator's scan node into a scan of one local shard.
 #[derive(Debug)]
 pub struct FragmentCodec {
     leaf: Arc<Leaf>,
     shard: u32,
-    rows_scanned: Arc<AtomicU64>,
+    metrics: Arc<ScanMetrics>,
 }
 
 impl PhysicalExtensionCodec for FragmentCodec {
@@ -47,7 +51,7 @@ impl PhysicalExtensionCodec for FragmentCodec {
         Ok(Arc::new(LocalScanExec::new(
             spec,
             shard,
-            self.rows_scanned.clone(),
+            self.metrics.clone(),
         )))
     }
 
@@ -68,7 +72,7 @@ pub fn run_fragment(
     leaf: Arc<Leaf>,
     ticket: FragmentTicket,
 ) -> Result<BoxStream<'static, Result<FlightData, tonic::Status>>> {
-    let rows_scanned = Arc::new(AtomicU64::new(0));
+    let metrics = Arc::new(ScanMetrics::default());
     // Taken before the scan's snapshot, so the data read is at least this fresh.
     let source_as_of_us = leaf
         .shard(&ticket.collection, ticket.shard)
@@ -77,12 +81,13 @@ pub fn run_fragment(
     let codec = FragmentCodec {
         leaf,
         shard: ticket.shard,
-        rows_scanned: rows_scanned.clone(),
+        metrics: metrics.clone(),
     };
     let context = SessionContext::new();
     let task = context.task_ctx();
     let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &task, &codec)
         .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
+    let plan = push_filters_into_scans(plan)?;
     let schema = plan.schema();
     let batches = execute_stream(plan, task)?
         .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
@@ -92,7 +97,8 @@ pub fn run_fragment(
         .map_err(tonic::Status::from);
     let trailer = futures::stream::once(async move {
         let metrics = FragmentMetrics {
-            rows_scanned: rows_scanned.load(Ordering::Relaxed),
+            rows_scanned: metrics.rows_scanned.load(Ordering::Relaxed),
+            scan: metrics.counts(),
             source_as_of_us,
         };
         let mut message: FlightData = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
@@ -102,4 +108,27 @@ pub fn run_fragment(
         Ok(message)
     });
     Ok(data.chain(trailer).boxed())
+}
+
+/// Hands the filter right above each scan to the scan, which uses it to read
+/// fewer rows (the filter stays and keeps the answer exact).
+fn push_filters_into_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(scan) = filter.input().downcast_ref::<LocalScanExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let predicate = IndexPredicate::from_physical(filter.predicate());
+        if predicate.is_opaque() {
+            return Ok(Transformed::no(node));
+        }
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_predicate(predicate));
+        Ok(Transformed::yes(node.clone().replace_children(
+            vec![scan],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?))
+    })
+    .map(|t| t.data)
 }

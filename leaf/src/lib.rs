@@ -21,6 +21,7 @@ pub mod error;
 pub mod flight;
 pub mod fragment;
 pub mod node;
+pub mod predicate;
 pub mod scan;
 pub mod segment;
 pub mod shard;

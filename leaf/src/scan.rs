@@ -1,9 +1,21 @@
 //! `LocalScanExec`: the leaf end of a plan fragment, reading one shard.
 //!
-//! It reads the mutable segment and every sealed segment of a snapshot, drops
+//! It reads the mutable segment and the sealed segments of a snapshot, drops
 //! deleted rows, and widens each batch to the collection-wide schema the
 //! aggregator planned with. Filters, aggregation and top-k above it run in the
 //! same fragment on this leaf.
+//!
+//! With the filter above it translated into an [`IndexPredicate`]
+//! ([`LocalScanExec::with_predicate`]), it reads less:
+//!
+//! ```text
+//!  _id = / IN        → the documents from RocksDB, no segment touched
+//!  sealed segment    → skipped if its _event_time range cannot match
+//!                    → else the rows its tantivy index selects, when they are
+//!                      at most 1/INDEX_MAX_FRACTION of it (only their pages decoded)
+//!                    → else a columnar scan
+//!  mutable segment   → scanned (it is small and in memory)
+//! ```
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,10 +36,40 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
-use altdb_common::rpc::ScanSpec;
+use altdb_common::rpc::{ScanCounts, ScanSpec};
 use altdb_common::schema::{align_batch, build_column, FlatRow};
 
-use crate::shard::{Shard, ShardSnapshot};
+use crate::predicate::IndexPredicate;
+use crate::shard::{SealedEntry, Shard, ShardSnapshot};
+
+/// A segment is read through its index when the index selects at most
+/// 1/this of its rows; above that, a sequential scan is cheaper.
+const INDEX_MAX_FRACTION: usize = 8;
+
+/// What the scans of one fragment read.
+#[derive(Debug, Default)]
+pub struct ScanMetrics {
+    pub rows_scanned: AtomicU64,
+    pub segments_pruned: AtomicU64,
+    pub segments_indexed: AtomicU64,
+    pub segments_scanned: AtomicU64,
+    pub rows_by_id: AtomicU64,
+}
+
+impl ScanMetrics {
+    pub fn counts(&self) -> ScanCounts {
+        ScanCounts {
+            segments_pruned: self.segments_pruned.load(Ordering::Relaxed),
+            segments_indexed: self.segments_indexed.load(Ordering::Relaxed),
+            segments_scanned: self.segments_scanned.load(Ordering::Relaxed),
+            rows_by_id: self.rows_by_id.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// Scans one shard on this leaf.
 pub struct LocalScanExec {
@@ -35,7 +77,8 @@ pub struct LocalScanExec {
     schema: SchemaRef,
     shard: Option<Arc<Shard>>,
     properties: Arc<PlanProperties>,
-    rows_scanned: Arc<AtomicU64>,
+    metrics: Arc<ScanMetrics>,
+    predicate: Option<Arc<IndexPredicate>>,
 }
 
 impl fmt::Debug for LocalScanExec {
@@ -48,7 +91,7 @@ impl fmt::Debug for LocalScanExec {
 
 impl LocalScanExec {
     /// `shard` is `None` when this leaf holds no data of the shard yet.
-    pub fn new(spec: ScanSpec, shard: Option<Arc<Shard>>, rows_scanned: Arc<AtomicU64>) -> Self {
+    pub fn new(spec: ScanSpec, shard: Option<Arc<Shard>>, metrics: Arc<ScanMetrics>) -> Self {
         let schema = spec.arrow_schema();
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -61,7 +104,21 @@ impl LocalScanExec {
             schema,
             shard,
             properties,
-            rows_scanned,
+            metrics,
+            predicate: None,
+        }
+    }
+
+    /// The same scan, narrowed by the filter that runs above it. The filter still
+    /// runs: the scan may return rows that do not match, never miss one.
+    pub fn with_predicate(&self, predicate: IndexPredicate) -> Self {
+        Self {
+            spec: self.spec.clone(),
+            schema: self.schema.clone(),
+            shard: self.shard.clone(),
+            properties: self.properties.clone(),
+            metrics: self.metrics.clone(),
+            predicate: Some(Arc::new(predicate)),
         }
     }
 }
@@ -78,6 +135,9 @@ impl DisplayAs for LocalScanExec {
         )?;
         if let Some(limit) = self.spec.limit {
             write!(f, ", limit={limit}")?;
+        }
+        if let Some(predicate) = &self.predicate {
+            write!(f, ", index_predicate={predicate:?}")?;
         }
         Ok(())
     }
@@ -103,7 +163,9 @@ impl ExecutionPlan for LocalScanExec {
                 target: self.schema.clone(),
                 columns: self.spec.columns.iter().map(|(n, _)| n.clone()).collect(),
                 limit: self.spec.limit,
-                rows_scanned: self.rows_scanned.clone(),
+                metrics: self.metrics.clone(),
+                predicate: self.predicate.clone(),
+                shard: shard.clone(),
                 sender,
             };
             tokio::task::spawn_blocking(move || job.run(snapshot));
@@ -119,7 +181,9 @@ struct ScanJob {
     target: SchemaRef,
     columns: Vec<String>,
     limit: Option<usize>,
-    rows_scanned: Arc<AtomicU64>,
+    metrics: Arc<ScanMetrics>,
+    predicate: Option<Arc<IndexPredicate>>,
+    shard: Arc<Shard>,
     sender: mpsc::Sender<DfResult<RecordBatch>>,
 }
 
@@ -160,13 +224,33 @@ impl ScanJob {
                 })
                 .collect::<Vec<_>>(),
         ));
+        if let Some(ids) = self.predicate.as_ref().and_then(|p| p.ids()) {
+            let rows = self
+                .shard
+                .documents(&ids)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            ScanMetrics::add(&self.metrics.rows_by_id, rows.len() as u64);
+            ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);
+            if !rows.is_empty() {
+                let refs: Vec<&FlatRow> = rows.iter().collect();
+                let columns = local
+                    .fields()
+                    .iter()
+                    .map(|field| build_column(field, &refs))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let options = RecordBatchOptions::new().with_row_count(Some(refs.len()));
+                let batch = RecordBatch::try_new_with_options(local, columns, &options)?;
+                self.emit(batch, produced)?;
+            }
+            return Ok(());
+        }
         for chunk in &snapshot.mutable {
             if chunk.rows.is_empty() {
                 continue;
             }
             let rows: Vec<&FlatRow> = chunk.rows.iter().map(Arc::as_ref).collect();
-            self.rows_scanned
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);
             let columns = local
                 .fields()
                 .iter()
@@ -184,22 +268,37 @@ impl ScanJob {
             }
         }
         for entry in &snapshot.sealed {
+            let meta = &entry.segment.meta;
+            if let Some(predicate) = &self.predicate {
+                if !predicate.may_match_time(meta.min_event_time_us, meta.max_event_time_us) {
+                    ScanMetrics::add(&self.metrics.segments_pruned, 1);
+                    continue;
+                }
+            }
             let mut keep_going = true;
             let mut failure = None;
-            let read = entry
-                .segment
-                .scan(&self.columns, &entry.deletes, |batch| {
-                    match self.emit(batch, produced) {
-                        Ok(go) => keep_going = go,
-                        Err(e) => {
-                            failure = Some(e);
-                            keep_going = false;
-                        }
+            let emit = |batch| {
+                match self.emit(batch, produced) {
+                    Ok(go) => keep_going = go,
+                    Err(e) => {
+                        failure = Some(e);
+                        keep_going = false;
                     }
-                    keep_going
-                })
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            self.rows_scanned.fetch_add(read, Ordering::Relaxed);
+                }
+                keep_going
+            };
+            let read = match self.index_rows(entry) {
+                Some(rows) => {
+                    ScanMetrics::add(&self.metrics.segments_indexed, 1);
+                    entry.segment.scan_rows(&self.columns, &rows, emit)
+                }
+                None => {
+                    ScanMetrics::add(&self.metrics.segments_scanned, 1);
+                    entry.segment.scan(&self.columns, &entry.deletes, emit)
+                }
+            }
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            ScanMetrics::add(&self.metrics.rows_scanned, read);
             if let Some(error) = failure {
                 return Err(error);
             }
@@ -208,5 +307,28 @@ impl ScanJob {
             }
         }
         Ok(())
+    }
+
+    /// The live rows of a sealed segment the index selects, if it is worth it.
+    fn index_rows(&self, entry: &SealedEntry) -> Option<Vec<u32>> {
+        let predicate = self.predicate.as_ref().filter(|p| !p.is_opaque())?;
+        let index = match entry.segment.index() {
+            Ok(index) => index,
+            Err(error) => {
+                tracing::warn!(segment = entry.segment.meta.id, %error, "segment index unusable; scanning");
+                return None;
+            }
+        };
+        let query = predicate.to_query(&index, &entry.segment.meta.fields)?;
+        let mut rows = match index.matching_rows(query.as_ref()) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(segment = entry.segment.meta.id, %error, "index query failed; scanning");
+                return None;
+            }
+        };
+        rows.retain(|&row| !entry.deletes.contains(row as usize));
+        let live = entry.segment.meta.rows as usize - entry.deletes.len();
+        (rows.len() * INDEX_MAX_FRACTION <= live).then_some(rows)
     }
 }

@@ -228,6 +228,26 @@ impl Shard {
         }
     }
 
+    /// The current version of the documents with these `_id`s, read from RocksDB.
+    pub fn documents(&self, ids: &[String]) -> Result<Vec<FlatRow>> {
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        self.store
+            .get_docs(&self.collection, self.shard, &unique)?
+            .into_iter()
+            .map(|doc| {
+                let body: serde_json::Map<String, Value> = serde_json::from_slice(&doc.json)?;
+                Ok(FlatRow {
+                    id: doc.id,
+                    event_time_us: doc.event_time_us,
+                    seq: doc.seq,
+                    fields: flatten(&body),
+                })
+            })
+            .collect()
+    }
+
     pub fn stats(&self) -> ShardStats {
         let state = self.lock();
         ShardStats {

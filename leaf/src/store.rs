@@ -179,6 +179,26 @@ impl Store {
             .map(|item| item.map_err(Into::into))
     }
 
+    /// The documents with these `_id`s that exist, in the order asked.
+    pub fn get_docs(&self, collection: &str, shard: u32, ids: &[String]) -> Result<Vec<StoredDoc>> {
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| shard_key(b'd', collection, shard, id.as_bytes()))
+            .collect();
+        let mut docs = Vec::new();
+        for (id, value) in ids.iter().zip(self.db.multi_get(keys)) {
+            if let Some(value) = value? {
+                docs.push(StoredDoc {
+                    id: id.clone(),
+                    seq: u64::from_le_bytes(value[..8].try_into().expect("8 bytes")),
+                    event_time_us: i64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
+                    json: value[16..].to_vec(),
+                });
+            }
+        }
+        Ok(docs)
+    }
+
     /// Every document of a shard, in `_id` order.
     pub fn docs(
         &self,

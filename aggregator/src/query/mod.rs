@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use altdb_common::collection::CollectionSpec;
+use altdb_common::rpc::ScanCounts;
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
@@ -57,6 +58,9 @@ pub struct Stats {
     /// Data freshness: everything the streaming sources of the queried collections
     /// produced more than this long ago is in the answer (null without such sources).
     pub freshness_ms: Option<f64>,
+    /// How the leaves read: sealed segments pruned by `_event_time`, read through
+    /// the index or scanned, and rows fetched by `_id`.
+    pub scan: ScanCounts,
 }
 
 /// The answer to `POST /v1/query`.
@@ -167,6 +171,7 @@ impl QueryEngine {
             Ok(Ok(answer)) => answer,
         };
         let freshness_ms = freshness_ms(&stats, &specs);
+        let scan = *stats.scan.lock().unwrap_or_else(|p| p.into_inner());
         Ok(QueryResponse {
             columns: schema
                 .fields()
@@ -184,6 +189,7 @@ impl QueryEngine {
                 shards_responded: stats.shards_responded.load(Ordering::Relaxed),
                 truncated,
                 freshness_ms,
+                scan,
             },
         })
     }

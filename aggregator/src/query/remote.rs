@@ -21,8 +21,9 @@ use bytes::Bytes;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::coop::make_cooperative;
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     displayable, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -36,7 +37,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::collection::CollectionSpec;
-use altdb_common::rpc::{FragmentItem, FragmentTicket, RpcError, ScanSpec};
+use altdb_common::rpc::{FragmentItem, FragmentTicket, RpcError, ScanCounts, ScanSpec};
 
 use crate::cluster::Cluster;
 
@@ -48,6 +49,8 @@ pub struct QueryStats {
     pub shards_responded: AtomicU64,
     /// Per source, the oldest freshness over the shards that answered.
     pub source_as_of_us: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
+    /// How the leaves read their shards, summed.
+    pub scan: std::sync::Mutex<ScanCounts>,
 }
 
 impl QueryStats {
@@ -102,12 +105,17 @@ impl fmt::Debug for DistributedScanExec {
 
 impl DistributedScanExec {
     pub fn new(spec: ScanSpec, target: Arc<ScanTarget>) -> Self {
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(spec.arrow_schema()),
-            Partitioning::UnknownPartitioning(target.collection.num_shards as usize),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        // Cooperative (its stream yields to tokio's budget), so DataFusion does not
+        // wrap it in a CooperativeExec that would hide it from DistributeFragments.
+        let properties = Arc::new(
+            PlanProperties::new(
+                EquivalenceProperties::new(spec.arrow_schema()),
+                Partitioning::UnknownPartitioning(target.collection.num_shards as usize),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )
+            .with_scheduling_type(SchedulingType::Cooperative),
+        );
         Self {
             spec,
             target,
@@ -211,7 +219,13 @@ impl RemoteFragmentExec {
         let encoded = physical_plan_to_bytes_with_extension_codec(fragment.clone(), &ScanCodec)?;
         let context = DECODE_CONTEXT.get_or_init(|| SessionContext::new().task_ctx());
         physical_plan_from_bytes_with_extension_codec(&encoded, context, &ScanCodec)?;
-        let properties = fragment.properties().clone();
+        let properties = Arc::new(
+            fragment
+                .properties()
+                .as_ref()
+                .clone()
+                .with_scheduling_type(SchedulingType::Cooperative),
+        );
         Ok(Self {
             fragment,
             target,
@@ -294,13 +308,20 @@ impl ExecutionPlan for RemoteFragmentExec {
                             .fetch_add(metrics.rows_scanned, Ordering::Relaxed);
                         stats.shards_responded.fetch_add(1, Ordering::Relaxed);
                         stats.merge_freshness(&metrics.source_as_of_us);
+                        stats
+                            .scan
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .add(&metrics.scan);
                         None
                     }
                     Err(error) => Some(Err(error)),
                 };
                 futures::future::ready(out)
             });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+        Ok(make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
+            schema, batches,
+        ))))
     }
 }
 

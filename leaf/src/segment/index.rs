@@ -1,146 +1,500 @@
 //! The inverted index of a sealed segment (tantivy).
 //!
-//! Every field of every row is indexed as exact terms in one JSON field (`fields`),
-//! so `=`, `IN` and ranges on any field can be answered from the index; fields the
-//! collection names in `text_fields` are also tokenized into `text` for full-text
-//! search with BM25. `_row` maps an index document back to its row in the segment's
-//! columnar file.
+//! Every column of the segment is indexed with the type it has in the segment's
+//! columnar file, from the same Arrow values, so a term matches exactly the rows
+//! whose column holds that value:
+//!
+//! ```text
+//!  varchar, json  → raw string terms      bigint, timestamp → i64 terms
+//!  double         → f64 terms             boolean           → bool terms
+//!  list<T>        → a term per element    text_fields       → tokenized text (BM25)
+//!  _present       → the names of the columns that are not NULL in the row
+//!  _row           → the row number in the columnar file (fast field)
+//! ```
+//!
+//! Each segment has its own schema (the fields it holds); [`INDEX_VERSION`] is
+//! written next to it and an index of another version is rebuilt on open.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 
-use serde_json::Value;
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow::record_batch::RecordBatch;
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::Column;
+use tantivy::query::{EnableScoring, Query};
 use tantivy::schema::{
-    Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema, TextFieldIndexing, FAST,
-    INDEXED, STORED,
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST,
+    INDEXED, STRING,
 };
-use tantivy::{Index, TantivyDocument};
+use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentReader, TantivyDocument};
 
-use crate::error::Result;
+use altdb_common::schema::{FieldSet, FieldType};
 
-/// Name of the JSON field holding every field as exact terms.
-pub const FIELDS: &str = "fields";
-/// Name of the JSON field holding tokenized text fields.
-pub const TEXT: &str = "text";
-/// Name of the field holding the row number in the segment.
+use crate::error::{LeafError, Result};
+
+/// Bumped whenever what is indexed changes; older indexes are rebuilt.
+pub const INDEX_VERSION: u32 = 2;
+const VERSION_FILE: &str = "altdb-index-version";
+/// Field holding the names of the row's non-NULL columns.
+pub const PRESENT: &str = "_present";
+/// Field holding the row number in the segment.
 pub const ROW: &str = "_row";
+/// Prefix of the tokenized twin of a text field.
+const TEXT_PREFIX: &str = "text:";
 
 const WRITER_HEAP_BYTES: usize = 64 << 20;
 
-struct IndexFields {
-    fields: Field,
-    text: Field,
+/// How one column is indexed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TermKind {
+    Str,
+    I64,
+    F64,
+    Bool,
+}
+
+impl TermKind {
+    /// The kind of terms a column of `field_type` is indexed with.
+    pub fn of(field_type: &FieldType) -> Option<TermKind> {
+        match field_type {
+            FieldType::Utf8 | FieldType::Json => Some(TermKind::Str),
+            FieldType::Int64 | FieldType::Timestamp => Some(TermKind::I64),
+            FieldType::Float64 => Some(TermKind::F64),
+            FieldType::Bool => Some(TermKind::Bool),
+            FieldType::List(element) => match element.as_ref() {
+                FieldType::Null => Some(TermKind::Str),
+                FieldType::List(_) => None,
+                other => TermKind::of(other),
+            },
+            FieldType::Null => None,
+        }
+    }
+}
+
+/// An indexed column: its tantivy field and how its values became terms.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexedColumn {
+    pub field: Field,
+    pub kind: TermKind,
+}
+
+/// The index schema of a segment with `fields` (plus `_id` and `_event_time`).
+struct Layout {
+    schema: Schema,
+    columns: HashMap<String, IndexedColumn>,
+    text: HashMap<String, Field>,
+    present: Field,
     row: Field,
 }
 
-fn schema() -> (Schema, IndexFields) {
-    let mut builder = Schema::builder();
-    let exact = JsonObjectOptions::default()
-        .set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic),
-        )
-        .set_expand_dots_enabled();
-    let text = JsonObjectOptions::default()
-        .set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("default")
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        )
-        .set_expand_dots_enabled();
-    let fields = IndexFields {
-        fields: builder.add_json_field(FIELDS, exact),
-        text: builder.add_json_field(TEXT, text),
-        row: builder.add_u64_field(ROW, INDEXED | FAST | STORED),
-    };
-    (builder.build(), fields)
-}
-
-/// Builds the index of a segment in `dir` from its rows (row number, flattened fields).
-pub fn build<'a>(
-    dir: &Path,
-    rows: impl Iterator<Item = (u64, &'a [(String, Value)])>,
-    text_fields: &[String],
-) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let (schema, fields) = schema();
-    let index = Index::create_in_dir(dir, schema)?;
-    let mut writer = index.writer_with_num_threads::<TantivyDocument>(1, WRITER_HEAP_BYTES)?;
-    for (row, values) in rows {
-        let mut doc = TantivyDocument::new();
-        let mut exact = BTreeMap::new();
-        let mut text = BTreeMap::new();
-        for (name, value) in values {
-            exact.insert(name.clone(), OwnedValue::from(value.clone()));
-            if text_fields.iter().any(|f| f == name) {
-                text.insert(name.clone(), OwnedValue::from(value.clone()));
+impl Layout {
+    /// The layout of an existing index, read from its schema.
+    fn of(schema: Schema) -> Result<Layout> {
+        let mut columns = HashMap::new();
+        let mut text = HashMap::new();
+        let (mut present, mut row) = (None, None);
+        for (field, entry) in schema.fields() {
+            let name = entry.name();
+            if name == PRESENT {
+                present = Some(field);
+            } else if name == ROW {
+                row = Some(field);
+            } else if let Some(column) = name.strip_prefix(TEXT_PREFIX) {
+                text.insert(column.to_string(), field);
+            } else {
+                let kind = match entry.field_type().value_type() {
+                    tantivy::schema::Type::Str => TermKind::Str,
+                    tantivy::schema::Type::I64 => TermKind::I64,
+                    tantivy::schema::Type::F64 => TermKind::F64,
+                    tantivy::schema::Type::Bool => TermKind::Bool,
+                    other => {
+                        return Err(LeafError::Segment(format!(
+                            "index field `{name}` has unexpected type {other:?}"
+                        )))
+                    }
+                };
+                columns.insert(name.to_string(), IndexedColumn { field, kind });
             }
         }
-        doc.add_object(fields.fields, exact);
-        if !text.is_empty() {
-            doc.add_object(fields.text, text);
-        }
-        doc.add_u64(fields.row, row);
-        writer.add_document(doc)?;
+        let (Some(present), Some(row)) = (present, row) else {
+            return Err(LeafError::Segment(
+                "index lacks its _present or _row field".into(),
+            ));
+        };
+        Ok(Layout {
+            schema,
+            columns,
+            text,
+            present,
+            row,
+        })
     }
-    writer.commit()?;
-    writer.wait_merging_threads()?;
-    Ok(())
 }
 
-/// Whether `dir` holds a committed index.
-pub fn exists(dir: &Path) -> bool {
+fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
+    let mut builder = Schema::builder();
+    let mut columns = HashMap::new();
+    let mut text = HashMap::new();
+    let numeric = NumericOptions::default().set_indexed();
+    let mut all: Vec<(String, FieldType)> = vec![
+        (
+            altdb_common::document::ID_COLUMN.to_string(),
+            FieldType::Utf8,
+        ),
+        (
+            altdb_common::document::EVENT_TIME_COLUMN.to_string(),
+            FieldType::Timestamp,
+        ),
+    ];
+    all.extend(fields.fields.iter().map(|(n, t)| (n.clone(), t.clone())));
+    for (name, field_type) in all {
+        let Some(kind) = TermKind::of(&field_type) else {
+            continue;
+        };
+        let field = match kind {
+            TermKind::Str => builder.add_text_field(&name, STRING),
+            TermKind::I64 => builder.add_i64_field(&name, numeric.clone()),
+            TermKind::F64 => builder.add_f64_field(&name, numeric.clone()),
+            TermKind::Bool => builder.add_bool_field(&name, numeric.clone()),
+        };
+        columns.insert(name.clone(), IndexedColumn { field, kind });
+        if kind == TermKind::Str && text_fields.contains(&name) {
+            let options = TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("default")
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            );
+            text.insert(
+                name.clone(),
+                builder.add_text_field(&format!("{TEXT_PREFIX}{name}"), options),
+            );
+        }
+    }
+    let present = builder.add_text_field(PRESENT, STRING);
+    let row = builder.add_u64_field(ROW, INDEXED | FAST);
+    Layout {
+        schema: builder.build(),
+        columns,
+        text,
+        present,
+        row,
+    }
+}
+
+/// Writes the index of a segment, batch by batch in row order.
+pub struct IndexBuilder {
+    dir: std::path::PathBuf,
+    layout: Layout,
+    writer: tantivy::IndexWriter<TantivyDocument>,
+    row: u64,
+}
+
+impl IndexBuilder {
+    pub fn create(dir: &Path, fields: &FieldSet, text_fields: &[String]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let layout = layout(fields, text_fields);
+        let index = Index::create_in_dir(dir, layout.schema.clone())?;
+        let writer = index.writer_with_num_threads::<TantivyDocument>(1, WRITER_HEAP_BYTES)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            layout,
+            writer,
+            row: 0,
+        })
+    }
+
+    /// Indexes the next rows of the segment (columns as in its columnar file).
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let layout = &self.layout;
+        let columns: Vec<(&str, &ArrayRef, IndexedColumn, Option<Field>)> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter_map(|(f, array)| {
+                let name = f.name().as_str();
+                let column = layout.columns.get(name)?;
+                Some((name, array, *column, layout.text.get(name).copied()))
+            })
+            .collect();
+        for i in 0..batch.num_rows() {
+            let mut doc = TantivyDocument::new();
+            for (name, array, column, text) in &columns {
+                if array.is_null(i) {
+                    continue;
+                }
+                doc.add_text(layout.present, name);
+                add_value(&mut doc, column, array, i);
+                if let (Some(text), Some(strings)) = (text, array.as_string_opt::<i32>()) {
+                    doc.add_text(*text, strings.value(i));
+                }
+            }
+            doc.add_u64(layout.row, self.row);
+            self.writer.add_document(doc)?;
+            self.row += 1;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        self.writer.commit()?;
+        self.writer.wait_merging_threads()?;
+        std::fs::write(self.dir.join(VERSION_FILE), INDEX_VERSION.to_string())?;
+        Ok(())
+    }
+}
+
+fn add_value(doc: &mut TantivyDocument, column: &IndexedColumn, array: &ArrayRef, i: usize) {
+    match array.data_type() {
+        DataType::Utf8 => doc.add_text(column.field, array.as_string::<i32>().value(i)),
+        DataType::Int64 => doc.add_i64(column.field, array.as_primitive::<Int64Type>().value(i)),
+        DataType::Float64 => {
+            doc.add_f64(column.field, array.as_primitive::<Float64Type>().value(i))
+        }
+        DataType::Boolean => doc.add_bool(column.field, array.as_boolean().value(i)),
+        DataType::Timestamp(_, _) => doc.add_i64(
+            column.field,
+            array.as_primitive::<TimestampMicrosecondType>().value(i),
+        ),
+        DataType::List(_) => {
+            let items = array.as_list::<i32>().value(i);
+            for j in 0..items.len() {
+                if !items.is_null(j) {
+                    add_value(doc, column, &items, j);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `dir` holds a committed index of the current version.
+pub fn is_current(dir: &Path) -> bool {
     dir.join("meta.json").exists()
+        && std::fs::read_to_string(dir.join(VERSION_FILE))
+            .is_ok_and(|v| v.trim() == INDEX_VERSION.to_string())
 }
 
-/// Number of documents in the index at `dir`.
-pub fn num_docs(dir: &Path) -> Result<u64> {
-    let index = Index::open_in_dir(dir)?;
-    let reader = index.reader()?;
-    Ok(reader.searcher().num_docs())
+/// An opened segment index.
+pub struct SegmentIndex {
+    index: Index,
+    reader: IndexReader,
+    layout: Layout,
+}
+
+impl std::fmt::Debug for SegmentIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentIndex")
+            .field("columns", &self.layout.columns.len())
+            .finish()
+    }
+}
+
+impl SegmentIndex {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = Index::open_in_dir(dir)?;
+        let layout = Layout::of(index.schema())?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Self {
+            index,
+            reader,
+            layout,
+        })
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// How `column` is indexed in this segment, if it is.
+    pub fn column(&self, name: &str) -> Option<IndexedColumn> {
+        self.layout.columns.get(name).copied()
+    }
+
+    /// The tokenized field of a text column.
+    pub fn text_field(&self, name: &str) -> Option<Field> {
+        self.layout.text.get(name).copied()
+    }
+
+    pub fn present_field(&self) -> Field {
+        self.layout.present
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Row numbers matching `query`, ascending.
+    pub fn matching_rows(&self, query: &dyn Query) -> Result<Vec<u32>> {
+        let searcher = self.reader.searcher();
+        let mut rows = searcher.search(query, &RowCollector)?;
+        rows.sort_unstable();
+        Ok(rows)
+    }
+
+    /// The best `limit` rows by BM25 score for `query`, with their scores.
+    pub fn top_rows(&self, query: &dyn Query, limit: usize) -> Result<Vec<(u32, f32)>> {
+        let searcher = self.reader.searcher();
+        let top = searcher.search(
+            query,
+            &tantivy::collector::TopDocs::with_limit(limit.max(1)).order_by_score(),
+        )?;
+        let mut out = Vec::with_capacity(top.len());
+        let mut columns: HashMap<u32, Column<u64>> = HashMap::new();
+        for (score, address) in top {
+            let column = match columns.entry(address.segment_ord) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    searcher
+                        .segment_reader(address.segment_ord)
+                        .fast_fields()
+                        .u64(ROW)?,
+                ),
+            };
+            if let Some(row) = column.first(address.doc_id) {
+                out.push((row as u32, score));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every matching row with its BM25 score (scoring enabled).
+    pub fn scored_rows(&self, query: &dyn Query) -> Result<Vec<(u32, f32)>> {
+        let searcher = self.reader.searcher();
+        let weight = query.weight(EnableScoring::enabled_from_searcher(&searcher))?;
+        let mut out = Vec::new();
+        for reader in searcher.segment_readers() {
+            let rows = reader.fast_fields().u64(ROW)?;
+            weight.for_each(reader, &mut |doc, score| {
+                if let Some(row) = rows.first(doc) {
+                    out.push((row as u32, score));
+                }
+            })?;
+        }
+        out.sort_unstable_by_key(|(row, _)| *row);
+        Ok(out)
+    }
+}
+
+/// Collects the `_row` of every matching document.
+struct RowCollector;
+
+struct RowSegmentCollector {
+    rows: Column<u64>,
+    out: Vec<u32>,
+}
+
+impl Collector for RowCollector {
+    type Fruit = Vec<u32>;
+    type Child = RowSegmentCollector;
+
+    fn for_segment(
+        &self,
+        _segment_local_id: u32,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<RowSegmentCollector> {
+        Ok(RowSegmentCollector {
+            rows: segment.fast_fields().u64(ROW)?,
+            out: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u32>>) -> tantivy::Result<Vec<u32>> {
+        Ok(fruits.concat())
+    }
+}
+
+impl SegmentCollector for RowSegmentCollector {
+    type Fruit = Vec<u32>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if let Some(row) = self.rows.first(doc) {
+            self.out.push(row as u32);
+        }
+    }
+
+    fn harvest(self) -> Vec<u32> {
+        self.out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use altdb_common::schema::{rows_to_batch, FlatRow};
     use serde_json::json;
-    use tantivy::collector::Count;
-    use tantivy::query::QueryParser;
+    use std::sync::Arc;
+    use tantivy::query::{QueryParser, TermQuery};
+    use tantivy::Term;
 
     #[test]
-    fn every_field_is_searchable_as_exact_terms_and_text_is_tokenized() {
+    fn columns_are_indexed_with_their_segment_types() {
         let dir = tempfile::tempdir().unwrap();
-        let rows = [
-            vec![
-                ("user.city".to_string(), json!("Oslo")),
-                ("title".to_string(), json!("Fast analytics engine")),
-            ],
-            vec![
-                ("user.city".to_string(), json!("Bergen")),
-                ("title".to_string(), json!("Slow engine")),
-            ],
+        let docs = [
+            json!({"city": "Oslo", "n": 1, "x": 1.5, "ok": true, "tags": ["a", "b"], "title": "Fast analytics engine"}),
+            json!({"city": "Bergen", "n": 2, "x": 2, "title": "Slow engine"}),
+            json!({"city": 7, "n": 3}),
         ];
-        build(
-            dir.path(),
-            rows.iter()
-                .enumerate()
-                .map(|(i, r)| (i as u64, r.as_slice())),
-            &["title".to_string()],
-        )
-        .unwrap();
-        assert!(exists(dir.path()));
-        let index = Index::open_in_dir(dir.path()).unwrap();
-        let searcher = index.reader().unwrap().searcher();
-        let (_, fields) = schema();
-        let parser = QueryParser::for_index(&index, vec![fields.fields, fields.text]);
-        let count = |q: &str| {
-            searcher
-                .search(&parser.parse_query(q).unwrap(), &Count)
+        let rows: Vec<FlatRow> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| FlatRow {
+                id: format!("d{i}"),
+                event_time_us: i as i64,
+                seq: i as u64,
+                fields: altdb_common::document::flatten(d.as_object().unwrap()),
+            })
+            .collect();
+        let mut fields = FieldSet::default();
+        for row in &rows {
+            for (name, value) in &row.fields {
+                fields.observe(name, FieldType::of(value));
+            }
+        }
+        let schema = fields.to_arrow_schema();
+        let refs: Vec<&FlatRow> = rows.iter().collect();
+        let batch = rows_to_batch(&Arc::new(schema.as_ref().clone()), &refs).unwrap();
+        let mut builder =
+            IndexBuilder::create(dir.path(), &fields, &["title".to_string()]).unwrap();
+        builder.add(&batch).unwrap();
+        builder.finish().unwrap();
+        assert!(is_current(dir.path()));
+        let index = SegmentIndex::open(dir.path()).unwrap();
+        let rows_of = |term: Term| {
+            index
+                .matching_rows(&TermQuery::new(term, IndexRecordOption::Basic))
                 .unwrap()
         };
-        assert_eq!(count("fields.user.city:Oslo"), 1);
-        assert_eq!(count("text.title:engine"), 2);
-        assert_eq!(count("text.title:analytics"), 1);
+        let city = index.column("city").unwrap();
+        assert_eq!(city.kind, TermKind::Str);
+        // A number in a varchar column is indexed as the text the column holds.
+        assert_eq!(rows_of(Term::from_field_text(city.field, "7")), vec![2]);
+        assert_eq!(rows_of(Term::from_field_text(city.field, "Oslo")), vec![0]);
+        let x = index.column("x").unwrap();
+        assert_eq!(rows_of(Term::from_field_f64(x.field, 2.0)), vec![1]);
+        let tags = index.column("tags").unwrap();
+        assert_eq!(rows_of(Term::from_field_text(tags.field, "b")), vec![0]);
+        assert_eq!(
+            rows_of(Term::from_field_text(index.present_field(), "ok")),
+            vec![0]
+        );
+        let parser =
+            QueryParser::for_index(index.index(), vec![index.text_field("title").unwrap()]);
+        let engine = parser.parse_query("engine").unwrap();
+        assert_eq!(index.matching_rows(engine.as_ref()).unwrap(), vec![0, 1]);
+        let scored = index
+            .scored_rows(parser.parse_query("fast").unwrap().as_ref())
+            .unwrap();
+        assert_eq!(scored.len(), 1);
+        assert!(scored[0].1 > 0.0);
     }
 }

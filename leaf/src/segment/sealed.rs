@@ -2,33 +2,53 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder, RowSelection,
+};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::schema::{rows_to_batch, FieldSet, FlatRow, SEQ_COLUMN};
 
-use super::{index, DeleteSet, SegmentMeta};
+use super::index::{self, IndexBuilder, SegmentIndex};
+use super::{DeleteSet, SegmentMeta};
 use crate::error::{LeafError, Result};
 
 const DATA_FILE: &str = "data.parquet";
 const INDEX_DIR: &str = "index";
 /// Rows per Arrow batch read from or written to a segment.
 pub const BATCH_ROWS: usize = 8192;
+/// Rows per Parquet data page at most.
+const PAGE_ROWS: usize = 4096;
 
 /// An immutable segment on disk.
 #[derive(Debug)]
 pub struct SealedSegment {
     pub meta: SegmentMeta,
     pub dir: PathBuf,
+    /// Opened on first use; `Err` if it cannot be (queries then scan).
+    index: OnceLock<std::result::Result<Arc<SegmentIndex>, String>>,
+    /// The columnar file's footer and page index, read on first use.
+    metadata: OnceLock<ArrowReaderMetadata>,
+}
+
+fn writer_properties() -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_row_count(Some(64 * 1024))
+        // Small pages, so reading the few rows the index selects decodes little.
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .build())
 }
 
 /// The columns stored in a segment: the SQL schema plus the internal `_seq`.
@@ -56,26 +76,18 @@ impl SealedSegment {
         }
         std::fs::create_dir_all(&dir)?;
         let schema = file_schema(&fields);
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-            .set_max_row_group_row_count(Some(64 * 1024))
-            .build();
         let file = File::create(dir.join(DATA_FILE))?;
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()?))?;
+        let mut index = IndexBuilder::create(&dir.join(INDEX_DIR), &fields, text_fields)?;
         for chunk in rows.chunks(BATCH_ROWS) {
             let refs: Vec<&FlatRow> = chunk.iter().map(Arc::as_ref).collect();
-            writer.write(&rows_to_batch(&schema, &refs)?)?;
+            let batch = rows_to_batch(&schema, &refs)?;
+            writer.write(&batch)?;
+            index.add(&batch)?;
         }
         let file = writer.into_inner()?;
         file.sync_all()?;
-
-        index::build(
-            &dir.join(INDEX_DIR),
-            rows.iter()
-                .enumerate()
-                .map(|(i, row)| (i as u64, row.fields.as_slice())),
-            text_fields,
-        )?;
+        index.finish()?;
 
         let meta = SegmentMeta {
             id,
@@ -86,7 +98,27 @@ impl SealedSegment {
             max_event_time_us: rows.iter().map(|r| r.event_time_us).max().unwrap_or(0),
             fields,
         };
-        Ok(Self { meta, dir })
+        Ok(Self::new(meta, dir))
+    }
+
+    fn new(meta: SegmentMeta, dir: PathBuf) -> Self {
+        Self {
+            meta,
+            dir,
+            index: OnceLock::new(),
+            metadata: OnceLock::new(),
+        }
+    }
+
+    /// The segment's inverted index, opened on first use.
+    pub fn index(&self) -> std::result::Result<Arc<SegmentIndex>, String> {
+        self.index
+            .get_or_init(|| {
+                SegmentIndex::open(&self.index_dir())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// Opens a segment listed in the manifest, rebuilding its index if it is missing.
@@ -99,11 +131,11 @@ impl SealedSegment {
                 data.display()
             )));
         }
-        let segment = Self { meta, dir };
-        if !index::exists(&segment.index_dir()) {
+        let segment = Self::new(meta, dir);
+        if !index::is_current(&segment.index_dir()) {
             tracing::info!(
                 segment = segment.meta.id,
-                "rebuilding missing segment index"
+                "rebuilding a missing or outdated segment index"
             );
             segment.rebuild_index(text_fields)?;
         }
@@ -115,15 +147,15 @@ impl SealedSegment {
     }
 
     fn rebuild_index(&self, text_fields: &[String]) -> Result<()> {
-        let rows = self.read_rows()?;
         let _ = std::fs::remove_dir_all(self.index_dir());
-        index::build(
-            &self.index_dir(),
-            rows.iter()
-                .enumerate()
-                .map(|(i, row)| (i as u64, row.fields.as_slice())),
-            text_fields,
-        )
+        let mut index = IndexBuilder::create(&self.index_dir(), &self.meta.fields, text_fields)?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(self.data_path())?)?
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        for batch in reader {
+            index.add(&batch?)?;
+        }
+        index.finish()
     }
 
     /// Reads the segment back into rows (to rebuild derived data).
@@ -189,30 +221,51 @@ impl SealedSegment {
         Ok(out)
     }
 
-    /// Streams the live rows' `columns` (those the segment has, in its own types)
-    /// to `emit` until it returns false. Returns the rows read.
+    /// A reader of `columns` (those the segment has, in its own types), of the rows
+    /// in `selection` or all; with no column asked for (COUNT(*)) it reads the
+    /// narrowest one and the caller drops it (`true`).
+    fn reader(
+        &self,
+        columns: &[String],
+        selection: Option<RowSelection>,
+    ) -> Result<(ParquetRecordBatchReader, bool)> {
+        let file = File::open(self.data_path())?;
+        let metadata = match self.metadata.get() {
+            Some(metadata) => metadata.clone(),
+            None => {
+                let options =
+                    ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+                let metadata = ArrowReaderMetadata::load(&file, options)?;
+                self.metadata.get_or_init(|| metadata).clone()
+            }
+        };
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
+        let file_schema = builder.schema().clone();
+        let mut indices: Vec<usize> = columns
+            .iter()
+            .filter_map(|name| file_schema.index_of(name).ok())
+            .collect();
+        let count_only = indices.is_empty();
+        if count_only {
+            indices.push(file_schema.index_of(SEQ_COLUMN)?);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        let mut builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
+        if let Some(selection) = selection {
+            builder = builder.with_row_selection(selection);
+        }
+        Ok((builder.build()?, count_only))
+    }
+
+    /// Streams the live rows' `columns` to `emit` until it returns false. Returns
+    /// the rows read.
     pub fn scan(
         &self,
         columns: &[String],
         deletes: &DeleteSet,
         mut emit: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(self.data_path())?)?;
-        let file_schema = builder.schema().clone();
-        let mut indices: Vec<usize> = columns
-            .iter()
-            .filter_map(|name| file_schema.index_of(name).ok())
-            .collect();
-        // With no column asked for (COUNT(*)), read the narrowest one for row counts.
-        let count_only = indices.is_empty();
-        if count_only {
-            indices.push(file_schema.index_of(SEQ_COLUMN)?);
-        }
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()?;
+        let (reader, count_only) = self.reader(columns, None)?;
         let mut offset = 0usize;
         for batch in reader {
             let mut batch = batch?;
@@ -232,6 +285,40 @@ impl SealedSegment {
             }
         }
         Ok(offset as u64)
+    }
+
+    /// Streams `columns` of the given rows (ascending row numbers, all live) to
+    /// `emit` until it returns false, decoding only the pages that hold them.
+    pub fn scan_rows(
+        &self,
+        columns: &[String],
+        rows: &[u32],
+        mut emit: impl FnMut(RecordBatch) -> bool,
+    ) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for &row in rows {
+            let row = row as usize;
+            match ranges.last_mut() {
+                Some(range) if range.end == row => range.end += 1,
+                _ => ranges.push(row..row + 1),
+            }
+        }
+        let selection =
+            RowSelection::from_consecutive_ranges(ranges.into_iter(), self.meta.rows as usize);
+        let (reader, count_only) = self.reader(columns, Some(selection))?;
+        for batch in reader {
+            let mut batch = batch?;
+            if count_only {
+                batch = batch.project(&[])?;
+            }
+            if batch.num_rows() > 0 && !emit(batch) {
+                break;
+            }
+        }
+        Ok(rows.len() as u64)
     }
 
     /// Removes the segment's files.
@@ -309,7 +396,7 @@ mod tests {
         std::fs::remove_dir_all(segment.index_dir()).unwrap();
         let reopened =
             SealedSegment::open(dir.path().join("s1"), segment.meta.clone(), &[]).unwrap();
-        assert_eq!(index::num_docs(&reopened.index_dir()).unwrap(), 20_000);
+        assert_eq!(reopened.index().unwrap().num_docs(), 20_000);
         let back = reopened.read_rows().unwrap();
         assert_eq!(back[3], *rows[3]);
         assert_eq!(reopened.ids_and_seqs().unwrap()[5], ("d5".to_string(), 5));

@@ -1,0 +1,508 @@
+//! What of a fragment's filter the leaf can answer without a scan.
+//!
+//! The filter above a [`crate::scan::LocalScanExec`] is translated into an
+//! [`IndexPredicate`]; per sealed segment it becomes a tantivy query that selects
+//! a *superset* of the matching rows (the filter still runs on what the scan
+//! returns, so the index never has to be exact, only never miss a row):
+//!
+//! - `=`, `<>`, `IN`, `<`/`<=`/`>`/`>=`, `IS [NOT] NULL`, `LIKE 'abc%'` on a
+//!   column against a literal, combined with AND / OR / NOT;
+//! - a column is used only where the segment stores it with the literal's type
+//!   (it then holds exactly the values the filter will see); anything else is
+//!   [`IndexPredicate::Opaque`] and selects every row;
+//! - `_event_time` bounds also prune whole segments by their min/max;
+//! - `_id = ..` / `_id IN (..)` are answered from the key-value store.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, LikeExpr, Literal, NotExpr,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::scalar::ScalarValue;
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery,
+    TermSetQuery,
+};
+use tantivy::schema::IndexRecordOption;
+use tantivy::Term;
+
+use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
+use altdb_common::schema::{FieldSet, FieldType};
+
+use crate::segment::index::{IndexedColumn, SegmentIndex, TermKind};
+
+/// A literal as the index stores it (timestamps as microseconds).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Str(String),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn of(value: &ScalarValue) -> Option<Scalar> {
+        Some(match value {
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => Scalar::Str(s.clone()),
+            ScalarValue::Int64(Some(v)) => Scalar::I64(*v),
+            ScalarValue::Int32(Some(v)) => Scalar::I64(i64::from(*v)),
+            ScalarValue::Float64(Some(v)) if !v.is_nan() => Scalar::F64(*v),
+            ScalarValue::Boolean(Some(v)) => Scalar::Bool(*v),
+            ScalarValue::TimestampMicrosecond(Some(v), _) => Scalar::I64(*v),
+            _ => return None,
+        })
+    }
+
+    fn kind(&self) -> TermKind {
+        match self {
+            Scalar::Str(_) => TermKind::Str,
+            Scalar::I64(_) => TermKind::I64,
+            Scalar::F64(_) => TermKind::F64,
+            Scalar::Bool(_) => TermKind::Bool,
+        }
+    }
+
+    fn term(&self, column: &IndexedColumn) -> Term {
+        match self {
+            Scalar::Str(s) => Term::from_field_text(column.field, s),
+            Scalar::I64(v) => Term::from_field_i64(column.field, *v),
+            Scalar::F64(v) => Term::from_field_f64(column.field, *v),
+            Scalar::Bool(v) => Term::from_field_bool(column.field, *v),
+        }
+    }
+}
+
+/// A filter, as far as an index can answer it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexPredicate {
+    Eq(String, Scalar),
+    In(String, Vec<Scalar>),
+    Range {
+        column: String,
+        lower: Bound<Scalar>,
+        upper: Bound<Scalar>,
+    },
+    IsNull(String),
+    IsNotNull(String),
+    /// `LIKE 'prefix%'`.
+    Prefix(String, String),
+    And(Vec<IndexPredicate>),
+    Or(Vec<IndexPredicate>),
+    Not(Box<IndexPredicate>),
+    /// Something the index cannot answer: every row may match.
+    Opaque,
+}
+
+fn column_name(expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
+    expr.downcast_ref::<Column>().map(|c| c.name().to_string())
+}
+
+fn literal(expr: &Arc<dyn PhysicalExpr>) -> Option<Scalar> {
+    expr.downcast_ref::<Literal>()
+        .and_then(|l| Scalar::of(l.value()))
+}
+
+impl IndexPredicate {
+    /// Translates a physical filter expression.
+    pub fn from_physical(expr: &Arc<dyn PhysicalExpr>) -> IndexPredicate {
+        Self::translate(expr).unwrap_or(IndexPredicate::Opaque)
+    }
+
+    fn translate(expr: &Arc<dyn PhysicalExpr>) -> Option<IndexPredicate> {
+        if let Some(binary) = expr.downcast_ref::<BinaryExpr>() {
+            let op = *binary.op();
+            if matches!(op, Operator::And | Operator::Or) {
+                let mut children = Vec::new();
+                for side in [binary.left(), binary.right()] {
+                    match (Self::from_physical(side), op) {
+                        (IndexPredicate::And(inner), Operator::And)
+                        | (IndexPredicate::Or(inner), Operator::Or) => children.extend(inner),
+                        (child, _) => children.push(child),
+                    }
+                }
+                return Some(if op == Operator::And {
+                    IndexPredicate::And(children)
+                } else {
+                    IndexPredicate::Or(children)
+                });
+            }
+            let (column, value, op) = match (column_name(binary.left()), literal(binary.right())) {
+                (Some(c), Some(v)) => (c, v, op),
+                _ => (
+                    column_name(binary.right())?,
+                    literal(binary.left())?,
+                    op.swap()?,
+                ),
+            };
+            let range = |lower, upper| IndexPredicate::Range {
+                column: column.clone(),
+                lower,
+                upper,
+            };
+            return Some(match op {
+                Operator::Eq => IndexPredicate::Eq(column, value),
+                Operator::NotEq => IndexPredicate::Not(Box::new(IndexPredicate::Eq(column, value))),
+                Operator::Lt => range(Bound::Unbounded, Bound::Excluded(value)),
+                Operator::LtEq => range(Bound::Unbounded, Bound::Included(value)),
+                Operator::Gt => range(Bound::Excluded(value), Bound::Unbounded),
+                Operator::GtEq => range(Bound::Included(value), Bound::Unbounded),
+                _ => return None,
+            });
+        }
+        if let Some(list) = expr.downcast_ref::<InListExpr>() {
+            let column = column_name(list.expr())?;
+            let values = list
+                .list()
+                .iter()
+                .map(literal)
+                .collect::<Option<Vec<_>>>()?;
+            let predicate = IndexPredicate::In(column, values);
+            return Some(if list.negated() {
+                IndexPredicate::Not(Box::new(predicate))
+            } else {
+                predicate
+            });
+        }
+        if let Some(is_null) = expr.downcast_ref::<IsNullExpr>() {
+            return Some(IndexPredicate::IsNull(column_name(is_null.arg())?));
+        }
+        if let Some(not_null) = expr.downcast_ref::<IsNotNullExpr>() {
+            return Some(IndexPredicate::IsNotNull(column_name(not_null.arg())?));
+        }
+        if let Some(not) = expr.downcast_ref::<NotExpr>() {
+            return Some(IndexPredicate::Not(Box::new(Self::from_physical(
+                not.arg(),
+            ))));
+        }
+        if let Some(like) = expr.downcast_ref::<LikeExpr>() {
+            if like.case_insensitive() {
+                return None;
+            }
+            let column = column_name(like.expr())?;
+            let Scalar::Str(pattern) = literal(like.pattern())? else {
+                return None;
+            };
+            let predicate = like_predicate(column, &pattern)?;
+            return Some(if like.negated() {
+                IndexPredicate::Not(Box::new(predicate))
+            } else {
+                predicate
+            });
+        }
+        None
+    }
+
+    /// The `_id`s the filter restricts rows to, if it does.
+    pub fn ids(&self) -> Option<Vec<String>> {
+        match self {
+            IndexPredicate::Eq(column, Scalar::Str(id)) if column == ID_COLUMN => {
+                Some(vec![id.clone()])
+            }
+            IndexPredicate::In(column, values) if column == ID_COLUMN => values
+                .iter()
+                .map(|v| match v {
+                    Scalar::Str(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            IndexPredicate::And(children) => children.iter().find_map(|c| c.ids()),
+            IndexPredicate::Or(children) => {
+                let mut all = Vec::new();
+                for child in children {
+                    all.extend(child.ids()?);
+                }
+                Some(all)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether rows with `_event_time` in `[min, max]` may match.
+    pub fn may_match_time(&self, min: i64, max: i64) -> bool {
+        let inside = |value: &Scalar| matches!(value, Scalar::I64(v) if (min..=max).contains(v));
+        match self {
+            IndexPredicate::Eq(column, value) if column == EVENT_TIME_COLUMN => inside(value),
+            IndexPredicate::In(column, values) if column == EVENT_TIME_COLUMN => {
+                values.iter().any(inside)
+            }
+            IndexPredicate::Range {
+                column,
+                lower,
+                upper,
+            } if column == EVENT_TIME_COLUMN => {
+                let above_lower = match lower {
+                    Bound::Included(Scalar::I64(v)) => max >= *v,
+                    Bound::Excluded(Scalar::I64(v)) => max > *v,
+                    _ => true,
+                };
+                let below_upper = match upper {
+                    Bound::Included(Scalar::I64(v)) => min <= *v,
+                    Bound::Excluded(Scalar::I64(v)) => min < *v,
+                    _ => true,
+                };
+                above_lower && below_upper
+            }
+            IndexPredicate::And(children) => children.iter().all(|c| c.may_match_time(min, max)),
+            IndexPredicate::Or(children) => children.iter().any(|c| c.may_match_time(min, max)),
+            _ => true,
+        }
+    }
+
+    /// Whether the index can narrow anything at all.
+    pub fn is_opaque(&self) -> bool {
+        match self {
+            IndexPredicate::Opaque => true,
+            IndexPredicate::And(children) => children.iter().all(|c| c.is_opaque()),
+            IndexPredicate::Or(children) => children.iter().any(|c| c.is_opaque()),
+            IndexPredicate::Not(child) => child.is_opaque(),
+            _ => false,
+        }
+    }
+
+    /// The query selecting a superset of the matching rows of one segment, or
+    /// `None` if it would select every row.
+    pub fn to_query(&self, index: &SegmentIndex, fields: &FieldSet) -> Option<Box<dyn Query>> {
+        match self.build(index, fields) {
+            Built::All { .. } => None,
+            Built::Query { query, .. } => Some(query),
+        }
+    }
+
+    fn build(&self, index: &SegmentIndex, fields: &FieldSet) -> Built {
+        // The column as indexed, if its terms have the literal's kind; `Err(())`
+        // when the segment holds no value of the column (every row is NULL).
+        let column = |name: &str, kind: TermKind| -> Option<Result<IndexedColumn, ()>> {
+            let declared = match name {
+                ID_COLUMN | EVENT_TIME_COLUMN => None,
+                other => Some(fields.fields.get(other)),
+            };
+            if let Some(None | Some(FieldType::Null)) = declared {
+                return Some(Err(()));
+            }
+            let indexed = index.column(name)?;
+            (indexed.kind == kind).then_some(Ok(indexed))
+        };
+        let exact = |query: Box<dyn Query>| Built::Query { query, exact: true };
+        let nothing = || exact(Box::new(EmptyQuery));
+        match self {
+            IndexPredicate::Eq(name, value) => match column(name, value.kind()) {
+                None => Built::opaque(),
+                Some(Err(())) => nothing(),
+                Some(Ok(c)) => match value {
+                    // -0.0 and 0.0 are equal but distinct terms.
+                    Scalar::F64(v) if *v == 0.0 => exact(Box::new(RangeQuery::new(
+                        Bound::Included(Scalar::F64(-0.0).term(&c)),
+                        Bound::Included(Scalar::F64(0.0).term(&c)),
+                    ))),
+                    _ => exact(Box::new(TermQuery::new(
+                        value.term(&c),
+                        IndexRecordOption::Basic,
+                    ))),
+                },
+            },
+            IndexPredicate::In(name, values) => {
+                let Some(first) = values.first() else {
+                    return nothing();
+                };
+                if values
+                    .iter()
+                    .any(|v| v.kind() != first.kind() || *v == Scalar::F64(0.0))
+                {
+                    return Built::opaque();
+                }
+                match column(name, first.kind()) {
+                    None => Built::opaque(),
+                    Some(Err(())) => nothing(),
+                    Some(Ok(c)) => exact(Box::new(TermSetQuery::new(
+                        values.iter().map(|v| v.term(&c)),
+                    ))),
+                }
+            }
+            IndexPredicate::Range {
+                column: name,
+                lower,
+                upper,
+            } => {
+                let kind = match (lower, upper) {
+                    (Bound::Included(v) | Bound::Excluded(v), _)
+                    | (_, Bound::Included(v) | Bound::Excluded(v)) => v.kind(),
+                    _ => return Built::opaque(),
+                };
+                if kind == TermKind::Bool {
+                    return Built::opaque();
+                }
+                match column(name, kind) {
+                    None => Built::opaque(),
+                    Some(Err(())) => nothing(),
+                    Some(Ok(c)) => {
+                        let bound = |b: &Bound<Scalar>| match b {
+                            Bound::Included(v) => Bound::Included(v.term(&c)),
+                            Bound::Excluded(v) => Bound::Excluded(v.term(&c)),
+                            Bound::Unbounded => Bound::Unbounded,
+                        };
+                        // -0.0 sorts before 0.0 among terms: widen such bounds.
+                        let zero = |b: &Bound<Scalar>| matches!(b, Bound::Included(Scalar::F64(v)) | Bound::Excluded(Scalar::F64(v)) if *v == 0.0);
+                        let widened = zero(lower) || zero(upper);
+                        let lower = if zero(lower) {
+                            Bound::Included(Scalar::F64(-0.0))
+                        } else {
+                            lower.clone()
+                        };
+                        let upper = if zero(upper) {
+                            Bound::Included(Scalar::F64(0.0))
+                        } else {
+                            upper.clone()
+                        };
+                        Built::Query {
+                            query: Box::new(RangeQuery::new(bound(&lower), bound(&upper))),
+                            exact: !widened,
+                        }
+                    }
+                }
+            }
+            IndexPredicate::IsNotNull(name) => present(index, name, fields),
+            IndexPredicate::IsNull(name) => match present(index, name, fields) {
+                Built::Query { query, exact: true } => exact(Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, Box::new(AllQuery)),
+                    (Occur::MustNot, query),
+                ]))),
+                _ => Built::opaque(),
+            },
+            IndexPredicate::Prefix(name, prefix) => match column(name, TermKind::Str) {
+                None => Built::opaque(),
+                Some(Err(())) => nothing(),
+                Some(Ok(c)) => {
+                    match RegexQuery::from_pattern(&format!("{}.*", escape(prefix)), c.field) {
+                        Ok(query) => exact(Box::new(query)),
+                        Err(_) => Built::opaque(),
+                    }
+                }
+            },
+            IndexPredicate::And(children) => {
+                let mut queries = Vec::new();
+                let mut all_exact = true;
+                for child in children {
+                    match child.build(index, fields) {
+                        Built::All { exact } => all_exact &= exact,
+                        Built::Query { query, exact } => {
+                            all_exact &= exact;
+                            queries.push((Occur::Must, query));
+                        }
+                    }
+                }
+                if queries.is_empty() {
+                    return Built::All { exact: all_exact };
+                }
+                Built::Query {
+                    query: Box::new(BooleanQuery::new(queries)),
+                    exact: all_exact,
+                }
+            }
+            IndexPredicate::Or(children) => {
+                let mut queries = Vec::new();
+                let mut all_exact = true;
+                for child in children {
+                    match child.build(index, fields) {
+                        Built::All { exact } => {
+                            return Built::All {
+                                exact: exact && all_exact,
+                            }
+                        }
+                        Built::Query { query, exact } => {
+                            all_exact &= exact;
+                            queries.push((Occur::Should, query));
+                        }
+                    }
+                }
+                if queries.is_empty() {
+                    return nothing();
+                }
+                Built::Query {
+                    query: Box::new(BooleanQuery::new(queries)),
+                    exact: all_exact,
+                }
+            }
+            IndexPredicate::Not(child) => match child.build(index, fields) {
+                Built::Query { query, exact: true } => exact(Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, Box::new(AllQuery)),
+                    (Occur::MustNot, query),
+                ]))),
+                Built::All { exact: true } => nothing(),
+                _ => Built::opaque(),
+            },
+            IndexPredicate::Opaque => Built::opaque(),
+        }
+    }
+}
+
+/// `column IS NOT NULL` in one segment.
+fn present(index: &SegmentIndex, name: &str, fields: &FieldSet) -> Built {
+    let stored = matches!(name, ID_COLUMN | EVENT_TIME_COLUMN)
+        || fields
+            .fields
+            .get(name)
+            .is_some_and(|t| *t != FieldType::Null);
+    if !stored {
+        return Built::Query {
+            query: Box::new(EmptyQuery),
+            exact: true,
+        };
+    }
+    if index.column(name).is_none() {
+        return Built::opaque();
+    }
+    Built::Query {
+        query: Box::new(TermQuery::new(
+            Term::from_field_text(index.present_field(), name),
+            IndexRecordOption::Basic,
+        )),
+        exact: true,
+    }
+}
+
+/// What a predicate selects in one segment.
+enum Built {
+    /// Every row; `exact` if every row does match.
+    All { exact: bool },
+    /// The rows of `query`; `exact` if they are precisely the matching rows.
+    Query { query: Box<dyn Query>, exact: bool },
+}
+
+impl Built {
+    fn opaque() -> Built {
+        Built::All { exact: false }
+    }
+}
+
+/// `LIKE` with a pattern that is a literal or a literal followed by `%`.
+fn like_predicate(column: String, pattern: &str) -> Option<IndexPredicate> {
+    let (literal, wildcard) = match pattern.strip_suffix('%') {
+        Some(prefix) => (prefix, true),
+        None => (pattern, false),
+    };
+    if literal.contains(['%', '_', '\\']) {
+        return None;
+    }
+    Some(if wildcard {
+        IndexPredicate::Prefix(column, literal.to_string())
+    } else {
+        IndexPredicate::Eq(column, Scalar::Str(literal.to_string()))
+    })
+}
+
+/// Escapes regex metacharacters (tantivy regexes match whole terms).
+fn escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len() * 2);
+    for c in literal.chars() {
+        if c.is_ascii_punctuation() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
