@@ -30,6 +30,7 @@ pub mod random;
 pub mod routing;
 pub mod rpc;
 pub mod schema;
+pub mod search;
 pub mod shutdown;
 pub mod telemetry;
 pub mod transform;

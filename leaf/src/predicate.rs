@@ -6,7 +6,8 @@
 //! returns, so the index never has to be exact, only never miss a row):
 //!
 //! - `=`, `<>`, `IN`, `<`/`<=`/`>`/`>=`, `IS [NOT] NULL`, `LIKE 'abc%'` on a
-//!   column against a literal, combined with AND / OR / NOT;
+//!   column against a literal, and `search(column, 'query')` on a text field,
+//!   combined with AND / OR / NOT;
 //! - a column is used only where the segment stores it with the literal's type
 //!   (it then holds exactly the values the filter will see); anything else is
 //!   [`IndexPredicate::Opaque`] and selects every row;
@@ -20,7 +21,7 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{
     BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, LikeExpr, Literal, NotExpr,
 };
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::scalar::ScalarValue;
 use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery,
@@ -31,6 +32,7 @@ use tantivy::Term;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::schema::{FieldSet, FieldType};
+use altdb_common::search::{parse_query, SEARCH_FUNCTION};
 
 use crate::segment::index::{IndexedColumn, SegmentIndex, TermKind};
 
@@ -91,6 +93,11 @@ pub enum IndexPredicate {
     IsNotNull(String),
     /// `LIKE 'prefix%'`.
     Prefix(String, String),
+    /// `search(column, 'query')`.
+    Search {
+        column: String,
+        query: String,
+    },
     And(Vec<IndexPredicate>),
     Or(Vec<IndexPredicate>),
     Not(Box<IndexPredicate>),
@@ -179,6 +186,21 @@ impl IndexPredicate {
                 not.arg(),
             ))));
         }
+        if let Some(function) = expr.downcast_ref::<ScalarFunctionExpr>() {
+            if function.name() != SEARCH_FUNCTION {
+                return None;
+            }
+            let [column, query] = function.args() else {
+                return None;
+            };
+            let Scalar::Str(query) = literal(query)? else {
+                return None;
+            };
+            return Some(IndexPredicate::Search {
+                column: column_name(column)?,
+                query,
+            });
+        }
         if let Some(like) = expr.downcast_ref::<LikeExpr>() {
             if like.case_insensitive() {
                 return None;
@@ -218,6 +240,16 @@ impl IndexPredicate {
                 }
                 Some(all)
             }
+            _ => None,
+        }
+    }
+
+    /// The text search that `_score` ranks by: `search(..)` itself or one of the
+    /// conditions AND-ed with it.
+    pub fn search(&self) -> Option<(&str, &str)> {
+        match self {
+            IndexPredicate::Search { column, query } => Some((column, query)),
+            IndexPredicate::And(children) => children.iter().find_map(|c| c.search()),
             _ => None,
         }
     }
@@ -434,6 +466,15 @@ impl IndexPredicate {
                 ]))),
                 Built::All { exact: true } => nothing(),
                 _ => Built::opaque(),
+            },
+            IndexPredicate::Search { column, query } => match index.text_field(column) {
+                // Not a text field here: the function evaluates it row by row.
+                None => Built::opaque(),
+                Some(field) => match parse_query(index.index(), field, query) {
+                    Ok(query) => exact(query),
+                    // The function above reports the error.
+                    Err(_) => Built::opaque(),
+                },
             },
             IndexPredicate::Opaque => Built::opaque(),
         }

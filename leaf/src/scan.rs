@@ -17,11 +17,13 @@
 //!  mutable segment   → scanned (it is small and in memory)
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Float64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -38,6 +40,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::rpc::{ScanCounts, ScanSpec};
 use altdb_common::schema::{align_batch, build_column, FlatRow};
+use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
 use crate::predicate::IndexPredicate;
 use crate::shard::{SealedEntry, Shard, ShardSnapshot};
@@ -196,6 +199,41 @@ impl ScanJob {
     }
 
     /// Sends a batch; false when the consumer is gone or the limit is reached.
+    /// Sends a batch; false when the consumer is gone or the limit is reached.
+    /// `scores` are the batch's `_score`s from a segment index; without them and
+    /// with `_score` asked for, they are computed from the batch's text.
+    fn emit_scored(
+        &self,
+        batch: RecordBatch,
+        produced: &mut usize,
+        scores: Option<Vec<Option<f32>>>,
+    ) -> DfResult<bool> {
+        let batch = match self.scored_search() {
+            Some((column, query)) => {
+                let scores = match scores {
+                    Some(scores) => scores,
+                    None => match batch.column_by_name(column) {
+                        Some(values) => {
+                            text_scores(values, query).map_err(DataFusionError::Execution)?
+                        }
+                        None => vec![None; batch.num_rows()],
+                    },
+                };
+                with_scores(batch, &scores)?
+            }
+            None => batch,
+        };
+        self.emit(batch, produced)
+    }
+
+    /// The search `_score` ranks by, when the query asks for `_score`.
+    fn scored_search(&self) -> Option<(&str, &str)> {
+        if !self.columns.iter().any(|c| c == SCORE_COLUMN) {
+            return None;
+        }
+        self.predicate.as_ref()?.search()
+    }
+
     fn emit(&self, batch: RecordBatch, produced: &mut usize) -> DfResult<bool> {
         let batch = align_batch(&batch, &self.target)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -241,7 +279,7 @@ impl ScanJob {
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 let options = RecordBatchOptions::new().with_row_count(Some(refs.len()));
                 let batch = RecordBatch::try_new_with_options(local, columns, &options)?;
-                self.emit(batch, produced)?;
+                self.emit_scored(batch, produced, None)?;
             }
             return Ok(());
         }
@@ -263,7 +301,7 @@ impl ScanJob {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
             let batch = RecordBatch::try_new_with_options(local.clone(), columns, &options)?;
-            if !self.emit(batch, produced)? {
+            if !self.emit_scored(batch, produced, None)? {
                 return Ok(());
             }
         }
@@ -277,8 +315,17 @@ impl ScanJob {
             }
             let mut keep_going = true;
             let mut failure = None;
-            let emit = |batch| {
-                match self.emit(batch, produced) {
+            let selected = self.index_rows(entry);
+            // Scores of the selected rows, consumed in row order.
+            let mut scores = selected
+                .as_ref()
+                .and_then(|s| s.scores.as_ref())
+                .map(|s| s.iter().copied());
+            let emit = |batch: RecordBatch| {
+                let batch_scores = scores
+                    .as_mut()
+                    .map(|s| s.by_ref().take(batch.num_rows()).collect());
+                match self.emit_scored(batch, produced, batch_scores) {
                     Ok(go) => keep_going = go,
                     Err(e) => {
                         failure = Some(e);
@@ -287,10 +334,10 @@ impl ScanJob {
                 }
                 keep_going
             };
-            let read = match self.index_rows(entry) {
-                Some(rows) => {
+            let read = match &selected {
+                Some(selected) => {
                     ScanMetrics::add(&self.metrics.segments_indexed, 1);
-                    entry.segment.scan_rows(&self.columns, &rows, emit)
+                    entry.segment.scan_rows(&self.columns, &selected.rows, emit)
                 }
                 None => {
                     ScanMetrics::add(&self.metrics.segments_scanned, 1);
@@ -309,26 +356,80 @@ impl ScanJob {
         Ok(())
     }
 
-    /// The live rows of a sealed segment the index selects, if it is worth it.
-    fn index_rows(&self, entry: &SealedEntry) -> Option<Vec<u32>> {
+    /// The live rows of a sealed segment the index selects, if it is worth it,
+    /// with their BM25 scores when the query ranks by `_score`.
+    fn index_rows(&self, entry: &SealedEntry) -> Option<Selected> {
         let predicate = self.predicate.as_ref().filter(|p| !p.is_opaque())?;
-        let index = match entry.segment.index() {
+        let segment = &entry.segment;
+        let index = match segment.index() {
             Ok(index) => index,
             Err(error) => {
-                tracing::warn!(segment = entry.segment.meta.id, %error, "segment index unusable; scanning");
+                tracing::warn!(segment = segment.meta.id, %error, "segment index unusable; scanning");
                 return None;
             }
         };
-        let query = predicate.to_query(&index, &entry.segment.meta.fields)?;
+        let query = predicate.to_query(&index, &segment.meta.fields)?;
         let mut rows = match index.matching_rows(query.as_ref()) {
             Ok(rows) => rows,
             Err(error) => {
-                tracing::warn!(segment = entry.segment.meta.id, %error, "index query failed; scanning");
+                tracing::warn!(segment = segment.meta.id, %error, "index query failed; scanning");
                 return None;
             }
         };
         rows.retain(|&row| !entry.deletes.contains(row as usize));
-        let live = entry.segment.meta.rows as usize - entry.deletes.len();
-        (rows.len() * INDEX_MAX_FRACTION <= live).then_some(rows)
+        // Ranked text search keeps the segment's own BM25 statistics, so it
+        // reads through the index however many rows match.
+        let search = self.scored_search().and_then(|(column, query)| {
+            let field = index.text_field(column)?;
+            parse_query(index.index(), field, query).ok()
+        });
+        let live = segment.meta.rows as usize - entry.deletes.len();
+        if search.is_none() && rows.len() * INDEX_MAX_FRACTION > live {
+            return None;
+        }
+        let scores = match search {
+            Some(search) => {
+                let scored: HashMap<u32, f32> = index
+                    .scored_rows(search.as_ref())
+                    .ok()?
+                    .into_iter()
+                    .collect();
+                Some(rows.iter().map(|row| scored.get(row).copied()).collect())
+            }
+            None => None,
+        };
+        Some(Selected { rows, scores })
     }
+}
+
+/// Rows of a segment chosen through its index.
+struct Selected {
+    rows: Vec<u32>,
+    scores: Option<Vec<Option<f32>>>,
+}
+
+/// The batch with a `_score` column (replacing one it may have).
+fn with_scores(batch: RecordBatch, scores: &[Option<f32>]) -> DfResult<RecordBatch> {
+    let scores: ArrayRef = Arc::new(
+        scores
+            .iter()
+            .map(|s| s.map(f64::from))
+            .collect::<Float64Array>(),
+    );
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if field.name() != SCORE_COLUMN {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
+    fields.push(Field::new(SCORE_COLUMN, DataType::Float64, true));
+    columns.push(scores);
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &options,
+    )?)
 }

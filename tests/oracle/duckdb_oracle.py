@@ -90,6 +90,12 @@ def main():
         queries = json.load(f)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    # altdb's search(column, 'word') for a single word: tantivy's default tokenizer
+    # splits on non-alphanumerics and lowercases.
+    con.execute(
+        "CREATE MACRO search(col, q) AS "
+        "regexp_matches(lower(col), '(^|[^a-z0-9])' || lower(q) || '([^a-z0-9]|$)')"
+    )
     workdir = tempfile.mkdtemp()
     for table in tables:
         flat_path = os.path.join(workdir, table["name"] + ".ndjson")

@@ -58,6 +58,9 @@ const CASES: &[Case] = &[
     Case { name: "null_or_equality", sql: "SELECT COUNT(*) FROM events WHERE \"user.age\" IS NULL OR qty = 3", ordered: true },
     Case { name: "not_range_and_prefix", sql: "SELECT COUNT(*) FROM events WHERE NOT (qty > 5) AND hi_card LIKE 'k19%'", ordered: true },
     Case { name: "time_window", sql: "SELECT COUNT(*), MIN(id), MAX(id) FROM events WHERE _event_time >= '2024-01-10' AND _event_time < '2024-01-11'", ordered: true },
+    Case { name: "search_text_field", sql: "SELECT COUNT(*) FROM events WHERE search(note, 'quick')", ordered: true },
+    Case { name: "search_and_filter", sql: "SELECT event, COUNT(*) FROM events WHERE search(note, 'Cart') AND qty > 5 GROUP BY event ORDER BY event", ordered: true },
+    Case { name: "search_not_a_text_field", sql: "SELECT COUNT(*) FROM events WHERE search(event, 'buy')", ordered: true },
     Case { name: "needle_missing_value", sql: "SELECT COUNT(*) FROM events WHERE hi_card = 'nope' OR \"user.geo.city\" = 'Nowhere'", ordered: true },
 ];
 

@@ -30,6 +30,7 @@ use serde_json::Value;
 
 use altdb_common::collection::CollectionSpec;
 use altdb_common::rpc::ScanCounts;
+use altdb_common::search::{search_udf, SCORE_COLUMN, SEARCH_FUNCTION};
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
@@ -95,9 +96,12 @@ impl QueryEngine {
         }
     }
 
+    /// A session for one statement; `scored` adds the `_score` column to every
+    /// collection (the statement uses `search()`).
     async fn context(
         &self,
         stats: Arc<QueryStats>,
+        scored: bool,
     ) -> Result<(
         SessionContext,
         Arc<CollectionSchemaProvider>,
@@ -116,6 +120,7 @@ impl QueryEngine {
             .with_physical_optimizer_rule(Arc::new(DistributeFragments))
             .build();
         let context = SessionContext::new_with_state(state);
+        context.register_udf(search_udf().as_ref().clone());
         let specs = self.catalog.list().await?;
         let names = specs.iter().map(|spec| spec.name.clone()).collect();
         let provider = Arc::new(CollectionSchemaProvider::new(
@@ -123,6 +128,7 @@ impl QueryEngine {
             self.cluster.clone(),
             stats,
             names,
+            scored,
         ));
         context
             .catalog("datafusion")
@@ -136,7 +142,9 @@ impl QueryEngine {
     pub async fn query(&self, sql: &str) -> Result<QueryResponse> {
         let started = Instant::now();
         let stats = Arc::new(QueryStats::default());
-        let (context, provider, specs) = self.context(stats.clone()).await?;
+        let lower = sql.to_ascii_lowercase();
+        let scored = lower.contains(SEARCH_FUNCTION) || lower.contains(SCORE_COLUMN);
+        let (context, provider, specs) = self.context(stats.clone(), scored).await?;
         let run = async {
             let options = SQLOptions::new()
                 .with_allow_ddl(false)

@@ -217,7 +217,11 @@ impl RemoteFragmentExec {
     pub fn try_new(fragment: Arc<dyn ExecutionPlan>, target: Arc<ScanTarget>) -> DfResult<Self> {
         static DECODE_CONTEXT: OnceLock<Arc<TaskContext>> = OnceLock::new();
         let encoded = physical_plan_to_bytes_with_extension_codec(fragment.clone(), &ScanCodec)?;
-        let context = DECODE_CONTEXT.get_or_init(|| SessionContext::new().task_ctx());
+        let context = DECODE_CONTEXT.get_or_init(|| {
+            let context = SessionContext::new();
+            context.register_udf(altdb_common::search::search_udf().as_ref().clone());
+            context.task_ctx()
+        });
         physical_plan_from_bytes_with_extension_codec(&encoded, context, &ScanCodec)?;
         let properties = Arc::new(
             fragment

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
@@ -19,6 +19,7 @@ use altdb_common::collection::CollectionSpec;
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::rpc::ScanSpec;
 use altdb_common::schema::{FieldSet, FieldType};
+use altdb_common::search::SCORE_COLUMN;
 
 use super::remote::{DistributedScanExec, QueryStats, ScanTarget};
 use crate::catalog::Catalog;
@@ -32,6 +33,8 @@ pub struct CollectionSchemaProvider {
     cluster: Cluster,
     stats: Arc<QueryStats>,
     names: Vec<String>,
+    /// Whether collections expose `_score` (the statement searches).
+    scored: bool,
     /// Names the query referenced that are not collections (for a clear error).
     pub missing: Mutex<Vec<String>>,
 }
@@ -42,12 +45,14 @@ impl CollectionSchemaProvider {
         cluster: Cluster,
         stats: Arc<QueryStats>,
         names: Vec<String>,
+        scored: bool,
     ) -> Self {
         Self {
             catalog,
             cluster,
             stats,
             names,
+            scored,
             missing: Mutex::new(Vec::new()),
         }
     }
@@ -82,6 +87,7 @@ impl SchemaProvider for CollectionSchemaProvider {
             stats.fields,
             self.cluster.clone(),
             self.stats.clone(),
+            self.scored,
         ))))
     }
 
@@ -104,8 +110,15 @@ impl CollectionTable {
         fields: FieldSet,
         cluster: Cluster,
         stats: Arc<QueryStats>,
+        scored: bool,
     ) -> Self {
-        let schema = fields.to_arrow_schema();
+        let mut schema = fields.to_arrow_schema();
+        if scored {
+            let mut columns: Vec<Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            columns.push(Field::new(SCORE_COLUMN, DataType::Float64, true));
+            schema = Arc::new(Schema::new(columns));
+        }
         Self {
             target: Arc::new(ScanTarget {
                 collection: spec,
@@ -121,6 +134,7 @@ impl CollectionTable {
         match name {
             ID_COLUMN => FieldType::Utf8,
             EVENT_TIME_COLUMN => FieldType::Timestamp,
+            SCORE_COLUMN => FieldType::Float64,
             other => self
                 .fields
                 .fields

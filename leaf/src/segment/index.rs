@@ -24,13 +24,11 @@ use arrow::record_batch::RecordBatch;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::query::{EnableScoring, Query};
-use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST,
-    INDEXED, STRING,
-};
+use tantivy::schema::{Field, NumericOptions, Schema, FAST, INDEXED, STRING};
 use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentReader, TantivyDocument};
 
 use altdb_common::schema::{FieldSet, FieldType};
+use altdb_common::search::text_field_options;
 
 use crate::error::{LeafError, Result};
 
@@ -161,14 +159,9 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
         };
         columns.insert(name.clone(), IndexedColumn { field, kind });
         if kind == TermKind::Str && text_fields.contains(&name) {
-            let options = TextOptions::default().set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer("default")
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-            );
             text.insert(
                 name.clone(),
-                builder.add_text_field(&format!("{TEXT_PREFIX}{name}"), options),
+                builder.add_text_field(&format!("{TEXT_PREFIX}{name}"), text_field_options()),
             );
         }
     }
@@ -434,6 +427,7 @@ mod tests {
     use serde_json::json;
     use std::sync::Arc;
     use tantivy::query::{QueryParser, TermQuery};
+    use tantivy::schema::IndexRecordOption;
     use tantivy::Term;
 
     #[test]
