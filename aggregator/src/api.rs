@@ -29,7 +29,7 @@ use altdb_common::schema::FieldType;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
-use crate::query::QueryEngine;
+use crate::query::{QueryEngine, QueryOptions};
 use crate::sources::{export, source_status, KafkaProbe};
 
 /// Shared state of the HTTP handlers.
@@ -75,6 +75,8 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
 #[serde(deny_unknown_fields)]
 struct QueryRequest {
     sql: String,
+    #[serde(default)]
+    options: QueryOptions,
 }
 
 async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
@@ -84,7 +86,10 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
             "sql is empty; send {\"sql\": \"SELECT ...\"}".into(),
         ));
     }
-    let result = state.engine.query(&request.sql).await;
+    let result = state
+        .engine
+        .query_with(&request.sql, &request.options)
+        .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(error) => error.code(),

@@ -144,6 +144,13 @@ pub struct ScanSpec {
     pub columns: Vec<(String, FieldType)>,
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Whether the leaf may use its indexes (else it scans every segment).
+    #[serde(default = "default_true")]
+    pub use_index: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl ScanSpec {

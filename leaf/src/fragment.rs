@@ -121,6 +121,9 @@ fn push_filters_into_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Exe
         let Some(scan) = filter.input().downcast_ref::<LocalScanExec>() else {
             return Ok(Transformed::no(node));
         };
+        if !scan.uses_index() {
+            return Ok(Transformed::no(node));
+        }
         let predicate = IndexPredicate::from_physical(filter.predicate());
         if predicate.is_opaque() {
             return Ok(Transformed::no(node));

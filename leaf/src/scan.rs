@@ -112,6 +112,11 @@ impl LocalScanExec {
         }
     }
 
+    /// Whether the query lets this scan use indexes.
+    pub fn uses_index(&self) -> bool {
+        self.spec.use_index
+    }
+
     /// The same scan, narrowed by the filter that runs above it. The filter still
     /// runs: the scan may return rows that do not match, never miss one.
     pub fn with_predicate(&self, predicate: IndexPredicate) -> Self {

@@ -48,7 +48,28 @@ fn search_and_score_over_sealed_and_fresh_data() -> anyhow::Result<()> {
     // The most relevant document for `upsilon`: short, the word three times.
     docs[17]["body"] = json!("Upsilon upsilon, UPSILON!");
     cluster.write_docs("docs", &docs, 2_000)?;
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Every shard seals at least one segment before the fresh tail arrives.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let described = cluster.get("/v1/collections/docs")?;
+        let shards = described.body["shards"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if shards.len() == 4
+            && shards
+                .iter()
+                .all(|s| s["sealed_segments"].as_u64() >= Some(1))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sealed segments: {}",
+            described.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // A fresh tail that stays in the mutable segments.
     let tail: Vec<Value> = (DOCS..DOCS + 500)
         .map(|i| json!({"id": i, "body": format!("fresh upsilon {i}"), "n": i % 10}))
@@ -123,7 +144,9 @@ fn search_and_score_over_sealed_and_fresh_data() -> anyhow::Result<()> {
         .all(|w| w[0][1].as_f64().unwrap() >= w[1][1].as_f64().unwrap()));
     assert_eq!(top_rows[0][0], "17", "{top_rows:?}");
     let scan = &top.body["stats"]["scan"];
-    assert!(scan["segments_indexed"].as_u64().unwrap() >= 4, "{scan}");
+    // (With LIMIT the aggregator may stop reading before every shard's trailer.)
+    assert!(scan["segments_indexed"].as_u64().unwrap() >= 1, "{scan}");
+    assert_eq!(scan["segments_scanned"], 0, "{scan}");
 
     // Search combines with other filters and aggregates.
     let by_n = cluster.rows(

@@ -177,6 +177,18 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     assert_eq!(by_id["rows_by_id"], 2, "{by_id}");
     assert_eq!(by_id["segments_indexed"], 0, "{by_id}");
     assert_eq!(by_id["segments_scanned"], 0, "{by_id}");
+    // Without the index (to compare), the same answer from scans.
+    let needle_sql = "SELECT id, qty FROM events WHERE hi_card = 'k123' ORDER BY id";
+    let unindexed = cluster.post_json(
+        "/v1/query",
+        &json!({"sql": needle_sql, "options": {"use_index": false}}),
+    )?;
+    assert_eq!(
+        unindexed.body["rows"],
+        cluster.query(needle_sql)?.body["rows"]
+    );
+    assert_eq!(unindexed.body["stats"]["scan"]["segments_indexed"], 0);
+    assert!(unindexed.body["stats"]["scan"]["segments_scanned"].as_u64() >= Some(6));
     let broad = scan("SELECT COUNT(*) FROM events WHERE qty > 1")?;
     assert_eq!(
         broad["segments_indexed"], 0,

@@ -25,7 +25,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use altdb_common::collection::CollectionSpec;
@@ -37,7 +37,7 @@ use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
 use distribute::DistributeFragments;
 use remote::{LeafRejected, QueryStats, ShardUnavailable};
-use table::CollectionSchemaProvider;
+use table::{CollectionSchemaProvider, TableOptions};
 
 /// A result column.
 #[derive(Debug, Serialize)]
@@ -45,6 +45,21 @@ pub struct Column {
     pub name: String,
     #[serde(rename = "type")]
     pub sql_type: String,
+}
+
+/// Per-statement options of `POST /v1/query`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryOptions {
+    /// `false` makes leaves scan every segment instead of using their indexes
+    /// (to compare; answers are the same).
+    pub use_index: bool,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        Self { use_index: true }
+    }
 }
 
 /// What a query reports besides its rows.
@@ -96,12 +111,11 @@ impl QueryEngine {
         }
     }
 
-    /// A session for one statement; `scored` adds the `_score` column to every
-    /// collection (the statement uses `search()`).
+    /// A session for one statement.
     async fn context(
         &self,
         stats: Arc<QueryStats>,
-        scored: bool,
+        tables: TableOptions,
     ) -> Result<(
         SessionContext,
         Arc<CollectionSchemaProvider>,
@@ -128,7 +142,7 @@ impl QueryEngine {
             self.cluster.clone(),
             stats,
             names,
-            scored,
+            tables,
         ));
         context
             .catalog("datafusion")
@@ -140,11 +154,19 @@ impl QueryEngine {
 
     /// Runs one SQL statement.
     pub async fn query(&self, sql: &str) -> Result<QueryResponse> {
+        self.query_with(sql, &QueryOptions::default()).await
+    }
+
+    /// Runs one SQL statement with options.
+    pub async fn query_with(&self, sql: &str, options: &QueryOptions) -> Result<QueryResponse> {
         let started = Instant::now();
         let stats = Arc::new(QueryStats::default());
         let lower = sql.to_ascii_lowercase();
-        let scored = lower.contains(SEARCH_FUNCTION) || lower.contains(SCORE_COLUMN);
-        let (context, provider, specs) = self.context(stats.clone(), scored).await?;
+        let tables = TableOptions {
+            scored: lower.contains(SEARCH_FUNCTION) || lower.contains(SCORE_COLUMN),
+            use_index: options.use_index,
+        };
+        let (context, provider, specs) = self.context(stats.clone(), tables).await?;
         let run = async {
             let options = SQLOptions::new()
                 .with_allow_ddl(false)

@@ -33,8 +33,7 @@ pub struct CollectionSchemaProvider {
     cluster: Cluster,
     stats: Arc<QueryStats>,
     names: Vec<String>,
-    /// Whether collections expose `_score` (the statement searches).
-    scored: bool,
+    options: TableOptions,
     /// Names the query referenced that are not collections (for a clear error).
     pub missing: Mutex<Vec<String>>,
 }
@@ -45,14 +44,14 @@ impl CollectionSchemaProvider {
         cluster: Cluster,
         stats: Arc<QueryStats>,
         names: Vec<String>,
-        scored: bool,
+        options: TableOptions,
     ) -> Self {
         Self {
             catalog,
             cluster,
             stats,
             names,
-            scored,
+            options,
             missing: Mutex::new(Vec::new()),
         }
     }
@@ -87,7 +86,7 @@ impl SchemaProvider for CollectionSchemaProvider {
             stats.fields,
             self.cluster.clone(),
             self.stats.clone(),
-            self.scored,
+            self.options,
         ))))
     }
 
@@ -96,10 +95,20 @@ impl SchemaProvider for CollectionSchemaProvider {
     }
 }
 
+/// How the collections of one statement are read.
+#[derive(Debug, Clone, Copy)]
+pub struct TableOptions {
+    /// Collections expose `_score` (the statement searches).
+    pub scored: bool,
+    /// Leaves may answer filters from their indexes (off only to compare).
+    pub use_index: bool,
+}
+
 /// One collection, with the schema merged from every leaf at planning time.
 #[derive(Debug)]
 pub struct CollectionTable {
     target: Arc<ScanTarget>,
+    use_index: bool,
     fields: FieldSet,
     schema: SchemaRef,
 }
@@ -110,10 +119,10 @@ impl CollectionTable {
         fields: FieldSet,
         cluster: Cluster,
         stats: Arc<QueryStats>,
-        scored: bool,
+        options: TableOptions,
     ) -> Self {
         let mut schema = fields.to_arrow_schema();
-        if scored {
+        if options.scored {
             let mut columns: Vec<Field> =
                 schema.fields().iter().map(|f| f.as_ref().clone()).collect();
             columns.push(Field::new(SCORE_COLUMN, DataType::Float64, true));
@@ -127,6 +136,7 @@ impl CollectionTable {
             }),
             fields,
             schema,
+            use_index: options.use_index,
         }
     }
 
@@ -178,6 +188,7 @@ impl TableProvider for CollectionTable {
             collection: self.target.collection.name.clone(),
             columns,
             limit,
+            use_index: self.use_index,
         };
         Ok(Arc::new(DistributedScanExec::new(
             spec,
