@@ -60,6 +60,17 @@ impl Scalar {
         })
     }
 
+    /// Order of two literals of the same kind.
+    fn compare(&self, other: &Scalar) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Scalar::Str(a), Scalar::Str(b)) => Some(a.cmp(b)),
+            (Scalar::I64(a), Scalar::I64(b)) => Some(a.cmp(b)),
+            (Scalar::F64(a), Scalar::F64(b)) => a.partial_cmp(b),
+            (Scalar::Bool(a), Scalar::Bool(b)) => Some(a.cmp(b)),
+            _ => None,
+        }
+    }
+
     fn kind(&self) -> TermKind {
         match self {
             Scalar::Str(_) => TermKind::Str,
@@ -133,7 +144,7 @@ impl IndexPredicate {
                     }
                 }
                 return Some(if op == Operator::And {
-                    IndexPredicate::And(children)
+                    IndexPredicate::And(merge_ranges(children))
                 } else {
                     IndexPredicate::Or(children)
                 });
@@ -481,6 +492,60 @@ impl IndexPredicate {
     }
 }
 
+/// Ranges on the same column AND-ed together become one range (`a >= x AND
+/// a < y` reads the terms between x and y, not the two halves).
+fn merge_ranges(children: Vec<IndexPredicate>) -> Vec<IndexPredicate> {
+    use std::cmp::Ordering;
+    let tighter = |a: &Bound<Scalar>, b: &Bound<Scalar>, keep: Ordering| -> Option<Bound<Scalar>> {
+        let value = |b: &Bound<Scalar>| match b {
+            Bound::Included(v) | Bound::Excluded(v) => Some(v.clone()),
+            Bound::Unbounded => None,
+        };
+        Some(match (value(a), value(b)) {
+            (None, _) => b.clone(),
+            (_, None) => a.clone(),
+            (Some(x), Some(y)) => match x.compare(&y)? {
+                Ordering::Equal => match (a, b) {
+                    (Bound::Excluded(_), _) => a.clone(),
+                    _ => b.clone(),
+                },
+                order if order == keep => a.clone(),
+                _ => b.clone(),
+            },
+        })
+    };
+    let mut merged: Vec<IndexPredicate> = Vec::with_capacity(children.len());
+    for child in children {
+        if let IndexPredicate::Range {
+            column,
+            lower,
+            upper,
+        } = &child
+        {
+            let existing = merged.iter_mut().find_map(|m| match m {
+                IndexPredicate::Range {
+                    column: c,
+                    lower: l,
+                    upper: u,
+                } if c == column => Some((l, u)),
+                _ => None,
+            });
+            if let Some((l, u)) = existing {
+                if let (Some(new_lower), Some(new_upper)) = (
+                    tighter(l, lower, Ordering::Greater),
+                    tighter(u, upper, Ordering::Less),
+                ) {
+                    *l = new_lower;
+                    *u = new_upper;
+                    continue;
+                }
+            }
+        }
+        merged.push(child);
+    }
+    merged
+}
+
 /// `column IS NOT NULL` in one segment.
 fn present(index: &SegmentIndex, name: &str, fields: &FieldSet) -> Built {
     let stored = matches!(name, ID_COLUMN | EVENT_TIME_COLUMN)
@@ -546,4 +611,88 @@ fn escape(literal: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::common::DFSchema;
+    use datafusion::execution::context::ExecutionProps;
+    use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::physical_expr::create_physical_expr;
+
+    fn translate(expr: datafusion::logical_expr::Expr) -> IndexPredicate {
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]);
+        let df_schema = DFSchema::try_from(schema).unwrap();
+        let physical = create_physical_expr(
+            &expr,
+            &df_schema,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )
+        .unwrap();
+        IndexPredicate::from_physical(&physical)
+    }
+
+    #[test]
+    fn filters_translate_and_ranges_merge() {
+        assert_eq!(
+            translate(col("a").gt_eq(lit(5i64)).and(col("a").lt(lit(9i64)))),
+            IndexPredicate::And(vec![IndexPredicate::Range {
+                column: "a".into(),
+                lower: Bound::Included(Scalar::I64(5)),
+                upper: Bound::Excluded(Scalar::I64(9)),
+            }])
+        );
+        assert_eq!(
+            translate(col("a").gt(lit(5i64)).and(col("a").gt_eq(lit(5i64)))),
+            IndexPredicate::And(vec![IndexPredicate::Range {
+                column: "a".into(),
+                lower: Bound::Excluded(Scalar::I64(5)),
+                upper: Bound::Unbounded,
+            }])
+        );
+        assert_eq!(
+            translate(lit("x").eq(col("s")).or(col("s").like(lit("ab%")))),
+            IndexPredicate::Or(vec![
+                IndexPredicate::Eq("s".into(), Scalar::Str("x".into())),
+                IndexPredicate::Prefix("s".into(), "ab".into()),
+            ])
+        );
+        // `a + 1 = 3` is not answerable; under AND it narrows nothing.
+        let opaque = translate((col("a") + lit(1i64)).eq(lit(3i64)).and(col("s").is_null()));
+        assert_eq!(
+            opaque,
+            IndexPredicate::And(vec![
+                IndexPredicate::Opaque,
+                IndexPredicate::IsNull("s".into())
+            ])
+        );
+        assert!(!opaque.is_opaque());
+        assert!(translate((col("a") + lit(1i64)).eq(lit(3i64)).or(col("s").is_null())).is_opaque());
+        assert_eq!(
+            translate(col("s").eq(lit("k")).and(col("a").eq(lit(1i64)))).ids(),
+            None
+        );
+    }
+
+    #[test]
+    fn event_time_bounds_prune() {
+        let window = IndexPredicate::Range {
+            column: EVENT_TIME_COLUMN.into(),
+            lower: Bound::Included(Scalar::I64(100)),
+            upper: Bound::Excluded(Scalar::I64(200)),
+        };
+        assert!(window.may_match_time(150, 400));
+        assert!(window.may_match_time(0, 100));
+        assert!(!window.may_match_time(200, 300));
+        assert!(!window.may_match_time(0, 99));
+        let either = IndexPredicate::Or(vec![window.clone(), IndexPredicate::Opaque]);
+        assert!(either.may_match_time(500, 600));
+    }
 }
