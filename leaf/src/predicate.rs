@@ -32,7 +32,7 @@ use tantivy::Term;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::schema::{FieldSet, FieldType};
-use altdb_common::search::{parse_query, SEARCH_FUNCTION};
+use altdb_common::search::{parse_query, SCORE_COLUMN, SEARCH_FUNCTION};
 
 use crate::segment::index::{IndexedColumn, SegmentIndex, TermKind};
 
@@ -116,8 +116,12 @@ pub enum IndexPredicate {
     Opaque,
 }
 
+/// The column an expression is, unless it is `_score` (computed by the scan,
+/// not stored, so no index knows it).
 fn column_name(expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
-    expr.downcast_ref::<Column>().map(|c| c.name().to_string())
+    expr.downcast_ref::<Column>()
+        .map(|c| c.name().to_string())
+        .filter(|name| name != SCORE_COLUMN)
 }
 
 fn literal(expr: &Arc<dyn PhysicalExpr>) -> Option<Scalar> {

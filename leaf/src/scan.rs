@@ -43,11 +43,14 @@ use altdb_common::schema::{align_batch, build_column, FlatRow};
 use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
 use crate::predicate::IndexPredicate;
+use crate::segment::index::SegmentIndex;
 use crate::shard::{SealedEntry, Shard, ShardSnapshot};
 
 /// A segment is read through its index when the index selects at most
 /// 1/this of its rows; above that, a sequential scan is cheaper.
 const INDEX_MAX_FRACTION: usize = 8;
+/// Up to this many selected rows of a segment are fetched from RocksDB.
+const FETCH_MAX_ROWS: usize = 1024;
 
 /// What the scans of one fragment read.
 #[derive(Debug, Default)]
@@ -276,15 +279,7 @@ impl ScanJob {
             ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);
             if !rows.is_empty() {
                 let refs: Vec<&FlatRow> = rows.iter().collect();
-                let columns = local
-                    .fields()
-                    .iter()
-                    .map(|field| build_column(field, &refs))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let options = RecordBatchOptions::new().with_row_count(Some(refs.len()));
-                let batch = RecordBatch::try_new_with_options(local, columns, &options)?;
-                self.emit_scored(batch, produced, None)?;
+                self.emit_scored(rows_batch(&local, &refs)?, produced, None)?;
             }
             return Ok(());
         }
@@ -342,7 +337,11 @@ impl ScanJob {
             let read = match &selected {
                 Some(selected) => {
                     ScanMetrics::add(&self.metrics.segments_indexed, 1);
-                    entry.segment.scan_rows(&self.columns, &selected.rows, emit)
+                    if selected.scores.is_none() && selected.rows.len() <= FETCH_MAX_ROWS {
+                        self.fetch_rows(entry, selected, &local, emit)
+                    } else {
+                        entry.segment.scan_rows(&self.columns, &selected.rows, emit)
+                    }
                 }
                 None => {
                     ScanMetrics::add(&self.metrics.segments_scanned, 1);
@@ -359,6 +358,44 @@ impl ScanJob {
             }
         }
         Ok(())
+    }
+
+    /// Emits the selected rows of a segment as stored in RocksDB (a few point
+    /// reads instead of decoding Parquet pages). A row whose document changed
+    /// since the segment's snapshot is read from the segment instead.
+    fn fetch_rows(
+        &self,
+        entry: &SealedEntry,
+        selected: &Selected,
+        local: &SchemaRef,
+        mut emit: impl FnMut(RecordBatch) -> bool,
+    ) -> crate::error::Result<u64> {
+        if selected.rows.is_empty() {
+            return Ok(0);
+        }
+        let hits = selected.index.ids_and_seqs(&selected.rows)?;
+        let ids: Vec<String> = hits.iter().map(|(_, id, _)| id.clone()).collect();
+        let documents = self.shard.documents(&ids)?;
+        let current: HashMap<&str, &FlatRow> =
+            documents.iter().map(|d| (d.id.as_str(), d)).collect();
+        let mut fresh: Vec<&FlatRow> = Vec::with_capacity(hits.len());
+        let mut changed: Vec<u32> = Vec::new();
+        for (row, id, seq) in &hits {
+            match current.get(id.as_str()) {
+                Some(doc) if doc.seq == *seq => fresh.push(doc),
+                _ => changed.push(*row),
+            }
+        }
+        if !fresh.is_empty() {
+            let batch = rows_batch(local, &fresh).map_err(|e| {
+                crate::error::LeafError::Segment(format!("cannot convert fetched rows: {e}"))
+            })?;
+            if !emit(batch) {
+                return Ok(fresh.len() as u64);
+            }
+        }
+        let stale = entry.segment.scan_rows(&self.columns, &changed, emit)?;
+        Ok(fresh.len() as u64 + stale)
     }
 
     /// The live rows of a sealed segment the index selects, if it is worth it,
@@ -403,7 +440,11 @@ impl ScanJob {
             }
             None => None,
         };
-        Some(Selected { rows, scores })
+        Some(Selected {
+            rows,
+            scores,
+            index,
+        })
     }
 }
 
@@ -411,6 +452,23 @@ impl ScanJob {
 struct Selected {
     rows: Vec<u32>,
     scores: Option<Vec<Option<f32>>>,
+    index: Arc<SegmentIndex>,
+}
+
+/// Rows converted to Arrow with the shard's local types.
+fn rows_batch(local: &SchemaRef, rows: &[&FlatRow]) -> DfResult<RecordBatch> {
+    let columns = local
+        .fields()
+        .iter()
+        .map(|field| build_column(field, rows))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    Ok(RecordBatch::try_new_with_options(
+        local.clone(),
+        columns,
+        &options,
+    )?)
 }
 
 /// The batch with a `_score` column (replacing one it may have).

@@ -9,6 +9,7 @@ pub mod data;
 pub mod kafka;
 pub mod oracle;
 pub mod s3;
+pub mod slt;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,8 @@
 //!  list<T>        → a term per element    text_fields       → tokenized text (BM25)
 //!  _present       → the names of the columns that are not NULL in the row
 //!  _row           → the row number in the columnar file (fast field)
+//!  _id, _seq      → also fast fields: the few rows a needle query selects are
+//!                   fetched from RocksDB by `_id` (`_seq` tells the version)
 //! ```
 //!
 //! Each segment has its own schema (the fields it holds); [`INDEX_VERSION`] is
@@ -19,21 +21,24 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
-use tantivy::query::{EnableScoring, Query};
+use tantivy::query::{EnableScoring, Query, TermSetQuery};
 use tantivy::schema::{Field, NumericOptions, Schema, FAST, INDEXED, STRING};
-use tantivy::{DocId, Index, IndexReader, ReloadPolicy, Score, SegmentReader, TantivyDocument};
+use tantivy::{
+    DocId, Index, IndexReader, ReloadPolicy, Score, SegmentReader, TantivyDocument, Term,
+};
 
-use altdb_common::schema::{FieldSet, FieldType};
+use altdb_common::document::ID_COLUMN;
+use altdb_common::schema::{FieldSet, FieldType, SEQ_COLUMN};
 use altdb_common::search::text_field_options;
 
 use crate::error::{LeafError, Result};
 
 /// Bumped whenever what is indexed changes; older indexes are rebuilt.
-pub const INDEX_VERSION: u32 = 2;
+pub const INDEX_VERSION: u32 = 3;
 const VERSION_FILE: &str = "altdb-index-version";
 /// Field holding the names of the row's non-NULL columns.
 pub const PRESENT: &str = "_present";
@@ -85,6 +90,7 @@ struct Layout {
     text: HashMap<String, Field>,
     present: Field,
     row: Field,
+    seq: Field,
 }
 
 impl Layout {
@@ -92,13 +98,15 @@ impl Layout {
     fn of(schema: Schema) -> Result<Layout> {
         let mut columns = HashMap::new();
         let mut text = HashMap::new();
-        let (mut present, mut row) = (None, None);
+        let (mut present, mut row, mut seq) = (None, None, None);
         for (field, entry) in schema.fields() {
             let name = entry.name();
             if name == PRESENT {
                 present = Some(field);
             } else if name == ROW {
                 row = Some(field);
+            } else if name == SEQ_COLUMN {
+                seq = Some(field);
             } else if let Some(column) = name.strip_prefix(TEXT_PREFIX) {
                 text.insert(column.to_string(), field);
             } else {
@@ -116,9 +124,9 @@ impl Layout {
                 columns.insert(name.to_string(), IndexedColumn { field, kind });
             }
         }
-        let (Some(present), Some(row)) = (present, row) else {
+        let (Some(present), Some(row), Some(seq)) = (present, row, seq) else {
             return Err(LeafError::Segment(
-                "index lacks its _present or _row field".into(),
+                "index lacks its _present, _row or _seq field".into(),
             ));
         };
         Ok(Layout {
@@ -127,6 +135,7 @@ impl Layout {
             text,
             present,
             row,
+            seq,
         })
     }
 }
@@ -137,10 +146,7 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
     let mut text = HashMap::new();
     let numeric = NumericOptions::default().set_indexed();
     let mut all: Vec<(String, FieldType)> = vec![
-        (
-            altdb_common::document::ID_COLUMN.to_string(),
-            FieldType::Utf8,
-        ),
+        (ID_COLUMN.to_string(), FieldType::Utf8),
         (
             altdb_common::document::EVENT_TIME_COLUMN.to_string(),
             FieldType::Timestamp,
@@ -152,6 +158,7 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
             continue;
         };
         let field = match kind {
+            TermKind::Str if name == ID_COLUMN => builder.add_text_field(&name, STRING | FAST),
             TermKind::Str => builder.add_text_field(&name, STRING),
             TermKind::I64 => builder.add_i64_field(&name, numeric.clone()),
             TermKind::F64 => builder.add_f64_field(&name, numeric.clone()),
@@ -167,12 +174,14 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
     }
     let present = builder.add_text_field(PRESENT, STRING);
     let row = builder.add_u64_field(ROW, INDEXED | FAST);
+    let seq = builder.add_u64_field(SEQ_COLUMN, FAST);
     Layout {
         schema: builder.build(),
         columns,
         text,
         present,
         row,
+        seq,
     }
 }
 
@@ -212,8 +221,14 @@ impl IndexBuilder {
                 Some((name, array, *column, layout.text.get(name).copied()))
             })
             .collect();
+        let seqs = batch
+            .column_by_name(SEQ_COLUMN)
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>());
         for i in 0..batch.num_rows() {
             let mut doc = TantivyDocument::new();
+            if let Some(seqs) = seqs {
+                doc.add_u64(layout.seq, seqs.value(i));
+            }
             for (name, array, column, text) in &columns {
                 if array.is_null(i) {
                     continue;
@@ -328,6 +343,49 @@ impl SegmentIndex {
         let mut rows = searcher.search(query, &RowCollector)?;
         rows.sort_unstable();
         Ok(rows)
+    }
+
+    /// `_id` and `_seq` of the given rows, in row order.
+    pub fn ids_and_seqs(&self, rows: &[u32]) -> Result<Vec<(u32, String, u64)>> {
+        let searcher = self.reader.searcher();
+        let query = TermSetQuery::new(
+            rows.iter()
+                .map(|&row| Term::from_field_u64(self.layout.row, u64::from(row))),
+        );
+        let mut out = Vec::with_capacity(rows.len());
+        let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+        let mut id = String::new();
+        for reader in searcher.segment_readers() {
+            let fast = reader.fast_fields();
+            let row_column = fast.u64(ROW)?;
+            let seq_column = fast.u64(SEQ_COLUMN)?;
+            let Some(ids) = fast.str(ID_COLUMN)? else {
+                continue;
+            };
+            let mut failure = None;
+            weight.for_each_no_score(reader, &mut |docs| {
+                for &doc in docs {
+                    let (Some(row), Some(seq)) = (row_column.first(doc), seq_column.first(doc))
+                    else {
+                        continue;
+                    };
+                    let Some(ord) = ids.term_ords(doc).next() else {
+                        continue;
+                    };
+                    id.clear();
+                    match ids.ord_to_str(ord, &mut id) {
+                        Ok(true) => out.push((row as u32, id.clone(), seq)),
+                        Ok(false) => {}
+                        Err(error) => failure = Some(error),
+                    }
+                }
+            })?;
+            if let Some(error) = failure {
+                return Err(error.into());
+            }
+        }
+        out.sort_unstable_by_key(|(row, _, _)| *row);
+        Ok(out)
     }
 
     /// The best `limit` rows by BM25 score for `query`, with their scores.
