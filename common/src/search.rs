@@ -159,11 +159,14 @@ impl ScalarUDFImpl for SearchFunction {
             return plan_err!("search(column, 'query'): the query must be a string literal");
         };
         let values = values.to_array(args.number_rows)?;
+        // NULL text gives NULL, as any comparison would: `NOT search(..)` keeps
+        // only rows that have the field.
         match text_scores(&values, query) {
             Ok(scores) => Ok(ColumnarValue::Array(Arc::new(
                 scores
                     .iter()
-                    .map(|s| Some(s.is_some()))
+                    .enumerate()
+                    .map(|(i, s)| values.is_valid(i).then_some(s.is_some()))
                     .collect::<BooleanArray>(),
             ))),
             Err(error) => exec_err!("{error}"),

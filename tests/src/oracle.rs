@@ -7,9 +7,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 /// A query whose answer is compared with DuckDB's.
-pub struct Case {
-    pub name: &'static str,
-    pub sql: &'static str,
+pub struct Case<'a> {
+    pub name: &'a str,
+    pub sql: &'a str,
     /// Rows come in a defined order (the SQL has a total ORDER BY).
     pub ordered: bool,
 }
@@ -26,7 +26,7 @@ pub struct Table<'a> {
 pub fn expected(
     dir: &Path,
     tables: &[Table<'_>],
-    cases: &[Case],
+    cases: &[Case<'_>],
 ) -> anyhow::Result<serde_json::Map<String, Value>> {
     let tables_json: Vec<Value> = tables
         .iter()
@@ -95,7 +95,11 @@ fn sort_key(row: &[Value]) -> String {
 }
 
 /// Compares altdb's rows with DuckDB's; returns a description of the first difference.
-pub fn compare(case: &Case, actual: &[Vec<Value>], expected: &[Vec<Value>]) -> Result<(), String> {
+pub fn compare(
+    case: &Case<'_>,
+    actual: &[Vec<Value>],
+    expected: &[Vec<Value>],
+) -> Result<(), String> {
     let mut actual = actual.to_vec();
     let mut expected = expected.to_vec();
     if !case.ordered {

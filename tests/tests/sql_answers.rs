@@ -10,7 +10,7 @@ use serde_json::json;
 const DOCS: u64 = 100_000;
 const SEED: u64 = 20_261_122;
 
-const CASES: &[Case] = &[
+const CASES: &[Case<'static>] = &[
     Case { name: "count", sql: "SELECT COUNT(*) FROM events", ordered: true },
     Case { name: "simple_aggregates", sql: "SELECT COUNT(*), SUM(qty), MIN(amount), MAX(amount), COUNT(amount) FROM events", ordered: true },
     Case { name: "avg", sql: "SELECT AVG(amount), AVG(qty) FROM events", ordered: true },
