@@ -176,6 +176,8 @@ impl ScanSpec {
 pub struct FragmentTicket {
     pub collection: String,
     pub shard: u32,
+    /// Report a [`FragmentProfile`] (for `EXPLAIN ANALYZE`).
+    pub profile: bool,
     pub plan: Bytes,
 }
 
@@ -183,6 +185,8 @@ pub struct FragmentTicket {
 struct TicketHeader {
     collection: String,
     shard: u32,
+    #[serde(default)]
+    profile: bool,
 }
 
 impl FragmentTicket {
@@ -191,6 +195,7 @@ impl FragmentTicket {
         let header = serde_json::to_vec(&TicketHeader {
             collection: self.collection.clone(),
             shard: self.shard,
+            profile: self.profile,
         })
         .expect("ticket header serializes");
         let mut out = Vec::with_capacity(4 + header.len() + self.plan.len());
@@ -213,6 +218,7 @@ impl FragmentTicket {
         Ok(Self {
             collection: header.collection,
             shard: header.shard,
+            profile: header.profile,
             plan: bytes.slice(4 + len..),
         })
     }
@@ -228,6 +234,73 @@ pub struct FragmentMetrics {
     /// Freshness of the shard per source ([`SourceProgress::as_of_us`]).
     #[serde(default)]
     pub source_as_of_us: BTreeMap<String, i64>,
+    /// What ran and how each part of the shard was read, when the ticket asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<FragmentProfile>,
+}
+
+/// How a fragment ran on a leaf, for `EXPLAIN ANALYZE`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FragmentProfile {
+    /// From decoding the fragment to its last batch.
+    pub elapsed_ms: f64,
+    /// The fragment as the leaf ran it, with DataFusion's metrics per operator.
+    pub plan: String,
+    /// Each part of the shard the scan read (or skipped), in reading order.
+    pub reads: Vec<SegmentRead>,
+}
+
+/// How the scan read one part of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRead {
+    pub access: Access,
+    /// The sealed segment; `None` for rows in memory or fetched by `_id`.
+    pub segment: Option<u64>,
+    /// Live rows of the segment (or rows in memory, or ids asked for).
+    pub rows: u64,
+    /// Rows read and handed to the operators above.
+    pub rows_read: u64,
+}
+
+/// The ways a scan reads part of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Skipped: its `_event_time` range cannot match the filter.
+    Pruned,
+    /// Rows selected through the segment's inverted index, read from its columns.
+    Index,
+    /// Rows selected through the index, fetched from RocksDB by `_id`.
+    IndexFetch,
+    /// Every live row read from the segment's columns.
+    Scan,
+    /// The mutable segment, scanned in memory.
+    Memory,
+    /// Documents fetched from RocksDB by `_id`, no segment touched.
+    ById,
+}
+
+impl std::fmt::Display for SegmentRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.segment {
+            Some(id) => format!("segment {id}"),
+            None if self.access == Access::ById => "by _id".to_string(),
+            None => "memory".to_string(),
+        };
+        let how = match self.access {
+            Access::Pruned => "pruned by _event_time",
+            Access::Index => "index, columns read",
+            Access::IndexFetch => "index, rows fetched by _id",
+            Access::Scan => "full scan",
+            Access::Memory => "scan",
+            Access::ById => "RocksDB point reads",
+        };
+        write!(
+            f,
+            "{what}: {how}, {} of {} rows read",
+            self.rows_read, self.rows
+        )
+    }
 }
 
 /// How a scan read a shard: sealed segments skipped by their `_event_time` range,
@@ -451,6 +524,7 @@ mod tests {
         let ticket = FragmentTicket {
             collection: "events".into(),
             shard: 3,
+            profile: true,
             plan: Bytes::from_static(b"\x01\x02plan"),
         };
         assert_eq!(FragmentTicket::decode(&ticket.encode()).unwrap(), ticket);

@@ -35,6 +35,13 @@ impl From<LeafError> for tonic::Status {
     fn from(error: LeafError) -> Self {
         match &error {
             LeafError::InvalidRequest(_) => tonic::Status::invalid_argument(error.to_string()),
+            LeafError::DataFusion(e) if is_cast_error(e) => {
+                tonic::Status::invalid_argument(format!(
+                    "{}; a value could not be converted: compare each column with a literal \
+                 of its own type (quote numbers compared with a text column) or CAST it",
+                    e.find_root()
+                ))
+            }
             LeafError::DataFusion(e) if is_user_error(e) => {
                 tonic::Status::invalid_argument(error.to_string())
             }
@@ -44,9 +51,25 @@ impl From<LeafError> for tonic::Status {
 }
 
 fn is_user_error(error: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::arrow::error::ArrowError as A;
     use datafusion::error::DataFusionError as E;
-    matches!(
-        error.find_root(),
-        E::Plan(_) | E::SchemaError(..) | E::SQL(..) | E::NotImplemented(_)
-    )
+    match error.find_root() {
+        E::Plan(_) | E::SchemaError(..) | E::SQL(..) | E::NotImplemented(_) => true,
+        E::ArrowError(arrow, _) => matches!(
+            arrow.as_ref(),
+            A::DivideByZero | A::ArithmeticOverflow(_) | A::InvalidArgumentError(_)
+        ),
+        _ => false,
+    }
+}
+
+/// A value of the data does not convert to the type the statement compares it
+/// with (DataFusion casts a text column to a number compared with a number).
+fn is_cast_error(error: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::arrow::error::ArrowError as A;
+    use datafusion::error::DataFusionError as E;
+    match error.find_root() {
+        E::ArrowError(arrow, _) => matches!(arrow.as_ref(), A::CastError(_) | A::ParseError(_)),
+        _ => false,
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -13,6 +14,7 @@ use arrow_flight::{FlightData, SchemaAsIpc};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
@@ -22,7 +24,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use altdb_common::rpc::{FragmentMetrics, FragmentTicket, ScanSpec};
+use altdb_common::rpc::{FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
 
 use crate::error::{LeafError, Result};
 use crate::node::Leaf;
@@ -72,7 +74,12 @@ pub fn run_fragment(
     leaf: Arc<Leaf>,
     ticket: FragmentTicket,
 ) -> Result<BoxStream<'static, Result<FlightData, tonic::Status>>> {
-    let metrics = Arc::new(ScanMetrics::default());
+    let started = Instant::now();
+    let metrics = Arc::new(if ticket.profile {
+        ScanMetrics::profiled()
+    } else {
+        ScanMetrics::default()
+    });
     // Taken before the scan's snapshot, so the data read is at least this fresh.
     let source_as_of_us = leaf
         .shard(&ticket.collection, ticket.shard)
@@ -90,17 +97,26 @@ pub fn run_fragment(
         .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
     let plan = push_filters_into_scans(plan)?;
     let schema = plan.schema();
+    let profiled = ticket.profile.then(|| plan.clone());
     let batches = execute_stream(plan, task)?
-        .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
+        .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(LeafError::from(e).into())));
     let data = FlightDataEncoderBuilder::new()
         .with_schema(schema.clone())
         .build(batches)
         .map_err(tonic::Status::from);
     let trailer = futures::stream::once(async move {
+        let profile = profiled.map(|plan| FragmentProfile {
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            plan: DisplayableExecutionPlan::with_metrics(plan.as_ref())
+                .indent(true)
+                .to_string(),
+            reads: metrics.reads(),
+        });
         let metrics = FragmentMetrics {
             rows_scanned: metrics.rows_scanned.load(Ordering::Relaxed),
             scan: metrics.counts(),
             source_as_of_us,
+            profile,
         };
         let mut message: FlightData = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
         message.app_metadata = serde_json::to_vec(&metrics)

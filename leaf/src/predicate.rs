@@ -14,6 +14,7 @@
 //! - `_event_time` bounds also prune whole segments by their min/max;
 //! - `_id = ..` / `_id IN (..)` are answered from the key-value store.
 
+use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -86,6 +87,65 @@ impl Scalar {
             Scalar::I64(v) => Term::from_field_i64(column.field, *v),
             Scalar::F64(v) => Term::from_field_f64(column.field, *v),
             Scalar::Bool(v) => Term::from_field_bool(column.field, *v),
+        }
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Str(s) => write!(f, "'{}'", s.replace('\'', "''")),
+            Scalar::I64(v) => write!(f, "{v}"),
+            Scalar::F64(v) => write!(f, "{v:?}"),
+            Scalar::Bool(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// SQL-like text of what the index is asked (`EXPLAIN` shows it).
+impl fmt::Display for IndexPredicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |f: &mut fmt::Formatter<'_>, children: &[IndexPredicate], op: &str| {
+            write!(f, "(")?;
+            for (i, child) in children.iter().enumerate() {
+                if i > 0 {
+                    write!(f, " {op} ")?;
+                }
+                write!(f, "{child}")?;
+            }
+            write!(f, ")")
+        };
+        match self {
+            IndexPredicate::Eq(column, value) => write!(f, "{column} = {value}"),
+            IndexPredicate::In(column, values) => {
+                let values: Vec<String> = values.iter().map(ToString::to_string).collect();
+                write!(f, "{column} IN ({})", values.join(", "))
+            }
+            IndexPredicate::Range {
+                column,
+                lower,
+                upper,
+            } => {
+                let lower = match lower {
+                    Bound::Included(v) => format!("[{v}"),
+                    Bound::Excluded(v) => format!("({v}"),
+                    Bound::Unbounded => "(..".into(),
+                };
+                let upper = match upper {
+                    Bound::Included(v) => format!("{v}]"),
+                    Bound::Excluded(v) => format!("{v})"),
+                    Bound::Unbounded => "..)".into(),
+                };
+                write!(f, "{column} IN {lower}, {upper}")
+            }
+            IndexPredicate::IsNull(column) => write!(f, "{column} IS NULL"),
+            IndexPredicate::IsNotNull(column) => write!(f, "{column} IS NOT NULL"),
+            IndexPredicate::Prefix(column, prefix) => write!(f, "{column} LIKE '{prefix}%'"),
+            IndexPredicate::Search { column, query } => write!(f, "search({column}, '{query}')"),
+            IndexPredicate::And(children) => join(f, children, "AND"),
+            IndexPredicate::Or(children) => join(f, children, "OR"),
+            IndexPredicate::Not(child) => write!(f, "NOT {child}"),
+            IndexPredicate::Opaque => write!(f, "(not indexable)"),
         }
     }
 }

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Float64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
-use altdb_common::rpc::{ScanCounts, ScanSpec};
+use altdb_common::rpc::{Access, ScanCounts, ScanSpec, SegmentRead};
 use altdb_common::schema::{align_batch, build_column, FlatRow};
 use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
@@ -60,9 +60,40 @@ pub struct ScanMetrics {
     pub segments_indexed: AtomicU64,
     pub segments_scanned: AtomicU64,
     pub rows_by_id: AtomicU64,
+    /// Each part of the shard read, when profiling (`EXPLAIN ANALYZE`).
+    reads: Option<Mutex<Vec<SegmentRead>>>,
 }
 
 impl ScanMetrics {
+    /// Metrics that also record how each part of the shard was read.
+    pub fn profiled() -> Self {
+        Self {
+            reads: Some(Mutex::new(Vec::new())),
+            ..Self::default()
+        }
+    }
+
+    /// The parts read so far (empty unless profiled).
+    pub fn reads(&self) -> Vec<SegmentRead> {
+        self.reads.as_ref().map_or_else(Vec::new, |reads| {
+            reads.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        })
+    }
+
+    fn record(&self, access: Access, segment: Option<u64>, rows: u64, rows_read: u64) {
+        if let Some(reads) = &self.reads {
+            reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(SegmentRead {
+                    access,
+                    segment,
+                    rows,
+                    rows_read,
+                });
+        }
+    }
+
     pub fn counts(&self) -> ScanCounts {
         ScanCounts {
             segments_pruned: self.segments_pruned.load(Ordering::Relaxed),
@@ -148,7 +179,7 @@ impl DisplayAs for LocalScanExec {
             write!(f, ", limit={limit}")?;
         }
         if let Some(predicate) = &self.predicate {
-            write!(f, ", index_predicate={predicate:?}")?;
+            write!(f, ", index_predicate={predicate}")?;
         }
         Ok(())
     }
@@ -277,6 +308,8 @@ impl ScanJob {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             ScanMetrics::add(&self.metrics.rows_by_id, rows.len() as u64);
             ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);
+            self.metrics
+                .record(Access::ById, None, ids.len() as u64, rows.len() as u64);
             if !rows.is_empty() {
                 let refs: Vec<&FlatRow> = rows.iter().collect();
                 self.emit_scored(rows_batch(&local, &refs)?, produced, None)?;
@@ -289,6 +322,8 @@ impl ScanJob {
             }
             let rows: Vec<&FlatRow> = chunk.rows.iter().map(Arc::as_ref).collect();
             ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);
+            self.metrics
+                .record(Access::Memory, None, rows.len() as u64, rows.len() as u64);
             let columns = local
                 .fields()
                 .iter()
@@ -310,6 +345,8 @@ impl ScanJob {
             if let Some(predicate) = &self.predicate {
                 if !predicate.may_match_time(meta.min_event_time_us, meta.max_event_time_us) {
                     ScanMetrics::add(&self.metrics.segments_pruned, 1);
+                    self.metrics
+                        .record(Access::Pruned, Some(meta.id), live_rows(entry), 0);
                     continue;
                 }
             }
@@ -334,22 +371,33 @@ impl ScanJob {
                 }
                 keep_going
             };
-            let read = match &selected {
+            let (access, read) = match &selected {
                 Some(selected) => {
                     ScanMetrics::add(&self.metrics.segments_indexed, 1);
                     if selected.scores.is_none() && selected.rows.len() <= FETCH_MAX_ROWS {
-                        self.fetch_rows(entry, selected, &local, emit)
+                        (
+                            Access::IndexFetch,
+                            self.fetch_rows(entry, selected, &local, emit),
+                        )
                     } else {
-                        entry.segment.scan_rows(&self.columns, &selected.rows, emit)
+                        (
+                            Access::Index,
+                            entry.segment.scan_rows(&self.columns, &selected.rows, emit),
+                        )
                     }
                 }
                 None => {
                     ScanMetrics::add(&self.metrics.segments_scanned, 1);
-                    entry.segment.scan(&self.columns, &entry.deletes, emit)
+                    (
+                        Access::Scan,
+                        entry.segment.scan(&self.columns, &entry.deletes, emit),
+                    )
                 }
-            }
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            };
+            let read = read.map_err(|e| DataFusionError::External(Box::new(e)))?;
             ScanMetrics::add(&self.metrics.rows_scanned, read);
+            self.metrics
+                .record(access, Some(meta.id), live_rows(entry), read);
             if let Some(error) = failure {
                 return Err(error);
             }
@@ -425,7 +473,7 @@ impl ScanJob {
             let field = index.text_field(column)?;
             parse_query(index.index(), field, query).ok()
         });
-        let live = segment.meta.rows as usize - entry.deletes.len();
+        let live = live_rows(entry) as usize;
         if search.is_none() && rows.len() * INDEX_MAX_FRACTION > live {
             return None;
         }
@@ -446,6 +494,11 @@ impl ScanJob {
             index,
         })
     }
+}
+
+/// Rows of a sealed segment not superseded or deleted since it was sealed.
+fn live_rows(entry: &SealedEntry) -> u64 {
+    entry.segment.meta.rows - entry.deletes.len() as u64
 }
 
 /// Rows of a segment chosen through its index.

@@ -110,6 +110,16 @@ fn unknown_collections_bad_sql_and_unknown_columns_say_what_to_fix() -> anyhow::
         vec![vec![json!("ada")]]
     );
 
+    // A text column compared with a number: the leaf cannot convert the text.
+    let answer = cluster.query("SELECT COUNT(*) FROM docs WHERE \"user.name\" = 17")?;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, "invalid_sql");
+    assert!(
+        message.contains("'ada'") && message.contains("quote numbers"),
+        "{message}"
+    );
+
     let answer = cluster.query("CREATE TABLE x (a INT)")?;
     assert_eq!(answer.status, 400, "{}", answer.body);
     let answer = cluster.post_json("/v1/query", &json!({"query": "SELECT 1"}))?;

@@ -201,6 +201,43 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     assert!(text.contains("RemoteFragmentExec"), "{text}");
     assert!(text.contains("mode=Partial"), "{text}");
 
+    // EXPLAIN ANALYZE: the distributed plan with metrics, then per shard the
+    // fragment the leaf ran and how each segment was read.
+    let analyzed = cluster.rows(
+        "EXPLAIN ANALYZE SELECT id, qty FROM events WHERE hi_card = 'k123' AND _event_time < '2024-01-20'",
+    )?;
+    let kinds: Vec<&str> = analyzed.iter().filter_map(|r| r[0].as_str()).collect();
+    assert_eq!(kinds[0], "Plan with Metrics", "{analyzed:?}");
+    let text = |row: &Vec<serde_json::Value>| row[1].as_str().unwrap_or_default().to_string();
+    let top = text(&analyzed[0]);
+    assert!(top.contains("RemoteFragmentExec"), "{top}");
+    assert!(top.contains("segments_indexed="), "{top}");
+    let expected_rows = cluster.rows(
+        "SELECT COUNT(*) FROM events WHERE hi_card = 'k123' AND _event_time < '2024-01-20'",
+    )?[0][0]
+        .clone();
+    assert!(
+        top.contains(&format!("output_rows={expected_rows}")),
+        "{top}"
+    );
+    let shards: Vec<&Vec<serde_json::Value>> = analyzed
+        .iter()
+        .filter(|r| {
+            r[0].as_str()
+                .is_some_and(|k| k.starts_with("Leaf fragment `events` shard"))
+        })
+        .collect();
+    assert_eq!(shards.len(), 6, "{analyzed:?}");
+    let leaf_text: String = shards.iter().map(|r| text(r)).collect();
+    assert!(leaf_text.contains("FilterExec"), "{leaf_text}");
+    assert!(leaf_text.contains("LocalScanExec"), "{leaf_text}");
+    assert!(
+        leaf_text.contains(": index, rows fetched by _id,"),
+        "{leaf_text}"
+    );
+    assert!(leaf_text.contains(": pruned by _event_time"), "{leaf_text}");
+    assert!(leaf_text.contains("memory: scan,"), "{leaf_text}");
+
     // Both sealed segments and a mutable tail exist on the leaves.
     let described = cluster.get("/v1/collections/events")?;
     assert_eq!(described.body["documents"], DOCS, "{}", described.body);

@@ -15,6 +15,7 @@ pub mod json;
 pub mod remote;
 pub mod table;
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,9 +163,11 @@ impl QueryEngine {
         let started = Instant::now();
         let stats = Arc::new(QueryStats::default());
         let lower = sql.to_ascii_lowercase();
+        let profile = is_explain_analyze(&lower);
         let tables = TableOptions {
             scored: lower.contains(SEARCH_FUNCTION) || lower.contains(SCORE_COLUMN),
             use_index: options.use_index,
+            profile,
         };
         let (context, provider, specs) = self.context(stats.clone(), tables).await?;
         let run = async {
@@ -188,7 +191,7 @@ impl QueryEngine {
             }
             Ok::<_, DataFusionError>((schema, rows, truncated))
         };
-        let (schema, rows, truncated) = match tokio::time::timeout(self.timeout, run).await {
+        let (schema, mut rows, truncated) = match tokio::time::timeout(self.timeout, run).await {
             Err(_) => return Err(AggregatorError::Timeout(self.timeout.as_secs())),
             Ok(Err(error)) => {
                 let missing = provider
@@ -200,6 +203,9 @@ impl QueryEngine {
             }
             Ok(Ok(answer)) => answer,
         };
+        if profile {
+            rows.extend(leaf_profile_rows(&stats));
+        }
         let freshness_ms = freshness_ms(&stats, &specs);
         let scan = *stats.scan.lock().unwrap_or_else(|p| p.into_inner());
         Ok(QueryResponse {
@@ -223,6 +229,46 @@ impl QueryEngine {
             },
         })
     }
+}
+
+/// `EXPLAIN ANALYZE ..` (any spacing and case; `lower` is lowercased).
+fn is_explain_analyze(lower: &str) -> bool {
+    let mut words = lower.split_whitespace();
+    words.next() == Some("explain") && words.next() == Some("analyze")
+}
+
+/// `EXPLAIN ANALYZE` rows after DataFusion's plan with metrics: per shard, the
+/// fragment its leaf ran (with the leaf's operator metrics) and how each segment
+/// was read — pruned, through the index, or scanned — with the rows read.
+fn leaf_profile_rows(stats: &QueryStats) -> Vec<Vec<Value>> {
+    let mut profiles = stats
+        .profiles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    profiles.sort_by(|a, b| (&a.collection, a.shard).cmp(&(&b.collection, b.shard)));
+    profiles
+        .into_iter()
+        .map(|shard| {
+            let mut text = shard.profile.plan.clone();
+            let _ = writeln!(text, "elapsed: {:.2} ms", shard.profile.elapsed_ms);
+            if shard.profile.reads.is_empty() {
+                text.push_str("reads: none");
+            } else {
+                text.push_str("reads:");
+                for read in &shard.profile.reads {
+                    let _ = write!(text, "\n  {read}");
+                }
+            }
+            vec![
+                Value::String(format!(
+                    "Leaf fragment `{}` shard {} on {}",
+                    shard.collection, shard.shard, shard.leaf
+                )),
+                Value::String(text),
+            ]
+        })
+        .collect()
 }
 
 /// The worst freshness over the current sources of the collections a query read.

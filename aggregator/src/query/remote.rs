@@ -24,6 +24,9 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::coop::make_cooperative;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     displayable, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -37,7 +40,9 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::collection::CollectionSpec;
-use altdb_common::rpc::{FragmentItem, FragmentTicket, RpcError, ScanCounts, ScanSpec};
+use altdb_common::rpc::{
+    FragmentItem, FragmentMetrics, FragmentProfile, FragmentTicket, RpcError, ScanCounts, ScanSpec,
+};
 
 use crate::cluster::Cluster;
 
@@ -51,6 +56,18 @@ pub struct QueryStats {
     pub source_as_of_us: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
     /// How the leaves read their shards, summed.
     pub scan: std::sync::Mutex<ScanCounts>,
+    /// How each shard's fragment ran, when the statement profiles.
+    pub profiles: std::sync::Mutex<Vec<ShardProfile>>,
+}
+
+/// One shard's fragment as its leaf ran it (`EXPLAIN ANALYZE`).
+#[derive(Debug, Clone)]
+pub struct ShardProfile {
+    pub collection: String,
+    pub shard: u32,
+    /// The leaf that answered.
+    pub leaf: String,
+    pub profile: FragmentProfile,
 }
 
 impl QueryStats {
@@ -86,6 +103,8 @@ pub struct ScanTarget {
     pub collection: CollectionSpec,
     pub cluster: Cluster,
     pub stats: Arc<QueryStats>,
+    /// Ask leaves for a [`FragmentProfile`] of each fragment.
+    pub profile: bool,
 }
 
 /// The scan of a collection across all its shards.
@@ -201,6 +220,7 @@ pub struct RemoteFragmentExec {
     pub target: Arc<ScanTarget>,
     encoded: Bytes,
     properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl fmt::Debug for RemoteFragmentExec {
@@ -235,6 +255,7 @@ impl RemoteFragmentExec {
             target,
             encoded,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -266,6 +287,10 @@ impl DisplayAs for RemoteFragmentExec {
 impl ExecutionPlan for RemoteFragmentExec {
     altdb_common::childless_plan_methods!("RemoteFragmentExec");
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -275,8 +300,12 @@ impl ExecutionPlan for RemoteFragmentExec {
         let ticket = FragmentTicket {
             collection: self.target.collection.name.clone(),
             shard,
+            profile: self.target.profile,
             plan: self.encoded.clone(),
         };
+        let counters = FragmentCounters::new(&self.metrics, partition);
+        let answered_by = Arc::new(std::sync::Mutex::new(String::new()));
+        let answering = answered_by.clone();
         let replicas = self.target.cluster.replicas(&self.target.collection, shard);
         let stats = self.target.stats.clone();
         stats.shards_queried.fetch_add(1, Ordering::Relaxed);
@@ -287,7 +316,11 @@ impl ExecutionPlan for RemoteFragmentExec {
             let mut failures = Vec::new();
             for leaf in replicas {
                 match leaf.fragment(&ticket).await {
-                    Ok(stream) => return Ok(stream.map_err(rpc_to_datafusion).boxed()),
+                    Ok(stream) => {
+                        *answering.lock().unwrap_or_else(|p| p.into_inner()) =
+                            leaf.url().to_string();
+                        return Ok(stream.map_err(rpc_to_datafusion).boxed());
+                    }
                     Err(error) if error.is_unavailable() => {
                         failures.push(format!("{}: {error}", leaf.url()));
                     }
@@ -301,12 +334,30 @@ impl ExecutionPlan for RemoteFragmentExec {
             })))
         };
         let batch_schema = schema.clone();
+        let collection_name = self.target.collection.name.clone();
         let batches = futures::stream::once(connect)
             .try_flatten()
             .filter_map(move |item| {
                 let out = match item {
-                    Ok(FragmentItem::Batch(batch)) => Some(conform(batch, &batch_schema)),
+                    Ok(FragmentItem::Batch(batch)) => {
+                        counters.output_rows.add(batch.num_rows());
+                        Some(conform(batch, &batch_schema))
+                    }
                     Ok(FragmentItem::Metrics(metrics)) => {
+                        counters.add(&metrics);
+                        if let Some(profile) = metrics.profile {
+                            let leaf = answered_by.lock().unwrap_or_else(|p| p.into_inner());
+                            stats
+                                .profiles
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(ShardProfile {
+                                    collection: collection_name.clone(),
+                                    shard,
+                                    leaf: leaf.clone(),
+                                    profile,
+                                });
+                        }
                         stats
                             .rows_scanned
                             .fetch_add(metrics.rows_scanned, Ordering::Relaxed);
@@ -326,6 +377,42 @@ impl ExecutionPlan for RemoteFragmentExec {
         Ok(make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
             schema, batches,
         ))))
+    }
+}
+
+/// Per-partition metrics of a [`RemoteFragmentExec`], shown by `EXPLAIN ANALYZE`.
+struct FragmentCounters {
+    output_rows: Count,
+    rows_scanned: Count,
+    segments_pruned: Count,
+    segments_indexed: Count,
+    segments_scanned: Count,
+    rows_by_id: Count,
+}
+
+impl FragmentCounters {
+    fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        let counter = |name: &'static str| MetricBuilder::new(metrics).counter(name, partition);
+        Self {
+            output_rows: MetricBuilder::new(metrics).output_rows(partition),
+            rows_scanned: counter("rows_scanned"),
+            segments_pruned: counter("segments_pruned"),
+            segments_indexed: counter("segments_indexed"),
+            segments_scanned: counter("segments_scanned"),
+            rows_by_id: counter("rows_by_id"),
+        }
+    }
+
+    fn add(&self, metrics: &FragmentMetrics) {
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        self.rows_scanned.add(as_usize(metrics.rows_scanned));
+        self.segments_pruned
+            .add(as_usize(metrics.scan.segments_pruned));
+        self.segments_indexed
+            .add(as_usize(metrics.scan.segments_indexed));
+        self.segments_scanned
+            .add(as_usize(metrics.scan.segments_scanned));
+        self.rows_by_id.add(as_usize(metrics.scan.rows_by_id));
     }
 }
 

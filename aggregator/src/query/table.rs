@@ -102,6 +102,8 @@ pub struct TableOptions {
     pub scored: bool,
     /// Leaves may answer filters from their indexes (off only to compare).
     pub use_index: bool,
+    /// Leaves report how they ran their fragments (`EXPLAIN ANALYZE`).
+    pub profile: bool,
 }
 
 /// One collection, with the schema merged from every leaf at planning time.
@@ -133,6 +135,7 @@ impl CollectionTable {
                 collection: spec,
                 cluster,
                 stats,
+                profile: options.profile,
             }),
             fields,
             schema,
@@ -200,8 +203,8 @@ impl TableProvider for CollectionTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Filters run inside the leaf fragment (FilterExec above the scan); index-aware
-        // evaluation in the scan itself comes with the index work.
+        // Filters run inside the leaf fragment (FilterExec above the scan); the leaf
+        // hands them to its scan too, which reads only the rows its indexes select.
         Ok(vec![
             TableProviderFilterPushDown::Unsupported;
             filters.len()
