@@ -209,6 +209,11 @@ fn flatten_into(path: String, value: &Value, out: &mut Vec<(String, Value)>) {
     match value {
         Value::Null => {}
         Value::Object(inner) if !inner.is_empty() => {
+            // A GeoJSON point also reads as `path.lat` / `path.lon` for geo_* functions.
+            if let Some((lat, lon)) = crate::geo::geojson_point(inner) {
+                out.push((format!("{path}.lat"), Value::from(lat)));
+                out.push((format!("{path}.lon"), Value::from(lon)));
+            }
             for (key, value) in inner {
                 flatten_into(format!("{path}.{key}"), value, out);
             }

@@ -18,12 +18,14 @@
 //! - [`api`]: the JSON error body every HTTP front door returns.
 //! - [`metrics`]: counters and gauges in the Prometheus text format.
 //! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
+//! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 
 pub mod api;
 pub mod collection;
 pub mod config;
 pub mod document;
 pub mod error;
+pub mod geo;
 pub mod metrics;
 pub mod plan;
 pub mod random;
@@ -36,3 +38,16 @@ pub mod telemetry;
 pub mod transform;
 
 pub use error::{Error, Result};
+
+/// Registers altdb's SQL functions (`search`, `geo_*`) in a session; every
+/// session that plans, checks or runs SQL needs them.
+pub fn register_functions(context: &datafusion::prelude::SessionContext) {
+    for udf in [
+        search::search_udf(),
+        geo::GeoDistance::udf(),
+        geo::GeoWithinBox::udf(),
+        geo::GeoWithinRadius::udf(),
+    ] {
+        context.register_udf(udf.as_ref().clone());
+    }
+}

@@ -191,7 +191,9 @@ fn invalid(reason: String) -> Error {
 }
 
 fn session() -> SessionContext {
-    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1))
+    let context = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    crate::register_functions(&context);
+    context
 }
 
 fn empty_input(fields: &[(String, DataType)]) -> Result<RecordBatch> {

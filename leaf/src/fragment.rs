@@ -91,7 +91,7 @@ pub fn run_fragment(
         metrics: metrics.clone(),
     };
     let context = SessionContext::new();
-    context.register_udf(altdb_common::search::search_udf().as_ref().clone());
+    altdb_common::register_functions(&context);
     let task = context.task_ctx();
     let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &task, &codec)
         .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;

@@ -32,6 +32,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
+use altdb_common::geo::{GeoBox, GEO_DISTANCE, GEO_WITHIN_BOX, GEO_WITHIN_RADIUS};
 use altdb_common::schema::{FieldSet, FieldType};
 use altdb_common::search::{parse_query, SCORE_COLUMN, SEARCH_FUNCTION};
 
@@ -213,6 +214,9 @@ impl IndexPredicate {
                     IndexPredicate::Or(children)
                 });
             }
+            if let Some(bounds) = distance_bound(binary) {
+                return Some(bounds);
+            }
             let (column, value, op) = match (column_name(binary.left()), literal(binary.right())) {
                 (Some(c), Some(v)) => (c, v, op),
                 _ => (
@@ -262,6 +266,9 @@ impl IndexPredicate {
             ))));
         }
         if let Some(function) = expr.downcast_ref::<ScalarFunctionExpr>() {
+            if let Some(bounds) = geo_function(function) {
+                return Some(bounds);
+            }
             if function.name() != SEARCH_FUNCTION {
                 return None;
             }
@@ -556,6 +563,84 @@ impl IndexPredicate {
     }
 }
 
+/// A literal number as f64.
+fn number(expr: &Arc<dyn PhysicalExpr>) -> Option<f64> {
+    match literal(expr)? {
+        Scalar::F64(v) => Some(v),
+        Scalar::I64(v) => Some(v as f64),
+        _ => None,
+    }
+}
+
+/// The index question for "the point (lat, lon) is in the box": a range on
+/// each column (two longitude ranges when the box crosses ±180°). The geo
+/// function above still checks each candidate exactly.
+fn within_box(lat: String, lon: String, bounds: GeoBox) -> IndexPredicate {
+    let range = |column: &str, lower: f64, upper: f64| IndexPredicate::Range {
+        column: column.to_string(),
+        lower: Bound::Included(Scalar::F64(lower)),
+        upper: Bound::Included(Scalar::F64(upper)),
+    };
+    let mut parts = vec![range(&lat, bounds.south, bounds.north)];
+    match bounds.west_east {
+        None => {}
+        Some((west, east)) if west <= east => parts.push(range(&lon, west, east)),
+        Some((west, east)) => parts.push(IndexPredicate::Or(vec![
+            range(&lon, west, 180.0),
+            range(&lon, -180.0, east),
+        ])),
+    }
+    IndexPredicate::And(parts)
+}
+
+/// `geo_within_box(lat, lon, s, w, n, e)` and `geo_within_radius(lat, lon, ..)`
+/// over two columns and literal bounds.
+fn geo_function(function: &ScalarFunctionExpr) -> Option<IndexPredicate> {
+    let args = function.args();
+    let (lat, lon) = (column_name(args.first()?)?, column_name(args.get(1)?)?);
+    let bounds = match function.name() {
+        GEO_WITHIN_BOX => {
+            let [_, _, south, west, north, east] = args else {
+                return None;
+            };
+            GeoBox {
+                south: number(south)?,
+                north: number(north)?,
+                west_east: Some((number(west)?, number(east)?)),
+            }
+        }
+        GEO_WITHIN_RADIUS => {
+            let [_, _, center_lat, center_lon, meters] = args else {
+                return None;
+            };
+            GeoBox::around(number(center_lat)?, number(center_lon)?, number(meters)?)
+        }
+        _ => return None,
+    };
+    Some(within_box(lat, lon, bounds))
+}
+
+/// `geo_distance(lat, lon, clat, clon) < meters` (or `<=`, or mirrored).
+fn distance_bound(binary: &BinaryExpr) -> Option<IndexPredicate> {
+    let (distance, meters) = match binary.op() {
+        Operator::Lt | Operator::LtEq => (binary.left(), binary.right()),
+        Operator::Gt | Operator::GtEq => (binary.right(), binary.left()),
+        _ => return None,
+    };
+    let function = distance.downcast_ref::<ScalarFunctionExpr>()?;
+    let [lat, lon, center_lat, center_lon] = function.args() else {
+        return None;
+    };
+    if function.name() != GEO_DISTANCE {
+        return None;
+    }
+    Some(within_box(
+        column_name(lat)?,
+        column_name(lon)?,
+        GeoBox::around(number(center_lat)?, number(center_lon)?, number(meters)?),
+    ))
+}
+
 /// Ranges on the same column AND-ed together become one range (`a >= x AND
 /// a < y` reads the terms between x and y, not the two halves).
 fn merge_ranges(children: Vec<IndexPredicate>) -> Vec<IndexPredicate> {
@@ -743,6 +828,68 @@ mod tests {
             translate(col("s").eq(lit("k")).and(col("a").eq(lit(1i64)))).ids(),
             None
         );
+    }
+
+    #[test]
+    fn geo_predicates_become_ranges() {
+        use altdb_common::geo::{GeoWithinBox, GeoWithinRadius};
+        use datafusion::logical_expr::Expr;
+        let schema = Schema::new(vec![
+            Field::new("lat", DataType::Float64, true),
+            Field::new("lon", DataType::Float64, true),
+        ]);
+        let df_schema = DFSchema::try_from(schema).unwrap();
+        let translate = |expr: Expr| {
+            let physical = create_physical_expr(
+                &expr,
+                &df_schema,
+                &ExecutionProps::new(),
+                &PhysicalPlanningContext::default(),
+            )
+            .unwrap();
+            IndexPredicate::from_physical(&physical)
+        };
+        let range = |column: &str, lower: f64, upper: f64| IndexPredicate::Range {
+            column: column.into(),
+            lower: Bound::Included(Scalar::F64(lower)),
+            upper: Bound::Included(Scalar::F64(upper)),
+        };
+        let boxed = GeoWithinBox::udf().call(vec![
+            col("lat"),
+            col("lon"),
+            lit(59.0),
+            lit(170.0),
+            lit(60.0),
+            lit(-170.0),
+        ]);
+        assert_eq!(
+            translate(boxed),
+            IndexPredicate::And(vec![
+                range("lat", 59.0, 60.0),
+                IndexPredicate::Or(vec![
+                    range("lon", 170.0, 180.0),
+                    range("lon", -180.0, -170.0)
+                ]),
+            ])
+        );
+        let radius = GeoWithinRadius::udf().call(vec![
+            col("lat"),
+            col("lon"),
+            lit(0.0),
+            lit(0.0),
+            lit(111_195.0),
+        ]);
+        let IndexPredicate::And(parts) = translate(radius) else {
+            panic!("a radius is a box");
+        };
+        let IndexPredicate::Range {
+            lower: Bound::Included(Scalar::F64(south)),
+            ..
+        } = &parts[0]
+        else {
+            panic!("{parts:?}");
+        };
+        assert!((south + 1.0).abs() < 1e-3, "{south}");
     }
 
     #[test]

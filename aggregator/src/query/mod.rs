@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use altdb_common::collection::CollectionSpec;
 use altdb_common::rpc::ScanCounts;
-use altdb_common::search::{search_udf, SCORE_COLUMN, SEARCH_FUNCTION};
+use altdb_common::search::{SCORE_COLUMN, SEARCH_FUNCTION};
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
@@ -135,7 +135,7 @@ impl QueryEngine {
             .with_physical_optimizer_rule(Arc::new(DistributeFragments))
             .build();
         let context = SessionContext::new_with_state(state);
-        context.register_udf(search_udf().as_ref().clone());
+        altdb_common::register_functions(&context);
         let specs = self.catalog.list().await?;
         let names = specs.iter().map(|spec| spec.name.clone()).collect();
         let provider = Arc::new(CollectionSchemaProvider::new(

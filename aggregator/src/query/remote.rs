@@ -239,7 +239,7 @@ impl RemoteFragmentExec {
         let encoded = physical_plan_to_bytes_with_extension_codec(fragment.clone(), &ScanCodec)?;
         let context = DECODE_CONTEXT.get_or_init(|| {
             let context = SessionContext::new();
-            context.register_udf(altdb_common::search::search_udf().as_ref().clone());
+            altdb_common::register_functions(&context);
             context.task_ctx()
         });
         physical_plan_from_bytes_with_extension_codec(&encoded, context, &ScanCodec)?;
