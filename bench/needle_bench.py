@@ -149,7 +149,15 @@ def main():
             if all(s["mutable_rows"] == 0 for s in info["shards"]):
                 break
             time.sleep(1)
-        segments = sum(s["sealed_segments"] for s in info["shards"])
+        # Then until the background merger is done (the segment count holds for 10 s).
+        segments, steady, waited = None, 0, time.perf_counter()
+        while steady < 10 and time.perf_counter() - waited < 600:
+            status, info = http("GET", url + "/v1/collections/events")
+            count = sum(s["sealed_segments"] for s in info["shards"])
+            steady = steady + 1 if count == segments else 0
+            segments = count
+            time.sleep(1)
+        print(f"{segments} sealed segments after merging ({time.perf_counter() - waited:.0f} s)", file=sys.stderr)
 
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")

@@ -19,6 +19,11 @@ pub struct LeafConfig {
     pub seal_interval_secs: u64,
     /// fsync the WAL on every write (survives power loss, not only process crashes).
     pub sync_writes: bool,
+    /// Merge sealed segments once this many small ones sit side by side (0: never).
+    pub merge_min_segments: usize,
+    /// Merged segments hold at most this many rows; segments of half as many or
+    /// more are left alone.
+    pub merge_max_rows: u64,
 }
 
 impl Default for LeafConfig {
@@ -29,6 +34,8 @@ impl Default for LeafConfig {
             seal_rows: 100_000,
             seal_interval_secs: 10,
             sync_writes: true,
+            merge_min_segments: 4,
+            merge_max_rows: 500_000,
         }
     }
 }
@@ -37,6 +44,9 @@ impl LeafConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.seal_rows == 0 {
             return Err("seal_rows must be at least 1".into());
+        }
+        if self.merge_min_segments == 1 {
+            return Err("merge_min_segments must be 0 (no merging) or at least 2".into());
         }
         Ok(())
     }

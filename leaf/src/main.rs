@@ -44,6 +44,15 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     sync_writes: Option<bool>,
+    /// Merge sealed segments once this many small ones sit side by side; 0 never
+    /// merges (default 4).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merge_min_segments: Option<usize>,
+    /// Rows of a merged segment at most (default 500000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merge_max_rows: Option<u64>,
 }
 
 #[tokio::main]
@@ -64,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sealer = tokio::spawn(leaf.clone().run_sealer(stop_rx.clone()));
+    let merger = tokio::spawn(leaf.clone().run_merger(stop_rx.clone()));
 
     let service = FlightServiceServer::new(LeafService::new(leaf.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -86,9 +96,10 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn(server);
 
     altdb_common::shutdown::signal().await;
-    tracing::info!("shutting down: stopping the sealer and the server");
+    tracing::info!("shutting down: stopping the sealer, the merger and the server");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), sealer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), merger).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     tokio::task::spawn_blocking(move || leaf.flush()).await??;
     tracing::info!("leaf stopped");

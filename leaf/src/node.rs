@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::LeafConfig;
 use crate::error::Result;
-use crate::shard::{IncomingDoc, SealPolicy, Shard};
+use crate::shard::{IncomingDoc, MergePolicy, SealPolicy, Shard};
 use crate::store::{CollectionMeta, Store};
 
 type ShardKey = (String, u32);
@@ -21,6 +21,7 @@ pub struct Leaf {
     segments_dir: PathBuf,
     shards: RwLock<HashMap<ShardKey, Arc<Shard>>>,
     seal_policy: SealPolicy,
+    merge_policy: MergePolicy,
 }
 
 impl std::fmt::Debug for Leaf {
@@ -53,6 +54,10 @@ impl Leaf {
             seal_policy: SealPolicy {
                 max_rows: config.seal_rows,
                 max_age_secs: config.seal_interval_secs,
+            },
+            merge_policy: MergePolicy {
+                min_segments: config.merge_min_segments,
+                max_rows: config.merge_max_rows,
             },
         }))
     }
@@ -179,6 +184,41 @@ impl Leaf {
                 match sealed {
                     Ok(Err(error)) => tracing::error!(%error, "sealing a segment failed"),
                     Err(error) => tracing::error!(%error, "sealer task failed"),
+                    Ok(Ok(_)) => {}
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Merges runs of small sealed segments into bigger ones until `shutdown`
+    /// flips, so that queries open few segments however long ingestion runs.
+    /// A merge in progress when it flips finishes or is dropped (its files are
+    /// derived data) and never loses a row.
+    pub async fn run_merger(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.merge_policy.min_segments == 0 {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let shards: Vec<Arc<Shard>> = self
+                .shards
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for shard in shards {
+                let policy = self.merge_policy;
+                let merged = tokio::task::spawn_blocking(move || shard.merge_if_due(policy)).await;
+                match merged {
+                    Ok(Err(error)) => tracing::error!(%error, "merging segments failed"),
+                    Err(error) => tracing::error!(%error, "merger task failed"),
                     Ok(Ok(_)) => {}
                 }
                 if *shutdown.borrow() {

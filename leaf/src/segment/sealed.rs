@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{AsArray, BooleanArray};
@@ -40,6 +41,16 @@ pub struct SealedSegment {
     index: OnceLock<std::result::Result<Arc<SegmentIndex>, String>>,
     /// The columnar file's footer and page index, read on first use.
     metadata: OnceLock<ArrowReaderMetadata>,
+    /// Replaced by a merged segment: the files go when the last reader lets go.
+    retired: AtomicBool,
+}
+
+impl Drop for SealedSegment {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            Self::remove_files(&self.dir);
+        }
+    }
 }
 
 fn writer_properties() -> Result<WriterProperties> {
@@ -107,7 +118,13 @@ impl SealedSegment {
             dir,
             index: OnceLock::new(),
             metadata: OnceLock::new(),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the segment replaced: its files are removed once nothing uses it.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 
     /// The segment's inverted index, opened on first use.
