@@ -90,9 +90,7 @@ pub fn run_fragment(
         shard: ticket.shard,
         metrics: metrics.clone(),
     };
-    let context = SessionContext::new();
-    altdb_common::register_functions(&context);
-    let task = context.task_ctx();
+    let task = session().task_ctx();
     let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &task, &codec)
         .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
     let plan = push_filters_into_scans(plan)?;
@@ -125,6 +123,17 @@ pub fn run_fragment(
         Ok(message)
     });
     Ok(data.chain(trailer).boxed())
+}
+
+/// The session fragments decode and run in, built once: its function registry
+/// takes longer to build than a needle query takes to answer.
+fn session() -> &'static SessionContext {
+    static SESSION: std::sync::OnceLock<SessionContext> = std::sync::OnceLock::new();
+    SESSION.get_or_init(|| {
+        let context = SessionContext::new();
+        altdb_common::register_functions(&context);
+        context
+    })
 }
 
 /// Hands the filter right above each scan to the scan, which uses it to read
