@@ -256,9 +256,10 @@ pub struct SegmentRead {
     pub access: Access,
     /// The sealed segment; `None` for rows in memory or fetched by `_id`.
     pub segment: Option<u64>,
-    /// Live rows of the segment (or rows in memory, or ids asked for).
+    /// Rows of the segment, superseded ones included (or rows in memory, or
+    /// ids asked for).
     pub rows: u64,
-    /// Rows read and handed to the operators above.
+    /// Rows read (a full scan reads superseded rows too, then drops them).
     pub rows_read: u64,
 }
 

@@ -27,6 +27,7 @@ use futures::{StreamExt, TryStreamExt};
 use altdb_common::rpc::{FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
 
 use crate::error::{LeafError, Result};
+use crate::materialize::materialize_late;
 use crate::node::Leaf;
 use crate::predicate::IndexPredicate;
 use crate::scan::{LocalScanExec, ScanMetrics};
@@ -93,7 +94,7 @@ pub fn run_fragment(
     let task = session().task_ctx();
     let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &task, &codec)
         .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
-    let plan = push_filters_into_scans(plan)?;
+    let plan = materialize_late(push_filters_into_scans(plan)?)?;
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
     let batches = execute_stream(plan, task)?

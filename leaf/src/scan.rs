@@ -39,7 +39,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::rpc::{Access, ScanCounts, ScanSpec, SegmentRead};
-use altdb_common::schema::{align_batch, build_column, FlatRow};
+use altdb_common::schema::{align_batch, build_column, FieldSet, FieldType, FlatRow};
 use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
 use crate::predicate::IndexPredicate;
@@ -144,6 +144,26 @@ impl LocalScanExec {
             metrics,
             predicate: None,
         }
+    }
+
+    /// The same scan reading only `columns`.
+    pub fn with_columns(&self, columns: Vec<(String, FieldType)>) -> Self {
+        let spec = ScanSpec {
+            columns,
+            ..self.spec.clone()
+        };
+        Self {
+            predicate: self.predicate.clone(),
+            ..Self::new(spec, self.shard.clone(), self.metrics.clone())
+        }
+    }
+
+    pub fn spec(&self) -> &ScanSpec {
+        &self.spec
+    }
+
+    pub fn shard(&self) -> Option<&Arc<Shard>> {
+        self.shard.as_ref()
     }
 
     /// Whether the query lets this scan use indexes.
@@ -286,21 +306,7 @@ impl ScanJob {
     fn scan(&self, snapshot: &ShardSnapshot, produced: &mut usize) -> DfResult<()> {
         // Mutable rows are converted with the shard's local types, then widened
         // exactly as sealed segments are, so both paths give the same values.
-        let local = Arc::new(Schema::new(
-            self.columns
-                .iter()
-                .filter_map(|name| match name.as_str() {
-                    ID_COLUMN | EVENT_TIME_COLUMN => {
-                        self.target.field_with_name(name).ok().cloned()
-                    }
-                    _ => snapshot
-                        .fields
-                        .fields
-                        .get(name)
-                        .map(|t| Field::new(name, t.arrow_type(), true)),
-                })
-                .collect::<Vec<_>>(),
-        ));
+        let local = local_schema(&self.columns, &self.target, &snapshot.fields);
         if let Some(ids) = self.predicate.as_ref().and_then(|p| p.ids()) {
             let rows = self
                 .shard
@@ -346,7 +352,7 @@ impl ScanJob {
                 if !predicate.may_match_time(meta.min_event_time_us, meta.max_event_time_us) {
                     ScanMetrics::add(&self.metrics.segments_pruned, 1);
                     self.metrics
-                        .record(Access::Pruned, Some(meta.id), live_rows(entry), 0);
+                        .record(Access::Pruned, Some(meta.id), meta.rows, 0);
                     continue;
                 }
             }
@@ -396,8 +402,7 @@ impl ScanJob {
             };
             let read = read.map_err(|e| DataFusionError::External(Box::new(e)))?;
             ScanMetrics::add(&self.metrics.rows_scanned, read);
-            self.metrics
-                .record(access, Some(meta.id), live_rows(entry), read);
+            self.metrics.record(access, Some(meta.id), meta.rows, read);
             if let Some(error) = failure {
                 return Err(error);
             }
@@ -508,8 +513,25 @@ struct Selected {
     index: Arc<SegmentIndex>,
 }
 
+/// `columns` with the shard's local types (`_id` and `_event_time` as in
+/// `target`); columns the shard has never seen are left out.
+pub(crate) fn local_schema(columns: &[String], target: &SchemaRef, fields: &FieldSet) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .filter_map(|name| match name.as_str() {
+                ID_COLUMN | EVENT_TIME_COLUMN => target.field_with_name(name).ok().cloned(),
+                _ => fields
+                    .fields
+                    .get(name)
+                    .map(|t| Field::new(name, t.arrow_type(), true)),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
 /// Rows converted to Arrow with the shard's local types.
-fn rows_batch(local: &SchemaRef, rows: &[&FlatRow]) -> DfResult<RecordBatch> {
+pub(crate) fn rows_batch(local: &SchemaRef, rows: &[&FlatRow]) -> DfResult<RecordBatch> {
     let columns = local
         .fields()
         .iter()

@@ -397,6 +397,16 @@ impl Generator {
                 } else {
                     String::new()
                 };
+                if self.chance(40) {
+                    // Wide rows: chosen by the filter and sort columns, fetched whole.
+                    let sql = format!(
+                        "SELECT id, event, qty, amount, score, code, note, hi_card, \"user.id\", \"user.geo.city\", \"meta.source\", flag FROM events{} ORDER BY {} {direction} {nulls}, id LIMIT {}{offset}",
+                        self.where_clause("", 80),
+                        by.name,
+                        1 + self.rng.below(40)
+                    );
+                    return (sql, true);
+                }
                 let sql = format!(
                     "SELECT id, {} AS b, {} AS s FROM events{} ORDER BY {} {direction} {nulls}, id LIMIT {}{offset}",
                     by.name,

@@ -61,6 +61,8 @@ const CASES: &[Case<'static>] = &[
     Case { name: "search_text_field", sql: "SELECT COUNT(*) FROM events WHERE search(note, 'quick')", ordered: true },
     Case { name: "search_and_filter", sql: "SELECT event, COUNT(*) FROM events WHERE search(note, 'Cart') AND qty > 5 GROUP BY event ORDER BY event", ordered: true },
     Case { name: "search_not_a_text_field", sql: "SELECT COUNT(*) FROM events WHERE search(event, 'buy')", ordered: true },
+    Case { name: "late_materialized_top_k", sql: "SELECT id, event, qty, amount, score, code, note, hi_card, \"user.id\", \"user.geo.city\", tags FROM events WHERE qty > 5 ORDER BY amount DESC NULLS LAST, id LIMIT 15", ordered: true },
+    Case { name: "late_materialized_needle_top_k", sql: "SELECT id, event, qty, amount, note, \"user.geo.country\" FROM events WHERE hi_card LIKE 'k12%' ORDER BY _event_time DESC LIMIT 5", ordered: true },
     Case { name: "needle_missing_value", sql: "SELECT COUNT(*) FROM events WHERE hi_card = 'nope' OR \"user.geo.city\" = 'Nowhere'", ordered: true },
 ];
 
@@ -237,6 +239,25 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     );
     assert!(leaf_text.contains(": pruned by _event_time"), "{leaf_text}");
     assert!(leaf_text.contains("memory: scan,"), "{leaf_text}");
+
+    // Wide top-k rows are chosen from the filter and sort columns, then fetched whole.
+    let analyzed = cluster.rows(
+        "EXPLAIN ANALYZE SELECT id, event, qty, amount, note, hi_card FROM events WHERE qty > 5 ORDER BY amount DESC, id LIMIT 10",
+    )?;
+    let leaf_text: String = analyzed
+        .iter()
+        .filter(|r| {
+            r[0].as_str()
+                .is_some_and(|k| k.starts_with("Leaf fragment"))
+        })
+        .map(text)
+        .collect();
+    assert!(leaf_text.contains("FetchByIdExec"), "{leaf_text}");
+    assert!(
+        leaf_text
+            .contains("LocalScanExec: collection=events, shard=0, columns=[amount, id, qty, _id]"),
+        "{leaf_text}"
+    );
 
     // Both sealed segments and a mutable tail exist on the leaves.
     let described = cluster.get("/v1/collections/events")?;

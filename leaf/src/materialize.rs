@@ -1,0 +1,378 @@
+//! Late materialization of top-k rows.
+//!
+//! ```text
+//!   SortExec(k) ◄ FilterExec ◄ LocalScanExec(every column)         as planned
+//!            ▼ rewritten when k is small and the scan is wide
+//!   FetchByIdExec ◄ SortExec(k) ◄ FilterExec ◄ LocalScanExec(filter + sort columns, _id)
+//! ```
+//!
+//! The narrow plan finds the k rows reading only the columns the filter and the
+//! sort need; [`FetchByIdExec`] then reads those k documents whole from RocksDB.
+//! A document changed meanwhile in a column the filter or sort used (or deleted)
+//! would make the answer disagree with the snapshot the rows were chosen from:
+//! then the plan as planned runs instead.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    collect, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+use altdb_common::document::ID_COLUMN;
+use altdb_common::schema::{align_batch, FieldType, FlatRow};
+use altdb_common::search::SCORE_COLUMN;
+
+use crate::scan::{local_schema, rows_batch, LocalScanExec};
+use crate::shard::Shard;
+
+/// Top-k queries up to this k are materialized late.
+pub const LATE_MAX_ROWS: usize = 1024;
+
+/// Rewrites `SortExec(fetch k) ◄ [FilterExec ◄] LocalScanExec` into a narrow
+/// top-k plus [`FetchByIdExec`] where that reads fewer columns.
+pub fn materialize_late(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| match rewrite(&node)? {
+        Some(rewritten) => Ok(Transformed::yes(rewritten)),
+        None => Ok(Transformed::no(node)),
+    })
+    .map(|t| t.data)
+}
+
+fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(sort) = node.downcast_ref::<SortExec>() else {
+        return Ok(None);
+    };
+    if sort.fetch().is_none_or(|k| k > LATE_MAX_ROWS) {
+        return Ok(None);
+    }
+    let (filter, scan) = match sort.input().downcast_ref::<FilterExec>() {
+        Some(filter) => (Some(filter), filter.input()),
+        None => (None, sort.input()),
+    };
+    let Some(scan) = scan.downcast_ref::<LocalScanExec>() else {
+        return Ok(None);
+    };
+    let Some(shard) = scan.shard().cloned() else {
+        return Ok(None);
+    };
+    let columns = &scan.spec().columns;
+    if scan.spec().limit.is_some() || columns.iter().any(|(name, _)| name == SCORE_COLUMN) {
+        return Ok(None);
+    }
+    // Columns the filter and the sort read, by name.
+    let mut needed: HashSet<String> = HashSet::new();
+    if let Some(filter) = filter {
+        needed.extend(
+            collect_columns(filter.predicate())
+                .into_iter()
+                .map(|c| c.name().to_string()),
+        );
+    }
+    let sort_input = sort.input().schema();
+    for sort_expr in sort.expr().iter() {
+        for column in collect_columns(&sort_expr.expr) {
+            needed.insert(sort_input.field(column.index()).name().clone());
+        }
+    }
+    needed.insert(ID_COLUMN.to_string());
+    let narrow: Vec<(String, FieldType)> = columns
+        .iter()
+        .filter(|(name, _)| needed.contains(name))
+        .cloned()
+        .chain(
+            (!columns.iter().any(|(name, _)| name == ID_COLUMN))
+                .then(|| (ID_COLUMN.to_string(), FieldType::Utf8)),
+        )
+        .collect();
+    if narrow.len() >= columns.len() {
+        return Ok(None);
+    }
+    let narrow_scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_columns(narrow));
+    let narrow_schema = narrow_scan.schema();
+    let mut narrow_plan = narrow_scan;
+    if let Some(filter) = filter {
+        let predicate = rebind(filter.predicate(), &filter.input().schema(), &narrow_schema)?;
+        narrow_plan = Arc::new(FilterExec::try_new(predicate, narrow_plan)?);
+    }
+    let ordering: Vec<PhysicalSortExpr> = sort
+        .expr()
+        .iter()
+        .map(|e| {
+            Ok(PhysicalSortExpr::new(
+                rebind(&e.expr, &sort_input, &narrow_schema)?,
+                e.options,
+            ))
+        })
+        .collect::<DfResult<_>>()?;
+    let Some(ordering) = LexOrdering::new(ordering) else {
+        return Ok(None);
+    };
+    let narrow_sort = SortExec::new(ordering, narrow_plan)
+        .with_fetch(sort.fetch())
+        .with_preserve_partitioning(sort.preserve_partitioning());
+    Ok(Some(Arc::new(FetchByIdExec::new(
+        Arc::new(narrow_sort),
+        node.clone(),
+        shard,
+    ))))
+}
+
+/// `expr` bound to `from`, re-bound by column name to `to`.
+fn rebind(
+    expr: &Arc<dyn PhysicalExpr>,
+    from: &SchemaRef,
+    to: &SchemaRef,
+) -> DfResult<Arc<dyn PhysicalExpr>> {
+    expr.clone()
+        .transform(|e| {
+            let Some(column) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            let name = from.field(column.index()).name();
+            let index = to.index_of(name)?;
+            Ok(Transformed::yes(Arc::new(Column::new(name, index)) as _))
+        })
+        .map(|t| t.data)
+}
+
+/// Reads the documents of the top-k rows its input chose (by `_id`, from
+/// RocksDB) in the input's order, with the columns of the plan it replaces.
+pub struct FetchByIdExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The plan as planned, run if a fetched document changed meanwhile.
+    fallback: Arc<dyn ExecutionPlan>,
+    shard: Arc<Shard>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for FetchByIdExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchByIdExec").finish()
+    }
+}
+
+impl FetchByIdExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        fallback: Arc<dyn ExecutionPlan>,
+        shard: Arc<Shard>,
+    ) -> Self {
+        let properties = fallback.properties().clone();
+        Self {
+            input,
+            fallback,
+            shard,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for FetchByIdExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let columns: Vec<String> = self
+            .fallback
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        write!(f, "FetchByIdExec: columns=[{}]", columns.join(", "))
+    }
+}
+
+impl ExecutionPlan for FetchByIdExec {
+    fn name(&self) -> &str {
+        "FetchByIdExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn PhysicalExpr>,
+        ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("FetchByIdExec has one child".into()))?;
+        Ok(Arc::new(Self::new(
+            input,
+            self.fallback.clone(),
+            self.shard.clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.clone();
+        let fallback = self.fallback.clone();
+        let shard = self.shard.clone();
+        let schema = self.schema();
+        let stream_schema = schema.clone();
+        let batches = futures::stream::once(async move {
+            let chosen = collect(input, context.clone()).await?;
+            let fetched = tokio::task::spawn_blocking(move || fetch(&shard, &chosen, &schema))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            match fetched {
+                Some(batch) => Ok(futures::stream::iter([Ok(batch)]).boxed()),
+                None => Ok(fallback.execute(partition, context)?.boxed()),
+            }
+        })
+        .flat_map(|stream| match stream {
+            Ok(stream) => stream,
+            Err(error) => futures::stream::iter([Err(error)]).boxed(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            stream_schema,
+            batches,
+        )))
+    }
+}
+
+/// The chosen rows' documents with `schema`'s columns, in the chosen order;
+/// `None` if one is gone or changed in a column the choice read.
+fn fetch(
+    shard: &Shard,
+    chosen: &[RecordBatch],
+    schema: &SchemaRef,
+) -> DfResult<Option<RecordBatch>> {
+    let external = |e: crate::error::LeafError| DataFusionError::External(Box::new(e));
+    let mut ids: Vec<String> = Vec::new();
+    for batch in chosen {
+        let column = batch
+            .column_by_name(ID_COLUMN)
+            .ok_or_else(|| DataFusionError::Internal("narrow top-k lost `_id`".into()))?;
+        let strings = column
+            .as_string_opt::<i32>()
+            .ok_or_else(|| DataFusionError::Internal("`_id` is not text".into()))?;
+        ids.extend((0..strings.len()).map(|i| strings.value(i).to_string()));
+    }
+    let documents: HashMap<String, FlatRow> = shard
+        .documents(&ids)
+        .map_err(external)?
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    let Some(rows) = ids
+        .iter()
+        .map(|id| documents.get(id))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let fields = shard.fields();
+    let batch_of = |target: &SchemaRef| -> DfResult<RecordBatch> {
+        let names: Vec<String> = target.fields().iter().map(|f| f.name().clone()).collect();
+        let local = local_schema(&names, target, &fields);
+        let batch = rows_batch(&local, &rows)?;
+        align_batch(&batch, target).map_err(|e| DataFusionError::External(Box::new(e)))
+    };
+    // The fetched versions must agree with what the rows were chosen by.
+    let mut offset = 0;
+    for batch in chosen {
+        let again = batch_of(&batch.schema())?;
+        let again = again.slice(offset, batch.num_rows());
+        offset += batch.num_rows();
+        for (was, is) in batch.columns().iter().zip(again.columns()) {
+            for row in 0..was.len() {
+                if ScalarValue::try_from_array(was, row)? != ScalarValue::try_from_array(is, row)? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    batch_of(schema).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::IncomingDoc;
+    use crate::store::{CollectionMeta, Store};
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn chosen(ids: &[&str], qty: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("qty", DataType::Int64, true),
+            Field::new(ID_COLUMN, DataType::Utf8, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(qty.to_vec())),
+                Arc::new(StringArray::from(ids.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fetched_rows_keep_the_chosen_order_unless_they_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
+        let shard = Shard::new("c", 0, dir.path().join("segments"), store);
+        let docs = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| IncomingDoc {
+                id: id.to_string(),
+                event_time_us: 1,
+                position: None,
+                json: format!(r#"{{"qty": {i}, "name": "n{i}"}}"#),
+            })
+            .collect();
+        shard.write(&CollectionMeta::default(), &[], docs).unwrap();
+        let output = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("qty", DataType::Int64, true),
+        ]));
+        let batch = fetch(&shard, &[chosen(&["c", "a"], &[2, 0])], &output)
+            .unwrap()
+            .expect("unchanged documents are fetched");
+        let names = batch.column(0).as_string::<i32>();
+        assert_eq!((names.value(0), names.value(1)), ("n2", "n0"));
+        // Chosen by a value the document no longer has: run the plan as planned.
+        assert!(fetch(&shard, &[chosen(&["c", "a"], &[2, 9])], &output)
+            .unwrap()
+            .is_none());
+        // Deleted (or never there).
+        assert!(fetch(&shard, &[chosen(&["zz"], &[1])], &output)
+            .unwrap()
+            .is_none());
+    }
+}
