@@ -29,13 +29,14 @@ def http(method, url, body=None, timeout=600):
         return error.code, json.loads(error.read() or b"null")
 
 
-def start_cluster(bin_dir, data_dir):
-    """2 leaves, 1 aggregator, 1 tailer on free loopback ports; returns (url, processes)."""
-    agg, tail, l0, l1 = (free_port() for _ in range(4))
-    leaves = f"http://127.0.0.1:{l0},http://127.0.0.1:{l1}"
+def start_cluster(bin_dir, data_dir, leaves=2):
+    """`leaves` leaves, 1 aggregator, 1 tailer on free loopback ports; returns (url, processes)."""
+    agg, tail = free_port(), free_port()
+    leaf_ports = [free_port() for _ in range(leaves)]
+    leaves = ",".join(f"http://127.0.0.1:{port}" for port in leaf_ports)
     procs = []
     log = open(os.path.join(data_dir, "cluster.log"), "w")
-    for i, port in enumerate((l0, l1)):
+    for i, port in enumerate(leaf_ports):
         procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-leaf"), "--listen", f"127.0.0.1:{port}",
                                        "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log))
     procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-aggregator"), "--listen", f"127.0.0.1:{agg}",

@@ -1,0 +1,540 @@
+#!/usr/bin/env python3
+"""altdb benchmark suite: every area in one command, peers measured in the same run.
+
+Areas (each prints a markdown table; --markdown FILE writes them all with the
+machine, the commit and the command):
+
+  ingest       HTTP ingest of ClickBench-shaped `hits` rows and ~1 KB nested
+               RockBench-shaped documents: documents/s and MB/s (and per leaf),
+               CPU-seconds per GB by process, bytes on disk per input byte.
+  freshness    produce-to-queryable lag (RockBench's data latency: now minus the
+               newest visible event) p50/p95/p99 at 25/50/75% of the saturated rate.
+  queries      per class (simple aggregates, GROUP BY low/high cardinality, LIKE,
+               top-k, needle, text search, join): one cold run then --runs hot runs,
+               p50 and p99, next to DuckDB (in-memory table), DataFusion
+               (datafusion-python over Parquet) and chDB (embedded ClickHouse, in-memory
+               table) on the same rows; ratios altdb/peer; answers checked against DuckDB.
+  concurrency  QPS and p99 of a short-query mix with 1/4/16 clients, without and
+               with ingest running.
+  scatter      the same queries on the same data on 1 leaf and on 2 leaves.
+
+Usage: bench/suite.py [--quick] [--hits N] [--docs N] [--runs R] [--bin-dir DIR]
+                      [--areas ingest,freshness,queries,concurrency,scatter] [--markdown FILE]
+Needs: cargo build --release --bins; pip install duckdb datafusion chdb
+(peers that are not installed are skipped). --quick takes a few minutes and is
+the CI smoke test (timings are reported, never asserted).
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import duckdb
+
+import datagen
+from cluster import cpu_seconds, default_bin_dir, http, start_cluster, stop
+
+REGIONS = 3_000
+
+
+def percentile(samples, p):
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def write_ndjson(path, rows):
+    count = 0
+    with open(path, "w") as out:
+        for row in rows:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+            count += 1
+    return count
+
+
+def dir_bytes(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+# ---------------------------------------------------------------- altdb cluster
+
+class Altdb:
+    """A release cluster on loopback, fresh data directory."""
+
+    def __init__(self, bin_dir, work, leaves):
+        self.dir = os.path.join(work, f"cluster-{leaves}-leaves-{time.monotonic_ns()}")
+        os.makedirs(self.dir)
+        self.leaves = leaves
+        self.url, self.procs = start_cluster(bin_dir, self.dir, leaves=leaves)
+
+    def create(self, spec):
+        status, body = http("POST", self.url + "/v1/collections", spec)
+        assert status == 201, body
+
+    def post(self, collection, body):
+        status, answer = http("POST", f"{self.url}/v1/collections/{collection}/docs", body)
+        assert status == 200 and not answer["errors"], (status, str(answer)[:300])
+        return answer["written"]
+
+    def load(self, collection, path, batch_bytes=4 << 20, clients=4):
+        """Posts an NDJSON file in ~4 MB bodies from `clients` threads; returns seconds."""
+        def bodies():
+            with open(path, "rb") as f:
+                while True:
+                    chunk = f.read(batch_bytes)
+                    if not chunk:
+                        return
+                    chunk += f.readline()
+                    yield chunk
+
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            pending = set()
+            for body in bodies():
+                pending.add(pool.submit(self.post, collection, body))
+                if len(pending) >= clients * 2:
+                    done, pending = concurrent.futures.wait(pending, return_when="FIRST_COMPLETED")
+                    for f in done:
+                        f.result()
+            for f in pending:
+                f.result()
+        return time.perf_counter() - started
+
+    def settle(self, collection, timeout=600):
+        """Waits until every row is sealed and the merger is done (count steady 5 s)."""
+        deadline = time.monotonic() + timeout
+        last, steady = None, 0
+        while time.monotonic() < deadline and steady < 5:
+            _, info = http("GET", f"{self.url}/v1/collections/{collection}")
+            shards = info["shards"]
+            state = (sum(s["mutable_rows"] for s in shards), sum(s["sealed_segments"] for s in shards))
+            steady = steady + 1 if state == last and state[0] == 0 else 0
+            last = state
+            time.sleep(1)
+        return last[1] if last else 0
+
+    def sql(self, sql):
+        status, answer = http("POST", self.url + "/v1/query", {"sql": sql})
+        if status != 200:
+            raise RuntimeError(f"{status}: {answer}")
+        return answer["rows"]
+
+    def cpu(self):
+        return cpu_seconds(self.procs)
+
+    def stop(self):
+        stop(self.procs)
+
+
+# ---------------------------------------------------------------- peers
+
+class DuckDbPeer:
+    name = "DuckDB"
+
+    def __init__(self, hits_parquet, regions_parquet):
+        self.con = duckdb.connect()
+        self.con.execute(f"CREATE TABLE hits AS SELECT * FROM read_parquet('{hits_parquet}')")
+        self.con.execute(f"CREATE TABLE regions AS SELECT * FROM read_parquet('{regions_parquet}')")
+        self.version = duckdb.__version__
+
+    def run(self, sql):
+        return self.con.execute(sql).fetchall()
+
+
+class DataFusionPeer:
+    name = "DataFusion"
+
+    def __init__(self, hits_parquet, regions_parquet):
+        import datafusion
+        self.ctx = datafusion.SessionContext()
+        self.ctx.register_parquet("hits", hits_parquet)
+        self.ctx.register_parquet("regions", regions_parquet)
+        self.version = datafusion.__version__
+
+    def run(self, sql):
+        return [tuple(row.values()) for row in self.ctx.sql(sql).to_pylist()]
+
+
+class ChdbPeer:
+    name = "chDB"
+
+    def __init__(self, hits_parquet, regions_parquet):
+        import chdb
+        from chdb import session
+        self.session = session.Session()
+        self.session.query(f"CREATE TABLE hits ENGINE = Memory AS SELECT * FROM file('{hits_parquet}', Parquet)")
+        self.session.query(f"CREATE TABLE regions ENGINE = Memory AS SELECT * FROM file('{regions_parquet}', Parquet)")
+        self.version = chdb.__version__
+
+    def run(self, sql):
+        return self.session.query(sql, "JSONCompact").bytes()
+
+
+def peers(hits_parquet, regions_parquet):
+    out = []
+    for peer in (DuckDbPeer, DataFusionPeer, ChdbPeer):
+        try:
+            out.append(peer(hits_parquet, regions_parquet))
+        except Exception as error:  # not installed or cannot load: skipped, said so
+            print(f"peer {peer.name} skipped: {error}", file=sys.stderr)
+    return out
+
+
+# ---------------------------------------------------------------- queries
+
+def hits_queries(needle_user, needle_watch):
+    """(class, name, altdb SQL, {peer name: SQL} overrides)."""
+    word = r"\bphone\b"
+    return [
+        ("simple aggregate", "count", 'SELECT COUNT(*) FROM hits', {}),
+        ("simple aggregate", "sum_count_avg", 'SELECT SUM("AdvEngineID"), COUNT(*), AVG("ResolutionWidth") FROM hits', {}),
+        ("GROUP BY low cardinality", "adv_engines",
+         'SELECT "AdvEngineID", COUNT(*) AS c FROM hits WHERE "AdvEngineID" <> 0 GROUP BY "AdvEngineID" ORDER BY c DESC, "AdvEngineID"', {}),
+        ("GROUP BY low cardinality", "os", 'SELECT "OS", COUNT(*) AS c FROM hits GROUP BY "OS" ORDER BY c DESC, "OS" LIMIT 10', {}),
+        ("GROUP BY high cardinality", "region_users",
+         'SELECT "RegionID", COUNT(DISTINCT "UserID") AS u FROM hits GROUP BY "RegionID" ORDER BY u DESC, "RegionID" LIMIT 10', {}),
+        ("GROUP BY high cardinality", "user_phrase",
+         'SELECT "UserID", "SearchPhrase", COUNT(*) AS c FROM hits GROUP BY "UserID", "SearchPhrase" ORDER BY c DESC, "UserID", "SearchPhrase" LIMIT 10', {}),
+        ("GROUP BY high cardinality", "urls", 'SELECT "URL", COUNT(*) AS c FROM hits GROUP BY "URL" ORDER BY c DESC, "URL" LIMIT 10', {}),
+        ("LIKE on strings", "like_count", "SELECT COUNT(*) FROM hits WHERE \"URL\" LIKE '%google%'", {}),
+        ("LIKE on strings", "like_group",
+         "SELECT \"SearchPhrase\", MIN(\"URL\"), COUNT(*) AS c FROM hits WHERE \"URL\" LIKE '%google%' AND \"SearchPhrase\" <> '' "
+         "GROUP BY \"SearchPhrase\" ORDER BY c DESC, \"SearchPhrase\" LIMIT 10", {}),
+        ("top-k", "wide_rows_by_time",
+         "SELECT \"WatchID\", \"Title\", \"URL\", \"Referer\", \"EventTime\", \"UserID\", \"SearchPhrase\", \"MobilePhoneModel\", \"ClientIP\", \"RegionID\" "
+         "FROM hits WHERE \"URL\" LIKE '%google%' ORDER BY \"EventTime\", \"WatchID\" LIMIT 10", {}),
+        ("top-k", "phrases_by_time",
+         "SELECT \"SearchPhrase\" FROM hits WHERE \"SearchPhrase\" <> '' ORDER BY \"EventTime\", \"SearchPhrase\" LIMIT 10", {}),
+        ("needle", "user", f'SELECT COUNT(*), MIN("EventTime") FROM hits WHERE "UserID" = {needle_user}', {}),
+        ("needle", "watch_id", f'SELECT "URL", "Title" FROM hits WHERE "WatchID" = {needle_watch}', {}),
+        ("text search", "title_word", "SELECT COUNT(*) FROM hits WHERE search(\"Title\", 'phone')", {
+            "DuckDB": f"SELECT COUNT(*) FROM hits WHERE regexp_matches(lower(\"Title\"), '{word}')",
+            "DataFusion": f"SELECT COUNT(*) FROM hits WHERE regexp_like(lower(\"Title\"), '{word}')",
+            "chDB": f"SELECT COUNT(*) FROM hits WHERE match(lower(Title), '{word}')",
+        }),
+        ("join", "region_names",
+         'SELECT r.name, COUNT(*) AS c FROM hits h JOIN regions r ON h."RegionID" = r.id '
+         'GROUP BY r.name ORDER BY c DESC, r.name LIMIT 10', {}),
+    ]
+
+
+def normalize(rows):
+    out = []
+    for row in rows:
+        out.append([round(v, 4) if isinstance(v, float) else v for v in row])
+    return out
+
+
+def time_runs(fn, runs):
+    """Cold run, then `runs` hot runs: (cold ms, [hot ms], answer)."""
+    started = time.perf_counter()
+    answer = fn()
+    cold = (time.perf_counter() - started) * 1000
+    hot = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        hot.append((time.perf_counter() - started) * 1000)
+    return cold, hot, answer
+
+
+# ---------------------------------------------------------------- areas
+
+def area_ingest(altdb, files, report):
+    leaves = altdb.leaves
+    rows = []
+    for collection, path, count in files:
+        size = os.path.getsize(path)
+        before = altdb.cpu()
+        seconds = altdb.load(collection, path)
+        after = altdb.cpu()
+        segments = altdb.settle(collection)
+        settled = altdb.cpu()
+        gb = size / 1e9
+        cpu = {k: (after.get(k, 0) - before.get(k, 0)) / gb for k in after}
+        background = sum(settled.get(k, 0) - after.get(k, 0) for k in settled) / gb
+        rows.append((collection, count, size, seconds, cpu, background, segments))
+    disk = sum(dir_bytes(os.path.join(altdb.dir, d)) for d in os.listdir(altdb.dir) if d.startswith("leaf-"))
+    total_input = sum(os.path.getsize(p) for _, p, _ in files)
+    lines = [f"### Ingest over HTTP ({leaves} leaves, 1 tailer, 4 clients, ~4 MB bodies)", "",
+             "| data | docs | MB | docs/s | docs/s per leaf | MB/s | CPU-s per GB (leaf / tailer / aggregator) | CPU-s per GB after (seal+merge) | segments |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for collection, count, size, seconds, cpu, background, segments in rows:
+        lines.append(f"| {collection} | {count:,} | {size / 1e6:.0f} | {count / seconds:,.0f} | {count / seconds / leaves:,.0f} | "
+                     f"{size / 1e6 / seconds:.1f} | {cpu.get('altdb-leaf', 0):.1f} / {cpu.get('altdb-tailer', 0):.1f} / "
+                     f"{cpu.get('altdb-aggregator', 0):.1f} | {background:.1f} | {segments} |")
+    lines += ["", f"Bytes on disk per input byte (RocksDB + segments, all collections): {disk / total_input:.2f} "
+              f"({disk / 1e6:.0f} MB for {total_input / 1e6:.0f} MB of NDJSON)."]
+    report.append("\n".join(lines))
+    return {collection: count / seconds for collection, count, _, seconds, _, _, _ in rows}
+
+
+def area_freshness(altdb, saturated, seconds, report):
+    altdb.create({"name": "fresh", "num_shards": 4, "id_field": "id", "event_time_field": "ts", "text_fields": ["text"]})
+    template = next(datagen.rockbench(5, 1))
+    lines = [f"### Freshness: produce-to-queryable over HTTP, ~1 KB documents, {altdb.leaves} leaves "
+             f"(saturated rate {saturated:,.0f} docs/s)", "",
+             "| load | rate docs/s | p50 ms | p95 ms | p99 ms | samples |", "|---|---|---|---|---|---|"]
+    next_id = [0]
+    for fraction in (0.25, 0.50, 0.75):
+        rate = saturated * fraction
+        stop_at = time.monotonic() + seconds
+        lags = []
+
+        def produce():
+            tick = 0.05
+            per_tick = max(1, int(rate * tick))
+            next_at = time.monotonic()
+            while time.monotonic() < stop_at:
+                now_us = time.time_ns() // 1000
+                lines_out = []
+                for _ in range(per_tick):
+                    doc = dict(template, id=next_id[0], ts=now_us, sent_us=now_us)
+                    next_id[0] += 1
+                    lines_out.append(json.dumps(doc, separators=(",", ":")))
+                altdb.post("fresh", ("\n".join(lines_out) + "\n").encode())
+                next_at += tick
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        time.sleep(1)  # warm up
+        while time.monotonic() < stop_at:
+            newest = altdb.sql("SELECT MAX(sent_us) FROM fresh")[0][0]
+            if newest:
+                lags.append((time.time_ns() // 1000 - newest) / 1000)
+            time.sleep(0.1)
+        producer.join()
+        lines.append(f"| {fraction:.0%} | {rate:,.0f} | {percentile(lags, 50):.0f} | {percentile(lags, 95):.0f} | "
+                     f"{percentile(lags, 99):.0f} | {len(lags)} |")
+    lines += ["", "Lag = time of the query minus the newest `sent_us` it sees, sampled every 100 ms while a "
+              "producer posts a batch every 50 ms (so up to 50 ms of it is batching)."]
+    report.append("\n".join(lines))
+
+
+def area_queries(altdb, peer_list, queries, runs, report, label):
+    duck = next((p for p in peer_list if p.name == "DuckDB"), None)
+    header = "| class | query | altdb cold | altdb p50 | altdb p99 |"
+    rule = "|---|---|---|---|---|"
+    for peer in peer_list:
+        header += f" {peer.name} p50 | altdb/{peer.name} |"
+        rule += "---|---|"
+    lines = [f"### Queries on `hits` ({label}); ms; one cold run then {runs} hot runs", "", header + " answer |", rule + "---|"]
+    results = {}
+    for klass, name, sql, overrides in queries:
+        cold, hot, answer = time_runs(lambda: altdb.sql(sql), runs)
+        p50 = statistics.median(hot)
+        results[name] = p50
+        row = f"| {klass} | {name} | {cold:.1f} | {p50:.1f} | {percentile(hot, 99):.1f} |"
+        check = "–"
+        for peer in peer_list:
+            peer_sql = overrides.get(peer.name, sql)
+            try:
+                _, peer_hot, peer_answer = time_runs(lambda: peer.run(peer_sql), runs)
+                peer_p50 = statistics.median(peer_hot)
+                row += f" {peer_p50:.1f} | {p50 / peer_p50:.2f} |"
+                if peer is duck:
+                    check = "=" if normalize(answer) == normalize([list(r) for r in peer_answer]) else "≠"
+            except Exception as error:
+                print(f"{peer.name} failed on {name}: {error}", file=sys.stderr)
+                row += " error | – |"
+        lines.append(row + f" {check} |")
+    lines += ["", "answer: `=` altdb's rows equal DuckDB's. Text search: altdb's `search()` (tokenized index) "
+              "against a word-boundary regular expression in the peers."]
+    report.append("\n".join(lines))
+    return results
+
+
+def area_concurrency(altdb, mix, seconds, saturated, report):
+    def run_clients(clients):
+        stop_at = time.monotonic() + seconds
+        latencies = []
+        lock = threading.Lock()
+
+        def client(offset):
+            i = offset
+            while time.monotonic() < stop_at:
+                sql = mix[i % len(mix)]
+                started = time.perf_counter()
+                altdb.sql(sql)
+                with lock:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                i += 1
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return len(latencies) / seconds, percentile(latencies, 50), percentile(latencies, 99)
+
+    lines = [f"### Concurrency: a mix of {len(mix)} short queries (needle, GROUP BY low cardinality, top-k, "
+             f"simple aggregate), {seconds:.0f} s per point", "",
+             "| clients | QPS | p50 ms | p99 ms | QPS with ingest | p50 ms with ingest | p99 ms with ingest |",
+             "|---|---|---|---|---|---|---|"]
+    quiet = {c: run_clients(c) for c in (1, 4, 16)}
+    altdb.create({"name": "background", "num_shards": 4, "id_field": "id", "event_time_field": "ts"})
+    rate = saturated * 0.5
+    stop_ingest = threading.Event()
+    template = next(datagen.rockbench(6, 1))
+
+    def ingest():
+        i, tick = 0, 0.05
+        per_tick = max(1, int(rate * tick))
+        while not stop_ingest.is_set():
+            started = time.monotonic()
+            body = "\n".join(json.dumps(dict(template, id=i + k, ts=time.time_ns() // 1000)) for k in range(per_tick))
+            altdb.post("background", (body + "\n").encode())
+            i += per_tick
+            time.sleep(max(0.0, tick - (time.monotonic() - started)))
+
+    producer = threading.Thread(target=ingest)
+    producer.start()
+    try:
+        busy = {c: run_clients(c) for c in (1, 4, 16)}
+    finally:
+        stop_ingest.set()
+        producer.join()
+    for c in (1, 4, 16):
+        q, b = quiet[c], busy[c]
+        lines.append(f"| {c} | {q[0]:.0f} | {q[1]:.1f} | {q[2]:.1f} | {b[0]:.0f} | {b[1]:.1f} | {b[2]:.1f} |")
+    lines += ["", f"With ingest: ~1 KB documents posted at {rate:,.0f} docs/s (50% of saturation) into another collection."]
+    report.append("\n".join(lines))
+
+
+def machine():
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small data and short runs (a few minutes)")
+    parser.add_argument("--hits", type=int, help="hits rows (default 2,000,000; quick 100,000)")
+    parser.add_argument("--docs", type=int, help="~1 KB documents (default 300,000; quick 30,000)")
+    parser.add_argument("--runs", type=int, help="hot runs per query (default 10; quick 3)")
+    parser.add_argument("--bin-dir", default=default_bin_dir())
+    parser.add_argument("--areas", default="ingest,freshness,queries,concurrency,scatter")
+    parser.add_argument("--markdown", help="also write the report to this file")
+    args = parser.parse_args()
+    hits_rows = args.hits or (100_000 if args.quick else 2_000_000)
+    docs = args.docs or (30_000 if args.quick else 300_000)
+    runs = args.runs or (3 if args.quick else 10)
+    span = 6 if args.quick else 30
+    areas = set(args.areas.split(","))
+
+    work = tempfile.mkdtemp(prefix="altdb-suite-")
+    report = []
+    try:
+        print(f"generating {hits_rows:,} hits rows and {docs:,} documents ...", file=sys.stderr)
+        hits_path = os.path.join(work, "hits.ndjson")
+        write_ndjson(hits_path, datagen.hits(1, hits_rows))
+        docs_path = os.path.join(work, "docs.ndjson")
+        write_ndjson(docs_path, datagen.rockbench(2, docs))
+        regions_path = os.path.join(work, "regions.ndjson")
+        write_ndjson(regions_path, ({"id": r, "name": f"region-{r % 500}", "country": ["NO", "DE", "US", "JP"][r % 4]}
+                                    for r in range(REGIONS)))
+        con = duckdb.connect()
+        columns = ", ".join(f"{name}: '{kind}'" for name, kind in datagen.HITS_COLUMNS.items())
+        hits_parquet = os.path.join(work, "hits.parquet")
+        regions_parquet = os.path.join(work, "regions.parquet")
+        con.execute(f"COPY (SELECT * FROM read_json('{hits_path}', format='newline_delimited', columns={{{columns}}})) "
+                    f"TO '{hits_parquet}' (FORMAT parquet)")
+        con.execute(f"COPY (SELECT * FROM read_json('{regions_path}', format='newline_delimited')) TO '{regions_parquet}' (FORMAT parquet)")
+        needle_user, needle_watch = con.execute(
+            f"SELECT UserID, WatchID FROM read_parquet('{hits_parquet}') WHERE RegionID = 7 LIMIT 1").fetchone()
+        queries = hits_queries(needle_user, needle_watch)
+
+        altdb = Altdb(args.bin_dir, work, 2)
+        try:
+            altdb.create({"name": "hits", "num_shards": 4, "id_field": "WatchID", "event_time_field": "EventTime",
+                          "text_fields": ["Title"]})
+            altdb.create({"name": "docs", "num_shards": 4, "id_field": "id", "event_time_field": "ts",
+                          "text_fields": ["text"]})
+            altdb.create({"name": "regions", "num_shards": 1, "id_field": "id"})
+            rates = area_ingest(altdb, [("hits", hits_path, hits_rows), ("docs", docs_path, docs)], report) \
+                if "ingest" in areas else None
+            if rates is None:
+                for collection, path in (("hits", hits_path), ("docs", docs_path)):
+                    altdb.load(collection, path)
+                    altdb.settle(collection)
+            altdb.load("regions", regions_path)
+            saturated = (rates or {}).get("docs") or 20_000
+            if "freshness" in areas:
+                area_freshness(altdb, saturated, span, report)
+            two_leaves = None
+            if "queries" in areas or "scatter" in areas:
+                peer_list = peers(hits_parquet, regions_parquet) if "queries" in areas else []
+                two_leaves = area_queries(altdb, peer_list, queries, runs, report, "2 leaves, peers in process")
+            if "concurrency" in areas:
+                mix = [q[2] for q in queries if q[1] in ("user", "os", "phrases_by_time", "sum_count_avg")]
+                area_concurrency(altdb, mix, span, saturated, report)
+        finally:
+            altdb.stop()
+
+        if "scatter" in areas and two_leaves:
+            single = Altdb(args.bin_dir, work, 1)
+            try:
+                single.create({"name": "hits", "num_shards": 4, "id_field": "WatchID", "event_time_field": "EventTime",
+                               "text_fields": ["Title"]})
+                single.create({"name": "regions", "num_shards": 1, "id_field": "id"})
+                single.load("hits", hits_path)
+                single.load("regions", regions_path)
+                single.settle("hits")
+                lines = ["### Scatter-gather: the same data on 1 leaf and on 2 leaves (p50 ms, 4 shards)", "",
+                         "| query | 1 leaf | 2 leaves | 2 leaves / 1 leaf |", "|---|---|---|---|"]
+                for _, name, sql, _ in queries:
+                    _, hot, _ = time_runs(lambda: single.sql(sql), runs)
+                    one = statistics.median(hot)
+                    lines.append(f"| {name} | {one:.1f} | {two_leaves[name]:.1f} | {two_leaves[name] / one:.2f} |")
+                lines += ["", "Both leaves share this machine's cores, so 2 leaves add coordination without adding CPU."]
+                report.append("\n".join(lines))
+            finally:
+                single.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    command = "python3 bench/suite.py " + " ".join(sys.argv[1:])
+    build = "release build" if "release" in args.bin_dir else f"binaries from {args.bin_dir} (not a release build: smoke test only)"
+    header = (f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit()} on "
+              f"{machine()}; altdb {build}; `{command.strip()}`; {hits_rows:,} hits rows, {docs:,} documents.")
+    text = header + "\n\n" + "\n\n".join(report) + "\n"
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
