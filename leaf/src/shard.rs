@@ -97,6 +97,8 @@ pub struct MergePolicy {
 
 /// Segments merged at once at most (bounds the work of one merge).
 const MERGE_MAX_SEGMENTS: usize = 16;
+/// Documents a merge holds in memory at once.
+const MERGE_CHUNK_ROWS: usize = 8192;
 
 /// The oldest run of neighbouring small segments worth merging: at least
 /// `min_segments` of them, whose live rows fit in `max_rows` together.
@@ -435,30 +437,46 @@ impl Shard {
                 }
             }
         }
-        let ids: Vec<String> = members.iter().map(|(doc, _, _)| doc.clone()).collect();
-        let mut current: HashMap<String, FlatRow> = self
-            .documents(&ids)?
-            .into_iter()
-            .map(|row| (row.id.clone(), row))
-            .collect();
-        // Documents deleted meanwhile are gone from RocksDB; the rest keep the run's order.
-        let mut placed: Vec<(String, u64, u32)> = Vec::with_capacity(members.len());
-        let mut rows: Vec<Arc<FlatRow>> = Vec::with_capacity(members.len());
-        for (doc, segment, row) in members {
-            if let Some(flat) = current.remove(&doc) {
-                rows.push(Arc::new(flat));
-                placed.push((doc, segment, row));
-            }
+        // Every row of the run is one of these types; a document changed since
+        // (whatever its types now) ends up deleted in the merged segment below.
+        let mut fields = FieldSet::default();
+        for entry in &run {
+            fields.merge(&entry.segment.meta.fields);
         }
-        let merged =
-            SealedSegment::write(self.dir.join(format!("{id:016}")), id, &rows, &text_fields)?;
+        // Documents come from RocksDB a chunk at a time, in the run's order;
+        // those deleted meanwhile are gone from it.
+        let mut placed: Vec<(String, u64, u32)> = Vec::with_capacity(members.len());
+        let chunks = members.chunks(MERGE_CHUNK_ROWS).map(|chunk| {
+            let ids: Vec<String> = chunk.iter().map(|(doc, _, _)| doc.clone()).collect();
+            let mut current: HashMap<String, FlatRow> = self
+                .documents(&ids)?
+                .into_iter()
+                .map(|row| (row.id.clone(), row))
+                .collect();
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (doc, segment, row) in chunk {
+                if let Some(flat) = current.remove(doc) {
+                    rows.push(Arc::new(flat));
+                    placed.push((doc.clone(), *segment, *row));
+                }
+            }
+            Ok(rows)
+        });
+        let merged = SealedSegment::write_chunks(
+            self.dir.join(format!("{id:016}")),
+            id,
+            fields,
+            chunks,
+            &text_fields,
+        )?;
+        let merged_rows = placed.len();
         self.store
             .put_segment_meta(&self.collection, self.shard, &merged.meta)?;
 
         let retired: Vec<u64> = run.iter().map(|e| e.segment.meta.id).collect();
         {
             let mut state = self.lock();
-            let mut deletes = DeleteSet::with_rows(rows.len());
+            let mut deletes = DeleteSet::with_rows(merged_rows);
             for (new_row, (doc, segment, row)) in placed.iter().enumerate() {
                 match state.keys.get_mut(doc) {
                     Some(location)
@@ -511,7 +529,7 @@ impl Shard {
             shard = self.shard,
             segment = id,
             merged = ?retired,
-            rows = rows.len(),
+            rows = merged_rows,
             "merged segments"
         );
         Ok(true)

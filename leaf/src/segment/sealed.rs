@@ -85,12 +85,50 @@ impl SealedSegment {
                 fields.observe(name, altdb_common::schema::FieldType::of(value));
             }
         }
+        Self::write_chunks(
+            dir,
+            id,
+            fields,
+            rows.chunks(BATCH_ROWS).map(|chunk| Ok(chunk.to_vec())),
+            text_fields,
+        )
+    }
+
+    /// Writes rows arriving in chunks (so that only one chunk is in memory) with
+    /// columns of `fields`' types; values convert to them as [`rows_to_batch`] does.
+    pub fn write_chunks(
+        dir: PathBuf,
+        id: u64,
+        fields: FieldSet,
+        chunks: impl Iterator<Item = Result<Vec<Arc<FlatRow>>>>,
+        text_fields: &[String],
+    ) -> Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let schema = file_schema(&fields);
         let file = File::create(dir.join(DATA_FILE))?;
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()?))?;
         let mut index = IndexBuilder::create(&dir.join(INDEX_DIR), &fields, text_fields)?;
-        for chunk in rows.chunks(BATCH_ROWS) {
+        let mut meta = SegmentMeta {
+            id,
+            rows: 0,
+            min_seq: u64::MAX,
+            max_seq: 0,
+            min_event_time_us: i64::MAX,
+            max_event_time_us: i64::MIN,
+            fields,
+        };
+        for chunk in chunks {
+            let chunk = chunk?;
+            if chunk.is_empty() {
+                continue;
+            }
+            for row in &chunk {
+                meta.min_seq = meta.min_seq.min(row.seq);
+                meta.max_seq = meta.max_seq.max(row.seq);
+                meta.min_event_time_us = meta.min_event_time_us.min(row.event_time_us);
+                meta.max_event_time_us = meta.max_event_time_us.max(row.event_time_us);
+            }
+            meta.rows += chunk.len() as u64;
             let refs: Vec<&FlatRow> = chunk.iter().map(Arc::as_ref).collect();
             let batch = rows_to_batch(&schema, &refs)?;
             writer.write(&batch)?;
@@ -99,16 +137,9 @@ impl SealedSegment {
         let file = writer.into_inner()?;
         file.sync_all()?;
         index.finish()?;
-
-        let meta = SegmentMeta {
-            id,
-            rows: rows.len() as u64,
-            min_seq: rows.iter().map(|r| r.seq).min().unwrap_or(0),
-            max_seq: rows.iter().map(|r| r.seq).max().unwrap_or(0),
-            min_event_time_us: rows.iter().map(|r| r.event_time_us).min().unwrap_or(0),
-            max_event_time_us: rows.iter().map(|r| r.event_time_us).max().unwrap_or(0),
-            fields,
-        };
+        if meta.rows == 0 {
+            (meta.min_seq, meta.min_event_time_us, meta.max_event_time_us) = (0, 0, 0);
+        }
         Ok(Self::new(meta, dir))
     }
 
