@@ -18,6 +18,11 @@ use altdb_aggregator::AggregatorConfig;
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
 use altdb_common::metrics::Metrics;
 
+/// mimalloc: ingest and queries allocate many small, short-lived values
+/// (JSON values, strings, Arrow buffers), which the system allocator serves slowly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Flags override `ALTDB_*` environment variables, which override the config file.
 #[derive(Debug, Parser, Serialize)]
 #[command(

@@ -148,6 +148,7 @@ impl FieldSet {
     /// Records a field's type; returns whether the set changed.
     pub fn observe(&mut self, name: &str, field_type: FieldType) -> bool {
         match self.fields.get_mut(name) {
+            Some(existing) if *existing == field_type => false,
             Some(existing) => {
                 let widened = existing.widen(&field_type);
                 if widened != *existing {
@@ -162,6 +163,26 @@ impl FieldSet {
                 true
             }
         }
+    }
+
+    /// Widens `self` with the fields of a row (sorted by name, as [`FlatRow`]'s
+    /// are): one walk alongside the known fields, a lookup only for what changes.
+    pub fn observe_row(&mut self, fields: &[(String, Value)]) -> bool {
+        let mut changes = Vec::new();
+        let mut known = self.fields.iter().peekable();
+        for (name, value) in fields {
+            while known.next_if(|(k, _)| k.as_str() < name.as_str()).is_some() {}
+            let field_type = FieldType::of(value);
+            match known.next_if(|(k, _)| *k == name) {
+                Some((_, existing)) if *existing == field_type => {}
+                _ => changes.push((name, field_type)),
+            }
+        }
+        let mut changed = false;
+        for (name, field_type) in changes {
+            changed |= self.observe(name, field_type);
+        }
+        changed
     }
 
     /// Widens `self` with every field of `other`.
@@ -217,10 +238,41 @@ impl FlatRow {
 /// (the shard's local schema guarantees that); `_id`, `_event_time` and `_seq` are
 /// filled from the row's identity.
 pub fn rows_to_batch(schema: &SchemaRef, rows: &[&FlatRow]) -> Result<RecordBatch> {
+    // Rows are transposed in one pass: each row's sorted fields are walked
+    // alongside the sorted column names, instead of a lookup per row and column.
+    let mut by_name: Vec<(&str, usize)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !is_reserved_column(f.name()))
+        .map(|(i, f)| (f.name().as_str(), i))
+        .collect();
+    by_name.sort_unstable();
+    let mut values: Vec<Vec<Option<&Value>>> = (0..schema.fields().len())
+        .map(|i| {
+            if is_reserved_column(schema.field(i).name()) {
+                Vec::new()
+            } else {
+                Vec::with_capacity(rows.len())
+            }
+        })
+        .collect();
+    for row in rows {
+        let mut fields = row.fields.iter().peekable();
+        for &(name, column) in &by_name {
+            while fields.next_if(|(field, _)| field.as_str() < name).is_some() {}
+            let value = fields.next_if(|(field, _)| field == name).map(|(_, v)| v);
+            values[column].push(value);
+        }
+    }
     let columns = schema
         .fields()
         .iter()
-        .map(|field| build_column(field, rows))
+        .zip(values)
+        .map(|(field, values)| match field.name().as_str() {
+            name if is_reserved_column(name) => build_column(field, rows),
+            _ => values_to_array(field.data_type(), &values),
+        })
         .collect::<Result<Vec<_>>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
     Ok(RecordBatch::try_new_with_options(

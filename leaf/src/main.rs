@@ -12,6 +12,11 @@ use altdb_common::rpc::MAX_MESSAGE_BYTES;
 use altdb_leaf::flight::LeafService;
 use altdb_leaf::{Leaf, LeafConfig};
 
+/// mimalloc: ingest and queries allocate many small, short-lived values
+/// (JSON values, strings, Arrow buffers), which the system allocator serves slowly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Flags override `ALTDB_*` environment variables, which override the config file.
 #[derive(Debug, Parser, Serialize)]
 #[command(

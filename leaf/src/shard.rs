@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use altdb_common::document::flatten;
 use altdb_common::rpc::{PutAck, ShardStats, SourceMark, SourceProgress};
-use altdb_common::schema::{FieldSet, FieldType, FlatRow};
+use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
 use crate::segment::mutable::CHUNK_POSITIONS;
@@ -654,9 +654,7 @@ impl Shard {
 impl ShardState {
     /// Puts a durable row into the mutable segment, replacing any older version.
     fn apply(&mut self, row: FlatRow) {
-        for (name, value) in &row.fields {
-            self.fields.observe(name, FieldType::of(value));
-        }
+        self.fields.observe_row(&row.fields);
         self.max_event_time_us = Some(
             self.max_event_time_us
                 .map_or(row.event_time_us, |t| t.max(row.event_time_us)),

@@ -18,6 +18,11 @@ use altdb_tailer::pusher::Pusher;
 use altdb_tailer::source::SourceContext;
 use altdb_tailer::TailerConfig;
 
+/// mimalloc: ingest and queries allocate many small, short-lived values
+/// (JSON values, strings, Arrow buffers), which the system allocator serves slowly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Flags override `ALTDB_*` environment variables, which override the config file.
 #[derive(Debug, Parser, Serialize)]
 #[command(

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
+/// mimalloc: ingest and queries allocate many small, short-lived values
+/// (JSON values, strings, Arrow buffers), which the system allocator serves slowly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "altdb-local",

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder, RowSelection,
@@ -19,7 +19,7 @@ use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
-use altdb_common::schema::{rows_to_batch, FieldSet, FlatRow, SEQ_COLUMN};
+use altdb_common::schema::{is_reserved_column, rows_to_batch, FieldSet, FlatRow, SEQ_COLUMN};
 
 use super::index::{self, IndexBuilder, SegmentIndex};
 use super::{DeleteSet, SegmentMeta};
@@ -81,9 +81,7 @@ impl SealedSegment {
     ) -> Result<Self> {
         let mut fields = FieldSet::default();
         for row in rows {
-            for (name, value) in &row.fields {
-                fields.observe(name, altdb_common::schema::FieldType::of(value));
-            }
+            fields.observe_row(&row.fields);
         }
         Self::write_chunks(
             dir,
@@ -313,6 +311,12 @@ impl SealedSegment {
         deletes: &DeleteSet,
         mut emit: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64> {
+        if !columns
+            .iter()
+            .any(|name| self.meta.fields.fields.contains_key(name) || is_reserved_column(name))
+        {
+            return Ok(self.count_rows(deletes, emit));
+        }
         let (reader, count_only) = self.reader(columns, None)?;
         let mut offset = 0usize;
         for batch in reader {
@@ -333,6 +337,31 @@ impl SealedSegment {
             }
         }
         Ok(offset as u64)
+    }
+
+    /// Emits the live rows as batches without columns (COUNT(*), or columns this
+    /// segment never saw, which are all NULL): the manifest knows how many rows
+    /// there are and the delete set which are gone, so no page is read.
+    fn count_rows(&self, deletes: &DeleteSet, mut emit: impl FnMut(RecordBatch) -> bool) -> u64 {
+        let total = self.meta.rows as usize;
+        let schema = Arc::new(Schema::empty());
+        let mut offset = 0;
+        while offset < total {
+            let end = (offset + BATCH_ROWS).min(total);
+            let live = if deletes.is_empty() {
+                end - offset
+            } else {
+                (offset..end).filter(|&row| !deletes.contains(row)).count()
+            };
+            offset = end;
+            let options = RecordBatchOptions::new().with_row_count(Some(live));
+            let batch = RecordBatch::try_new_with_options(schema.clone(), Vec::new(), &options)
+                .expect("a batch without columns is valid");
+            if live > 0 && !emit(batch) {
+                break;
+            }
+        }
+        offset as u64
     }
 
     /// Streams `columns` of the given rows (ascending row numbers, all live) to
