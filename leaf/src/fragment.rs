@@ -14,9 +14,10 @@ use arrow_flight::{FlightData, SchemaAsIpc};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::lit;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
@@ -94,7 +95,7 @@ pub fn run_fragment(
     let task = session().task_ctx();
     let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &task, &codec)
         .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
-    let plan = materialize_late(push_filters_into_scans(plan)?)?;
+    let plan = absorb_filters(materialize_late(push_filters_into_scans(plan)?)?)?;
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
     let batches = execute_stream(plan, task)?
@@ -135,6 +136,31 @@ fn session() -> &'static SessionContext {
         altdb_common::register_functions(&context);
         context
     })
+}
+
+/// Moves the filter right above an index-using scan into the scan, which skips
+/// it for rows a segment index selected exactly and applies it to the rest. What
+/// stays above is the filter's projection (a filter on `true`).
+fn absorb_filters(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(scan) = filter.input().downcast_ref::<LocalScanExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        if scan.filters() || !scan.has_index_predicate() {
+            return Ok(Transformed::no(node));
+        }
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_filter(filter.predicate().clone()));
+        // Same projection, fetch and batch size; the predicate is now the scan's.
+        let kept = FilterExecBuilder::from(filter)
+            .with_predicate(lit(true))
+            .with_input(scan)
+            .build()?;
+        Ok(Transformed::yes(Arc::new(kept) as Arc<dyn ExecutionPlan>))
+    })
+    .map(|t| t.data)
 }
 
 /// Hands the filter right above each scan to the scan, which uses it to read

@@ -72,7 +72,10 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
         return Ok(None);
     };
     let columns = &scan.spec().columns;
-    if scan.spec().limit.is_some() || columns.iter().any(|(name, _)| name == SCORE_COLUMN) {
+    if scan.filters()
+        || scan.spec().limit.is_some()
+        || columns.iter().any(|(name, _)| name == SCORE_COLUMN)
+    {
         return Ok(None);
     }
     // Columns the filter and the sort read, by name.

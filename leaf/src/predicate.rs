@@ -146,6 +146,7 @@ impl fmt::Display for IndexPredicate {
             IndexPredicate::And(children) => join(f, children, "AND"),
             IndexPredicate::Or(children) => join(f, children, "OR"),
             IndexPredicate::Not(child) => write!(f, "NOT {child}"),
+            IndexPredicate::Superset(child) => write!(f, "within {child}"),
             IndexPredicate::Opaque => write!(f, "(not indexable)"),
         }
     }
@@ -173,6 +174,9 @@ pub enum IndexPredicate {
     And(Vec<IndexPredicate>),
     Or(Vec<IndexPredicate>),
     Not(Box<IndexPredicate>),
+    /// Selects a superset of the rows matching the filter it was translated
+    /// from (a radius read as its bounding box): never exact.
+    Superset(Box<IndexPredicate>),
     /// Something the index cannot answer: every row may match.
     Opaque,
 }
@@ -215,7 +219,7 @@ impl IndexPredicate {
                 });
             }
             if let Some(bounds) = distance_bound(binary) {
-                return Some(bounds);
+                return Some(IndexPredicate::Superset(Box::new(bounds)));
             }
             let (column, value, op) = match (column_name(binary.left()), literal(binary.right())) {
                 (Some(c), Some(v)) => (c, v, op),
@@ -267,7 +271,7 @@ impl IndexPredicate {
         }
         if let Some(function) = expr.downcast_ref::<ScalarFunctionExpr>() {
             if let Some(bounds) = geo_function(function) {
-                return Some(bounds);
+                return Some(IndexPredicate::Superset(Box::new(bounds)));
             }
             if function.name() != SEARCH_FUNCTION {
                 return None;
@@ -373,17 +377,45 @@ impl IndexPredicate {
             IndexPredicate::Opaque => true,
             IndexPredicate::And(children) => children.iter().all(|c| c.is_opaque()),
             IndexPredicate::Or(children) => children.iter().any(|c| c.is_opaque()),
-            IndexPredicate::Not(child) => child.is_opaque(),
+            IndexPredicate::Not(child) | IndexPredicate::Superset(child) => child.is_opaque(),
             _ => false,
         }
     }
 
-    /// The query selecting a superset of the matching rows of one segment, or
-    /// `None` if it would select every row.
-    pub fn to_query(&self, index: &SegmentIndex, fields: &FieldSet) -> Option<Box<dyn Query>> {
+    /// The one column this predicate reads, if it is NULL exactly where that
+    /// column is (comparisons, prefixes, searches and their AND/OR/NOT; not
+    /// `IS [NOT] NULL`, which is never NULL).
+    fn null_propagating_column(&self) -> Option<&str> {
+        match self {
+            IndexPredicate::Eq(column, _)
+            | IndexPredicate::In(column, _)
+            | IndexPredicate::Range { column, .. }
+            | IndexPredicate::Prefix(column, _)
+            | IndexPredicate::Search { column, .. } => Some(column),
+            IndexPredicate::Not(child) => child.null_propagating_column(),
+            IndexPredicate::And(children) | IndexPredicate::Or(children) => {
+                let mut columns = children.iter().map(|c| c.null_propagating_column());
+                let first = columns.next()??;
+                columns.all(|c| c == Some(first)).then_some(first)
+            }
+            IndexPredicate::IsNull(_)
+            | IndexPredicate::IsNotNull(_)
+            | IndexPredicate::Superset(_)
+            | IndexPredicate::Opaque => None,
+        }
+    }
+
+    /// The query selecting a superset of the matching rows of one segment, and
+    /// whether it selects exactly the matching rows; `None` if it would select
+    /// every row.
+    pub fn to_query(
+        &self,
+        index: &SegmentIndex,
+        fields: &FieldSet,
+    ) -> Option<(Box<dyn Query>, bool)> {
         match self.build(index, fields) {
             Built::All { .. } => None,
-            Built::Query { query, .. } => Some(query),
+            Built::Query { query, exact } => Some((query, exact)),
         }
     }
 
@@ -542,10 +574,24 @@ impl IndexPredicate {
                 }
             }
             IndexPredicate::Not(child) => match child.build(index, fields) {
-                Built::Query { query, exact: true } => exact(Box::new(BooleanQuery::new(vec![
-                    (Occur::Must, Box::new(AllQuery)),
-                    (Occur::MustNot, query),
-                ]))),
+                Built::Query { query, exact: true } => {
+                    // SQL's NOT is NULL where its operand is: when that is exactly
+                    // where one column is missing, the rows having it are the base.
+                    let present = child
+                        .null_propagating_column()
+                        .map(|column| present(index, column, fields));
+                    let (base, exact): (Box<dyn Query>, bool) = match present {
+                        Some(Built::Query { query, exact: true }) => (query, true),
+                        _ => (Box::new(AllQuery), false),
+                    };
+                    Built::Query {
+                        query: Box::new(BooleanQuery::new(vec![
+                            (Occur::Must, base),
+                            (Occur::MustNot, query),
+                        ])),
+                        exact,
+                    }
+                }
                 Built::All { exact: true } => nothing(),
                 _ => Built::opaque(),
             },
@@ -556,6 +602,13 @@ impl IndexPredicate {
                     Ok(query) => exact(query),
                     // The function above reports the error.
                     Err(_) => Built::opaque(),
+                },
+            },
+            IndexPredicate::Superset(child) => match child.build(index, fields) {
+                Built::All { .. } => Built::opaque(),
+                Built::Query { query, .. } => Built::Query {
+                    query,
+                    exact: false,
                 },
             },
             IndexPredicate::Opaque => Built::opaque(),
@@ -864,13 +917,13 @@ mod tests {
         ]);
         assert_eq!(
             translate(boxed),
-            IndexPredicate::And(vec![
+            IndexPredicate::Superset(Box::new(IndexPredicate::And(vec![
                 range("lat", 59.0, 60.0),
                 IndexPredicate::Or(vec![
                     range("lon", 170.0, 180.0),
                     range("lon", -180.0, -170.0)
                 ]),
-            ])
+            ])))
         );
         let radius = GeoWithinRadius::udf().call(vec![
             col("lat"),
@@ -879,7 +932,10 @@ mod tests {
             lit(0.0),
             lit(111_195.0),
         ]);
-        let IndexPredicate::And(parts) = translate(radius) else {
+        let IndexPredicate::Superset(boxed) = translate(radius) else {
+            panic!("a radius is read as its box");
+        };
+        let IndexPredicate::And(parts) = *boxed else {
             panic!("a radius is a box");
         };
         let IndexPredicate::Range {

@@ -23,11 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Float64Array};
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::common::cast::as_boolean_array;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -116,6 +118,9 @@ pub struct LocalScanExec {
     properties: Arc<PlanProperties>,
     metrics: Arc<ScanMetrics>,
     predicate: Option<Arc<IndexPredicate>>,
+    /// The filter the scan applies itself to the rows an index did not select
+    /// exactly (see [`LocalScanExec::with_filter`]).
+    filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
 impl fmt::Debug for LocalScanExec {
@@ -143,6 +148,7 @@ impl LocalScanExec {
             properties,
             metrics,
             predicate: None,
+            filter: None,
         }
     }
 
@@ -155,6 +161,38 @@ impl LocalScanExec {
         Self {
             predicate: self.predicate.clone(),
             ..Self::new(spec, self.shard.clone(), self.metrics.clone())
+        }
+    }
+
+    /// Whether a filter above was translated for the segment indexes.
+    pub fn has_index_predicate(&self) -> bool {
+        self.predicate.is_some()
+    }
+
+    /// Whether the scan applies a filter itself.
+    pub fn filters(&self) -> bool {
+        self.filter.is_some()
+    }
+
+    /// The same scan applying `filter` (bound to its output schema) itself:
+    /// rows a segment index selected exactly skip it, the rest are filtered
+    /// (so a `search()` is not evaluated again on rows its index matched).
+    pub fn with_filter(&self, filter: Arc<dyn PhysicalExpr>) -> Self {
+        Self {
+            filter: Some(filter),
+            ..self.clone_parts()
+        }
+    }
+
+    fn clone_parts(&self) -> Self {
+        Self {
+            spec: self.spec.clone(),
+            schema: self.schema.clone(),
+            shard: self.shard.clone(),
+            properties: self.properties.clone(),
+            metrics: self.metrics.clone(),
+            predicate: self.predicate.clone(),
+            filter: self.filter.clone(),
         }
     }
 
@@ -175,12 +213,8 @@ impl LocalScanExec {
     /// runs: the scan may return rows that do not match, never miss one.
     pub fn with_predicate(&self, predicate: IndexPredicate) -> Self {
         Self {
-            spec: self.spec.clone(),
-            schema: self.schema.clone(),
-            shard: self.shard.clone(),
-            properties: self.properties.clone(),
-            metrics: self.metrics.clone(),
             predicate: Some(Arc::new(predicate)),
+            ..self.clone_parts()
         }
     }
 }
@@ -200,6 +234,9 @@ impl DisplayAs for LocalScanExec {
         }
         if let Some(predicate) = &self.predicate {
             write!(f, ", index_predicate={predicate}")?;
+        }
+        if let Some(filter) = &self.filter {
+            write!(f, ", filter={filter}")?;
         }
         Ok(())
     }
@@ -227,6 +264,7 @@ impl ExecutionPlan for LocalScanExec {
                 limit: self.spec.limit,
                 metrics: self.metrics.clone(),
                 predicate: self.predicate.clone(),
+                filter: self.filter.clone(),
                 shard: shard.clone(),
                 sender,
             };
@@ -245,6 +283,7 @@ struct ScanJob {
     limit: Option<usize>,
     metrics: Arc<ScanMetrics>,
     predicate: Option<Arc<IndexPredicate>>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
     shard: Arc<Shard>,
     sender: mpsc::Sender<DfResult<RecordBatch>>,
 }
@@ -258,14 +297,16 @@ impl ScanJob {
     }
 
     /// Sends a batch; false when the consumer is gone or the limit is reached.
-    /// Sends a batch; false when the consumer is gone or the limit is reached.
     /// `scores` are the batch's `_score`s from a segment index; without them and
-    /// with `_score` asked for, they are computed from the batch's text.
+    /// with `_score` asked for, they are computed from the batch's text. `exact`
+    /// batches hold only matching rows (an exact index selection) and skip the
+    /// scan's filter.
     fn emit_scored(
         &self,
         batch: RecordBatch,
         produced: &mut usize,
         scores: Option<Vec<Option<f32>>>,
+        exact: bool,
     ) -> DfResult<bool> {
         let batch = match self.scored_search() {
             Some((column, query)) => {
@@ -282,7 +323,7 @@ impl ScanJob {
             }
             None => batch,
         };
-        self.emit(batch, produced)
+        self.emit(batch, produced, exact)
     }
 
     /// The search `_score` ranks by, when the query asks for `_score`.
@@ -293,9 +334,16 @@ impl ScanJob {
         self.predicate.as_ref()?.search()
     }
 
-    fn emit(&self, batch: RecordBatch, produced: &mut usize) -> DfResult<bool> {
-        let batch = align_batch(&batch, &self.target)
+    fn emit(&self, batch: RecordBatch, produced: &mut usize, exact: bool) -> DfResult<bool> {
+        let mut batch = align_batch(&batch, &self.target)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if let Some(filter) = self.filter.as_ref().filter(|_| !exact) {
+            let mask = filter.evaluate(&batch)?.into_array(batch.num_rows())?;
+            batch = filter_record_batch(&batch, as_boolean_array(&mask)?)?;
+            if batch.num_rows() == 0 {
+                return Ok(true);
+            }
+        }
         *produced += batch.num_rows();
         if self.sender.blocking_send(Ok(batch)).is_err() {
             return Ok(false);
@@ -318,7 +366,7 @@ impl ScanJob {
                 .record(Access::ById, None, ids.len() as u64, rows.len() as u64);
             if !rows.is_empty() {
                 let refs: Vec<&FlatRow> = rows.iter().collect();
-                self.emit_scored(rows_batch(&local, &refs)?, produced, None)?;
+                self.emit_scored(rows_batch(&local, &refs)?, produced, None, false)?;
             }
             return Ok(());
         }
@@ -342,7 +390,7 @@ impl ScanJob {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
             let batch = RecordBatch::try_new_with_options(local.clone(), columns, &options)?;
-            if !self.emit_scored(batch, produced, None)? {
+            if !self.emit_scored(batch, produced, None, false)? {
                 return Ok(());
             }
         }
@@ -359,6 +407,7 @@ impl ScanJob {
             let mut keep_going = true;
             let mut failure = None;
             let selected = self.index_rows(entry);
+            let exact = selected.as_ref().is_some_and(|s| s.exact);
             // Scores of the selected rows, consumed in row order.
             let mut scores = selected
                 .as_ref()
@@ -368,7 +417,7 @@ impl ScanJob {
                 let batch_scores = scores
                     .as_mut()
                     .map(|s| s.by_ref().take(batch.num_rows()).collect());
-                match self.emit_scored(batch, produced, batch_scores) {
+                match self.emit_scored(batch, produced, batch_scores, exact) {
                     Ok(go) => keep_going = go,
                     Err(e) => {
                         failure = Some(e);
@@ -463,7 +512,7 @@ impl ScanJob {
                 return None;
             }
         };
-        let query = predicate.to_query(&index, &segment.meta.fields)?;
+        let (query, exact) = predicate.to_query(&index, &segment.meta.fields)?;
         let mut rows = match index.matching_rows(query.as_ref()) {
             Ok(rows) => rows,
             Err(error) => {
@@ -497,6 +546,7 @@ impl ScanJob {
             rows,
             scores,
             index,
+            exact,
         })
     }
 }
@@ -511,6 +561,8 @@ struct Selected {
     rows: Vec<u32>,
     scores: Option<Vec<Option<f32>>>,
     index: Arc<SegmentIndex>,
+    /// The rows are exactly those matching the predicate.
+    exact: bool,
 }
 
 /// `columns` with the shard's local types (`_id` and `_event_time` as in

@@ -693,6 +693,7 @@ fn remove_orphan_segment_dirs(shard_dir: &Path, known: &[PathBuf]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use altdb_common::schema::FieldType;
 
     fn doc(id: &str, pos: Option<u64>, json: &str) -> IncomingDoc {
         IncomingDoc {
