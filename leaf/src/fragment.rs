@@ -16,7 +16,6 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::lit;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
@@ -138,19 +137,35 @@ fn session() -> &'static SessionContext {
     })
 }
 
+/// Rewrites each `FilterExec` right above a `LocalScanExec` with `rewrite`
+/// (`None` keeps it).
+fn rewrite_filtered_scans(
+    plan: Arc<dyn ExecutionPlan>,
+    rewrite: impl Fn(&FilterExec, &LocalScanExec) -> DfResult<Option<Arc<dyn ExecutionPlan>>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let rewritten = match node.downcast_ref::<FilterExec>() {
+            Some(filter) => match filter.input().downcast_ref::<LocalScanExec>() {
+                Some(scan) => rewrite(filter, scan)?,
+                None => None,
+            },
+            None => None,
+        };
+        Ok(match rewritten {
+            Some(plan) => Transformed::yes(plan),
+            None => Transformed::no(node),
+        })
+    })
+    .map(|t| t.data)
+}
+
 /// Moves the filter right above an index-using scan into the scan, which skips
 /// it for rows a segment index selected exactly and applies it to the rest. What
 /// stays above is the filter's projection (a filter on `true`).
 fn absorb_filters(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        let Some(filter) = node.downcast_ref::<FilterExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(scan) = filter.input().downcast_ref::<LocalScanExec>() else {
-            return Ok(Transformed::no(node));
-        };
+    rewrite_filtered_scans(plan, |filter, scan| {
         if scan.filters() || !scan.has_index_predicate() {
-            return Ok(Transformed::no(node));
+            return Ok(None);
         }
         let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_filter(filter.predicate().clone()));
         // Same projection, fetch and batch size; the predicate is now the scan's.
@@ -158,33 +173,23 @@ fn absorb_filters(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPla
             .with_predicate(lit(true))
             .with_input(scan)
             .build()?;
-        Ok(Transformed::yes(Arc::new(kept) as Arc<dyn ExecutionPlan>))
+        Ok(Some(Arc::new(kept)))
     })
-    .map(|t| t.data)
 }
 
 /// Hands the filter right above each scan to the scan, which uses it to read
 /// fewer rows (the filter stays and keeps the answer exact).
 fn push_filters_into_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        let Some(filter) = node.downcast_ref::<FilterExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(scan) = filter.input().downcast_ref::<LocalScanExec>() else {
-            return Ok(Transformed::no(node));
-        };
+    rewrite_filtered_scans(plan, |filter, scan| {
         if !scan.uses_index() {
-            return Ok(Transformed::no(node));
+            return Ok(None);
         }
         let predicate = IndexPredicate::from_physical(filter.predicate());
         if predicate.is_opaque() {
-            return Ok(Transformed::no(node));
+            return Ok(None);
         }
         let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_predicate(predicate));
-        Ok(Transformed::yes(node.clone().replace_children(
-            vec![scan],
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )?))
+        let filter = FilterExecBuilder::from(filter).with_input(scan).build()?;
+        Ok(Some(Arc::new(filter)))
     })
-    .map(|t| t.data)
 }
