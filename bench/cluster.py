@@ -59,7 +59,7 @@ def start_cluster(bin_dir, data_dir, leaves=2):
 
 def start_tansu(data_dir):
     """A tansu Kafka broker with in-memory storage; returns (address, process)."""
-    binary = shutil.which("tansu") or os.path.expanduser("~/.cargo/bin/tansu")
+    binary = tansu_binary() or "tansu"
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = open(os.path.join(data_dir, "tansu.log"), "w")
@@ -73,6 +73,27 @@ def start_tansu(data_dir):
         except OSError:
             time.sleep(0.1)
     raise SystemExit("tansu did not start")
+
+
+def create_topic(brokers, topic, partitions):
+    """Creates a topic and waits until the broker reports all its partitions."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
+        future.result(30)
+    for _ in range(100):
+        meta = admin.list_topics(topic, timeout=5)
+        if topic in meta.topics and len(meta.topics[topic].partitions) == partitions:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"topic {topic} not ready")
+
+
+def tansu_binary():
+    """The tansu binary, or None if it is not installed."""
+    binary = shutil.which("tansu") or os.path.expanduser("~/.cargo/bin/tansu")
+    return binary if os.path.exists(binary) else None
 
 
 def stop(procs):

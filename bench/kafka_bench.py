@@ -24,23 +24,8 @@ import threading
 import time
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster import WORDS, cpu_seconds, default_bin_dir, event, http, start_cluster, start_tansu, stop
-
-
-
-
-def create_topic(brokers, topic, partitions):
-    admin = AdminClient({"bootstrap.servers": brokers})
-    for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
-        future.result(30)
-    for _ in range(100):
-        meta = admin.list_topics(topic, timeout=5)
-        if topic in meta.topics and len(meta.topics[topic].partitions) == partitions:
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"topic {topic} not ready")
+from cluster import WORDS, cpu_seconds, create_topic, default_bin_dir, event, http, start_cluster, start_tansu, stop
 
 
 def count(url, collection):

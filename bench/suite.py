@@ -7,6 +7,9 @@ machine, the commit and the command):
   ingest       HTTP ingest of ClickBench-shaped `hits` rows and ~1 KB nested
                RockBench-shaped documents: documents/s and MB/s (and per leaf),
                CPU-seconds per GB by process, bytes on disk per input byte.
+  kafka        the same documents produced to a Kafka topic (tansu) and then
+               ingested by a collection attached to it (skipped without tansu or
+               confluent-kafka).
   freshness    produce-to-queryable lag (RockBench's data latency: now minus the
                newest visible event) p50/p95/p99 at 25/50/75% of the saturated rate.
   queries      per class (simple aggregates, GROUP BY low/high cardinality, LIKE,
@@ -19,8 +22,9 @@ machine, the commit and the command):
   scatter      the same queries on the same data on 1 leaf and on 2 leaves.
 
 Usage: bench/suite.py [--quick] [--hits N] [--docs N] [--runs R] [--bin-dir DIR]
-                      [--areas ingest,freshness,queries,concurrency,scatter] [--markdown FILE]
-Needs: cargo build --release --bins; pip install duckdb datafusion chdb
+                      [--areas ingest,kafka,freshness,queries,concurrency,scatter] [--markdown FILE]
+Needs: cargo build --release --bins; pip install duckdb datafusion chdb confluent-kafka;
+tansu on PATH
 (peers that are not installed are skipped). --quick takes a few minutes and is
 the CI smoke test (timings are reported, never asserted).
 """
@@ -41,7 +45,7 @@ import time
 import duckdb
 
 import datagen
-from cluster import cpu_seconds, default_bin_dir, http, start_cluster, stop
+from cluster import cpu_seconds, create_topic, default_bin_dir, http, start_cluster, start_tansu, stop, tansu_binary
 
 REGIONS = 3_000
 
@@ -286,6 +290,69 @@ def area_ingest(altdb, files, report):
     return {collection: count / seconds for collection, count, _, seconds, _, _, _ in rows}
 
 
+def area_kafka(altdb, spec, path, count, report, partitions=8):
+    """Kafka ingest: the documents are produced to a topic first, then a
+    collection is attached to it and timed until every one is queryable."""
+    title = f"### Ingest from Kafka ({altdb.leaves} leaves, 1 tailer, tansu in-memory broker, {partitions} partitions)"
+    try:
+        from confluent_kafka import Producer
+    except ImportError:
+        report.append(f"{title}\n\nSkipped: confluent-kafka is not installed (`pip install confluent-kafka`).")
+        return
+    if tansu_binary() is None:
+        report.append(f"{title}\n\nSkipped: tansu is not installed "
+                      "(`cargo install tansu --locked --features dynostore,libsql`).")
+        return
+    brokers, tansu = start_tansu(altdb.dir)
+    try:
+        topic = spec["name"]
+        create_topic(brokers, topic, partitions)
+        producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5, "queue.buffering.max.messages": 500_000})
+        size = 0
+        with open(path, "rb") as f:
+            for line in f:
+                size += len(line)
+                while True:
+                    try:
+                        producer.produce(topic, line.rstrip(b"\n"))
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+                producer.poll(0)
+        assert producer.flush(300) == 0, "the broker did not take every document"
+        before = altdb.cpu()
+        started = time.perf_counter()
+        altdb.create({**spec, "sources": [{"type": "kafka", "brokers": brokers, "topic": topic,
+                                           "include_metadata": False}]})
+        first = None
+        while (seen := altdb.sql(f"SELECT COUNT(*) FROM {topic}")[0][0]) < count:
+            if seen and first is None:
+                first = (time.perf_counter(), seen)
+            time.sleep(0.05)
+        done = time.perf_counter()
+        after = altdb.cpu()
+        segments = altdb.settle(topic)
+        settled = altdb.cpu()
+    finally:
+        stop([tansu])
+    # Discovery and the consumer group join are start-up, not throughput.
+    first_at, first_seen = first or (started, 0)
+    rate = (count - first_seen) / max(done - first_at, 1e-9)
+    gb = size / 1e9
+    cpu = {k: (after.get(k, 0) - before.get(k, 0)) / gb for k in after}
+    background = sum(settled.get(k, 0) - after.get(k, 0) for k in settled) / gb
+    report.append("\n".join([
+        title, "",
+        "| data | docs | MB | first queryable after s | docs/s | docs/s per leaf | MB/s | "
+        "CPU-s per GB (leaf / tailer / aggregator) | CPU-s per GB after (seal+merge) | segments |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {topic} | {count:,} | {size / 1e6:.0f} | {first_at - started:.1f} | {rate:,.0f} | {rate / altdb.leaves:,.0f} | "
+        f"{rate * size / count / 1e6:.1f} | {cpu.get('altdb-leaf', 0):.1f} / {cpu.get('altdb-tailer', 0):.1f} / "
+        f"{cpu.get('altdb-aggregator', 0):.1f} | {background:.1f} | {segments} |",
+        "", "The rate counts from the first queryable document (topic discovery and the consumer "
+        "group join come before it); the CPU figures cover the whole backlog."]))
+
+
 def area_freshness(altdb, saturated, seconds, report):
     altdb.create({"name": "fresh", "num_shards": 4, "id_field": "id", "event_time_field": "ts", "text_fields": ["text"]})
     template = next(datagen.rockbench(5, 1))
@@ -451,7 +518,7 @@ def main():
     parser.add_argument("--docs", type=int, help="~1 KB documents (default 300,000; quick 30,000)")
     parser.add_argument("--runs", type=int, help="hot runs per query (default 10; quick 3)")
     parser.add_argument("--bin-dir", default=default_bin_dir())
-    parser.add_argument("--areas", default="ingest,freshness,queries,concurrency,scatter")
+    parser.add_argument("--areas", default="ingest,kafka,freshness,queries,concurrency,scatter")
     parser.add_argument("--markdown", help="also write the report to this file")
     args = parser.parse_args()
     hits_rows = args.hits or (100_000 if args.quick else 2_000_000)
@@ -500,6 +567,9 @@ def main():
                 for collection, path in (("hits", hits_path), ("docs", docs_path)):
                     altdb.load(collection, path)
                     altdb.settle(collection)
+            if "kafka" in areas:
+                area_kafka(altdb, {"name": "docs_kafka", "num_shards": 4, "id_field": "id", "event_time_field": "ts",
+                                   "text_fields": ["text"]}, docs_path, docs, report)
             altdb.load("regions", regions_path)
             saturated = (rates or {}).get("docs") or 20_000
             if "freshness" in areas:

@@ -36,7 +36,7 @@ use altdb_common::geo::{GeoBox, GEO_DISTANCE, GEO_WITHIN_BOX, GEO_WITHIN_RADIUS}
 use altdb_common::schema::{FieldSet, FieldType};
 use altdb_common::search::{parse_query, SCORE_COLUMN, SEARCH_FUNCTION};
 
-use crate::segment::index::{IndexedColumn, SegmentIndex, TermKind};
+use crate::segment::index::{term_limit, IndexedColumn, SegmentIndex, TermKind};
 
 /// A literal as the index stores it (timestamps as microseconds).
 #[derive(Debug, Clone, PartialEq)]
@@ -445,6 +445,10 @@ impl IndexPredicate {
                         Bound::Included(Scalar::F64(-0.0).term(&c)),
                         Bound::Included(Scalar::F64(0.0).term(&c)),
                     ))),
+                    // Only a value as long is equal: those rows have no term.
+                    Scalar::Str(s) if s.len() > term_limit(name) => {
+                        or_long(index, name, Box::new(EmptyQuery), true)
+                    }
                     _ => exact(Box::new(TermQuery::new(
                         value.term(&c),
                         IndexRecordOption::Basic,
@@ -464,9 +468,18 @@ impl IndexPredicate {
                 match column(name, first.kind()) {
                     None => Built::opaque(),
                     Some(Err(())) => nothing(),
-                    Some(Ok(c)) => exact(Box::new(TermSetQuery::new(
-                        values.iter().map(|v| v.term(&c)),
-                    ))),
+                    Some(Ok(c)) => {
+                        let long =
+                            |v: &Scalar| matches!(v, Scalar::Str(s) if s.len() > term_limit(name));
+                        let terms = Box::new(TermSetQuery::new(
+                            values.iter().filter(|v| !long(v)).map(|v| v.term(&c)),
+                        ));
+                        if values.iter().any(long) {
+                            or_long(index, name, terms, true)
+                        } else {
+                            exact(terms)
+                        }
+                    }
                 }
             }
             IndexPredicate::Range {
@@ -504,9 +517,14 @@ impl IndexPredicate {
                         } else {
                             upper.clone()
                         };
-                        Built::Query {
-                            query: Box::new(RangeQuery::new(bound(&lower), bound(&upper))),
-                            exact: !widened,
+                        let query = Box::new(RangeQuery::new(bound(&lower), bound(&upper)));
+                        if kind == TermKind::Str {
+                            or_long(index, name, query, !widened)
+                        } else {
+                            Built::Query {
+                                query,
+                                exact: !widened,
+                            }
                         }
                     }
                 }
@@ -522,9 +540,13 @@ impl IndexPredicate {
             IndexPredicate::Prefix(name, prefix) => match column(name, TermKind::Str) {
                 None => Built::opaque(),
                 Some(Err(())) => nothing(),
+                // Only long values start with a long prefix.
+                Some(Ok(_)) if prefix.len() > term_limit(name) => {
+                    or_long(index, name, Box::new(EmptyQuery), true)
+                }
                 Some(Ok(c)) => {
                     match RegexQuery::from_pattern(&format!("{}.*", escape(prefix)), c.field) {
-                        Ok(query) => exact(Box::new(query)),
+                        Ok(query) => or_long(index, name, Box::new(query), true),
                         Err(_) => Built::opaque(),
                     }
                 }
@@ -773,6 +795,22 @@ fn present(index: &SegmentIndex, name: &str, fields: &FieldSet) -> Built {
     }
 }
 
+/// `query` over string column `name`, widened by the rows whose value is too
+/// long to be a term (they may match; the filter decides) if the segment has
+/// any.
+fn or_long(index: &SegmentIndex, name: &str, query: Box<dyn Query>, exact: bool) -> Built {
+    if !index.has_long(name) {
+        return Built::Query { query, exact };
+    }
+    Built::Query {
+        query: Box::new(BooleanQuery::new(vec![
+            (Occur::Should, query),
+            (Occur::Should, Box::new(index.long_rows(name))),
+        ])),
+        exact: false,
+    }
+}
+
 /// What a predicate selects in one segment.
 enum Built {
     /// Every row; `exact` if every row does match.
@@ -881,6 +919,76 @@ mod tests {
             translate(col("s").eq(lit("k")).and(col("a").eq(lit(1i64)))).ids(),
             None
         );
+    }
+
+    /// Strings too long to be terms are found through `_long` and filtered;
+    /// short ones stay exact.
+    #[test]
+    fn long_strings_are_found_without_terms() {
+        use crate::segment::index::{IndexBuilder, MAX_TERM_BYTES};
+        use altdb_common::schema::{rows_to_batch, FlatRow};
+
+        let long_a = format!("x{}", "a".repeat(MAX_TERM_BYTES));
+        let long_b = format!("x{}", "b".repeat(MAX_TERM_BYTES));
+        let docs = [
+            serde_json::json!({"s": "xy"}),
+            serde_json::json!({"s": long_a.clone()}),
+            serde_json::json!({"s": long_b.clone(), "t": [long_b.clone(), "z"]}),
+            serde_json::json!({"a": 1}),
+        ];
+        let rows: Vec<FlatRow> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| FlatRow {
+                id: format!("d{i}"),
+                event_time_us: i as i64,
+                seq: i as u64,
+                fields: altdb_common::document::flatten(d.as_object().unwrap()),
+            })
+            .collect();
+        let mut fields = FieldSet::default();
+        for row in &rows {
+            fields.observe_row(&row.fields);
+        }
+        let refs: Vec<&FlatRow> = rows.iter().collect();
+        let batch = rows_to_batch(&fields.to_arrow_schema(), &refs).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = IndexBuilder::create(dir.path(), &fields, &[]).unwrap();
+        builder.add(&batch).unwrap();
+        builder.finish().unwrap();
+        let index = SegmentIndex::open(dir.path()).unwrap();
+        assert!(index.has_long("s"));
+        assert!(!index.has_long("a"));
+        let select = |predicate: IndexPredicate| {
+            let (query, exact) = predicate.to_query(&index, &fields).unwrap();
+            (index.matching_rows(query.as_ref()).unwrap(), exact)
+        };
+        let eq = |c: &str, v: &str| IndexPredicate::Eq(c.into(), Scalar::Str(v.into()));
+        // Short values: exact, long values cannot equal them.
+        assert_eq!(select(eq("s", "xy")), (vec![0], true));
+        assert_eq!(select(eq("t", "z")), (vec![2], true));
+        // A long value: a superset holding it.
+        assert_eq!(select(eq("s", &long_a)), (vec![1, 2], false));
+        assert_eq!(select(eq("t", &long_b)), (vec![2], false));
+        assert_eq!(
+            select(IndexPredicate::Prefix("s".into(), "x".into())),
+            (vec![0, 1, 2], false)
+        );
+        assert_eq!(
+            select(IndexPredicate::In(
+                "s".into(),
+                vec![Scalar::Str("xy".into()), Scalar::Str(long_b.clone())]
+            )),
+            (vec![0, 1, 2], false)
+        );
+        // Every row keeps its id, found by row number.
+        let ids: Vec<String> = index
+            .ids_and_seqs(&[1, 3])
+            .unwrap()
+            .into_iter()
+            .map(|(_, id, _)| id)
+            .collect();
+        assert_eq!(ids, ["d1", "d3"]);
     }
 
     #[test]

@@ -9,7 +9,13 @@
 //!  double         → f64 terms             boolean           → bool terms
 //!  list<T>        → a term per element    text_fields       → tokenized text (BM25)
 //!  _present       → the names of the columns that are not NULL in the row
-//!  _row           → the row number in the columnar file (fast field)
+//!  _long          → the names of the columns whose string is too long to be
+//!                   a term (over MAX_TERM_BYTES, like Elasticsearch's
+//!                   `ignore_above`); lookups read these rows and filter them
+//!  _row           → the row number in the columnar file (fast field only: the
+//!                   index is never merged, so each tantivy segment holds a run
+//!                   of consecutive rows and a row's document is found by
+//!                   subtraction)
 //!  _id, _seq      → also fast fields: the few rows a needle query selects are
 //!                   fetched from RocksDB by `_id` (`_seq` tells the version)
 //! ```
@@ -25,8 +31,9 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondTyp
 use arrow::record_batch::RecordBatch;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
-use tantivy::query::{EnableScoring, Query, TermSetQuery};
-use tantivy::schema::{Field, NumericOptions, Schema, FAST, INDEXED, STRING};
+use tantivy::indexer::NoMergePolicy;
+use tantivy::query::{EnableScoring, Query, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, FAST, STRING};
 use tantivy::{
     DocId, Index, IndexReader, ReloadPolicy, Score, SegmentReader, TantivyDocument, Term,
 };
@@ -38,12 +45,19 @@ use altdb_common::search::text_field_options;
 use crate::error::{LeafError, Result};
 
 /// Bumped whenever what is indexed changes; older indexes are rebuilt.
-pub const INDEX_VERSION: u32 = 3;
+pub const INDEX_VERSION: u32 = 4;
 const VERSION_FILE: &str = "altdb-index-version";
 /// Field holding the names of the row's non-NULL columns.
 pub const PRESENT: &str = "_present";
+/// Field holding the names of the row's columns too long to be terms.
+pub const LONG: &str = "_long";
 /// Field holding the row number in the segment.
 pub const ROW: &str = "_row";
+/// Longest string indexed as a term. Every distinct term is a key of the
+/// segment's term dictionary (an FST, whose construction dominates indexing
+/// cost), and free text, JSON blobs and stack traces are rarely looked up
+/// whole; a longer value is marked in [`LONG`] instead.
+pub const MAX_TERM_BYTES: usize = 256;
 /// Prefix of the tokenized twin of a text field.
 const TEXT_PREFIX: &str = "text:";
 
@@ -89,6 +103,7 @@ struct Layout {
     columns: HashMap<String, IndexedColumn>,
     text: HashMap<String, Field>,
     present: Field,
+    long: Field,
     row: Field,
     seq: Field,
 }
@@ -98,11 +113,13 @@ impl Layout {
     fn of(schema: Schema) -> Result<Layout> {
         let mut columns = HashMap::new();
         let mut text = HashMap::new();
-        let (mut present, mut row, mut seq) = (None, None, None);
+        let (mut present, mut long, mut row, mut seq) = (None, None, None, None);
         for (field, entry) in schema.fields() {
             let name = entry.name();
             if name == PRESENT {
                 present = Some(field);
+            } else if name == LONG {
+                long = Some(field);
             } else if name == ROW {
                 row = Some(field);
             } else if name == SEQ_COLUMN {
@@ -124,9 +141,9 @@ impl Layout {
                 columns.insert(name.to_string(), IndexedColumn { field, kind });
             }
         }
-        let (Some(present), Some(row), Some(seq)) = (present, row, seq) else {
+        let (Some(present), Some(long), Some(row), Some(seq)) = (present, long, row, seq) else {
             return Err(LeafError::Segment(
-                "index lacks its _present, _row or _seq field".into(),
+                "index lacks its _present, _long, _row or _seq field".into(),
             ));
         };
         Ok(Layout {
@@ -134,6 +151,7 @@ impl Layout {
             columns,
             text,
             present,
+            long,
             row,
             seq,
         })
@@ -173,13 +191,15 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
         }
     }
     let present = builder.add_text_field(PRESENT, STRING);
-    let row = builder.add_u64_field(ROW, INDEXED | FAST);
+    let long = builder.add_text_field(LONG, STRING);
+    let row = builder.add_u64_field(ROW, FAST);
     let seq = builder.add_u64_field(SEQ_COLUMN, FAST);
     Layout {
         schema: builder.build(),
         columns,
         text,
         present,
+        long,
         row,
         seq,
     }
@@ -198,7 +218,10 @@ impl IndexBuilder {
         std::fs::create_dir_all(dir)?;
         let layout = layout(fields, text_fields);
         let index = Index::create_in_dir(dir, layout.schema.clone())?;
+        // One thread and no merges: documents keep the order they were added
+        // in, each tantivy segment a run of consecutive rows.
         let writer = index.writer_with_num_threads::<TantivyDocument>(1, WRITER_HEAP_BYTES)?;
+        writer.set_merge_policy(Box::new(NoMergePolicy));
         Ok(Self {
             dir: dir.to_path_buf(),
             layout,
@@ -234,7 +257,9 @@ impl IndexBuilder {
                     continue;
                 }
                 doc.add_text(layout.present, name);
-                add_value(&mut doc, column, array, i);
+                if !add_value(&mut doc, column, array, i, term_limit(name)) {
+                    doc.add_text(layout.long, name);
+                }
                 if let (Some(text), Some(strings)) = (text, array.as_string_opt::<i32>()) {
                     doc.add_text(*text, strings.value(i));
                 }
@@ -254,9 +279,33 @@ impl IndexBuilder {
     }
 }
 
-fn add_value(doc: &mut TantivyDocument, column: &IndexedColumn, array: &ArrayRef, i: usize) {
+/// The longest string of `column` indexed as a term (`_id` always is: the
+/// index is where a selected row's id is read from).
+pub fn term_limit(column: &str) -> usize {
+    if column == ID_COLUMN {
+        usize::MAX
+    } else {
+        MAX_TERM_BYTES
+    }
+}
+
+/// Adds the terms of value `i`; false if a string longer than `limit` was left
+/// out.
+fn add_value(
+    doc: &mut TantivyDocument,
+    column: &IndexedColumn,
+    array: &ArrayRef,
+    i: usize,
+    limit: usize,
+) -> bool {
     match array.data_type() {
-        DataType::Utf8 => doc.add_text(column.field, array.as_string::<i32>().value(i)),
+        DataType::Utf8 => {
+            let value = array.as_string::<i32>().value(i);
+            if value.len() > limit {
+                return false;
+            }
+            doc.add_text(column.field, value)
+        }
         DataType::Int64 => doc.add_i64(column.field, array.as_primitive::<Int64Type>().value(i)),
         DataType::Float64 => {
             doc.add_f64(column.field, array.as_primitive::<Float64Type>().value(i))
@@ -268,14 +317,17 @@ fn add_value(doc: &mut TantivyDocument, column: &IndexedColumn, array: &ArrayRef
         ),
         DataType::List(_) => {
             let items = array.as_list::<i32>().value(i);
+            let mut complete = true;
             for j in 0..items.len() {
                 if !items.is_null(j) {
-                    add_value(doc, column, &items, j);
+                    complete &= add_value(doc, column, &items, j, limit);
                 }
             }
+            return complete;
         }
         _ => {}
     }
+    true
 }
 
 /// Whether `dir` holds a committed index of the current version.
@@ -333,6 +385,22 @@ impl SegmentIndex {
         self.layout.present
     }
 
+    /// The rows holding a value of `column` too long to be a term.
+    pub fn long_rows(&self, column: &str) -> TermQuery {
+        TermQuery::new(
+            Term::from_field_text(self.layout.long, column),
+            IndexRecordOption::Basic,
+        )
+    }
+
+    /// Whether some row holds a value of `column` too long to be a term.
+    pub fn has_long(&self, column: &str) -> bool {
+        self.reader
+            .searcher()
+            .doc_freq(&Term::from_field_text(self.layout.long, column))
+            .map_or(true, |n| n > 0)
+    }
+
     pub fn index(&self) -> &Index {
         &self.index
     }
@@ -345,15 +413,10 @@ impl SegmentIndex {
         Ok(rows)
     }
 
-    /// `_id` and `_seq` of the given rows, in row order.
+    /// `_id` and `_seq` of the given rows (ascending), in row order.
     pub fn ids_and_seqs(&self, rows: &[u32]) -> Result<Vec<(u32, String, u64)>> {
         let searcher = self.reader.searcher();
-        let query = TermSetQuery::new(
-            rows.iter()
-                .map(|&row| Term::from_field_u64(self.layout.row, u64::from(row))),
-        );
         let mut out = Vec::with_capacity(rows.len());
-        let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
         let mut id = String::new();
         for reader in searcher.segment_readers() {
             let fast = reader.fast_fields();
@@ -362,26 +425,15 @@ impl SegmentIndex {
             let Some(ids) = fast.str(ID_COLUMN)? else {
                 continue;
             };
-            let mut failure = None;
-            weight.for_each_no_score(reader, &mut |docs| {
-                for &doc in docs {
-                    let (Some(row), Some(seq)) = (row_column.first(doc), seq_column.first(doc))
-                    else {
-                        continue;
-                    };
-                    let Some(ord) = ids.term_ords(doc).next() else {
-                        continue;
-                    };
-                    id.clear();
-                    match ids.ord_to_str(ord, &mut id) {
-                        Ok(true) => out.push((row as u32, id.clone(), seq)),
-                        Ok(false) => {}
-                        Err(error) => failure = Some(error),
-                    }
+            for (row, doc) in docs_of_rows(&row_column, reader.max_doc(), rows) {
+                let (Some(seq), Some(ord)) = (seq_column.first(doc), ids.term_ords(doc).next())
+                else {
+                    continue;
+                };
+                id.clear();
+                if ids.ord_to_str(ord, &mut id)? {
+                    out.push((row, id.clone(), seq));
                 }
-            })?;
-            if let Some(error) = failure {
-                return Err(error.into());
             }
         }
         out.sort_unstable_by_key(|(row, _, _)| *row);
@@ -430,6 +482,36 @@ impl SegmentIndex {
         out.sort_unstable_by_key(|(row, _)| *row);
         Ok(out)
     }
+}
+
+/// The documents of a tantivy segment holding some of `rows` (ascending), as
+/// `(row, doc)`. The segment holds consecutive rows from its first document's
+/// on; an index that does not (written otherwise) is read document by document.
+fn docs_of_rows(row_column: &Column<u64>, max_doc: DocId, rows: &[u32]) -> Vec<(u32, DocId)> {
+    let Some(first) = row_column.first(0) else {
+        return Vec::new();
+    };
+    let last = row_column.first(max_doc.saturating_sub(1));
+    if last == Some(first + u64::from(max_doc) - 1) {
+        let from = rows.partition_point(|&row| u64::from(row) < first);
+        let found: Vec<(u32, DocId)> = rows[from..]
+            .iter()
+            .take_while(|&&row| u64::from(row) < first + u64::from(max_doc))
+            .map(|&row| (row, (u64::from(row) - first) as DocId))
+            .collect();
+        if found
+            .iter()
+            .all(|&(row, doc)| row_column.first(doc) == Some(u64::from(row)))
+        {
+            return found;
+        }
+    }
+    (0..max_doc)
+        .filter_map(|doc| {
+            let row = row_column.first(doc)? as u32;
+            rows.binary_search(&row).is_ok().then_some((row, doc))
+        })
+        .collect()
 }
 
 /// Collects the `_row` of every matching document.
