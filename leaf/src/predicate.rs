@@ -926,6 +926,7 @@ mod tests {
     #[test]
     fn long_strings_are_found_without_terms() {
         use crate::segment::index::{IndexBuilder, MAX_TERM_BYTES};
+        use crate::segment::sealed::file_schema;
         use altdb_common::schema::{rows_to_batch, FlatRow};
 
         let long_a = format!("x{}", "a".repeat(MAX_TERM_BYTES));
@@ -951,7 +952,7 @@ mod tests {
             fields.observe_row(&row.fields);
         }
         let refs: Vec<&FlatRow> = rows.iter().collect();
-        let batch = rows_to_batch(&fields.to_arrow_schema(), &refs).unwrap();
+        let batch = rows_to_batch(&file_schema(&fields), &refs).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut builder = IndexBuilder::create(dir.path(), &fields, &[]).unwrap();
         builder.add(&batch).unwrap();

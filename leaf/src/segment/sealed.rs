@@ -63,7 +63,7 @@ fn writer_properties() -> Result<WriterProperties> {
 }
 
 /// The columns stored in a segment: the SQL schema plus the internal `_seq`.
-fn file_schema(fields: &FieldSet) -> SchemaRef {
+pub(crate) fn file_schema(fields: &FieldSet) -> SchemaRef {
     let sql = fields.to_arrow_schema();
     let mut columns: Vec<Field> = sql.fields().iter().map(|f| f.as_ref().clone()).collect();
     columns.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
