@@ -925,9 +925,7 @@ mod tests {
     /// short ones stay exact.
     #[test]
     fn long_strings_are_found_without_terms() {
-        use crate::segment::index::{IndexBuilder, MAX_TERM_BYTES};
-        use crate::segment::sealed::file_schema;
-        use altdb_common::schema::{rows_to_batch, FlatRow};
+        use crate::segment::index::{index_docs, MAX_TERM_BYTES};
 
         let long_a = format!("x{}", "a".repeat(MAX_TERM_BYTES));
         let long_b = format!("x{}", "b".repeat(MAX_TERM_BYTES));
@@ -937,27 +935,8 @@ mod tests {
             serde_json::json!({"s": long_b.clone(), "t": [long_b.clone(), "z"]}),
             serde_json::json!({"a": 1}),
         ];
-        let rows: Vec<FlatRow> = docs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| FlatRow {
-                id: format!("d{i}"),
-                event_time_us: i as i64,
-                seq: i as u64,
-                fields: altdb_common::document::flatten(d.as_object().unwrap()),
-            })
-            .collect();
-        let mut fields = FieldSet::default();
-        for row in &rows {
-            fields.observe_row(&row.fields);
-        }
-        let refs: Vec<&FlatRow> = rows.iter().collect();
-        let batch = rows_to_batch(&file_schema(&fields), &refs).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut builder = IndexBuilder::create(dir.path(), &fields, &[]).unwrap();
-        builder.add(&batch).unwrap();
-        builder.finish().unwrap();
-        let index = SegmentIndex::open(dir.path()).unwrap();
+        let (fields, index) = index_docs(dir.path(), &docs, &[]);
         assert!(index.has_long("s"));
         assert!(!index.has_long("a"));
         let select = |predicate: IndexPredicate| {

@@ -560,14 +560,43 @@ impl SegmentCollector for RowSegmentCollector {
     }
 }
 
+/// Indexes `docs` (ids `d0`, `d1`, .., seq and event time their position) into
+/// `dir` as sealing a segment would; returns their fields and the index.
+#[cfg(test)]
+pub(crate) fn index_docs(
+    dir: &Path,
+    docs: &[serde_json::Value],
+    text_fields: &[String],
+) -> (FieldSet, SegmentIndex) {
+    use altdb_common::schema::{rows_to_batch, FlatRow};
+
+    let rows: Vec<FlatRow> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| FlatRow {
+            id: format!("d{i}"),
+            event_time_us: i as i64,
+            seq: i as u64,
+            fields: altdb_common::document::flatten(d.as_object().expect("an object")),
+        })
+        .collect();
+    let mut fields = FieldSet::default();
+    for row in &rows {
+        fields.observe_row(&row.fields);
+    }
+    let refs: Vec<&FlatRow> = rows.iter().collect();
+    let batch = rows_to_batch(&crate::segment::sealed::file_schema(&fields), &refs).unwrap();
+    let mut builder = IndexBuilder::create(dir, &fields, text_fields).unwrap();
+    builder.add(&batch).unwrap();
+    builder.finish().unwrap();
+    (fields, SegmentIndex::open(dir).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use altdb_common::schema::{rows_to_batch, FlatRow};
     use serde_json::json;
-    use std::sync::Arc;
-    use tantivy::query::{QueryParser, TermQuery};
-    use tantivy::schema::IndexRecordOption;
+    use tantivy::query::QueryParser;
     use tantivy::Term;
 
     #[test]
@@ -578,31 +607,8 @@ mod tests {
             json!({"city": "Bergen", "n": 2, "x": 2, "title": "Slow engine"}),
             json!({"city": 7, "n": 3}),
         ];
-        let rows: Vec<FlatRow> = docs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| FlatRow {
-                id: format!("d{i}"),
-                event_time_us: i as i64,
-                seq: i as u64,
-                fields: altdb_common::document::flatten(d.as_object().unwrap()),
-            })
-            .collect();
-        let mut fields = FieldSet::default();
-        for row in &rows {
-            for (name, value) in &row.fields {
-                fields.observe(name, FieldType::of(value));
-            }
-        }
-        let schema = fields.to_arrow_schema();
-        let refs: Vec<&FlatRow> = rows.iter().collect();
-        let batch = rows_to_batch(&Arc::new(schema.as_ref().clone()), &refs).unwrap();
-        let mut builder =
-            IndexBuilder::create(dir.path(), &fields, &["title".to_string()]).unwrap();
-        builder.add(&batch).unwrap();
-        builder.finish().unwrap();
+        let (_, index) = index_docs(dir.path(), &docs, &["title".to_string()]);
         assert!(is_current(dir.path()));
-        let index = SegmentIndex::open(dir.path()).unwrap();
         let rows_of = |term: Term| {
             index
                 .matching_rows(&TermQuery::new(term, IndexRecordOption::Basic))
