@@ -408,15 +408,11 @@ impl ScanJob {
             let mut failure = None;
             let selected = self.index_rows(entry);
             let exact = selected.as_ref().is_some_and(|s| s.exact);
-            // Scores of the selected rows, consumed in row order.
-            let mut scores = selected
-                .as_ref()
-                .and_then(|s| s.scores.as_ref())
-                .map(|s| s.iter().copied());
-            let emit = |batch: RecordBatch| {
-                let batch_scores = scores
-                    .as_mut()
-                    .map(|s| s.by_ref().take(batch.num_rows()).collect());
+            let scores = selected.as_ref().and_then(|s| s.scores.as_ref());
+            // `rows`: the segment rows the batch holds, in its order (for their scores).
+            let mut emit = |batch: RecordBatch, rows: &[u32]| {
+                let batch_scores =
+                    scores.map(|scores| rows.iter().map(|row| scores.get(row).copied()).collect());
                 match self.emit_scored(batch, produced, batch_scores, exact) {
                     Ok(go) => keep_going = go,
                     Err(e) => {
@@ -429,15 +425,19 @@ impl ScanJob {
             let (access, read) = match &selected {
                 Some(selected) => {
                     ScanMetrics::add(&self.metrics.segments_indexed, 1);
-                    if selected.scores.is_none() && selected.rows.len() <= FETCH_MAX_ROWS {
+                    if selected.rows.len() <= FETCH_MAX_ROWS {
                         (
                             Access::IndexFetch,
-                            self.fetch_rows(entry, selected, &local, emit),
+                            self.fetch_rows(entry, selected, &local, &mut emit),
                         )
                     } else {
                         (
                             Access::Index,
-                            entry.segment.scan_rows(&self.columns, &selected.rows, emit),
+                            entry.segment.scan_rows(
+                                &self.columns,
+                                &selected.rows,
+                                in_row_order(&selected.rows, &mut emit),
+                            ),
                         )
                     }
                 }
@@ -445,7 +445,9 @@ impl ScanJob {
                     ScanMetrics::add(&self.metrics.segments_scanned, 1);
                     (
                         Access::Scan,
-                        entry.segment.scan(&self.columns, &entry.deletes, emit),
+                        entry
+                            .segment
+                            .scan(&self.columns, &entry.deletes, |batch| emit(batch, &[])),
                     )
                 }
             };
@@ -470,7 +472,7 @@ impl ScanJob {
         entry: &SealedEntry,
         selected: &Selected,
         local: &SchemaRef,
-        mut emit: impl FnMut(RecordBatch) -> bool,
+        mut emit: impl FnMut(RecordBatch, &[u32]) -> bool,
     ) -> crate::error::Result<u64> {
         if selected.rows.is_empty() {
             return Ok(0);
@@ -481,10 +483,14 @@ impl ScanJob {
         let current: HashMap<&str, &FlatRow> =
             documents.iter().map(|d| (d.id.as_str(), d)).collect();
         let mut fresh: Vec<&FlatRow> = Vec::with_capacity(hits.len());
+        let mut fresh_rows: Vec<u32> = Vec::with_capacity(hits.len());
         let mut changed: Vec<u32> = Vec::new();
         for (row, id, seq) in &hits {
             match current.get(id.as_str()) {
-                Some(doc) if doc.seq == *seq => fresh.push(doc),
+                Some(doc) if doc.seq == *seq => {
+                    fresh.push(doc);
+                    fresh_rows.push(*row);
+                }
                 _ => changed.push(*row),
             }
         }
@@ -492,11 +498,14 @@ impl ScanJob {
             let batch = rows_batch(local, &fresh).map_err(|e| {
                 crate::error::LeafError::Segment(format!("cannot convert fetched rows: {e}"))
             })?;
-            if !emit(batch) {
+            if !emit(batch, &fresh_rows) {
                 return Ok(fresh.len() as u64);
             }
         }
-        let stale = entry.segment.scan_rows(&self.columns, &changed, emit)?;
+        let stale =
+            entry
+                .segment
+                .scan_rows(&self.columns, &changed, in_row_order(&changed, &mut emit))?;
         Ok(fresh.len() as u64 + stale)
     }
 
@@ -532,14 +541,13 @@ impl ScanJob {
             return None;
         }
         let scores = match search {
-            Some(search) => {
-                let scored: HashMap<u32, f32> = index
+            Some(search) => Some(
+                index
                     .scored_rows(search.as_ref())
                     .ok()?
                     .into_iter()
-                    .collect();
-                Some(rows.iter().map(|row| scored.get(row).copied()).collect())
-            }
+                    .collect::<HashMap<u32, f32>>(),
+            ),
             None => None,
         };
         Some(Selected {
@@ -559,10 +567,25 @@ fn live_rows(entry: &SealedEntry) -> u64 {
 /// Rows of a segment chosen through its index.
 struct Selected {
     rows: Vec<u32>,
-    scores: Option<Vec<Option<f32>>>,
+    /// BM25 score by row, when the query ranks by `_score`.
+    scores: Option<HashMap<u32, f32>>,
     index: Arc<SegmentIndex>,
     /// The rows are exactly those matching the predicate.
     exact: bool,
+}
+
+/// Adapts `emit(batch, rows)` to a reader that returns `rows`, in order, in batches.
+fn in_row_order<'a>(
+    rows: &'a [u32],
+    mut emit: impl FnMut(RecordBatch, &[u32]) -> bool + 'a,
+) -> impl FnMut(RecordBatch) -> bool + 'a {
+    let mut offset = 0;
+    move |batch| {
+        let end = (offset + batch.num_rows()).min(rows.len());
+        let batch_rows = &rows[offset.min(end)..end];
+        offset = end;
+        emit(batch, batch_rows)
+    }
 }
 
 /// `columns` with the shard's local types (`_id` and `_event_time` as in

@@ -414,10 +414,12 @@ impl SegmentIndex {
     }
 
     /// `_id` and `_seq` of the given rows (ascending), in row order.
+    ///
+    /// The ids are read from the `_id` dictionary in term order, so each of its
+    /// compressed blocks is decoded once however many of the rows it holds.
     pub fn ids_and_seqs(&self, rows: &[u32]) -> Result<Vec<(u32, String, u64)>> {
         let searcher = self.reader.searcher();
         let mut out = Vec::with_capacity(rows.len());
-        let mut id = String::new();
         for reader in searcher.segment_readers() {
             let fast = reader.fast_fields();
             let row_column = fast.u64(ROW)?;
@@ -425,16 +427,22 @@ impl SegmentIndex {
             let Some(ids) = fast.str(ID_COLUMN)? else {
                 continue;
             };
-            for (row, doc) in docs_of_rows(&row_column, reader.max_doc(), rows) {
-                let (Some(seq), Some(ord)) = (seq_column.first(doc), ids.term_ords(doc).next())
-                else {
-                    continue;
-                };
-                id.clear();
-                if ids.ord_to_str(ord, &mut id)? {
-                    out.push((row, id.clone(), seq));
+            // (term ordinal, row, seq), in term order.
+            let mut wanted: Vec<(u64, u32, u64)> =
+                docs_of_rows(&row_column, reader.max_doc(), rows)
+                    .into_iter()
+                    .filter_map(|(row, doc)| {
+                        Some((ids.term_ords(doc).next()?, row, seq_column.first(doc)?))
+                    })
+                    .collect();
+            wanted.sort_unstable();
+            let ords: Vec<u64> = wanted.iter().map(|(ord, _, _)| *ord).collect();
+            let mut next = wanted.iter();
+            ids.dictionary().sorted_ords_to_term_cb(&ords, |term| {
+                if let Some((_, row, seq)) = next.next() {
+                    out.push((*row, String::from_utf8_lossy(term).into_owned(), *seq));
                 }
-            }
+            })?;
         }
         out.sort_unstable_by_key(|(row, _, _)| *row);
         Ok(out)

@@ -31,6 +31,8 @@ const INDEX_DIR: &str = "index";
 pub const BATCH_ROWS: usize = 8192;
 /// Rows per Parquet data page at most.
 const PAGE_ROWS: usize = 4096;
+/// Largest dictionary page of a column chunk (parquet's default is 1 MiB).
+const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
 /// An immutable segment on disk.
 #[derive(Debug)]
@@ -59,6 +61,10 @@ fn writer_properties() -> Result<WriterProperties> {
         .set_max_row_group_row_count(Some(64 * 1024))
         // Small pages, so reading the few rows the index selects decodes little.
         .set_data_page_row_count_limit(PAGE_ROWS)
+        // Reading any row of a column chunk decodes its whole dictionary page, so a
+        // high-cardinality column falls back to plain pages early rather than
+        // carrying a dictionary as large as its data.
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .build())
 }
 
