@@ -279,6 +279,8 @@ pub enum Access {
     Memory,
     /// Documents fetched from RocksDB by `_id`, no segment touched.
     ById,
+    /// Row groups skipped: the bound of the top-k above rules out their rows.
+    TopKBound,
 }
 
 impl std::fmt::Display for SegmentRead {
@@ -295,6 +297,7 @@ impl std::fmt::Display for SegmentRead {
             Access::Scan => "full scan",
             Access::Memory => "scan",
             Access::ById => "RocksDB point reads",
+            Access::TopKBound => "row groups ruled out by the top-k bound",
         };
         write!(
             f,
@@ -312,6 +315,9 @@ pub struct ScanCounts {
     pub segments_indexed: u64,
     pub segments_scanned: u64,
     pub rows_by_id: u64,
+    /// Row groups of scanned segments a top-k's bound ruled out.
+    #[serde(default)]
+    pub row_groups_pruned: u64,
 }
 
 impl ScanCounts {
@@ -320,6 +326,7 @@ impl ScanCounts {
         self.segments_indexed += other.segments_indexed;
         self.segments_scanned += other.segments_scanned;
         self.rows_by_id += other.rows_by_id;
+        self.row_groups_pruned += other.row_groups_pruned;
     }
 }
 

@@ -31,6 +31,7 @@ use crate::materialize::materialize_late;
 use crate::node::Leaf;
 use crate::predicate::IndexPredicate;
 use crate::scan::{LocalScanExec, ScanMetrics};
+use crate::topk::bound_top_k_scans;
 
 /// Decodes the aggregator's scan node into a scan of one local shard.
 #[derive(Debug)]
@@ -94,7 +95,9 @@ pub fn run_fragment(
     let task = session().task_ctx();
     let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &task, &codec)
         .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
-    let plan = absorb_filters(materialize_late(push_filters_into_scans(plan)?)?)?;
+    let plan = absorb_filters(bound_top_k_scans(materialize_late(
+        push_filters_into_scans(plan)?,
+    )?)?)?;
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
     let batches = execute_stream(plan, task)?

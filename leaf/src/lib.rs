@@ -27,6 +27,7 @@ pub mod scan;
 pub mod segment;
 pub mod shard;
 pub mod store;
+pub mod topk;
 
 pub use config::LeafConfig;
 pub use node::Leaf;

@@ -137,7 +137,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPl
 }
 
 /// `expr` bound to `from`, re-bound by column name to `to`.
-fn rebind(
+pub(crate) fn rebind(
     expr: &Arc<dyn PhysicalExpr>,
     from: &SchemaRef,
     to: &SchemaRef,

@@ -12,8 +12,11 @@
 //!  _id = / IN        → the documents from RocksDB, no segment touched
 //!  sealed segment    → skipped if its _event_time range cannot match
 //!                    → else the rows its tantivy index selects, when they are
-//!                      at most 1/INDEX_MAX_FRACTION of it (only their pages decoded)
+//!                      at most 1/INDEX_MAX_FRACTION of it, in at most
+//!                      1/PAGES_MAX_FRACTION of its pages (only those decoded)
 //!                    → else a columnar scan
+//!                    → under a top-k, both by row group, best first, skipping
+//!                      those its bound rules out (see [`crate::topk`])
 //!  mutable segment   → scanned (it is small and in memory)
 //! ```
 
@@ -27,6 +30,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::cast::as_boolean_array;
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -46,11 +50,17 @@ use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
 use crate::predicate::IndexPredicate;
 use crate::segment::index::SegmentIndex;
+use crate::segment::sealed::PAGE_ROWS;
 use crate::shard::{SealedEntry, Shard, ShardSnapshot};
+use crate::topk::{RowGroupStats, TopKBound};
 
 /// A segment is read through its index when the index selects at most
 /// 1/this of its rows; above that, a sequential scan is cheaper.
 const INDEX_MAX_FRACTION: usize = 8;
+/// ... and, unless they are few enough to fetch, when they lie in at most 1/this
+/// of its pages: reading a row decodes its whole page, so rows spread over most
+/// pages cost a scan and the selection on top.
+const PAGES_MAX_FRACTION: usize = 2;
 /// Up to this many selected rows of a segment are fetched from RocksDB.
 const FETCH_MAX_ROWS: usize = 1024;
 
@@ -62,6 +72,7 @@ pub struct ScanMetrics {
     pub segments_indexed: AtomicU64,
     pub segments_scanned: AtomicU64,
     pub rows_by_id: AtomicU64,
+    pub row_groups_pruned: AtomicU64,
     /// Each part of the shard read, when profiling (`EXPLAIN ANALYZE`).
     reads: Option<Mutex<Vec<SegmentRead>>>,
 }
@@ -102,6 +113,7 @@ impl ScanMetrics {
             segments_indexed: self.segments_indexed.load(Ordering::Relaxed),
             segments_scanned: self.segments_scanned.load(Ordering::Relaxed),
             rows_by_id: self.rows_by_id.load(Ordering::Relaxed),
+            row_groups_pruned: self.row_groups_pruned.load(Ordering::Relaxed),
         }
     }
 
@@ -121,6 +133,8 @@ pub struct LocalScanExec {
     /// The filter the scan applies itself to the rows an index did not select
     /// exactly (see [`LocalScanExec::with_filter`]).
     filter: Option<Arc<dyn PhysicalExpr>>,
+    /// The bound of the top-k right above, which rules out row groups.
+    top_k: Option<Arc<TopKBound>>,
 }
 
 impl fmt::Debug for LocalScanExec {
@@ -149,6 +163,7 @@ impl LocalScanExec {
             metrics,
             predicate: None,
             filter: None,
+            top_k: None,
         }
     }
 
@@ -160,6 +175,7 @@ impl LocalScanExec {
         };
         Self {
             predicate: self.predicate.clone(),
+            top_k: self.top_k.clone(),
             ..Self::new(spec, self.shard.clone(), self.metrics.clone())
         }
     }
@@ -193,6 +209,15 @@ impl LocalScanExec {
             metrics: self.metrics.clone(),
             predicate: self.predicate.clone(),
             filter: self.filter.clone(),
+            top_k: self.top_k.clone(),
+        }
+    }
+
+    /// The same scan skipping the sealed row groups `bound` rules out.
+    pub fn with_top_k(&self, bound: Arc<TopKBound>) -> Self {
+        Self {
+            top_k: Some(bound),
+            ..self.clone_parts()
         }
     }
 
@@ -238,6 +263,9 @@ impl DisplayAs for LocalScanExec {
         if let Some(filter) = &self.filter {
             write!(f, ", filter={filter}")?;
         }
+        if self.top_k.is_some() {
+            write!(f, ", top_k_bound")?;
+        }
         Ok(())
     }
 }
@@ -265,6 +293,7 @@ impl ExecutionPlan for LocalScanExec {
                 metrics: self.metrics.clone(),
                 predicate: self.predicate.clone(),
                 filter: self.filter.clone(),
+                top_k: self.top_k.clone(),
                 shard: shard.clone(),
                 sender,
             };
@@ -284,6 +313,7 @@ struct ScanJob {
     metrics: Arc<ScanMetrics>,
     predicate: Option<Arc<IndexPredicate>>,
     filter: Option<Arc<dyn PhysicalExpr>>,
+    top_k: Option<Arc<TopKBound>>,
     shard: Arc<Shard>,
     sender: mpsc::Sender<DfResult<RecordBatch>>,
 }
@@ -394,6 +424,8 @@ impl ScanJob {
                 return Ok(());
             }
         }
+        // Under a top-k, segments not read whole are read by row group, best first.
+        let mut parts: Vec<RowGroupPart<'_>> = Vec::new();
         for entry in &snapshot.sealed {
             let meta = &entry.segment.meta;
             if let Some(predicate) = &self.predicate {
@@ -404,64 +436,246 @@ impl ScanJob {
                     continue;
                 }
             }
-            let mut keep_going = true;
-            let mut failure = None;
             let selected = self.index_rows(entry);
-            let exact = selected.as_ref().is_some_and(|s| s.exact);
-            let scores = selected.as_ref().and_then(|s| s.scores.as_ref());
-            // `rows`: the segment rows the batch holds, in its order (for their scores).
-            let mut emit = |batch: RecordBatch, rows: &[u32]| {
-                let batch_scores =
-                    scores.map(|scores| rows.iter().map(|row| scores.get(row).copied()).collect());
-                match self.emit_scored(batch, produced, batch_scores, exact) {
-                    Ok(go) => keep_going = go,
-                    Err(e) => {
-                        failure = Some(e);
-                        keep_going = false;
+            if let Some(bound) = &self.top_k {
+                if selected
+                    .as_ref()
+                    .is_none_or(|s| s.rows.len() > FETCH_MAX_ROWS)
+                {
+                    let segment = &entry.segment;
+                    match segment
+                        .row_groups()
+                        .and_then(|groups| Ok((groups, bound.statistics(segment, &self.target)?)))
+                    {
+                        Ok((groups, stats)) => {
+                            parts.extend(Self::row_group_parts(
+                                bound, entry, selected, groups, stats,
+                            ));
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(
+                                segment = meta.id,
+                                %error,
+                                "no row group statistics; reading the segment whole"
+                            );
+                        }
                     }
                 }
-                keep_going
-            };
-            let (access, read) = match &selected {
-                Some(selected) => {
-                    ScanMetrics::add(&self.metrics.segments_indexed, 1);
-                    if selected.rows.len() <= FETCH_MAX_ROWS {
-                        (
-                            Access::IndexFetch,
-                            self.fetch_rows(entry, selected, &local, &mut emit),
-                        )
-                    } else {
-                        (
-                            Access::Index,
-                            entry.segment.scan_rows(
-                                &self.columns,
-                                &selected.rows,
-                                in_row_order(&selected.rows, &mut emit),
-                            ),
-                        )
-                    }
-                }
-                None => {
-                    ScanMetrics::add(&self.metrics.segments_scanned, 1);
-                    (
-                        Access::Scan,
-                        entry
-                            .segment
-                            .scan(&self.columns, &entry.deletes, |batch| emit(batch, &[])),
-                    )
-                }
-            };
-            let read = read.map_err(|e| DataFusionError::External(Box::new(e)))?;
-            ScanMetrics::add(&self.metrics.rows_scanned, read);
-            self.metrics.record(access, Some(meta.id), meta.rows, read);
-            if let Some(error) = failure {
-                return Err(error);
             }
-            if !keep_going {
+            if !self.read_segment(entry, selected, &local, produced)? {
                 return Ok(());
             }
         }
+        if let Some(bound) = &self.top_k {
+            self.read_parts(bound, parts, produced)?;
+        }
         Ok(())
+    }
+
+    /// Reads one sealed segment: the rows its index selected, or all. False when
+    /// no more rows are wanted.
+    fn read_segment(
+        &self,
+        entry: &SealedEntry,
+        selected: Option<Selected>,
+        local: &SchemaRef,
+        produced: &mut usize,
+    ) -> DfResult<bool> {
+        let meta = &entry.segment.meta;
+        let mut outcome = Outcome::default();
+        let mut emit = self.emitter(selected.as_ref(), produced, &mut outcome);
+        let (access, read) = match &selected {
+            Some(selected) => {
+                ScanMetrics::add(&self.metrics.segments_indexed, 1);
+                if selected.rows.len() <= FETCH_MAX_ROWS {
+                    (
+                        Access::IndexFetch,
+                        self.fetch_rows(entry, selected, local, &mut emit),
+                    )
+                } else {
+                    (
+                        Access::Index,
+                        entry.segment.scan_rows(
+                            &self.columns,
+                            &selected.rows,
+                            in_row_order(&selected.rows, &mut emit),
+                        ),
+                    )
+                }
+            }
+            None => {
+                ScanMetrics::add(&self.metrics.segments_scanned, 1);
+                (
+                    Access::Scan,
+                    entry
+                        .segment
+                        .scan(&self.columns, &entry.deletes, |batch| emit(batch, &[])),
+                )
+            }
+        };
+        drop(emit);
+        let read = read.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        ScanMetrics::add(&self.metrics.rows_scanned, read);
+        self.metrics.record(access, Some(meta.id), meta.rows, read);
+        outcome.finish()
+    }
+
+    /// An `emit(batch, rows)` for the rows of one segment: `rows` are the
+    /// segment rows the batch holds, in its order (for their scores).
+    fn emitter<'a>(
+        &'a self,
+        selected: Option<&'a Selected>,
+        produced: &'a mut usize,
+        outcome: &'a mut Outcome,
+    ) -> impl FnMut(RecordBatch, &[u32]) -> bool + 'a {
+        let exact = selected.is_some_and(|s| s.exact);
+        let scores = selected.and_then(|s| s.scores.as_ref());
+        move |batch: RecordBatch, rows: &[u32]| {
+            let batch_scores =
+                scores.map(|scores| rows.iter().map(|row| scores.get(row).copied()).collect());
+            match self.emit_scored(batch, produced, batch_scores, exact) {
+                Ok(go) => outcome.keep_going = go,
+                Err(e) => {
+                    outcome.failure = Some(e);
+                    outcome.keep_going = false;
+                }
+            }
+            outcome.keep_going
+        }
+    }
+
+    /// The row groups of a segment, each with its statistics and its share of
+    /// the index's selection.
+    fn row_group_parts<'a>(
+        bound: &TopKBound,
+        entry: &'a SealedEntry,
+        selected: Option<Selected>,
+        groups: Vec<std::ops::Range<usize>>,
+        stats: RowGroupStats,
+    ) -> Vec<RowGroupPart<'a>> {
+        let selected = selected.map(Arc::new);
+        groups
+            .into_iter()
+            .enumerate()
+            .map(|(group, rows)| {
+                let stats = stats.of_group(group);
+                RowGroupPart {
+                    entry,
+                    order: bound.order_key(&stats),
+                    selected: selected.clone(),
+                    group,
+                    rows,
+                    stats,
+                }
+            })
+            .collect()
+    }
+
+    /// Reads row groups in the order of the top-k's leading key, skipping those
+    /// its bound rules out by then.
+    fn read_parts(
+        &self,
+        bound: &TopKBound,
+        mut parts: Vec<RowGroupPart<'_>>,
+        produced: &mut usize,
+    ) -> DfResult<()> {
+        // Unknown keys last, in either direction.
+        parts.sort_by(|a, b| match (&a.order, &b.order) {
+            (Some(x), Some(y)) => {
+                let order = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
+                if bound.descending() {
+                    order.reverse()
+                } else {
+                    order
+                }
+            }
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+        // Per segment: rows read, rows ruled out, and how it was read.
+        let mut reads: Vec<(u64, Access, u64, u64)> = Vec::new();
+        let mut tally = |segment: u64, access: Access, read: u64, skipped: u64| match reads
+            .iter_mut()
+            .find(|r| r.0 == segment)
+        {
+            Some(r) => {
+                r.2 += read;
+                r.3 += skipped;
+            }
+            None => reads.push((segment, access, read, skipped)),
+        };
+        let mut current = None;
+        let mut result = Ok(());
+        for part in &parts {
+            if bound.changed_since(current.as_ref()) {
+                current = bound.current(&self.target);
+            }
+            let segment = &part.entry.segment;
+            let access = if part.selected.is_some() {
+                Access::Index
+            } else {
+                Access::Scan
+            };
+            if current.as_ref().is_some_and(|c| !c.may_match(&part.stats)) {
+                ScanMetrics::add(&self.metrics.row_groups_pruned, 1);
+                tally(segment.meta.id, access, 0, part.rows.len() as u64);
+                continue;
+            }
+            let mut outcome = Outcome::default();
+            let mut emit = self.emitter(part.selected.as_deref(), produced, &mut outcome);
+            let read = match &part.selected {
+                Some(selected) => {
+                    let start = selected
+                        .rows
+                        .partition_point(|&r| (r as usize) < part.rows.start);
+                    let end = selected
+                        .rows
+                        .partition_point(|&r| (r as usize) < part.rows.end);
+                    let rows = &selected.rows[start..end];
+                    segment.scan_rows(&self.columns, rows, in_row_order(rows, &mut emit))
+                }
+                None => segment.scan_row_group(
+                    &self.columns,
+                    &part.entry.deletes,
+                    part.group,
+                    |batch| emit(batch, &[]),
+                ),
+            };
+            drop(emit);
+            let read = read.map_err(|e| DataFusionError::External(Box::new(e)))?;
+            ScanMetrics::add(&self.metrics.rows_scanned, read);
+            tally(segment.meta.id, access, read, 0);
+            match outcome.finish() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        for (segment, access, read, skipped) in reads {
+            let rows = parts
+                .iter()
+                .find(|p| p.entry.segment.meta.id == segment)
+                .map_or(0, |p| p.entry.segment.meta.rows);
+            if rows > skipped {
+                let counter = match access {
+                    Access::Index => &self.metrics.segments_indexed,
+                    _ => &self.metrics.segments_scanned,
+                };
+                ScanMetrics::add(counter, 1);
+                self.metrics
+                    .record(access, Some(segment), rows - skipped, read);
+            }
+            if skipped > 0 {
+                self.metrics
+                    .record(Access::TopKBound, Some(segment), skipped, 0);
+            }
+        }
+        result
     }
 
     /// Emits the selected rows of a segment as stored in RocksDB (a few point
@@ -537,7 +751,12 @@ impl ScanJob {
             parse_query(index.index(), field, query).ok()
         });
         let live = live_rows(entry) as usize;
-        if search.is_none() && rows.len() * INDEX_MAX_FRACTION > live {
+        if search.is_none()
+            && (rows.len() * INDEX_MAX_FRACTION > live
+                || (rows.len() > FETCH_MAX_ROWS
+                    && pages_touched(&rows) * PAGES_MAX_FRACTION
+                        > pages(segment.meta.rows as usize)))
+        {
             return None;
         }
         let scores = match search {
@@ -559,6 +778,25 @@ impl ScanJob {
     }
 }
 
+/// The data pages (of at most [`PAGE_ROWS`] rows) of `rows` rows.
+fn pages(rows: usize) -> usize {
+    rows.div_ceil(PAGE_ROWS)
+}
+
+/// The data pages that hold the given rows (ascending).
+fn pages_touched(rows: &[u32]) -> usize {
+    let mut touched = 0;
+    let mut last = None;
+    for &row in rows {
+        let page = row as usize / PAGE_ROWS;
+        if last != Some(page) {
+            touched += 1;
+            last = Some(page);
+        }
+    }
+    touched
+}
+
 /// Rows of a sealed segment not superseded or deleted since it was sealed.
 fn live_rows(entry: &SealedEntry) -> u64 {
     entry.segment.meta.rows - entry.deletes.len() as u64
@@ -572,6 +810,43 @@ struct Selected {
     index: Arc<SegmentIndex>,
     /// The rows are exactly those matching the predicate.
     exact: bool,
+}
+
+/// What emitting a segment's batches came to.
+struct Outcome {
+    keep_going: bool,
+    failure: Option<DataFusionError>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Self {
+            keep_going: true,
+            failure: None,
+        }
+    }
+}
+
+impl Outcome {
+    /// Whether more rows are wanted, or the error emitting met.
+    fn finish(self) -> DfResult<bool> {
+        match self.failure {
+            Some(error) => Err(error),
+            None => Ok(self.keep_going),
+        }
+    }
+}
+
+/// One row group of a sealed segment, read under a top-k.
+struct RowGroupPart<'a> {
+    entry: &'a SealedEntry,
+    /// The leading sort key's minimum (or maximum when descending).
+    order: Option<ScalarValue>,
+    /// The segment's rows its index selected (all rows if `None`).
+    selected: Option<Arc<Selected>>,
+    group: usize,
+    rows: std::ops::Range<usize>,
+    stats: RowGroupStats,
 }
 
 /// Adapts `emit(batch, rows)` to a reader that returns `rows`, in order, in batches.

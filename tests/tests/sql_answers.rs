@@ -22,6 +22,8 @@ const CASES: &[Case<'static>] = &[
     Case { name: "group_high_cardinality_count", sql: "SELECT COUNT(*) FROM (SELECT hi_card FROM events GROUP BY hi_card) AS g", ordered: true },
     Case { name: "having", sql: "SELECT \"user.id\", COUNT(*), SUM(amount) FROM events GROUP BY 1 HAVING COUNT(*) > 150 ORDER BY 1", ordered: true },
     Case { name: "top_k", sql: "SELECT id, amount FROM events WHERE amount IS NOT NULL ORDER BY amount DESC, id LIMIT 10", ordered: true },
+    Case { name: "latest_events", sql: "SELECT id, qty, _event_time FROM events ORDER BY _event_time DESC, id LIMIT 10", ordered: true },
+    Case { name: "earliest_filtered", sql: "SELECT id, amount FROM events WHERE qty > 5 ORDER BY _event_time, id LIMIT 7", ordered: true },
     Case { name: "nested_filter", sql: "SELECT id, qty FROM events WHERE \"user.geo.city\" = 'Oslo' AND qty > 8 ORDER BY id LIMIT 50", ordered: true },
     Case { name: "is_null_missing_and_explicit", sql: "SELECT COUNT(*) FROM events WHERE \"user.age\" IS NULL", ordered: true },
     Case { name: "is_not_null_and_range", sql: "SELECT COUNT(*) FROM events WHERE amount IS NOT NULL AND \"user.age\" BETWEEN 30 AND 40", ordered: true },
@@ -175,6 +177,13 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     let window = scan("SELECT COUNT(*) FROM events WHERE _event_time >= '2024-01-10' AND _event_time < '2024-01-11'")?;
     assert!(window["segments_pruned"].as_u64().unwrap() >= 1, "{window}");
     assert_eq!(window["segments_scanned"], 0, "{window}");
+    // A top-k by time reads the row groups that can hold its rows, best first,
+    // and skips the rest by their statistics.
+    let latest = scan("SELECT id FROM events ORDER BY _event_time DESC LIMIT 3")?;
+    assert!(
+        latest["row_groups_pruned"].as_u64().unwrap() >= 1,
+        "{latest}"
+    );
     let by_id = scan("SELECT qty FROM events WHERE _id IN ('5', '97')")?;
     assert_eq!(by_id["rows_by_id"], 2, "{by_id}");
     assert_eq!(by_id["segments_indexed"], 0, "{by_id}");

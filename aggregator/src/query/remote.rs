@@ -388,6 +388,7 @@ struct FragmentCounters {
     segments_indexed: Count,
     segments_scanned: Count,
     rows_by_id: Count,
+    row_groups_pruned: Count,
 }
 
 impl FragmentCounters {
@@ -400,6 +401,7 @@ impl FragmentCounters {
             segments_indexed: counter("segments_indexed"),
             segments_scanned: counter("segments_scanned"),
             rows_by_id: counter("rows_by_id"),
+            row_groups_pruned: counter("row_groups_pruned"),
         }
     }
 
@@ -413,6 +415,8 @@ impl FragmentCounters {
         self.segments_scanned
             .add(as_usize(metrics.scan.segments_scanned));
         self.rows_by_id.add(as_usize(metrics.scan.rows_by_id));
+        self.row_groups_pruned
+            .add(as_usize(metrics.scan.row_groups_pruned));
     }
 }
 

@@ -1,14 +1,16 @@
 //! Sealed segments: an immutable columnar file plus its inverted index.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{AsArray, BooleanArray};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, UInt64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder, RowSelection,
@@ -30,7 +32,7 @@ const INDEX_DIR: &str = "index";
 /// Rows per Arrow batch read from or written to a segment.
 pub const BATCH_ROWS: usize = 8192;
 /// Rows per Parquet data page at most.
-const PAGE_ROWS: usize = 4096;
+pub(crate) const PAGE_ROWS: usize = 4096;
 /// Largest dictionary page of a column chunk (parquet's default is 1 MiB).
 const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
@@ -45,6 +47,14 @@ pub struct SealedSegment {
     metadata: OnceLock<ArrowReaderMetadata>,
     /// Replaced by a merged segment: the files go when the last reader lets go.
     retired: AtomicBool,
+}
+
+/// Statistics of one column, one entry per row group.
+#[derive(Debug, Clone)]
+pub struct ColumnStatistics {
+    pub mins: ArrayRef,
+    pub maxes: ArrayRef,
+    pub null_counts: UInt64Array,
 }
 
 impl Drop for SealedSegment {
@@ -273,24 +283,65 @@ impl SealedSegment {
         Ok(out)
     }
 
-    /// A reader of `columns` (those the segment has, in its own types), of the rows
-    /// in `selection` or all; with no column asked for (COUNT(*)) it reads the
+    /// The columnar file's footer and page index (read once, then cached).
+    fn metadata(&self, file: &File) -> Result<ArrowReaderMetadata> {
+        if let Some(metadata) = self.metadata.get() {
+            return Ok(metadata.clone());
+        }
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let metadata = ArrowReaderMetadata::load(file, options)?;
+        Ok(self.metadata.get_or_init(|| metadata).clone())
+    }
+
+    /// The rows of each row group of the columnar file, in order.
+    pub fn row_groups(&self) -> Result<Vec<Range<usize>>> {
+        let metadata = self.metadata(&File::open(self.data_path())?)?;
+        let mut start = 0;
+        Ok(metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|group| {
+                let rows = start..start + group.num_rows() as usize;
+                start = rows.end;
+                rows
+            })
+            .collect())
+    }
+
+    /// Per row group: the minimum, maximum and NULL count of `column` (in the
+    /// segment's own type), and the row count. `None` if the segment has no such
+    /// column or its statistics cannot be read.
+    pub fn column_statistics(&self, column: &str) -> Result<Option<ColumnStatistics>> {
+        let metadata = self.metadata(&File::open(self.data_path())?)?;
+        let parquet = metadata.metadata();
+        let Ok(converter) = StatisticsConverter::try_new(
+            column,
+            metadata.schema(),
+            parquet.file_metadata().schema_descr(),
+        ) else {
+            return Ok(None);
+        };
+        let groups = parquet.row_groups();
+        Ok(Some(ColumnStatistics {
+            mins: converter.row_group_mins(groups)?,
+            maxes: converter.row_group_maxes(groups)?,
+            null_counts: converter.row_group_null_counts(groups)?,
+        }))
+    }
+
+    /// A reader of `columns` (those the segment has, in its own types), of the
+    /// `row_groups` or all, of the rows in `selection` (counted within those row
+    /// groups) or all; with no column asked for (COUNT(*)) it reads the
     /// narrowest one and the caller drops it (`true`).
     fn reader(
         &self,
         columns: &[String],
+        row_groups: Option<Vec<usize>>,
         selection: Option<RowSelection>,
     ) -> Result<(ParquetRecordBatchReader, bool)> {
         let file = File::open(self.data_path())?;
-        let metadata = match self.metadata.get() {
-            Some(metadata) => metadata.clone(),
-            None => {
-                let options =
-                    ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-                let metadata = ArrowReaderMetadata::load(&file, options)?;
-                self.metadata.get_or_init(|| metadata).clone()
-            }
-        };
+        let metadata = self.metadata(&file)?;
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
         let file_schema = builder.schema().clone();
         let mut indices: Vec<usize> = columns
@@ -303,6 +354,9 @@ impl SealedSegment {
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
         let mut builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
+        if let Some(row_groups) = row_groups {
+            builder = builder.with_row_groups(row_groups);
+        }
         if let Some(selection) = selection {
             builder = builder.with_row_selection(selection);
         }
@@ -315,16 +369,48 @@ impl SealedSegment {
         &self,
         columns: &[String],
         deletes: &DeleteSet,
+        emit: impl FnMut(RecordBatch) -> bool,
+    ) -> Result<u64> {
+        self.scan_range(columns, deletes, None, emit)
+    }
+
+    /// [`Self::scan`] of one row group (see [`Self::row_groups`]).
+    pub fn scan_row_group(
+        &self,
+        columns: &[String],
+        deletes: &DeleteSet,
+        row_group: usize,
+        emit: impl FnMut(RecordBatch) -> bool,
+    ) -> Result<u64> {
+        let rows = self.row_groups()?.get(row_group).cloned().ok_or_else(|| {
+            LeafError::Segment(format!(
+                "segment {} has no row group {row_group}",
+                self.meta.id
+            ))
+        })?;
+        self.scan_range(columns, deletes, Some((row_group, rows)), emit)
+    }
+
+    /// Scans the whole file, or one row group and the rows it holds.
+    fn scan_range(
+        &self,
+        columns: &[String],
+        deletes: &DeleteSet,
+        row_group: Option<(usize, Range<usize>)>,
         mut emit: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64> {
+        let (row_groups, rows) = match row_group {
+            Some((group, rows)) => (Some(vec![group]), rows),
+            None => (None, 0..self.meta.rows as usize),
+        };
         if !columns
             .iter()
             .any(|name| self.meta.fields.fields.contains_key(name) || is_reserved_column(name))
         {
-            return Ok(self.count_rows(deletes, emit));
+            return Ok(self.count_rows(rows, deletes, emit));
         }
-        let (reader, count_only) = self.reader(columns, None)?;
-        let mut offset = 0usize;
+        let (reader, count_only) = self.reader(columns, row_groups, None)?;
+        let mut offset = rows.start;
         for batch in reader {
             let mut batch = batch?;
             let rows = batch.num_rows();
@@ -342,18 +428,22 @@ impl SealedSegment {
                 break;
             }
         }
-        Ok(offset as u64)
+        Ok((offset - rows.start) as u64)
     }
 
-    /// Emits the live rows as batches without columns (COUNT(*), or columns this
+    /// Emits the live `rows` as batches without columns (COUNT(*), or columns this
     /// segment never saw, which are all NULL): the manifest knows how many rows
     /// there are and the delete set which are gone, so no page is read.
-    fn count_rows(&self, deletes: &DeleteSet, mut emit: impl FnMut(RecordBatch) -> bool) -> u64 {
-        let total = self.meta.rows as usize;
+    fn count_rows(
+        &self,
+        rows: Range<usize>,
+        deletes: &DeleteSet,
+        mut emit: impl FnMut(RecordBatch) -> bool,
+    ) -> u64 {
         let schema = Arc::new(Schema::empty());
-        let mut offset = 0;
-        while offset < total {
-            let end = (offset + BATCH_ROWS).min(total);
+        let mut offset = rows.start;
+        while offset < rows.end {
+            let end = (offset + BATCH_ROWS).min(rows.end);
             let live = if deletes.is_empty() {
                 end - offset
             } else {
@@ -367,11 +457,12 @@ impl SealedSegment {
                 break;
             }
         }
-        offset as u64
+        (offset - rows.start) as u64
     }
 
     /// Streams `columns` of the given rows (ascending row numbers, all live) to
-    /// `emit` until it returns false, decoding only the pages that hold them.
+    /// `emit` until it returns false, decoding only the row groups and pages that
+    /// hold them.
     pub fn scan_rows(
         &self,
         columns: &[String],
@@ -381,17 +472,39 @@ impl SealedSegment {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        // Row groups without a selected row are not read at all; the selection
+        // counts rows within the row groups that are.
+        let groups = self.row_groups()?;
+        let mut touched: Vec<usize> = Vec::new();
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        let mut skipped = 0;
+        let mut group = 0;
         for &row in rows {
             let row = row as usize;
+            while group < groups.len() && groups[group].end <= row {
+                if touched.last() != Some(&group) {
+                    skipped += groups[group].len();
+                }
+                group += 1;
+            }
+            if group == groups.len() {
+                return Err(LeafError::Segment(format!(
+                    "row {row} is past the end of segment {}",
+                    self.meta.id
+                )));
+            }
+            if touched.last() != Some(&group) {
+                touched.push(group);
+            }
+            let position = row - skipped;
             match ranges.last_mut() {
-                Some(range) if range.end == row => range.end += 1,
-                _ => ranges.push(row..row + 1),
+                Some(range) if range.end == position => range.end += 1,
+                _ => ranges.push(position..position + 1),
             }
         }
-        let selection =
-            RowSelection::from_consecutive_ranges(ranges.into_iter(), self.meta.rows as usize);
-        let (reader, count_only) = self.reader(columns, Some(selection))?;
+        let total = touched.iter().map(|&g| groups[g].len()).sum();
+        let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
+        let (reader, count_only) = self.reader(columns, Some(touched), Some(selection))?;
         for batch in reader {
             let mut batch = batch?;
             if count_only {
