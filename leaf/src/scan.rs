@@ -12,8 +12,7 @@
 //!  _id = / IN        → the documents from RocksDB, no segment touched
 //!  sealed segment    → skipped if its _event_time range cannot match
 //!                    → else the rows its tantivy index selects, when they are
-//!                      at most 1/INDEX_MAX_FRACTION of it, in at most
-//!                      1/PAGES_MAX_FRACTION of its pages (only those decoded)
+//!                      at most 1/INDEX_MAX_FRACTION of it (only their pages decoded)
 //!                    → else a columnar scan
 //!                    → under a top-k, both by row group, best first, skipping
 //!                      those its bound rules out (see [`crate::topk`])
@@ -50,17 +49,12 @@ use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
 use crate::predicate::IndexPredicate;
 use crate::segment::index::SegmentIndex;
-use crate::segment::sealed::PAGE_ROWS;
 use crate::shard::{SealedEntry, Shard, ShardSnapshot};
 use crate::topk::{RowGroupStats, TopKBound};
 
 /// A segment is read through its index when the index selects at most
 /// 1/this of its rows; above that, a sequential scan is cheaper.
 const INDEX_MAX_FRACTION: usize = 8;
-/// ... and, unless they are few enough to fetch, when they lie in at most 1/this
-/// of its pages: reading a row decodes its whole page, so rows spread over most
-/// pages cost a scan and the selection on top.
-const PAGES_MAX_FRACTION: usize = 2;
 /// Up to this many selected rows of a segment are fetched from RocksDB.
 const FETCH_MAX_ROWS: usize = 1024;
 
@@ -751,12 +745,7 @@ impl ScanJob {
             parse_query(index.index(), field, query).ok()
         });
         let live = live_rows(entry) as usize;
-        if search.is_none()
-            && (rows.len() * INDEX_MAX_FRACTION > live
-                || (rows.len() > FETCH_MAX_ROWS
-                    && pages_touched(&rows) * PAGES_MAX_FRACTION
-                        > pages(segment.meta.rows as usize)))
-        {
+        if search.is_none() && rows.len() * INDEX_MAX_FRACTION > live {
             return None;
         }
         let scores = match search {
@@ -776,25 +765,6 @@ impl ScanJob {
             exact,
         })
     }
-}
-
-/// The data pages (of at most [`PAGE_ROWS`] rows) of `rows` rows.
-fn pages(rows: usize) -> usize {
-    rows.div_ceil(PAGE_ROWS)
-}
-
-/// The data pages that hold the given rows (ascending).
-fn pages_touched(rows: &[u32]) -> usize {
-    let mut touched = 0;
-    let mut last = None;
-    for &row in rows {
-        let page = row as usize / PAGE_ROWS;
-        if last != Some(page) {
-            touched += 1;
-            last = Some(page);
-        }
-    }
-    touched
 }
 
 /// Rows of a sealed segment not superseded or deleted since it was sealed.
