@@ -716,6 +716,12 @@ mod tests {
         }
     }
 
+    /// A shard with its store and segments under `dir`.
+    fn new_shard(dir: &std::path::Path) -> Shard {
+        let store = Arc::new(Store::open(&dir.join("db"), false).unwrap());
+        Shard::new("c", 0, dir.join("segments"), store)
+    }
+
     fn live_ids(shard: &Shard) -> Vec<String> {
         let snapshot = shard.snapshot();
         let mut ids: Vec<String> = snapshot
@@ -739,8 +745,7 @@ mod tests {
     #[test]
     fn marks_advance_watermarks_of_several_sources_without_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
-        let shard = Shard::new("c", 0, dir.path().join("segments"), store);
+        let shard = new_shard(dir.path());
         let meta = CollectionMeta::default();
         let mut from_b = doc("x", None, "{}");
         from_b.position = Some((1, 7));
@@ -831,8 +836,7 @@ mod tests {
     #[test]
     fn sealed_rows_are_in_event_time_order_and_keep_their_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
-        let shard = Shard::new("c", 0, dir.path().join("segments"), store);
+        let shard = new_shard(dir.path());
         let meta = CollectionMeta::default();
         // Arriving out of time order: e at 50, d at 40, .. a at 10.
         let docs = ["e", "d", "c", "b", "a"]
@@ -894,8 +898,7 @@ mod tests {
     #[test]
     fn merges_pick_runs_of_small_neighbours() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
-        let shard = Shard::new("c", 0, dir.path().join("segments"), store);
+        let shard = new_shard(dir.path());
         let meta = CollectionMeta::default();
         let seal = SealPolicy {
             max_rows: 1,

@@ -284,18 +284,18 @@ impl SealedSegment {
     }
 
     /// The columnar file's footer and page index (read once, then cached).
-    fn metadata(&self, file: &File) -> Result<ArrowReaderMetadata> {
+    fn metadata(&self) -> Result<ArrowReaderMetadata> {
         if let Some(metadata) = self.metadata.get() {
             return Ok(metadata.clone());
         }
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-        let metadata = ArrowReaderMetadata::load(file, options)?;
+        let metadata = ArrowReaderMetadata::load(&File::open(self.data_path())?, options)?;
         Ok(self.metadata.get_or_init(|| metadata).clone())
     }
 
     /// The rows of each row group of the columnar file, in order.
     pub fn row_groups(&self) -> Result<Vec<Range<usize>>> {
-        let metadata = self.metadata(&File::open(self.data_path())?)?;
+        let metadata = self.metadata()?;
         let mut start = 0;
         Ok(metadata
             .metadata()
@@ -313,7 +313,7 @@ impl SealedSegment {
     /// segment's own type), and the row count. `None` if the segment has no such
     /// column or its statistics cannot be read.
     pub fn column_statistics(&self, column: &str) -> Result<Option<ColumnStatistics>> {
-        let metadata = self.metadata(&File::open(self.data_path())?)?;
+        let metadata = self.metadata()?;
         let parquet = metadata.metadata();
         let Ok(converter) = StatisticsConverter::try_new(
             column,
@@ -340,9 +340,11 @@ impl SealedSegment {
         row_groups: Option<Vec<usize>>,
         selection: Option<RowSelection>,
     ) -> Result<(ParquetRecordBatchReader, bool)> {
-        let file = File::open(self.data_path())?;
-        let metadata = self.metadata(&file)?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
+        let metadata = self.metadata()?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            File::open(self.data_path())?,
+            metadata,
+        );
         let file_schema = builder.schema().clone();
         let mut indices: Vec<usize> = columns
             .iter()
