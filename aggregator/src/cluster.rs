@@ -1,5 +1,6 @@
 //! The leaves of the cluster and what the aggregator asks of all of them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -10,6 +11,7 @@ use altdb_common::rpc::{
     CollectionRequest, CollectionStats, LeafClient, ACTION_COLLECTION_STATS,
     ACTION_DROP_COLLECTION, ACTION_HEALTH,
 };
+use altdb_common::schema::FieldSet;
 
 use crate::error::{AggregatorError, Result};
 
@@ -17,6 +19,26 @@ use crate::error::{AggregatorError, Result};
 #[derive(Debug, Clone)]
 pub struct Cluster {
     leaves: Arc<Vec<LeafClient>>,
+}
+
+/// A collection's fields as the leaves reported them.
+#[derive(Debug)]
+pub struct CollectionFields {
+    /// Widest type of every field over all shards.
+    pub fields: FieldSet,
+    /// [`FieldSet::fingerprint`] of each shard's fields, by leaf URL and shard.
+    pub fingerprints: HashMap<(String, u32), u64>,
+}
+
+impl CollectionFields {
+    /// The fingerprint of `shard`'s fields on `leaf` when they were reported (a
+    /// shard the leaf did not have yet had no fields).
+    pub fn fingerprint(&self, leaf: &str, shard: u32) -> u64 {
+        self.fingerprints
+            .get(&(leaf.to_string(), shard))
+            .copied()
+            .unwrap_or_else(|| FieldSet::default().fingerprint())
+    }
 }
 
 /// Health of one leaf.
@@ -52,38 +74,59 @@ impl Cluster {
             .collect()
     }
 
-    /// Stats of a collection merged over every leaf; fails if a leaf is unreachable,
-    /// because a schema missing that leaf's fields would plan wrong queries.
-    pub async fn collection_stats(&self, collection: &str) -> Result<CollectionStats> {
+    /// Each leaf's stats of a collection; fails if a leaf is unreachable, because a
+    /// schema missing that leaf's fields would plan wrong queries.
+    async fn stats_by_leaf(&self, collection: &str) -> Result<Vec<(String, CollectionStats)>> {
         let request = CollectionRequest {
             collection: collection.to_string(),
         };
-        let answers = join_all(self.leaves.iter().map(|leaf| {
+        join_all(self.leaves.iter().map(|leaf| {
             let request = request.clone();
             async move {
                 leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
                     .await
-                    .map_err(|e| (leaf.url().to_string(), e))
+                    .map(|stats| (leaf.url().to_string(), stats))
+                    .map_err(|error| {
+                        AggregatorError::Unavailable(format!(
+                            "leaf {} did not answer: {error}; check that it is running",
+                            leaf.url()
+                        ))
+                    })
             }
         }))
-        .await;
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    /// Stats of a collection merged over every leaf.
+    pub async fn collection_stats(&self, collection: &str) -> Result<CollectionStats> {
         let mut merged = CollectionStats::default();
-        for answer in answers {
-            match answer {
-                Ok(stats) => {
-                    merged.fields.merge(&stats.fields);
-                    merged.shards.extend(stats.shards);
-                }
-                Err((url, error)) => {
-                    return Err(AggregatorError::Unavailable(format!(
-                        "leaf {url} did not answer: {error}; check that it is running"
-                    )))
-                }
-            }
+        for (_, stats) in self.stats_by_leaf(collection).await? {
+            merged.fields.merge(&stats.fields);
+            merged.shards.extend(stats.shards);
         }
         merged.shards.sort_by_key(|s| s.shard);
         // With replication each shard reports once per copy; count each once.
         merged.shards.dedup_by_key(|s| s.shard);
+        Ok(merged)
+    }
+
+    /// The fields of a collection merged over every leaf, with the fingerprint of
+    /// every copy of every shard.
+    pub async fn collection_fields(&self, collection: &str) -> Result<CollectionFields> {
+        let mut merged = CollectionFields {
+            fields: FieldSet::default(),
+            fingerprints: HashMap::new(),
+        };
+        for (leaf, stats) in self.stats_by_leaf(collection).await? {
+            merged.fields.merge(&stats.fields);
+            for shard in stats.shards {
+                merged
+                    .fingerprints
+                    .insert((leaf.clone(), shard.shard), shard.fields_fingerprint);
+            }
+        }
         Ok(merged)
     }
 

@@ -134,6 +134,9 @@ pub struct ShardStats {
     /// Progress of every source that has written to the shard.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceProgress>,
+    /// [`FieldSet::fingerprint`] of the shard's fields.
+    #[serde(default)]
+    pub fields_fingerprint: u64,
 }
 
 /// The leaf scan at the bottom of a plan fragment (encoded by the plan codec).
@@ -178,6 +181,10 @@ pub struct FragmentTicket {
     pub shard: u32,
     /// Report a [`FragmentProfile`] (for `EXPLAIN ANALYZE`).
     pub profile: bool,
+    /// The [`FieldSet::fingerprint`] of the shard's fields the plan was made with;
+    /// the leaf refuses the fragment if the shard's fields differ by now (see
+    /// [`RpcError::is_stale_fields`]). `None`: run whatever the shard has.
+    pub fields_fingerprint: Option<u64>,
     pub plan: Bytes,
 }
 
@@ -187,6 +194,8 @@ struct TicketHeader {
     shard: u32,
     #[serde(default)]
     profile: bool,
+    #[serde(default)]
+    fields_fingerprint: Option<u64>,
 }
 
 impl FragmentTicket {
@@ -196,6 +205,7 @@ impl FragmentTicket {
             collection: self.collection.clone(),
             shard: self.shard,
             profile: self.profile,
+            fields_fingerprint: self.fields_fingerprint,
         })
         .expect("ticket header serializes");
         let mut out = Vec::with_capacity(4 + header.len() + self.plan.len());
@@ -219,6 +229,7 @@ impl FragmentTicket {
             collection: header.collection,
             shard: header.shard,
             profile: header.profile,
+            fields_fingerprint: header.fields_fingerprint,
             plan: bytes.slice(4 + len..),
         })
     }
@@ -512,6 +523,12 @@ impl RpcError {
     pub fn is_invalid_argument(&self) -> bool {
         matches!(self, RpcError::Status(s) if s.code() == tonic::Code::InvalidArgument)
     }
+
+    /// Whether a leaf refused a fragment planned with fields its shard no longer
+    /// has exactly (plan the statement again with fresh fields).
+    pub fn is_stale_fields(&self) -> bool {
+        matches!(self, RpcError::Status(s) if s.code() == tonic::Code::FailedPrecondition)
+    }
 }
 
 impl From<FlightError> for RpcError {
@@ -533,6 +550,7 @@ mod tests {
             collection: "events".into(),
             shard: 3,
             profile: true,
+            fields_fingerprint: Some(42),
             plan: Bytes::from_static(b"\x01\x02plan"),
         };
         assert_eq!(FragmentTicket::decode(&ticket.encode()).unwrap(), ticket);

@@ -185,6 +185,15 @@ impl FieldSet {
         changed
     }
 
+    /// Identifies the set: equal sets have equal fingerprints, so a plan made with
+    /// one set of fields can tell whether a shard still has exactly those.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        self.fields.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// Widens `self` with every field of `other`.
     pub fn merge(&mut self, other: &FieldSet) {
         for (name, field_type) in &other.fields {
@@ -487,6 +496,25 @@ mod tests {
     use arrow::array::{AsArray, StringArray};
     use arrow::datatypes::{Float64Type, Int64Type};
     use serde_json::json;
+
+    #[test]
+    fn fingerprints_tell_field_sets_apart() {
+        let mut a = FieldSet::default();
+        a.observe("x", FieldType::Int64);
+        a.observe("y", FieldType::Utf8);
+        let mut b = FieldSet::default();
+        b.observe("y", FieldType::Utf8);
+        b.observe("x", FieldType::Int64);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), FieldSet::default().fingerprint());
+
+        let before = a.fingerprint();
+        a.observe("x", FieldType::Float64); // widened
+        assert_ne!(a.fingerprint(), before);
+        let widened = a.fingerprint();
+        a.observe("z", FieldType::Null); // added
+        assert_ne!(a.fingerprint(), widened);
+    }
 
     #[test]
     fn widening_follows_the_lattice() {

@@ -6,6 +6,9 @@ pub enum LeafError {
     /// The request is malformed; the message says what to fix.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A fragment was planned with other fields than its shard has (plan again).
+    #[error("{0}")]
+    StaleFields(String),
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
     #[error("segment error: {0}")]
@@ -35,6 +38,7 @@ impl From<LeafError> for tonic::Status {
     fn from(error: LeafError) -> Self {
         match &error {
             LeafError::InvalidRequest(_) => tonic::Status::invalid_argument(error.to_string()),
+            LeafError::StaleFields(_) => tonic::Status::failed_precondition(error.to_string()),
             LeafError::DataFusion(e) if is_cast_error(e) => {
                 tonic::Status::invalid_argument(format!(
                     "{}; a value could not be converted: compare each column with a literal \

@@ -25,6 +25,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::rpc::{FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
+use altdb_common::schema::FieldSet;
 
 use crate::error::{LeafError, Result};
 use crate::materialize::materialize_late;
@@ -82,11 +83,21 @@ pub fn run_fragment(
     } else {
         ScanMetrics::default()
     });
+    let shard = leaf.shard(&ticket.collection, ticket.shard);
+    if let Some(planned) = ticket.fields_fingerprint {
+        let current = shard.as_ref().map_or_else(
+            || FieldSet::default().fingerprint(),
+            |s| s.fields_fingerprint(),
+        );
+        if current != planned {
+            return Err(LeafError::StaleFields(format!(
+                "the fields of `{}` shard {} changed since the statement was planned",
+                ticket.collection, ticket.shard
+            )));
+        }
+    }
     // Taken before the scan's snapshot, so the data read is at least this fresh.
-    let source_as_of_us = leaf
-        .shard(&ticket.collection, ticket.shard)
-        .map(|shard| shard.source_as_of())
-        .unwrap_or_default();
+    let source_as_of_us = shard.map(|shard| shard.source_as_of()).unwrap_or_default();
     let codec = FragmentCodec {
         leaf,
         shard: ticket.shard,

@@ -57,6 +57,8 @@ struct ShardState {
     meta: CollectionMeta,
     registered: bool,
     fields: FieldSet,
+    /// `fields.fingerprint()`, kept current as fields appear or widen.
+    fields_fingerprint: u64,
     next_seq: u64,
     next_segment_id: u64,
     keys: HashMap<String, Location>,
@@ -162,6 +164,7 @@ impl Shard {
                 meta: CollectionMeta::default(),
                 registered: false,
                 fields: FieldSet::default(),
+                fields_fingerprint: FieldSet::default().fingerprint(),
                 next_seq: 1,
                 next_segment_id: 1,
                 keys: HashMap::new(),
@@ -309,6 +312,7 @@ impl Shard {
             sealed_segments: state.sealed.len() as u64,
             mutable_rows: state.mutable.live() as u64,
             max_event_time_us: state.max_event_time_us,
+            fields_fingerprint: state.fields_fingerprint,
             sources: state
                 .watermarks
                 .iter()
@@ -325,6 +329,11 @@ impl Shard {
 
     pub fn fields(&self) -> FieldSet {
         self.lock().fields.clone()
+    }
+
+    /// [`FieldSet::fingerprint`] of [`Shard::fields`].
+    pub fn fields_fingerprint(&self) -> u64 {
+        self.lock().fields_fingerprint
     }
 
     pub fn watermark(&self, source: &str) -> Option<u64> {
@@ -636,6 +645,7 @@ impl Shard {
         for row in unsealed {
             state.apply(row);
         }
+        state.fields_fingerprint = state.fields.fingerprint();
         tracing::info!(
             collection = %self.collection,
             shard = self.shard,
@@ -658,7 +668,9 @@ impl Shard {
 impl ShardState {
     /// Puts a durable row into the mutable segment, replacing any older version.
     fn apply(&mut self, row: FlatRow) {
-        self.fields.observe_row(&row.fields);
+        if self.fields.observe_row(&row.fields) {
+            self.fields_fingerprint = self.fields.fingerprint();
+        }
         self.max_event_time_us = Some(
             self.max_event_time_us
                 .map_or(row.event_time_us, |t| t.max(row.event_time_us)),

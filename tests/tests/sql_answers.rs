@@ -190,6 +190,11 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     assert_eq!(by_id["rows_by_id"], 2, "{by_id}");
     assert_eq!(by_id["segments_indexed"], 0, "{by_id}");
     assert_eq!(by_id["segments_scanned"], 0, "{by_id}");
+    // Documents are routed by `_id`, so an `_id` lookup asks only the shards that own
+    // those ids (the answers above, across the shards, are the DuckDB-checked cases).
+    let one_id = cluster.query("SELECT qty FROM events WHERE _id = '5'")?;
+    assert_eq!(one_id.body["stats"]["shards_queried"], 1, "{}", one_id.body);
+    assert_eq!(one_id.body["rows"].as_array().map(Vec::len), Some(1));
     // Without the index (to compare), the same answer from scans.
     let needle_sql = "SELECT id, qty FROM events WHERE hi_card = 'k123' ORDER BY id";
     let unindexed = cluster.post_json(

@@ -1,8 +1,10 @@
 //! SQL over collections: plan with DataFusion, run fragments on leaves, merge here.
 //!
 //! ```text
-//!  SQL ─► SessionContext (per query) ─► logical plan ─► physical plan
-//!           │ CollectionSchemaProvider: catalog + merged leaf schemas
+//!  SQL ─► SessionContext (per query, from a base state built once)
+//!           │ CollectionSchemaProvider: catalog + leaf fields (remembered, see fields.rs)
+//!           ▼
+//!         logical plan ─► physical plan
 //!           ▼
 //!  DistributeFragments: shard-local operators move into RemoteFragmentExec
 //!           ▼
@@ -11,6 +13,7 @@
 //! ```
 
 pub mod distribute;
+pub mod fields;
 pub mod json;
 pub mod remote;
 pub mod table;
@@ -21,8 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+};
 use datafusion::error::DataFusionError;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -37,7 +43,8 @@ use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
 use distribute::DistributeFragments;
-use remote::{LeafRejected, QueryStats, ShardUnavailable};
+use fields::FieldsCache;
+use remote::{LeafRejected, QueryStats, ShardUnavailable, StaleFields};
 use table::{CollectionSchemaProvider, TableOptions};
 
 /// A result column.
@@ -95,6 +102,10 @@ pub struct QueryEngine {
     cluster: Cluster,
     timeout: Duration,
     max_result_rows: usize,
+    /// Functions, rules and config every statement's session starts from.
+    base: Arc<SessionState>,
+    /// Collection fields of earlier statements.
+    fields: Arc<FieldsCache>,
 }
 
 impl QueryEngine {
@@ -109,10 +120,14 @@ impl QueryEngine {
             cluster,
             timeout,
             max_result_rows,
+            base: Arc::new(base_state()),
+            fields: Arc::new(FieldsCache::default()),
         }
     }
 
-    /// A session for one statement.
+    /// A session for one statement: the engine's base state (built once: its
+    /// function registry takes longer to build than a needle query to answer)
+    /// with a catalog of its own, resolving collections for this statement.
     async fn context(
         &self,
         stats: Arc<QueryStats>,
@@ -122,35 +137,25 @@ impl QueryEngine {
         Arc<CollectionSchemaProvider>,
         Vec<CollectionSpec>,
     )> {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .with_information_schema(false);
-        let options = config.options_mut();
-        // Partition-local operators must sit right on the scan to be shipped to leaves.
-        options.optimizer.enable_round_robin_repartition = false;
-        options.optimizer.enable_dynamic_filter_pushdown = false;
-        let state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_config(config)
-            .with_physical_optimizer_rule(Arc::new(DistributeFragments))
-            .build();
-        let context = SessionContext::new_with_state(state);
-        altdb_common::register_functions(&context);
         let specs = self.catalog.list().await?;
         let names = specs.iter().map(|spec| spec.name.clone()).collect();
         let provider = Arc::new(CollectionSchemaProvider::new(
             self.catalog.clone(),
             self.cluster.clone(),
+            self.fields.clone(),
             stats,
             names,
             tables,
         ));
-        context
-            .catalog("datafusion")
-            .ok_or_else(|| AggregatorError::Internal("default catalog is missing".into()))?
+        let catalog = MemoryCatalogProvider::new();
+        catalog
             .register_schema("public", provider.clone())
             .map_err(|e| AggregatorError::Internal(e.to_string()))?;
-        Ok((context, provider, specs))
+        let catalogs = MemoryCatalogProviderList::new();
+        catalogs.register_catalog("datafusion".to_string(), Arc::new(catalog));
+        let mut state = SessionState::clone(&self.base);
+        state.register_catalog_list(Arc::new(catalogs));
+        Ok((SessionContext::new_with_state(state), provider, specs))
     }
 
     /// Runs one SQL statement.
@@ -159,8 +164,42 @@ impl QueryEngine {
     }
 
     /// Runs one SQL statement with options.
+    ///
+    /// It is planned with remembered collection fields when there are some; if a
+    /// leaf refuses a fragment because its shard's fields changed since (or the
+    /// statement fails for any reason), it is planned again with fresh fields.
     pub async fn query_with(&self, sql: &str, options: &QueryOptions) -> Result<QueryResponse> {
         let started = Instant::now();
+        let run = async {
+            let failed = match self.attempt(sql, options, started, true).await {
+                Ok(answer) => return Ok(answer),
+                Err(failed) => failed,
+            };
+            if failed.remembered.is_empty() {
+                return Err(failed.error);
+            }
+            for collection in &failed.remembered {
+                self.fields.forget(collection, failed.stale);
+            }
+            self.attempt(sql, options, started, false)
+                .await
+                .map_err(|failed| failed.error)
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Err(_) => Err(AggregatorError::Timeout(self.timeout.as_secs())),
+            Ok(answer) => answer,
+        }
+    }
+
+    /// Plans and runs a statement once; `remembered_fields`: plan with remembered
+    /// collection fields where there are some.
+    async fn attempt(
+        &self,
+        sql: &str,
+        options: &QueryOptions,
+        started: Instant,
+        remembered_fields: bool,
+    ) -> std::result::Result<QueryResponse, Failed> {
         let stats = Arc::new(QueryStats::default());
         let lower = sql.to_ascii_lowercase();
         let profile = is_explain_analyze(&lower);
@@ -168,8 +207,16 @@ impl QueryEngine {
             scored: lower.contains(SEARCH_FUNCTION) || lower.contains(SCORE_COLUMN),
             use_index: options.use_index,
             profile,
+            remembered_fields,
         };
-        let (context, provider, specs) = self.context(stats.clone(), tables).await?;
+        let (context, provider, specs) =
+            self.context(stats.clone(), tables)
+                .await
+                .map_err(|error| Failed {
+                    error,
+                    remembered: Vec::new(),
+                    stale: false,
+                })?;
         let run = async {
             let options = SQLOptions::new()
                 .with_allow_ddl(false)
@@ -191,18 +238,27 @@ impl QueryEngine {
             }
             Ok::<_, DataFusionError>((schema, rows, truncated))
         };
-        let (schema, mut rows, truncated) = match tokio::time::timeout(self.timeout, run).await {
-            Err(_) => return Err(AggregatorError::Timeout(self.timeout.as_secs())),
-            Ok(Err(error)) => {
-                let missing = provider
-                    .missing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                return Err(classify(error, &missing));
+        let (schema, mut rows, truncated) = run.await.map_err(|error| {
+            let stale = matches!(
+                error.find_root(),
+                DataFusionError::External(inner) if inner.is::<StaleFields>()
+            );
+            let missing = provider
+                .missing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            Failed {
+                error: classify(error, &missing),
+                remembered: std::mem::take(
+                    &mut *provider
+                        .remembered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()),
+                ),
+                stale,
             }
-            Ok(Ok(answer)) => answer,
-        };
+        })?;
         if profile {
             rows.extend(leaf_profile_rows(&stats));
         }
@@ -229,6 +285,35 @@ impl QueryEngine {
             },
         })
     }
+}
+
+/// Why an attempt at a statement failed.
+struct Failed {
+    error: AggregatorError,
+    /// Collections it planned with remembered fields.
+    remembered: Vec<String>,
+    /// A leaf refused a fragment: its shard's fields changed since they were remembered.
+    stale: bool,
+}
+
+/// The session state statements start from.
+fn base_state() -> SessionState {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .with_information_schema(false)
+        .with_create_default_catalog_and_schema(false);
+    let options = config.options_mut();
+    // Partition-local operators must sit right on the scan to be shipped to leaves.
+    options.optimizer.enable_round_robin_repartition = false;
+    options.optimizer.enable_dynamic_filter_pushdown = false;
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_physical_optimizer_rule(Arc::new(DistributeFragments))
+        .build();
+    let context = SessionContext::new_with_state(state);
+    altdb_common::register_functions(&context);
+    context.state()
 }
 
 /// `EXPLAIN ANALYZE ..` (any spacing and case; `lower` is lowercased).

@@ -11,6 +11,7 @@
 //! The fragment is encoded once with datafusion-proto; [`ScanCodec`] encodes the
 //! scan node as a [`ScanSpec`] that the leaf turns into a scan of its local shard.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +25,7 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::coop::make_cooperative;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
     Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
@@ -40,11 +42,12 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::collection::CollectionSpec;
+use altdb_common::routing::shards_for_filter;
 use altdb_common::rpc::{
     FragmentItem, FragmentMetrics, FragmentProfile, FragmentTicket, RpcError, ScanCounts, ScanSpec,
 };
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, CollectionFields};
 
 /// Counters of one query, reported in its response.
 #[derive(Debug, Default)]
@@ -105,7 +108,17 @@ pub struct ScanTarget {
     pub stats: Arc<QueryStats>,
     /// Ask leaves for a [`FragmentProfile`] of each fragment.
     pub profile: bool,
+    /// The remembered fields the statement was planned with: each fragment carries
+    /// its shard's fingerprint, for the leaf to refuse it if they changed since.
+    /// `None`: planned with fields just fetched, run whatever the shard has.
+    pub remembered: Option<Arc<CollectionFields>>,
 }
+
+/// A leaf refused a fragment because its shard's fields changed since the
+/// statement was planned with remembered fields.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StaleFields(pub String);
 
 /// The scan of a collection across all its shards.
 pub struct DistributedScanExec {
@@ -215,9 +228,14 @@ impl PhysicalExtensionCodec for ScanCodec {
 }
 
 /// A plan fragment executed on every shard; partition `i` streams shard `i`'s result.
+///
+/// A fragment whose filter pins `_id` down runs only on the shards that own those
+/// `_id`s (documents are routed by `_id`); the other partitions are empty.
 pub struct RemoteFragmentExec {
     pub fragment: Arc<dyn ExecutionPlan>,
     pub target: Arc<ScanTarget>,
+    /// The shards to ask; `None`: all.
+    shards: Option<BTreeSet<u32>>,
     encoded: Bytes,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -250,9 +268,11 @@ impl RemoteFragmentExec {
                 .clone()
                 .with_scheduling_type(SchedulingType::Cooperative),
         );
+        let shards = pinned_shards(&fragment, target.collection.num_shards);
         Ok(Self {
             fragment,
             target,
+            shards,
             encoded,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -274,13 +294,40 @@ impl DisplayAs for RemoteFragmentExec {
             );
             node = current.children().first().map(|c| (*c).clone());
         }
+        let shards = match &self.shards {
+            Some(pinned) => {
+                let listed: Vec<String> = pinned.iter().map(u32::to_string).collect();
+                format!(
+                    "{} of {} shards ({}, by _id)",
+                    pinned.len(),
+                    self.target.collection.num_shards,
+                    listed.join(", ")
+                )
+            }
+            None => format!("{} shards", self.target.collection.num_shards),
+        };
         write!(
             f,
-            "RemoteFragmentExec: on {} shards of `{}`: [{}]",
-            self.target.collection.num_shards,
+            "RemoteFragmentExec: on {shards} of `{}`: [{}]",
             self.target.collection.name,
             steps.join(" <- ")
         )
+    }
+}
+
+/// The shards a fragment's `_id` filter confines it to; `None` when it may match
+/// on every shard. Only a filter right on the scan counts: operators below the
+/// first filter are per-shard, so they see no rows on the other shards either.
+fn pinned_shards(fragment: &Arc<dyn ExecutionPlan>, num_shards: u32) -> Option<BTreeSet<u32>> {
+    let mut node = fragment.clone();
+    loop {
+        let child = node.children().first().map(|c| (*c).clone())?;
+        if let Some(filter) = node.downcast_ref::<FilterExec>() {
+            if child.is::<DistributedScanExec>() {
+                return shards_for_filter(filter.predicate(), num_shards);
+            }
+        }
+        node = child;
     }
 }
 
@@ -297,24 +344,33 @@ impl ExecutionPlan for RemoteFragmentExec {
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let shard = partition as u32;
-        let ticket = FragmentTicket {
+        let schema = self.schema();
+        if self.shards.as_ref().is_some_and(|s| !s.contains(&shard)) {
+            let nothing = futures::stream::empty::<DfResult<RecordBatch>>();
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, nothing)));
+        }
+        let mut ticket = FragmentTicket {
             collection: self.target.collection.name.clone(),
             shard,
             profile: self.target.profile,
+            fields_fingerprint: None,
             plan: self.encoded.clone(),
         };
+        let remembered = self.target.remembered.clone();
         let counters = FragmentCounters::new(&self.metrics, partition);
         let answered_by = Arc::new(std::sync::Mutex::new(String::new()));
         let answering = answered_by.clone();
         let replicas = self.target.cluster.replicas(&self.target.collection, shard);
         let stats = self.target.stats.clone();
         stats.shards_queried.fetch_add(1, Ordering::Relaxed);
-        let schema = self.schema();
         let collection = self.target.collection.name.clone();
 
         let connect = async move {
             let mut failures = Vec::new();
             for leaf in replicas {
+                ticket.fields_fingerprint = remembered
+                    .as_ref()
+                    .map(|fields| fields.fingerprint(leaf.url(), shard));
                 match leaf.fragment(&ticket).await {
                     Ok(stream) => {
                         *answering.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -422,7 +478,9 @@ impl FragmentCounters {
 
 /// Failures of the leaf RPC as DataFusion errors the API layer can classify.
 fn rpc_to_datafusion(error: RpcError) -> DataFusionError {
-    if error.is_invalid_argument() {
+    if error.is_stale_fields() {
+        DataFusionError::External(Box::new(StaleFields(error.to_string())))
+    } else if error.is_invalid_argument() {
         DataFusionError::External(Box::new(LeafRejected(error.to_string())))
     } else if error.is_unavailable() {
         DataFusionError::External(Box::new(ShardUnavailable {

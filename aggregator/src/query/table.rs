@@ -18,12 +18,13 @@ use datafusion::physical_plan::ExecutionPlan;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::rpc::ScanSpec;
-use altdb_common::schema::{FieldSet, FieldType};
+use altdb_common::schema::FieldType;
 use altdb_common::search::SCORE_COLUMN;
 
+use super::fields::FieldsCache;
 use super::remote::{DistributedScanExec, QueryStats, ScanTarget};
 use crate::catalog::Catalog;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, CollectionFields};
 use crate::error::AggregatorError;
 
 /// Resolves collections for one query.
@@ -31,17 +32,21 @@ use crate::error::AggregatorError;
 pub struct CollectionSchemaProvider {
     catalog: Arc<dyn Catalog>,
     cluster: Cluster,
+    fields: Arc<FieldsCache>,
     stats: Arc<QueryStats>,
     names: Vec<String>,
     options: TableOptions,
     /// Names the query referenced that are not collections (for a clear error).
     pub missing: Mutex<Vec<String>>,
+    /// Collections planned with remembered fields.
+    pub remembered: Mutex<Vec<String>>,
 }
 
 impl CollectionSchemaProvider {
     pub fn new(
         catalog: Arc<dyn Catalog>,
         cluster: Cluster,
+        fields: Arc<FieldsCache>,
         stats: Arc<QueryStats>,
         names: Vec<String>,
         options: TableOptions,
@@ -49,11 +54,30 @@ impl CollectionSchemaProvider {
         Self {
             catalog,
             cluster,
+            fields,
             stats,
             names,
             options,
             missing: Mutex::new(Vec::new()),
+            remembered: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The fields to plan `collection` with: remembered ones if allowed and known
+    /// (`true`), else fresh from the leaves (then remembered).
+    async fn fields(&self, collection: &str) -> DfResult<(Arc<CollectionFields>, bool)> {
+        if self.options.remembered_fields {
+            if let Some(fields) = self.fields.get(collection) {
+                self.remembered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(collection.to_string());
+                return Ok((fields, true));
+            }
+        }
+        let fields = Arc::new(self.cluster.collection_fields(collection).await?);
+        self.fields.put(collection, fields.clone());
+        Ok((fields, false))
     }
 }
 
@@ -76,14 +100,11 @@ impl SchemaProvider for CollectionSchemaProvider {
                 .push(name.to_string());
             return Ok(None);
         };
-        let stats = self
-            .cluster
-            .collection_stats(name)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let (fields, remembered) = self.fields(name).await?;
         Ok(Some(Arc::new(CollectionTable::new(
             spec,
-            stats.fields,
+            fields,
+            remembered,
             self.cluster.clone(),
             self.stats.clone(),
             self.options,
@@ -104,6 +125,9 @@ pub struct TableOptions {
     pub use_index: bool,
     /// Leaves report how they ran their fragments (`EXPLAIN ANALYZE`).
     pub profile: bool,
+    /// Plan with the fields remembered from an earlier statement when there are
+    /// some (fragments then carry their fingerprints, see [`super::fields`]).
+    pub remembered_fields: bool,
 }
 
 /// One collection, with the schema merged from every leaf at planning time.
@@ -111,19 +135,21 @@ pub struct TableOptions {
 pub struct CollectionTable {
     target: Arc<ScanTarget>,
     use_index: bool,
-    fields: FieldSet,
+    fields: Arc<CollectionFields>,
     schema: SchemaRef,
 }
 
 impl CollectionTable {
+    /// `remembered`: `fields` were remembered, not just fetched.
     pub fn new(
         spec: CollectionSpec,
-        fields: FieldSet,
+        fields: Arc<CollectionFields>,
+        remembered: bool,
         cluster: Cluster,
         stats: Arc<QueryStats>,
         options: TableOptions,
     ) -> Self {
-        let mut schema = fields.to_arrow_schema();
+        let mut schema = fields.fields.to_arrow_schema();
         if options.scored {
             let mut columns: Vec<Field> =
                 schema.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -136,6 +162,7 @@ impl CollectionTable {
                 cluster,
                 stats,
                 profile: options.profile,
+                remembered: remembered.then(|| fields.clone()),
             }),
             fields,
             schema,
@@ -149,6 +176,7 @@ impl CollectionTable {
             EVENT_TIME_COLUMN => FieldType::Timestamp,
             SCORE_COLUMN => FieldType::Float64,
             other => self
+                .fields
                 .fields
                 .fields
                 .get(other)
