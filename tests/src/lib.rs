@@ -47,6 +47,8 @@ pub struct Process {
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
+    /// When the child was spawned and how long its log was then.
+    spawned: (Instant, u64),
 }
 
 impl Process {
@@ -64,6 +66,7 @@ impl Process {
             env,
             log,
             child: None,
+            spawned: (Instant::now(), 0),
         };
         process.spawn()?;
         Ok(process)
@@ -91,6 +94,7 @@ impl Process {
             .spawn()
             .with_context(|| format!("cannot start {}", path.display()))?;
         self.child = Some(child);
+        self.spawned = (Instant::now(), self.log_len());
         Ok(())
     }
 
@@ -124,6 +128,21 @@ impl Process {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
         self.spawn()
+    }
+
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether the process has run for `at_least` without printing a line.
+    fn silent_for(&self, at_least: Duration) -> bool {
+        let (at, len) = self.spawned;
+        at.elapsed() >= at_least && self.log_len() == len
     }
 
     pub fn log_tail(&self) -> String {
@@ -263,7 +282,7 @@ impl Cluster {
                 dir.path().join(format!("tailer-{i}.log")),
             )?);
         }
-        let cluster = Self {
+        let mut cluster = Self {
             dir,
             url,
             leaves,
@@ -281,9 +300,13 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Waits until the aggregator answers and every leaf is healthy.
-    pub fn wait_ready(&self) -> anyhow::Result<()> {
+    /// Waits until the aggregator answers and every leaf is healthy. A process
+    /// that died on the way, or hung for 20 s without printing a line, is started
+    /// once more (and named on stderr), so one lost process start on a loaded
+    /// machine does not fail a test; a second failure fails with its log.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
+        let mut respawned = std::collections::HashSet::new();
         loop {
             if let Ok(answer) = self.get("/v1/cluster") {
                 let healthy = answer.body["leaves"]
@@ -293,13 +316,36 @@ impl Cluster {
                     return Ok(());
                 }
             }
+            for process in self.leaves.iter_mut().chain([&mut self.aggregator]) {
+                let status = match process.exited() {
+                    Some(status) => status.to_string(),
+                    None if process.silent_for(Duration::from_secs(20)) => {
+                        process.kill9();
+                        "nothing printed in 20 s".to_string()
+                    }
+                    None => continue,
+                };
+                if !respawned.insert(process.name.clone()) {
+                    bail!(
+                        "{} failed while the cluster started ({status})\n{}",
+                        process.name,
+                        process.log_tail()
+                    );
+                }
+                eprintln!(
+                    "{} failed while the cluster started ({status}); starting it again\n{}",
+                    process.name,
+                    process.log_tail()
+                );
+                process.spawn()?;
+            }
             if started.elapsed() > Duration::from_secs(60) {
                 bail!(
                     "cluster did not become ready in 60 s\n{}\n{}",
                     self.aggregator.log_tail(),
                     self.leaves
                         .iter()
-                        .map(Process::log_tail)
+                        .map(|p| format!("{}:\n{}", p.name, p.log_tail()))
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
