@@ -471,9 +471,8 @@ impl IndexPredicate {
                     Some(Ok(c)) => {
                         let long =
                             |v: &Scalar| matches!(v, Scalar::Str(s) if s.len() > term_limit(name));
-                        let terms = Box::new(TermSetQuery::new(
-                            values.iter().filter(|v| !long(v)).map(|v| v.term(&c)),
-                        ));
+                        let terms =
+                            any_term(values.iter().filter(|v| !long(v)).map(|v| v.term(&c)));
                         if values.iter().any(long) {
                             or_long(index, name, terms, true)
                         } else {
@@ -798,6 +797,32 @@ fn present(index: &SegmentIndex, name: &str, fields: &FieldSet) -> Built {
 /// `query` over string column `name`, widened by the rows whose value is too
 /// long to be a term (they may match; the filter decides) if the segment has
 /// any.
+/// Lists up to this long are looked up term by term; longer ones stream the
+/// term dictionary once through an automaton of the set.
+const TERM_LOOKUPS_MAX: usize = 64;
+
+/// A query matching any of `terms`. Short lists become one dictionary lookup
+/// per term: `TermSetQuery` builds an FST per segment, which costs far more
+/// than the lookups for the handful of values an `IN` usually lists.
+fn any_term(terms: impl Iterator<Item = Term>) -> Box<dyn Query> {
+    let mut terms: Vec<Term> = terms.collect();
+    terms.sort_unstable();
+    terms.dedup();
+    if terms.len() > TERM_LOOKUPS_MAX {
+        return Box::new(TermSetQuery::new(terms));
+    }
+    Box::new(BooleanQuery::new(
+        terms
+            .into_iter()
+            .map(|term| {
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+                (Occur::Should, query)
+            })
+            .collect(),
+    ))
+}
+
 fn or_long(index: &SegmentIndex, name: &str, query: Box<dyn Query>, exact: bool) -> Built {
     if !index.has_long(name) {
         return Built::Query { query, exact };
@@ -969,6 +994,53 @@ mod tests {
             .map(|(_, id, _)| id)
             .collect();
         assert_eq!(ids, ["d1", "d3"]);
+    }
+
+    /// `IN` finds the same rows whether its list is looked up term by term or
+    /// through a term-set automaton, across types and with absent values.
+    #[test]
+    fn in_lists_short_and_long_select_the_same_rows() {
+        use crate::segment::index::index_docs;
+
+        let docs: Vec<serde_json::Value> = (0..200)
+            .map(|i| serde_json::json!({"s": format!("v{i}"), "a": i % 50}))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (fields, index) = index_docs(dir.path(), &docs, &[]);
+        let select = |predicate: IndexPredicate| {
+            let (query, exact) = predicate.to_query(&index, &fields).unwrap();
+            (index.matching_rows(query.as_ref()).unwrap(), exact)
+        };
+        let strings = |values: &[&str]| {
+            IndexPredicate::In(
+                "s".into(),
+                values.iter().map(|v| Scalar::Str(v.to_string())).collect(),
+            )
+        };
+        assert_eq!(
+            select(strings(&["v7", "nope", "v3", "v7"])),
+            (vec![3, 7], true)
+        );
+        assert_eq!(
+            select(IndexPredicate::In(
+                "a".into(),
+                vec![Scalar::I64(1), Scalar::I64(49)]
+            )),
+            (vec![1, 49, 51, 99, 101, 149, 151, 199], true)
+        );
+        // Longer than TERM_LOOKUPS_MAX: every even row, and absent values.
+        let wanted: Vec<String> = (0..200)
+            .step_by(2)
+            .map(|i| format!("v{i}"))
+            .chain((0..20).map(|i| format!("absent{i}")))
+            .collect();
+        assert!(wanted.len() > TERM_LOOKUPS_MAX);
+        let refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        assert_eq!(
+            select(strings(&refs)),
+            ((0..200).step_by(2).collect::<Vec<u32>>(), true)
+        );
+        assert_eq!(select(strings(&["absent"])), (vec![], true));
     }
 
     #[test]

@@ -25,12 +25,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::Column;
+use tantivy::columnar::{Column, StrColumn};
 use tantivy::indexer::NoMergePolicy;
 use tantivy::query::{EnableScoring, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, FAST, STRING};
@@ -342,6 +343,16 @@ pub struct SegmentIndex {
     index: Index,
     reader: IndexReader,
     layout: Layout,
+    /// Per tantivy segment (by ordinal), opened on first use: opening a column
+    /// decodes its block headers, which costs more than a needle lookup.
+    columns: OnceLock<Vec<Columns>>,
+}
+
+/// The fast-field columns reads of a tantivy segment need.
+struct Columns {
+    rows: Column<u64>,
+    seqs: Column<u64>,
+    ids: Option<StrColumn>,
 }
 
 impl std::fmt::Debug for SegmentIndex {
@@ -364,7 +375,31 @@ impl SegmentIndex {
             index,
             reader,
             layout,
+            columns: OnceLock::new(),
         })
+    }
+
+    /// The fast-field columns of each tantivy segment. The reader never reloads
+    /// (a sealed segment's index does not change), so segment ordinals hold.
+    fn columns(&self) -> Result<&[Columns]> {
+        if let Some(columns) = self.columns.get() {
+            return Ok(columns);
+        }
+        let opened = self
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .map(|reader| {
+                let fast = reader.fast_fields();
+                Ok(Columns {
+                    rows: fast.u64(ROW)?,
+                    seqs: fast.u64(SEQ_COLUMN)?,
+                    ids: fast.str(ID_COLUMN)?,
+                })
+            })
+            .collect::<tantivy::Result<Vec<_>>>()?;
+        Ok(self.columns.get_or_init(|| opened))
     }
 
     pub fn num_docs(&self) -> u64 {
@@ -408,7 +443,10 @@ impl SegmentIndex {
     /// Row numbers matching `query`, ascending.
     pub fn matching_rows(&self, query: &dyn Query) -> Result<Vec<u32>> {
         let searcher = self.reader.searcher();
-        let mut rows = searcher.search(query, &RowCollector)?;
+        let collector = RowCollector {
+            columns: self.columns()?,
+        };
+        let mut rows = searcher.search(query, &collector)?;
         rows.sort_unstable();
         Ok(rows)
     }
@@ -420,21 +458,18 @@ impl SegmentIndex {
     pub fn ids_and_seqs(&self, rows: &[u32]) -> Result<Vec<(u32, String, u64)>> {
         let searcher = self.reader.searcher();
         let mut out = Vec::with_capacity(rows.len());
-        for reader in searcher.segment_readers() {
-            let fast = reader.fast_fields();
-            let row_column = fast.u64(ROW)?;
-            let seq_column = fast.u64(SEQ_COLUMN)?;
-            let Some(ids) = fast.str(ID_COLUMN)? else {
+        for (reader, columns) in searcher.segment_readers().iter().zip(self.columns()?) {
+            let (row_column, seq_column) = (&columns.rows, &columns.seqs);
+            let Some(ids) = &columns.ids else {
                 continue;
             };
             // (term ordinal, row, seq), in term order.
-            let mut wanted: Vec<(u64, u32, u64)> =
-                docs_of_rows(&row_column, reader.max_doc(), rows)
-                    .into_iter()
-                    .filter_map(|(row, doc)| {
-                        Some((ids.term_ords(doc).next()?, row, seq_column.first(doc)?))
-                    })
-                    .collect();
+            let mut wanted: Vec<(u64, u32, u64)> = docs_of_rows(row_column, reader.max_doc(), rows)
+                .into_iter()
+                .filter_map(|(row, doc)| {
+                    Some((ids.term_ords(doc).next()?, row, seq_column.first(doc)?))
+                })
+                .collect();
             wanted.sort_unstable();
             let ords: Vec<u64> = wanted.iter().map(|(ord, _, _)| *ord).collect();
             let mut next = wanted.iter();
@@ -455,19 +490,11 @@ impl SegmentIndex {
             query,
             &tantivy::collector::TopDocs::with_limit(limit.max(1)).order_by_score(),
         )?;
+        let columns = self.columns()?;
         let mut out = Vec::with_capacity(top.len());
-        let mut columns: HashMap<u32, Column<u64>> = HashMap::new();
         for (score, address) in top {
-            let column = match columns.entry(address.segment_ord) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                    searcher
-                        .segment_reader(address.segment_ord)
-                        .fast_fields()
-                        .u64(ROW)?,
-                ),
-            };
-            if let Some(row) = column.first(address.doc_id) {
+            let rows = &columns[address.segment_ord as usize].rows;
+            if let Some(row) = rows.first(address.doc_id) {
                 out.push((row as u32, score));
             }
         }
@@ -479,8 +506,8 @@ impl SegmentIndex {
         let searcher = self.reader.searcher();
         let weight = query.weight(EnableScoring::enabled_from_searcher(&searcher))?;
         let mut out = Vec::new();
-        for reader in searcher.segment_readers() {
-            let rows = reader.fast_fields().u64(ROW)?;
+        for (reader, columns) in searcher.segment_readers().iter().zip(self.columns()?) {
+            let rows = &columns.rows;
             weight.for_each(reader, &mut |doc, score| {
                 if let Some(row) = rows.first(doc) {
                     out.push((row as u32, score));
@@ -523,24 +550,26 @@ fn docs_of_rows(row_column: &Column<u64>, max_doc: DocId, rows: &[u32]) -> Vec<(
 }
 
 /// Collects the `_row` of every matching document.
-struct RowCollector;
+struct RowCollector<'a> {
+    columns: &'a [Columns],
+}
 
 struct RowSegmentCollector {
     rows: Column<u64>,
     out: Vec<u32>,
 }
 
-impl Collector for RowCollector {
+impl Collector for RowCollector<'_> {
     type Fruit = Vec<u32>;
     type Child = RowSegmentCollector;
 
     fn for_segment(
         &self,
-        _segment_local_id: u32,
-        segment: &SegmentReader,
+        segment_local_id: u32,
+        _segment: &SegmentReader,
     ) -> tantivy::Result<RowSegmentCollector> {
         Ok(RowSegmentCollector {
-            rows: segment.fast_fields().u64(ROW)?,
+            rows: self.columns[segment_local_id as usize].rows.clone(),
             out: Vec::new(),
         })
     }
