@@ -794,9 +794,6 @@ fn present(index: &SegmentIndex, name: &str, fields: &FieldSet) -> Built {
     }
 }
 
-/// `query` over string column `name`, widened by the rows whose value is too
-/// long to be a term (they may match; the filter decides) if the segment has
-/// any.
 /// Lists up to this long are looked up term by term; longer ones stream the
 /// term dictionary once through an automaton of the set.
 const TERM_LOOKUPS_MAX: usize = 64;
@@ -823,6 +820,9 @@ fn any_term(terms: impl Iterator<Item = Term>) -> Box<dyn Query> {
     ))
 }
 
+/// `query` over string column `name`, widened by the rows whose value is too
+/// long to be a term (they may match; the filter decides) if the segment has
+/// any.
 fn or_long(index: &SegmentIndex, name: &str, query: Box<dyn Query>, exact: bool) -> Built {
     if !index.has_long(name) {
         return Built::Query { query, exact };

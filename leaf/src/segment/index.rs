@@ -459,17 +459,17 @@ impl SegmentIndex {
         let searcher = self.reader.searcher();
         let mut out = Vec::with_capacity(rows.len());
         for (reader, columns) in searcher.segment_readers().iter().zip(self.columns()?) {
-            let (row_column, seq_column) = (&columns.rows, &columns.seqs);
             let Some(ids) = &columns.ids else {
                 continue;
             };
             // (term ordinal, row, seq), in term order.
-            let mut wanted: Vec<(u64, u32, u64)> = docs_of_rows(row_column, reader.max_doc(), rows)
-                .into_iter()
-                .filter_map(|(row, doc)| {
-                    Some((ids.term_ords(doc).next()?, row, seq_column.first(doc)?))
-                })
-                .collect();
+            let mut wanted: Vec<(u64, u32, u64)> =
+                docs_of_rows(&columns.rows, reader.max_doc(), rows)
+                    .into_iter()
+                    .filter_map(|(row, doc)| {
+                        Some((ids.term_ords(doc).next()?, row, columns.seqs.first(doc)?))
+                    })
+                    .collect();
             wanted.sort_unstable();
             let ords: Vec<u64> = wanted.iter().map(|(ord, _, _)| *ord).collect();
             let mut next = wanted.iter();
