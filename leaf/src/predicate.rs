@@ -989,7 +989,6 @@ mod tests {
         // Every row keeps its id, found by row number.
         let ids: Vec<String> = index
             .ids_and_seqs(&[1, 3])
-            .unwrap()
             .into_iter()
             .map(|(_, id, _)| id)
             .collect();

@@ -685,7 +685,7 @@ impl ScanJob {
         if selected.rows.is_empty() {
             return Ok(0);
         }
-        let hits = selected.index.ids_and_seqs(&selected.rows)?;
+        let hits = selected.index.ids_and_seqs(&selected.rows);
         let ids: Vec<String> = hits.iter().map(|(_, id, _)| id.clone()).collect();
         let documents = self.shard.documents(&ids)?;
         let current: HashMap<&str, &FlatRow> =

@@ -16,9 +16,11 @@
 //!                   index is never merged, so each tantivy segment holds a run
 //!                   of consecutive rows and a row's document is found by
 //!                   subtraction)
-//!  _id, _seq      → also fast fields: the few rows a needle query selects are
-//!                   fetched from RocksDB by `_id` (`_seq` tells the version)
 //! ```
+//!
+//! Beside the tantivy files, [`KEYS_FILE`] holds every row's `_id` and `_seq`
+//! (see [`super::keys`]): the few rows a needle query selects are fetched from
+//! RocksDB by `_id`, and `_seq` tells whether the row is still current.
 //!
 //! Each segment has its own schema (the fields it holds); [`INDEX_VERSION`] is
 //! written next to it and an index of another version is rebuilt on open.
@@ -31,7 +33,8 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::columnar::Column;
+use tantivy::directory::{Directory, MmapDirectory};
 use tantivy::indexer::NoMergePolicy;
 use tantivy::query::{EnableScoring, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, FAST, STRING};
@@ -41,13 +44,17 @@ use tantivy::{
 
 use altdb_common::document::ID_COLUMN;
 use altdb_common::schema::{FieldSet, FieldType, SEQ_COLUMN};
+
+use super::keys::{RowKeys, RowKeysWriter};
 use altdb_common::search::text_field_options;
 
 use crate::error::{LeafError, Result};
 
 /// Bumped whenever what is indexed changes; older indexes are rebuilt.
-pub const INDEX_VERSION: u32 = 4;
+pub const INDEX_VERSION: u32 = 5;
 const VERSION_FILE: &str = "altdb-index-version";
+/// The row keys of the segment, written beside the tantivy files.
+pub const KEYS_FILE: &str = "altdb-row-keys";
 /// Field holding the names of the row's non-NULL columns.
 pub const PRESENT: &str = "_present";
 /// Field holding the names of the row's columns too long to be terms.
@@ -106,7 +113,6 @@ struct Layout {
     present: Field,
     long: Field,
     row: Field,
-    seq: Field,
 }
 
 impl Layout {
@@ -114,7 +120,7 @@ impl Layout {
     fn of(schema: Schema) -> Result<Layout> {
         let mut columns = HashMap::new();
         let mut text = HashMap::new();
-        let (mut present, mut long, mut row, mut seq) = (None, None, None, None);
+        let (mut present, mut long, mut row) = (None, None, None);
         for (field, entry) in schema.fields() {
             let name = entry.name();
             if name == PRESENT {
@@ -123,8 +129,6 @@ impl Layout {
                 long = Some(field);
             } else if name == ROW {
                 row = Some(field);
-            } else if name == SEQ_COLUMN {
-                seq = Some(field);
             } else if let Some(column) = name.strip_prefix(TEXT_PREFIX) {
                 text.insert(column.to_string(), field);
             } else {
@@ -142,9 +146,9 @@ impl Layout {
                 columns.insert(name.to_string(), IndexedColumn { field, kind });
             }
         }
-        let (Some(present), Some(long), Some(row), Some(seq)) = (present, long, row, seq) else {
+        let (Some(present), Some(long), Some(row)) = (present, long, row) else {
             return Err(LeafError::Segment(
-                "index lacks its _present, _long, _row or _seq field".into(),
+                "index lacks its _present, _long or _row field".into(),
             ));
         };
         Ok(Layout {
@@ -154,7 +158,6 @@ impl Layout {
             present,
             long,
             row,
-            seq,
         })
     }
 }
@@ -177,7 +180,6 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
             continue;
         };
         let field = match kind {
-            TermKind::Str if name == ID_COLUMN => builder.add_text_field(&name, STRING | FAST),
             TermKind::Str => builder.add_text_field(&name, STRING),
             TermKind::I64 => builder.add_i64_field(&name, numeric.clone()),
             TermKind::F64 => builder.add_f64_field(&name, numeric.clone()),
@@ -194,7 +196,6 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
     let present = builder.add_text_field(PRESENT, STRING);
     let long = builder.add_text_field(LONG, STRING);
     let row = builder.add_u64_field(ROW, FAST);
-    let seq = builder.add_u64_field(SEQ_COLUMN, FAST);
     Layout {
         schema: builder.build(),
         columns,
@@ -202,7 +203,6 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
         present,
         long,
         row,
-        seq,
     }
 }
 
@@ -211,6 +211,7 @@ pub struct IndexBuilder {
     dir: std::path::PathBuf,
     layout: Layout,
     writer: tantivy::IndexWriter<TantivyDocument>,
+    keys: RowKeysWriter,
     row: u64,
 }
 
@@ -227,6 +228,7 @@ impl IndexBuilder {
             dir: dir.to_path_buf(),
             layout,
             writer,
+            keys: RowKeysWriter::default(),
             row: 0,
         })
     }
@@ -245,14 +247,21 @@ impl IndexBuilder {
                 Some((name, array, *column, layout.text.get(name).copied()))
             })
             .collect();
-        let seqs = batch
-            .column_by_name(SEQ_COLUMN)
-            .and_then(|c| c.as_primitive_opt::<UInt64Type>());
+        let (Some(ids), Some(seqs)) = (
+            batch
+                .column_by_name(ID_COLUMN)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            batch
+                .column_by_name(SEQ_COLUMN)
+                .and_then(|c| c.as_primitive_opt::<UInt64Type>()),
+        ) else {
+            return Err(LeafError::Segment(
+                "rows to index lack their _id or _seq column".into(),
+            ));
+        };
         for i in 0..batch.num_rows() {
+            self.keys.push(ids.value(i), seqs.value(i))?;
             let mut doc = TantivyDocument::new();
-            if let Some(seqs) = seqs {
-                doc.add_u64(layout.seq, seqs.value(i));
-            }
             for (name, array, column, text) in &columns {
                 if array.is_null(i) {
                     continue;
@@ -275,6 +284,7 @@ impl IndexBuilder {
     pub fn finish(mut self) -> Result<()> {
         self.writer.commit()?;
         self.writer.wait_merging_threads()?;
+        self.keys.write(&self.dir.join(KEYS_FILE))?;
         std::fs::write(self.dir.join(VERSION_FILE), INDEX_VERSION.to_string())?;
         Ok(())
     }
@@ -343,16 +353,11 @@ pub struct SegmentIndex {
     index: Index,
     reader: IndexReader,
     layout: Layout,
-    /// Per tantivy segment (by ordinal), opened on first use: opening a column
-    /// decodes its block headers, which costs more than a needle lookup.
-    columns: OnceLock<Vec<Columns>>,
-}
-
-/// The fast-field columns reads of a tantivy segment need.
-struct Columns {
-    rows: Column<u64>,
-    seqs: Column<u64>,
-    ids: Option<StrColumn>,
+    /// The `_row` column of each tantivy segment (by ordinal), opened on first
+    /// use: opening a column decodes its block headers, which costs more than a
+    /// needle lookup.
+    rows: OnceLock<Vec<Column<u64>>>,
+    keys: RowKeys,
 }
 
 impl std::fmt::Debug for SegmentIndex {
@@ -367,6 +372,13 @@ impl SegmentIndex {
     pub fn open(dir: &Path) -> Result<Self> {
         let index = Index::open_in_dir(dir)?;
         let layout = Layout::of(index.schema())?;
+        // Read through a directory of its own: the index's checks tantivy's
+        // footer, which the keys file has not.
+        let keys = MmapDirectory::open(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|d| d.open_read(Path::new(KEYS_FILE)).map_err(|e| e.to_string()))
+            .map_err(|e| LeafError::Segment(format!("cannot open the row keys: {e}")))?;
+        let keys = RowKeys::open(keys.read_bytes()?)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -375,31 +387,30 @@ impl SegmentIndex {
             index,
             reader,
             layout,
-            columns: OnceLock::new(),
+            rows: OnceLock::new(),
+            keys,
         })
     }
 
-    /// The fast-field columns of each tantivy segment. The reader never reloads
-    /// (a sealed segment's index does not change), so segment ordinals hold.
-    fn columns(&self) -> Result<&[Columns]> {
-        if let Some(columns) = self.columns.get() {
-            return Ok(columns);
+    /// The `_row` column of each tantivy segment. The reader never reloads (a
+    /// sealed segment's index does not change), so segment ordinals hold.
+    fn rows(&self) -> Result<&[Column<u64>]> {
+        if let Some(rows) = self.rows.get() {
+            return Ok(rows);
         }
         let opened = self
             .reader
             .searcher()
             .segment_readers()
             .iter()
-            .map(|reader| {
-                let fast = reader.fast_fields();
-                Ok(Columns {
-                    rows: fast.u64(ROW)?,
-                    seqs: fast.u64(SEQ_COLUMN)?,
-                    ids: fast.str(ID_COLUMN)?,
-                })
-            })
+            .map(|reader| reader.fast_fields().u64(ROW))
             .collect::<tantivy::Result<Vec<_>>>()?;
-        Ok(self.columns.get_or_init(|| opened))
+        Ok(self.rows.get_or_init(|| opened))
+    }
+
+    /// The `_id` and `_seq` of every row.
+    pub fn keys(&self) -> &RowKeys {
+        &self.keys
     }
 
     pub fn num_docs(&self) -> u64 {
@@ -443,44 +454,20 @@ impl SegmentIndex {
     /// Row numbers matching `query`, ascending.
     pub fn matching_rows(&self, query: &dyn Query) -> Result<Vec<u32>> {
         let searcher = self.reader.searcher();
-        let collector = RowCollector {
-            columns: self.columns()?,
-        };
+        let collector = RowCollector { rows: self.rows()? };
         let mut rows = searcher.search(query, &collector)?;
         rows.sort_unstable();
         Ok(rows)
     }
 
-    /// `_id` and `_seq` of the given rows (ascending), in row order.
-    ///
-    /// The ids are read from the `_id` dictionary in term order, so each of its
-    /// compressed blocks is decoded once however many of the rows it holds.
-    pub fn ids_and_seqs(&self, rows: &[u32]) -> Result<Vec<(u32, String, u64)>> {
-        let searcher = self.reader.searcher();
-        let mut out = Vec::with_capacity(rows.len());
-        for (reader, columns) in searcher.segment_readers().iter().zip(self.columns()?) {
-            let Some(ids) = &columns.ids else {
-                continue;
-            };
-            // (term ordinal, row, seq), in term order.
-            let mut wanted: Vec<(u64, u32, u64)> =
-                docs_of_rows(&columns.rows, reader.max_doc(), rows)
-                    .into_iter()
-                    .filter_map(|(row, doc)| {
-                        Some((ids.term_ords(doc).next()?, row, columns.seqs.first(doc)?))
-                    })
-                    .collect();
-            wanted.sort_unstable();
-            let ords: Vec<u64> = wanted.iter().map(|(ord, _, _)| *ord).collect();
-            let mut next = wanted.iter();
-            ids.dictionary().sorted_ords_to_term_cb(&ords, |term| {
-                if let Some((_, row, seq)) = next.next() {
-                    out.push((*row, String::from_utf8_lossy(term).into_owned(), *seq));
-                }
-            })?;
-        }
-        out.sort_unstable_by_key(|(row, _, _)| *row);
-        Ok(out)
+    /// `_id` and `_seq` of the given rows, in their order.
+    pub fn ids_and_seqs(&self, rows: &[u32]) -> Vec<(u32, String, u64)> {
+        rows.iter()
+            .filter_map(|&row| {
+                let (id, seq) = self.keys.get(row)?;
+                Some((row, id.to_string(), seq))
+            })
+            .collect()
     }
 
     /// The best `limit` rows by BM25 score for `query`, with their scores.
@@ -490,10 +477,10 @@ impl SegmentIndex {
             query,
             &tantivy::collector::TopDocs::with_limit(limit.max(1)).order_by_score(),
         )?;
-        let columns = self.columns()?;
+        let columns = self.rows()?;
         let mut out = Vec::with_capacity(top.len());
         for (score, address) in top {
-            let rows = &columns[address.segment_ord as usize].rows;
+            let rows = &columns[address.segment_ord as usize];
             if let Some(row) = rows.first(address.doc_id) {
                 out.push((row as u32, score));
             }
@@ -506,8 +493,7 @@ impl SegmentIndex {
         let searcher = self.reader.searcher();
         let weight = query.weight(EnableScoring::enabled_from_searcher(&searcher))?;
         let mut out = Vec::new();
-        for (reader, columns) in searcher.segment_readers().iter().zip(self.columns()?) {
-            let rows = &columns.rows;
+        for (reader, rows) in searcher.segment_readers().iter().zip(self.rows()?) {
             weight.for_each(reader, &mut |doc, score| {
                 if let Some(row) = rows.first(doc) {
                     out.push((row as u32, score));
@@ -519,39 +505,9 @@ impl SegmentIndex {
     }
 }
 
-/// The documents of a tantivy segment holding some of `rows` (ascending), as
-/// `(row, doc)`. The segment holds consecutive rows from its first document's
-/// on; an index that does not (written otherwise) is read document by document.
-fn docs_of_rows(row_column: &Column<u64>, max_doc: DocId, rows: &[u32]) -> Vec<(u32, DocId)> {
-    let Some(first) = row_column.first(0) else {
-        return Vec::new();
-    };
-    let last = row_column.first(max_doc.saturating_sub(1));
-    if last == Some(first + u64::from(max_doc) - 1) {
-        let from = rows.partition_point(|&row| u64::from(row) < first);
-        let found: Vec<(u32, DocId)> = rows[from..]
-            .iter()
-            .take_while(|&&row| u64::from(row) < first + u64::from(max_doc))
-            .map(|&row| (row, (u64::from(row) - first) as DocId))
-            .collect();
-        if found
-            .iter()
-            .all(|&(row, doc)| row_column.first(doc) == Some(u64::from(row)))
-        {
-            return found;
-        }
-    }
-    (0..max_doc)
-        .filter_map(|doc| {
-            let row = row_column.first(doc)? as u32;
-            rows.binary_search(&row).is_ok().then_some((row, doc))
-        })
-        .collect()
-}
-
 /// Collects the `_row` of every matching document.
 struct RowCollector<'a> {
-    columns: &'a [Columns],
+    rows: &'a [Column<u64>],
 }
 
 struct RowSegmentCollector {
@@ -569,7 +525,7 @@ impl Collector for RowCollector<'_> {
         _segment: &SegmentReader,
     ) -> tantivy::Result<RowSegmentCollector> {
         Ok(RowSegmentCollector {
-            rows: self.columns[segment_local_id as usize].rows.clone(),
+            rows: self.rows[segment_local_id as usize].clone(),
             out: Vec::new(),
         })
     }

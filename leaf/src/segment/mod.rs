@@ -13,6 +13,7 @@
 //! mutable segment on restart.
 
 pub mod index;
+pub mod keys;
 pub mod mutable;
 pub mod sealed;
 

@@ -263,8 +263,18 @@ impl SealedSegment {
         self.dir.join(DATA_FILE)
     }
 
-    /// The `_id` and `_seq` of every row, in row order (to rebuild the key map).
+    /// The `_id` and `_seq` of every row, in row order (to rebuild the key map):
+    /// from the index's row keys, or the columnar file if the index is unusable.
     pub fn ids_and_seqs(&self) -> Result<Vec<(String, u64)>> {
+        if let Ok(index) = self.index() {
+            let keys = index.keys();
+            if keys.len() as u64 == self.meta.rows {
+                return Ok((0..keys.len() as u32)
+                    .filter_map(|row| keys.get(row))
+                    .map(|(id, seq)| (id.to_string(), seq))
+                    .collect());
+            }
+        }
         let mut out = Vec::with_capacity(self.meta.rows as usize);
         self.scan(
             &[ID_COLUMN.to_string(), SEQ_COLUMN.to_string()],
