@@ -13,7 +13,9 @@ then times needle queries three ways in the same run on the same data:
   DuckDB           the same documents in an in-memory DuckDB table (a full scan).
 
 Each query: one cold run, then --runs hot runs; the median is reported with the
-ratios. Answers are checked to be equal across the three.
+ratios. Queries go over one kept-alive HTTP connection (as from a dashboard or
+a driver's connection pool); DuckDB runs in this process. Answers are checked
+to be equal across the three.
 
 Usage: bench/needle_bench.py [--docs 10000000] [--runs 10]
 Needs: cargo build --release --bins; pip install duckdb
@@ -32,7 +34,7 @@ import time
 
 import duckdb
 
-from cluster import default_bin_dir, http, start_cluster, stop
+from cluster import Connection, default_bin_dir, http, start_cluster, stop
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
          "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]
@@ -169,8 +171,10 @@ def main():
             f"amount: 'DOUBLE', msg: 'VARCHAR', error_code: 'VARCHAR'}})")
         duck_load_s = time.perf_counter() - started
 
+        client = Connection(url)
+
         def altdb(sql, use_index=True):
-            status, answer = http("POST", url + "/v1/query", {"sql": sql, "options": {"use_index": use_index}})
+            status, answer = client.post("/v1/query", {"sql": sql, "options": {"use_index": use_index}})
             assert status == 200, answer
             return answer
 
