@@ -15,6 +15,7 @@
 pub mod distribute;
 pub mod fields;
 pub mod json;
+pub mod plans;
 pub mod remote;
 pub mod table;
 
@@ -29,6 +30,7 @@ use datafusion::catalog::{
 };
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::TaskContext;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -44,6 +46,7 @@ use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
 use distribute::DistributeFragments;
 use fields::FieldsCache;
+use plans::{PlanCache, PlanKey};
 use remote::{LeafRejected, QueryStats, ShardUnavailable, StaleFields};
 use table::{CollectionSchemaProvider, TableOptions};
 
@@ -106,6 +109,8 @@ pub struct QueryEngine {
     base: Arc<SessionState>,
     /// Collection fields of earlier statements.
     fields: Arc<FieldsCache>,
+    /// Plans of earlier statements.
+    plans: Arc<PlanCache>,
 }
 
 impl QueryEngine {
@@ -122,28 +127,25 @@ impl QueryEngine {
             max_result_rows,
             base: Arc::new(base_state()),
             fields: Arc::new(FieldsCache::default()),
+            plans: Arc::new(PlanCache::default()),
         }
     }
 
     /// A session for one statement: the engine's base state (built once: its
     /// function registry takes longer to build than a needle query to answer)
-    /// with a catalog of its own, resolving collections for this statement.
-    async fn context(
+    /// with a catalog of its own, resolving `specs` for this statement, and the
+    /// statement's counters for its fragments to report into.
+    fn context(
         &self,
+        specs: &[CollectionSpec],
         stats: Arc<QueryStats>,
         tables: TableOptions,
-    ) -> Result<(
-        SessionContext,
-        Arc<CollectionSchemaProvider>,
-        Vec<CollectionSpec>,
-    )> {
-        let specs = self.catalog.list().await?;
+    ) -> Result<(SessionContext, Arc<CollectionSchemaProvider>)> {
         let names = specs.iter().map(|spec| spec.name.clone()).collect();
         let provider = Arc::new(CollectionSchemaProvider::new(
             self.catalog.clone(),
             self.cluster.clone(),
             self.fields.clone(),
-            stats,
             names,
             tables,
         ));
@@ -155,7 +157,16 @@ impl QueryEngine {
         catalogs.register_catalog("datafusion".to_string(), Arc::new(catalog));
         let mut state = SessionState::clone(&self.base);
         state.register_catalog_list(Arc::new(catalogs));
-        Ok((SessionContext::new_with_state(state), provider, specs))
+        state.config_mut().set_extension(stats);
+        Ok((SessionContext::new_with_state(state), provider))
+    }
+
+    /// The task context a kept plan runs in: the base state's, with the
+    /// statement's counters.
+    fn task_context(&self, stats: Arc<QueryStats>) -> Arc<TaskContext> {
+        let mut config = self.base.config().clone();
+        config.set_extension(stats);
+        Arc::new(TaskContext::from(self.base.as_ref()).with_session_config(config))
     }
 
     /// Runs one SQL statement.
@@ -209,23 +220,46 @@ impl QueryEngine {
             profile,
             remembered_fields,
         };
-        let (context, provider, specs) =
-            self.context(stats.clone(), tables)
-                .await
-                .map_err(|error| Failed {
-                    error,
-                    remembered: Vec::new(),
-                    stale: false,
-                })?;
+        let failed = |error| Failed {
+            error,
+            remembered: Vec::new(),
+            stale: false,
+        };
+        let specs = self.catalog.list().await.map_err(failed)?;
+        // EXPLAIN shows how a statement is planned now, so it is always planned.
+        let key = (remembered_fields && !lower.trim_start().starts_with("explain"))
+            .then(|| PlanKey::new(sql, options.use_index, &specs));
+        let kept = key
+            .as_ref()
+            .and_then(|key| self.plans.get(key, &self.fields));
+        let (statement, provider, kept_collections) = match kept {
+            Some((plan, collections)) => (Statement::Kept(plan), None, collections),
+            None => {
+                let (context, provider) = self
+                    .context(&specs, stats.clone(), tables)
+                    .map_err(failed)?;
+                (Statement::Plan(context), Some(provider), Vec::new())
+            }
+        };
         let run = async {
-            let options = SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false);
-            let frame = context.sql_with_options(sql, options).await?;
-            let plan = frame.create_physical_plan().await?;
+            let (plan, task) = match statement {
+                Statement::Kept(plan) => (plan, self.task_context(stats.clone())),
+                Statement::Plan(context) => {
+                    let options = SQLOptions::new()
+                        .with_allow_ddl(false)
+                        .with_allow_dml(false)
+                        .with_allow_statements(false);
+                    let frame = context.sql_with_options(sql, options).await?;
+                    let logical = frame.logical_plan().clone();
+                    let plan = frame.create_physical_plan().await?;
+                    if let Some(key) = &key {
+                        self.plans.put(key.clone(), &logical, &plan);
+                    }
+                    (plan, context.task_ctx())
+                }
+            };
             let schema: SchemaRef = plan.schema();
-            let mut stream = execute_stream(plan, context.task_ctx())?;
+            let mut stream = execute_stream(plan, task)?;
             let mut rows = Vec::new();
             let mut truncated = false;
             while let Some(batch) = stream.next().await {
@@ -239,10 +273,20 @@ impl QueryEngine {
             Ok::<_, DataFusionError>((schema, rows, truncated))
         };
         let (schema, mut rows, truncated) = run.await.map_err(|error| {
+            if let Some(key) = &key {
+                self.plans.forget(key);
+            }
             let stale = matches!(
                 error.find_root(),
                 DataFusionError::External(inner) if inner.is::<StaleFields>()
             );
+            let Some(provider) = &provider else {
+                return Failed {
+                    error: classify(error, &[]),
+                    remembered: kept_collections,
+                    stale,
+                };
+            };
             let missing = provider
                 .missing
                 .lock()
@@ -285,6 +329,14 @@ impl QueryEngine {
             },
         })
     }
+}
+
+/// How a statement gets its physical plan.
+enum Statement {
+    /// Planned in this session.
+    Plan(SessionContext),
+    /// Kept from an earlier run of the same statement.
+    Kept(Arc<dyn datafusion::physical_plan::ExecutionPlan>),
 }
 
 /// Why an attempt at a statement failed.

@@ -100,12 +100,12 @@ pub struct ShardUnavailable {
 #[error("{0}")]
 pub struct LeafRejected(pub String);
 
-/// Where a scan's fragments go: the collection, its leaves, the query's counters.
+/// Where a scan's fragments go: the collection and its leaves. (The statement's
+/// counters, [`QueryStats`], come with the task context of each execution.)
 #[derive(Debug)]
 pub struct ScanTarget {
     pub collection: CollectionSpec,
     pub cluster: Cluster,
-    pub stats: Arc<QueryStats>,
     /// Ask leaves for a [`FragmentProfile`] of each fragment.
     pub profile: bool,
     /// The remembered fields the statement was planned with: each fragment carries
@@ -338,10 +338,22 @@ impl ExecutionPlan for RemoteFragmentExec {
         Some(self.metrics.clone_inner())
     }
 
+    /// The same fragment with metrics of its own (a kept plan runs again).
+    fn reset_state(self: Arc<Self>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self {
+            fragment: self.fragment.clone(),
+            target: self.target.clone(),
+            shards: self.shards.clone(),
+            encoded: self.encoded.clone(),
+            properties: self.properties.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let shard = partition as u32;
         let schema = self.schema();
@@ -361,7 +373,10 @@ impl ExecutionPlan for RemoteFragmentExec {
         let answered_by = Arc::new(std::sync::Mutex::new(String::new()));
         let answering = answered_by.clone();
         let replicas = self.target.cluster.replicas(&self.target.collection, shard);
-        let stats = self.target.stats.clone();
+        let stats = context
+            .session_config()
+            .get_extension::<QueryStats>()
+            .unwrap_or_default();
         stats.shards_queried.fetch_add(1, Ordering::Relaxed);
         let collection = self.target.collection.name.clone();
 

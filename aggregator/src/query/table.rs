@@ -22,7 +22,7 @@ use altdb_common::schema::FieldType;
 use altdb_common::search::SCORE_COLUMN;
 
 use super::fields::FieldsCache;
-use super::remote::{DistributedScanExec, QueryStats, ScanTarget};
+use super::remote::{DistributedScanExec, ScanTarget};
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, CollectionFields};
 use crate::error::AggregatorError;
@@ -33,7 +33,6 @@ pub struct CollectionSchemaProvider {
     catalog: Arc<dyn Catalog>,
     cluster: Cluster,
     fields: Arc<FieldsCache>,
-    stats: Arc<QueryStats>,
     names: Vec<String>,
     options: TableOptions,
     /// Names the query referenced that are not collections (for a clear error).
@@ -47,7 +46,6 @@ impl CollectionSchemaProvider {
         catalog: Arc<dyn Catalog>,
         cluster: Cluster,
         fields: Arc<FieldsCache>,
-        stats: Arc<QueryStats>,
         names: Vec<String>,
         options: TableOptions,
     ) -> Self {
@@ -55,7 +53,6 @@ impl CollectionSchemaProvider {
             catalog,
             cluster,
             fields,
-            stats,
             names,
             options,
             missing: Mutex::new(Vec::new()),
@@ -106,7 +103,6 @@ impl SchemaProvider for CollectionSchemaProvider {
             fields,
             remembered,
             self.cluster.clone(),
-            self.stats.clone(),
             self.options,
         ))))
     }
@@ -146,7 +142,6 @@ impl CollectionTable {
         fields: Arc<CollectionFields>,
         remembered: bool,
         cluster: Cluster,
-        stats: Arc<QueryStats>,
         options: TableOptions,
     ) -> Self {
         let mut schema = fields.fields.to_arrow_schema();
@@ -160,7 +155,6 @@ impl CollectionTable {
             target: Arc::new(ScanTarget {
                 collection: spec,
                 cluster,
-                stats,
                 profile: options.profile,
                 remembered: remembered.then(|| fields.clone()),
             }),

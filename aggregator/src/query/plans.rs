@@ -1,0 +1,218 @@
+//! Physical plans of earlier statements, run again when the same SQL comes back.
+//!
+//! Dashboards and services send the same statements over and over, and planning
+//! one (parse, analyze, optimize, plan, distribute into fragments) costs about as
+//! much as a needle query takes to run. A plan is reused only while nothing it was
+//! made from has changed:
+//!
+//! ```text
+//!  key    SQL text, options, the catalog's collection specs
+//!  valid  each collection it reads still has the very fields it was planned with
+//!         (the Arc the fields cache holds: fresh fields from the leaves, or a leaf
+//!         refusing a fragment, make a new one and the plan is dropped)
+//! ```
+//!
+//! Only deterministic statements are kept: one calling a function that is not
+//! immutable (`now()`, `random()`) is planned every time, because the optimizer
+//! folds such values into the plan. Each run starts from DataFusion's
+//! [`reset_plan_states`], which gives stateful operators (join build sides, top-k
+//! heaps, fragment metrics) a fresh state; dynamic filters, which it cannot reset,
+//! are off on the aggregator (see `base_state`).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::ExecutionPlan;
+
+use altdb_common::collection::CollectionSpec;
+
+use super::fields::FieldsCache;
+use super::remote::RemoteFragmentExec;
+use crate::cluster::CollectionFields;
+
+/// Plans kept at most; when full the cache starts over (a working set of
+/// repeated statements is small, and a burst of one-off statements must not
+/// grow it without bound).
+const MAX_PLANS: usize = 512;
+
+/// What a statement's plan is made from, besides collection fields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PlanKey {
+    sql: String,
+    use_index: bool,
+    catalog: u64,
+}
+
+impl PlanKey {
+    pub fn new(sql: &str, use_index: bool, specs: &[CollectionSpec]) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for spec in specs {
+            serde_json::to_string(spec)
+                .unwrap_or_default()
+                .hash(&mut hasher);
+        }
+        Self {
+            sql: sql.to_string(),
+            use_index,
+            catalog: hasher.finish(),
+        }
+    }
+}
+
+/// A kept plan and the fields of each collection it was planned with.
+#[derive(Debug)]
+struct CachedPlan {
+    plan: Arc<dyn ExecutionPlan>,
+    fields: Vec<(String, Arc<CollectionFields>)>,
+}
+
+/// Plans of deterministic statements planned with remembered fields.
+#[derive(Debug, Default)]
+pub struct PlanCache {
+    entries: Mutex<HashMap<PlanKey, CachedPlan>>,
+}
+
+impl PlanCache {
+    /// A fresh copy of the plan kept for `key`, with the collections it reads, if
+    /// their fields are still the remembered ones it was planned with.
+    pub fn get(
+        &self,
+        key: &PlanKey,
+        fields: &FieldsCache,
+    ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>)> {
+        let mut entries = self.lock();
+        let cached = entries.get(key)?;
+        let current = cached.fields.iter().all(|(collection, planned)| {
+            fields
+                .get(collection)
+                .is_some_and(|now| Arc::ptr_eq(&now, planned))
+        });
+        let plan = if current {
+            reset_plan_states(cached.plan.clone()).ok()
+        } else {
+            None
+        };
+        let Some(plan) = plan else {
+            entries.remove(key);
+            return None;
+        };
+        let collections = cached.fields.iter().map(|(c, _)| c.clone()).collect();
+        Some((plan, collections))
+    }
+
+    /// Keeps `plan` of a statement whose logical plan was `logical`, if it can be
+    /// run again: deterministic, and every collection planned with remembered fields.
+    pub fn put(&self, key: PlanKey, logical: &LogicalPlan, plan: &Arc<dyn ExecutionPlan>) {
+        if !is_deterministic(logical) {
+            return;
+        }
+        let Some(fields) = planned_fields(plan) else {
+            return;
+        };
+        let mut entries = self.lock();
+        if entries.len() >= MAX_PLANS {
+            entries.clear();
+        }
+        entries.insert(
+            key,
+            CachedPlan {
+                plan: plan.clone(),
+                fields,
+            },
+        );
+    }
+
+    /// Drops the plan of `key` (it failed).
+    pub fn forget(&self, key: &PlanKey) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlanKey, CachedPlan>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Whether every function the statement calls gives the same result for the same
+/// arguments whenever it runs.
+pub fn is_deterministic(plan: &LogicalPlan) -> bool {
+    let mut deterministic = true;
+    let walked: DfResult<TreeNodeRecursion> = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let varies = match e {
+                    Expr::ScalarFunction(f) => {
+                        f.func.signature().volatility != Volatility::Immutable
+                    }
+                    Expr::ScalarVariable(..) | Expr::Placeholder(_) => true,
+                    _ => false,
+                };
+                if varies {
+                    deterministic = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    walked.is_ok() && deterministic
+}
+
+/// The fields each collection of `plan` was planned with; `None` if one was
+/// planned with fields just fetched (not remembered, so not checked by leaves).
+fn planned_fields(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<(String, Arc<CollectionFields>)>> {
+    let mut fields = Vec::new();
+    let mut remembered = true;
+    let _ = plan.apply(|node| {
+        if let Some(remote) = node.downcast_ref::<RemoteFragmentExec>() {
+            match &remote.target.remembered {
+                Some(planned) => {
+                    fields.push((remote.target.collection.name.clone(), planned.clone()))
+                }
+                None => {
+                    remembered = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    remembered.then_some(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    async fn logical(sql: &str) -> LogicalPlan {
+        let context = SessionContext::new();
+        context
+            .sql("CREATE TABLE t (a BIGINT, b VARCHAR) AS VALUES (1, 'x')")
+            .await
+            .unwrap();
+        context.sql(sql).await.unwrap().logical_plan().clone()
+    }
+
+    #[tokio::test]
+    async fn statements_calling_varying_functions_are_not_deterministic() {
+        for sql in [
+            "SELECT a + 1, upper(b) FROM t WHERE a IN (1, 2) ORDER BY a LIMIT 3",
+            "SELECT COUNT(*) FROM t WHERE b LIKE 'x%' AND a > (SELECT MIN(a) FROM t)",
+        ] {
+            assert!(is_deterministic(&logical(sql).await), "{sql}");
+        }
+        for sql in [
+            "SELECT a FROM t WHERE to_timestamp(a) > now() - INTERVAL '1 hour'",
+            "SELECT current_date",
+            "SELECT random() FROM t",
+            "SELECT a FROM t WHERE a IN (SELECT a FROM t WHERE random() < 0.5)",
+        ] {
+            assert!(!is_deterministic(&logical(sql).await), "{sql}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! A statement sent again runs the plan kept from its first run, and its answer
+//! still follows the data: new rows, new fields, the clock, and its own counters.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use altdb_tests::{Cluster, ClusterOptions};
+use serde_json::{json, Value};
+
+/// Runs `sql` three times; the answers must agree. Returns the rows.
+fn repeated(cluster: &Cluster, sql: &str) -> anyhow::Result<Vec<Vec<Value>>> {
+    let first = cluster.rows(sql)?;
+    for _ in 0..2 {
+        assert_eq!(cluster.rows(sql)?, first, "{sql}");
+    }
+    Ok(first)
+}
+
+#[test]
+fn repeated_statements_follow_the_data() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    cluster.create_collection(json!({
+        "name": "c", "num_shards": 4, "id_field": "id", "event_time_field": "ts"
+    }))?;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let docs: Vec<Value> = (0..20)
+        .map(|i| json!({"id": i, "a": i, "g": i % 3, "ts": now_ms - 60_000}))
+        .collect();
+    cluster.write_docs("c", &docs, 10)?;
+
+    let aggregate = "SELECT g, COUNT(*), SUM(a) FROM c WHERE a >= 5 GROUP BY g ORDER BY g";
+    let top = "SELECT id FROM c ORDER BY a DESC LIMIT 2";
+    let join = "SELECT COUNT(*) FROM c x JOIN c y ON x.id = y.g";
+    let by_id = "SELECT a FROM c WHERE _id IN ('3', '7') ORDER BY a";
+    assert_eq!(
+        repeated(&cluster, aggregate)?,
+        vec![
+            vec![json!(0), json!(5), json!(6 + 9 + 12 + 15 + 18)],
+            vec![json!(1), json!(5), json!(7 + 10 + 13 + 16 + 19)],
+            vec![json!(2), json!(5), json!(5 + 8 + 11 + 14 + 17)],
+        ]
+    );
+    assert_eq!(
+        repeated(&cluster, top)?,
+        vec![vec![json!(19)], vec![json!(18)]]
+    );
+    assert_eq!(repeated(&cluster, join)?, vec![vec![json!(20)]]);
+    assert_eq!(
+        repeated(&cluster, by_id)?,
+        vec![vec![json!(3)], vec![json!(7)]]
+    );
+
+    // Each run reports its own counters, not the sum over the runs of its plan.
+    for _ in 0..3 {
+        let answer = cluster.query(by_id)?;
+        assert_eq!(
+            answer.body["stats"]["rows_scanned"],
+            json!(2),
+            "{}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body["stats"]["scan"]["rows_by_id"],
+            json!(2),
+            "{}",
+            answer.body
+        );
+    }
+
+    // New rows and changed rows are in the next run of each statement.
+    cluster.write_docs(
+        "c",
+        &[
+            json!({"id": 3, "a": 300, "g": 0, "ts": now_ms - 60_000}),
+            json!({"id": 100, "a": 100, "g": 1, "ts": now_ms - 60_000}),
+        ],
+        10,
+    )?;
+    assert_eq!(
+        cluster.rows(aggregate)?,
+        vec![
+            vec![json!(0), json!(6), json!(6 + 9 + 12 + 15 + 18 + 300)],
+            vec![json!(1), json!(6), json!(7 + 10 + 13 + 16 + 19 + 100)],
+            vec![json!(2), json!(5), json!(5 + 8 + 11 + 14 + 17)],
+        ]
+    );
+    assert_eq!(cluster.rows(top)?, vec![vec![json!(3)], vec![json!(100)]]);
+    assert_eq!(cluster.rows(join)?, vec![vec![json!(21)]]);
+    assert_eq!(cluster.rows(by_id)?, vec![vec![json!(7)], vec![json!(300)]]);
+
+    // A field that appears is a column of the next `SELECT *`.
+    let star = "SELECT * FROM c WHERE id = 100";
+    let columns = |answer: &Value| -> Vec<String> {
+        answer["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(!columns(&cluster.query(star)?.body).contains(&"late".to_string()));
+    assert!(!columns(&cluster.query(star)?.body).contains(&"late".to_string()));
+    cluster.write_docs(
+        "c",
+        &[json!({"id": 100, "a": 100, "g": 1, "late": "yes", "ts": now_ms - 60_000})],
+        10,
+    )?;
+    let answer = cluster.query(star)?.body;
+    let at = columns(&answer).iter().position(|c| c == "late");
+    assert!(at.is_some(), "{answer}");
+    assert_eq!(answer["rows"][0][at.unwrap()], json!("yes"));
+
+    // `now()` is read at each run, not once for the plan.
+    cluster.write_docs(
+        "c",
+        &[json!({"id": 200, "a": 0, "g": 0, "ts": now_ms + 8_000})],
+        10,
+    )?;
+    let past = "SELECT COUNT(*) FROM c WHERE _event_time <= now()";
+    assert_eq!(cluster.scalar(past)?, 21);
+    assert_eq!(cluster.scalar(past)?, 21);
+    std::thread::sleep(Duration::from_millis(
+        (now_ms + 8_500 - SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64).max(0)
+            as u64,
+    ));
+    assert_eq!(cluster.scalar(past)?, 22);
+    Ok(())
+}
