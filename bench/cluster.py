@@ -1,5 +1,5 @@
 """Shared helpers of the benchmarks: start the release binaries and talk HTTP to them."""
-import http.client
+import http.client as http_client
 import json
 import os
 import shutil
@@ -37,7 +37,7 @@ class Connection:
 
     def __init__(self, url):
         parsed = urllib.parse.urlsplit(url)
-        self.conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=600)
+        self.conn = http_client.HTTPConnection(parsed.hostname, parsed.port, timeout=600)
 
     def post(self, path, body):
         self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
