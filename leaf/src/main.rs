@@ -79,6 +79,13 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sealer = tokio::spawn(leaf.clone().run_sealer(stop_rx.clone()));
     let merger = tokio::spawn(leaf.clone().run_merger(stop_rx.clone()));
+    // A thread of its own: it may run for long, and must not hold up shutdown.
+    {
+        let (leaf, stop) = (leaf.clone(), stop_rx.clone());
+        std::thread::Builder::new()
+            .name("index-rebuild".into())
+            .spawn(move || leaf.rebuild_outdated_indexes(&stop))?;
+    }
 
     let service = FlightServiceServer::new(LeafService::new(leaf.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -228,6 +228,34 @@ impl Leaf {
         }
     }
 
+    /// Rebuilds every sealed segment index that is missing or of an older
+    /// version (after an upgrade that changed what is indexed), while the leaf
+    /// serves: queries scan those segments until theirs is back. Blocking.
+    pub fn rebuild_outdated_indexes(&self, shutdown: &watch::Receiver<bool>) {
+        let started = std::time::Instant::now();
+        let shards: Vec<Arc<Shard>> = self
+            .shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut rebuilt = 0;
+        for shard in shards {
+            match shard.rebuild_outdated_indexes(|| *shutdown.borrow()) {
+                Ok(n) => rebuilt += n,
+                Err(error) => tracing::error!(%error, "rebuilding segment indexes failed"),
+            }
+        }
+        if rebuilt > 0 {
+            tracing::info!(
+                segments = rebuilt,
+                elapsed_s = started.elapsed().as_secs_f64(),
+                "rebuilt missing or outdated segment indexes"
+            );
+        }
+    }
+
     /// Flushes RocksDB memtables so the next start replays little WAL.
     pub fn flush(&self) -> Result<()> {
         self.store.flush()

@@ -722,6 +722,9 @@ impl ScanJob {
     fn index_rows(&self, entry: &SealedEntry) -> Option<Selected> {
         let predicate = self.predicate.as_ref().filter(|p| !p.is_opaque())?;
         let segment = &entry.segment;
+        if segment.index_pending() {
+            return None;
+        }
         let index = match segment.index() {
             Ok(index) => index,
             Err(error) => {

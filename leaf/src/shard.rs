@@ -548,6 +548,31 @@ impl Shard {
         Ok(true)
     }
 
+    /// Rebuilds the missing or outdated indexes of the shard's sealed segments,
+    /// one at a time, until `stop` says so; returns how many. Blocking.
+    pub fn rebuild_outdated_indexes(&self, stop: impl Fn() -> bool) -> Result<usize> {
+        let (segments, text_fields) = {
+            let state = self.lock();
+            let segments: Vec<Arc<SealedSegment>> = state
+                .sealed
+                .iter()
+                .filter(|entry| entry.segment.index_pending())
+                .map(|entry| entry.segment.clone())
+                .collect();
+            (segments, state.meta.text_fields.clone())
+        };
+        let mut rebuilt = 0;
+        for segment in segments {
+            if stop() {
+                break;
+            }
+            if segment.rebuild_index_if_outdated(&text_fields)? {
+                rebuilt += 1;
+            }
+        }
+        Ok(rebuilt)
+    }
+
     /// Rebuilds the shard from RocksDB and the segment manifest. Blocking.
     pub fn recover(collection: &str, shard: u32, dir: PathBuf, store: Arc<Store>) -> Result<Self> {
         let this = Self::new(collection, shard, dir, store);
@@ -573,7 +598,7 @@ impl Shard {
         for meta in self.store.segment_metas(&self.collection, self.shard)? {
             let dir = self.dir.join(format!("{:016}", meta.id));
             state.next_segment_id = state.next_segment_id.max(meta.id + 1);
-            let opened = SealedSegment::open(dir.clone(), meta.clone(), &state.meta.text_fields)
+            let opened = SealedSegment::open(dir.clone(), meta.clone())
                 .and_then(|segment| Ok((segment.ids_and_seqs()?, segment)));
             match opened {
                 Ok((ids, segment)) => {

@@ -86,3 +86,70 @@ fn segment_files_are_rebuilt_when_lost() -> anyhow::Result<()> {
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 6_000);
     Ok(())
 }
+
+#[test]
+fn outdated_indexes_are_rebuilt_while_the_leaf_serves() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        leaves: 1,
+        seal_rows: 1_000,
+        ..ClusterOptions::default()
+    })?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 2, "id_field": "id"}))?;
+    cluster.write_docs("events", &data::events(5, 6_000), 3_000)?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let needle = "SELECT COUNT(*), SUM(qty) FROM events WHERE hi_card IN ('k77', 'k1234')";
+    let scan_counts = |cluster: &Cluster| -> anyhow::Result<(serde_json::Value, u64, u64)> {
+        let answer = cluster.query(needle)?;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let scan = &answer.body["stats"]["scan"];
+        Ok((
+            answer.body["rows"].clone(),
+            scan["segments_indexed"].as_u64().unwrap_or(0),
+            scan["segments_scanned"].as_u64().unwrap_or(0),
+        ))
+    };
+    let (before, indexed, _) = scan_counts(&cluster)?;
+    assert!(indexed > 0, "the needle query uses the indexes");
+
+    // As after an upgrade that changed what is indexed: one index gone, the
+    // others of an older version.
+    cluster.leaves[0].kill9();
+    let mut index_dirs = Vec::new();
+    let mut pending = vec![cluster.dir.path().join("leaf-0").join("segments")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "index") {
+                    index_dirs.push(path);
+                } else {
+                    pending.push(path);
+                }
+            }
+        }
+    }
+    assert!(index_dirs.len() >= 2, "{index_dirs:?}");
+    std::fs::remove_dir_all(&index_dirs[0])?;
+    for dir in &index_dirs[1..] {
+        std::fs::write(dir.join("altdb-index-version"), "1")?;
+    }
+    cluster.leaves[0].restart()?;
+    cluster.wait_ready()?;
+
+    // The answer is the same at once, and the indexes come back while it serves.
+    assert_eq!(scan_counts(&cluster)?.0, before);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (rows, indexed, scanned) = scan_counts(&cluster)?;
+        assert_eq!(rows, before);
+        if scanned == 0 && indexed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "indexes not rebuilt: {indexed} segments indexed, {scanned} scanned"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
+}

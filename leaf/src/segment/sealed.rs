@@ -43,6 +43,9 @@ pub struct SealedSegment {
     pub dir: PathBuf,
     /// Opened on first use; `Err` if it cannot be (queries then scan).
     index: OnceLock<std::result::Result<Arc<SegmentIndex>, String>>,
+    /// The index on disk is missing or of another version: queries scan the
+    /// segment until [`Self::rebuild_index_if_outdated`] has rebuilt it.
+    outdated: AtomicBool,
     /// The columnar file's footer and page index, read on first use.
     metadata: OnceLock<ArrowReaderMetadata>,
     /// Replaced by a merged segment: the files go when the last reader lets go.
@@ -162,6 +165,7 @@ impl SealedSegment {
             meta,
             dir,
             index: OnceLock::new(),
+            outdated: AtomicBool::new(false),
             metadata: OnceLock::new(),
             retired: AtomicBool::new(false),
         }
@@ -174,6 +178,9 @@ impl SealedSegment {
 
     /// The segment's inverted index, opened on first use.
     pub fn index(&self) -> std::result::Result<Arc<SegmentIndex>, String> {
+        if self.index_pending() {
+            return Err("the segment's index is being rebuilt".into());
+        }
         self.index
             .get_or_init(|| {
                 SegmentIndex::open(&self.index_dir())
@@ -183,8 +190,16 @@ impl SealedSegment {
             .clone()
     }
 
-    /// Opens a segment listed in the manifest, rebuilding its index if it is missing.
-    pub fn open(dir: PathBuf, meta: SegmentMeta, text_fields: &[String]) -> Result<Self> {
+    /// Whether the index is missing or outdated and not rebuilt yet.
+    pub fn index_pending(&self) -> bool {
+        self.outdated.load(Ordering::Acquire)
+    }
+
+    /// Opens a segment listed in the manifest. An index that is missing or of
+    /// another version is not rebuilt here (that would keep the leaf from serving
+    /// for as long as it takes over all its data) but by
+    /// [`Self::rebuild_index_if_outdated`]; queries scan the segment meanwhile.
+    pub fn open(dir: PathBuf, meta: SegmentMeta) -> Result<Self> {
         let data = dir.join(DATA_FILE);
         if !data.exists() {
             return Err(LeafError::Segment(format!(
@@ -195,11 +210,7 @@ impl SealedSegment {
         }
         let segment = Self::new(meta, dir);
         if !index::is_current(&segment.index_dir()) {
-            tracing::info!(
-                segment = segment.meta.id,
-                "rebuilding a missing or outdated segment index"
-            );
-            segment.rebuild_index(text_fields)?;
+            segment.outdated.store(true, Ordering::Release);
         }
         Ok(segment)
     }
@@ -208,16 +219,26 @@ impl SealedSegment {
         self.dir.join(INDEX_DIR)
     }
 
-    fn rebuild_index(&self, text_fields: &[String]) -> Result<()> {
-        let _ = std::fs::remove_dir_all(self.index_dir());
-        let mut index = IndexBuilder::create(&self.index_dir(), &self.meta.fields, text_fields)?;
+    /// Rebuilds a missing or outdated index from the columnar file, beside the old
+    /// one and then swapped in; false if there was nothing to do. Blocking.
+    pub fn rebuild_index_if_outdated(&self, text_fields: &[String]) -> Result<bool> {
+        if !self.index_pending() || self.retired.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let building = self.dir.join(format!("{INDEX_DIR}.building"));
+        let _ = std::fs::remove_dir_all(&building);
+        let mut index = IndexBuilder::create(&building, &self.meta.fields, text_fields)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(self.data_path())?)?
             .with_batch_size(BATCH_ROWS)
             .build()?;
         for batch in reader {
             index.add(&batch?)?;
         }
-        index.finish()
+        index.finish()?;
+        let _ = std::fs::remove_dir_all(self.index_dir());
+        std::fs::rename(&building, self.index_dir())?;
+        self.outdated.store(false, Ordering::Release);
+        Ok(true)
     }
 
     /// Reads the segment back into rows (to rebuild derived data).
@@ -602,8 +623,13 @@ mod tests {
         assert_eq!(counted, 20_000);
 
         std::fs::remove_dir_all(segment.index_dir()).unwrap();
-        let reopened =
-            SealedSegment::open(dir.path().join("s1"), segment.meta.clone(), &[]).unwrap();
+        let reopened = SealedSegment::open(dir.path().join("s1"), segment.meta.clone()).unwrap();
+        // Until its index is rebuilt the segment is scanned, and its keys come
+        // from the columnar file.
+        assert!(reopened.index_pending() && reopened.index().is_err());
+        assert_eq!(reopened.ids_and_seqs().unwrap()[7], ("d7".to_string(), 7));
+        assert!(reopened.rebuild_index_if_outdated(&[]).unwrap());
+        assert!(!reopened.rebuild_index_if_outdated(&[]).unwrap());
         assert_eq!(reopened.index().unwrap().num_docs(), 20_000);
         let back = reopened.read_rows().unwrap();
         assert_eq!(back[3], *rows[3]);
