@@ -31,6 +31,9 @@ fn repeated_statements_follow_the_data() -> anyhow::Result<()> {
     let top = "SELECT id FROM c ORDER BY a DESC LIMIT 2";
     let join = "SELECT COUNT(*) FROM c x JOIN c y ON x.id = y.g";
     let by_id = "SELECT a FROM c WHERE _id IN ('3', '7') ORDER BY a";
+    // A join whose sides are filtered on the aggregator (HAVING) and on leaves.
+    let grouped_join = "SELECT COUNT(*) FROM (SELECT g FROM c GROUP BY g HAVING COUNT(*) > 1) s \
+                        JOIN (SELECT id, g FROM c WHERE a < 1000) t ON s.g = t.g";
     assert_eq!(
         repeated(&cluster, aggregate)?,
         vec![
@@ -44,6 +47,7 @@ fn repeated_statements_follow_the_data() -> anyhow::Result<()> {
         vec![vec![json!(19)], vec![json!(18)]]
     );
     assert_eq!(repeated(&cluster, join)?, vec![vec![json!(20)]]);
+    assert_eq!(repeated(&cluster, grouped_join)?, vec![vec![json!(20)]]);
     assert_eq!(
         repeated(&cluster, by_id)?,
         vec![vec![json!(3)], vec![json!(7)]]
@@ -85,6 +89,7 @@ fn repeated_statements_follow_the_data() -> anyhow::Result<()> {
     );
     assert_eq!(cluster.rows(top)?, vec![vec![json!(3)], vec![json!(100)]]);
     assert_eq!(cluster.rows(join)?, vec![vec![json!(21)]]);
+    assert_eq!(cluster.rows(grouped_join)?, vec![vec![json!(21)]]);
     assert_eq!(cluster.rows(by_id)?, vec![vec![json!(7)], vec![json!(300)]]);
 
     // A field that appears is a column of the next `SELECT *`.

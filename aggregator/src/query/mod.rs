@@ -357,7 +357,14 @@ fn base_state() -> SessionState {
     let options = config.options_mut();
     // Partition-local operators must sit right on the scan to be shipped to leaves.
     options.optimizer.enable_round_robin_repartition = false;
+    // No dynamic filters (top-k, join, aggregate) here: they are runtime state
+    // pushed into other operators, which a kept plan run again would carry over
+    // (see plans.rs). The master switch alone does not turn the three off when
+    // set field by field.
     options.optimizer.enable_dynamic_filter_pushdown = false;
+    options.optimizer.enable_topk_dynamic_filter_pushdown = false;
+    options.optimizer.enable_join_dynamic_filter_pushdown = false;
+    options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
