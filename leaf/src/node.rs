@@ -88,6 +88,16 @@ impl Leaf {
             .clone()
     }
 
+    /// Every shard on this leaf (a snapshot: the lock is not held while they work).
+    fn all_shards(&self) -> Vec<Arc<Shard>> {
+        self.shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn shards_of(&self, collection: &str) -> Vec<Arc<Shard>> {
         let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<_> = shards
@@ -170,14 +180,7 @@ impl Leaf {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = shutdown.changed() => return,
             }
-            let shards: Vec<Arc<Shard>> = self
-                .shards
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            for shard in shards {
+            for shard in self.all_shards() {
                 let policy = self.seal_policy;
                 let sealed =
                     tokio::task::spawn_blocking(move || shard.seal_if_due(policy, false)).await;
@@ -206,14 +209,7 @@ impl Leaf {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => return,
             }
-            let shards: Vec<Arc<Shard>> = self
-                .shards
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            for shard in shards {
+            for shard in self.all_shards() {
                 let policy = self.merge_policy;
                 let merged = tokio::task::spawn_blocking(move || shard.merge_if_due(policy)).await;
                 match merged {
@@ -233,15 +229,8 @@ impl Leaf {
     /// serves: queries scan those segments until theirs is back. Blocking.
     pub fn rebuild_outdated_indexes(&self, shutdown: &watch::Receiver<bool>) {
         let started = std::time::Instant::now();
-        let shards: Vec<Arc<Shard>> = self
-            .shards
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
         let mut rebuilt = 0;
-        for shard in shards {
+        for shard in self.all_shards() {
             match shard.rebuild_outdated_indexes(|| *shutdown.borrow()) {
                 Ok(n) => rebuilt += n,
                 Err(error) => tracing::error!(%error, "rebuilding segment indexes failed"),

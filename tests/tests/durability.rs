@@ -61,15 +61,7 @@ fn acknowledged_documents_survive_kill_9_and_restart() -> anyhow::Result<()> {
 
 #[test]
 fn segment_files_are_rebuilt_when_lost() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions {
-        leaves: 1,
-        seal_rows: 1_000,
-        ..ClusterOptions::default()
-    })?;
-    cluster.create_collection(json!({"name": "events", "num_shards": 2, "id_field": "id"}))?;
-    let docs = data::events(11, 6_000);
-    cluster.write_docs("events", &docs, 3_000)?;
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut cluster = sealed_events(11)?;
     let before = cluster
         .rows("SELECT event, COUNT(*), SUM(qty) FROM events GROUP BY event ORDER BY event")?;
 
@@ -89,14 +81,7 @@ fn segment_files_are_rebuilt_when_lost() -> anyhow::Result<()> {
 
 #[test]
 fn outdated_indexes_are_rebuilt_while_the_leaf_serves() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions {
-        leaves: 1,
-        seal_rows: 1_000,
-        ..ClusterOptions::default()
-    })?;
-    cluster.create_collection(json!({"name": "events", "num_shards": 2, "id_field": "id"}))?;
-    cluster.write_docs("events", &data::events(5, 6_000), 3_000)?;
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut cluster = sealed_events(5)?;
     let needle = "SELECT COUNT(*), SUM(qty) FROM events WHERE hi_card IN ('k77', 'k1234')";
     let scan_counts = |cluster: &Cluster| -> anyhow::Result<(serde_json::Value, u64, u64)> {
         let answer = cluster.query(needle)?;
@@ -152,4 +137,18 @@ fn outdated_indexes_are_rebuilt_while_the_leaf_serves() -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     Ok(())
+}
+
+/// One leaf holding 6,000 generated events (seed `seed`) in 2 shards, sealed into
+/// segments of 1,000 rows.
+fn sealed_events(seed: u64) -> anyhow::Result<Cluster> {
+    let cluster = Cluster::start(ClusterOptions {
+        leaves: 1,
+        seal_rows: 1_000,
+        ..ClusterOptions::default()
+    })?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 2, "id_field": "id"}))?;
+    cluster.write_docs("events", &data::events(seed, 6_000), 3_000)?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    Ok(cluster)
 }
