@@ -49,14 +49,19 @@ use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
 use crate::predicate::IndexPredicate;
 use crate::segment::index::SegmentIndex;
+use crate::segment::sealed::PAGE_ROWS;
 use crate::shard::{SealedEntry, Shard, ShardSnapshot};
 use crate::topk::{RowGroupStats, TopKBound};
 
 /// A segment is read through its index when the index selects at most
 /// 1/this of its rows; above that, a sequential scan is cheaper.
 const INDEX_MAX_FRACTION: usize = 8;
-/// Up to this many selected rows of a segment are fetched from RocksDB.
+/// Up to this many selected rows of a segment are fetched from RocksDB ..
 const FETCH_MAX_ROWS: usize = 1024;
+/// .. unless they are this many or more per Parquet page they fall in (as a time
+/// range's rows are, sealed segments being in event-time order): decoding a page
+/// of each column then costs less than a RocksDB read and a JSON parse per row.
+const PAGE_READ_MIN_ROWS: usize = 64;
 
 /// What the scans of one fragment read.
 #[derive(Debug, Default)]
@@ -482,7 +487,7 @@ impl ScanJob {
         let (access, read) = match &selected {
             Some(selected) => {
                 ScanMetrics::add(&self.metrics.segments_indexed, 1);
-                if selected.rows.len() <= FETCH_MAX_ROWS {
+                if worth_fetching(&selected.rows) {
                     (
                         Access::IndexFetch,
                         self.fetch_rows(entry, selected, local, &mut emit),
@@ -893,4 +898,41 @@ fn with_scores(batch: RecordBatch, scores: &[Option<f32>]) -> DfResult<RecordBat
         columns,
         &options,
     )?)
+}
+
+/// Whether the selected rows (ascending) of a segment are better fetched from
+/// RocksDB one by one than read from the pages of its columnar file: few, and
+/// spread over many pages.
+fn worth_fetching(rows: &[u32]) -> bool {
+    if rows.len() > FETCH_MAX_ROWS {
+        return false;
+    }
+    let mut pages = 0;
+    let mut last = None;
+    for &row in rows {
+        let page = row as usize / PAGE_ROWS;
+        if last != Some(page) {
+            pages += 1;
+            last = Some(page);
+        }
+    }
+    rows.len() < pages * PAGE_READ_MIN_ROWS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_scattered_rows_are_fetched_and_runs_read_from_pages() {
+        // A few rows on pages of their own: a read per row beats a page per row.
+        let scattered: Vec<u32> = (0..10).map(|i| i * PAGE_ROWS as u32 + 7).collect();
+        assert!(worth_fetching(&scattered));
+        // A time range's rows: one run on one or two pages.
+        let run: Vec<u32> = (1_000..1_250).collect();
+        assert!(!worth_fetching(&run));
+        // Too many rows for point reads, however spread.
+        let many: Vec<u32> = (0..2_000).map(|i| i * 97).collect();
+        assert!(!worth_fetching(&many));
+    }
 }

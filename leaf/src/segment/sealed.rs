@@ -32,7 +32,7 @@ const INDEX_DIR: &str = "index";
 /// Rows per Arrow batch read from or written to a segment.
 pub const BATCH_ROWS: usize = 8192;
 /// Rows per Parquet data page at most.
-const PAGE_ROWS: usize = 4096;
+pub const PAGE_ROWS: usize = 4096;
 /// Largest dictionary page of a column chunk (parquet's default is 1 MiB).
 const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
