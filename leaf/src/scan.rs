@@ -916,7 +916,8 @@ fn worth_fetching(rows: &[u32]) -> bool {
             last = Some(page);
         }
     }
-    rows.len() < pages * PAGE_READ_MIN_ROWS
+    // No rows: nothing to read either way; a fetch of none costs nothing.
+    rows.len() < pages.max(1) * PAGE_READ_MIN_ROWS
 }
 
 #[cfg(test)]
@@ -934,5 +935,6 @@ mod tests {
         // Too many rows for point reads, however spread.
         let many: Vec<u32> = (0..2_000).map(|i| i * 97).collect();
         assert!(!worth_fetching(&many));
+        assert!(worth_fetching(&[]));
     }
 }
