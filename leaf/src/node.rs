@@ -231,10 +231,7 @@ impl Leaf {
         let started = std::time::Instant::now();
         let mut rebuilt = 0;
         for shard in self.all_shards() {
-            match shard.rebuild_outdated_indexes(|| *shutdown.borrow()) {
-                Ok(n) => rebuilt += n,
-                Err(error) => tracing::error!(%error, "rebuilding segment indexes failed"),
-            }
+            rebuilt += shard.rebuild_outdated_indexes(|| *shutdown.borrow());
         }
         if rebuilt > 0 {
             tracing::info!(

@@ -550,7 +550,7 @@ impl Shard {
 
     /// Rebuilds the missing or outdated indexes of the shard's sealed segments,
     /// one at a time, until `stop` says so; returns how many. Blocking.
-    pub fn rebuild_outdated_indexes(&self, stop: impl Fn() -> bool) -> Result<usize> {
+    pub fn rebuild_outdated_indexes(&self, stop: impl Fn() -> bool) -> usize {
         let (segments, text_fields) = {
             let state = self.lock();
             let segments: Vec<Arc<SealedSegment>> = state
@@ -566,11 +566,18 @@ impl Shard {
             if stop() {
                 break;
             }
-            if segment.rebuild_index_if_outdated(&text_fields)? {
-                rebuilt += 1;
+            match segment.rebuild_index_if_outdated(&text_fields) {
+                Ok(true) => rebuilt += 1,
+                Ok(false) => {}
+                // The segment keeps being scanned; the others still get theirs.
+                Err(error) => tracing::error!(
+                    segment = segment.meta.id,
+                    %error,
+                    "rebuilding a segment index failed"
+                ),
             }
         }
-        Ok(rebuilt)
+        rebuilt
     }
 
     /// Rebuilds the shard from RocksDB and the segment manifest. Blocking.

@@ -228,10 +228,10 @@ impl QueryEngine {
         let specs = self.catalog.list().await.map_err(failed)?;
         // EXPLAIN shows how a statement is planned now, so it is always planned.
         let key = (remembered_fields && !lower.trim_start().starts_with("explain"))
-            .then(|| PlanKey::new(sql, options.use_index, &specs));
+            .then(|| PlanKey::new(sql, options.use_index));
         let kept = key
             .as_ref()
-            .and_then(|key| self.plans.get(key, &self.fields));
+            .and_then(|key| self.plans.get(key, &specs, &self.fields));
         let (statement, provider, kept_collections) = match kept {
             Some((plan, collections)) => (Statement::Kept(plan), None, collections),
             None => {
@@ -253,7 +253,7 @@ impl QueryEngine {
                     let logical = frame.logical_plan().clone();
                     let plan = frame.create_physical_plan().await?;
                     if let Some(key) = &key {
-                        self.plans.put(key.clone(), &logical, &plan);
+                        self.plans.put(key.clone(), &specs, &logical, &plan);
                     }
                     (plan, context.task_ctx())
                 }

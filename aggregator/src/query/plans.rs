@@ -6,8 +6,9 @@
 //! made from has changed:
 //!
 //! ```text
-//!  key    SQL text, options, the catalog's collection specs
-//!  valid  each collection it reads still has the very fields it was planned with
+//!  key    SQL text, options
+//!  valid  the catalog's collection specs are the ones it was planned against, and
+//!         each collection it reads still has the very fields it was planned with
 //!         (the Arc the fields cache holds: fresh fields from the leaves, or a leaf
 //!         refusing a fragment, make a new one and the plan is dropped)
 //! ```
@@ -20,7 +21,6 @@
 //! are off on the aggregator (see `base_state`).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -40,34 +40,28 @@ use crate::cluster::CollectionFields;
 /// grow it without bound).
 const MAX_PLANS: usize = 512;
 
-/// What a statement's plan is made from, besides collection fields.
+/// What a statement's plan is looked up by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlanKey {
     sql: String,
     use_index: bool,
-    catalog: u64,
 }
 
 impl PlanKey {
-    pub fn new(sql: &str, use_index: bool, specs: &[CollectionSpec]) -> Self {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for spec in specs {
-            serde_json::to_string(spec)
-                .unwrap_or_default()
-                .hash(&mut hasher);
-        }
+    pub fn new(sql: &str, use_index: bool) -> Self {
         Self {
             sql: sql.to_string(),
             use_index,
-            catalog: hasher.finish(),
         }
     }
 }
 
-/// A kept plan and the fields of each collection it was planned with.
+/// A kept plan, the catalog it was planned against and the fields of each
+/// collection it reads.
 #[derive(Debug)]
 struct CachedPlan {
     plan: Arc<dyn ExecutionPlan>,
+    specs: Vec<CollectionSpec>,
     fields: Vec<(String, Arc<CollectionFields>)>,
 }
 
@@ -79,19 +73,22 @@ pub struct PlanCache {
 
 impl PlanCache {
     /// A fresh copy of the plan kept for `key`, with the collections it reads, if
-    /// their fields are still the remembered ones it was planned with.
+    /// the catalog is still `specs` and their fields are still the remembered ones
+    /// it was planned with.
     pub fn get(
         &self,
         key: &PlanKey,
+        specs: &[CollectionSpec],
         fields: &FieldsCache,
     ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>)> {
         let mut entries = self.lock();
         let cached = entries.get(key)?;
-        let current = cached.fields.iter().all(|(collection, planned)| {
-            fields
-                .get(collection)
-                .is_some_and(|now| Arc::ptr_eq(&now, planned))
-        });
+        let current = cached.specs == specs
+            && cached.fields.iter().all(|(collection, planned)| {
+                fields
+                    .get(collection)
+                    .is_some_and(|now| Arc::ptr_eq(&now, planned))
+            });
         let plan = if current {
             reset_plan_states(cached.plan.clone()).ok()
         } else {
@@ -107,7 +104,13 @@ impl PlanCache {
 
     /// Keeps `plan` of a statement whose logical plan was `logical`, if it can be
     /// run again: deterministic, and every collection planned with remembered fields.
-    pub fn put(&self, key: PlanKey, logical: &LogicalPlan, plan: &Arc<dyn ExecutionPlan>) {
+    pub fn put(
+        &self,
+        key: PlanKey,
+        specs: &[CollectionSpec],
+        logical: &LogicalPlan,
+        plan: &Arc<dyn ExecutionPlan>,
+    ) {
         if !is_deterministic(logical) {
             return;
         }
@@ -122,6 +125,7 @@ impl PlanCache {
             key,
             CachedPlan {
                 plan: plan.clone(),
+                specs: specs.to_vec(),
                 fields,
             },
         );
