@@ -3,19 +3,34 @@
 //! The fragment arrives as datafusion-proto bytes whose leaf is an extension node
 //! holding a [`ScanSpec`]; [`FragmentCodec`] turns that node into a
 //! [`LocalScanExec`] over the requested shard, and the decoded plan runs here.
+//!
+//! A repeated statement's fragments come back as the very same bytes (the
+//! aggregator keeps its plans), and decoding one and fitting it to the shard
+//! costs more than a key lookup takes to run, so [`KeptFragments`] keeps them:
+//!
+//! ```text
+//!  key    collection, shard, fragment bytes
+//!  valid  the leaf still holds the shard the fragment was decoded against
+//!  run    from DataFusion's reset_plan_states (fresh top-k heaps and dynamic
+//!         filters), with each scan's top-k bound linked to its fresh sort; the
+//!         scans count what they read in the run's own ScanMetrics (task context)
+//! ```
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightData, SchemaAsIpc};
+use bytes::Bytes;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::lit;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
@@ -32,14 +47,111 @@ use crate::materialize::materialize_late;
 use crate::node::Leaf;
 use crate::predicate::IndexPredicate;
 use crate::scan::{LocalScanExec, ScanMetrics};
+use crate::shard::Shard;
 use crate::topk::bound_top_k_scans;
 
-/// Decodes the aggregator's scan node into a scan of one local shard.
-#[derive(Debug)]
-pub struct FragmentCodec {
-    leaf: Arc<Leaf>,
+/// Fragments kept at most; when full the cache starts over (a working set of
+/// repeated statements is small, and one-off statements must not grow it
+/// without bound).
+const MAX_KEPT_FRAGMENTS: usize = 512;
+
+/// Decoded fragments, run again when the same bytes come back.
+#[derive(Default)]
+pub struct KeptFragments {
+    fragments: Mutex<HashMap<FragmentKey, KeptFragment>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct FragmentKey {
+    collection: String,
     shard: u32,
-    metrics: Arc<ScanMetrics>,
+    plan: Bytes,
+}
+
+struct KeptFragment {
+    /// Decoded and rewritten for the shard (as [`fit_to_shard`] leaves it).
+    plan: Arc<dyn ExecutionPlan>,
+    /// The shard it was decoded against (`None`: the leaf had none).
+    shard: Option<Arc<Shard>>,
+}
+
+impl KeptFragments {
+    /// The plan to run `ticket` with: a kept one from a fresh state, else decoded
+    /// (and kept).
+    fn plan(
+        &self,
+        ticket: &FragmentTicket,
+        shard: &Option<Arc<Shard>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let key = FragmentKey {
+            collection: ticket.collection.clone(),
+            shard: ticket.shard,
+            plan: ticket.plan.clone(),
+        };
+        let kept = self
+            .lock()
+            .get(&key)
+            .filter(|kept| same_shard(&kept.shard, shard))
+            .map(|kept| kept.plan.clone());
+        if let Some(plan) = kept {
+            return Ok(bound_top_k_scans(reset_plan_states(plan)?)?);
+        }
+        let plan = decode_fragment(ticket, shard.clone())?;
+        let mut fragments = self.lock();
+        if fragments.len() >= MAX_KEPT_FRAGMENTS {
+            fragments.clear();
+        }
+        fragments.insert(
+            key,
+            KeptFragment {
+                plan: plan.clone(),
+                shard: shard.clone(),
+            },
+        );
+        Ok(plan)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FragmentKey, KeptFragment>> {
+        self.fragments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the fragments of `collection` (and with them its shards).
+    pub fn forget(&self, collection: &str) {
+        self.lock().retain(|key, _| key.collection != collection);
+    }
+
+    /// How many fragments are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn same_shard(a: &Option<Arc<Shard>>, b: &Option<Arc<Shard>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Decodes the aggregator's scan node into a scan of the ticket's shard.
+pub struct FragmentCodec {
+    collection: String,
+    /// `None` when this leaf holds no data of the shard yet.
+    shard: Option<Arc<Shard>>,
+}
+
+impl std::fmt::Debug for FragmentCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FragmentCodec")
+            .field("collection", &self.collection)
+            .field("shard", &self.shard.as_ref().map(|s| s.shard))
+            .finish()
+    }
 }
 
 impl PhysicalExtensionCodec for FragmentCodec {
@@ -52,12 +164,13 @@ impl PhysicalExtensionCodec for FragmentCodec {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let spec: ScanSpec = serde_json::from_slice(buf)
             .map_err(|e| DataFusionError::Plan(format!("bad scan in fragment: {e}")))?;
-        let shard = self.leaf.shard(&spec.collection, self.shard);
-        Ok(Arc::new(LocalScanExec::new(
-            spec,
-            shard,
-            self.metrics.clone(),
-        )))
+        if spec.collection != self.collection {
+            return Err(DataFusionError::Plan(format!(
+                "the fragment scans `{}` but its ticket is for `{}`",
+                spec.collection, self.collection
+            )));
+        }
+        Ok(Arc::new(LocalScanExec::new(spec, self.shard.clone())))
     }
 
     fn try_encode(
@@ -97,18 +210,17 @@ pub fn run_fragment(
         }
     }
     // Taken before the scan's snapshot, so the data read is at least this fresh.
-    let source_as_of_us = shard.map(|shard| shard.source_as_of()).unwrap_or_default();
-    let codec = FragmentCodec {
-        leaf,
-        shard: ticket.shard,
-        metrics: metrics.clone(),
+    let source_as_of_us = shard
+        .as_ref()
+        .map(|shard| shard.source_as_of())
+        .unwrap_or_default();
+    let plan = if ticket.profile {
+        // Profiled plans show their own nodes' metrics: decoded for this run.
+        decode_fragment(&ticket, shard)?
+    } else {
+        leaf.fragments().plan(&ticket, &shard)?
     };
-    let task = session().task_ctx();
-    let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &task, &codec)
-        .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
-    let plan = absorb_filters(bound_top_k_scans(materialize_late(
-        push_filters_into_scans(plan)?,
-    )?)?)?;
+    let task = Arc::new(execution_context(metrics.clone()));
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
     let batches = execute_stream(plan, task)?
@@ -138,6 +250,45 @@ pub fn run_fragment(
         Ok(message)
     });
     Ok(data.chain(trailer).boxed())
+}
+
+/// Decodes `ticket`'s fragment and fits it to the local shard.
+fn decode_fragment(
+    ticket: &FragmentTicket,
+    shard: Option<Arc<Shard>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let codec = FragmentCodec {
+        collection: ticket.collection.clone(),
+        shard,
+    };
+    let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &session().task_ctx(), &codec)
+        .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
+    Ok(fit_to_shard(plan)?)
+}
+
+/// The leaf's rewrites of a decoded fragment: index predicates and filters into
+/// the scans, late materialization, top-k bounds.
+fn fit_to_shard(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    absorb_filters(bound_top_k_scans(materialize_late(
+        push_filters_into_scans(plan)?,
+    )?)?)
+}
+
+/// The context one run of a fragment executes in: the session's settings, and
+/// `metrics` for its scans. (Without the function registry, which only
+/// decoding needs: copying it costs more than a key lookup.)
+fn execution_context(metrics: Arc<ScanMetrics>) -> TaskContext {
+    let session = session();
+    TaskContext::new(
+        None,
+        session.session_id(),
+        session.copied_config().with_extension(metrics),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        session.runtime_env(),
+    )
 }
 
 /// The session fragments decode and run in, built once: its function registry

@@ -26,6 +26,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::expressions::Column;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -231,6 +232,16 @@ impl ExecutionPlan for FetchByIdExec {
         Ok(Arc::new(Self::new(
             input,
             self.fallback.clone(),
+            self.shard.clone(),
+        )))
+    }
+
+    /// Also resets the plan as planned, which runs in its place when a fetched
+    /// document changed (its top-k must not start from an earlier run's bound).
+    fn reset_state(self: Arc<Self>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(
+            self.input.clone(),
+            reset_plan_states(self.fallback.clone())?,
             self.shard.clone(),
         )))
     }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::LeafConfig;
 use crate::error::Result;
+use crate::fragment::KeptFragments;
 use crate::shard::{IncomingDoc, MergePolicy, SealPolicy, Shard};
 use crate::store::{CollectionMeta, Store};
 
@@ -22,6 +23,7 @@ pub struct Leaf {
     shards: RwLock<HashMap<ShardKey, Arc<Shard>>>,
     seal_policy: SealPolicy,
     merge_policy: MergePolicy,
+    fragments: KeptFragments,
 }
 
 impl std::fmt::Debug for Leaf {
@@ -59,6 +61,7 @@ impl Leaf {
                 min_segments: config.merge_min_segments,
                 max_rows: config.merge_max_rows,
             },
+            fragments: KeptFragments::default(),
         }))
     }
 
@@ -68,6 +71,11 @@ impl Leaf {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(collection.to_string(), shard))
             .cloned()
+    }
+
+    /// Fragments decoded earlier, kept to run again.
+    pub fn fragments(&self) -> &KeptFragments {
+        &self.fragments
     }
 
     fn shard_or_create(&self, collection: &str, shard: u32) -> Arc<Shard> {
@@ -156,6 +164,8 @@ impl Leaf {
                 .collect();
             keys.iter().filter_map(|k| shards.remove(k)).collect()
         };
+        // Kept fragments hold the shards; they must not outlive the collection.
+        self.fragments.forget(collection);
         let this = self.clone();
         let collection = collection.to_string();
         tokio::task::spawn_blocking(move || {

@@ -39,6 +39,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -62,6 +63,10 @@ const FETCH_MAX_ROWS: usize = 1024;
 /// range's rows are, sealed segments being in event-time order): decoding a page
 /// of each column then costs less than a RocksDB read and a JSON parse per row.
 const PAGE_READ_MIN_ROWS: usize = 64;
+/// A lookup of at most this many `_id`s runs on the fragment's task instead of
+/// a blocking thread: a few reads from RocksDB's block cache cost less than the
+/// hand-over.
+const INLINE_MAX_IDS: usize = 64;
 
 /// What the scans of one fragment read.
 #[derive(Debug, Default)]
@@ -127,7 +132,6 @@ pub struct LocalScanExec {
     schema: SchemaRef,
     shard: Option<Arc<Shard>>,
     properties: Arc<PlanProperties>,
-    metrics: Arc<ScanMetrics>,
     predicate: Option<Arc<IndexPredicate>>,
     /// The filter the scan applies itself to the rows an index did not select
     /// exactly (see [`LocalScanExec::with_filter`]).
@@ -145,8 +149,10 @@ impl fmt::Debug for LocalScanExec {
 }
 
 impl LocalScanExec {
-    /// `shard` is `None` when this leaf holds no data of the shard yet.
-    pub fn new(spec: ScanSpec, shard: Option<Arc<Shard>>, metrics: Arc<ScanMetrics>) -> Self {
+    /// `shard` is `None` when this leaf holds no data of the shard yet. What the
+    /// scan reads is counted in the [`ScanMetrics`] of the task context it runs
+    /// in (a new set per run, so a plan can run again).
+    pub fn new(spec: ScanSpec, shard: Option<Arc<Shard>>) -> Self {
         let schema = spec.arrow_schema();
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -159,7 +165,6 @@ impl LocalScanExec {
             schema,
             shard,
             properties,
-            metrics,
             predicate: None,
             filter: None,
             top_k: None,
@@ -175,7 +180,7 @@ impl LocalScanExec {
         Self {
             predicate: self.predicate.clone(),
             top_k: self.top_k.clone(),
-            ..Self::new(spec, self.shard.clone(), self.metrics.clone())
+            ..Self::new(spec, self.shard.clone())
         }
     }
 
@@ -205,7 +210,6 @@ impl LocalScanExec {
             schema: self.schema.clone(),
             shard: self.shard.clone(),
             properties: self.properties.clone(),
-            metrics: self.metrics.clone(),
             predicate: self.predicate.clone(),
             filter: self.filter.clone(),
             top_k: self.top_k.clone(),
@@ -275,33 +279,85 @@ impl ExecutionPlan for LocalScanExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         if partition != 0 {
             return Err(DataFusionError::Internal(format!(
                 "LocalScanExec has one partition, asked for {partition}"
             )));
         }
-        let (sender, receiver) = mpsc::channel(2);
-        if let Some(shard) = &self.shard {
-            let snapshot = shard.snapshot();
-            let job = ScanJob {
-                target: self.schema.clone(),
-                columns: self.spec.columns.iter().map(|(n, _)| n.clone()).collect(),
-                limit: self.spec.limit,
-                metrics: self.metrics.clone(),
-                predicate: self.predicate.clone(),
-                filter: self.filter.clone(),
-                top_k: self.top_k.clone(),
-                shard: shard.clone(),
-                sender,
-            };
-            tokio::task::spawn_blocking(move || job.run(snapshot));
+        let Some(shard) = &self.shard else {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::empty(),
+            )));
+        };
+        let inline = self
+            .predicate
+            .as_ref()
+            .and_then(|p| p.ids())
+            .is_some_and(|ids| ids.len() <= INLINE_MAX_IDS);
+        let (sink, receiver) = if inline {
+            (Sink::Collect(Mutex::default()), None)
+        } else {
+            let (sender, receiver) = mpsc::channel(2);
+            (Sink::Channel(sender), Some(receiver))
+        };
+        let snapshot = shard.snapshot();
+        let job = ScanJob {
+            target: self.schema.clone(),
+            columns: self.spec.columns.iter().map(|(n, _)| n.clone()).collect(),
+            limit: self.spec.limit,
+            metrics: context
+                .session_config()
+                .get_extension::<ScanMetrics>()
+                .unwrap_or_default(),
+            predicate: self.predicate.clone(),
+            filter: self.filter.clone(),
+            top_k: self.top_k.clone(),
+            shard: shard.clone(),
+            sink,
+        };
+        let schema = self.schema.clone();
+        Ok(match receiver {
+            Some(receiver) => {
+                tokio::task::spawn_blocking(move || job.run(snapshot));
+                Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    ReceiverStream::new(receiver),
+                ))
+            }
+            // A few RocksDB reads: cheaper on this task than handed to a thread.
+            None => Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::once(async move { futures::stream::iter(job.run(snapshot)) })
+                    .flatten(),
+            )),
+        })
+    }
+}
+
+/// Where a scan's batches go.
+enum Sink {
+    /// To the fragment's stream, from a blocking thread.
+    Channel(mpsc::Sender<DfResult<RecordBatch>>),
+    /// Kept until the scan ends (one run on the fragment's own task).
+    Collect(Mutex<Vec<DfResult<RecordBatch>>>),
+}
+
+impl Sink {
+    /// False when the consumer is gone.
+    fn send(&self, batch: DfResult<RecordBatch>) -> bool {
+        match self {
+            Sink::Channel(sender) => sender.blocking_send(batch).is_ok(),
+            Sink::Collect(batches) => {
+                batches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(batch);
+                true
+            }
         }
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            ReceiverStream::new(receiver),
-        )))
     }
 }
 
@@ -314,14 +370,20 @@ struct ScanJob {
     filter: Option<Arc<dyn PhysicalExpr>>,
     top_k: Option<Arc<TopKBound>>,
     shard: Arc<Shard>,
-    sender: mpsc::Sender<DfResult<RecordBatch>>,
+    sink: Sink,
 }
 
 impl ScanJob {
-    fn run(self, snapshot: ShardSnapshot) {
+    /// Runs the scan; returns what it produced when it collects them
+    /// ([`Sink::Collect`]), nothing when it sent them.
+    fn run(self, snapshot: ShardSnapshot) -> Vec<DfResult<RecordBatch>> {
         let mut produced = 0usize;
         if let Err(error) = self.scan(&snapshot, &mut produced) {
-            let _ = self.sender.blocking_send(Err(error));
+            self.sink.send(Err(error));
+        }
+        match self.sink {
+            Sink::Collect(batches) => batches.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Sink::Channel(_) => Vec::new(),
         }
     }
 
@@ -374,7 +436,7 @@ impl ScanJob {
             }
         }
         *produced += batch.num_rows();
-        if self.sender.blocking_send(Ok(batch)).is_err() {
+        if !self.sink.send(Ok(batch)) {
             return Ok(false);
         }
         Ok(self.limit.is_none_or(|limit| *produced < limit))

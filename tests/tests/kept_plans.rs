@@ -130,3 +130,30 @@ fn repeated_statements_follow_the_data() -> anyhow::Result<()> {
     assert_eq!(cluster.scalar(past)?, 22);
     Ok(())
 }
+
+/// Rows leave a top-k between runs: no run starts from the bound an earlier run
+/// of the same plan reached (on the aggregator, nor in the fragments the leaves
+/// keep, whose scans skip sealed row groups by that bound).
+#[test]
+fn top_k_runs_do_not_start_from_an_earlier_bound() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        seal_rows: 50,
+        ..ClusterOptions::default()
+    })?;
+    cluster.create_collection(json!({"name": "t", "num_shards": 2, "id_field": "id"}))?;
+    let docs: Vec<Value> = (0..400).map(|i| json!({"id": i, "a": i})).collect();
+    cluster.write_docs("t", &docs, 100)?;
+    let top = "SELECT id FROM t ORDER BY a DESC LIMIT 3";
+    let ids = |first: i64| -> Vec<Vec<Value>> { (0..3).map(|i| vec![json!(first - i)]).collect() };
+    assert_eq!(repeated(&cluster, top)?, ids(399));
+    for round in 0..3 {
+        // The current top three sink to the bottom.
+        let first = 399 - 3 * round;
+        let sunk: Vec<Value> = (0..3)
+            .map(|i| json!({"id": first - i, "a": -1 - (first - i)}))
+            .collect();
+        cluster.write_docs("t", &sunk, 10)?;
+        assert_eq!(repeated(&cluster, top)?, ids(first - 3), "round {round}");
+    }
+    Ok(())
+}
