@@ -141,19 +141,25 @@ fn top_k_runs_do_not_start_from_an_earlier_bound() -> anyhow::Result<()> {
         ..ClusterOptions::default()
     })?;
     cluster.create_collection(json!({"name": "t", "num_shards": 2, "id_field": "id"}))?;
-    let docs: Vec<Value> = (0..400).map(|i| json!({"id": i, "a": i})).collect();
-    cluster.write_docs("t", &docs, 100)?;
+    // Sealed a hundred ids at a time (leaves seal every 500 ms), so a top-k
+    // bound rules out whole segments.
+    for start in (0..800).step_by(100) {
+        let docs: Vec<Value> = (start..start + 100).map(|i| json!({"id": i, "a": i})).collect();
+        cluster.write_docs("t", &docs, 100)?;
+        std::thread::sleep(Duration::from_millis(700));
+    }
     let top = "SELECT id FROM t ORDER BY a DESC LIMIT 3";
     let ids = |first: i64| -> Vec<Vec<Value>> { (0..3).map(|i| vec![json!(first - i)]).collect() };
-    assert_eq!(repeated(&cluster, top)?, ids(399));
+    assert_eq!(repeated(&cluster, top)?, ids(799));
     for round in 0..3 {
-        // The current top three sink to the bottom.
-        let first = 399 - 3 * round;
-        let sunk: Vec<Value> = (0..3)
+        // The top 200 sink to the bottom: the new top is in segments whose
+        // largest `a` is below the last run's bound.
+        let first = 799 - 200 * round;
+        let sunk: Vec<Value> = (0..200)
             .map(|i| json!({"id": first - i, "a": -1 - (first - i)}))
             .collect();
-        cluster.write_docs("t", &sunk, 10)?;
-        assert_eq!(repeated(&cluster, top)?, ids(first - 3), "round {round}");
+        cluster.write_docs("t", &sunk, 100)?;
+        assert_eq!(repeated(&cluster, top)?, ids(first - 200), "round {round}");
     }
     Ok(())
 }
