@@ -119,15 +119,6 @@ impl KeptFragments {
     pub fn forget(&self, collection: &str) {
         self.lock().retain(|key, _| key.collection != collection);
     }
-
-    /// How many fragments are kept.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn same_shard(a: &Option<Arc<Shard>>, b: &Option<Arc<Shard>>) -> bool {
@@ -261,8 +252,9 @@ fn decode_fragment(
         collection: ticket.collection.clone(),
         shard,
     };
-    let plan = physical_plan_from_bytes_with_extension_codec(&ticket.plan, &session().task_ctx(), &codec)
-        .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
+    let plan =
+        physical_plan_from_bytes_with_extension_codec(&ticket.plan, &session().task_ctx(), &codec)
+            .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
     Ok(fit_to_shard(plan)?)
 }
 

@@ -144,7 +144,9 @@ fn top_k_runs_do_not_start_from_an_earlier_bound() -> anyhow::Result<()> {
     // Sealed a hundred ids at a time (leaves seal every 500 ms), so a top-k
     // bound rules out whole segments.
     for start in (0..800).step_by(100) {
-        let docs: Vec<Value> = (start..start + 100).map(|i| json!({"id": i, "a": i})).collect();
+        let docs: Vec<Value> = (start..start + 100)
+            .map(|i| json!({"id": i, "a": i}))
+            .collect();
         cluster.write_docs("t", &docs, 100)?;
         std::thread::sleep(Duration::from_millis(700));
     }
