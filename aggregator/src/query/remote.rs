@@ -379,6 +379,7 @@ impl ExecutionPlan for RemoteFragmentExec {
             .unwrap_or_default();
         stats.shards_queried.fetch_add(1, Ordering::Relaxed);
         let collection = self.target.collection.name.clone();
+        let answered = stats.clone();
 
         let connect = async move {
             let mut failures = Vec::new();
@@ -388,6 +389,9 @@ impl ExecutionPlan for RemoteFragmentExec {
                     .map(|fields| fields.fingerprint(leaf.url(), shard));
                 match leaf.fragment(&ticket).await {
                     Ok(stream) => {
+                        // Counted here: a consumer that has rows enough (a merge
+                        // under a LIMIT) may stop before the leaf's metrics.
+                        answered.shards_responded.fetch_add(1, Ordering::Relaxed);
                         *answering.lock().unwrap_or_else(|p| p.into_inner()) =
                             leaf.url().to_string();
                         return Ok(stream.map_err(rpc_to_datafusion).boxed());
@@ -432,7 +436,6 @@ impl ExecutionPlan for RemoteFragmentExec {
                         stats
                             .rows_scanned
                             .fetch_add(metrics.rows_scanned, Ordering::Relaxed);
-                        stats.shards_responded.fetch_add(1, Ordering::Relaxed);
                         stats.merge_freshness(&metrics.source_as_of_us);
                         stats
                             .scan
