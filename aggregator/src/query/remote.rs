@@ -410,44 +410,52 @@ impl ExecutionPlan for RemoteFragmentExec {
         };
         let batch_schema = schema.clone();
         let collection_name = self.target.collection.name.clone();
-        let batches = futures::stream::once(connect)
-            .try_flatten()
-            .filter_map(move |item| {
-                let out = match item {
-                    Ok(FragmentItem::Batch(batch)) => {
-                        counters.output_rows.add(batch.num_rows());
-                        Some(conform(batch, &batch_schema))
-                    }
-                    Ok(FragmentItem::Metrics(metrics)) => {
-                        counters.add(&metrics);
-                        if let Some(profile) = metrics.profile {
-                            let leaf = answered_by.lock().unwrap_or_else(|p| p.into_inner());
-                            stats
-                                .profiles
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(ShardProfile {
-                                    collection: collection_name.clone(),
-                                    shard,
-                                    leaf: leaf.clone(),
-                                    profile,
-                                });
-                        }
+        let items = futures::stream::once(connect).try_flatten();
+        let items = if self.target.profile {
+            // The leaf's profile follows its rows: read them all before handing
+            // any on, so a consumer with rows enough (a LIMIT) cannot drop it.
+            futures::stream::once(items.collect::<Vec<_>>())
+                .flat_map(futures::stream::iter)
+                .boxed()
+        } else {
+            items.boxed()
+        };
+        let batches = items.filter_map(move |item| {
+            let out = match item {
+                Ok(FragmentItem::Batch(batch)) => {
+                    counters.output_rows.add(batch.num_rows());
+                    Some(conform(batch, &batch_schema))
+                }
+                Ok(FragmentItem::Metrics(metrics)) => {
+                    counters.add(&metrics);
+                    if let Some(profile) = metrics.profile {
+                        let leaf = answered_by.lock().unwrap_or_else(|p| p.into_inner());
                         stats
-                            .rows_scanned
-                            .fetch_add(metrics.rows_scanned, Ordering::Relaxed);
-                        stats.merge_freshness(&metrics.source_as_of_us);
-                        stats
-                            .scan
+                            .profiles
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .add(&metrics.scan);
-                        None
+                            .push(ShardProfile {
+                                collection: collection_name.clone(),
+                                shard,
+                                leaf: leaf.clone(),
+                                profile,
+                            });
                     }
-                    Err(error) => Some(Err(error)),
-                };
-                futures::future::ready(out)
-            });
+                    stats
+                        .rows_scanned
+                        .fetch_add(metrics.rows_scanned, Ordering::Relaxed);
+                    stats.merge_freshness(&metrics.source_as_of_us);
+                    stats
+                        .scan
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add(&metrics.scan);
+                    None
+                }
+                Err(error) => Some(Err(error)),
+            };
+            futures::future::ready(out)
+        });
         Ok(make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
             schema, batches,
         ))))
