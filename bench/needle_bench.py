@@ -13,7 +13,8 @@ then times needle queries three ways in the same run on the same data:
   DuckDB           the same documents in an in-memory DuckDB table (a full scan).
 
 Each query: one cold run, then --runs hot runs; the median is reported with the
-ratios. Queries go over one kept-alive HTTP connection (as from a dashboard or
+ratios, and the CPU the leaves and the aggregator spend per indexed query
+(user + system time from /proc over --cpu-runs more runs). Queries go over one kept-alive HTTP connection (as from a dashboard or
 a driver's connection pool); DuckDB runs in this process. Answers are checked
 to be equal across the three.
 
@@ -34,7 +35,7 @@ import time
 
 import duckdb
 
-from cluster import Connection, default_bin_dir, http, start_cluster, stop
+from cluster import Connection, cpu_seconds, default_bin_dir, http, start_cluster, stop
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
          "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]
@@ -103,6 +104,7 @@ def main():
     parser.add_argument("--docs", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--cpu-runs", type=int, default=300)
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--bin-dir", default=default_bin_dir())
@@ -182,11 +184,18 @@ def main():
 
         print(f"\n## Needle queries, {args.docs:,} events ({size / 1e6:.0f} MB NDJSON), 2 leaves, 4 shards, "
               f"{segments} sealed segments; DuckDB {duckdb.__version__} in memory; {os.cpu_count()} cores\n")
-        print("| query | altdb ms | altdb, no index ms | DuckDB ms | no index / altdb | DuckDB / altdb | rows read (index / scan) |")
-        print("|---|---|---|---|---|---|---|")
+        print("| query | altdb ms | altdb, no index ms | DuckDB ms | no index / altdb | DuckDB / altdb | rows read (index / scan) "
+              "| altdb CPU ms (leaves + aggregator) |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, sql, *peer in queries(args.docs):
             duck_sql = peer[0] if peer else sql
             fast_ms, fast = timed(lambda: altdb(sql), args.runs)
+            before = cpu_seconds(procs)
+            for _ in range(args.cpu_runs):
+                altdb(sql)
+            after = cpu_seconds(procs)
+            cpu_ms = sum(after[name] - before.get(name, 0.0) for name in after
+                         if name != "altdb-tailer") * 1000 / args.cpu_runs
             slow_ms, slow = timed(lambda: altdb(sql, use_index=False), max(3, args.runs // 3))
             duck_ms, duck = timed(lambda: con.execute(duck_sql).fetchall(), args.runs)
             expected = [[round(v, 6) if isinstance(v, float) else v for v in row] for row in duck]
@@ -197,7 +206,8 @@ def main():
                 else:
                     assert len(got) == len(expected), (name, got, expected)
             print(f"| {name} | {fast_ms:.2f} | {slow_ms:.1f} | {duck_ms:.1f} | {slow_ms / fast_ms:.0f}x | "
-                  f"{duck_ms / fast_ms:.1f}x | {fast['stats']['rows_scanned']:,} / {slow['stats']['rows_scanned']:,} |")
+                  f"{duck_ms / fast_ms:.1f}x | {fast['stats']['rows_scanned']:,} / {slow['stats']['rows_scanned']:,} "
+                  f"| {cpu_ms:.2f} |")
         print(f"\ningest over HTTP: {args.docs / ingest_s:,.0f} events/s; DuckDB load of the same file: {duck_load_s:.1f} s")
     finally:
         stop(procs)
