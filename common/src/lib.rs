@@ -26,6 +26,7 @@ pub mod config;
 pub mod document;
 pub mod error;
 pub mod geo;
+pub mod lru;
 pub mod metrics;
 pub mod plan;
 pub mod random;

@@ -39,6 +39,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
+use altdb_common::lru::LruMap;
 use altdb_common::rpc::{FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
 use altdb_common::schema::FieldSet;
 
@@ -50,15 +51,21 @@ use crate::scan::{LocalScanExec, ScanMetrics};
 use crate::shard::Shard;
 use crate::topk::bound_top_k_scans;
 
-/// Fragments kept at most; when full the cache starts over (a working set of
-/// repeated statements is small, and one-off statements must not grow it
-/// without bound).
+/// Fragments kept at most; a full cache drops the one used least recently
+/// (one-off statements must not grow it without bound).
 const MAX_KEPT_FRAGMENTS: usize = 512;
 
 /// Decoded fragments, run again when the same bytes come back.
-#[derive(Default)]
 pub struct KeptFragments {
-    fragments: Mutex<HashMap<FragmentKey, KeptFragment>>,
+    fragments: Mutex<LruMap<FragmentKey, KeptFragment>>,
+}
+
+impl Default for KeptFragments {
+    fn default() -> Self {
+        Self {
+            fragments: Mutex::new(LruMap::new(MAX_KEPT_FRAGMENTS)),
+        }
+    }
 }
 
 #[derive(PartialEq, Eq, Hash)]
@@ -97,11 +104,7 @@ impl KeptFragments {
             return Ok(bound_top_k_scans(reset_plan_states(plan)?)?);
         }
         let plan = decode_fragment(ticket, shard.clone())?;
-        let mut fragments = self.lock();
-        if fragments.len() >= MAX_KEPT_FRAGMENTS {
-            fragments.clear();
-        }
-        fragments.insert(
+        self.lock().insert(
             key,
             KeptFragment {
                 plan: plan.clone(),
@@ -111,13 +114,13 @@ impl KeptFragments {
         Ok(plan)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FragmentKey, KeptFragment>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruMap<FragmentKey, KeptFragment>> {
         self.fragments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drops the fragments of `collection` (and with them its shards).
     pub fn forget(&self, collection: &str) {
-        self.lock().retain(|key, _| key.collection != collection);
+        self.lock().retain(|key| key.collection != collection);
     }
 }
 

@@ -20,7 +20,6 @@
 //! heaps, fragment metrics) a fresh state; dynamic filters, which it cannot reset,
 //! are off on the aggregator (see `base_state`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -30,14 +29,14 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::ExecutionPlan;
 
 use altdb_common::collection::CollectionSpec;
+use altdb_common::lru::LruMap;
 
 use super::fields::FieldsCache;
 use super::remote::RemoteFragmentExec;
 use crate::cluster::CollectionFields;
 
-/// Plans kept at most; when full the cache starts over (a working set of
-/// repeated statements is small, and a burst of one-off statements must not
-/// grow it without bound).
+/// Plans kept at most; a full cache drops the plan used least recently (a
+/// burst of one-off statements must not grow it without bound).
 const MAX_PLANS: usize = 512;
 
 /// What a statement's plan is looked up by.
@@ -66,9 +65,17 @@ struct CachedPlan {
 }
 
 /// Plans of deterministic statements planned with remembered fields.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PlanCache {
-    entries: Mutex<HashMap<PlanKey, CachedPlan>>,
+    entries: Mutex<LruMap<PlanKey, CachedPlan>>,
+}
+
+impl Default for PlanCache {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(LruMap::new(MAX_PLANS)),
+        }
+    }
 }
 
 impl PlanCache {
@@ -117,11 +124,7 @@ impl PlanCache {
         let Some(fields) = planned_fields(plan) else {
             return;
         };
-        let mut entries = self.lock();
-        if entries.len() >= MAX_PLANS {
-            entries.clear();
-        }
-        entries.insert(
+        self.lock().insert(
             key,
             CachedPlan {
                 plan: plan.clone(),
@@ -136,7 +139,7 @@ impl PlanCache {
         self.lock().remove(key);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlanKey, CachedPlan>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruMap<PlanKey, CachedPlan>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
