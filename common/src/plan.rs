@@ -42,3 +42,25 @@ macro_rules! childless_plan_methods {
         }
     };
 }
+
+/// The context to run an already-built physical plan in: `config` (with the
+/// run's extensions) and `runtime`, without the function registry, which only
+/// planning and decoding look functions up in (copying it costs more than a
+/// needle query takes to run).
+pub fn execution_context(
+    session_id: String,
+    config: datafusion::prelude::SessionConfig,
+    runtime: std::sync::Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> datafusion::execution::TaskContext {
+    use std::collections::HashMap;
+    datafusion::execution::TaskContext::new(
+        None,
+        session_id,
+        config,
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        runtime,
+    )
+}

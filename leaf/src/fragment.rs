@@ -16,7 +16,6 @@
 //!         scans count what they read in the run's own ScanMetrics (task context)
 //! ```
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -270,18 +269,12 @@ fn fit_to_shard(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>
 }
 
 /// The context one run of a fragment executes in: the session's settings, and
-/// `metrics` for its scans. (Without the function registry, which only
-/// decoding needs: copying it costs more than a key lookup.)
+/// `metrics` for its scans.
 fn execution_context(metrics: Arc<ScanMetrics>) -> TaskContext {
     let session = session();
-    TaskContext::new(
-        None,
+    altdb_common::plan::execution_context(
         session.session_id(),
         session.copied_config().with_extension(metrics),
-        HashMap::new(),
-        HashMap::new(),
-        HashMap::new(),
-        HashMap::new(),
         session.runtime_env(),
     )
 }

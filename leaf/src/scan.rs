@@ -292,11 +292,8 @@ impl ExecutionPlan for LocalScanExec {
                 futures::stream::empty(),
             )));
         };
-        let inline = self
-            .predicate
-            .as_ref()
-            .and_then(|p| p.ids())
-            .is_some_and(|ids| ids.len() <= INLINE_MAX_IDS);
+        let ids = self.predicate.as_ref().and_then(|p| p.ids());
+        let inline = ids.as_ref().is_some_and(|ids| ids.len() <= INLINE_MAX_IDS);
         let (sink, receiver) = if inline {
             (Sink::Collect(Mutex::default()), None)
         } else {
@@ -308,6 +305,7 @@ impl ExecutionPlan for LocalScanExec {
             target: self.schema.clone(),
             columns: self.spec.columns.iter().map(|(n, _)| n.clone()).collect(),
             limit: self.spec.limit,
+            ids,
             metrics: context
                 .session_config()
                 .get_extension::<ScanMetrics>()
@@ -365,6 +363,8 @@ struct ScanJob {
     target: SchemaRef,
     columns: Vec<String>,
     limit: Option<usize>,
+    /// The `_id`s the predicate confines the scan to (read from RocksDB).
+    ids: Option<Vec<String>>,
     metrics: Arc<ScanMetrics>,
     predicate: Option<Arc<IndexPredicate>>,
     filter: Option<Arc<dyn PhysicalExpr>>,
@@ -446,10 +446,10 @@ impl ScanJob {
         // Mutable rows are converted with the shard's local types, then widened
         // exactly as sealed segments are, so both paths give the same values.
         let local = local_schema(&self.columns, &self.target, &snapshot.fields);
-        if let Some(ids) = self.predicate.as_ref().and_then(|p| p.ids()) {
+        if let Some(ids) = &self.ids {
             let rows = self
                 .shard
-                .documents(&ids)
+                .documents(ids)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             ScanMetrics::add(&self.metrics.rows_by_id, rows.len() as u64);
             ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);

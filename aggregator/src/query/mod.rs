@@ -164,9 +164,11 @@ impl QueryEngine {
     /// The task context a kept plan runs in: the base state's, with the
     /// statement's counters.
     fn task_context(&self, stats: Arc<QueryStats>) -> Arc<TaskContext> {
-        let mut config = self.base.config().clone();
-        config.set_extension(stats);
-        Arc::new(TaskContext::from(self.base.as_ref()).with_session_config(config))
+        Arc::new(altdb_common::plan::execution_context(
+            self.base.session_id().to_string(),
+            self.base.config().clone().with_extension(stats),
+            self.base.runtime_env().clone(),
+        ))
     }
 
     /// Runs one SQL statement.
