@@ -15,10 +15,22 @@ def default_bin_dir():
     return os.path.join(target, "release")
 
 
+_next_port = [os.getpid() * 97 % 12000]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the ephemeral range (32768 and up), so that no
+    outgoing connection takes it between this check and the server's bind."""
+    for _ in range(12000):
+        port = 20000 + _next_port[0] % 12000
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000..32000")
 
 
 def http(method, url, body=None, timeout=600):

@@ -40,9 +40,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(log: PathBuf) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port();
         let address = format!("127.0.0.1:{port}");
         let binary = tansu_binary();
         let log = std::fs::File::create(&log)?;

@@ -32,11 +32,28 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A loopback port for a server a test starts, free when this returns.
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), where
+/// `bind(0)` and outgoing connections pick theirs: a port from `bind(0)` is
+/// released before the server binds it, and in that gap a connection of a test
+/// running beside it (a client, a Kafka producer) could take it, failing the
+/// server's start. Tests of one binary share the counter, so they never get the
+/// same port; binaries start from an offset of their pid.
+pub fn free_port() -> u16 {
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 12_000;
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next =
+        NEXT.get_or_init(|| std::sync::atomic::AtomicU32::new(std::process::id() * 97 % PORTS));
+    for _ in 0..PORTS {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + n % PORTS) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + PORTS)
 }
 
 /// One running altdb process.

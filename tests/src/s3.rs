@@ -44,9 +44,7 @@ impl S3Server {
         for bucket in buckets {
             std::fs::create_dir_all(root.join(bucket))?;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port();
         let binary = s3s_binary();
         let log = std::fs::File::create(&log)?;
         let child = Command::new(&binary)
