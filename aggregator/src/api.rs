@@ -124,7 +124,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response> {
         if spec.sources.is_empty() {
             continue;
         }
-        if let Ok(stats) = state.cluster.collection_stats(&spec.name).await {
+        if let Ok(stats) = state.cluster.collection_stats(&spec).await {
             let statuses = source_status(&spec, &stats, &state.probe).await;
             export(&state.metrics, &spec.name, &statuses);
         }
@@ -173,7 +173,7 @@ async fn describe_collection(
         .get(&name)
         .await?
         .ok_or_else(|| AggregatorError::CollectionNotFound(name.clone()))?;
-    let stats = state.cluster.collection_stats(&name).await?;
+    let stats = state.cluster.collection_stats(&spec).await?;
     let mut columns = vec![
         SchemaColumn {
             name: "_id".into(),

@@ -68,41 +68,69 @@ impl Cluster {
 
     /// The leaves holding `shard`, preferred first.
     pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<LeafClient> {
-        replicas_for_shard(shard, self.leaves.len(), spec.replication)
+        self.replica_indexes(spec, shard)
             .into_iter()
             .map(|i| self.leaves[i].clone())
             .collect()
     }
 
-    /// Each leaf's stats of a collection; fails if a leaf is unreachable, because a
-    /// schema missing that leaf's fields would plan wrong queries.
-    async fn stats_by_leaf(&self, collection: &str) -> Result<Vec<(String, CollectionStats)>> {
+    /// [`Self::replicas`] as indexes into the leaves.
+    pub fn replica_indexes(&self, spec: &CollectionSpec, shard: u32) -> Vec<usize> {
+        replicas_for_shard(shard, self.leaves.len(), spec.replication)
+    }
+
+    /// Each reachable leaf's stats of a collection. A leaf that does not answer
+    /// may be missed only while every shard still has a copy on one that does:
+    /// a schema missing a shard's fields would plan wrong queries.
+    async fn stats_by_leaf(&self, spec: &CollectionSpec) -> Result<Vec<(String, CollectionStats)>> {
         let request = CollectionRequest {
-            collection: collection.to_string(),
+            collection: spec.name.clone(),
         };
-        join_all(self.leaves.iter().map(|leaf| {
-            let request = request.clone();
-            async move {
-                leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
-                    .await
-                    .map(|stats| (leaf.url().to_string(), stats))
-                    .map_err(|error| {
-                        AggregatorError::Unavailable(format!(
-                            "leaf {} did not answer: {error}; check that it is running",
-                            leaf.url()
-                        ))
-                    })
+        let answers = join_all(
+            self.leaves
+                .iter()
+                .map(|leaf| leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)),
+        )
+        .await;
+        let mut stats = Vec::with_capacity(answers.len());
+        let mut silent = Vec::new();
+        let mut reachable = vec![false; self.leaves.len()];
+        for (i, (leaf, answer)) in self.leaves.iter().zip(answers).enumerate() {
+            match answer {
+                Ok(answer) => {
+                    reachable[i] = true;
+                    stats.push((leaf.url().to_string(), answer));
+                }
+                Err(error) => silent.push(format!("leaf {} did not answer: {error}", leaf.url())),
             }
-        }))
-        .await
-        .into_iter()
-        .collect()
+        }
+        let uncovered: Vec<String> = (0..spec.num_shards)
+            .filter(|&shard| {
+                !self
+                    .replica_indexes(spec, shard)
+                    .iter()
+                    .any(|&i| reachable[i])
+            })
+            .map(|shard| shard.to_string())
+            .collect();
+        if !uncovered.is_empty() {
+            return Err(AggregatorError::Unavailable(format!(
+                "{}; shards {} of `{}` have no copy on a leaf that answers: check that the leaves are running",
+                silent.join("; "),
+                uncovered.join(", "),
+                spec.name
+            )));
+        }
+        if !silent.is_empty() {
+            tracing::warn!(collection = %spec.name, "{}; their shards are read on replicas", silent.join("; "));
+        }
+        Ok(stats)
     }
 
     /// Stats of a collection merged over every leaf.
-    pub async fn collection_stats(&self, collection: &str) -> Result<CollectionStats> {
+    pub async fn collection_stats(&self, spec: &CollectionSpec) -> Result<CollectionStats> {
         let mut merged = CollectionStats::default();
-        for (_, stats) in self.stats_by_leaf(collection).await? {
+        for (_, stats) in self.stats_by_leaf(spec).await? {
             merged.fields.merge(&stats.fields);
             merged.shards.extend(stats.shards);
         }
@@ -114,12 +142,12 @@ impl Cluster {
 
     /// The fields of a collection merged over every leaf, with the fingerprint of
     /// every copy of every shard.
-    pub async fn collection_fields(&self, collection: &str) -> Result<CollectionFields> {
+    pub async fn collection_fields(&self, spec: &CollectionSpec) -> Result<CollectionFields> {
         let mut merged = CollectionFields {
             fields: FieldSet::default(),
             fingerprints: HashMap::new(),
         };
-        for (leaf, stats) in self.stats_by_leaf(collection).await? {
+        for (leaf, stats) in self.stats_by_leaf(spec).await? {
             merged.fields.merge(&stats.fields);
             for shard in stats.shards {
                 merged

@@ -174,28 +174,36 @@ impl ScanSpec {
     }
 }
 
-/// A DoGet ticket: run `plan` (datafusion-proto bytes) against one shard.
+/// A DoGet ticket: run `plan` (datafusion-proto bytes) against one or more
+/// shards the leaf holds. The leaf streams the shards' rows mixed together
+/// (a fragment whose rows come sorted is sent one shard at a time), then one
+/// [`FragmentMetrics`] for them all.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FragmentTicket {
     pub collection: String,
-    pub shard: u32,
-    /// Report a [`FragmentProfile`] (for `EXPLAIN ANALYZE`).
+    pub shards: Vec<TicketShard>,
+    /// Report a [`FragmentProfile`] (for `EXPLAIN ANALYZE`); one shard only.
     pub profile: bool,
+    pub plan: Bytes,
+}
+
+/// One shard a [`FragmentTicket`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketShard {
+    pub shard: u32,
     /// The [`FieldSet::fingerprint`] of the shard's fields the plan was made with;
     /// the leaf refuses the fragment if the shard's fields differ by now (see
     /// [`RpcError::is_stale_fields`]). `None`: run whatever the shard has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields_fingerprint: Option<u64>,
-    pub plan: Bytes,
 }
 
 #[derive(Serialize, Deserialize)]
 struct TicketHeader {
     collection: String,
-    shard: u32,
+    shards: Vec<TicketShard>,
     #[serde(default)]
     profile: bool,
-    #[serde(default)]
-    fields_fingerprint: Option<u64>,
 }
 
 impl FragmentTicket {
@@ -203,9 +211,8 @@ impl FragmentTicket {
     pub fn encode(&self) -> Bytes {
         let header = serde_json::to_vec(&TicketHeader {
             collection: self.collection.clone(),
-            shard: self.shard,
+            shards: self.shards.clone(),
             profile: self.profile,
-            fields_fingerprint: self.fields_fingerprint,
         })
         .expect("ticket header serializes");
         let mut out = Vec::with_capacity(4 + header.len() + self.plan.len());
@@ -225,11 +232,13 @@ impl FragmentTicket {
                 .map_err(|_| bad())?,
         ) as usize;
         let header: TicketHeader = serde_json::from_slice(bytes.get(4..4 + len).ok_or_else(bad)?)?;
+        if header.shards.is_empty() {
+            return Err(Error::Protocol("the fragment ticket names no shard".into()));
+        }
         Ok(Self {
             collection: header.collection,
-            shard: header.shard,
+            shards: header.shards,
             profile: header.profile,
-            fields_fingerprint: header.fields_fingerprint,
             plan: bytes.slice(4 + len..),
         })
     }
@@ -548,9 +557,17 @@ mod tests {
     fn ticket_round_trips() {
         let ticket = FragmentTicket {
             collection: "events".into(),
-            shard: 3,
-            profile: true,
-            fields_fingerprint: Some(42),
+            shards: vec![
+                TicketShard {
+                    shard: 3,
+                    fields_fingerprint: Some(42),
+                },
+                TicketShard {
+                    shard: 1,
+                    fields_fingerprint: None,
+                },
+            ],
+            profile: false,
             plan: Bytes::from_static(b"\x01\x02plan"),
         };
         assert_eq!(FragmentTicket::decode(&ticket.encode()).unwrap(), ticket);

@@ -16,6 +16,7 @@
 //!         scans count what they read in the run's own ScanMetrics (task context)
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -28,10 +29,13 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::lit;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
-use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
@@ -87,11 +91,12 @@ impl KeptFragments {
     fn plan(
         &self,
         ticket: &FragmentTicket,
+        shard_id: u32,
         shard: &Option<Arc<Shard>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let key = FragmentKey {
             collection: ticket.collection.clone(),
-            shard: ticket.shard,
+            shard: shard_id,
             plan: ticket.plan.clone(),
         };
         let kept = self
@@ -178,41 +183,53 @@ impl PhysicalExtensionCodec for FragmentCodec {
     }
 }
 
-/// Decodes and runs a fragment; the stream ends with a [`FragmentMetrics`] message.
+/// Decodes and runs a fragment on each of the ticket's shards; the stream of
+/// their rows ends with one [`FragmentMetrics`] message for them all.
 pub fn run_fragment(
     leaf: Arc<Leaf>,
     ticket: FragmentTicket,
 ) -> Result<BoxStream<'static, Result<FlightData, tonic::Status>>> {
     let started = Instant::now();
+    if ticket.profile && ticket.shards.len() != 1 {
+        return Err(LeafError::InvalidRequest(
+            "a profiled fragment runs on one shard per request".into(),
+        ));
+    }
     let metrics = Arc::new(if ticket.profile {
         ScanMetrics::profiled()
     } else {
         ScanMetrics::default()
     });
-    let shard = leaf.shard(&ticket.collection, ticket.shard);
-    if let Some(planned) = ticket.fields_fingerprint {
-        let current = shard.as_ref().map_or_else(
-            || FieldSet::default().fingerprint(),
-            |s| s.fields_fingerprint(),
-        );
-        if current != planned {
-            return Err(LeafError::StaleFields(format!(
-                "the fields of `{}` shard {} changed since the statement was planned",
-                ticket.collection, ticket.shard
-            )));
+    let mut plans = Vec::with_capacity(ticket.shards.len());
+    let mut source_as_of_us = BTreeMap::<String, i64>::new();
+    for part in &ticket.shards {
+        let shard = leaf.shard(&ticket.collection, part.shard);
+        if let Some(planned) = part.fields_fingerprint {
+            let current = shard.as_ref().map_or_else(
+                || FieldSet::default().fingerprint(),
+                |s| s.fields_fingerprint(),
+            );
+            if current != planned {
+                return Err(LeafError::StaleFields(format!(
+                    "the fields of `{}` shard {} changed since the statement was planned",
+                    ticket.collection, part.shard
+                )));
+            }
         }
+        // Taken before the scan's snapshot, so the data read is at least this
+        // fresh; the answer is as fresh as its stalest shard.
+        for (source, as_of) in shard.as_ref().map(|s| s.source_as_of()).unwrap_or_default() {
+            let oldest = source_as_of_us.entry(source).or_insert(as_of);
+            *oldest = (*oldest).min(as_of);
+        }
+        plans.push(if ticket.profile {
+            // Profiled plans show their own nodes' metrics: decoded for this run.
+            decode_fragment(&ticket, shard)?
+        } else {
+            leaf.fragments().plan(&ticket, part.shard, &shard)?
+        });
     }
-    // Taken before the scan's snapshot, so the data read is at least this fresh.
-    let source_as_of_us = shard
-        .as_ref()
-        .map(|shard| shard.source_as_of())
-        .unwrap_or_default();
-    let plan = if ticket.profile {
-        // Profiled plans show their own nodes' metrics: decoded for this run.
-        decode_fragment(&ticket, shard)?
-    } else {
-        leaf.fragments().plan(&ticket, &shard)?
-    };
+    let plan = combine_shards(plans)?;
     let task = Arc::new(execution_context(metrics.clone()));
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
@@ -243,6 +260,21 @@ pub fn run_fragment(
         Ok(message)
     });
     Ok(data.chain(trailer).boxed())
+}
+
+/// One plan over the fragment's runs on several shards: their rows mixed, each
+/// shard on a task of its own, or merged in order when the fragment sorts.
+fn combine_shards(mut plans: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    if plans.len() == 1 {
+        return Ok(plans.pop().expect("one plan"));
+    }
+    let ordering = plans[0].output_ordering().cloned();
+    let fetch = plans[0].fetch();
+    let union = UnionExec::try_new(plans)?;
+    Ok(match ordering {
+        Some(ordering) => Arc::new(SortPreservingMergeExec::new(ordering, union).with_fetch(fetch)),
+        None => Arc::new(CoalescePartitionsExec::new(union)),
+    })
 }
 
 /// Decodes `ticket`'s fragment and fits it to the local shard.

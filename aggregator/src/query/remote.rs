@@ -11,7 +11,7 @@
 //! The fragment is encoded once with datafusion-proto; [`ScanCodec`] encodes the
 //! scan node as a [`ScanSpec`] that the leaf turns into a scan of its local shard.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -45,6 +45,7 @@ use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::shards_for_filter;
 use altdb_common::rpc::{
     FragmentItem, FragmentMetrics, FragmentProfile, FragmentTicket, RpcError, ScanCounts, ScanSpec,
+    TicketShard,
 };
 
 use crate::cluster::{Cluster, CollectionFields};
@@ -86,12 +87,13 @@ impl QueryStats {
     }
 }
 
-/// A shard could not be reached on any replica.
+/// Shards could not be reached on any replica.
 #[derive(Debug, thiserror::Error)]
-#[error("shard {shard} of `{collection}` is unavailable ({detail}); the answer would be incomplete, retry when its leaf is back")]
+#[error("{shards} of `{collection}` cannot be reached on any replica ({detail}); the answer would be incomplete, retry when its leaf is back")]
 pub struct ShardUnavailable {
     pub collection: String,
-    pub shard: u32,
+    /// The shards asked together: `shard 3`, `shards 0, 2`.
+    pub shards: String,
     pub detail: String,
 }
 
@@ -227,15 +229,23 @@ impl PhysicalExtensionCodec for ScanCodec {
     }
 }
 
-/// A plan fragment executed on every shard; partition `i` streams shard `i`'s result.
+/// A plan fragment executed on every shard, with one request per leaf: partition
+/// `i` streams the rows of the `i`-th leaf's shards (the leaf merges them, in
+/// order if the fragment sorts), and the partitions past the last leaf are empty.
+/// A leaf that cannot be reached has its shards asked of their other replicas.
 ///
 /// A fragment whose filter pins `_id` down runs only on the shards that own those
-/// `_id`s (documents are routed by `_id`); the other partitions are empty.
+/// `_id`s (documents are routed by `_id`).
+///
+/// `EXPLAIN ANALYZE` asks for each shard on its own, so that each shard's profile
+/// shows what that shard did.
 pub struct RemoteFragmentExec {
     pub fragment: Arc<dyn ExecutionPlan>,
     pub target: Arc<ScanTarget>,
     /// The shards to ask; `None`: all.
     shards: Option<BTreeSet<u32>>,
+    /// What each partition asks for: shards that share a preferred leaf.
+    requests: Arc<Vec<Vec<u32>>>,
     encoded: Bytes,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -269,10 +279,12 @@ impl RemoteFragmentExec {
                 .with_scheduling_type(SchedulingType::Cooperative),
         );
         let shards = pinned_shards(&fragment, target.collection.num_shards);
+        let requests = Arc::new(plan_requests(&target, shards.as_ref()));
         Ok(Self {
             fragment,
             target,
             shards,
+            requests,
             encoded,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -306,10 +318,12 @@ impl DisplayAs for RemoteFragmentExec {
             }
             None => format!("{} shards", self.target.collection.num_shards),
         };
+        let requests = self.requests.len();
         write!(
             f,
-            "RemoteFragmentExec: on {shards} of `{}`: [{}]",
+            "RemoteFragmentExec: on {shards} of `{}` in {requests} request{}: [{}]",
             self.target.collection.name,
+            if requests == 1 { "" } else { "s" },
             steps.join(" <- ")
         )
     }
@@ -331,6 +345,25 @@ fn pinned_shards(fragment: &Arc<dyn ExecutionPlan>, num_shards: u32) -> Option<B
     }
 }
 
+/// The shards each partition asks for: grouped by the leaves that hold them (the
+/// same replicas, in the same order, so a group fails over as one), in the
+/// order of the leaves; each shard alone when profiling.
+fn plan_requests(target: &ScanTarget, pinned: Option<&BTreeSet<u32>>) -> Vec<Vec<u32>> {
+    let shards: Vec<u32> = match pinned {
+        Some(pinned) => pinned.iter().copied().collect(),
+        None => (0..target.collection.num_shards).collect(),
+    };
+    if target.profile {
+        return shards.into_iter().map(|shard| vec![shard]).collect();
+    }
+    let mut groups: BTreeMap<Vec<usize>, Vec<u32>> = BTreeMap::new();
+    for shard in shards {
+        let leaves = target.cluster.replica_indexes(&target.collection, shard);
+        groups.entry(leaves).or_default().push(shard);
+    }
+    groups.into_values().collect()
+}
+
 impl ExecutionPlan for RemoteFragmentExec {
     altdb_common::childless_plan_methods!("RemoteFragmentExec");
 
@@ -344,6 +377,7 @@ impl ExecutionPlan for RemoteFragmentExec {
             fragment: self.fragment.clone(),
             target: self.target.clone(),
             shards: self.shards.clone(),
+            requests: self.requests.clone(),
             encoded: self.encoded.clone(),
             properties: self.properties.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -355,59 +389,27 @@ impl ExecutionPlan for RemoteFragmentExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let shard = partition as u32;
         let schema = self.schema();
-        if self.shards.as_ref().is_some_and(|s| !s.contains(&shard)) {
+        let Some(shards) = self.requests.get(partition).cloned() else {
             let nothing = futures::stream::empty::<DfResult<RecordBatch>>();
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, nothing)));
-        }
-        let mut ticket = FragmentTicket {
-            collection: self.target.collection.name.clone(),
-            shard,
-            profile: self.target.profile,
-            fields_fingerprint: None,
-            plan: self.encoded.clone(),
         };
-        let remembered = self.target.remembered.clone();
         let counters = FragmentCounters::new(&self.metrics, partition);
         let answered_by = Arc::new(std::sync::Mutex::new(String::new()));
-        let answering = answered_by.clone();
-        let replicas = self.target.cluster.replicas(&self.target.collection, shard);
         let stats = context
             .session_config()
             .get_extension::<QueryStats>()
             .unwrap_or_default();
-        stats.shards_queried.fetch_add(1, Ordering::Relaxed);
-        let collection = self.target.collection.name.clone();
-        let answered = stats.clone();
-
-        let connect = async move {
-            let mut failures = Vec::new();
-            for leaf in replicas {
-                ticket.fields_fingerprint = remembered
-                    .as_ref()
-                    .map(|fields| fields.fingerprint(leaf.url(), shard));
-                match leaf.fragment(&ticket).await {
-                    Ok(stream) => {
-                        // Counted here: a consumer that has rows enough (a merge
-                        // under a LIMIT) may stop before the leaf's metrics.
-                        answered.shards_responded.fetch_add(1, Ordering::Relaxed);
-                        *answering.lock().unwrap_or_else(|p| p.into_inner()) =
-                            leaf.url().to_string();
-                        return Ok(stream.map_err(rpc_to_datafusion).boxed());
-                    }
-                    Err(error) if error.is_unavailable() => {
-                        failures.push(format!("{}: {error}", leaf.url()));
-                    }
-                    Err(error) => return Err(rpc_to_datafusion(error)),
-                }
-            }
-            Err(DataFusionError::External(Box::new(ShardUnavailable {
-                collection,
-                shard,
-                detail: failures.join("; "),
-            })))
-        };
+        stats
+            .shards_queried
+            .fetch_add(shards.len() as u64, Ordering::Relaxed);
+        let connect = open_fragments(
+            self.target.clone(),
+            self.encoded.clone(),
+            shards.clone(),
+            stats.clone(),
+            answered_by.clone(),
+        );
         let batch_schema = schema.clone();
         let collection_name = self.target.collection.name.clone();
         let items = futures::stream::once(connect).try_flatten();
@@ -436,7 +438,7 @@ impl ExecutionPlan for RemoteFragmentExec {
                             .unwrap_or_else(|p| p.into_inner())
                             .push(ShardProfile {
                                 collection: collection_name.clone(),
-                                shard,
+                                shard: shards[0],
                                 leaf: leaf.clone(),
                                 profile,
                             });
@@ -460,6 +462,68 @@ impl ExecutionPlan for RemoteFragmentExec {
             schema, batches,
         ))))
     }
+}
+
+/// Asks a leaf for the fragment's rows on `shards`, which share their replicas:
+/// the first that can be reached answers for all of them.
+async fn open_fragments(
+    target: Arc<ScanTarget>,
+    plan: Bytes,
+    shards: Vec<u32>,
+    stats: Arc<QueryStats>,
+    answered_by: Arc<std::sync::Mutex<String>>,
+) -> DfResult<futures::stream::BoxStream<'static, DfResult<FragmentItem>>> {
+    let mut failures = Vec::new();
+    for leaf in target.cluster.replicas(&target.collection, shards[0]) {
+        let ticket = FragmentTicket {
+            collection: target.collection.name.clone(),
+            shards: shards
+                .iter()
+                .map(|&shard| TicketShard {
+                    shard,
+                    fields_fingerprint: target
+                        .remembered
+                        .as_ref()
+                        .map(|fields| fields.fingerprint(leaf.url(), shard)),
+                })
+                .collect(),
+            profile: target.profile,
+            plan: plan.clone(),
+        };
+        match leaf.fragment(&ticket).await {
+            Ok(stream) => {
+                // Counted here: a consumer that has rows enough (a merge under a
+                // LIMIT) may stop before the leaf's metrics.
+                stats
+                    .shards_responded
+                    .fetch_add(shards.len() as u64, Ordering::Relaxed);
+                *answered_by.lock().unwrap_or_else(|p| p.into_inner()) = leaf.url().to_string();
+                let (collection, shards) = (target.collection.name.clone(), shards);
+                return Ok(stream
+                    .map_err(move |error| rpc_to_datafusion(error, &collection, &shards))
+                    .boxed());
+            }
+            Err(error) if error.is_unavailable() => {
+                failures.push(format!("{}: {error}", leaf.url()));
+            }
+            Err(error) => return Err(rpc_to_datafusion(error, &target.collection.name, &shards)),
+        }
+    }
+    Err(unavailable(
+        &target.collection.name,
+        &shards,
+        failures.join("; "),
+    ))
+}
+
+fn unavailable(collection: &str, shards: &[u32], detail: String) -> DataFusionError {
+    let listed: Vec<String> = shards.iter().map(u32::to_string).collect();
+    let plural = if shards.len() == 1 { "" } else { "s" };
+    DataFusionError::External(Box::new(ShardUnavailable {
+        collection: collection.to_string(),
+        shards: format!("shard{plural} {}", listed.join(", ")),
+        detail,
+    }))
 }
 
 /// Per-partition metrics of a [`RemoteFragmentExec`], shown by `EXPLAIN ANALYZE`.
@@ -503,17 +567,13 @@ impl FragmentCounters {
 }
 
 /// Failures of the leaf RPC as DataFusion errors the API layer can classify.
-fn rpc_to_datafusion(error: RpcError) -> DataFusionError {
+fn rpc_to_datafusion(error: RpcError, collection: &str, shards: &[u32]) -> DataFusionError {
     if error.is_stale_fields() {
         DataFusionError::External(Box::new(StaleFields(error.to_string())))
     } else if error.is_invalid_argument() {
         DataFusionError::External(Box::new(LeafRejected(error.to_string())))
     } else if error.is_unavailable() {
-        DataFusionError::External(Box::new(ShardUnavailable {
-            collection: String::new(),
-            shard: 0,
-            detail: error.to_string(),
-        }))
+        unavailable(collection, shards, error.to_string())
     } else {
         DataFusionError::External(Box::new(error))
     }

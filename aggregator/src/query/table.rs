@@ -62,7 +62,8 @@ impl CollectionSchemaProvider {
 
     /// The fields to plan `collection` with: remembered ones if allowed and known
     /// (`true`), else fresh from the leaves (then remembered).
-    async fn fields(&self, collection: &str) -> DfResult<(Arc<CollectionFields>, bool)> {
+    async fn fields(&self, spec: &CollectionSpec) -> DfResult<(Arc<CollectionFields>, bool)> {
+        let collection = spec.name.as_str();
         if self.options.remembered_fields {
             if let Some(fields) = self.fields.get(collection) {
                 self.remembered
@@ -72,7 +73,7 @@ impl CollectionSchemaProvider {
                 return Ok((fields, true));
             }
         }
-        let fields = Arc::new(self.cluster.collection_fields(collection).await?);
+        let fields = Arc::new(self.cluster.collection_fields(spec).await?);
         self.fields.put(collection, fields.clone());
         Ok((fields, false))
     }
@@ -97,7 +98,7 @@ impl SchemaProvider for CollectionSchemaProvider {
                 .push(name.to_string());
             return Ok(None);
         };
-        let (fields, remembered) = self.fields(name).await?;
+        let (fields, remembered) = self.fields(&spec).await?;
         Ok(Some(Arc::new(CollectionTable::new(
             spec,
             fields,
