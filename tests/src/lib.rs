@@ -344,14 +344,16 @@ impl Cluster {
                 };
                 if !respawned.insert(process.name.clone()) {
                     bail!(
-                        "{} failed while the cluster started ({status})\n{}",
+                        "{} failed while the cluster started ({status}); the end of {}:\n{}",
                         process.name,
+                        process.log.display(),
                         process.log_tail()
                     );
                 }
                 eprintln!(
-                    "{} failed while the cluster started ({status}); starting it again\n{}",
+                    "{} failed while the cluster started ({status}); starting it again; the end of {}:\n{}",
                     process.name,
+                    process.log.display(),
                     process.log_tail()
                 );
                 process.spawn()?;
