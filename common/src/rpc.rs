@@ -244,6 +244,15 @@ impl FragmentTicket {
     }
 }
 
+/// Adds `shard`'s freshness per source to `oldest`, keeping the older of the two
+/// for each source: an answer is as fresh as its stalest shard.
+pub fn keep_oldest(oldest: &mut BTreeMap<String, i64>, shard: &BTreeMap<String, i64>) {
+    for (source, &as_of) in shard {
+        let entry = oldest.entry(source.clone()).or_insert(as_of);
+        *entry = (*entry).min(as_of);
+    }
+}
+
 /// Sent by a leaf as `app_metadata` of the last message of a fragment stream.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FragmentMetrics {

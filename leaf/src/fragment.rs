@@ -43,7 +43,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::lru::LruMap;
-use altdb_common::rpc::{FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
+use altdb_common::rpc::{keep_oldest, FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
 use altdb_common::schema::FieldSet;
 
 use crate::error::{LeafError, Result};
@@ -216,11 +216,9 @@ pub fn run_fragment(
                 )));
             }
         }
-        // Taken before the scan's snapshot, so the data read is at least this
-        // fresh; the answer is as fresh as its stalest shard.
-        for (source, as_of) in shard.as_ref().map(|s| s.source_as_of()).unwrap_or_default() {
-            let oldest = source_as_of_us.entry(source).or_insert(as_of);
-            *oldest = (*oldest).min(as_of);
+        // Taken before the scan's snapshot, so the data read is at least this fresh.
+        if let Some(shard) = &shard {
+            keep_oldest(&mut source_as_of_us, &shard.source_as_of());
         }
         plans.push(if ticket.profile {
             // Profiled plans show their own nodes' metrics: decoded for this run.

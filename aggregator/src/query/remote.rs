@@ -44,8 +44,8 @@ use futures::{StreamExt, TryStreamExt};
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::shards_for_filter;
 use altdb_common::rpc::{
-    FragmentItem, FragmentMetrics, FragmentProfile, FragmentTicket, RpcError, ScanCounts, ScanSpec,
-    TicketShard,
+    keep_oldest, FragmentItem, FragmentMetrics, FragmentProfile, FragmentTicket, RpcError,
+    ScanCounts, ScanSpec, TicketShard,
 };
 
 use crate::cluster::{Cluster, CollectionFields};
@@ -80,10 +80,7 @@ impl QueryStats {
             .source_as_of_us
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for (source, as_of) in shard {
-            let entry = merged.entry(source.clone()).or_insert(*as_of);
-            *entry = (*entry).min(*as_of);
-        }
+        keep_oldest(&mut merged, shard);
     }
 }
 
@@ -244,7 +241,7 @@ pub struct RemoteFragmentExec {
     pub target: Arc<ScanTarget>,
     /// The shards to ask; `None`: all.
     shards: Option<BTreeSet<u32>>,
-    /// What each partition asks for: shards that share a preferred leaf.
+    /// What each partition asks for: shards with the same replicas, in one request.
     requests: Arc<Vec<Vec<u32>>>,
     encoded: Bytes,
     properties: Arc<PlanProperties>,
