@@ -7,7 +7,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::array::{Int64Array, StringArray, UInt32Array, UInt64Array};
@@ -17,7 +17,7 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{Action, FlightDescriptor, Ticket};
+use arrow_flight::{Action, FlightData, FlightDescriptor, Ticket};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -406,6 +406,27 @@ pub fn put_batch(rows: &[&PutRow]) -> Result<RecordBatch> {
     )?)
 }
 
+/// A Flight message that carries only `app_metadata` (an IPC message without a
+/// header): a fragment's trailing metrics, with no schema to encode or decode.
+pub fn metadata_message(app_metadata: Bytes) -> FlightData {
+    static HEADER: OnceLock<Bytes> = OnceLock::new();
+    let header = HEADER.get_or_init(|| {
+        let mut builder = flatbuffers::FlatBufferBuilder::new();
+        let mut message = arrow::ipc::MessageBuilder::new(&mut builder);
+        message.add_version(arrow::ipc::MetadataVersion::V5);
+        message.add_header_type(arrow::ipc::MessageHeader::NONE);
+        message.add_bodyLength(0);
+        let message = message.finish();
+        builder.finish(message, None);
+        Bytes::copy_from_slice(builder.finished_data())
+    });
+    FlightData {
+        data_header: header.clone(),
+        app_metadata,
+        ..FlightData::default()
+    }
+}
+
 /// A client for one leaf's Flight service. Cheap to clone: connections are shared.
 #[derive(Debug, Clone)]
 pub struct LeafClient {
@@ -581,5 +602,34 @@ mod tests {
         };
         assert_eq!(FragmentTicket::decode(&ticket.encode()).unwrap(), ticket);
         assert!(FragmentTicket::decode(&Bytes::from_static(b"\xff\xff")).is_err());
+    }
+
+    #[tokio::test]
+    async fn metadata_message_follows_batches_and_decodes_without_a_schema() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        let mut messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .build(futures::stream::iter([Ok(batch.clone())]))
+            .try_collect()
+            .await
+            .unwrap();
+        messages.push(metadata_message(Bytes::from_static(b"{\"rows\":2}")));
+        let decoded: Vec<_> =
+            FlightDataDecoder::new(futures::stream::iter(messages.into_iter().map(Ok)))
+                .try_collect()
+                .await
+                .unwrap();
+        let batches: Vec<_> = decoded
+            .iter()
+            .filter_map(|d| match &d.payload {
+                DecodedPayload::RecordBatch(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(batches, vec![batch]);
+        let last = decoded.last().unwrap();
+        assert!(matches!(last.payload, DecodedPayload::None));
+        assert_eq!(&last.inner.app_metadata[..], b"{\"rows\":2}");
     }
 }

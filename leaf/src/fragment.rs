@@ -6,11 +6,13 @@
 //!
 //! A repeated statement's fragments come back as the very same bytes (the
 //! aggregator keeps its plans), and decoding one and fitting it to the shard
-//! costs more than a key lookup takes to run, so [`KeptFragments`] keeps them:
+//! costs more than a key lookup takes to run, so [`KeptFragments`] keeps them,
+//! combined over the request's shards (building that union and merge again
+//! costs as much as decoding):
 //!
 //! ```text
-//!  key    collection, shard, fragment bytes
-//!  valid  the leaf still holds the shard the fragment was decoded against
+//!  key    collection, shards, fragment bytes
+//!  valid  the leaf still holds the shards the fragment was decoded against
 //!  run    from DataFusion's reset_plan_states (fresh top-k heaps and dynamic
 //!         filters), with each scan's top-k bound linked to its fresh sort; the
 //!         scans count what they read in the run's own ScanMetrics (task context)
@@ -21,18 +23,20 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::{FlightData, SchemaAsIpc};
+use arrow_flight::FlightData;
 use bytes::Bytes;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::expressions::lit;
+use datafusion::physical_expr::expressions::{lit, Column};
+use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan, ExecutionPlanProperties};
@@ -43,10 +47,13 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::lru::LruMap;
-use altdb_common::rpc::{keep_oldest, FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
+use altdb_common::rpc::{
+    keep_oldest, metadata_message, FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec,
+};
 use altdb_common::schema::FieldSet;
 
 use crate::error::{LeafError, Result};
+use crate::in_turn::InTurnExec;
 use crate::materialize::materialize_late;
 use crate::node::Leaf;
 use crate::predicate::IndexPredicate;
@@ -74,45 +81,49 @@ impl Default for KeptFragments {
 #[derive(PartialEq, Eq, Hash)]
 struct FragmentKey {
     collection: String,
-    shard: u32,
+    shards: Vec<u32>,
     plan: Bytes,
 }
 
 struct KeptFragment {
-    /// Decoded and rewritten for the shard (as [`fit_to_shard`] leaves it).
+    /// Decoded, fitted to each shard (as [`fit_to_shard`] leaves it) and
+    /// combined over the shards (as [`combine_shards`] does).
     plan: Arc<dyn ExecutionPlan>,
-    /// The shard it was decoded against (`None`: the leaf had none).
-    shard: Option<Arc<Shard>>,
+    /// The shards it was decoded against (`None`: the leaf had none).
+    shards: Vec<Option<Arc<Shard>>>,
 }
 
 impl KeptFragments {
-    /// The plan to run `ticket` with: a kept one from a fresh state, else decoded
-    /// (and kept).
+    /// The plan to run `ticket` with on `shards` (the ticket's, in its order): a
+    /// kept one from a fresh state, else decoded (and kept).
     fn plan(
         &self,
         ticket: &FragmentTicket,
-        shard_id: u32,
-        shard: &Option<Arc<Shard>>,
+        shards: Vec<Option<Arc<Shard>>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let key = FragmentKey {
             collection: ticket.collection.clone(),
-            shard: shard_id,
+            shards: ticket.shards.iter().map(|part| part.shard).collect(),
             plan: ticket.plan.clone(),
         };
         let kept = self
             .lock()
             .get(&key)
-            .filter(|kept| same_shard(&kept.shard, shard))
+            .filter(|kept| same_shards(&kept.shards, &shards))
             .map(|kept| kept.plan.clone());
         if let Some(plan) = kept {
             return Ok(bound_top_k_scans(reset_plan_states(plan)?)?);
         }
-        let plan = decode_fragment(ticket, shard.clone())?;
+        let plans = shards
+            .iter()
+            .map(|shard| decode_fragment(ticket, shard.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let plan = combine_shards(plans)?;
         self.lock().insert(
             key,
             KeptFragment {
                 plan: plan.clone(),
-                shard: shard.clone(),
+                shards,
             },
         );
         Ok(plan)
@@ -128,12 +139,13 @@ impl KeptFragments {
     }
 }
 
-fn same_shard(a: &Option<Arc<Shard>>, b: &Option<Arc<Shard>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
+fn same_shards(a: &[Option<Arc<Shard>>], b: &[Option<Arc<Shard>>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|pair| match pair {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        })
 }
 
 /// Decodes the aggregator's scan node into a scan of the ticket's shard.
@@ -200,7 +212,7 @@ pub fn run_fragment(
     } else {
         ScanMetrics::default()
     });
-    let mut plans = Vec::with_capacity(ticket.shards.len());
+    let mut shards = Vec::with_capacity(ticket.shards.len());
     let mut source_as_of_us = BTreeMap::<String, i64>::new();
     for part in &ticket.shards {
         let shard = leaf.shard(&ticket.collection, part.shard);
@@ -220,14 +232,15 @@ pub fn run_fragment(
         if let Some(shard) = &shard {
             keep_oldest(&mut source_as_of_us, &shard.source_as_of());
         }
-        plans.push(if ticket.profile {
-            // Profiled plans show their own nodes' metrics: decoded for this run.
-            decode_fragment(&ticket, shard)?
-        } else {
-            leaf.fragments().plan(&ticket, part.shard, &shard)?
-        });
+        shards.push(shard);
     }
-    let plan = combine_shards(plans)?;
+    let plan = if ticket.profile {
+        // Profiled plans show their own nodes' metrics: decoded for this run.
+        let shard = shards.pop().expect("a profiled fragment has one shard");
+        decode_fragment(&ticket, shard)?
+    } else {
+        leaf.fragments().plan(&ticket, shards)?
+    };
     let task = Arc::new(execution_context(metrics.clone()));
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
@@ -251,28 +264,53 @@ pub fn run_fragment(
             source_as_of_us,
             profile,
         };
-        let mut message: FlightData = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
-        message.app_metadata = serde_json::to_vec(&metrics)
-            .expect("metrics serialize")
-            .into();
-        Ok(message)
+        Ok(metadata_message(
+            serde_json::to_vec(&metrics)
+                .expect("metrics serialize")
+                .into(),
+        ))
     });
     Ok(data.chain(trailer).boxed())
 }
 
-/// One plan over the fragment's runs on several shards: their rows mixed, each
-/// shard on a task of its own, or merged in order when the fragment sorts.
+/// One plan over the fragment's runs on several shards: merged in order when
+/// the fragment sorts, else their rows mixed, each shard on a task of its own;
+/// or, when each only reads a few documents by `_id`, the shards in turn on
+/// this task (sorted again if the fragment sorts): a task and a channel per
+/// shard cost more than such a run.
 fn combine_shards(mut plans: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
     if plans.len() == 1 {
         return Ok(plans.pop().expect("one plan"));
     }
     let ordering = plans[0].output_ordering().cloned();
     let fetch = plans[0].fetch();
+    let key_lookups = plans.iter().all(only_key_lookups);
     let union = UnionExec::try_new(plans)?;
-    Ok(match ordering {
-        Some(ordering) => Arc::new(SortPreservingMergeExec::new(ordering, union).with_fetch(fetch)),
-        None => Arc::new(CoalescePartitionsExec::new(union)),
+    Ok(match (ordering, key_lookups) {
+        (Some(ordering), false) => {
+            Arc::new(SortPreservingMergeExec::new(ordering, union).with_fetch(fetch))
+        }
+        (Some(ordering), true) => {
+            Arc::new(SortExec::new(ordering, Arc::new(InTurnExec::new(union))).with_fetch(fetch))
+        }
+        (None, false) => Arc::new(CoalescePartitionsExec::new(union)),
+        (None, true) => Arc::new(InTurnExec::new(union)),
     })
+}
+
+/// Whether every scan of `plan` reads a few documents by `_id`.
+fn only_key_lookups(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut scans = 0;
+    let mut lookups = 0;
+    plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<LocalScanExec>() {
+            scans += 1;
+            lookups += usize::from(scan.is_key_lookup());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan does not fail");
+    scans > 0 && lookups == scans
 }
 
 /// Decodes `ticket`'s fragment and fits it to the local shard.
@@ -344,13 +382,22 @@ fn rewrite_filtered_scans(
 
 /// Moves the filter right above an index-using scan into the scan, which skips
 /// it for rows a segment index selected exactly and applies it to the rest. What
-/// stays above is the filter's projection (a filter on `true`).
+/// stays above is the filter's projection: a filter on `true`, which gathers
+/// the scan's batches into full ones, or, over a lookup of a few `_id`s, a plain
+/// projection (a full batch's buffers cost more than such a lookup).
 fn absorb_filters(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
     rewrite_filtered_scans(plan, |filter, scan| {
         if scan.filters() || !scan.has_index_predicate() {
             return Ok(None);
         }
+        let key_lookup = scan.is_key_lookup() && filter.fetch().is_none();
         let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_filter(filter.predicate().clone()));
+        if key_lookup {
+            return Ok(Some(match filter.projection() {
+                Some(columns) => project(scan, columns)?,
+                None => scan,
+            }));
+        }
         // Same projection, fetch and batch size; the predicate is now the scan's.
         let kept = FilterExecBuilder::from(filter)
             .with_predicate(lit(true))
@@ -358,6 +405,16 @@ fn absorb_filters(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPla
             .build()?;
         Ok(Some(Arc::new(kept)))
     })
+}
+
+/// `input`'s columns at `indices`, under their names.
+fn project(input: Arc<dyn ExecutionPlan>, indices: &[usize]) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = input.schema();
+    let columns = indices.iter().map(|&index| {
+        let name = schema.field(index).name();
+        ProjectionExpr::new(Arc::new(Column::new(name, index)), name.clone())
+    });
+    Ok(Arc::new(ProjectionExec::try_new(columns, input)?))
 }
 
 /// Hands the filter right above each scan to the scan, which uses it to read

@@ -68,6 +68,11 @@ const PAGE_READ_MIN_ROWS: usize = 64;
 /// hand-over.
 const INLINE_MAX_IDS: usize = 64;
 
+/// Whether a lookup of `ids` is small enough to run on the fragment's task.
+fn is_few(ids: &[String]) -> bool {
+    ids.len() <= INLINE_MAX_IDS
+}
+
 /// What the scans of one fragment read.
 #[derive(Debug, Default)]
 pub struct ScanMetrics {
@@ -189,6 +194,14 @@ impl LocalScanExec {
         self.predicate.is_some()
     }
 
+    /// Whether the scan reads a few documents by `_id` (on the task that runs it).
+    pub fn is_key_lookup(&self) -> bool {
+        self.predicate
+            .as_ref()
+            .and_then(|p| p.ids())
+            .is_some_and(|ids| is_few(&ids))
+    }
+
     /// Whether the scan applies a filter itself.
     pub fn filters(&self) -> bool {
         self.filter.is_some()
@@ -293,7 +306,7 @@ impl ExecutionPlan for LocalScanExec {
             )));
         };
         let ids = self.predicate.as_ref().and_then(|p| p.ids());
-        let inline = ids.as_ref().is_some_and(|ids| ids.len() <= INLINE_MAX_IDS);
+        let inline = ids.as_ref().is_some_and(|ids| is_few(ids));
         let (sink, receiver) = if inline {
             (Sink::Collect(Mutex::default()), None)
         } else {
