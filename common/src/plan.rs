@@ -43,6 +43,40 @@ macro_rules! childless_plan_methods {
     };
 }
 
+/// Implements the [`ExecutionPlan`](datafusion::physical_plan::ExecutionPlan)
+/// methods every altdb node over one input shares: `name`, `properties` (from a
+/// `properties: Arc<PlanProperties>` field) and `children` (from an
+/// `input: Arc<dyn ExecutionPlan>` field), and `apply_expressions` (none).
+#[macro_export]
+macro_rules! single_input_plan_methods {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(
+            &self,
+        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
+            vec![&self.input]
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(
+                &::std::sync::Arc<dyn ::datafusion::physical_expr::PhysicalExpr>,
+            ) -> ::datafusion::error::Result<
+                ::datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> ::datafusion::error::Result<::datafusion::common::tree_node::TreeNodeRecursion> {
+            Ok(::datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+    };
+}
+
 /// The context to run an already-built physical plan in: `config` (with the
 /// run's extensions) and `runtime`, without the function registry, which only
 /// planning and decoding look functions up in (copying it costs more than a

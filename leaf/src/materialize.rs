@@ -201,26 +201,7 @@ impl DisplayAs for FetchByIdExec {
 }
 
 impl ExecutionPlan for FetchByIdExec {
-    fn name(&self) -> &str {
-        "FetchByIdExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(
-            &Arc<dyn PhysicalExpr>,
-        ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion>,
-    ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion> {
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    }
+    altdb_common::single_input_plan_methods!("FetchByIdExec");
 
     fn with_new_children(
         self: Arc<Self>,
