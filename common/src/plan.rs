@@ -1,11 +1,11 @@
 //! Helpers for altdb's own DataFusion plan nodes.
 
-/// Implements the [`ExecutionPlan`](datafusion::physical_plan::ExecutionPlan)
-/// methods every childless altdb node shares: `name`, `properties` (from a
-/// `properties: Arc<PlanProperties>` field), `children`, `apply_expressions` and
-/// `with_new_children`. Use inside the `impl ExecutionPlan for ..` block.
+/// The [`ExecutionPlan`](datafusion::physical_plan::ExecutionPlan) methods all
+/// altdb nodes share: `name`, `properties` (from a `properties:
+/// Arc<PlanProperties>` field) and `apply_expressions` (they have none).
+#[doc(hidden)]
 #[macro_export]
-macro_rules! childless_plan_methods {
+macro_rules! plan_basics {
     ($name:literal) => {
         fn name(&self) -> &str {
             $name
@@ -13,12 +13,6 @@ macro_rules! childless_plan_methods {
 
         fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
             &self.properties
-        }
-
-        fn children(
-            &self,
-        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
-            vec![]
         }
 
         fn apply_expressions(
@@ -30,6 +24,23 @@ macro_rules! childless_plan_methods {
             >,
         ) -> ::datafusion::error::Result<::datafusion::common::tree_node::TreeNodeRecursion> {
             Ok(::datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+    };
+}
+
+/// Implements the [`ExecutionPlan`](datafusion::physical_plan::ExecutionPlan)
+/// methods every childless altdb node shares: those of [`plan_basics`],
+/// `children` and `with_new_children`. Use inside the `impl ExecutionPlan for ..`
+/// block.
+#[macro_export]
+macro_rules! childless_plan_methods {
+    ($name:literal) => {
+        $crate::plan_basics!($name);
+
+        fn children(
+            &self,
+        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
+            vec![]
         }
 
         fn with_new_children(
@@ -44,35 +55,17 @@ macro_rules! childless_plan_methods {
 }
 
 /// Implements the [`ExecutionPlan`](datafusion::physical_plan::ExecutionPlan)
-/// methods every altdb node over one input shares: `name`, `properties` (from a
-/// `properties: Arc<PlanProperties>` field) and `children` (from an
-/// `input: Arc<dyn ExecutionPlan>` field), and `apply_expressions` (none).
+/// methods every altdb node over one input shares: those of [`plan_basics`] and
+/// `children` (from an `input: Arc<dyn ExecutionPlan>` field).
 #[macro_export]
 macro_rules! single_input_plan_methods {
     ($name:literal) => {
-        fn name(&self) -> &str {
-            $name
-        }
-
-        fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
-            &self.properties
-        }
+        $crate::plan_basics!($name);
 
         fn children(
             &self,
         ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
             vec![&self.input]
-        }
-
-        fn apply_expressions(
-            &self,
-            _f: &mut dyn FnMut(
-                &::std::sync::Arc<dyn ::datafusion::physical_expr::PhysicalExpr>,
-            ) -> ::datafusion::error::Result<
-                ::datafusion::common::tree_node::TreeNodeRecursion,
-            >,
-        ) -> ::datafusion::error::Result<::datafusion::common::tree_node::TreeNodeRecursion> {
-            Ok(::datafusion::common::tree_node::TreeNodeRecursion::Continue)
         }
     };
 }
