@@ -15,6 +15,7 @@
 pub mod distribute;
 pub mod fields;
 pub mod json;
+pub mod lookups;
 pub mod plans;
 pub mod remote;
 pub mod table;
@@ -46,6 +47,7 @@ use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
 use distribute::DistributeFragments;
 use fields::FieldsCache;
+use lookups::GatherLookups;
 use plans::{PlanCache, PlanKey};
 use remote::{LeafRejected, QueryStats, ShardUnavailable, StaleFields};
 use table::{CollectionSchemaProvider, TableOptions};
@@ -371,6 +373,7 @@ fn base_state() -> SessionState {
         .with_default_features()
         .with_config(config)
         .with_physical_optimizer_rule(Arc::new(DistributeFragments))
+        .with_physical_optimizer_rule(Arc::new(GatherLookups))
         .build();
     let context = SessionContext::new_with_state(state);
     altdb_common::register_functions(&context);

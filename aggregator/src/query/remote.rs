@@ -289,6 +289,13 @@ impl RemoteFragmentExec {
     }
 }
 
+impl RemoteFragmentExec {
+    /// Whether its filter pins the fragment to the shards of the `_id`s it names.
+    pub fn is_key_lookup(&self) -> bool {
+        self.shards.is_some()
+    }
+}
+
 impl DisplayAs for RemoteFragmentExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut steps = Vec::new();
