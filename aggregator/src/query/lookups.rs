@@ -144,4 +144,3 @@ fn gather_lookups(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>
     })
     .map(|t| t.data)
 }
-
