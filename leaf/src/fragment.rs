@@ -47,13 +47,13 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::lru::LruMap;
+use altdb_common::plan::{OnePartitionExec, Partitions};
 use altdb_common::rpc::{
     keep_oldest, metadata_message, FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec,
 };
 use altdb_common::schema::FieldSet;
 
 use crate::error::{LeafError, Result};
-use crate::in_turn::InTurnExec;
 use crate::materialize::materialize_late;
 use crate::node::Leaf;
 use crate::predicate::IndexPredicate;
@@ -290,11 +290,15 @@ fn combine_shards(mut plans: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn Exec
         (Some(ordering), false) => {
             Arc::new(SortPreservingMergeExec::new(ordering, union).with_fetch(fetch))
         }
-        (Some(ordering), true) => {
-            Arc::new(SortExec::new(ordering, Arc::new(InTurnExec::new(union))).with_fetch(fetch))
-        }
+        (Some(ordering), true) => Arc::new(
+            SortExec::new(
+                ordering,
+                Arc::new(OnePartitionExec::new(union, Partitions::InTurn)),
+            )
+            .with_fetch(fetch),
+        ),
         (None, false) => Arc::new(CoalescePartitionsExec::new(union)),
-        (None, true) => Arc::new(InTurnExec::new(union)),
+        (None, true) => Arc::new(OnePartitionExec::new(union, Partitions::InTurn)),
     })
 }
 

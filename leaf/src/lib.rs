@@ -20,7 +20,6 @@ pub mod config;
 pub mod error;
 pub mod flight;
 pub mod fragment;
-pub mod in_turn;
 pub mod materialize;
 pub mod node;
 pub mod predicate;
