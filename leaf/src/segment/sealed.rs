@@ -1,5 +1,6 @@
 //! Sealed segments: an immutable columnar file plus its inverted index.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -10,15 +11,17 @@ use arrow::array::{ArrayRef, AsArray, BooleanArray, UInt64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use arrow::row::{RowConverter, SortField};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::schema::{is_reserved_column, rows_to_batch, FieldSet, FlatRow, SEQ_COLUMN};
@@ -68,17 +71,52 @@ impl Drop for SealedSegment {
     }
 }
 
-fn writer_properties() -> Result<WriterProperties> {
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+/// How a segment's columns are written, chosen from its first batch.
+///
+/// - LZ4: a needle query decodes a few small pages per segment, where zstd's
+///   per-page decoder set-up and slower decompression were most of its CPU.
+/// - No dictionary for a column whose first batch is mostly distinct values
+///   (ids, timestamps, measurements): its dictionary page would fill up and
+///   fall back to plain pages anyway, and every read of the column chunk,
+///   however few rows it wants, decodes the whole dictionary page first (like
+///   Pinot's `optimizeDictionary`).
+/// - `_event_time`, the sort key of sealed rows, delta-encoded.
+fn writer_properties(first: &RecordBatch) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(64 * 1024))
         // Small pages, so reading the few rows the index selects decodes little.
         .set_data_page_row_count_limit(PAGE_ROWS)
-        // Reading any row of a column chunk decodes its whole dictionary page, so a
-        // high-cardinality column falls back to plain pages early rather than
-        // carrying a dictionary as large as its data.
-        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
-        .build())
+        // A dictionary that does not stay small falls back to plain pages early
+        // rather than carrying a dictionary as large as its data.
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES);
+    for (field, column) in first.schema().fields().iter().zip(first.columns()) {
+        let path = ColumnPath::from(field.name().as_str());
+        if field.name() == EVENT_TIME_COLUMN {
+            builder = builder
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        } else if mostly_distinct(column) {
+            builder = builder.set_column_dictionary_enabled(path, false);
+        }
+    }
+    builder.build()
+}
+
+/// Whether more than half of a flat column's values are distinct (nested
+/// columns keep their dictionaries: the path of their leaves is not the name).
+fn mostly_distinct(column: &ArrayRef) -> bool {
+    if column.data_type().is_nested() || column.len() < 2 {
+        return false;
+    }
+    let Ok(converter) = RowConverter::new(vec![SortField::new(column.data_type().clone())]) else {
+        return false;
+    };
+    let Ok(rows) = converter.convert_columns(std::slice::from_ref(column)) else {
+        return false;
+    };
+    let distinct: HashSet<_> = rows.iter().collect();
+    distinct.len() * 2 > column.len()
 }
 
 /// The columns stored in a segment: the SQL schema plus the internal `_seq`.
@@ -122,8 +160,13 @@ impl SealedSegment {
     ) -> Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let schema = file_schema(&fields);
-        let file = File::create(dir.join(DATA_FILE))?;
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()?))?;
+        let mut file = Some(File::create(dir.join(DATA_FILE))?);
+        // Opened on the first batch, whose values choose the encodings.
+        let mut writer: Option<ArrowWriter<File>> = None;
+        let mut open = |batch: &RecordBatch| {
+            let file = file.take().expect("one writer per segment");
+            ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(batch)))
+        };
         let mut index = IndexBuilder::create(&dir.join(INDEX_DIR), &fields, text_fields)?;
         let mut meta = SegmentMeta {
             id,
@@ -148,9 +191,17 @@ impl SealedSegment {
             meta.rows += chunk.len() as u64;
             let refs: Vec<&FlatRow> = chunk.iter().map(Arc::as_ref).collect();
             let batch = rows_to_batch(&schema, &refs)?;
+            let writer = match &mut writer {
+                Some(writer) => writer,
+                None => writer.insert(open(&batch)?),
+            };
             writer.write(&batch)?;
             index.add(&batch)?;
         }
+        let writer = match writer {
+            Some(writer) => writer,
+            None => open(&RecordBatch::new_empty(schema.clone()))?,
+        };
         let file = writer.into_inner()?;
         file.sync_all()?;
         index.finish()?;
@@ -634,5 +685,40 @@ mod tests {
         let back = reopened.read_rows().unwrap();
         assert_eq!(back[3], *rows[3]);
         assert_eq!(reopened.ids_and_seqs().unwrap()[5], ("d5".to_string(), 5));
+    }
+
+    #[test]
+    fn distinct_columns_are_written_without_a_dictionary() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<_> = (0..10_000)
+            .map(|i| {
+                let status = if i % 2 == 0 { "ok" } else { "failed" };
+                row(i, json!({"order": format!("o{i}"), "status": status}))
+            })
+            .collect();
+        let segment = SealedSegment::write(dir.path().join("s1"), 1, &rows, &[]).unwrap();
+        let metadata = segment.metadata().unwrap();
+        let group = &metadata.metadata().row_groups()[0];
+        let column = |name: &str| {
+            group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap()
+        };
+        assert!(column("status").dictionary_page_offset().is_some());
+        for distinct in ["order", ID_COLUMN, SEQ_COLUMN, EVENT_TIME_COLUMN] {
+            let column = column(distinct);
+            assert!(column.dictionary_page_offset().is_none(), "{distinct}");
+            assert_eq!(column.compression(), Compression::LZ4_RAW);
+        }
+        assert!(column(EVENT_TIME_COLUMN)
+            .encodings()
+            .any(|e| e == Encoding::DELTA_BINARY_PACKED));
+        let back = segment.read_rows().unwrap();
+        assert_eq!(back[9_999], *rows[9_999]);
+        assert!(!mostly_distinct(
+            &(Arc::new(UInt64Array::from(vec![1, 1, 1, 2])) as ArrayRef)
+        ));
     }
 }
