@@ -302,6 +302,9 @@ pub enum Access {
     Index,
     /// Rows selected through the index, fetched from RocksDB by `_id`.
     IndexFetch,
+    /// The rows of the pages whose `_event_time` range meets the filter's
+    /// window (from the columnar file's page index), read from its columns.
+    TimePages,
     /// Every live row read from the segment's columns.
     Scan,
     /// The mutable segment, scanned in memory.
@@ -323,6 +326,7 @@ impl std::fmt::Display for SegmentRead {
             Access::Pruned => "pruned by _event_time",
             Access::Index => "index, columns read",
             Access::IndexFetch => "index, rows fetched by _id",
+            Access::TimePages => "pages by _event_time, columns read",
             Access::Scan => "full scan",
             Access::Memory => "scan",
             Access::ById => "RocksDB point reads",

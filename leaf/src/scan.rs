@@ -40,6 +40,7 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::StreamExt;
+use tantivy::query::Query;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -48,7 +49,7 @@ use altdb_common::rpc::{Access, ScanCounts, ScanSpec, SegmentRead};
 use altdb_common::schema::{align_batch, build_column, FieldSet, FieldType, FlatRow};
 use altdb_common::search::{parse_query, text_scores, SCORE_COLUMN};
 
-use crate::predicate::IndexPredicate;
+use crate::predicate::{IndexPredicate, TimeSplit};
 use crate::segment::index::SegmentIndex;
 use crate::segment::sealed::PAGE_ROWS;
 use crate::shard::{SealedEntry, Shard, ShardSnapshot};
@@ -138,6 +139,8 @@ pub struct LocalScanExec {
     shard: Option<Arc<Shard>>,
     properties: Arc<PlanProperties>,
     predicate: Option<Arc<IndexPredicate>>,
+    /// The predicate's `_event_time` window and the rest of it, if it has one.
+    time_split: Option<Arc<TimeSplit>>,
     /// The filter the scan applies itself to the rows an index did not select
     /// exactly (see [`LocalScanExec::with_filter`]).
     filter: Option<Arc<dyn PhysicalExpr>>,
@@ -171,6 +174,7 @@ impl LocalScanExec {
             shard,
             properties,
             predicate: None,
+            time_split: None,
             filter: None,
             top_k: None,
         }
@@ -224,6 +228,7 @@ impl LocalScanExec {
             shard: self.shard.clone(),
             properties: self.properties.clone(),
             predicate: self.predicate.clone(),
+            time_split: self.time_split.clone(),
             filter: self.filter.clone(),
             top_k: self.top_k.clone(),
         }
@@ -254,6 +259,7 @@ impl LocalScanExec {
     /// runs: the scan may return rows that do not match, never miss one.
     pub fn with_predicate(&self, predicate: IndexPredicate) -> Self {
         Self {
+            time_split: predicate.split_time().map(Arc::new),
             predicate: Some(Arc::new(predicate)),
             ..self.clone_parts()
         }
@@ -324,6 +330,7 @@ impl ExecutionPlan for LocalScanExec {
                 .get_extension::<ScanMetrics>()
                 .unwrap_or_default(),
             predicate: self.predicate.clone(),
+            time_split: self.time_split.clone(),
             filter: self.filter.clone(),
             top_k: self.top_k.clone(),
             shard: shard.clone(),
@@ -380,6 +387,7 @@ struct ScanJob {
     ids: Option<Vec<String>>,
     metrics: Arc<ScanMetrics>,
     predicate: Option<Arc<IndexPredicate>>,
+    time_split: Option<Arc<TimeSplit>>,
     filter: Option<Arc<dyn PhysicalExpr>>,
     top_k: Option<Arc<TopKBound>>,
     shard: Arc<Shard>,
@@ -569,7 +577,7 @@ impl ScanJob {
                     )
                 } else {
                     (
-                        Access::Index,
+                        selected.access,
                         entry.segment.scan_rows(
                             &self.columns,
                             &selected.rows,
@@ -687,11 +695,7 @@ impl ScanJob {
                 current = bound.current(&self.target);
             }
             let segment = &part.entry.segment;
-            let access = if part.selected.is_some() {
-                Access::Index
-            } else {
-                Access::Scan
-            };
+            let access = part.selected.as_ref().map_or(Access::Scan, |s| s.access);
             if current.as_ref().is_some_and(|c| !c.may_match(&part.stats)) {
                 ScanMetrics::add(&self.metrics.row_groups_pruned, 1);
                 tally(segment.meta.id, access, 0, part.rows.len() as u64);
@@ -737,7 +741,7 @@ impl ScanJob {
                 .map_or(0, |p| p.entry.segment.meta.rows);
             if rows > skipped {
                 let counter = match access {
-                    Access::Index => &self.metrics.segments_indexed,
+                    Access::Index | Access::TimePages => &self.metrics.segments_indexed,
                     _ => &self.metrics.segments_scanned,
                 };
                 ScanMetrics::add(counter, 1);
@@ -812,12 +816,31 @@ impl ScanJob {
                 return None;
             }
         };
-        let (query, exact) = predicate.to_query(&index, &segment.meta.fields)?;
-        let mut rows = match index.matching_rows(query.as_ref()) {
-            Ok(rows) => rows,
+        let fields = &segment.meta.fields;
+        let matching = |query: Box<dyn Query>| match index.matching_rows(query.as_ref()) {
+            Ok(rows) => Some(rows),
             Err(error) => {
                 tracing::warn!(segment = segment.meta.id, %error, "index query failed; scanning");
-                return None;
+                None
+            }
+        };
+        // A time window is found in the page index (no term of `_event_time`
+        // read); the rest of the predicate, if any, through the index.
+        let (mut rows, exact, access) = match self.window_rows(entry) {
+            Some(window) => {
+                let rest = self.time_split.as_ref().and_then(|split| split.1.as_ref());
+                match rest.and_then(|rest| rest.to_query(&index, fields)) {
+                    None => (window, false, Access::TimePages),
+                    Some((query, _)) => {
+                        let mut rows = matching(query)?;
+                        rows.retain(|row| window.binary_search(row).is_ok());
+                        (rows, false, Access::Index)
+                    }
+                }
+            }
+            None => {
+                let (query, exact) = predicate.to_query(&index, fields)?;
+                (matching(query)?, exact, Access::Index)
             }
         };
         rows.retain(|&row| !entry.deletes.contains(row as usize));
@@ -827,8 +850,10 @@ impl ScanJob {
             let field = index.text_field(column)?;
             parse_query(index.index(), field, query).ok()
         });
+        // The pages of a time window are read as cheaply as a scan reads them.
         let live = live_rows(entry) as usize;
-        if search.is_none() && rows.len() * INDEX_MAX_FRACTION > live {
+        if search.is_none() && access != Access::TimePages && rows.len() * INDEX_MAX_FRACTION > live
+        {
             return None;
         }
         let scores = match search {
@@ -846,7 +871,21 @@ impl ScanJob {
             scores,
             index,
             exact,
+            access,
         })
+    }
+
+    /// The rows of the pages of a sealed segment that may hold the predicate's
+    /// `_event_time` window, if it has one and that is not every page.
+    fn window_rows(&self, entry: &SealedEntry) -> Option<Vec<u32>> {
+        let (window, _) = self.time_split.as_deref()?;
+        match entry.segment.rows_in_time(window) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(segment = entry.segment.meta.id, %error, "no page index; using the index");
+                None
+            }
+        }
     }
 }
 
@@ -863,6 +902,8 @@ struct Selected {
     index: Arc<SegmentIndex>,
     /// The rows are exactly those matching the predicate.
     exact: bool,
+    /// How they were chosen: [`Access::Index`] or [`Access::TimePages`].
+    access: Access,
 }
 
 /// What emitting a segment's batches came to.

@@ -255,6 +255,16 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
     );
     assert!(leaf_text.contains(": pruned by _event_time"), "{leaf_text}");
     assert!(leaf_text.contains("memory: scan,"), "{leaf_text}");
+    // A day of a segment whose pages span about ten: the page holding it is
+    // found in the page index of `_event_time` (sealed rows are in time order).
+    let analyzed = cluster.rows(
+        "EXPLAIN ANALYZE SELECT COUNT(*) FROM events WHERE _event_time >= '2024-01-10' AND _event_time < '2024-01-11'",
+    )?;
+    let leaf_text: String = analyzed.iter().map(text).collect();
+    assert!(
+        leaf_text.contains(": pages by _event_time, columns read"),
+        "{leaf_text}"
+    );
 
     // Wide top-k rows are chosen from the filter and sort columns, then fetched whole.
     let analyzed = cluster.rows(

@@ -2,14 +2,14 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, UInt64Array};
-use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt64Array};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
@@ -51,8 +51,19 @@ pub struct SealedSegment {
     outdated: AtomicBool,
     /// The columnar file's footer and page index, read on first use.
     metadata: OnceLock<ArrowReaderMetadata>,
+    /// The `_event_time` range of each data page, from the page index on first
+    /// use; `None` without one.
+    time_pages: OnceLock<Option<Vec<TimePage>>>,
     /// Replaced by a merged segment: the files go when the last reader lets go.
     retired: AtomicBool,
+}
+
+/// The `_event_time` range of one data page and the rows it holds.
+#[derive(Debug)]
+struct TimePage {
+    min: i64,
+    max: i64,
+    rows: Range<u32>,
 }
 
 /// Statistics of one column, one entry per row group.
@@ -218,6 +229,7 @@ impl SealedSegment {
             index: OnceLock::new(),
             outdated: AtomicBool::new(false),
             metadata: OnceLock::new(),
+            time_pages: OnceLock::new(),
             retired: AtomicBool::new(false),
         }
     }
@@ -410,6 +422,85 @@ impl SealedSegment {
             maxes: converter.row_group_maxes(groups)?,
             null_counts: converter.row_group_null_counts(groups)?,
         }))
+    }
+
+    /// The rows of the data pages whose `_event_time` range meets `window`
+    /// (microseconds, inclusive), ascending: a superset of the rows in the
+    /// window, found without reading a page. Sealed rows are in event-time order,
+    /// so a short window is one or two pages. `None` when the file has no page
+    /// index or every page meets the window.
+    pub fn rows_in_time(&self, window: &RangeInclusive<i64>) -> Result<Option<Vec<u32>>> {
+        let pages = match self.time_pages.get() {
+            Some(pages) => pages,
+            None => {
+                let pages = self.read_time_pages()?;
+                self.time_pages.get_or_init(|| pages)
+            }
+        };
+        let Some(pages) = pages else {
+            return Ok(None);
+        };
+        let meets = |page: &&TimePage| page.min <= *window.end() && page.max >= *window.start();
+        if pages.iter().filter(meets).count() == pages.len() {
+            return Ok(None);
+        }
+        Ok(Some(
+            pages
+                .iter()
+                .filter(meets)
+                .flat_map(|page| page.rows.clone())
+                .collect(),
+        ))
+    }
+
+    fn read_time_pages(&self) -> Result<Option<Vec<TimePage>>> {
+        let metadata = self.metadata()?;
+        let parquet = metadata.metadata();
+        let (Some(column_index), Some(offset_index)) =
+            (parquet.column_index(), parquet.offset_index())
+        else {
+            return Ok(None);
+        };
+        let Ok(converter) = StatisticsConverter::try_new(
+            EVENT_TIME_COLUMN,
+            metadata.schema(),
+            parquet.file_metadata().schema_descr(),
+        ) else {
+            return Ok(None);
+        };
+        let groups: Vec<usize> = (0..parquet.num_row_groups()).collect();
+        let as_i64 = |array: ArrayRef| -> Result<Int64Array> {
+            Ok(cast(&array, &DataType::Int64)?
+                .as_primitive::<Int64Type>()
+                .clone())
+        };
+        let mins = as_i64(converter.data_page_mins(column_index, offset_index, &groups)?)?;
+        let maxes = as_i64(converter.data_page_maxes(column_index, offset_index, &groups)?)?;
+        let Some(counts) =
+            converter.data_page_row_counts(offset_index, parquet.row_groups(), &groups)?
+        else {
+            return Ok(None);
+        };
+        let mut start = 0u32;
+        let pages = (0..counts.len())
+            .map(|page| {
+                let rows = start..start + counts.value(page) as u32;
+                start = rows.end;
+                // A page without statistics may hold any time.
+                TimePage {
+                    min: mins
+                        .is_valid(page)
+                        .then(|| mins.value(page))
+                        .unwrap_or(i64::MIN),
+                    max: maxes
+                        .is_valid(page)
+                        .then(|| maxes.value(page))
+                        .unwrap_or(i64::MAX),
+                    rows,
+                }
+            })
+            .collect();
+        Ok(Some(pages))
     }
 
     /// A reader of `columns` (those the segment has, in its own types), of the
@@ -720,5 +811,31 @@ mod tests {
         assert!(!mostly_distinct(
             &(Arc::new(UInt64Array::from(vec![1, 1, 1, 2])) as ArrayRef)
         ));
+    }
+
+    #[test]
+    fn time_windows_are_found_in_the_page_index() {
+        let dir = tempfile::tempdir().unwrap();
+        // Event times 0, 10, 20, ..: pages of PAGE_ROWS rows each.
+        let rows: Vec<_> = (0..20_000).map(|i| row(i, json!({"n": i}))).collect();
+        let segment = SealedSegment::write(dir.path().join("s1"), 1, &rows, &[]).unwrap();
+        let page = PAGE_ROWS as u32;
+        // Rows 5000..=5099 are on the second page.
+        let rows = segment.rows_in_time(&(50_000..=50_990)).unwrap().unwrap();
+        assert_eq!(rows, (page..2 * page).collect::<Vec<_>>());
+        // Across a page boundary: both pages.
+        let edge = i64::from(page) * 10;
+        let rows = segment.rows_in_time(&(edge - 10..=edge)).unwrap().unwrap();
+        assert_eq!(rows, (0..2 * page).collect::<Vec<_>>());
+        // Outside every page: none; every page: no narrowing.
+        assert!(segment
+            .rows_in_time(&(300_000..=400_000))
+            .unwrap()
+            .unwrap()
+            .is_empty());
+        assert!(segment
+            .rows_in_time(&(i64::MIN..=i64::MAX))
+            .unwrap()
+            .is_none());
     }
 }
