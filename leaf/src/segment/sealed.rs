@@ -488,14 +488,16 @@ impl SealedSegment {
                 start = rows.end;
                 // A page without statistics may hold any time.
                 TimePage {
-                    min: mins
-                        .is_valid(page)
-                        .then(|| mins.value(page))
-                        .unwrap_or(i64::MIN),
-                    max: maxes
-                        .is_valid(page)
-                        .then(|| maxes.value(page))
-                        .unwrap_or(i64::MAX),
+                    min: if mins.is_valid(page) {
+                        mins.value(page)
+                    } else {
+                        i64::MIN
+                    },
+                    max: if maxes.is_valid(page) {
+                        maxes.value(page)
+                    } else {
+                        i64::MAX
+                    },
                     rows,
                 }
             })
