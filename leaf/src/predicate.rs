@@ -415,32 +415,16 @@ impl IndexPredicate {
 
     /// Whether rows with `_event_time` in `[min, max]` may match.
     pub fn may_match_time(&self, min: i64, max: i64) -> bool {
-        let inside = |value: &Scalar| matches!(value, Scalar::I64(v) if (min..=max).contains(v));
         match self {
-            IndexPredicate::Eq(column, value) if column == EVENT_TIME_COLUMN => inside(value),
-            IndexPredicate::In(column, values) if column == EVENT_TIME_COLUMN => {
-                values.iter().any(inside)
-            }
-            IndexPredicate::Range {
-                column,
-                lower,
-                upper,
-            } if column == EVENT_TIME_COLUMN => {
-                let above_lower = match lower {
-                    Bound::Included(Scalar::I64(v)) => max >= *v,
-                    Bound::Excluded(Scalar::I64(v)) => max > *v,
-                    _ => true,
-                };
-                let below_upper = match upper {
-                    Bound::Included(Scalar::I64(v)) => min <= *v,
-                    Bound::Excluded(Scalar::I64(v)) => min < *v,
-                    _ => true,
-                };
-                above_lower && below_upper
-            }
+            // Each value on its own: no segment between two of them can match.
+            IndexPredicate::In(column, values) if column == EVENT_TIME_COLUMN => values
+                .iter()
+                .any(|value| matches!(value, Scalar::I64(v) if (min..=max).contains(v))),
             IndexPredicate::And(children) => children.iter().all(|c| c.may_match_time(min, max)),
             IndexPredicate::Or(children) => children.iter().any(|c| c.may_match_time(min, max)),
-            _ => true,
+            other => other
+                .time_window()
+                .is_none_or(|window| *window.start() <= max && *window.end() >= min),
         }
     }
 

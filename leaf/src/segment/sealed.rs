@@ -58,6 +58,20 @@ pub struct SealedSegment {
     retired: AtomicBool,
 }
 
+/// Reads the statistics of `column` in a columnar file; `None` if the file
+/// has no such column.
+fn statistics_converter<'a>(
+    metadata: &'a ArrowReaderMetadata,
+    column: &str,
+) -> Option<StatisticsConverter<'a>> {
+    StatisticsConverter::try_new(
+        column,
+        metadata.schema(),
+        metadata.metadata().file_metadata().schema_descr(),
+    )
+    .ok()
+}
+
 /// The `_event_time` range of one data page and the rows it holds.
 #[derive(Debug)]
 struct TimePage {
@@ -408,15 +422,10 @@ impl SealedSegment {
     /// column or its statistics cannot be read.
     pub fn column_statistics(&self, column: &str) -> Result<Option<ColumnStatistics>> {
         let metadata = self.metadata()?;
-        let parquet = metadata.metadata();
-        let Ok(converter) = StatisticsConverter::try_new(
-            column,
-            metadata.schema(),
-            parquet.file_metadata().schema_descr(),
-        ) else {
+        let Some(converter) = statistics_converter(&metadata, column) else {
             return Ok(None);
         };
-        let groups = parquet.row_groups();
+        let groups = metadata.metadata().row_groups();
         Ok(Some(ColumnStatistics {
             mins: converter.row_group_mins(groups)?,
             maxes: converter.row_group_maxes(groups)?,
@@ -440,14 +449,16 @@ impl SealedSegment {
         let Some(pages) = pages else {
             return Ok(None);
         };
-        let meets = |page: &&TimePage| page.min <= *window.end() && page.max >= *window.start();
-        if pages.iter().filter(meets).count() == pages.len() {
+        let meeting: Vec<&TimePage> = pages
+            .iter()
+            .filter(|page| page.min <= *window.end() && page.max >= *window.start())
+            .collect();
+        if meeting.len() == pages.len() {
             return Ok(None);
         }
         Ok(Some(
-            pages
-                .iter()
-                .filter(meets)
+            meeting
+                .into_iter()
                 .flat_map(|page| page.rows.clone())
                 .collect(),
         ))
@@ -461,11 +472,7 @@ impl SealedSegment {
         else {
             return Ok(None);
         };
-        let Ok(converter) = StatisticsConverter::try_new(
-            EVENT_TIME_COLUMN,
-            metadata.schema(),
-            parquet.file_metadata().schema_descr(),
-        ) else {
+        let Some(converter) = statistics_converter(&metadata, EVENT_TIME_COLUMN) else {
             return Ok(None);
         };
         let groups: Vec<usize> = (0..parquet.num_row_groups()).collect();
