@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use altdb_common::collection::CollectionSpec;
-use altdb_common::metrics::Metrics;
+use altdb_common::metrics::{self, Metrics};
 use altdb_common::schema::FieldType;
 
 use crate::catalog::Catalog;
@@ -101,40 +101,33 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
         1.0,
     );
     if let Ok(response) = &result {
-        state.metrics.add(
-            "altdb_aggregator_query_seconds_total",
-            "Time spent answering queries.",
-            &[],
+        state.metrics.observe(
+            "altdb_aggregator_query_duration_seconds",
+            "Time to answer a query, by class (aggregate, top_k, search, select, explain).",
+            &[("class", response.class)],
             response.stats.elapsed_ms / 1000.0,
         );
     }
     Ok(Json(result?).into_response())
 }
 
-/// Prometheus metrics; source lag and freshness are measured at scrape time.
+/// Prometheus metrics; source lag and freshness are measured at scrape time,
+/// into series of this scrape's own.
 async fn metrics(State(state): State<AppState>) -> Result<Response> {
-    state.metrics.clear("altdb_aggregator_source_lag_records");
-    state
-        .metrics
-        .clear("altdb_aggregator_source_partition_freshness_seconds");
-    state
-        .metrics
-        .clear("altdb_aggregator_source_freshness_seconds");
+    let scraped = Metrics::default();
     for spec in state.catalog.list().await? {
         if spec.sources.is_empty() {
             continue;
         }
         if let Ok(stats) = state.cluster.collection_stats(&spec).await {
             let statuses = source_status(&spec, &stats, &state.probe).await;
-            export(&state.metrics, &spec.name, &statuses);
+            export(&scraped, &spec.name, &statuses);
         }
     }
+    let text = state.metrics.render() + &scraped.render();
     Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        state.metrics.render(),
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        text,
     )
         .into_response())
 }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod flight;
 pub mod fragment;
+pub mod http;
 pub mod materialize;
 pub mod node;
 pub mod predicate;

@@ -95,8 +95,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "leaf ready");
     let mut server_stop = stop_rx.clone();
+    // Plain HTTP/1.1 (`/metrics`, `/healthz`) shares the port with Flight's gRPC.
+    let routes = tonic::service::Routes::from(altdb_leaf::http::router(leaf.clone()))
+        .add_service(service);
     let server = tonic::transport::Server::builder()
-        .add_service(service)
+        .accept_http1(true)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Fragment streams end with small frames (the metrics trailer): without
             // TCP_NODELAY they wait out the peer's delayed ACK (~40 ms per query).

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use altdb_common::metrics::Metrics;
 use altdb_common::rpc::{CollectionStats, PutAck, SourceMark, Watermarks};
 use tokio::sync::watch;
 
@@ -24,6 +25,7 @@ pub struct Leaf {
     seal_policy: SealPolicy,
     merge_policy: MergePolicy,
     fragments: KeptFragments,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Leaf {
@@ -62,6 +64,7 @@ impl Leaf {
                 max_rows: config.merge_max_rows,
             },
             fragments: KeptFragments::default(),
+            metrics: Metrics::default(),
         }))
     }
 
@@ -71,6 +74,11 @@ impl Leaf {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(collection.to_string(), shard))
             .cloned()
+    }
+
+    /// This leaf's Prometheus metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Fragments decoded earlier, kept to run again.
@@ -126,8 +134,16 @@ impl Leaf {
         sources: Vec<SourceMark>,
         docs: Vec<IncomingDoc>,
     ) -> Result<PutAck> {
+        let started = Instant::now();
         let shard = self.shard_or_create(&collection, shard);
-        tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs)).await?
+        let ack = tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs)).await?;
+        self.metrics.observe(
+            "altdb_leaf_write_duration_seconds",
+            "Time to store a pushed batch durably (RocksDB WAL) and make it queryable.",
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+        ack
     }
 
     pub fn collection_stats(&self, collection: &str) -> CollectionStats {
@@ -192,12 +208,19 @@ impl Leaf {
             }
             for shard in self.all_shards() {
                 let policy = self.seal_policy;
+                let started = Instant::now();
                 let sealed =
                     tokio::task::spawn_blocking(move || shard.seal_if_due(policy, false)).await;
                 match sealed {
                     Ok(Err(error)) => tracing::error!(%error, "sealing a segment failed"),
                     Err(error) => tracing::error!(%error, "sealer task failed"),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(true)) => self.metrics.observe(
+                        "altdb_leaf_seal_duration_seconds",
+                        "Time to seal a mutable segment into Parquet and a tantivy index.",
+                        &[],
+                        started.elapsed().as_secs_f64(),
+                    ),
+                    Ok(Ok(false)) => {}
                 }
                 if *shutdown.borrow() {
                     return;
@@ -221,11 +244,18 @@ impl Leaf {
             }
             for shard in self.all_shards() {
                 let policy = self.merge_policy;
+                let started = Instant::now();
                 let merged = tokio::task::spawn_blocking(move || shard.merge_if_due(policy)).await;
                 match merged {
                     Ok(Err(error)) => tracing::error!(%error, "merging segments failed"),
                     Err(error) => tracing::error!(%error, "merger task failed"),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(true)) => self.metrics.observe(
+                        "altdb_leaf_merge_duration_seconds",
+                        "Time to merge sealed segments into one.",
+                        &[],
+                        started.elapsed().as_secs_f64(),
+                    ),
+                    Ok(Ok(false)) => {}
                 }
                 if *shutdown.borrow() {
                     return;

@@ -25,7 +25,7 @@ use datafusion::physical_expr::expressions::{
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::scalar::ScalarValue;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery,
+    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery,
     TermSetQuery,
 };
 use tantivy::schema::IndexRecordOption;
@@ -601,10 +601,16 @@ impl IndexPredicate {
                     or_long(index, name, Box::new(EmptyQuery), true)
                 }
                 Some(Ok(c)) => {
-                    match RegexQuery::from_pattern(&format!("{}.*", escape(prefix)), c.field) {
-                        Ok(query) => or_long(index, name, Box::new(query), true),
-                        Err(_) => Built::opaque(),
-                    }
+                    let lower = Bound::Included(Term::from_field_text(c.field, prefix));
+                    let upper = match prefix_successor(prefix.as_bytes()) {
+                        Some(bytes) => {
+                            let mut term = Term::from_field_text(c.field, "");
+                            term.append_bytes(&bytes);
+                            Bound::Excluded(term)
+                        }
+                        None => Bound::Unbounded,
+                    };
+                    or_long(index, name, Box::new(RangeQuery::new(lower, upper)), true)
                 }
             },
             IndexPredicate::And(children) => {
@@ -923,16 +929,19 @@ fn like_predicate(column: String, pattern: &str) -> Option<IndexPredicate> {
     })
 }
 
-/// Escapes regex metacharacters (tantivy regexes match whole terms).
-fn escape(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len() * 2);
-    for c in literal.chars() {
-        if c.is_ascii_punctuation() {
-            out.push('\\');
+/// The smallest byte string greater than every string that starts with `prefix`
+/// (`None`: no such string, the prefix is empty or all `0xFF`). Terms are
+/// compared as bytes, so `[prefix, successor)` holds exactly the values that
+/// start with the prefix, whatever characters follow it.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut bytes = prefix.to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < u8::MAX {
+            bytes.push(last + 1);
+            return Some(bytes);
         }
-        out.push(c);
     }
-    out
+    None
 }
 
 #[cfg(test)]
@@ -1050,6 +1059,35 @@ mod tests {
             .map(|(_, id, _)| id)
             .collect();
         assert_eq!(ids, ["d1", "d3"]);
+    }
+
+    /// `LIKE 'prefix%'` selects exactly the values that start with the prefix:
+    /// a newline after the prefix, regex metacharacters (`<`, `>`, `.`, `(`) and
+    /// bytes at the top of the range are ordinary characters.
+    #[test]
+    fn prefixes_select_exactly_the_values_that_start_with_them() {
+        use crate::segment::index::index_docs;
+
+        let values = [
+            "abc\ndef", "abc", "ab", "abd", "a<b>c", "a<b", "a.b", "a(b", "ab\u{10FFFF}x", "\u{10FFFF}",
+            "\u{10FFFF}\u{10FFFF}", "zz",
+        ];
+        let docs: Vec<_> = values.iter().map(|v| serde_json::json!({"s": v})).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (fields, index) = index_docs(dir.path(), &docs, &[]);
+        for prefix in ["abc", "ab", "a<b", "a<", "a.", "a(", "a", "\u{10FFFF}", "", "q"] {
+            let (query, exact) = IndexPredicate::Prefix("s".into(), prefix.into())
+                .to_query(&index, &fields)
+                .unwrap();
+            let expected: Vec<u32> = (0..values.len() as u32)
+                .filter(|&row| values[row as usize].starts_with(prefix))
+                .collect();
+            assert_eq!(
+                (index.matching_rows(query.as_ref()).unwrap(), exact),
+                (expected, true),
+                "LIKE '{prefix}%'"
+            );
+        }
     }
 
     /// `IN` finds the same rows whether its list is looked up term by term or

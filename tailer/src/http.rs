@@ -20,7 +20,7 @@ use serde_json::Value;
 use altdb_common::api::{RejectedDoc, WriteResponse, SPEC_HEADER};
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::DocLimits;
-use altdb_common::metrics::Metrics;
+use altdb_common::metrics::{self, Metrics};
 use altdb_common::rpc::PutRow;
 
 use crate::catalog::CatalogClient;
@@ -152,8 +152,12 @@ impl WriteApi {
     }
 }
 
-async fn metrics(State(api): State<WriteApi>) -> String {
-    api.metrics.render()
+async fn metrics(State(api): State<WriteApi>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        api.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn write_docs(
@@ -162,6 +166,7 @@ async fn write_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    let started = std::time::Instant::now();
     let forwarded = headers
         .get(SPEC_HEADER)
         .and_then(|v| serde_json::from_slice::<CollectionSpec>(v.as_bytes()).ok())
@@ -197,6 +202,12 @@ async fn write_docs(
     response.written = response.ids.len();
     response.filtered = filtered;
     let labels = [("collection", name.as_str())];
+    api.metrics.observe(
+        "altdb_tailer_http_write_duration_seconds",
+        "Time to answer an HTTP write: parse, transform, push, acknowledged by the leaves.",
+        &labels,
+        started.elapsed().as_secs_f64(),
+    );
     api.metrics.add(
         "altdb_tailer_http_documents_total",
         "Documents stored through the HTTP write API.",

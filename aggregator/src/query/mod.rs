@@ -32,7 +32,8 @@ use datafusion::catalog::{
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::execute_stream;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,9 @@ pub struct QueryResponse {
     pub columns: Vec<Column>,
     pub rows: Vec<Vec<Value>>,
     pub stats: Stats,
+    /// What kind of statement it was, for latency metrics ([`query_class`]).
+    #[serde(skip)]
+    pub class: &'static str,
 }
 
 /// Plans and runs SQL against the cluster.
@@ -263,6 +267,7 @@ impl QueryEngine {
                 }
             };
             let schema: SchemaRef = plan.schema();
+            let class = query_class(&plan, tables.scored);
             let mut stream = execute_stream(plan, task)?;
             let mut rows = Vec::new();
             let mut truncated = false;
@@ -274,9 +279,9 @@ impl QueryEngine {
                     break;
                 }
             }
-            Ok::<_, DataFusionError>((schema, rows, truncated))
+            Ok::<_, DataFusionError>((schema, rows, truncated, class))
         };
-        let (schema, mut rows, truncated) = run.await.map_err(|error| {
+        let (schema, mut rows, truncated, class) = run.await.map_err(|error| {
             if let Some(key) = &key {
                 self.plans.forget(key);
             }
@@ -331,7 +336,29 @@ impl QueryEngine {
                 freshness_ms,
                 scan,
             },
+            class,
         })
+    }
+}
+
+/// The class a statement's latency is counted under: `explain`, `search`
+/// (ranked or filtered by `search()`), `aggregate`, `top_k` (a sort with a
+/// limit) or `select`.
+fn query_class(plan: &Arc<dyn ExecutionPlan>, scored: bool) -> &'static str {
+    let has = |test: fn(&dyn ExecutionPlan) -> bool| {
+        plan.exists(|node| Ok(test(node.as_ref())))
+            .expect("visiting a plan does not fail")
+    };
+    if matches!(plan.name(), "ExplainExec" | "AnalyzeExec") {
+        "explain"
+    } else if scored {
+        "search"
+    } else if has(|node| node.name() == "AggregateExec") {
+        "aggregate"
+    } else if has(|node| node.name().starts_with("Sort") && node.fetch().is_some()) {
+        "top_k"
+    } else {
+        "select"
     }
 }
 

@@ -50,8 +50,10 @@ use altdb_common::search::text_field_options;
 
 use crate::error::{LeafError, Result};
 
-/// Bumped whenever what is indexed changes; older indexes are rebuilt.
-pub const INDEX_VERSION: u32 = 5;
+/// Bumped whenever what is indexed or how it is encoded changes; older indexes are
+/// rebuilt. 6: tantivy without its sstable zstd blocks (version 5 indexes may hold
+/// zstd-compressed term dictionaries this build cannot read).
+pub const INDEX_VERSION: u32 = 6;
 const VERSION_FILE: &str = "altdb-index-version";
 /// The row keys of the segment, written beside the tantivy files.
 pub const KEYS_FILE: &str = "altdb-row-keys";

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what altdb needs on a fresh Debian/Ubuntu machine that has the Rust
+# toolchain and Python 3 with pip. Safe to run again: it only installs what is
+# missing or at another version.
+#
+#   scripts/setup.sh           what building needs (system packages)
+#   scripts/setup.sh --test    and what the tests need: the pinned Python peers
+#                              (DuckDB is the tests' oracle), a Kafka-protocol
+#                              broker (tansu) and an S3-API server (s3s-fs)
+#
+# Versions are pinned so that the oracle does not change under the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TANSU_VERSION=0.6.0
+# 0.14.1 is the newest s3s-fs that builds with rustc 1.92+.
+S3S_FS_VERSION=0.14.1
+
+with_tests=false
+case "${1:-}" in
+  --test) with_tests=true ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--test]" >&2; exit 2 ;;
+esac
+
+# System packages: libclang + clang for the rocksdb crate's bindgen; make,
+# zlib, OpenSSL, Cyrus SASL and pkg-config for the bundled librdkafka (TLS and
+# SASL to brokers).
+packages=(libclang-dev clang make pkg-config zlib1g-dev libssl-dev libsasl2-dev)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=""
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo="sudo"
+  else
+    echo "altdb needs these system packages to build: ${missing[*]}" >&2
+    echo "install them with:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+$with_tests || exit 0
+
+# Python: DuckDB computes the expected answers of the end-to-end tests; the
+# benchmark suite compares with DataFusion and chDB and produces to Kafka with
+# confluent-kafka.
+python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+export PATH="$HOME/.cargo/bin:$PATH"
+# A real Kafka-protocol broker for the Kafka ingestion tests.
+if ! command -v tansu >/dev/null 2>&1; then
+  CARGO_TARGET_DIR="$HOME/.cache/tansu-target" \
+    cargo install tansu@"$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+
+# A real S3-API server (files on disk) for the object-store ingestion tests.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  CARGO_TARGET_DIR="$HOME/.cache/s3s-target" \
+    cargo install s3s-fs@"$S3S_FS_VERSION" --features binary --locked
+fi
