@@ -8,7 +8,7 @@ use futures::future::join_all;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::replicas_for_shard;
 use altdb_common::rpc::{
-    CollectionRequest, CollectionStats, LeafClient, ACTION_COLLECTION_STATS,
+    CollectionRequest, CollectionStats, LeafClient, SharedLeaf, ACTION_COLLECTION_STATS,
     ACTION_DROP_COLLECTION, ACTION_HEALTH,
 };
 use altdb_common::schema::FieldSet;
@@ -18,7 +18,7 @@ use crate::error::{AggregatorError, Result};
 /// The leaves, in the order of the cluster config (shard placement depends on it).
 #[derive(Debug, Clone)]
 pub struct Cluster {
-    leaves: Arc<Vec<LeafClient>>,
+    leaves: Arc<Vec<SharedLeaf>>,
 }
 
 /// A collection's fields as the leaves reported them.
@@ -57,17 +57,18 @@ impl Cluster {
                 "no leaves configured; pass --leaves http://host:port,..".into(),
             ));
         }
-        let leaves = urls
-            .iter()
-            .map(|url| LeafClient::new(url))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+        Ok(Self::with_leaves(LeafClient::connect_all(urls)?))
+    }
+
+    /// A cluster of these leaves (in placement order), however they are reached.
+    pub fn with_leaves(leaves: Vec<SharedLeaf>) -> Self {
+        Self {
             leaves: Arc::new(leaves),
-        })
+        }
     }
 
     /// The leaves holding `shard`, preferred first.
-    pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<LeafClient> {
+    pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<SharedLeaf> {
         self.replica_indexes(spec, shard)
             .into_iter()
             .map(|i| self.leaves[i].clone())

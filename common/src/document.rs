@@ -1,6 +1,6 @@
 //! Turning a user's JSON document into what altdb stores and indexes.
 //!
-//! [`prepare`] validates a document, assigns `_id` and `_event_time` (DESIGN.md §2),
+//! [`prepare`] validates a document, assigns `_id` and `_event_time` (docs/architecture.md, "A write, end to end"),
 //! and [`flatten`] turns nested objects into dotted field paths.
 
 use serde_json::{Map, Value};
@@ -48,7 +48,7 @@ pub struct IdentityRules<'a> {
 /// Validates `value` (whose JSON text was `raw_len` bytes) and assigns its identity.
 ///
 /// `derived_id` is called only when the document carries no id of its own; it must be
-/// a deterministic function of where the record came from (DESIGN.md §2).
+/// a deterministic function of where the record came from (docs/architecture.md, "A write, end to end").
 pub fn prepare(
     value: Value,
     raw_len: usize,

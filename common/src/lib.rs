@@ -16,7 +16,7 @@
 //! - [`collection`]: the collection spec users create through the API.
 //! - [`rpc`]: the Arrow Flight protocol spoken between tailers, leaves and aggregators.
 //! - [`api`]: the JSON error body every HTTP front door returns.
-//! - [`metrics`]: counters and gauges in the Prometheus text format.
+//! - [`metrics`]: counters, gauges and latency histograms for Prometheus.
 //! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 
@@ -27,6 +27,8 @@ pub mod document;
 pub mod error;
 pub mod geo;
 pub mod lru;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory_leaf;
 pub mod metrics;
 pub mod plan;
 pub mod random;

@@ -192,6 +192,28 @@ impl datafusion::physical_plan::ExecutionPlan for OnePartitionExec {
     }
 }
 
+/// `expr` bound to `from`, re-bound by column name to `to`.
+pub fn rebind(
+    expr: &std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+    from: &datafusion::arrow::datatypes::SchemaRef,
+    to: &datafusion::arrow::datatypes::SchemaRef,
+) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_expr::expressions::Column;
+    expr.clone()
+        .transform(|e| {
+            let Some(column) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            let name = from.field(column.index()).name();
+            let index = to.index_of(name)?;
+            Ok(Transformed::yes(
+                std::sync::Arc::new(Column::new(name, index)) as _
+            ))
+        })
+        .map(|t| t.data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

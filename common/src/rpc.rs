@@ -431,6 +431,43 @@ pub fn metadata_message(app_metadata: Bytes) -> FlightData {
     }
 }
 
+/// What the other roles ask of a leaf: the seam between them and the leaves.
+/// [`LeafClient`] speaks it over Arrow Flight; unit tests cut it with a leaf in
+/// memory (the aggregator's fail-over, the tailer's pushes to replicas).
+#[async_trait::async_trait]
+pub trait LeafApi: std::fmt::Debug + Send + Sync {
+    /// The leaf's address as configured (placement and errors name it).
+    fn url(&self) -> &str;
+
+    /// Writes one batch to a shard; returns once it is durable on the leaf.
+    async fn put(&self, header: &PutHeader, batch: RecordBatch) -> Result<PutAck, RpcError>;
+
+    /// Runs a DoAction: `body` is the JSON request, the answer its JSON body.
+    async fn action_body(&self, name: &str, body: Vec<u8>) -> Result<Bytes, RpcError>;
+
+    /// Runs a plan fragment on the ticket's shards and streams its batches,
+    /// then its metrics.
+    async fn fragment(
+        &self,
+        ticket: &FragmentTicket,
+    ) -> Result<BoxStream<'static, Result<FragmentItem, RpcError>>, RpcError>;
+}
+
+/// A leaf shared between tasks.
+pub type SharedLeaf = Arc<dyn LeafApi>;
+
+impl dyn LeafApi {
+    /// Runs a DoAction whose request and answer are JSON.
+    pub async fn action<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        name: &str,
+        request: &Req,
+    ) -> Result<Resp, RpcError> {
+        let body = self.action_body(name, serde_json::to_vec(request)?).await?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+}
+
 /// A client for one leaf's Flight service. Cheap to clone: connections are shared.
 #[derive(Debug, Clone)]
 pub struct LeafClient {
@@ -458,8 +495,11 @@ impl LeafClient {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// A shared client for each URL, in order.
+    pub fn connect_all(urls: &[String]) -> Result<Vec<SharedLeaf>> {
+        urls.iter()
+            .map(|url| Ok(Arc::new(LeafClient::new(url)?) as SharedLeaf))
+            .collect()
     }
 
     fn grpc(&self) -> FlightServiceClient<Channel> {
@@ -467,9 +507,15 @@ impl LeafClient {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
 
-    /// Writes one batch to a shard; returns once it is durable on the leaf.
-    pub async fn put(&self, header: &PutHeader, batch: RecordBatch) -> Result<PutAck, RpcError> {
+#[async_trait::async_trait]
+impl LeafApi for LeafClient {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn put(&self, header: &PutHeader, batch: RecordBatch) -> Result<PutAck, RpcError> {
         let descriptor = FlightDescriptor::new_cmd(serde_json::to_vec(header)?);
         let stream = FlightDataEncoderBuilder::new()
             .with_flight_descriptor(Some(descriptor))
@@ -489,23 +535,17 @@ impl LeafClient {
         Ok(ack)
     }
 
-    /// Runs a DoAction whose request and answer are JSON.
-    pub async fn action<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        name: &str,
-        request: &Req,
-    ) -> Result<Resp, RpcError> {
-        let action = Action::new(name, serde_json::to_vec(request)?);
+    async fn action_body(&self, name: &str, body: Vec<u8>) -> Result<Bytes, RpcError> {
+        let action = Action::new(name.to_string(), body);
         let mut stream = self.grpc().do_action(action).await?.into_inner();
-        let body = stream
+        let answer = stream
             .message()
             .await?
             .ok_or_else(|| RpcError::Protocol(format!("leaf sent no answer to `{name}`")))?;
-        Ok(serde_json::from_slice(&body.body)?)
+        Ok(answer.body)
     }
 
-    /// Runs a plan fragment on a shard and streams its batches and metrics.
-    pub async fn fragment(
+    async fn fragment(
         &self,
         ticket: &FragmentTicket,
     ) -> Result<BoxStream<'static, Result<FragmentItem, RpcError>>, RpcError> {

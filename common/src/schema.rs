@@ -1,6 +1,6 @@
 //! The SQL types of schemaless fields and their Arrow form.
 //!
-//! Every field gets the widest type seen (DESIGN.md §2):
+//! Every field gets the widest type seen (README, "Schemaless types"):
 //!
 //! ```text
 //!   null < bool < int64 < float64 < utf8        scalars

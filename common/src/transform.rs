@@ -1,5 +1,5 @@
 //! Ingest transforms: `SELECT ... FROM _input [WHERE ...]`, evaluated by the tailer
-//! with DataFusion on every batch of documents before they are stored (DESIGN.md §2).
+//! with DataFusion on every batch of documents before they are stored (docs/architecture.md).
 //!
 //! ```text
 //!  JSON docs ─flatten─► Arrow batch `_input` (+ hidden row number) ─SQL─► Arrow batch

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arrow::array::{AsArray, Int64Array, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{Int64Type, UInt32Type, UInt64Type};
 use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
@@ -18,13 +19,13 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use altdb_common::rpc::{
-    CollectionRequest, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
+    metadata_message, CollectionRequest, FragmentMetrics, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
     ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS, PUT_DOC, PUT_EVENT_TIME, PUT_ID,
     PUT_POSITION, PUT_SOURCE,
 };
 
 use crate::error::LeafError;
-use crate::fragment::run_fragment;
+use crate::exec::fragment::{run_fragment, FragmentRun};
 use crate::node::Leaf;
 use crate::shard::IncomingDoc;
 use crate::store::CollectionMeta;
@@ -83,6 +84,35 @@ fn batch_to_docs(batch: &arrow::record_batch::RecordBatch) -> Result<Vec<Incomin
         .collect())
 }
 
+/// A fragment's rows as Flight data, then one [`FragmentMetrics`] message.
+fn encode_run(leaf: Arc<Leaf>, run: FragmentRun) -> BoxStream<'static, Result<FlightData, Status>> {
+    let FragmentRun {
+        schema,
+        batches,
+        report,
+    } = run;
+    let batches = batches.map_err(|e| FlightError::Tonic(Box::new(LeafError::from(e).into())));
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(Status::from);
+    let trailer = futures::stream::once(async move {
+        leaf.metrics().observe(
+            "altdb_leaf_fragment_duration_seconds",
+            "Time to run a plan fragment on a leaf's shards, to its last row.",
+            &[],
+            report.elapsed_secs(),
+        );
+        let metrics: FragmentMetrics = report.metrics();
+        Ok(metadata_message(
+            serde_json::to_vec(&metrics)
+                .expect("metrics serialize")
+                .into(),
+        ))
+    });
+    data.chain(trailer).boxed()
+}
+
 #[tonic::async_trait]
 impl FlightService for LeafService {
     type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
@@ -134,8 +164,13 @@ impl FlightService for LeafService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = FragmentTicket::decode(&request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let stream = run_fragment(self.leaf.clone(), ticket)?;
-        Ok(Response::new(stream))
+        let shards = ticket
+            .shards
+            .iter()
+            .map(|part| self.leaf.shard(&ticket.collection, part.shard))
+            .collect();
+        let run = run_fragment(self.leaf.fragments(), &ticket, shards)?;
+        Ok(Response::new(encode_run(self.leaf.clone(), run)))
     }
 
     async fn do_put(

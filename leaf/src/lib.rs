@@ -8,7 +8,7 @@
 //!                                                         ▼
 //!                                                  SealedSegment: Parquet + tantivy index
 //!
-//!   aggregator ──DoGet(fragment)──► fragment::run_fragment
+//!   aggregator ──DoGet(fragment)──► flight: resolve shards ──► exec::fragment::run_fragment
 //!                                     └► decoded plan: Aggregate/Sort/Filter.. over LocalScanExec
 //!                                          (mutable rows + sealed segments − deletes, widened)
 //! ```
@@ -19,16 +19,12 @@
 pub mod config;
 pub mod error;
 pub mod flight;
-pub mod fragment;
+pub mod exec;
 pub mod http;
-pub mod materialize;
 pub mod node;
-pub mod predicate;
-pub mod scan;
 pub mod segment;
 pub mod shard;
 pub mod store;
-pub mod topk;
 
 pub use config::LeafConfig;
 pub use node::Leaf;

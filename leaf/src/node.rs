@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::LeafConfig;
 use crate::error::Result;
-use crate::fragment::KeptFragments;
+use crate::exec::fragment::KeptFragments;
 use crate::shard::{IncomingDoc, MergePolicy, SealPolicy, Shard};
 use crate::store::{CollectionMeta, Store};
 

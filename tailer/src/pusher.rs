@@ -6,14 +6,16 @@ use futures::future::join_all;
 
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
-use altdb_common::rpc::{put_batch, LeafClient, PutHeader, PutRow, RpcError, SourceMark};
+use altdb_common::rpc::{
+    put_batch, LeafApi, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark,
+};
 
 use crate::error::{Result, TailerError};
 
 /// Pushes batches to the leaves that own their shards.
 #[derive(Debug, Clone)]
 pub struct Pusher {
-    leaves: Vec<LeafClient>,
+    leaves: Vec<SharedLeaf>,
     batch_rows: usize,
 }
 
@@ -30,18 +32,20 @@ impl Pusher {
                 "no leaves configured; pass --leaves http://host:port,..".into(),
             ));
         }
-        let leaves = urls
-            .iter()
-            .map(|u| LeafClient::new(u))
-            .collect::<Result<Vec<_>, _>>()
+        let leaves = LeafClient::connect_all(urls)
             .map_err(|e| TailerError::InvalidRequest(e.to_string()))?;
-        Ok(Self {
-            leaves,
-            batch_rows: batch_rows.max(1),
-        })
+        Ok(Self::with_leaves(leaves, batch_rows))
     }
 
-    pub fn leaves(&self) -> &[LeafClient] {
+    /// A pusher to these leaves (in placement order), however they are reached.
+    pub fn with_leaves(leaves: Vec<SharedLeaf>, batch_rows: usize) -> Self {
+        Self {
+            leaves,
+            batch_rows: batch_rows.max(1),
+        }
+    }
+
+    pub fn leaves(&self) -> &[SharedLeaf] {
         &self.leaves
     }
 
@@ -124,7 +128,7 @@ impl Pusher {
             };
             let batch = put_batch(chunk).map_err(|e| e.to_string())?;
             let puts = replicas.iter().map(|&leaf| {
-                let client = &self.leaves[leaf];
+                let client = self.leaves[leaf].as_ref();
                 let batch = batch.clone();
                 let header = &header;
                 async move {
@@ -142,6 +146,88 @@ impl Pusher {
     }
 }
 
-fn describe(client: &LeafClient, error: RpcError) -> String {
+fn describe(client: &dyn LeafApi, error: RpcError) -> String {
     format!("leaf {} did not store the batch: {error}", client.url())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use altdb_common::memory_leaf::MemoryLeaf;
+
+    use super::*;
+
+    fn spec(num_shards: u32, replication: u32) -> CollectionSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "events", "num_shards": num_shards, "replication": replication,
+        }))
+        .unwrap()
+    }
+
+    fn rows(n: usize) -> Vec<PutRow> {
+        (0..n)
+            .map(|i| PutRow {
+                id: format!("doc-{i}"),
+                event_time_us: i as i64,
+                position: None,
+                doc_json: format!("{{\"n\": {i}}}"),
+            })
+            .collect()
+    }
+
+    /// Rows per (leaf, shard) that reached the leaves.
+    fn stored(leaves: &[Arc<MemoryLeaf>]) -> Vec<BTreeMap<u32, usize>> {
+        leaves
+            .iter()
+            .map(|leaf| {
+                let mut by_shard = BTreeMap::new();
+                for (header, batch) in leaf.puts.lock().unwrap().iter() {
+                    *by_shard.entry(header.shard).or_default() += batch.num_rows();
+                }
+                by_shard
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_replica_gets_its_shards_rows_and_a_lost_one_fails_its_shards() {
+        let leaves: Vec<Arc<MemoryLeaf>> = (0..3)
+            .map(|i| Arc::new(MemoryLeaf::new(&format!("http://leaf-{i}"), Vec::new())))
+            .collect();
+        let shared: Vec<SharedLeaf> = leaves.iter().map(|l| l.clone() as SharedLeaf).collect();
+        // Batches of at most 7 rows: a shard's rows go in several puts.
+        let pusher = Pusher::with_leaves(shared, 7);
+        let spec = spec(3, 2);
+        let rows = rows(100);
+        let expected: BTreeMap<u32, usize> = rows.iter().fold(BTreeMap::new(), |mut m, row| {
+            *m.entry(Pusher::shard_of(&spec, row)).or_default() += 1;
+            m
+        });
+
+        let outcome = pusher.push(&spec, &[], &rows).await;
+        assert!(outcome.failed_shards.is_empty(), "{outcome:?}");
+        // Shard s lives on leaves s and s+1 (mod 3), each with every row of it.
+        let stored = stored(&leaves);
+        for (shard, count) in &expected {
+            for replica in [*shard as usize, (*shard as usize + 1) % 3] {
+                assert_eq!(stored[replica].get(shard), Some(count), "shard {shard}");
+            }
+            assert_eq!(stored[(*shard as usize + 2) % 3].get(shard), None);
+        }
+        assert!(leaves[0].puts.lock().unwrap().iter().all(|(_, b)| b.num_rows() <= 7));
+
+        // Leaf 1 holds copies of shards 0 and 1: those fail, naming it; shard 2
+        // (on leaves 2 and 0) is stored.
+        leaves[1].go_down();
+        let outcome = pusher.push(&spec, &[], &rows).await;
+        assert_eq!(
+            outcome.failed_shards.keys().copied().collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        for reason in outcome.failed_shards.values() {
+            assert!(reason.contains("leaf http://leaf-1 did not store the batch"), "{reason}");
+        }
+        assert_eq!(stored(&leaves)[2].get(&2), Some(&(2 * expected[&2])));
+    }
 }

@@ -51,7 +51,7 @@ def text_of(value):
 
 
 def widen_mixed_scalars(docs):
-    """Applies altdb's documented widening (DESIGN.md section 2): a field holding
+    """Applies altdb's documented widening (README, "Schemaless types"): a field holding
     strings and other scalars is varchar, with the other values as their JSON text.
     DuckDB would type such a field JSON instead."""
     kinds = {}

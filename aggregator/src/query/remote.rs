@@ -592,3 +592,115 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
     RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
         .map_err(|e| DataFusionError::Internal(format!("leaf returned a mismatched batch: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use altdb_common::memory_leaf::MemoryLeaf;
+    use altdb_common::rpc::SharedLeaf;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    fn target(leaves: &[Arc<MemoryLeaf>], replication: u32) -> Arc<ScanTarget> {
+        let shared: Vec<SharedLeaf> = leaves.iter().map(|l| l.clone() as SharedLeaf).collect();
+        let collection = serde_json::from_value(serde_json::json!({
+            "name": "events", "num_shards": 4, "replication": replication,
+        }))
+        .unwrap();
+        Arc::new(ScanTarget {
+            collection,
+            cluster: Cluster::with_leaves(shared),
+            profile: false,
+            remembered: None,
+        })
+    }
+
+    fn leaf(url: &str, value: i64) -> Arc<MemoryLeaf> {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![value]))])
+            .unwrap();
+        Arc::new(MemoryLeaf::new(url, vec![batch]))
+    }
+
+    async fn open(
+        target: &Arc<ScanTarget>,
+        shards: Vec<u32>,
+    ) -> (DfResult<Vec<FragmentItem>>, Arc<QueryStats>, String) {
+        let stats = Arc::new(QueryStats::default());
+        let answered_by = Arc::new(std::sync::Mutex::new(String::new()));
+        let items = match open_fragments(
+            target.clone(),
+            Bytes::from_static(b"plan"),
+            shards,
+            stats.clone(),
+            answered_by.clone(),
+        )
+        .await
+        {
+            Ok(stream) => stream.try_collect().await,
+            Err(error) => Err(error),
+        };
+        let by = answered_by.lock().unwrap().clone();
+        (items, stats, by)
+    }
+
+    fn values(items: &[FragmentItem]) -> Vec<i64> {
+        items
+            .iter()
+            .filter_map(|item| match item {
+                FragmentItem::Batch(batch) => Some(
+                    batch
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .value(0),
+                ),
+                FragmentItem::Metrics(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn shards_go_to_their_first_reachable_replica_as_one_request() {
+        let leaves = [leaf("http://a", 1), leaf("http://b", 2), leaf("http://c", 3)];
+        let target = target(&leaves, 2);
+        // Shards 1 and 4 share their replicas: leaf b first, then c.
+        let (items, stats, by) = open(&target, vec![1, 4]).await;
+        assert_eq!(values(&items.unwrap()), vec![2]);
+        assert_eq!(by, "http://b");
+        assert_eq!(stats.shards_responded.load(Ordering::Relaxed), 2);
+        let tickets = leaves[1].tickets.lock().unwrap().clone();
+        assert_eq!(tickets.len(), 1);
+        let asked: Vec<u32> = tickets[0].shards.iter().map(|s| s.shard).collect();
+        assert_eq!(asked, vec![1, 4]);
+
+        // b is lost: the same request goes whole to c.
+        leaves[1].go_down();
+        let (items, _, by) = open(&target, vec![1, 4]).await;
+        assert_eq!(values(&items.unwrap()), vec![3]);
+        assert_eq!(by, "http://c");
+        assert!(leaves[0].tickets.lock().unwrap().is_empty());
+
+        // c too: the shards are unavailable, named with both failures.
+        leaves[2].go_down();
+        let (items, stats, _) = open(&target, vec![1, 4]).await;
+        let error = items.unwrap_err().to_string();
+        assert!(error.contains("shards 1, 4 of `events` cannot be reached"), "{error}");
+        assert!(error.contains("http://b") && error.contains("http://c"), "{error}");
+        assert_eq!(stats.shards_responded.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn without_replicas_a_lost_leaf_fails_its_shards() {
+        let leaves = [leaf("http://a", 1), leaf("http://b", 2)];
+        let target = target(&leaves, 1);
+        leaves[0].go_down();
+        let (items, _, _) = open(&target, vec![2]).await;
+        let error = items.unwrap_err().to_string();
+        assert!(error.contains("shard 2 of `events` cannot be reached"), "{error}");
+        assert!(leaves[1].tickets.lock().unwrap().is_empty());
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Each source resumes from the smallest watermark its collection's leaves report
 //! for it; leaves skip records at or below their own watermark, so a restart or a
-//! second delivery never duplicates a record (DESIGN.md §3).
+//! second delivery never duplicates a record (docs/architecture.md, "Guarantees").
 
 pub mod datagen;
 pub mod dead_letter;

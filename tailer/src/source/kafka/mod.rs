@@ -12,7 +12,7 @@
 //! - Positions are Kafka offsets, one watermark per partition on every shard; a flush
 //!   carries each assigned partition's `through` (last offset read) so shards without
 //!   rows advance too. Leaves skip records at or below their watermark, so replays after
-//!   a crash or rebalance never duplicate (DESIGN.md §3). Kafka's committed offsets are
+//!   a crash or rebalance never duplicate (docs/architecture.md, "Guarantees"). Kafka's committed offsets are
 //!   informational only: the leaves' watermarks are the truth.
 //! - Batching adapts to load: records collect while the queue is full, up to
 //!   [`FLUSH_MAX_RECORDS`]/[`FLUSH_MAX_BYTES`] per flush.

@@ -13,6 +13,7 @@
 //! the first row groups fill the top-k, and checks each next row group's
 //! min/max/NULL counts against the sort's current bound before reading it.
 //! "The latest 10 events" then reads one row group per shard, not the shard.
+//! [`crate::exec::rewrite`] links each scan under a top-k to its sort's bound.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,48 +36,15 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::ExecutionPlan;
 
+use altdb_common::plan::rebind;
 use altdb_common::schema::is_reserved_column;
 
 use crate::error::Result;
-use crate::materialize::rebind;
-use crate::scan::LocalScanExec;
+use crate::shard::SealedEntry;
+
+use super::access::Selected;
 use crate::segment::sealed::ColumnStatistics;
 use crate::segment::SealedSegment;
-
-/// Hands the bound of each `SortExec(fetch) ◄ [FilterExec ◄] LocalScanExec` to
-/// its scan.
-pub fn bound_top_k_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        let Some(sort) = node.downcast_ref::<SortExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(bound) = TopKBound::of(sort) else {
-            return Ok(Transformed::no(node));
-        };
-        let filter = sort.input().downcast_ref::<FilterExec>();
-        let scan_node = filter.map_or(sort.input(), |f| f.input());
-        let Some(scan) = scan_node.downcast_ref::<LocalScanExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        if scan.shard().is_none() {
-            return Ok(Transformed::no(node));
-        }
-        let replace = |node: Arc<dyn ExecutionPlan>, child: Arc<dyn ExecutionPlan>| {
-            node.replace_children(
-                vec![child],
-                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
-            )
-        };
-        let mut input: Arc<dyn ExecutionPlan> = Arc::new(scan.with_top_k(Arc::new(bound)));
-        if filter.is_some() {
-            input = replace(sort.input().clone(), input)?;
-        }
-        // The sort keeps its dynamic filter across new children, so the scan sees
-        // every bound the sort publishes.
-        Ok(Transformed::yes(replace(node.clone(), input)?))
-    })
-    .map(|t| t.data)
-}
 
 /// A top-k sort's bound on the rows that can still enter it.
 #[derive(Debug)]
@@ -91,7 +59,8 @@ pub struct TopKBound {
 }
 
 impl TopKBound {
-    fn of(sort: &SortExec) -> Option<Self> {
+    /// The bound of a sort with a fetch (a top-k), if it publishes one.
+    pub fn of(sort: &SortExec) -> Option<Self> {
         sort.fetch()?;
         let filter = sort.dynamic_expressions_produced().into_iter().next()?;
         let sort_input = sort.input().schema();
@@ -264,4 +233,61 @@ impl PruningStatistics for RowGroupStats {
     ) -> Option<arrow::array::BooleanArray> {
         None
     }
+}
+
+/// One row group of a sealed segment, read under a top-k.
+pub(super) struct RowGroupPart<'a> {
+    pub entry: &'a SealedEntry,
+    /// The leading sort key's minimum (or maximum when descending).
+    pub order: Option<ScalarValue>,
+    /// The segment's rows its index selected (all rows if `None`).
+    pub selected: Option<Arc<Selected>>,
+    pub group: usize,
+    pub rows: std::ops::Range<usize>,
+    pub stats: RowGroupStats,
+}
+
+/// The row groups of a segment, each with its statistics and its share of
+/// the index's selection.
+pub(super) fn row_group_parts<'a>(
+    bound: &TopKBound,
+    entry: &'a SealedEntry,
+    selected: Option<Selected>,
+    groups: Vec<std::ops::Range<usize>>,
+    stats: RowGroupStats,
+) -> Vec<RowGroupPart<'a>> {
+    let selected = selected.map(Arc::new);
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(group, rows)| {
+            let stats = stats.of_group(group);
+            RowGroupPart {
+                entry,
+                order: bound.order_key(&stats),
+                selected: selected.clone(),
+                group,
+                rows,
+                stats,
+            }
+        })
+        .collect()
+}
+
+/// Puts row groups in the order of the top-k's leading key: the ones most
+/// likely to hold its rows first, unknown keys last in either direction.
+pub(super) fn best_first(bound: &TopKBound, parts: &mut [RowGroupPart<'_>]) {
+    parts.sort_by(|a, b| match (&a.order, &b.order) {
+        (Some(x), Some(y)) => {
+            let order = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
+            if bound.descending() {
+                order.reverse()
+            } else {
+                order
+            }
+        }
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
 }

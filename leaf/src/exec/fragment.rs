@@ -1,4 +1,5 @@
-//! Running a plan fragment sent by an aggregator.
+//! Running a plan fragment sent by an aggregator, on shards the caller resolved
+//! (the Flight service, [`crate::flight`], resolves them and encodes the rows).
 //!
 //! The fragment arrives as datafusion-proto bytes whose leaf is an extension node
 //! holding a [`ScanSpec`]; [`FragmentCodec`] turns that node into a
@@ -23,43 +24,34 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::FlightData;
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::expressions::{lit, Column};
-use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::{execute_stream, ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::{
+    execute_stream, ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
+};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::lru::LruMap;
 use altdb_common::plan::{OnePartitionExec, Partitions};
-use altdb_common::rpc::{
-    keep_oldest, metadata_message, FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec,
-};
+use altdb_common::rpc::{keep_oldest, FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
 use altdb_common::schema::FieldSet;
 
 use crate::error::{LeafError, Result};
-use crate::materialize::materialize_late;
-use crate::node::Leaf;
-use crate::predicate::IndexPredicate;
-use crate::scan::{LocalScanExec, ScanMetrics};
+use crate::exec::rewrite::{bound_top_k_scans, fit_to_shard};
+use crate::exec::scan::metrics::ScanMetrics;
+use crate::exec::scan::LocalScanExec;
 use crate::shard::Shard;
-use crate::topk::bound_top_k_scans;
 
 /// Fragments kept at most; a full cache drops the one used least recently
 /// (one-off statements must not grow it without bound).
@@ -195,27 +187,66 @@ impl PhysicalExtensionCodec for FragmentCodec {
     }
 }
 
-/// Decodes and runs a fragment on each of the ticket's shards; the stream of
-/// their rows ends with one [`FragmentMetrics`] message for them all.
+/// A fragment running on its shards: its rows, then what its scans read.
+pub struct FragmentRun {
+    pub schema: SchemaRef,
+    pub batches: SendableRecordBatchStream,
+    pub report: RunReport,
+}
+
+/// What a run reports once its rows are read.
+pub struct RunReport {
+    started: Instant,
+    scans: Arc<ScanMetrics>,
+    source_as_of_us: BTreeMap<String, i64>,
+    /// The plan, when profiled (its nodes' metrics are shown).
+    profiled: Option<Arc<dyn ExecutionPlan>>,
+}
+
+impl RunReport {
+    /// The run's metrics: taken once its batches are drained.
+    pub fn metrics(&self) -> FragmentMetrics {
+        let profile = self.profiled.as_ref().map(|plan| FragmentProfile {
+            elapsed_ms: self.elapsed_secs() * 1000.0,
+            plan: DisplayableExecutionPlan::with_metrics(plan.as_ref())
+                .indent(true)
+                .to_string(),
+            reads: self.scans.reads(),
+        });
+        FragmentMetrics {
+            rows_scanned: self.scans.rows_scanned.load(Ordering::Relaxed),
+            scan: self.scans.counts(),
+            source_as_of_us: self.source_as_of_us.clone(),
+            profile,
+        }
+    }
+
+    /// Seconds since the run started.
+    pub fn elapsed_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// Decodes and runs `ticket`'s fragment on `shards` (the ticket's, in its
+/// order; `None` where this leaf holds no data of the shard).
 pub fn run_fragment(
-    leaf: Arc<Leaf>,
-    ticket: FragmentTicket,
-) -> Result<BoxStream<'static, Result<FlightData, tonic::Status>>> {
+    kept: &KeptFragments,
+    ticket: &FragmentTicket,
+    mut shards: Vec<Option<Arc<Shard>>>,
+) -> Result<FragmentRun> {
     let started = Instant::now();
     if ticket.profile && ticket.shards.len() != 1 {
         return Err(LeafError::InvalidRequest(
             "a profiled fragment runs on one shard per request".into(),
         ));
     }
-    let metrics = Arc::new(if ticket.profile {
+    let scans = Arc::new(if ticket.profile {
         ScanMetrics::profiled()
     } else {
         ScanMetrics::default()
     });
-    let mut shards = Vec::with_capacity(ticket.shards.len());
     let mut source_as_of_us = BTreeMap::<String, i64>::new();
-    for part in &ticket.shards {
-        let shard = leaf.shard(&ticket.collection, part.shard);
+    for (part, shard) in ticket.shards.iter().zip(&shards) {
         if let Some(planned) = part.fields_fingerprint {
             let current = shard.as_ref().map_or_else(
                 || FieldSet::default().fingerprint(),
@@ -229,48 +260,31 @@ pub fn run_fragment(
             }
         }
         // Taken before the scan's snapshot, so the data read is at least this fresh.
-        if let Some(shard) = &shard {
+        if let Some(shard) = shard {
             keep_oldest(&mut source_as_of_us, &shard.source_as_of());
         }
-        shards.push(shard);
     }
     let plan = if ticket.profile {
         // Profiled plans show their own nodes' metrics: decoded for this run.
         let shard = shards.pop().expect("a profiled fragment has one shard");
-        decode_fragment(&ticket, shard)?
+        decode_fragment(ticket, shard)?
     } else {
-        leaf.fragments().plan(&ticket, shards)?
+        kept.plan(ticket, shards)?
     };
-    let task = Arc::new(execution_context(metrics.clone()));
+    let task = Arc::new(execution_context(scans.clone()));
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
-    let batches = execute_stream(plan, task)?
-        .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(LeafError::from(e).into())));
-    let data = FlightDataEncoderBuilder::new()
-        .with_schema(schema.clone())
-        .build(batches)
-        .map_err(tonic::Status::from);
-    let trailer = futures::stream::once(async move {
-        let profile = profiled.map(|plan| FragmentProfile {
-            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-            plan: DisplayableExecutionPlan::with_metrics(plan.as_ref())
-                .indent(true)
-                .to_string(),
-            reads: metrics.reads(),
-        });
-        let metrics = FragmentMetrics {
-            rows_scanned: metrics.rows_scanned.load(Ordering::Relaxed),
-            scan: metrics.counts(),
+    let batches = execute_stream(plan, task)?;
+    Ok(FragmentRun {
+        schema,
+        batches,
+        report: RunReport {
+            started,
+            scans,
             source_as_of_us,
-            profile,
-        };
-        Ok(metadata_message(
-            serde_json::to_vec(&metrics)
-                .expect("metrics serialize")
-                .into(),
-        ))
-    });
-    Ok(data.chain(trailer).boxed())
+            profiled,
+        },
+    })
 }
 
 /// One plan over the fragment's runs on several shards: merged in order when
@@ -332,14 +346,6 @@ fn decode_fragment(
     Ok(fit_to_shard(plan)?)
 }
 
-/// The leaf's rewrites of a decoded fragment: index predicates and filters into
-/// the scans, late materialization, top-k bounds.
-fn fit_to_shard(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    absorb_filters(bound_top_k_scans(materialize_late(
-        push_filters_into_scans(plan)?,
-    )?)?)
-}
-
 /// The context one run of a fragment executes in: the session's settings, and
 /// `metrics` for its scans.
 fn execution_context(metrics: Arc<ScanMetrics>) -> TaskContext {
@@ -362,78 +368,3 @@ fn session() -> &'static SessionContext {
     })
 }
 
-/// Rewrites each `FilterExec` right above a `LocalScanExec` with `rewrite`
-/// (`None` keeps it).
-fn rewrite_filtered_scans(
-    plan: Arc<dyn ExecutionPlan>,
-    rewrite: impl Fn(&FilterExec, &LocalScanExec) -> DfResult<Option<Arc<dyn ExecutionPlan>>>,
-) -> DfResult<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| {
-        let rewritten = match node.downcast_ref::<FilterExec>() {
-            Some(filter) => match filter.input().downcast_ref::<LocalScanExec>() {
-                Some(scan) => rewrite(filter, scan)?,
-                None => None,
-            },
-            None => None,
-        };
-        Ok(match rewritten {
-            Some(plan) => Transformed::yes(plan),
-            None => Transformed::no(node),
-        })
-    })
-    .map(|t| t.data)
-}
-
-/// Moves the filter right above an index-using scan into the scan, which skips
-/// it for rows a segment index selected exactly and applies it to the rest. What
-/// stays above is the filter's projection: a filter on `true`, which gathers
-/// the scan's batches into full ones, or, over a lookup of a few `_id`s, a plain
-/// projection (a full batch's buffers cost more than such a lookup).
-fn absorb_filters(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    rewrite_filtered_scans(plan, |filter, scan| {
-        if scan.filters() || !scan.has_index_predicate() {
-            return Ok(None);
-        }
-        let key_lookup = scan.is_key_lookup() && filter.fetch().is_none();
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_filter(filter.predicate().clone()));
-        if key_lookup {
-            return Ok(Some(match filter.projection() {
-                Some(columns) => project(scan, columns)?,
-                None => scan,
-            }));
-        }
-        // Same projection, fetch and batch size; the predicate is now the scan's.
-        let kept = FilterExecBuilder::from(filter)
-            .with_predicate(lit(true))
-            .with_input(scan)
-            .build()?;
-        Ok(Some(Arc::new(kept)))
-    })
-}
-
-/// `input`'s columns at `indices`, under their names.
-fn project(input: Arc<dyn ExecutionPlan>, indices: &[usize]) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let schema = input.schema();
-    let columns = indices.iter().map(|&index| {
-        let name = schema.field(index).name();
-        ProjectionExpr::new(Arc::new(Column::new(name, index)), name.clone())
-    });
-    Ok(Arc::new(ProjectionExec::try_new(columns, input)?))
-}
-
-/// Hands the filter right above each scan to the scan, which uses it to read
-/// fewer rows (the filter stays and keeps the answer exact).
-fn push_filters_into_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    rewrite_filtered_scans(plan, |filter, scan| {
-        if !scan.uses_index() {
-            return Ok(None);
-        }
-        let predicate = IndexPredicate::from_physical(filter.predicate());
-        if predicate.is_opaque() {
-            return Ok(None);
-        }
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_predicate(predicate));
-        let filter = FilterExecBuilder::from(filter).with_input(scan).build()?;
-        Ok(Some(Arc::new(filter)))
-    })
-}

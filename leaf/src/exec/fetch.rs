@@ -1,4 +1,5 @@
-//! Late materialization of top-k rows.
+//! `FetchByIdExec`: late materialization of top-k rows
+//! ([`crate::exec::rewrite::materialize_late`] puts it in a fragment).
 //!
 //! ```text
 //!   SortExec(k) ◄ FilterExec ◄ LocalScanExec(every column)         as planned
@@ -39,121 +40,8 @@ use altdb_common::document::ID_COLUMN;
 use altdb_common::schema::{align_batch, FieldType, FlatRow};
 use altdb_common::search::SCORE_COLUMN;
 
-use crate::scan::{local_schema, rows_batch, LocalScanExec};
+use crate::exec::scan::emit::{local_schema, rows_batch};
 use crate::shard::Shard;
-
-/// Top-k queries up to this k are materialized late.
-pub const LATE_MAX_ROWS: usize = 1024;
-
-/// Rewrites `SortExec(fetch k) ◄ [FilterExec ◄] LocalScanExec` into a narrow
-/// top-k plus [`FetchByIdExec`] where that reads fewer columns.
-pub fn materialize_late(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    plan.transform_up(|node| match rewrite(&node)? {
-        Some(rewritten) => Ok(Transformed::yes(rewritten)),
-        None => Ok(Transformed::no(node)),
-    })
-    .map(|t| t.data)
-}
-
-fn rewrite(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
-    let Some(sort) = node.downcast_ref::<SortExec>() else {
-        return Ok(None);
-    };
-    if sort.fetch().is_none_or(|k| k > LATE_MAX_ROWS) {
-        return Ok(None);
-    }
-    let (filter, scan) = match sort.input().downcast_ref::<FilterExec>() {
-        Some(filter) => (Some(filter), filter.input()),
-        None => (None, sort.input()),
-    };
-    let Some(scan) = scan.downcast_ref::<LocalScanExec>() else {
-        return Ok(None);
-    };
-    let Some(shard) = scan.shard().cloned() else {
-        return Ok(None);
-    };
-    let columns = &scan.spec().columns;
-    if scan.filters()
-        || scan.spec().limit.is_some()
-        || columns.iter().any(|(name, _)| name == SCORE_COLUMN)
-    {
-        return Ok(None);
-    }
-    // Columns the filter and the sort read, by name.
-    let mut needed: HashSet<String> = HashSet::new();
-    if let Some(filter) = filter {
-        needed.extend(
-            collect_columns(filter.predicate())
-                .into_iter()
-                .map(|c| c.name().to_string()),
-        );
-    }
-    let sort_input = sort.input().schema();
-    for sort_expr in sort.expr().iter() {
-        for column in collect_columns(&sort_expr.expr) {
-            needed.insert(sort_input.field(column.index()).name().clone());
-        }
-    }
-    needed.insert(ID_COLUMN.to_string());
-    let narrow: Vec<(String, FieldType)> = columns
-        .iter()
-        .filter(|(name, _)| needed.contains(name))
-        .cloned()
-        .chain(
-            (!columns.iter().any(|(name, _)| name == ID_COLUMN))
-                .then(|| (ID_COLUMN.to_string(), FieldType::Utf8)),
-        )
-        .collect();
-    if narrow.len() >= columns.len() {
-        return Ok(None);
-    }
-    let narrow_scan: Arc<dyn ExecutionPlan> = Arc::new(scan.with_columns(narrow));
-    let narrow_schema = narrow_scan.schema();
-    let mut narrow_plan = narrow_scan;
-    if let Some(filter) = filter {
-        let predicate = rebind(filter.predicate(), &filter.input().schema(), &narrow_schema)?;
-        narrow_plan = Arc::new(FilterExec::try_new(predicate, narrow_plan)?);
-    }
-    let ordering: Vec<PhysicalSortExpr> = sort
-        .expr()
-        .iter()
-        .map(|e| {
-            Ok(PhysicalSortExpr::new(
-                rebind(&e.expr, &sort_input, &narrow_schema)?,
-                e.options,
-            ))
-        })
-        .collect::<DfResult<_>>()?;
-    let Some(ordering) = LexOrdering::new(ordering) else {
-        return Ok(None);
-    };
-    let narrow_sort = SortExec::new(ordering, narrow_plan)
-        .with_fetch(sort.fetch())
-        .with_preserve_partitioning(sort.preserve_partitioning());
-    Ok(Some(Arc::new(FetchByIdExec::new(
-        Arc::new(narrow_sort),
-        node.clone(),
-        shard,
-    ))))
-}
-
-/// `expr` bound to `from`, re-bound by column name to `to`.
-pub(crate) fn rebind(
-    expr: &Arc<dyn PhysicalExpr>,
-    from: &SchemaRef,
-    to: &SchemaRef,
-) -> DfResult<Arc<dyn PhysicalExpr>> {
-    expr.clone()
-        .transform(|e| {
-            let Some(column) = e.downcast_ref::<Column>() else {
-                return Ok(Transformed::no(e));
-            };
-            let name = from.field(column.index()).name();
-            let index = to.index_of(name)?;
-            Ok(Transformed::yes(Arc::new(Column::new(name, index)) as _))
-        })
-        .map(|t| t.data)
-}
 
 /// Reads the documents of the top-k rows its input chose (by `_id`, from
 /// RocksDB) in the input's order, with the columns of the plan it replaces.
@@ -172,7 +60,7 @@ impl fmt::Debug for FetchByIdExec {
 }
 
 impl FetchByIdExec {
-    fn new(
+    pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
         fallback: Arc<dyn ExecutionPlan>,
         shard: Arc<Shard>,
