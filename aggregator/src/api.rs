@@ -182,7 +182,7 @@ async fn describe_collection(
             .fields
             .fields
             .iter()
-            .filter(|(n, _)| !altdb_common::schema::is_reserved_column(n))
+            .filter(|(n, _)| !altdb_common::columns::is_reserved_column(n))
             .map(|(n, t)| SchemaColumn {
                 name: n.clone(),
                 sql_type: t.sql_name(),

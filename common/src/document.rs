@@ -5,12 +5,9 @@
 
 use serde_json::{Map, Value};
 
+use crate::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
 use crate::schema::FieldType;
 
-/// Name of the document id column.
-pub const ID_COLUMN: &str = "_id";
-/// Name of the event time column (microseconds since the epoch, UTC).
-pub const EVENT_TIME_COLUMN: &str = "_event_time";
 
 /// Limits on what a single document may be.
 #[derive(Debug, Clone, Copy)]

@@ -8,6 +8,7 @@
 //!  tailer ──rpc::PutHeader + Arrow batch──► leaf ──rpc::ScanSpec fragment◄── aggregator
 //! ```
 //!
+//! - [`columns`]: the columns altdb fills in (`_id`, `_event_time`, ..).
 //! - [`document`]: validation, `_id` / `_event_time` assignment and flattening of
 //!   schemaless JSON into dotted columns.
 //! - [`schema`]: the SQL type lattice (`bool < int64 < float64 < utf8`, JSON text
@@ -22,6 +23,7 @@
 
 pub mod api;
 pub mod collection;
+pub mod columns;
 pub mod config;
 pub mod document;
 pub mod error;

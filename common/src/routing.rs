@@ -1,5 +1,6 @@
 //! Shard routing and placement of shards on leaves.
 
+use crate::columns::ID_COLUMN;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -9,7 +10,6 @@ use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Lit
 use datafusion::physical_expr::PhysicalExpr;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::document::ID_COLUMN;
 
 /// The shard that owns a document: `hash(_id) % num_shards`.
 ///

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arrow::array::{Int64Array, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{Array, Int64Array, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -165,7 +165,7 @@ impl ScanSpec {
             .map(|(name, t)| {
                 let nullable = !matches!(
                     name.as_str(),
-                    crate::document::ID_COLUMN | crate::document::EVENT_TIME_COLUMN
+                    crate::columns::ID_COLUMN | crate::columns::EVENT_TIME_COLUMN
                 );
                 Field::new(name, t.arrow_type(), nullable)
             })
@@ -340,27 +340,43 @@ impl std::fmt::Display for SegmentRead {
     }
 }
 
-/// How a scan read a shard: sealed segments skipped by their `_event_time` range,
-/// read through the inverted index, or scanned whole; rows fetched by `_id`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScanCounts {
-    pub segments_pruned: u64,
-    pub segments_indexed: u64,
-    pub segments_scanned: u64,
-    pub rows_by_id: u64,
-    /// Row groups of scanned segments a top-k's bound ruled out.
-    #[serde(default)]
-    pub row_groups_pruned: u64,
+/// Declares [`ScanCounts`]: each counter once, with its doc; the struct, its sum
+/// and its list of named values all follow from the one list.
+macro_rules! scan_counts {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
+        /// How a scan read a shard: sealed segments skipped by their `_event_time`
+        /// range, read through the inverted index, or scanned whole; rows fetched
+        /// by `_id`; row groups a top-k ruled out.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct ScanCounts {
+            $($(#[doc = $doc])* #[serde(default)] pub $name: u64,)*
+        }
+
+        impl ScanCounts {
+            /// Adds `other`'s counts to these.
+            pub fn add(&mut self, other: &ScanCounts) {
+                $(self.$name += other.$name;)*
+            }
+
+            /// Every counter with its name (as in JSON and `EXPLAIN ANALYZE`).
+            pub fn named(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name)),*]
+            }
+        }
+    };
 }
 
-impl ScanCounts {
-    pub fn add(&mut self, other: &ScanCounts) {
-        self.segments_pruned += other.segments_pruned;
-        self.segments_indexed += other.segments_indexed;
-        self.segments_scanned += other.segments_scanned;
-        self.rows_by_id += other.rows_by_id;
-        self.row_groups_pruned += other.row_groups_pruned;
-    }
+scan_counts! {
+    /// Sealed segments skipped whole by their `_event_time` range.
+    segments_pruned,
+    /// Sealed segments read through their index (terms or a time window's pages).
+    segments_indexed,
+    /// Sealed segments scanned whole.
+    segments_scanned,
+    /// Documents read from RocksDB by `_id`.
+    rows_by_id,
+    /// Row groups of sealed segments a top-k's bound ruled out.
+    row_groups_pruned,
 }
 
 /// The schema of a DoPut batch.
@@ -408,6 +424,34 @@ pub fn put_batch(rows: &[&PutRow]) -> Result<RecordBatch> {
             Arc::new(docs),
         ],
     )?)
+}
+
+/// The rows of a DoPut batch (the inverse of [`put_batch`]).
+pub fn put_rows(batch: &RecordBatch) -> Result<Vec<PutRow>> {
+    fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<T>())
+            .ok_or_else(|| {
+                Error::Protocol(format!("put batch lacks column `{name}` of its type"))
+            })
+    }
+    let ids: &StringArray = column(batch, PUT_ID)?;
+    let times: &Int64Array = column(batch, PUT_EVENT_TIME)?;
+    let sources: &UInt32Array = column(batch, PUT_SOURCE)?;
+    let positions: &UInt64Array = column(batch, PUT_POSITION)?;
+    let docs: &StringArray = column(batch, PUT_DOC)?;
+    Ok((0..batch.num_rows())
+        .map(|i| PutRow {
+            id: ids.value(i).to_string(),
+            event_time_us: times.value(i),
+            position: (!positions.is_null(i) && !sources.is_null(i)).then(|| RowPosition {
+                source: sources.value(i),
+                offset: positions.value(i),
+            }),
+            doc_json: docs.value(i).to_string(),
+        })
+        .collect())
 }
 
 /// A Flight message that carries only `app_metadata` (an IPC message without a

@@ -24,11 +24,8 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::document::{EVENT_TIME_COLUMN, ID_COLUMN};
+use crate::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SEQ_COLUMN};
 use crate::Result;
-
-/// Internal column: the shard-local write sequence of a row (never shown to SQL).
-pub const SEQ_COLUMN: &str = "_seq";
 
 /// The SQL type of a field.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -215,11 +212,6 @@ impl FieldSet {
         );
         Arc::new(Schema::new(fields))
     }
-}
-
-/// Columns altdb itself fills in; a document field of that name is not a column.
-pub fn is_reserved_column(name: &str) -> bool {
-    matches!(name, ID_COLUMN | EVENT_TIME_COLUMN | SEQ_COLUMN)
 }
 
 /// A stored row as the leaf keeps it in memory: identity plus flattened fields.

@@ -24,8 +24,6 @@ use tantivy::{Index, TantivyDocument};
 
 /// The SQL name of the search predicate.
 pub const SEARCH_FUNCTION: &str = "search";
-/// The relevance column of a collection in a query that searches.
-pub const SCORE_COLUMN: &str = "_score";
 
 const HEAP_BYTES: usize = 15_000_000;
 

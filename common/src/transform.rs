@@ -30,7 +30,8 @@ use datafusion::logical_expr::{col, Expr, LogicalPlan, Projection};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::{Map, Value};
 
-use crate::document::{flatten, EVENT_TIME_COLUMN, ID_COLUMN};
+use crate::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
+use crate::document::flatten;
 use crate::schema::{values_to_array, FieldSet, FieldType};
 use crate::{Error, Result};
 

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Int64Array, StringArray, UInt32Array, UInt64Array};
-use arrow::datatypes::{Int64Type, UInt32Type, UInt64Type};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -19,15 +17,14 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use altdb_common::rpc::{
-    metadata_message, CollectionRequest, FragmentMetrics, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
-    ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS, PUT_DOC, PUT_EVENT_TIME, PUT_ID,
-    PUT_POSITION, PUT_SOURCE,
+    metadata_message, put_rows, CollectionRequest, FragmentMetrics, FragmentTicket, PutHeader,
+    WatermarksRequest, ACTION_COLLECTION_STATS, ACTION_DROP_COLLECTION, ACTION_HEALTH,
+    ACTION_WATERMARKS,
 };
 
 use crate::error::LeafError;
 use crate::exec::fragment::{run_fragment, FragmentRun};
 use crate::node::Leaf;
-use crate::shard::IncomingDoc;
 use crate::store::CollectionMeta;
 
 /// Serves a [`Leaf`] over Arrow Flight.
@@ -53,35 +50,6 @@ fn one_result(body: Vec<u8>) -> BoxStream<'static, Result<arrow_flight::Result, 
         })
     })
     .boxed()
-}
-
-fn column<'a, T: 'static>(
-    batch: &'a arrow::record_batch::RecordBatch,
-    name: &str,
-    cast: impl Fn(&'a dyn arrow::array::Array) -> Option<&'a T>,
-) -> Result<&'a T, Status> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| cast(c.as_ref()))
-        .ok_or_else(|| Status::invalid_argument(format!("put batch lacks column `{name}`")))
-}
-
-fn batch_to_docs(batch: &arrow::record_batch::RecordBatch) -> Result<Vec<IncomingDoc>, Status> {
-    let ids: &StringArray = column(batch, PUT_ID, |c| c.as_string_opt::<i32>())?;
-    let times: &Int64Array = column(batch, PUT_EVENT_TIME, |c| c.as_primitive_opt::<Int64Type>())?;
-    let sources: &UInt32Array = column(batch, PUT_SOURCE, |c| c.as_primitive_opt::<UInt32Type>())?;
-    let positions: &UInt64Array =
-        column(batch, PUT_POSITION, |c| c.as_primitive_opt::<UInt64Type>())?;
-    let docs: &StringArray = column(batch, PUT_DOC, |c| c.as_string_opt::<i32>())?;
-    Ok((0..batch.num_rows())
-        .map(|i| IncomingDoc {
-            id: ids.value(i).to_string(),
-            event_time_us: times.value(i),
-            position: (!arrow::array::Array::is_null(positions, i))
-                .then(|| (sources.value(i) as usize, positions.value(i))),
-            json: docs.value(i).to_string(),
-        })
-        .collect())
 }
 
 /// A fragment's rows as Flight data, then one [`FragmentMetrics`] message.
@@ -197,7 +165,7 @@ impl FlightService for LeafService {
             .map_err(Status::from)?;
         let mut docs = Vec::new();
         for batch in &batches {
-            docs.extend(batch_to_docs(batch)?);
+            docs.extend(put_rows(batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
         }
         let meta = CollectionMeta {
             text_fields: header.text_fields.clone(),

@@ -6,13 +6,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use altdb_common::metrics::Metrics;
-use altdb_common::rpc::{CollectionStats, PutAck, SourceMark, Watermarks};
+use altdb_common::rpc::{CollectionStats, PutAck, PutRow, SourceMark, Watermarks};
 use tokio::sync::watch;
 
 use crate::config::LeafConfig;
 use crate::error::Result;
 use crate::exec::fragment::KeptFragments;
-use crate::shard::{IncomingDoc, MergePolicy, SealPolicy, Shard};
+use crate::shard::{MergePolicy, SealPolicy, Shard};
 use crate::store::{CollectionMeta, Store};
 
 type ShardKey = (String, u32);
@@ -132,7 +132,7 @@ impl Leaf {
         shard: u32,
         meta: CollectionMeta,
         sources: Vec<SourceMark>,
-        docs: Vec<IncomingDoc>,
+        docs: Vec<PutRow>,
     ) -> Result<PutAck> {
         let started = Instant::now();
         let shard = self.shard_or_create(&collection, shard);

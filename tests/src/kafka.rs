@@ -153,12 +153,21 @@ pub struct TrackingProducer {
 
 impl TrackingProducer {
     pub fn new(broker: &Broker) -> anyhow::Result<Self> {
+        Self::with_config(broker, &[])
+    }
+
+    /// A producer with extra librdkafka settings (e.g. `compression.type`).
+    pub fn with_config(broker: &Broker, settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let deliveries = Arc::new(Deliveries::default());
-        let producer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &broker.address)
             .set("linger.ms", "5")
-            .set("acks", "all")
-            .create_with_context(Recorder(deliveries.clone()))?;
+            .set("acks", "all");
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        let producer = config.create_with_context(Recorder(deliveries.clone()))?;
         Ok(Self {
             producer,
             deliveries,

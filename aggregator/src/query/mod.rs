@@ -39,9 +39,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use altdb_common::columns::SCORE_COLUMN;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::rpc::ScanCounts;
-use altdb_common::search::{SCORE_COLUMN, SEARCH_FUNCTION};
+use altdb_common::search::SEARCH_FUNCTION;
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;

@@ -530,15 +530,12 @@ fn unavailable(collection: &str, shards: &[u32], detail: String) -> DataFusionEr
     }))
 }
 
-/// Per-partition metrics of a [`RemoteFragmentExec`], shown by `EXPLAIN ANALYZE`.
+/// Per-partition metrics of a [`RemoteFragmentExec`], shown by `EXPLAIN ANALYZE`:
+/// rows, rows scanned and each of the leaves' [`ScanCounts`].
 struct FragmentCounters {
     output_rows: Count,
     rows_scanned: Count,
-    segments_pruned: Count,
-    segments_indexed: Count,
-    segments_scanned: Count,
-    rows_by_id: Count,
-    row_groups_pruned: Count,
+    scan: Vec<Count>,
 }
 
 impl FragmentCounters {
@@ -547,26 +544,20 @@ impl FragmentCounters {
         Self {
             output_rows: MetricBuilder::new(metrics).output_rows(partition),
             rows_scanned: counter("rows_scanned"),
-            segments_pruned: counter("segments_pruned"),
-            segments_indexed: counter("segments_indexed"),
-            segments_scanned: counter("segments_scanned"),
-            rows_by_id: counter("rows_by_id"),
-            row_groups_pruned: counter("row_groups_pruned"),
+            scan: ScanCounts::default()
+                .named()
+                .into_iter()
+                .map(|(name, _)| counter(name))
+                .collect(),
         }
     }
 
     fn add(&self, metrics: &FragmentMetrics) {
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         self.rows_scanned.add(as_usize(metrics.rows_scanned));
-        self.segments_pruned
-            .add(as_usize(metrics.scan.segments_pruned));
-        self.segments_indexed
-            .add(as_usize(metrics.scan.segments_indexed));
-        self.segments_scanned
-            .add(as_usize(metrics.scan.segments_scanned));
-        self.rows_by_id.add(as_usize(metrics.scan.rows_by_id));
-        self.row_groups_pruned
-            .add(as_usize(metrics.scan.row_groups_pruned));
+        for (counter, (_, value)) in self.scan.iter().zip(metrics.scan.named()) {
+            counter.add(as_usize(value));
+        }
     }
 }
 

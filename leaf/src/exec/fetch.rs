@@ -36,9 +36,8 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use altdb_common::document::ID_COLUMN;
+use altdb_common::columns::{ID_COLUMN, SCORE_COLUMN};
 use altdb_common::schema::{align_batch, FieldType, FlatRow};
-use altdb_common::search::SCORE_COLUMN;
 
 use crate::exec::scan::emit::{local_schema, rows_batch};
 use crate::shard::Shard;
@@ -204,7 +203,7 @@ fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::IncomingDoc;
+    use altdb_common::rpc::PutRow;
     use crate::store::{CollectionMeta, Store};
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
@@ -232,11 +231,11 @@ mod tests {
         let docs = ["a", "b", "c"]
             .iter()
             .enumerate()
-            .map(|(i, id)| IncomingDoc {
+            .map(|(i, id)| PutRow {
                 id: id.to_string(),
                 event_time_us: 1,
                 position: None,
-                json: format!(r#"{{"qty": {i}, "name": "n{i}"}}"#),
+                doc_json: format!(r#"{{"qty": {i}, "name": "n{i}"}}"#),
             })
             .collect();
         shard.write(&CollectionMeta::default(), &[], docs).unwrap();

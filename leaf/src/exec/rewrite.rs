@@ -31,10 +31,9 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use altdb_common::document::ID_COLUMN;
+use altdb_common::columns::{ID_COLUMN, SCORE_COLUMN};
 use altdb_common::plan::rebind;
 use altdb_common::schema::FieldType;
-use altdb_common::search::SCORE_COLUMN;
 
 use crate::exec::fetch::FetchByIdExec;
 use crate::exec::predicate::IndexPredicate;

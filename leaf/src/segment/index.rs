@@ -42,8 +42,8 @@ use tantivy::{
     DocId, Index, IndexReader, ReloadPolicy, Score, SegmentReader, TantivyDocument, Term,
 };
 
-use altdb_common::document::ID_COLUMN;
-use altdb_common::schema::{FieldSet, FieldType, SEQ_COLUMN};
+use altdb_common::columns::{ID_COLUMN, SEQ_COLUMN};
+use altdb_common::schema::{FieldSet, FieldType};
 
 use super::keys::{RowKeys, RowKeysWriter};
 use altdb_common::search::text_field_options;
@@ -172,7 +172,7 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
     let mut all: Vec<(String, FieldType)> = vec![
         (ID_COLUMN.to_string(), FieldType::Utf8),
         (
-            altdb_common::document::EVENT_TIME_COLUMN.to_string(),
+            altdb_common::columns::EVENT_TIME_COLUMN.to_string(),
             FieldType::Timestamp,
         ),
     ];

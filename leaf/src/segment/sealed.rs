@@ -23,8 +23,8 @@ use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
-use altdb_common::schema::{is_reserved_column, rows_to_batch, FieldSet, FlatRow, SEQ_COLUMN};
+use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SEQ_COLUMN, is_reserved_column};
+use altdb_common::schema::{rows_to_batch, FieldSet, FlatRow};
 
 use super::index::{self, IndexBuilder, SegmentIndex};
 use super::{DeleteSet, SegmentMeta};
@@ -340,7 +340,7 @@ impl SealedSegment {
             for (i, object) in objects.into_iter().enumerate() {
                 let mut fields: Vec<(String, serde_json::Value)> = object
                     .into_iter()
-                    .filter(|(k, v)| !altdb_common::schema::is_reserved_column(k) && !v.is_null())
+                    .filter(|(k, v)| !altdb_common::columns::is_reserved_column(k) && !v.is_null())
                     .collect();
                 fields.sort_by(|a, b| a.0.cmp(&b.0));
                 rows.push(FlatRow {

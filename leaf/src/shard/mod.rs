@@ -27,22 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, ShardStats, SourceMark, SourceProgress};
+use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
 use crate::segment::mutable::CHUNK_POSITIONS;
 use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
 use crate::store::{CollectionMeta, Store};
-
-/// A document arriving in a put batch.
-pub struct IncomingDoc {
-    pub id: String,
-    pub event_time_us: i64,
-    /// Index into the batch's sources and the record's position there.
-    pub position: Option<(usize, u64)>,
-    pub json: String,
-}
 
 /// Where the current version of a document lives.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -273,12 +264,12 @@ pub(crate) mod tests {
     use super::*;
     use altdb_common::schema::FieldType;
 
-    pub(crate) fn doc(id: &str, pos: Option<u64>, json: &str) -> IncomingDoc {
-        IncomingDoc {
+    pub(crate) fn doc(id: &str, pos: Option<u64>, json: &str) -> PutRow {
+        PutRow {
             id: id.into(),
             event_time_us: 5,
-            position: pos.map(|p| (0, p)),
-            json: json.into(),
+            position: pos.map(|offset| RowPosition { source: 0, offset }),
+            doc_json: json.into(),
         }
     }
 

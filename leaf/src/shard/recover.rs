@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, ShardStats, SourceMark, SourceProgress};
+use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, ShardStats, SourceMark, SourceProgress};
+use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
@@ -107,11 +107,11 @@ mod tests {
         let docs = ["e", "d", "c", "b", "a"]
             .iter()
             .enumerate()
-            .map(|(i, id)| IncomingDoc {
+            .map(|(i, id)| PutRow {
                 id: id.to_string(),
                 event_time_us: 50 - 10 * i as i64,
                 position: None,
-                json: format!(r#"{{"v": {i}}}"#),
+                doc_json: format!(r#"{{"v": {i}}}"#),
             })
             .collect();
         shard.write(&meta, &[], docs).unwrap();

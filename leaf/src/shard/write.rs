@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, ShardStats, SourceMark, SourceProgress};
+use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
@@ -16,10 +16,10 @@ use crate::segment::mutable::CHUNK_POSITIONS;
 use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
 use crate::store::{CollectionMeta, Store};
 
-use super::{IncomingDoc, Shard};
+use super::Shard;
 
-fn parse_row(doc: &IncomingDoc) -> Result<FlatRow> {
-    let body: serde_json::Map<String, Value> = serde_json::from_str(&doc.json).map_err(|e| {
+fn parse_row(doc: &PutRow) -> Result<FlatRow> {
+    let body: serde_json::Map<String, Value> = serde_json::from_str(&doc.doc_json).map_err(|e| {
         LeafError::InvalidRequest(format!("document `{}` is not a JSON object: {e}", doc.id))
     })?;
     Ok(FlatRow {
@@ -41,17 +41,17 @@ impl Shard {
         &self,
         meta: &CollectionMeta,
         sources: &[SourceMark],
-        docs: Vec<IncomingDoc>,
+        docs: Vec<PutRow>,
     ) -> Result<PutAck> {
         let parsed = docs.iter().map(parse_row).collect::<Result<Vec<_>>>()?;
         if let Some(bad) = docs
             .iter()
-            .find(|d| d.position.is_some_and(|(i, _)| i >= sources.len()))
+            .find(|d| d.position.is_some_and(|p| p.source as usize >= sources.len()))
         {
             return Err(LeafError::InvalidRequest(format!(
                 "document `{}` names source #{} but the batch has {} sources",
                 bad.id,
-                bad.position.map_or(0, |(i, _)| i),
+                bad.position.map_or(0, |p| p.source),
                 sources.len()
             )));
         }
@@ -68,7 +68,8 @@ impl Shard {
         let mut accepted = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
         for (doc, mut row) in docs.iter().zip(parsed) {
-            if let Some((source, offset)) = doc.position {
+            if let Some(RowPosition { source, offset }) = doc.position {
+                let source = source as usize;
                 if before[source].is_some_and(|mark| offset <= mark) {
                     skipped += 1;
                     continue;
@@ -77,7 +78,7 @@ impl Shard {
             }
             row.seq = state.next_seq;
             state.next_seq += 1;
-            write.put_doc(&row.id, row.seq, row.event_time_us, doc.json.as_bytes());
+            write.put_doc(&row.id, row.seq, row.event_time_us, doc.doc_json.as_bytes());
             accepted.push(row);
         }
         for (mark, new) in sources.iter().zip(after.iter_mut()) {
@@ -133,7 +134,10 @@ mod tests {
         let shard = new_shard(dir.path());
         let meta = CollectionMeta::default();
         let mut from_b = doc("x", None, "{}");
-        from_b.position = Some((1, 7));
+        from_b.position = Some(RowPosition {
+            source: 1,
+            offset: 7,
+        });
         let sources = [mark("p0", Some(40)), mark("p1", None)];
         let ack = shard.write(&meta, &sources, vec![from_b]).unwrap();
         assert_eq!(ack.written, 1);

@@ -17,10 +17,10 @@ use tantivy::query::{
 use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
-use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
+use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SCORE_COLUMN};
 use altdb_common::geo::{GeoBox, GEO_DISTANCE, GEO_WITHIN_BOX, GEO_WITHIN_RADIUS};
 use altdb_common::schema::{FieldSet, FieldType};
-use altdb_common::search::{parse_query, SCORE_COLUMN, SEARCH_FUNCTION};
+use altdb_common::search::{parse_query, SEARCH_FUNCTION};
 
 use crate::segment::index::{term_limit, IndexedColumn, SegmentIndex, TermKind};
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tantivy::query::Query;
 
+use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::rpc::Access;
 use altdb_common::search::parse_query;
 
@@ -232,12 +233,12 @@ fn worth_fetching(rows: &[u32]) -> bool {
 mod tests {
     use std::ops::Bound;
 
-    use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
-
+    
     use super::*;
     use crate::exec::predicate::Scalar;
     use crate::shard::tests::new_shard;
-    use crate::shard::{IncomingDoc, SealPolicy, Shard};
+    use crate::shard::{SealPolicy, Shard};
+    use altdb_common::rpc::PutRow;
     use crate::store::CollectionMeta;
 
     const DOCS: usize = 20_000;
@@ -248,11 +249,11 @@ mod tests {
     fn sealed_shard(dir: &std::path::Path) -> Shard {
         let shard = new_shard(dir);
         let docs = (0..DOCS)
-            .map(|i| IncomingDoc {
+            .map(|i| PutRow {
                 id: format!("d{i}"),
                 event_time_us: i as i64 * 1000,
                 position: None,
-                json: format!(
+                doc_json: format!(
                     r#"{{"user": "u{}", "n": {i}, "status": "{}"}}"#,
                     i % 1000,
                     if i % 10 == 0 { "err" } else { "ok" }
@@ -355,11 +356,11 @@ mod tests {
             .write(
                 &CollectionMeta::default(),
                 &[],
-                vec![IncomingDoc {
+                vec![PutRow {
                     id: "d7".into(),
                     event_time_us: 7_000,
                     position: None,
-                    json: r#"{"user": "moved"}"#.into(),
+                    doc_json: r#"{"user": "moved"}"#.into(),
                 }],
             )
             .unwrap();

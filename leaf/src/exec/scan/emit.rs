@@ -15,9 +15,9 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::physical_expr::PhysicalExpr;
 use tokio::sync::mpsc;
 
-use altdb_common::document::{EVENT_TIME_COLUMN, ID_COLUMN};
+use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SCORE_COLUMN};
 use altdb_common::schema::{align_batch, build_column, FieldSet, FlatRow};
-use altdb_common::search::{text_scores, SCORE_COLUMN};
+use altdb_common::search::text_scores;
 
 /// Where a scan's batches go.
 pub(super) enum Sink {

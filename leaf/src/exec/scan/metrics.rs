@@ -10,11 +10,8 @@ use altdb_common::rpc::{Access, ScanCounts, SegmentRead};
 #[derive(Debug, Default)]
 pub struct ScanMetrics {
     pub rows_scanned: AtomicU64,
-    pub segments_pruned: AtomicU64,
-    pub segments_indexed: AtomicU64,
-    pub segments_scanned: AtomicU64,
-    pub rows_by_id: AtomicU64,
-    pub row_groups_pruned: AtomicU64,
+    /// Counted once per segment or row group read, not per row.
+    counts: Mutex<ScanCounts>,
     /// Each part of the shard read, when profiling (`EXPLAIN ANALYZE`).
     reads: Option<Mutex<Vec<SegmentRead>>>,
 }
@@ -49,17 +46,17 @@ impl ScanMetrics {
         }
     }
 
+    /// The counts so far.
     pub fn counts(&self) -> ScanCounts {
-        ScanCounts {
-            segments_pruned: self.segments_pruned.load(Ordering::Relaxed),
-            segments_indexed: self.segments_indexed.load(Ordering::Relaxed),
-            segments_scanned: self.segments_scanned.load(Ordering::Relaxed),
-            rows_by_id: self.rows_by_id.load(Ordering::Relaxed),
-            row_groups_pruned: self.row_groups_pruned.load(Ordering::Relaxed),
-        }
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    /// Changes the counts.
+    pub(super) fn count(&self, change: impl FnOnce(&mut ScanCounts)) {
+        change(&mut self.counts.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub(super) fn add_rows_scanned(&self, rows: u64) {
+        self.rows_scanned.fetch_add(rows, Ordering::Relaxed);
     }
 }

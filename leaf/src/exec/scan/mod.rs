@@ -49,9 +49,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use altdb_common::columns::SCORE_COLUMN;
 use altdb_common::rpc::{Access, ScanSpec};
 use altdb_common::schema::{build_column, FieldType, FlatRow};
-use altdb_common::search::SCORE_COLUMN;
 
 use crate::exec::predicate::{IndexPredicate, TimeSplit};
 use crate::shard::{SealedEntry, Shard, ShardSnapshot};
@@ -335,8 +335,8 @@ impl ScanJob {
                 .shard
                 .documents(ids)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            ScanMetrics::add(&self.metrics.rows_by_id, rows.len() as u64);
-            ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);
+            self.metrics.count(|c| c.rows_by_id += rows.len() as u64);
+            self.metrics.add_rows_scanned(rows.len() as u64);
             self.metrics
                 .record(Access::ById, None, ids.len() as u64, rows.len() as u64);
             if !rows.is_empty() {
@@ -351,7 +351,7 @@ impl ScanJob {
                 continue;
             }
             let rows: Vec<&FlatRow> = chunk.rows.iter().map(Arc::as_ref).collect();
-            ScanMetrics::add(&self.metrics.rows_scanned, rows.len() as u64);
+            self.metrics.add_rows_scanned(rows.len() as u64);
             self.metrics
                 .record(Access::Memory, None, rows.len() as u64, rows.len() as u64);
             let columns = local
@@ -376,7 +376,7 @@ impl ScanJob {
             let meta = &entry.segment.meta;
             let access = match SegmentAccess::choose(entry, self.narrowing()) {
                 SegmentAccess::Pruned => {
-                    ScanMetrics::add(&self.metrics.segments_pruned, 1);
+                    self.metrics.count(|c| c.segments_pruned += 1);
                     self.metrics
                         .record(Access::Pruned, Some(meta.id), meta.rows, 0);
                     continue;
@@ -436,14 +436,14 @@ impl ScanJob {
         );
         let (access, read) = match &access {
             SegmentAccess::Fetch(selected) => {
-                ScanMetrics::add(&self.metrics.segments_indexed, 1);
+                self.metrics.count(|c| c.segments_indexed += 1);
                 (
                     Access::IndexFetch,
                     self.fetch_rows(entry, selected, local, &mut emit),
                 )
             }
             SegmentAccess::Rows(selected) => {
-                ScanMetrics::add(&self.metrics.segments_indexed, 1);
+                self.metrics.count(|c| c.segments_indexed += 1);
                 (
                     selected.access,
                     entry.segment.scan_rows(
@@ -454,7 +454,7 @@ impl ScanJob {
                 )
             }
             SegmentAccess::Scan | SegmentAccess::Pruned | SegmentAccess::RowGroups(_) => {
-                ScanMetrics::add(&self.metrics.segments_scanned, 1);
+                self.metrics.count(|c| c.segments_scanned += 1);
                 (
                     Access::Scan,
                     entry
@@ -465,7 +465,7 @@ impl ScanJob {
         };
         drop(emit);
         let read = read.map_err(|e| DataFusionError::External(Box::new(e)))?;
-        ScanMetrics::add(&self.metrics.rows_scanned, read);
+        self.metrics.add_rows_scanned(read);
         self.metrics.record(access, Some(meta.id), meta.rows, read);
         outcome.finish()
     }
@@ -500,7 +500,7 @@ impl ScanJob {
             let segment = &part.entry.segment;
             let access = part.selected.as_ref().map_or(Access::Scan, |s| s.access);
             if current.as_ref().is_some_and(|c| !c.may_match(&part.stats)) {
-                ScanMetrics::add(&self.metrics.row_groups_pruned, 1);
+                self.metrics.count(|c| c.row_groups_pruned += 1);
                 tally(segment.meta.id, access, 0, part.rows.len() as u64);
                 continue;
             }
@@ -531,7 +531,7 @@ impl ScanJob {
             };
             drop(emit);
             let read = read.map_err(|e| DataFusionError::External(Box::new(e)))?;
-            ScanMetrics::add(&self.metrics.rows_scanned, read);
+            self.metrics.add_rows_scanned(read);
             tally(segment.meta.id, access, read, 0);
             match outcome.finish() {
                 Ok(true) => {}
@@ -548,11 +548,10 @@ impl ScanJob {
                 .find(|p| p.entry.segment.meta.id == segment)
                 .map_or(0, |p| p.entry.segment.meta.rows);
             if rows > skipped {
-                let counter = match access {
-                    Access::Index | Access::TimePages => &self.metrics.segments_indexed,
-                    _ => &self.metrics.segments_scanned,
-                };
-                ScanMetrics::add(counter, 1);
+                self.metrics.count(|c| match access {
+                    Access::Index | Access::TimePages => c.segments_indexed += 1,
+                    _ => c.segments_scanned += 1,
+                });
                 self.metrics
                     .record(access, Some(segment), rows - skipped, read);
             }
@@ -623,7 +622,8 @@ mod tests {
     use super::*;
     use crate::exec::rewrite::bound_top_k_scans;
     use crate::shard::tests::new_shard;
-    use crate::shard::{IncomingDoc, SealPolicy};
+    use crate::shard::SealPolicy;
+    use altdb_common::rpc::PutRow;
     use crate::store::CollectionMeta;
 
     /// `ORDER BY n DESC LIMIT 3` over two sealed segments of disjoint `n`: the
@@ -641,11 +641,11 @@ mod tests {
             let docs = (0..1000)
                 .map(|i| {
                     let n = segment * 1000 + i;
-                    IncomingDoc {
+                    PutRow {
                         id: format!("d{n}"),
                         event_time_us: n,
                         position: None,
-                        json: format!(r#"{{"n": {n}}}"#),
+                        doc_json: format!(r#"{{"n": {n}}}"#),
                     }
                 })
                 .collect();

@@ -36,8 +36,8 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::ExecutionPlan;
 
+use altdb_common::columns::is_reserved_column;
 use altdb_common::plan::rebind;
-use altdb_common::schema::is_reserved_column;
 
 use crate::error::Result;
 use crate::shard::SealedEntry;
