@@ -520,6 +520,7 @@ pub struct LeafClient {
 }
 
 /// Record batches of a fragment, then the leaf's metrics once the stream ends.
+#[derive(Debug)]
 pub enum FragmentItem {
     Batch(RecordBatch),
     Metrics(FragmentMetrics),

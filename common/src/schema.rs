@@ -24,7 +24,7 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SEQ_COLUMN};
+use crate::columns::{is_reserved_column, EVENT_TIME_COLUMN, ID_COLUMN, SEQ_COLUMN};
 use crate::Result;
 
 /// The SQL type of a field.

@@ -208,12 +208,12 @@ mod tests {
         let outcome = pusher.push(&spec, &[], &rows).await;
         assert!(outcome.failed_shards.is_empty(), "{outcome:?}");
         // Shard s lives on leaves s and s+1 (mod 3), each with every row of it.
-        let stored = stored(&leaves);
+        let first = stored(&leaves);
         for (shard, count) in &expected {
             for replica in [*shard as usize, (*shard as usize + 1) % 3] {
-                assert_eq!(stored[replica].get(shard), Some(count), "shard {shard}");
+                assert_eq!(first[replica].get(shard), Some(count), "shard {shard}");
             }
-            assert_eq!(stored[(*shard as usize + 2) % 3].get(shard), None);
+            assert_eq!(first[(*shard as usize + 2) % 3].get(shard), None);
         }
         assert!(leaves[0].puts.lock().unwrap().iter().all(|(_, b)| b.num_rows() <= 7));
 

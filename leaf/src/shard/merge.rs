@@ -193,6 +193,8 @@ impl Shard {
 mod tests {
     use super::*;
     use crate::shard::tests::*;
+    use crate::shard::SealPolicy;
+    use altdb_common::schema::FieldType;
     #[test]
     fn merges_pick_runs_of_small_neighbours() {
         let dir = tempfile::tempdir().unwrap();

@@ -128,6 +128,8 @@ impl Shard {
 mod tests {
     use super::*;
     use crate::shard::tests::*;
+    use crate::shard::SealPolicy;
+    use altdb_common::schema::FieldType;
     #[test]
     fn marks_advance_watermarks_of_several_sources_without_rows() {
         let dir = tempfile::tempdir().unwrap();
@@ -154,7 +156,10 @@ mod tests {
         assert_eq!((ack.written, ack.skipped), (0, 1));
         assert_eq!(shard.watermark("p0"), Some(40));
         let mut bad = doc("z", None, "{}");
-        bad.position = Some((5, 1));
+        bad.position = Some(RowPosition {
+            source: 5,
+            offset: 1,
+        });
         let err = shard.write(&meta, &sources, vec![bad]).unwrap_err();
         assert!(err.to_string().contains("source #5"), "{err}");
     }

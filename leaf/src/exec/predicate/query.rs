@@ -27,8 +27,6 @@ use crate::segment::index::{term_limit, IndexedColumn, SegmentIndex, TermKind};
 use super::{IndexPredicate, Scalar};
 
 impl IndexPredicate {
-    }
-
     /// The query selecting a superset of the matching rows of one segment, and
     /// whether it selects exactly the matching rows; `None` if it would select
     /// every row.

@@ -158,4 +158,5 @@ mod tests {
         assert_eq!(at.split_time(), Some((3..=7, None)));
         assert_eq!(user.split_time(), None);
         assert_eq!(IndexPredicate::Or(vec![window, user]).split_time(), None);
+    }
 }
