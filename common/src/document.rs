@@ -8,7 +8,6 @@ use serde_json::{Map, Value};
 use crate::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
 use crate::schema::FieldType;
 
-
 /// Limits on what a single document may be.
 #[derive(Debug, Clone, Copy)]
 pub struct DocLimits {

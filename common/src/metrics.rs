@@ -82,15 +82,30 @@ impl Metrics {
     }
 
     /// Adds `value` to a counter (its name ends in `_total`).
-    pub fn add(&self, name: &'static str, help: &'static str, labels_: &[(&str, &str)], value: f64) {
-        debug_assert!(name.ends_with("_total"), "counter {name} must end in _total");
+    pub fn add(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels_: &[(&str, &str)],
+        value: f64,
+    ) {
+        debug_assert!(
+            name.ends_with("_total"),
+            "counter {name} must end in _total"
+        );
         self.family(&self.counters, name, help, CounterFamily::default)
             .get_or_create(&labels(labels_))
             .inc_by(value);
     }
 
     /// Sets a gauge.
-    pub fn set(&self, name: &'static str, help: &'static str, labels_: &[(&str, &str)], value: f64) {
+    pub fn set(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels_: &[(&str, &str)],
+        value: f64,
+    ) {
         self.family(&self.gauges, name, help, GaugeFamily::default)
             .get_or_create(&labels(labels_))
             .set(value);
@@ -136,15 +151,34 @@ mod tests {
         }
         metrics.set("altdb_lag", "Lag.", &[], 7.0);
         metrics.set("altdb_unbounded", "Unbounded.", &[], f64::INFINITY);
-        metrics.observe("altdb_query_seconds", "Query time.", &[("class", "scan")], 0.003);
-        metrics.observe("altdb_query_seconds", "Query time.", &[("class", "scan")], 100.0);
+        metrics.observe(
+            "altdb_query_seconds",
+            "Query time.",
+            &[("class", "scan")],
+            0.003,
+        );
+        metrics.observe(
+            "altdb_query_seconds",
+            "Query time.",
+            &[("class", "scan")],
+            100.0,
+        );
         let text = metrics.render();
-        assert!(text.contains("# TYPE altdb_records_total counter"), "{text}");
-        assert!(text.contains("altdb_records_total{src=\"a\\\"b\"} 5"), "{text}");
+        assert!(
+            text.contains("# TYPE altdb_records_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("altdb_records_total{src=\"a\\\"b\"} 5"),
+            "{text}"
+        );
         assert!(text.contains("altdb_lag 7"), "{text}");
         // Prometheus spells infinity `+Inf`, as values and as the last bucket.
         assert!(text.contains("altdb_unbounded +Inf"), "{text}");
-        assert!(text.contains("# TYPE altdb_query_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE altdb_query_seconds histogram"),
+            "{text}"
+        );
         assert!(
             text.contains("altdb_query_seconds_bucket{le=\"0.004\",class=\"scan\"} 1")
                 || text.contains("altdb_query_seconds_bucket{class=\"scan\",le=\"0.004\"} 1"),
@@ -155,6 +189,9 @@ mod tests {
                 || text.contains("altdb_query_seconds_bucket{class=\"scan\",le=\"+Inf\"} 2"),
             "{text}"
         );
-        assert!(text.contains("altdb_query_seconds_count{class=\"scan\"} 2"), "{text}");
+        assert!(
+            text.contains("altdb_query_seconds_count{class=\"scan\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -208,7 +208,7 @@ pub fn rebind(
             let name = from.field(column.index()).name();
             let index = to.index_of(name)?;
             Ok(Transformed::yes(
-                std::sync::Arc::new(Column::new(name, index)) as _
+                std::sync::Arc::new(Column::new(name, index)) as _,
             ))
         })
         .map(|t| t.data)

@@ -10,7 +10,6 @@ use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Lit
 use datafusion::physical_expr::PhysicalExpr;
 use xxhash_rust::xxh3::xxh3_64;
 
-
 /// The shard that owns a document: `hash(_id) % num_shards`.
 ///
 /// xxh3 is stable across versions and platforms, so a document keeps its shard

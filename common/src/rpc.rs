@@ -432,9 +432,7 @@ pub fn put_rows(batch: &RecordBatch) -> Result<Vec<PutRow>> {
         batch
             .column_by_name(name)
             .and_then(|c| c.as_any().downcast_ref::<T>())
-            .ok_or_else(|| {
-                Error::Protocol(format!("put batch lacks column `{name}` of its type"))
-            })
+            .ok_or_else(|| Error::Protocol(format!("put batch lacks column `{name}` of its type")))
     }
     let ids: &StringArray = column(batch, PUT_ID)?;
     let times: &Int64Array = column(batch, PUT_EVENT_TIME)?;

@@ -18,8 +18,8 @@
 
 pub mod config;
 pub mod error;
-pub mod flight;
 pub mod exec;
+pub mod flight;
 pub mod http;
 pub mod node;
 pub mod segment;

@@ -96,8 +96,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "leaf ready");
     let mut server_stop = stop_rx.clone();
     // Plain HTTP/1.1 (`/metrics`, `/healthz`) shares the port with Flight's gRPC.
-    let routes = tonic::service::Routes::from(altdb_leaf::http::router(leaf.clone()))
-        .add_service(service);
+    let routes =
+        tonic::service::Routes::from(altdb_leaf::http::router(leaf.clone())).add_service(service);
     let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(routes)

@@ -215,7 +215,12 @@ mod tests {
             }
             assert_eq!(first[(*shard as usize + 2) % 3].get(shard), None);
         }
-        assert!(leaves[0].puts.lock().unwrap().iter().all(|(_, b)| b.num_rows() <= 7));
+        assert!(leaves[0]
+            .puts
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, b)| b.num_rows() <= 7));
 
         // Leaf 1 holds copies of shards 0 and 1: those fail, naming it; shard 2
         // (on leaves 2 and 0) is stored.
@@ -226,7 +231,10 @@ mod tests {
             vec![0, 1]
         );
         for reason in outcome.failed_shards.values() {
-            assert!(reason.contains("leaf http://leaf-1 did not store the batch"), "{reason}");
+            assert!(
+                reason.contains("leaf http://leaf-1 did not store the batch"),
+                "{reason}"
+            );
         }
         assert_eq!(stored(&leaves)[2].get(&2), Some(&(2 * expected[&2])));
     }

@@ -29,18 +29,18 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
 };
+use datafusion::common::tree_node::TreeNode;
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
-use datafusion::common::tree_node::TreeNode;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use altdb_common::columns::SCORE_COLUMN;
 use altdb_common::collection::CollectionSpec;
+use altdb_common::columns::SCORE_COLUMN;
 use altdb_common::rpc::ScanCounts;
 use altdb_common::search::SEARCH_FUNCTION;
 

@@ -610,8 +610,8 @@ mod tests {
 
     fn leaf(url: &str, value: i64) -> Arc<MemoryLeaf> {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![value]))])
-            .unwrap();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![value]))]).unwrap();
         Arc::new(MemoryLeaf::new(url, vec![batch]))
     }
 
@@ -656,7 +656,11 @@ mod tests {
 
     #[tokio::test]
     async fn shards_go_to_their_first_reachable_replica_as_one_request() {
-        let leaves = [leaf("http://a", 1), leaf("http://b", 2), leaf("http://c", 3)];
+        let leaves = [
+            leaf("http://a", 1),
+            leaf("http://b", 2),
+            leaf("http://c", 3),
+        ];
         let target = target(&leaves, 2);
         // Shards 1 and 4 share their replicas: leaf b first, then c.
         let (items, stats, by) = open(&target, vec![1, 4]).await;
@@ -679,8 +683,14 @@ mod tests {
         leaves[2].go_down();
         let (items, stats, _) = open(&target, vec![1, 4]).await;
         let error = items.unwrap_err().to_string();
-        assert!(error.contains("shards 1, 4 of `events` cannot be reached"), "{error}");
-        assert!(error.contains("http://b") && error.contains("http://c"), "{error}");
+        assert!(
+            error.contains("shards 1, 4 of `events` cannot be reached"),
+            "{error}"
+        );
+        assert!(
+            error.contains("http://b") && error.contains("http://c"),
+            "{error}"
+        );
         assert_eq!(stats.shards_responded.load(Ordering::Relaxed), 0);
     }
 
@@ -691,7 +701,10 @@ mod tests {
         leaves[0].go_down();
         let (items, _, _) = open(&target, vec![2]).await;
         let error = items.unwrap_err().to_string();
-        assert!(error.contains("shard 2 of `events` cannot be reached"), "{error}");
+        assert!(
+            error.contains("shard 2 of `events` cannot be reached"),
+            "{error}"
+        );
         assert!(leaves[1].tickets.lock().unwrap().is_empty());
     }
 }

@@ -13,31 +13,25 @@
 //! would make the answer disagree with the snapshot the rows were chosen from:
 //! then the plan as planned runs instead.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::utils::collect_columns;
-use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::expressions::Column;
-use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     collect, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
 use futures::StreamExt;
 
-use altdb_common::columns::{ID_COLUMN, SCORE_COLUMN};
-use altdb_common::schema::{align_batch, FieldType, FlatRow};
+use altdb_common::columns::ID_COLUMN;
+use altdb_common::schema::{align_batch, FlatRow};
 
 use crate::exec::scan::emit::{local_schema, rows_batch};
 use crate::shard::Shard;
@@ -203,8 +197,8 @@ fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use altdb_common::rpc::PutRow;
     use crate::store::{CollectionMeta, Store};
+    use altdb_common::rpc::PutRow;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 

@@ -367,4 +367,3 @@ fn session() -> &'static SessionContext {
         context
     })
 }
-

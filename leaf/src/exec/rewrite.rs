@@ -48,7 +48,6 @@ pub fn fit_to_shard(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionP
     )?)?)
 }
 
-
 /// Rewrites each `FilterExec` right above a `LocalScanExec` with `rewrite`
 /// (`None` keeps it).
 fn rewrite_filtered_scans(
@@ -218,7 +217,6 @@ pub fn bound_top_k_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Execu
     .map(|t| t.data)
 }
 
-
 /// 4. Moves the filter right above an index-using scan into the scan, which skips
 /// it for rows a segment index selected exactly and applies it to the rest. What
 /// stays above is the filter's projection: a filter on `true`, which gathers
@@ -255,4 +253,3 @@ fn project(input: Arc<dyn ExecutionPlan>, indices: &[usize]) -> DfResult<Arc<dyn
     });
     Ok(Arc::new(ProjectionExec::try_new(columns, input)?))
 }
-

@@ -23,7 +23,7 @@ use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SEQ_COLUMN, is_reserved_column};
+use altdb_common::columns::{is_reserved_column, EVENT_TIME_COLUMN, ID_COLUMN, SEQ_COLUMN};
 use altdb_common::schema::{rows_to_batch, FieldSet, FlatRow};
 
 use super::index::{self, IndexBuilder, SegmentIndex};

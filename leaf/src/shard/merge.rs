@@ -1,19 +1,12 @@
 //! Merging: runs of small sealed segments become one.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use serde_json::Value;
-
-use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
 use altdb_common::schema::{FieldSet, FlatRow};
 
-use crate::error::{LeafError, Result};
-use crate::segment::mutable::CHUNK_POSITIONS;
-use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
-use crate::store::{CollectionMeta, Store};
+use crate::error::Result;
+use crate::segment::SealedSegment;
 
 use super::{Location, SealedEntry, Shard};
 
@@ -71,7 +64,6 @@ fn pick_merge(sealed: &[SealedEntry], policy: MergePolicy) -> Vec<usize> {
 }
 
 impl Shard {
-
     /// Merges a run of small sealed segments into one if the policy finds one.
     /// Blocking; writes and queries continue meanwhile. The merged segment is
     /// built from RocksDB (the source of truth) like a sealed one; rows replaced
@@ -194,7 +186,8 @@ mod tests {
     use super::*;
     use crate::shard::tests::*;
     use crate::shard::SealPolicy;
-    use altdb_common::schema::FieldType;
+    use crate::store::{CollectionMeta, Store};
+    use std::path::PathBuf;
     #[test]
     fn merges_pick_runs_of_small_neighbours() {
         let dir = tempfile::tempdir().unwrap();

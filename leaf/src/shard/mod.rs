@@ -21,17 +21,16 @@ pub use merge::MergePolicy;
 pub use seal::SealPolicy;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
+use altdb_common::rpc::{ShardStats, SourceProgress};
 use altdb_common::schema::{FieldSet, FlatRow};
 
-use crate::error::{LeafError, Result};
-use crate::segment::mutable::CHUNK_POSITIONS;
+use crate::error::Result;
 use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
 use crate::store::{CollectionMeta, Store};
 
@@ -205,7 +204,6 @@ impl Shard {
     }
 }
 
-
 impl ShardState {
     /// Points the keys of a new segment's rows at it where each document still
     /// lives where the segment's row was read from (`rows`: each row's `_id` and
@@ -262,7 +260,7 @@ impl ShardState {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use altdb_common::schema::FieldType;
+    use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
     pub(crate) fn doc(id: &str, pos: Option<u64>, json: &str) -> PutRow {
         PutRow {
@@ -306,7 +304,6 @@ pub(crate) mod tests {
         ids.sort();
         ids
     }
-
 
     /// Live `(id, v)` of a shard, sorted, read through its snapshot.
     pub(crate) fn live_values(shard: &Shard) -> Vec<(String, serde_json::Value)> {

@@ -3,18 +3,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
-use altdb_common::schema::{FieldSet, FlatRow};
+use altdb_common::schema::FlatRow;
 
-use crate::error::{LeafError, Result};
-use crate::segment::mutable::CHUNK_POSITIONS;
-use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
-use crate::store::{CollectionMeta, Store};
+use crate::error::Result;
+use crate::segment::{DeleteSet, SealedSegment};
+use crate::store::Store;
 
 use super::{Location, SealedEntry, Shard, ShardState};
 
@@ -159,7 +157,6 @@ impl Shard {
         );
         Ok(())
     }
-
 }
 
 fn remove_orphan_segment_dirs(shard_dir: &Path, known: &[PathBuf]) {

@@ -1,19 +1,12 @@
 //! Sealing: the mutable segment becomes a sealed segment on disk.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use serde_json::Value;
+use altdb_common::schema::FlatRow;
 
-use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
-use altdb_common::schema::{FieldSet, FlatRow};
-
-use crate::error::{LeafError, Result};
+use crate::error::Result;
 use crate::segment::mutable::CHUNK_POSITIONS;
-use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
-use crate::store::{CollectionMeta, Store};
+use crate::segment::SealedSegment;
 
 use super::{Location, SealedEntry, Shard};
 
@@ -24,9 +17,7 @@ pub struct SealPolicy {
     pub max_age_secs: u64,
 }
 
-
 impl Shard {
-
     /// The age at which this shard seals: the policy's, spread over ±25% by shard so
     /// that shards written together (on every leaf) do not all seal at the same moment
     /// and starve ingest and queries of CPU at once.
@@ -98,6 +89,8 @@ impl Shard {
 mod tests {
     use super::*;
     use crate::shard::tests::*;
+    use crate::store::CollectionMeta;
+    use altdb_common::rpc::PutRow;
     #[test]
     fn sealed_rows_are_in_event_time_order_and_keep_their_keys() {
         let dir = tempfile::tempdir().unwrap();
@@ -139,5 +132,4 @@ mod tests {
         assert_eq!(live_values(&shard).len(), 5);
         assert!(live_values(&shard).contains(&("d".to_string(), serde_json::json!(9))));
     }
-
 }

@@ -1,27 +1,22 @@
 //! Writing a put batch: rows and watermarks in one RocksDB batch, then the
 //! mutable segment.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, PutRow, RowPosition, ShardStats, SourceMark, SourceProgress};
-use altdb_common::schema::{FieldSet, FlatRow};
+use altdb_common::rpc::{PutAck, PutRow, RowPosition, SourceMark};
+use altdb_common::schema::FlatRow;
 
 use crate::error::{LeafError, Result};
-use crate::segment::mutable::CHUNK_POSITIONS;
-use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
-use crate::store::{CollectionMeta, Store};
+use crate::store::CollectionMeta;
 
 use super::Shard;
 
 fn parse_row(doc: &PutRow) -> Result<FlatRow> {
-    let body: serde_json::Map<String, Value> = serde_json::from_str(&doc.doc_json).map_err(|e| {
-        LeafError::InvalidRequest(format!("document `{}` is not a JSON object: {e}", doc.id))
-    })?;
+    let body: serde_json::Map<String, Value> =
+        serde_json::from_str(&doc.doc_json).map_err(|e| {
+            LeafError::InvalidRequest(format!("document `{}` is not a JSON object: {e}", doc.id))
+        })?;
     Ok(FlatRow {
         id: doc.id.clone(),
         event_time_us: doc.event_time_us,
@@ -31,7 +26,6 @@ fn parse_row(doc: &PutRow) -> Result<FlatRow> {
 }
 
 impl Shard {
-
     /// Stores a batch durably and makes it queryable. Blocking: call from a blocking thread.
     ///
     /// Rows at or below the watermark of their source were stored by an earlier
@@ -44,10 +38,10 @@ impl Shard {
         docs: Vec<PutRow>,
     ) -> Result<PutAck> {
         let parsed = docs.iter().map(parse_row).collect::<Result<Vec<_>>>()?;
-        if let Some(bad) = docs
-            .iter()
-            .find(|d| d.position.is_some_and(|p| p.source as usize >= sources.len()))
-        {
+        if let Some(bad) = docs.iter().find(|d| {
+            d.position
+                .is_some_and(|p| p.source as usize >= sources.len())
+        }) {
             return Err(LeafError::InvalidRequest(format!(
                 "document `{}` names source #{} but the batch has {} sources",
                 bad.id,
@@ -121,7 +115,6 @@ impl Shard {
         }
         Ok(PutAck { written, skipped })
     }
-
 }
 
 #[cfg(test)]
@@ -129,6 +122,8 @@ mod tests {
     use super::*;
     use crate::shard::tests::*;
     use crate::shard::SealPolicy;
+    use crate::store::Store;
+    use std::sync::Arc;
     use altdb_common::schema::FieldType;
     #[test]
     fn marks_advance_watermarks_of_several_sources_without_rows() {
@@ -226,5 +221,4 @@ mod tests {
             .unwrap();
         assert_eq!(a.get("v"), Some(&serde_json::json!(10)));
     }
-
 }

@@ -16,27 +16,13 @@
 
 use std::fmt;
 use std::ops::{Bound, RangeInclusive};
-use std::sync::Arc;
 
-use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{
-    BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, LikeExpr, Literal, NotExpr,
-};
-use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::scalar::ScalarValue;
-use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery,
-    TermSetQuery,
-};
-use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
-use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SCORE_COLUMN};
-use altdb_common::geo::{GeoBox, GEO_DISTANCE, GEO_WITHIN_BOX, GEO_WITHIN_RADIUS};
-use altdb_common::schema::{FieldSet, FieldType};
-use altdb_common::search::{parse_query, SEARCH_FUNCTION};
+use altdb_common::columns::ID_COLUMN;
 
-use crate::segment::index::{term_limit, IndexedColumn, SegmentIndex, TermKind};
+use crate::segment::index::{IndexedColumn, TermKind};
 
 /// A literal as the index stores it (timestamps as microseconds).
 #[derive(Debug, Clone, PartialEq)]

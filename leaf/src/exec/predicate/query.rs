@@ -1,26 +1,16 @@
 //! An [`IndexPredicate`] as a tantivy query over one sealed segment's index.
 
-use std::fmt;
-use std::ops::{Bound, RangeInclusive};
-use std::sync::Arc;
+use std::ops::Bound;
 
-use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{
-    BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, LikeExpr, Literal, NotExpr,
-};
-use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
-use datafusion::scalar::ScalarValue;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery,
-    TermSetQuery,
+    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::IndexRecordOption;
 use tantivy::Term;
 
-use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SCORE_COLUMN};
-use altdb_common::geo::{GeoBox, GEO_DISTANCE, GEO_WITHIN_BOX, GEO_WITHIN_RADIUS};
+use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::schema::{FieldSet, FieldType};
-use altdb_common::search::{parse_query, SEARCH_FUNCTION};
+use altdb_common::search::parse_query;
 
 use crate::segment::index::{term_limit, IndexedColumn, SegmentIndex, TermKind};
 
@@ -345,7 +335,6 @@ impl Built {
     }
 }
 
-
 /// start with the prefix, whatever characters follow it.
 fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut bytes = prefix.to_vec();
@@ -357,7 +346,6 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -418,13 +406,34 @@ mod tests {
         use crate::segment::index::index_docs;
 
         let values = [
-            "abc\ndef", "abc", "ab", "abd", "a<b>c", "a<b", "a.b", "a(b", "ab\u{10FFFF}x", "\u{10FFFF}",
-            "\u{10FFFF}\u{10FFFF}", "zz",
+            "abc\ndef",
+            "abc",
+            "ab",
+            "abd",
+            "a<b>c",
+            "a<b",
+            "a.b",
+            "a(b",
+            "ab\u{10FFFF}x",
+            "\u{10FFFF}",
+            "\u{10FFFF}\u{10FFFF}",
+            "zz",
         ];
         let docs: Vec<_> = values.iter().map(|v| serde_json::json!({"s": v})).collect();
         let dir = tempfile::tempdir().unwrap();
         let (fields, index) = index_docs(dir.path(), &docs, &[]);
-        for prefix in ["abc", "ab", "a<b", "a<", "a.", "a(", "a", "\u{10FFFF}", "", "q"] {
+        for prefix in [
+            "abc",
+            "ab",
+            "a<b",
+            "a<",
+            "a.",
+            "a(",
+            "a",
+            "\u{10FFFF}",
+            "",
+            "q",
+        ] {
             let (query, exact) = IndexPredicate::Prefix("s".into(), prefix.into())
                 .to_query(&index, &fields)
                 .unwrap();

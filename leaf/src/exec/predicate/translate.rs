@@ -1,7 +1,6 @@
 //! Translation of DataFusion's physical filter expressions into [`IndexPredicate`]s.
 
-use std::fmt;
-use std::ops::{Bound, RangeInclusive};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use datafusion::logical_expr::Operator;
@@ -9,20 +8,10 @@ use datafusion::physical_expr::expressions::{
     BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, LikeExpr, Literal, NotExpr,
 };
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
-use datafusion::scalar::ScalarValue;
-use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery,
-    TermSetQuery,
-};
-use tantivy::schema::IndexRecordOption;
-use tantivy::Term;
 
-use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SCORE_COLUMN};
+use altdb_common::columns::SCORE_COLUMN;
 use altdb_common::geo::{GeoBox, GEO_DISTANCE, GEO_WITHIN_BOX, GEO_WITHIN_RADIUS};
-use altdb_common::schema::{FieldSet, FieldType};
-use altdb_common::search::{parse_query, SEARCH_FUNCTION};
-
-use crate::segment::index::{term_limit, IndexedColumn, SegmentIndex, TermKind};
+use altdb_common::search::SEARCH_FUNCTION;
 
 use super::{IndexPredicate, Scalar};
 
@@ -149,7 +138,6 @@ impl IndexPredicate {
         }
         None
     }
-
 }
 
 /// A literal number as f64.
@@ -441,5 +429,4 @@ mod tests {
         };
         assert!((south + 1.0).abs() < 1e-3, "{south}");
     }
-
 }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use tantivy::query::Query;
 
-use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::rpc::Access;
 use altdb_common::search::parse_query;
 
@@ -233,13 +232,13 @@ fn worth_fetching(rows: &[u32]) -> bool {
 mod tests {
     use std::ops::Bound;
 
-    
     use super::*;
     use crate::exec::predicate::Scalar;
     use crate::shard::tests::new_shard;
     use crate::shard::{SealPolicy, Shard};
-    use altdb_common::rpc::PutRow;
     use crate::store::CollectionMeta;
+    use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
+    use altdb_common::rpc::PutRow;
 
     const DOCS: usize = 20_000;
 
@@ -271,7 +270,11 @@ mod tests {
 
     /// What the choice comes to: the path's name, how the rows were
     /// selected, and how many.
-    fn chosen(shard: &Shard, predicate: Option<IndexPredicate>, top_k: bool) -> (&'static str, Option<(Access, usize)>) {
+    fn chosen(
+        shard: &Shard,
+        predicate: Option<IndexPredicate>,
+        top_k: bool,
+    ) -> (&'static str, Option<(Access, usize)>) {
         let split = predicate.as_ref().and_then(IndexPredicate::split_time);
         let narrowing = Narrowing {
             predicate: predicate.as_ref(),
@@ -318,7 +321,11 @@ mod tests {
             ("rows", Some((Access::Index, 1000)))
         );
         // A time window: the pages of `_event_time` that may hold it.
-        let (path, selected) = chosen(&shard, range(EVENT_TIME_COLUMN, 5_000_000, 5_099_000), false);
+        let (path, selected) = chosen(
+            &shard,
+            range(EVENT_TIME_COLUMN, 5_000_000, 5_099_000),
+            false,
+        );
         assert_eq!(path, "rows");
         let (access, rows) = selected.unwrap();
         assert_eq!(access, Access::TimePages);
@@ -331,10 +338,16 @@ mod tests {
         let (_, selected) = chosen(&shard, Some(both), false);
         assert_eq!(selected.unwrap().0, Access::Index);
         // 9 rows in 10 match: a scan reads them for less.
-        assert_eq!(chosen(&shard, eq("status", Scalar::Str("ok".into())), false), ("scan", None));
+        assert_eq!(
+            chosen(&shard, eq("status", Scalar::Str("ok".into())), false),
+            ("scan", None)
+        );
         // Nothing to narrow by.
         assert_eq!(chosen(&shard, None, false), ("scan", None));
-        assert_eq!(chosen(&shard, Some(IndexPredicate::Opaque), false), ("scan", None));
+        assert_eq!(
+            chosen(&shard, Some(IndexPredicate::Opaque), false),
+            ("scan", None)
+        );
         // Outside the segment's time range: not read at all.
         assert_eq!(
             chosen(&shard, range(EVENT_TIME_COLUMN, 1 << 50, 1 << 51), false),

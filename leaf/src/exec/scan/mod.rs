@@ -382,7 +382,10 @@ impl ScanJob {
                     continue;
                 }
                 SegmentAccess::RowGroups(selected) => {
-                    let bound = self.top_k.as_ref().expect("row groups are read under a top-k");
+                    let bound = self
+                        .top_k
+                        .as_ref()
+                        .expect("row groups are read under a top-k");
                     let segment = &entry.segment;
                     match segment.row_groups().and_then(|groups| {
                         Ok((groups, bound.statistics(segment, &self.emitter.target)?))
@@ -623,8 +626,8 @@ mod tests {
     use crate::exec::rewrite::bound_top_k_scans;
     use crate::shard::tests::new_shard;
     use crate::shard::SealPolicy;
-    use altdb_common::rpc::PutRow;
     use crate::store::CollectionMeta;
+    use altdb_common::rpc::PutRow;
 
     /// `ORDER BY n DESC LIMIT 3` over two sealed segments of disjoint `n`: the
     /// row group of the larger values fills the top-k, whose bound then rules
@@ -685,6 +688,11 @@ mod tests {
         assert_eq!(top, vec![1999, 1998, 1997]);
         let counts = metrics.counts();
         assert_eq!(counts.row_groups_pruned, 1, "{counts:?}");
-        assert_eq!(metrics.rows_scanned.load(std::sync::atomic::Ordering::Relaxed), 1000);
+        assert_eq!(
+            metrics
+                .rows_scanned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1000
+        );
     }
 }
