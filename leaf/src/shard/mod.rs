@@ -86,8 +86,6 @@ pub struct Shard {
     column_cache: Arc<ColumnCache>,
 }
 
-/// When the mutable segment is sealed.
-
 impl Shard {
     /// An empty shard that has never been written.
     pub fn new(collection: &str, shard: u32, dir: PathBuf, store: Arc<Store>) -> Self {

@@ -123,8 +123,8 @@ mod tests {
     use crate::shard::tests::*;
     use crate::shard::SealPolicy;
     use crate::store::Store;
-    use std::sync::Arc;
     use altdb_common::schema::FieldType;
+    use std::sync::Arc;
     #[test]
     fn marks_advance_watermarks_of_several_sources_without_rows() {
         let dir = tempfile::tempdir().unwrap();

@@ -255,6 +255,7 @@ impl IndexPredicate {
     }
 }
 
+/// `column IS NOT NULL` in one segment.
 fn present(index: &SegmentIndex, name: &str, fields: &FieldSet) -> Built {
     let stored = matches!(name, ID_COLUMN | EVENT_TIME_COLUMN)
         || fields
@@ -335,6 +336,9 @@ impl Built {
     }
 }
 
+/// The smallest byte string greater than every string that starts with `prefix`
+/// (`None`: no such string, the prefix is empty or all `0xFF`). Terms are
+/// compared as bytes, so `[prefix, successor)` holds exactly the values that
 /// start with the prefix, whatever characters follow it.
 fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut bytes = prefix.to_vec();

@@ -272,8 +272,6 @@ fn merge_ranges(children: Vec<IndexPredicate>) -> Vec<IndexPredicate> {
     merged
 }
 
-/// `column IS NOT NULL` in one segment.
-
 /// `LIKE` with a pattern that is a literal or a literal followed by `%`.
 fn like_predicate(column: String, pattern: &str) -> Option<IndexPredicate> {
     let (literal, wildcard) = match pattern.strip_suffix('%') {
@@ -289,10 +287,6 @@ fn like_predicate(column: String, pattern: &str) -> Option<IndexPredicate> {
         IndexPredicate::Eq(column, Scalar::Str(literal.to_string()))
     })
 }
-
-/// The smallest byte string greater than every string that starts with `prefix`
-/// (`None`: no such string, the prefix is empty or all `0xFF`). Terms are
-/// compared as bytes, so `[prefix, successor)` holds exactly the values that
 
 #[cfg(test)]
 mod tests {

@@ -629,9 +629,11 @@ mod tests {
     use crate::store::CollectionMeta;
     use altdb_common::rpc::PutRow;
 
-    /// `ORDER BY n DESC LIMIT 3` over two sealed segments of disjoint `n`: the
-    /// row group of the larger values fills the top-k, whose bound then rules
-    /// out the other without reading it.
+    /// `ORDER BY n DESC LIMIT 3` over 20 sealed segments of disjoint `n`: the
+    /// row group of the largest values is read first and fills the top-k, whose
+    /// bound then rules out the others without reading them. (The scan runs
+    /// ahead of the sort by the batches its channel holds, so the first few
+    /// row groups after it may still be read.)
     #[tokio::test]
     async fn a_top_k_bound_skips_row_groups_that_cannot_hold_its_rows() {
         let dir = tempfile::tempdir().unwrap();
@@ -640,7 +642,7 @@ mod tests {
             max_rows: 1,
             max_age_secs: 3600,
         };
-        for segment in 0..2 {
+        for segment in 0..20 {
             let docs = (0..1000)
                 .map(|i| {
                     let n = segment * 1000 + i;
@@ -685,14 +687,12 @@ mod tests {
             .iter()
             .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
             .collect();
-        assert_eq!(top, vec![1999, 1998, 1997]);
+        assert_eq!(top, vec![19_999, 19_998, 19_997]);
         let counts = metrics.counts();
-        assert_eq!(counts.row_groups_pruned, 1, "{counts:?}");
-        assert_eq!(
-            metrics
-                .rows_scanned
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1000
-        );
+        assert!(counts.row_groups_pruned >= 15, "{counts:?}");
+        let scanned = metrics
+            .rows_scanned
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(scanned <= 5 * 1000, "{scanned} rows scanned");
     }
 }
