@@ -23,7 +23,7 @@ machine, the commit and the command):
 
 Usage: bench/suite.py [--quick] [--hits N] [--docs N] [--runs R] [--bin-dir DIR]
                       [--areas ingest,kafka,freshness,queries,concurrency,scatter] [--markdown FILE]
-Needs: cargo build --release --bins; pip install duckdb datafusion chdb confluent-kafka;
+Needs: cargo build --release --bins; pip install -r tests/requirements.txt (pinned peers);
 tansu on PATH
 (peers that are not installed are skipped). --quick takes a few minutes and is
 the CI smoke test (timings are reported, never asserted).

@@ -207,6 +207,8 @@ pub struct Cluster {
     pub tailers: Vec<Process>,
     /// HTTP addresses of the tailers, in order.
     pub tailer_urls: Vec<String>,
+    /// Addresses of the leaves (Flight, and plain HTTP on the same port), in order.
+    pub leaf_urls: Vec<String>,
     http: reqwest::blocking::Client,
 }
 
@@ -309,6 +311,7 @@ impl Cluster {
                 .iter()
                 .map(|p| format!("http://127.0.0.1:{p}"))
                 .collect(),
+            leaf_urls: leaf_urls.into_iter().map(|(_, url)| url).collect(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(300))
                 .build()?,

@@ -466,12 +466,14 @@ fn freshness_ms(stats: &QueryStats, specs: &[CollectionSpec]) -> Option<f64> {
 /// Turns a DataFusion error into an API error with an actionable message.
 fn classify(error: DataFusionError, missing_collections: &[String]) -> AggregatorError {
     use datafusion::common::SchemaError;
+    let root = error.find_root();
+    // The schema provider saw the statement name a collection that does not
+    // exist: that is why planning failed.
     if let Some(name) = missing_collections.first() {
-        if error.to_string().contains("not found") {
+        if matches!(root, DataFusionError::Plan(_)) {
             return AggregatorError::CollectionNotFound(name.clone());
         }
     }
-    let root = error.find_root();
     match root {
         DataFusionError::External(inner) => {
             if let Some(e) = inner.downcast_ref::<AggregatorError>() {
