@@ -41,6 +41,28 @@ pub struct IdentityRules<'a> {
     pub event_time_field: Option<&'a str>,
 }
 
+/// Why a document cannot be stored; the message says what to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("document is {bytes} bytes; the limit is {limit} bytes, split it or raise max_document_bytes")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("document must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    #[error("document nests {depth} levels deep; the limit is {limit}, flatten it")]
+    TooDeep { depth: usize, limit: usize },
+    #[error("id field `{0}` is missing; every document of this collection needs it")]
+    MissingId(String),
+    #[error("id field `{0}` must be a string or an integer")]
+    BadId(String),
+    #[error("document id must not be empty")]
+    EmptyId,
+    #[error(
+        "event time field `{field}` holds {value}, which is not a time; use an RFC 3339 \
+         string or epoch seconds/milliseconds/microseconds"
+    )]
+    BadEventTime { field: String, value: String },
+}
+
 /// Validates `value` (whose JSON text was `raw_len` bytes) and assigns its identity.
 ///
 /// `derived_id` is called only when the document carries no id of its own; it must be
@@ -52,54 +74,49 @@ pub fn prepare(
     limits: &DocLimits,
     derived_id: impl FnOnce() -> String,
     ingest_time_us: i64,
-) -> Result<PreparedDoc, String> {
+) -> Result<PreparedDoc, DocumentError> {
     if raw_len > limits.max_bytes {
-        return Err(format!(
-            "document is {raw_len} bytes; the limit is {} bytes, split it or raise max_document_bytes",
-            limits.max_bytes
-        ));
+        return Err(DocumentError::TooLarge {
+            bytes: raw_len,
+            limit: limits.max_bytes,
+        });
     }
     let Value::Object(body) = value else {
-        return Err(format!(
-            "document must be a JSON object, got {}",
-            json_kind(&value)
-        ));
+        return Err(DocumentError::NotAnObject(json_kind(&value)));
     };
     let depth = object_depth(&body);
     if depth > limits.max_depth {
-        return Err(format!(
-            "document nests {depth} levels deep; the limit is {}, flatten it",
-            limits.max_depth
-        ));
+        return Err(DocumentError::TooDeep {
+            depth,
+            limit: limits.max_depth,
+        });
     }
     let id = match rules.id_field {
         Some(field) => match lookup_path(&body, field) {
-            Some(value) => id_from_value(value)
-                .ok_or_else(|| format!("id field `{field}` must be a string or an integer"))?,
-            None => {
-                return Err(format!(
-                    "id field `{field}` is missing; every document of this collection needs it"
-                ))
+            Some(value) => {
+                id_from_value(value).ok_or_else(|| DocumentError::BadId(field.to_string()))?
             }
+            None => return Err(DocumentError::MissingId(field.to_string())),
         },
         None => match body.get(ID_COLUMN) {
-            Some(value) => id_from_value(value)
-                .ok_or_else(|| "`_id` must be a string or an integer".to_string())?,
+            Some(value) => {
+                id_from_value(value).ok_or_else(|| DocumentError::BadId(ID_COLUMN.to_string()))?
+            }
             None => derived_id(),
         },
     };
     if id.is_empty() {
-        return Err("document id must not be empty".to_string());
+        return Err(DocumentError::EmptyId);
     }
     let event_time_us = match rules.event_time_field {
         Some(field) => match lookup_path(&body, field) {
             None | Some(Value::Null) => ingest_time_us,
-            Some(value) => parse_event_time(value).ok_or_else(|| {
-                format!(
-                    "event time field `{field}` holds {value}, which is not a time; use an \
-                     RFC 3339 string or epoch seconds/milliseconds/microseconds"
-                )
-            })?,
+            Some(value) => {
+                parse_event_time(value).ok_or_else(|| DocumentError::BadEventTime {
+                    field: field.to_string(),
+                    value: value.to_string(),
+                })?
+            }
         },
         None => ingest_time_us,
     };
@@ -231,6 +248,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// `value` prepared with default limits; an error as its message.
     fn prep(value: Value, rules: &IdentityRules<'_>) -> Result<PreparedDoc, String> {
         let raw = value.to_string().len();
         prepare(
@@ -241,6 +259,7 @@ mod tests {
             || "derived".into(),
             42,
         )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -284,13 +303,17 @@ mod tests {
             max_depth: 3,
         };
         let big = json!({"text": "0123456789"});
-        assert!(prepare(big, 30, &none, &limits, String::new, 0)
-            .unwrap_err()
-            .contains("limit is 10 bytes"));
+        assert_eq!(
+            prepare(big, 30, &none, &limits, String::new, 0).unwrap_err(),
+            DocumentError::TooLarge {
+                bytes: 30,
+                limit: 10
+            }
+        );
         let deep = json!({"a":{"b":{"c":{"d":1}}}});
-        assert!(prepare(deep, 5, &none, &limits, String::new, 0)
-            .unwrap_err()
-            .contains("4 levels deep"));
+        let error = prepare(deep, 5, &none, &limits, String::new, 0).unwrap_err();
+        assert_eq!(error, DocumentError::TooDeep { depth: 4, limit: 3 });
+        assert!(error.to_string().contains("4 levels deep"), "{error}");
     }
 
     #[test]

@@ -147,8 +147,8 @@ impl Shaper {
                 position: None,
                 doc_json: Value::Object(doc.body).to_string(),
             }),
-            Err(reason) => Shaped::Rejected {
-                reason,
+            Err(error) => Shaped::Rejected {
+                reason: error.to_string(),
                 value: kept.unwrap_or(Value::Null),
             },
         }

@@ -467,10 +467,11 @@ fn freshness_ms(stats: &QueryStats, specs: &[CollectionSpec]) -> Option<f64> {
 fn classify(error: DataFusionError, missing_collections: &[String]) -> AggregatorError {
     use datafusion::common::SchemaError;
     let root = error.find_root();
-    // The schema provider saw the statement name a collection that does not
-    // exist: that is why planning failed.
+    // The statement named a collection that does not exist. DataFusion reports a
+    // missing table only as plan text, and also looks up the target of DDL it
+    // refuses (`CREATE TABLE x`), so the text tells which happened.
     if let Some(name) = missing_collections.first() {
-        if matches!(root, DataFusionError::Plan(_)) {
+        if error.to_string().contains("not found") {
             return AggregatorError::CollectionNotFound(name.clone());
         }
     }

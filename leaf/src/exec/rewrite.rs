@@ -40,12 +40,12 @@ use crate::exec::predicate::IndexPredicate;
 use crate::exec::scan::topk::TopKBound;
 use crate::exec::scan::LocalScanExec;
 
-/// The leaf's rewrites of a decoded fragment: index predicates and filters into
-/// the scans, late materialization, top-k bounds.
+/// The leaf's rewrites of a decoded fragment, in their order (see the module).
 pub fn fit_to_shard(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    absorb_filters(bound_top_k_scans(materialize_late(
-        push_filters_into_scans(plan)?,
-    )?)?)
+    let plan = push_filters_into_scans(plan)?;
+    let plan = materialize_late(plan)?;
+    let plan = bound_top_k_scans(plan)?;
+    absorb_filters(plan)
 }
 
 /// Rewrites each `FilterExec` right above a `LocalScanExec` with `rewrite`
@@ -70,8 +70,8 @@ fn rewrite_filtered_scans(
     .map(|t| t.data)
 }
 
-/// Step 1: Hands the filter right above each scan to the scan, which uses it to read
-/// fewer rows (the filter stays and keeps the answer exact).
+/// Step 1: hands the filter right above each scan to the scan, which uses it to
+/// read fewer rows (the filter stays and keeps the answer exact).
 fn push_filters_into_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
     rewrite_filtered_scans(plan, |filter, scan| {
         if !scan.uses_index() {
@@ -90,7 +90,7 @@ fn push_filters_into_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Exe
 /// Top-k queries up to this k are materialized late.
 pub const LATE_MAX_ROWS: usize = 1024;
 
-/// Step 2: Rewrites `SortExec(fetch k) ◄ [FilterExec ◄] LocalScanExec` into a narrow
+/// Step 2: rewrites `SortExec(fetch k) ◄ [FilterExec ◄] LocalScanExec` into a narrow
 /// top-k plus [`FetchByIdExec`] where that reads fewer columns.
 pub fn materialize_late(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| match narrow_top_k(&node)? {
@@ -182,7 +182,7 @@ fn narrow_top_k(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn Execut
     ))))
 }
 
-/// Step 3: Hands the bound of each `SortExec(fetch) ◄ [FilterExec ◄] LocalScanExec` to
+/// Step 3: hands the bound of each `SortExec(fetch) ◄ [FilterExec ◄] LocalScanExec` to
 /// its scan.
 pub fn bound_top_k_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
@@ -217,7 +217,7 @@ pub fn bound_top_k_scans(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Execu
     .map(|t| t.data)
 }
 
-/// Step 4: Moves the filter right above an index-using scan into the scan, which skips
+/// Step 4: moves the filter right above an index-using scan into the scan, which skips
 /// it for rows a segment index selected exactly and applies it to the rest. What
 /// stays above is the filter's projection: a filter on `true`, which gathers
 /// the scan's batches into full ones, or, over a lookup of a few `_id`s, a plain
