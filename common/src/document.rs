@@ -111,12 +111,10 @@ pub fn prepare(
     let event_time_us = match rules.event_time_field {
         Some(field) => match lookup_path(&body, field) {
             None | Some(Value::Null) => ingest_time_us,
-            Some(value) => {
-                parse_event_time(value).ok_or_else(|| DocumentError::BadEventTime {
-                    field: field.to_string(),
-                    value: value.to_string(),
-                })?
-            }
+            Some(value) => parse_event_time(value).ok_or_else(|| DocumentError::BadEventTime {
+                field: field.to_string(),
+                value: value.to_string(),
+            })?,
         },
         None => ingest_time_us,
     };

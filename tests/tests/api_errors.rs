@@ -230,23 +230,32 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 fn every_process_reports_latency_histograms() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions::default())?;
     cluster.create_collection(json!({"name": "m", "num_shards": 2}))?;
-    let body = (0..20).map(|i| json!({"n": i}).to_string()).collect::<Vec<_>>().join("\n");
-    assert_eq!(cluster.post_raw("/v1/collections/m/docs", body)?.status, 200);
+    let body = (0..20)
+        .map(|i| json!({"n": i}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        cluster.post_raw("/v1/collections/m/docs", body)?.status,
+        200
+    );
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM m")?, 20);
     cluster.query("SELECT n FROM m ORDER BY n DESC LIMIT 3")?;
 
     let aggregator = cluster.get_text(&format!("{}/metrics", cluster.url))?;
     for class in ["aggregate", "top_k"] {
-        let series = format!(
-            "altdb_aggregator_query_duration_seconds_count{{class=\"{class}\"}}"
+        let series = format!("altdb_aggregator_query_duration_seconds_count{{class=\"{class}\"}}");
+        assert!(
+            metric(&aggregator, &series) >= Some(1.0),
+            "{series} in\n{aggregator}"
         );
-        assert!(metric(&aggregator, &series) >= Some(1.0), "{series} in\n{aggregator}");
     }
     assert!(aggregator.contains("le=\"+Inf\""), "{aggregator}");
     let tailer = cluster.get_text(&format!("{}/metrics", cluster.tailer_urls[0]))?;
     assert!(
-        metric(&tailer, "altdb_tailer_http_write_duration_seconds_count{collection=\"m\"}")
-            == Some(1.0),
+        metric(
+            &tailer,
+            "altdb_tailer_http_write_duration_seconds_count{collection=\"m\"}"
+        ) == Some(1.0),
         "{tailer}"
     );
     for url in &cluster.leaf_urls {
