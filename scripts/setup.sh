@@ -52,7 +52,7 @@ $with_tests || exit 0
 # Python: DuckDB computes the expected answers of the end-to-end tests; the
 # benchmark suite compares with DataFusion and chDB and produces to Kafka with
 # confluent-kafka.
-python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 
 export PATH="$HOME/.cargo/bin:$PATH"
 # A real Kafka-protocol broker for the Kafka ingestion tests.
