@@ -416,16 +416,8 @@ impl ExecutionPlan for RemoteFragmentExec {
         );
         let batch_schema = schema.clone();
         let collection_name = self.target.collection.name.clone();
+        let profile = self.target.profile;
         let items = futures::stream::once(connect).try_flatten();
-        let items = if self.target.profile {
-            // The leaf's profile follows its rows: read them all before handing
-            // any on, so a consumer with rows enough (a LIMIT) cannot drop it.
-            futures::stream::once(items.collect::<Vec<_>>())
-                .flat_map(futures::stream::iter)
-                .boxed()
-        } else {
-            items.boxed()
-        };
         let batches = items.filter_map(move |item| {
             let out = match item {
                 Ok(FragmentItem::Batch(batch)) => {
@@ -462,6 +454,16 @@ impl ExecutionPlan for RemoteFragmentExec {
             };
             futures::future::ready(out)
         });
+        let batches = if profile {
+            // The leaf's profile follows its rows: read and record them all
+            // before handing any on, so a consumer with rows enough (a merge
+            // under a LIMIT) cannot drop the stream before its profile.
+            futures::stream::once(batches.collect::<Vec<_>>())
+                .flat_map(futures::stream::iter)
+                .boxed()
+        } else {
+            batches.boxed()
+        };
         Ok(make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
             schema, batches,
         ))))
