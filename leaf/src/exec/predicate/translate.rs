@@ -298,12 +298,9 @@ mod tests {
     use datafusion::logical_expr::{col, lit};
     use datafusion::physical_expr::create_physical_expr;
 
-    fn translate(expr: datafusion::logical_expr::Expr) -> IndexPredicate {
-        let schema = Schema::new(vec![
-            Field::new("a", DataType::Int64, true),
-            Field::new("s", DataType::Utf8, true),
-        ]);
-        let df_schema = DFSchema::try_from(schema).unwrap();
+    /// `expr`, planned over columns `fields`, as an index predicate.
+    fn translate_over(fields: Vec<Field>, expr: datafusion::logical_expr::Expr) -> IndexPredicate {
+        let df_schema = DFSchema::try_from(Schema::new(fields)).unwrap();
         let physical = create_physical_expr(
             &expr,
             &df_schema,
@@ -312,6 +309,14 @@ mod tests {
         )
         .unwrap();
         IndexPredicate::from_physical(&physical)
+    }
+
+    fn translate(expr: datafusion::logical_expr::Expr) -> IndexPredicate {
+        let fields = vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ];
+        translate_over(fields, expr)
     }
 
     #[test]
@@ -363,20 +368,12 @@ mod tests {
     fn geo_predicates_become_ranges() {
         use altdb_common::geo::{GeoWithinBox, GeoWithinRadius};
         use datafusion::logical_expr::Expr;
-        let schema = Schema::new(vec![
-            Field::new("lat", DataType::Float64, true),
-            Field::new("lon", DataType::Float64, true),
-        ]);
-        let df_schema = DFSchema::try_from(schema).unwrap();
         let translate = |expr: Expr| {
-            let physical = create_physical_expr(
-                &expr,
-                &df_schema,
-                &ExecutionProps::new(),
-                &PhysicalPlanningContext::default(),
-            )
-            .unwrap();
-            IndexPredicate::from_physical(&physical)
+            let fields = vec![
+                Field::new("lat", DataType::Float64, true),
+                Field::new("lon", DataType::Float64, true),
+            ];
+            translate_over(fields, expr)
         };
         let range = |column: &str, lower: f64, upper: f64| IndexPredicate::Range {
             column: column.into(),
