@@ -45,6 +45,45 @@ const ROW_COLUMN: &str = "__altdb_row";
 /// Most distinct columns a transform may name.
 const MAX_COLUMNS: usize = 1000;
 
+/// Why a transform cannot be compiled, or failed on a batch; the message says what to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TransformError {
+    #[error("transform is empty; write `SELECT ... FROM {INPUT_TABLE}`")]
+    Empty,
+    /// It names a column no input can have (at create time) or the batch lacks.
+    #[error(
+        "transform names column `{0}`, which cannot come from `{INPUT_TABLE}`; refer to nested \
+         fields by their dotted path in double quotes, e.g. \"geo.city\""
+    )]
+    UnknownColumn(String),
+    /// Its plan would not map each record to at most one document.
+    #[error(
+        "transform cannot use {0}: a transform maps each record to at most one document; \
+         write `SELECT <expressions> FROM {INPUT_TABLE} [WHERE <condition>]`"
+    )]
+    NotPerRecord(&'static str),
+    #[error(
+        "transform must select from `{INPUT_TABLE}` directly: write `SELECT <expressions> FROM \
+         {INPUT_TABLE} [WHERE <condition>]`"
+    )]
+    NotDirect,
+    /// DataFusion refused to plan it: syntax, an unknown function, types.
+    #[error("transform {0}")]
+    Plan(String),
+    /// It failed while running over a batch (a cast of a bad value, ...).
+    #[error("transform failed: {0}")]
+    Execution(String),
+    /// The batch could not be turned into its input, or its output into documents.
+    #[error("transform output: {0}")]
+    Convert(String),
+}
+
+impl From<TransformError> for Error {
+    fn from(error: TransformError) -> Self {
+        Error::InvalidConfig(error.to_string())
+    }
+}
+
 /// A checked ingest transform.
 #[derive(Debug, Clone)]
 pub struct IngestTransform {
@@ -55,10 +94,10 @@ pub struct IngestTransform {
 
 impl IngestTransform {
     /// Parses and plans `sql`, or says what is wrong with it.
-    pub fn compile(sql: &str) -> Result<Self> {
+    pub fn compile(sql: &str) -> Result<Self, TransformError> {
         let sql = sql.trim().trim_end_matches(';').to_string();
         if sql.is_empty() {
-            return Err(invalid("is empty; write `SELECT ... FROM _input`".into()));
+            return Err(TransformError::Empty);
         }
         // The columns are unknown until documents arrive: plan against NULL-typed
         // columns, adding each column the planner asks for.
@@ -68,7 +107,7 @@ impl IngestTransform {
                 .iter()
                 .map(|c: &String| (c.clone(), DataType::Null))
                 .collect();
-            let batch = empty_input(&fields)?;
+            let batch = empty_input(&fields);
             let outcome = futures::executor::block_on(plan(&session(), &sql, batch));
             match outcome {
                 Ok(_) => {
@@ -79,15 +118,11 @@ impl IngestTransform {
                 }
                 Err(PlanError::MissingColumn(column)) => {
                     if columns.contains(&column.name) || columns.len() >= MAX_COLUMNS {
-                        return Err(invalid(format!(
-                            "names column `{column}`, which cannot come from `{INPUT_TABLE}`; \
-                             refer to nested fields by their dotted path in double quotes, \
-                             e.g. \"geo.city\""
-                        )));
+                        return Err(TransformError::UnknownColumn(column.to_string()));
                     }
                     columns.insert(column.name);
                 }
-                Err(PlanError::Invalid(reason)) => return Err(invalid(reason)),
+                Err(PlanError::Invalid(error)) => return Err(error),
             }
         }
     }
@@ -102,9 +137,11 @@ impl IngestTransform {
     pub async fn apply(
         &self,
         docs: &[&Map<String, Value>],
-    ) -> std::result::Result<Vec<Option<Map<String, Value>>>, String> {
-        let (batch, json_columns) = self.input_batch(docs).map_err(|e| e.to_string())?;
-        let failed = |e| format!("transform failed: {}", describe(e));
+    ) -> Result<Vec<Option<Map<String, Value>>>, TransformError> {
+        let (batch, json_columns) = self
+            .input_batch(docs)
+            .map_err(|e| TransformError::Convert(e.to_string()))?;
+        let failed = |e| TransformError::Execution(describe(e));
         let output = match plan(&session(), &self.sql, batch).await {
             Ok((context, plan)) => context
                 .execute_logical_plan(plan)
@@ -114,16 +151,16 @@ impl IngestTransform {
                 .await
                 .map_err(failed)?,
             Err(PlanError::MissingColumn(column)) => {
-                return Err(format!("transform: column `{column}` not found"))
+                return Err(TransformError::UnknownColumn(column.to_string()))
             }
-            Err(PlanError::Invalid(reason)) => return Err(format!("transform: {reason}")),
+            Err(PlanError::Invalid(error)) => return Err(error),
         };
         let mut out: Vec<Option<Map<String, Value>>> = vec![None; docs.len()];
         for batch in &output {
             for (row, doc) in documents(batch, &json_columns)? {
-                let slot = out
-                    .get_mut(row as usize)
-                    .ok_or_else(|| format!("transform produced an unknown row {row}"))?;
+                let slot = out.get_mut(row as usize).ok_or_else(|| {
+                    TransformError::Convert(format!("row {row} is not one of the input's"))
+                })?;
                 *slot = Some(doc);
             }
         }
@@ -187,29 +224,25 @@ impl IngestTransform {
     }
 }
 
-fn invalid(reason: String) -> Error {
-    Error::InvalidConfig(format!("transform {reason}"))
-}
-
 fn session() -> SessionContext {
     let context = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     crate::register_functions(&context);
     context
 }
 
-fn empty_input(fields: &[(String, DataType)]) -> Result<RecordBatch> {
+fn empty_input(fields: &[(String, DataType)]) -> RecordBatch {
     let mut schema: Vec<Field> = fields
         .iter()
         .map(|(name, data_type)| Field::new(name, data_type.clone(), true))
         .collect();
     schema.push(Field::new(ROW_COLUMN, DataType::UInt64, false));
-    Ok(RecordBatch::new_empty(SchemaRef::new(Schema::new(schema))))
+    RecordBatch::new_empty(SchemaRef::new(Schema::new(schema)))
 }
 
 enum PlanError {
     /// The SQL names a column `_input` does not have.
     MissingColumn(Column),
-    Invalid(String),
+    Invalid(TransformError),
 }
 
 /// Plans `sql` over `input` registered as `_input`, checks it maps each record to at
@@ -221,13 +254,13 @@ async fn plan(
 ) -> std::result::Result<(SessionContext, LogicalPlan), PlanError> {
     context
         .register_batch(INPUT_TABLE, input)
-        .map_err(|e| PlanError::Invalid(describe(e)))?;
+        .map_err(|e| PlanError::Invalid(TransformError::Plan(describe(e))))?;
     let plan = match context.state().create_logical_plan(sql).await {
         Ok(plan) => plan,
         Err(error) => {
             return Err(match missing_column(&error) {
                 Some(column) => PlanError::MissingColumn(column),
-                None => PlanError::Invalid(describe(error)),
+                None => PlanError::Invalid(TransformError::Plan(describe(error))),
             })
         }
     };
@@ -247,7 +280,7 @@ fn missing_column(error: &DataFusionError) -> Option<Column> {
 }
 
 /// Only per-record plans: projections and filters over `_input`.
-fn check_shape(plan: &LogicalPlan) -> std::result::Result<(), String> {
+fn check_shape(plan: &LogicalPlan) -> Result<(), TransformError> {
     let mut problem = None;
     let _ = plan.apply(|node| {
         let what = match node {
@@ -275,15 +308,12 @@ fn check_shape(plan: &LogicalPlan) -> std::result::Result<(), String> {
     });
     match problem {
         None => Ok(()),
-        Some(what) => Err(format!(
-            "cannot use {what}: a transform maps each record to at most one document; \
-             write `SELECT <expressions> FROM {INPUT_TABLE} [WHERE <condition>]`"
-        )),
+        Some(what) => Err(TransformError::NotPerRecord(what)),
     }
 }
 
 /// Adds the hidden row number to the plan's output if the SELECT list dropped it.
-fn with_row_column(plan: LogicalPlan) -> std::result::Result<LogicalPlan, String> {
+fn with_row_column(plan: LogicalPlan) -> Result<LogicalPlan, TransformError> {
     let has_row = |plan: &LogicalPlan| {
         plan.schema()
             .fields()
@@ -293,21 +323,15 @@ fn with_row_column(plan: LogicalPlan) -> std::result::Result<LogicalPlan, String
     if has_row(&plan) {
         return Ok(plan);
     }
-    let not_direct = || {
-        format!(
-            "must select from `{INPUT_TABLE}` directly: write `SELECT <expressions> FROM \
-             {INPUT_TABLE} [WHERE <condition>]`"
-        )
-    };
     let LogicalPlan::Projection(projection) = plan else {
-        return Err(not_direct());
+        return Err(TransformError::NotDirect);
     };
     let Ok((qualifier, _)) = projection
         .input
         .schema()
         .qualified_field_with_unqualified_name(ROW_COLUMN)
     else {
-        return Err(not_direct());
+        return Err(TransformError::NotDirect);
     };
     let row = match qualifier {
         Some(qualifier) => Expr::Column(Column::new(Some(qualifier.clone()), ROW_COLUMN)),
@@ -317,7 +341,7 @@ fn with_row_column(plan: LogicalPlan) -> std::result::Result<LogicalPlan, String
     exprs.push(row);
     Projection::try_new(exprs, projection.input.clone())
         .map(LogicalPlan::Projection)
-        .map_err(describe)
+        .map_err(|e| TransformError::Plan(describe(e)))
 }
 
 /// One line, without DataFusion's internal prefixes where they add nothing.
@@ -330,19 +354,16 @@ fn describe(error: DataFusionError) -> String {
 fn documents(
     batch: &RecordBatch,
     json_columns: &BTreeSet<String>,
-) -> std::result::Result<Vec<(u64, Document)>, String> {
+) -> Result<Vec<(u64, Document)>, TransformError> {
+    let convert = |e: &dyn std::fmt::Display| TransformError::Convert(e.to_string());
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-    writer
-        .write_batches(&[batch])
-        .map_err(|e| format!("transform output: {e}"))?;
-    writer
-        .finish()
-        .map_err(|e| format!("transform output: {e}"))?;
+    writer.write_batches(&[batch]).map_err(|e| convert(&e))?;
+    writer.finish().map_err(|e| convert(&e))?;
     let bytes = writer.into_inner();
     let rows: Vec<Map<String, Value>> = if bytes.is_empty() {
         Vec::new()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| format!("transform output: {e}"))?
+        serde_json::from_slice(&bytes).map_err(|e| convert(&e))?
     };
     rows.into_iter()
         .map(|flat| {
@@ -362,7 +383,7 @@ fn documents(
                 insert_path(&mut doc, &name, value);
             }
             row.map(|row| (row, doc))
-                .ok_or_else(|| "transform output lost the row number".to_string())
+                .ok_or_else(|| TransformError::Convert("a row lost its row number".into()))
         })
         .collect()
 }
@@ -460,20 +481,36 @@ mod tests {
 
     #[test]
     fn bad_transforms_are_rejected_with_the_reason() {
-        let err = |sql: &str| IngestTransform::compile(sql).unwrap_err().to_string();
-        assert!(err("SELEC a FROM _input").contains("transform"));
-        assert!(
-            err("SELECT lowerr(a) FROM _input").contains("lowerr"),
-            "{}",
-            err("SELECT lowerr(a) FROM _input")
+        let err = |sql: &str| IngestTransform::compile(sql).unwrap_err();
+        let plan_error = |sql: &str| match err(sql) {
+            TransformError::Plan(reason) => reason,
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert!(err("SELEC a FROM _input").to_string().contains("transform"));
+        assert!(plan_error("SELECT lowerr(a) FROM _input").contains("lowerr"));
+        assert!(plan_error("SELECT a FROM other").contains("other"));
+        use TransformError::*;
+        assert_eq!(
+            err("SELECT count(*) FROM _input"),
+            NotPerRecord("aggregates (GROUP BY, COUNT, ..)")
         );
-        assert!(err("SELECT a FROM other").contains("other"));
-        assert!(err("SELECT count(*) FROM _input").contains("aggregates"));
-        assert!(err("SELECT a FROM _input ORDER BY a").contains("ORDER BY"));
-        assert!(err("SELECT a, row_number() OVER () FROM _input").contains("window"));
-        assert!(err("SELECT geo.city FROM _input").contains("double quotes"));
-        assert!(err("DROP TABLE _input").contains("SELECT"));
-        assert!(err("").contains("empty"));
+        assert_eq!(
+            err("SELECT a FROM _input ORDER BY a"),
+            NotPerRecord("ORDER BY")
+        );
+        assert_eq!(
+            err("SELECT a, row_number() OVER () FROM _input"),
+            NotPerRecord("window functions")
+        );
+        assert_eq!(
+            err("SELECT geo.city FROM _input"),
+            UnknownColumn("geo.city".into())
+        );
+        assert!(err("SELECT geo.city FROM _input")
+            .to_string()
+            .contains("double quotes"));
+        assert!(err("DROP TABLE _input").to_string().contains("SELECT"));
+        assert_eq!(err(""), Empty);
     }
 
     #[test]
@@ -482,7 +519,10 @@ mod tests {
         let doc = json!({"a": "not a number"});
         let docs = [doc.as_object().unwrap()];
         let err = futures::executor::block_on(transform.apply(&docs)).unwrap_err();
-        assert!(err.starts_with("transform failed: "), "{err}");
-        assert!(err.contains("not a number"), "{err}");
+        let TransformError::Execution(reason) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(reason.contains("not a number"), "{err}");
+        assert!(err.to_string().starts_with("transform failed: "), "{err}");
     }
 }

@@ -11,6 +11,9 @@ use altdb_common::api::ErrorBody;
 pub enum TailerError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// The collection's ingest transform does not compile in this tailer.
+    #[error(transparent)]
+    Transform(#[from] altdb_common::transform::TransformError),
     #[error("collection `{0}` does not exist; create it with POST /v1/collections")]
     CollectionNotFound(String),
     /// The catalog (aggregator) or a leaf could not be reached.
@@ -26,7 +29,7 @@ pub type Result<T, E = TailerError> = std::result::Result<T, E>;
 impl TailerError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::Transform(_) => StatusCode::BAD_REQUEST,
             Self::CollectionNotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -35,7 +38,7 @@ impl TailerError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::Transform(_) => "invalid_request",
             Self::CollectionNotFound(_) => "collection_not_found",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",

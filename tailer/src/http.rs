@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use altdb_common::api::{RejectedDoc, WriteResponse, SPEC_HEADER};
@@ -61,21 +60,12 @@ pub struct Element {
 fn split_body(body: &[u8]) -> Result<Vec<Element>> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+        return split_array(body).map_err(|reason| {
             TailerError::InvalidRequest(format!(
-                "body starts with `[` but is not a valid JSON array ({e}); send a JSON array of \
-                 objects or NDJSON, one object per line"
+                "body starts with `[` but is not a valid JSON array ({reason}); send a JSON \
+                 array of objects or NDJSON, one object per line"
             ))
-        })?;
-        return Ok(items
-            .into_iter()
-            .enumerate()
-            .map(|(index, raw)| Element {
-                index,
-                parsed: serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
-                raw_len: raw.get().len(),
-            })
-            .collect());
+        });
     }
     Ok(body
         .split(|b| *b == b'\n')
@@ -87,6 +77,57 @@ fn split_body(body: &[u8]) -> Result<Vec<Element>> {
             raw_len: line.len(),
         })
         .collect())
+}
+
+/// The elements of a JSON array body, each parsed once: every element is read by its
+/// own stream deserializer, whose byte offset gives the element's size.
+fn split_array(body: &[u8]) -> std::result::Result<Vec<Element>, String> {
+    let skip_whitespace = |mut pos: usize| {
+        while body.get(pos).is_some_and(u8::is_ascii_whitespace) {
+            pos += 1;
+        }
+        pos
+    };
+    // The caller saw `[` as the first non-blank byte.
+    let mut pos = skip_whitespace(skip_whitespace(0) + 1);
+    let mut elements = Vec::new();
+    if body.get(pos) != Some(&b']') {
+        loop {
+            let mut stream =
+                serde_json::Deserializer::from_slice(&body[pos..]).into_iter::<Value>();
+            let value = match stream.next() {
+                Some(Ok(value)) => value,
+                Some(Err(e)) => {
+                    return Err(format!("element {} at byte {pos}: {e}", elements.len()))
+                }
+                None => return Err(format!("the array ends at byte {pos} without `]`")),
+            };
+            let raw_len = stream.byte_offset();
+            elements.push(Element {
+                index: elements.len(),
+                parsed: Ok(value),
+                raw_len,
+            });
+            pos = skip_whitespace(pos + raw_len);
+            match body.get(pos) {
+                Some(b',') => pos = skip_whitespace(pos + 1),
+                Some(b']') => break,
+                Some(other) => {
+                    return Err(format!(
+                        "expected `,` or `]` at byte {pos}, found `{}`",
+                        char::from(*other).escape_default()
+                    ))
+                }
+                None => return Err(format!("the array ends at byte {pos} without `]`")),
+            }
+        }
+    }
+    if skip_whitespace(pos + 1) != body.len() {
+        return Err(format!(
+            "unexpected bytes after the array's `]` at byte {pos}"
+        ));
+    }
+    Ok(elements)
 }
 
 impl WriteApi {
@@ -105,7 +146,7 @@ impl WriteApi {
                 return Ok(shaper.clone());
             }
         }
-        let shaper = Shaper::new(spec, self.limits).map_err(TailerError::InvalidRequest)?;
+        let shaper = Shaper::new(spec, self.limits)?;
         shapers.insert(spec.name.clone(), (spec.clone(), shaper.clone()));
         Ok(shaper)
     }
@@ -145,7 +186,10 @@ impl WriteApi {
             match outcome {
                 Shaped::Row(row) => rows.push((index, row)),
                 Shaped::Filtered => filtered += 1,
-                Shaped::Rejected { reason, .. } => rejected.push(RejectedDoc { index, reason }),
+                Shaped::Rejected { reason, .. } => rejected.push(RejectedDoc {
+                    index,
+                    reason: reason.to_string(),
+                }),
             }
         }
         Ok((rows, rejected, filtered))
@@ -232,6 +276,8 @@ async fn write_docs(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -250,5 +296,16 @@ mod tests {
         assert_eq!(elements.len(), 3);
         assert_eq!(elements[2].raw_len, 13);
         assert!(split_body(b"[{\"a\":1},").is_err());
+        assert!(split_body(b"[{\"a\":1} {\"b\":2}]").is_err());
+        assert!(split_body(b"[1,]").is_err());
+        assert!(split_body(b"[1] x").is_err());
+        assert!(split_body(b"[{\"a\":1x}]").is_err());
+        assert!(split_body(b" [ ] ").unwrap().is_empty());
+        let numbers = split_body(b"[1,2.5 , true,null,\"s\"]\n").unwrap();
+        let values: Vec<Value> = numbers.into_iter().map(|e| e.parsed.unwrap()).collect();
+        assert_eq!(
+            values,
+            [json!(1), json!(2.5), json!(true), Value::Null, json!("s")]
+        );
     }
 }

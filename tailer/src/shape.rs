@@ -7,9 +7,9 @@
 use serde_json::{Map, Value};
 
 use altdb_common::collection::CollectionSpec;
-use altdb_common::document::{prepare, DocLimits, IdentityRules};
+use altdb_common::document::{prepare, DocLimits, DocumentError, IdentityRules};
 use altdb_common::rpc::PutRow;
-use altdb_common::transform::IngestTransform;
+use altdb_common::transform::{IngestTransform, TransformError};
 
 /// A decoded record on its way to becoming a document.
 #[derive(Debug)]
@@ -32,9 +32,18 @@ pub enum Shaped {
     Filtered,
     /// It cannot be stored; the value is kept for the dead letter.
     Rejected {
-        reason: String,
+        reason: Rejection,
         value: Value,
     },
+}
+
+/// Why a record cannot become a document.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
 }
 
 /// Shapes records for one collection.
@@ -49,13 +58,12 @@ pub struct Shaper {
 impl Shaper {
     /// Fails if the collection's transform does not compile (it was checked when the
     /// collection was created, so only a newer, stricter tailer would refuse it).
-    pub fn new(spec: &CollectionSpec, limits: DocLimits) -> Result<Self, String> {
+    pub fn new(spec: &CollectionSpec, limits: DocLimits) -> Result<Self, TransformError> {
         let transform = spec
             .transform
             .as_deref()
             .map(IngestTransform::compile)
-            .transpose()
-            .map_err(|e| e.to_string())?;
+            .transpose()?;
         Ok(Self {
             id_field: spec.id_field.clone(),
             event_time_field: spec.event_time_field.clone(),
@@ -108,8 +116,8 @@ impl Shaper {
                     self.finish(record)
                 }
                 Ok(None) => Shaped::Filtered,
-                Err(reason) => Shaped::Rejected {
-                    reason,
+                Err(error) => Shaped::Rejected {
+                    reason: error.into(),
                     value: Value::Object(map),
                 },
             });
@@ -148,7 +156,7 @@ impl Shaper {
                 doc_json: Value::Object(doc.body).to_string(),
             }),
             Err(error) => Shaped::Rejected {
-                reason: error.to_string(),
+                reason: error.into(),
                 value: kept.unwrap_or(Value::Null),
             },
         }
@@ -191,7 +199,10 @@ mod tests {
         }
         match &out[1] {
             Shaped::Rejected { reason, value } => {
-                assert!(reason.contains("JSON object"), "{reason}");
+                assert!(
+                    matches!(reason, Rejection::Document(DocumentError::NotAnObject(_))),
+                    "{reason}"
+                );
                 assert_eq!(value, &json!([1]));
             }
             other => panic!("{other:?}"),
@@ -225,7 +236,10 @@ mod tests {
         }
         match &out[1] {
             Shaped::Rejected { reason, value } => {
-                assert!(reason.contains("transform"), "{reason}");
+                assert!(
+                    matches!(reason, Rejection::Transform(TransformError::Execution(_))),
+                    "{reason}"
+                );
                 assert_eq!(value, &json!({"n": "x", "k": "b"}));
             }
             other => panic!("{other:?}"),

@@ -560,7 +560,7 @@ impl ConsumeLoop {
                         offset,
                         key.as_deref(),
                         Some(payload.as_bytes()),
-                        &reason,
+                        &reason.to_string(),
                         timestamp_us,
                     ));
                     continue;

@@ -476,7 +476,7 @@ impl Reader {
                         url,
                         meta,
                         position,
-                        &reason,
+                        &reason.to_string(),
                         payload.as_bytes(),
                     ));
                 }
