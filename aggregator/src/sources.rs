@@ -20,6 +20,29 @@ use altdb_common::rpc::CollectionStats;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a topic's end offsets could not be read; shown in the source's status.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OffsetsError {
+    #[error("cannot create a Kafka client for {brokers}: {source}")]
+    Client {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot read metadata of topic `{topic}`: {source}")]
+    Metadata {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot read the end of `{topic}`/{partition}: {source}")]
+    Watermarks {
+        topic: String,
+        partition: i32,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("the broker probe stopped: {0}")]
+    Task(String),
+}
+
 /// Reads partition end offsets from Kafka brokers; one client per broker list.
 #[derive(Default)]
 pub struct KafkaProbe {
@@ -33,7 +56,7 @@ impl std::fmt::Debug for KafkaProbe {
 }
 
 impl KafkaProbe {
-    fn client(&self, kafka: &KafkaSource) -> Result<Arc<BaseConsumer>, String> {
+    fn client(&self, kafka: &KafkaSource) -> Result<Arc<BaseConsumer>, OffsetsError> {
         let key = format!("{}|{:?}", kafka.brokers, kafka.properties);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
@@ -47,20 +70,29 @@ impl KafkaProbe {
             .set("bootstrap.servers", &kafka.brokers)
             .set("client.id", "altdb-aggregator")
             .create()
-            .map_err(|e| format!("cannot create a Kafka client for {}: {e}", kafka.brokers))?;
+            .map_err(|source| OffsetsError::Client {
+                brokers: kafka.brokers.clone(),
+                source,
+            })?;
         let client = Arc::new(client);
         clients.insert(key, client.clone());
         Ok(client)
     }
 
     /// The end (next) offset of every partition of the topic.
-    pub async fn end_offsets(&self, kafka: &KafkaSource) -> Result<BTreeMap<i32, i64>, String> {
+    pub async fn end_offsets(
+        &self,
+        kafka: &KafkaSource,
+    ) -> Result<BTreeMap<i32, i64>, OffsetsError> {
         let client = self.client(kafka)?;
         let topic = kafka.topic.clone();
         tokio::task::spawn_blocking(move || {
             let metadata = client
                 .fetch_metadata(Some(&topic), BROKER_TIMEOUT)
-                .map_err(|e| format!("cannot read metadata of topic `{topic}`: {e}"))?;
+                .map_err(|source| OffsetsError::Metadata {
+                    topic: topic.clone(),
+                    source,
+                })?;
             let partitions: Vec<i32> = metadata
                 .topics()
                 .iter()
@@ -73,12 +105,16 @@ impl KafkaProbe {
                     client
                         .fetch_watermarks(&topic, p, BROKER_TIMEOUT)
                         .map(|(_, high)| (p, high))
-                        .map_err(|e| format!("cannot read the end of `{topic}`/{p}: {e}"))
+                        .map_err(|source| OffsetsError::Watermarks {
+                            topic: topic.clone(),
+                            partition: p,
+                            source,
+                        })
                 })
                 .collect()
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| OffsetsError::Task(e.to_string()))?
     }
 }
 
@@ -225,7 +261,7 @@ pub async fn source_status(
             SourceSpec::Kafka(kafka) => {
                 let (ends, error) = match probe.end_offsets(kafka).await {
                     Ok(ends) => (ends, None),
-                    Err(error) => (BTreeMap::new(), Some(error)),
+                    Err(error) => (BTreeMap::new(), Some(error.to_string())),
                 };
                 // Partitions the broker lists, plus any the leaves know of.
                 let mut partitions: Vec<i32> = ends.keys().copied().collect();

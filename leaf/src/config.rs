@@ -41,12 +41,13 @@ impl Default for LeafConfig {
 }
 
 impl LeafConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), altdb_common::Error> {
+        let invalid = |what: &str| Err(altdb_common::Error::InvalidConfig(what.into()));
         if self.seal_rows == 0 {
-            return Err("seal_rows must be at least 1".into());
+            return invalid("seal_rows must be at least 1");
         }
         if self.merge_min_segments == 1 {
-            return Err("merge_min_segments must be 0 (no merging) or at least 2".into());
+            return invalid("merge_min_segments must be 0 (no merging) or at least 2");
         }
         Ok(())
     }

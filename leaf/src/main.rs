@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         flags.config.as_deref(),
         altdb_common::config::flags_layer(&flags),
     )?;
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
 
     let leaf = {
         let open_config = config.clone();

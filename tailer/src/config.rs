@@ -36,12 +36,12 @@ pub struct TailerConfig {
 
 impl TailerConfig {
     /// Checks the options and says what to fix.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), altdb_common::Error> {
         if self.tailers == 0 || self.ordinal >= self.tailers {
-            return Err(format!(
+            return Err(altdb_common::Error::InvalidConfig(format!(
                 "ordinal {} of {} tailers is impossible; set --tailers N and --ordinal 0..N-1",
                 self.ordinal, self.tailers
-            ));
+            )));
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use altdb_common::rpc::PutRow;
 use crate::catalog::CatalogClient;
 use crate::error::{Result, TailerError};
 use crate::pusher::Pusher;
-use crate::shape::{Record, Shaped, Shaper};
+use crate::shape::{Record, RecordError, Shaped, Shaper};
 
 /// Shared state of the write API.
 #[derive(Clone)]
@@ -52,7 +52,7 @@ pub fn router(api: WriteApi, max_write_bytes: usize) -> Router {
 /// One element of a request body: its index, its JSON (or why it is not JSON), its size.
 pub struct Element {
     index: usize,
-    parsed: std::result::Result<Value, String>,
+    parsed: std::result::Result<Value, RecordError>,
     raw_len: usize,
 }
 
@@ -73,7 +73,7 @@ fn split_body(body: &[u8]) -> Result<Vec<Element>> {
         .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
         .map(|(index, line)| Element {
             index,
-            parsed: serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}")),
+            parsed: serde_json::from_slice(line).map_err(RecordError::MalformedJson),
             raw_len: line.len(),
         })
         .collect())
@@ -176,7 +176,7 @@ impl WriteApi {
                 }
                 Err(reason) => rejected.push(RejectedDoc {
                     index: element.index,
-                    reason,
+                    reason: reason.to_string(),
                 }),
             }
         }
@@ -286,11 +286,10 @@ mod tests {
         let elements = split_body(ndjson).unwrap();
         let indexes: Vec<usize> = elements.iter().map(|e| e.index).collect();
         assert_eq!(indexes, [0, 2, 3]);
-        assert!(elements[1]
-            .parsed
-            .as_ref()
-            .unwrap_err()
-            .contains("malformed JSON"));
+        assert!(matches!(
+            elements[1].parsed,
+            Err(RecordError::MalformedJson(_))
+        ));
         let array = br#" [{"a":1}, 2, {"b":{"c":3}}]"#;
         let elements = split_body(array).unwrap();
         assert_eq!(elements.len(), 3);

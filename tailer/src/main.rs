@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         flags.config.as_deref(),
         altdb_common::config::flags_layer(&flags),
     )?;
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     let catalog = Arc::new(CatalogClient::new(&config.aggregator_url));
     let pusher = Pusher::new(&config.leaves, config.push_batch_rows)
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;

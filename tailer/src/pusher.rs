@@ -7,7 +7,7 @@ use futures::future::join_all;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
-    put_batch, LeafApi, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark,
+    put_batch, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark,
 };
 
 use crate::error::{Result, TailerError};
@@ -22,7 +22,7 @@ pub struct Pusher {
 /// The outcome of a push: which shards failed (their documents are not stored).
 #[derive(Debug, Default)]
 pub struct PushOutcome {
-    pub failed_shards: BTreeMap<u32, String>,
+    pub failed_shards: BTreeMap<u32, PushError>,
 }
 
 impl Pusher {
@@ -97,7 +97,7 @@ impl Pusher {
         shard: u32,
         sources: &[SourceMark],
         rows: Vec<&PutRow>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PushError> {
         // Rows refer to sources by index, so every chunk names them all; only the
         // last chunk carries the marks, which hold once every row is stored.
         let positions_only: Vec<SourceMark> = sources
@@ -126,7 +126,7 @@ impl Pusher {
                 },
                 text_fields: spec.text_fields.clone(),
             };
-            let batch = put_batch(chunk).map_err(|e| e.to_string())?;
+            let batch = put_batch(chunk).map_err(PushError::Encode)?;
             let puts = replicas.iter().map(|&leaf| {
                 let client = self.leaves[leaf].as_ref();
                 let batch = batch.clone();
@@ -135,7 +135,10 @@ impl Pusher {
                     client
                         .put(header, batch)
                         .await
-                        .map_err(|e| describe(client, e))
+                        .map_err(|error| PushError::Leaf {
+                            url: client.url().to_string(),
+                            error,
+                        })
                 }
             });
             for result in join_all(puts).await {
@@ -146,8 +149,13 @@ impl Pusher {
     }
 }
 
-fn describe(client: &dyn LeafApi, error: RpcError) -> String {
-    format!("leaf {} did not store the batch: {error}", client.url())
+/// Why a shard's rows were not stored on every replica.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("the rows could not be encoded: {0}")]
+    Encode(altdb_common::Error),
+    #[error("leaf {url} did not store the batch: {error}")]
+    Leaf { url: String, error: RpcError },
 }
 
 #[cfg(test)]
@@ -232,7 +240,8 @@ mod tests {
         );
         for reason in outcome.failed_shards.values() {
             assert!(
-                reason.contains("leaf http://leaf-1 did not store the batch"),
+                matches!(reason, PushError::Leaf { url, error }
+                    if url == "http://leaf-1" && error.is_unavailable()),
                 "{reason}"
             );
         }

@@ -24,6 +24,23 @@ pub struct Record {
     pub default_time_us: i64,
 }
 
+/// Why a source's bytes are not a record; they go to the dead letters.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(#[source] serde_json::Error),
+    #[error("record has no value (a tombstone); altdb ingests JSON objects")]
+    NoValue,
+    #[error("malformed CSV: {0}")]
+    MalformedCsv(#[source] csv::Error),
+    #[error("record has {fields} fields but the header names {columns}")]
+    ExtraFields { fields: usize, columns: usize },
+    #[error("field `{0}` is not UTF-8 text")]
+    NotUtf8(String),
+    #[error("row cannot be converted to JSON: {0}")]
+    Unconvertible(#[source] serde_json::Error),
+}
+
 /// What became of a record.
 #[derive(Debug)]
 pub enum Shaped {

@@ -120,8 +120,33 @@ fn unknown_collections_bad_sql_and_unknown_columns_say_what_to_fix() -> anyhow::
         "{message}"
     );
 
-    let answer = cluster.query("CREATE TABLE x (a INT)")?;
-    assert_eq!(answer.status, 400, "{}", answer.body);
+    // Statements other than queries are refused as such, before any lookup: a
+    // statement that names a collection that does not exist is not "not found".
+    for statement in [
+        "CREATE TABLE x (a INT)",
+        "DROP TABLE docs",
+        "INSERT INTO docs VALUES (1)",
+        "CREATE VIEW v AS SELECT * FROM nope",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let answer = cluster.query(statement)?;
+        assert_eq!(answer.status, 400, "{statement}: {}", answer.body);
+        let (code, message) = error_of(&answer);
+        assert_eq!(code, "invalid_sql", "{statement}");
+        assert!(message.contains("only queries"), "{statement}: {message}");
+    }
+    // A missing collection anywhere a query reads is reported by name.
+    for query in [
+        "SELECT n FROM docs WHERE n IN (SELECT n FROM nope)",
+        "EXPLAIN SELECT * FROM nope",
+        "WITH t AS (SELECT * FROM nope) SELECT * FROM t",
+    ] {
+        let answer = cluster.query(query)?;
+        assert_eq!(answer.status, 404, "{query}: {}", answer.body);
+        let (code, message) = error_of(&answer);
+        assert_eq!(code, "collection_not_found", "{query}");
+        assert!(message.contains("`nope`"), "{query}: {message}");
+    }
     let answer = cluster.post_json("/v1/query", &json!({"query": "SELECT 1"}))?;
     assert_eq!(answer.status, 400);
     assert!(error_of(&answer).1.contains("sql"), "{}", answer.body);

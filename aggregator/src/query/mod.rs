@@ -254,11 +254,7 @@ impl QueryEngine {
             let (plan, task) = match statement {
                 Statement::Kept(plan) => (plan, self.task_context(stats.clone())),
                 Statement::Plan(context) => {
-                    let options = SQLOptions::new()
-                        .with_allow_ddl(false)
-                        .with_allow_dml(false)
-                        .with_allow_statements(false);
-                    let frame = context.sql_with_options(sql, options).await?;
+                    let frame = read_only_frame(&context, sql).await?;
                     let logical = frame.logical_plan().clone();
                     let plan = frame.create_physical_plan().await?;
                     if let Some(key) = &key {
@@ -290,26 +286,18 @@ impl QueryEngine {
                 error.find_root(),
                 DataFusionError::External(inner) if inner.is::<StaleFields>()
             );
-            let Some(provider) = &provider else {
-                return Failed {
-                    error: classify(error, &[]),
-                    remembered: kept_collections,
-                    stale,
-                };
-            };
-            let missing = provider
-                .missing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            Failed {
-                error: classify(error, &missing),
-                remembered: std::mem::take(
+            let remembered = match &provider {
+                Some(provider) => std::mem::take(
                     &mut *provider
                         .remembered
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()),
                 ),
+                None => kept_collections,
+            };
+            Failed {
+                error: classify(error),
+                remembered,
                 stale,
             }
         })?;
@@ -463,18 +451,55 @@ fn freshness_ms(stats: &QueryStats, specs: &[CollectionSpec]) -> Option<f64> {
     Some((now - oldest).max(0) as f64 / 1000.0)
 }
 
+/// Plans `sql` if it is a query (`SELECT`, `WITH`, `VALUES`, `EXPLAIN` of one).
+///
+/// Anything else is refused before its tables are looked up, so every collection
+/// the planner looks up is one a query reads, and a missing one is reported as
+/// such by the schema provider ([`AggregatorError::CollectionNotFound`]).
+async fn read_only_frame(
+    context: &SessionContext,
+    sql: &str,
+) -> std::result::Result<datafusion::dataframe::DataFrame, DataFusionError> {
+    use datafusion::sql::parser::Statement as DfStatement;
+    use datafusion::sql::sqlparser::ast::Statement;
+    let state = context.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect)?;
+    let is_query = |statement: &Statement| matches!(statement, Statement::Query(_));
+    let read_only = match &statement {
+        DfStatement::Statement(statement) => match statement.as_ref() {
+            Statement::Explain { statement, .. } => is_query(statement),
+            statement => is_query(statement),
+        },
+        DfStatement::Explain(explain) => matches!(
+            explain.statement.as_ref(),
+            DfStatement::Statement(statement) if is_query(statement)
+        ),
+        _ => false,
+    };
+    if !read_only {
+        return Err(DataFusionError::External(Box::new(
+            AggregatorError::InvalidSql(
+                "only queries can run here: SELECT, WITH .. SELECT, VALUES or EXPLAIN of one; \
+                 collections are created, changed and deleted through /v1/collections"
+                    .into(),
+            ),
+        )));
+    }
+    let plan = state.statement_to_plan(statement).await?;
+    // The check of the statement's kind above is the rule; this is its backstop.
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)?;
+    context.execute_logical_plan(plan).await
+}
+
 /// Turns a DataFusion error into an API error with an actionable message.
-fn classify(error: DataFusionError, missing_collections: &[String]) -> AggregatorError {
+fn classify(error: DataFusionError) -> AggregatorError {
     use datafusion::common::SchemaError;
     let root = error.find_root();
-    // The statement named a collection that does not exist. DataFusion reports a
-    // missing table only as plan text, and also looks up the target of DDL it
-    // refuses (`CREATE TABLE x`), so the text tells which happened.
-    if let Some(name) = missing_collections.first() {
-        if error.to_string().contains("not found") {
-            return AggregatorError::CollectionNotFound(name.clone());
-        }
-    }
     match root {
         DataFusionError::External(inner) => {
             if let Some(e) = inner.downcast_ref::<AggregatorError>() {

@@ -34,8 +34,6 @@ pub struct CollectionSchemaProvider {
     fields: Arc<FieldsCache>,
     names: Vec<String>,
     options: TableOptions,
-    /// Names the query referenced that are not collections (for a clear error).
-    pub missing: Mutex<Vec<String>>,
     /// Collections planned with remembered fields.
     pub remembered: Mutex<Vec<String>>,
 }
@@ -54,7 +52,6 @@ impl CollectionSchemaProvider {
             fields,
             names,
             options,
-            missing: Mutex::new(Vec::new()),
             remembered: Mutex::new(Vec::new()),
         }
     }
@@ -91,11 +88,11 @@ impl SchemaProvider for CollectionSchemaProvider {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let Some(spec) = spec else {
-            self.missing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(name.to_string());
-            return Ok(None);
+            // Only queries are planned (`read_only_frame`), so a name looked up is a
+            // collection the statement reads.
+            return Err(DataFusionError::External(Box::new(
+                AggregatorError::CollectionNotFound(name.to_string()),
+            )));
         };
         let (fields, remembered) = self.fields(&spec).await?;
         Ok(Some(Arc::new(CollectionTable::new(

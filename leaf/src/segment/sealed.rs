@@ -39,13 +39,22 @@ pub const PAGE_ROWS: usize = 4096;
 /// Largest dictionary page of a column chunk (parquet's default is 1 MiB).
 const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
+/// Why a sealed segment's index cannot answer; the scan reads the data instead.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IndexUnavailable {
+    #[error("the segment's index is being rebuilt")]
+    Rebuilding,
+    #[error("the segment's index cannot be opened: {0}")]
+    Broken(String),
+}
+
 /// An immutable segment on disk.
 #[derive(Debug)]
 pub struct SealedSegment {
     pub meta: SegmentMeta,
     pub dir: PathBuf,
     /// Opened on first use; `Err` if it cannot be (queries then scan).
-    index: OnceLock<std::result::Result<Arc<SegmentIndex>, String>>,
+    index: OnceLock<std::result::Result<Arc<SegmentIndex>, IndexUnavailable>>,
     /// The index on disk is missing or of another version: queries scan the
     /// segment until [`Self::rebuild_index_if_outdated`] has rebuilt it.
     outdated: AtomicBool,
@@ -254,15 +263,15 @@ impl SealedSegment {
     }
 
     /// The segment's inverted index, opened on first use.
-    pub fn index(&self) -> std::result::Result<Arc<SegmentIndex>, String> {
+    pub fn index(&self) -> std::result::Result<Arc<SegmentIndex>, IndexUnavailable> {
         if self.index_pending() {
-            return Err("the segment's index is being rebuilt".into());
+            return Err(IndexUnavailable::Rebuilding);
         }
         self.index
             .get_or_init(|| {
                 SegmentIndex::open(&self.index_dir())
                     .map(Arc::new)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| IndexUnavailable::Broken(e.to_string()))
             })
             .clone()
     }

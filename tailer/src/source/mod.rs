@@ -22,7 +22,8 @@ use altdb_common::metrics::Metrics;
 use altdb_common::rpc::{PutRow, SourceMark, Watermarks, WatermarksRequest, ACTION_WATERMARKS};
 
 use crate::catalog::CatalogClient;
-use crate::pusher::Pusher;
+use crate::error::TailerError;
+use crate::pusher::{PushError, Pusher};
 use crate::shape::Shaper;
 
 /// Where a source continues, from what the collection's leaves have stored of it.
@@ -227,23 +228,34 @@ async fn push_once(
     spec: &CollectionSpec,
     context: &SourceContext,
     flush: &Flush,
-) -> Result<(), String> {
+) -> Result<(), DeliveryError> {
     if !flush.dead.is_empty() {
         let dlq = context
             .catalog
             .get(DLQ_COLLECTION)
             .await
-            .map_err(|e| format!("cannot read the `{DLQ_COLLECTION}` spec: {e}"))?;
+            .map_err(DeliveryError::DeadLetterSpec)?;
         let outcome = context.pusher.push(&dlq, &[], &flush.dead).await;
         if let Some((shard, error)) = outcome.failed_shards.into_iter().next() {
-            return Err(format!("dead letters to shard {shard}: {error}"));
+            return Err(DeliveryError::DeadLetters { shard, error });
         }
     }
     let outcome = context.pusher.push(spec, &flush.marks, &flush.rows).await;
     match outcome.failed_shards.into_iter().next() {
-        Some((shard, error)) => Err(format!("shard {shard}: {error}")),
+        Some((shard, error)) => Err(DeliveryError::Rows { shard, error }),
         None => Ok(()),
     }
+}
+
+/// Why a flush was not delivered (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("cannot read the `{DLQ_COLLECTION}` spec: {0}")]
+    DeadLetterSpec(TailerError),
+    #[error("dead letters to shard {shard}: {error}")]
+    DeadLetters { shard: u32, error: PushError },
+    #[error("shard {shard}: {error}")]
+    Rows { shard: u32, error: PushError },
 }
 
 type Running = (

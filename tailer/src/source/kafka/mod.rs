@@ -44,7 +44,7 @@ mod rebalance;
 use self::rebalance::{rewound, AssignmentEvent, Rebalancer, Resumed};
 use super::dead_letter::{dead_letter, DeadLetter};
 use super::{deliver, Flush, SourceContext};
-use crate::shape::{Record, Shaped, Shaper};
+use crate::shape::{Record, RecordError, Shaped, Shaper};
 
 /// Flushes waiting to be pushed before the consumer pauses.
 pub const QUEUE_FLUSHES: usize = 2;
@@ -434,7 +434,7 @@ impl ConsumeLoop {
                     offset,
                     message.key(),
                     message.payload(),
-                    &error,
+                    &error.to_string(),
                     timestamp_us,
                 );
                 self.pending.dead.push(dead);
@@ -471,12 +471,10 @@ impl ConsumeLoop {
         &self,
         message: &BorrowedMessage<'_>,
         default_time_us: i64,
-    ) -> Result<Record, String> {
-        let payload = message.payload().ok_or_else(|| {
-            "record has no value (a tombstone); altdb ingests JSON objects".to_string()
-        })?;
+    ) -> Result<Record, RecordError> {
+        let payload = message.payload().ok_or(RecordError::NoValue)?;
         let mut value: Value =
-            serde_json::from_slice(payload).map_err(|e| format!("malformed JSON: {e}"))?;
+            serde_json::from_slice(payload).map_err(RecordError::MalformedJson)?;
         if let Value::Object(body) = &mut value {
             if self.kafka.include_metadata && !body.contains_key("_meta") {
                 body.insert("_meta".into(), json!({ "kafka": kafka_metadata(message) }));

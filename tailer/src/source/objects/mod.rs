@@ -42,7 +42,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use altdb_common::collection::{CollectionSpec, ObjectSource, SourceSpec};
 use altdb_common::rpc::{RowPosition, SourceMark};
 
-use self::read::{encoding, Chunk, Decoded, ReadJob};
+use self::read::{encoding, Chunk, Decoded, ObjectError, ReadJob};
 use super::dead_letter::{dead_letter, DeadLetter};
 use super::{deliver, resume_positions, Flush, Resume, SourceContext};
 use crate::shape::{Record, Shaped, Shaper};
@@ -106,12 +106,14 @@ pub async fn run(
 }
 
 /// The store and the prefix objects are listed under.
-fn open_store(source: &ObjectSource) -> Result<(Arc<dyn ObjectStore>, Option<Path>), String> {
-    let (scheme, bucket, prefix) = source.location().map_err(|e| e.to_string())?;
+fn open_store(source: &ObjectSource) -> Result<(Arc<dyn ObjectStore>, Option<Path>), ObjectError> {
+    let (scheme, bucket, prefix) = source
+        .location()
+        .map_err(|e| ObjectError::Store(e.to_string()))?;
     if scheme == "file" {
         let dir = format!("/{prefix}");
         let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|e| format!("cannot open directory `{dir}`: {e}"))?;
+            .map_err(|e| ObjectError::Store(format!("cannot open directory `{dir}`: {e}")))?;
         return Ok((Arc::new(store), None));
     }
     let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -126,10 +128,12 @@ fn open_store(source: &ObjectSource) -> Result<(Arc<dyn ObjectStore>, Option<Pat
     for (key, value) in &source.properties {
         let key = key
             .parse()
-            .map_err(|e| format!("s3 property `{key}`: {e}"))?;
+            .map_err(|e| ObjectError::Store(format!("s3 property `{key}`: {e}")))?;
         builder = builder.with_config(key, value);
     }
-    let store = builder.build().map_err(|e| e.to_string())?;
+    let store = builder
+        .build()
+        .map_err(|e| ObjectError::Store(e.to_string()))?;
     let prefix = Some(prefix.trim_end_matches('/'))
         .filter(|p| !p.is_empty())
         .map(Path::from);
@@ -139,7 +143,7 @@ fn open_store(source: &ObjectSource) -> Result<(Arc<dyn ObjectStore>, Option<Pat
 /// Why an object was not read to its end.
 enum ObjectFailure {
     Stopped,
-    Unreadable(String),
+    Unreadable(ObjectError),
 }
 
 struct Reader {
@@ -158,14 +162,17 @@ struct Reader {
 
 impl Reader {
     /// Lists the prefix and reads every new object this tailer owns; `false` if stopped.
-    async fn poll(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool, String> {
+    async fn poll(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool, ObjectError> {
         let listed_at_us = chrono::Utc::now().timestamp_micros();
         let mut objects: Vec<ObjectMeta> = self
             .store
             .list(self.prefix.as_ref())
             .try_collect()
             .await
-            .map_err(|e| format!("cannot list `{}`: {e}", self.source.url))?;
+            .map_err(|source| ObjectError::List {
+                url: self.source.url.clone(),
+                source,
+            })?;
         objects.retain(|meta| {
             let name = meta.location.filename().unwrap_or_default();
             let hidden = name.starts_with('.') || name.starts_with('_');
@@ -280,7 +287,7 @@ impl Reader {
     async fn failed(
         &mut self,
         meta: &ObjectMeta,
-        error: &str,
+        error: &ObjectError,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let entry = self.failures.entry(meta.location.clone()).or_insert((
@@ -349,7 +356,7 @@ impl Reader {
             start,
         };
         let thread = read::spawn(job, Handle::current(), chunks)
-            .map_err(|e| ObjectFailure::Unreadable(format!("cannot start a reader: {e}")))?;
+            .map_err(|e| ObjectFailure::Unreadable(ObjectError::Thread(e)))?;
         let url = self.object_url(meta);
         let key = self.watermark_key(meta);
         // The next chunk is shaped while the previous one is being pushed, so the
@@ -453,9 +460,14 @@ impl Reader {
                     position,
                     error,
                     payload,
-                } => flush
-                    .dead
-                    .push(self.record_letter(key, url, meta, position, &error, &payload)),
+                } => flush.dead.push(self.record_letter(
+                    key,
+                    url,
+                    meta,
+                    position,
+                    &error.to_string(),
+                    &payload,
+                )),
             }
         }
         let shaped = self.shaper.shape(records).await;

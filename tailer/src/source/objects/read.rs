@@ -29,6 +29,8 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use altdb_common::collection::{Compression, ObjectFormat};
 
+use crate::shape::RecordError;
+
 /// A chunk ends after this many records ...
 pub const CHUNK_RECORDS: usize = 10_000;
 /// ... or this many bytes of records.
@@ -47,8 +49,47 @@ pub enum Decoded {
     /// It is not a record the format can read; kept for the dead letter.
     Bad {
         position: u64,
-        error: String,
+        error: RecordError,
         payload: Vec<u8>,
+    },
+}
+
+/// Why an object cannot be read (further): it is retried, then dead-lettered whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error(
+        "cannot tell the format of `{0}`: name objects .json/.ndjson/.jsonl, .csv or .parquet \
+         (optionally + .gz/.zst), or set the source's `format`"
+    )]
+    UnknownFormat(String),
+    #[error(
+        "`{0}` is Parquet inside {1:?} compression; Parquet compresses its pages itself, store \
+         it uncompressed"
+    )]
+    CompressedParquet(String, Compression),
+    #[error("cannot read `{location}`: {reason}")]
+    Read { location: Path, reason: String },
+    #[error("`{location}` stopped at line {line}: {source}")]
+    Interrupted {
+        location: Path,
+        line: u64,
+        source: std::io::Error,
+    },
+    #[error("cannot read CSV `{location}`: {source}")]
+    Csv { location: Path, source: csv::Error },
+    #[error("CSV `{0}` needs a header line naming every column")]
+    CsvHeader(Path),
+    #[error("cannot read Parquet `{location}`: {reason}")]
+    Parquet { location: Path, reason: String },
+    #[error("cannot start a reader: {0}")]
+    Thread(std::io::Error),
+    /// The source's store cannot be opened (its settings are wrong).
+    #[error("{0}")]
+    Store(String),
+    #[error("cannot list `{url}`: {source}")]
+    List {
+        url: String,
+        source: object_store::Error,
     },
 }
 
@@ -68,7 +109,7 @@ pub fn encoding(
     key: &str,
     format: ObjectFormat,
     compression: Compression,
-) -> Result<(ObjectFormat, Compression), String> {
+) -> Result<(ObjectFormat, Compression), ObjectError> {
     let lower = key.to_ascii_lowercase();
     let (stem, named) = if let Some(stem) = lower
         .strip_suffix(".gz")
@@ -92,20 +133,12 @@ pub fn encoding(
             Some("json" | "ndjson" | "jsonl") => ObjectFormat::Ndjson,
             Some("csv") => ObjectFormat::Csv,
             Some("parquet" | "pq") => ObjectFormat::Parquet,
-            _ => {
-                return Err(format!(
-                    "cannot tell the format of `{key}`: name objects .json/.ndjson/.jsonl, \
-                     .csv or .parquet (optionally + .gz/.zst), or set the source's `format`"
-                ))
-            }
+            _ => return Err(ObjectError::UnknownFormat(key.to_string())),
         },
         set => set,
     };
     if format == ObjectFormat::Parquet && compression != Compression::None {
-        return Err(format!(
-            "`{key}` is Parquet inside {compression:?} compression; Parquet compresses its \
-             pages itself, store it uncompressed"
-        ));
+        return Err(ObjectError::CompressedParquet(key.to_string(), compression));
     }
     Ok((format, compression))
 }
@@ -126,7 +159,7 @@ pub struct ReadJob {
 pub fn spawn(
     job: ReadJob,
     handle: Handle,
-    chunks: mpsc::Sender<Result<Chunk, String>>,
+    chunks: mpsc::Sender<Result<Chunk, ObjectError>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("object-reader".into())
@@ -163,7 +196,7 @@ enum Flow {
 }
 
 struct Out {
-    chunks: mpsc::Sender<Result<Chunk, String>>,
+    chunks: mpsc::Sender<Result<Chunk, ObjectError>>,
     chunk: Chunk,
 }
 
@@ -195,8 +228,11 @@ impl Out {
 }
 
 /// The object's bytes, decompressed, as a blocking reader.
-fn open(job: &ReadJob, handle: &Handle) -> Result<Box<dyn BufRead + Send>, String> {
-    let what = |e: &dyn std::fmt::Display| format!("cannot read `{}`: {e}", job.meta.location);
+fn open(job: &ReadJob, handle: &Handle) -> Result<Box<dyn BufRead + Send>, ObjectError> {
+    let what = |e: &dyn std::fmt::Display| ObjectError::Read {
+        location: job.meta.location.clone(),
+        reason: e.to_string(),
+    };
     let result = handle
         .block_on(job.store.get(&job.meta.location))
         .map_err(|e| what(&e))?;
@@ -216,14 +252,18 @@ fn read_ndjson(
     mut input: Box<dyn BufRead + Send>,
     job: &ReadJob,
     out: &mut Out,
-) -> Result<Flow, String> {
+) -> Result<Flow, ObjectError> {
     let mut line = Vec::with_capacity(4096);
     let mut position = 0u64;
     loop {
         line.clear();
         let n = input
             .read_until(b'\n', &mut line)
-            .map_err(|e| format!("`{}` stopped at line {position}: {e}", job.meta.location))?;
+            .map_err(|source| ObjectError::Interrupted {
+                location: job.meta.location.clone(),
+                line: position,
+                source,
+            })?;
         if n == 0 {
             return Ok(Flow::Go);
         }
@@ -245,7 +285,7 @@ fn read_ndjson(
             },
             Err(e) => Decoded::Bad {
                 position: this,
-                error: format!("malformed JSON: {e}"),
+                error: RecordError::MalformedJson(e),
                 payload: text.to_vec(),
             },
         };
@@ -255,13 +295,20 @@ fn read_ndjson(
     }
 }
 
-fn read_csv(input: Box<dyn BufRead + Send>, job: &ReadJob, out: &mut Out) -> Result<Flow, String> {
+fn read_csv(
+    input: Box<dyn BufRead + Send>,
+    job: &ReadJob,
+    out: &mut Out,
+) -> Result<Flow, ObjectError> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(job.csv_delimiter)
         .has_headers(true)
         .flexible(true)
         .from_reader(input);
-    let failed = |e: csv::Error| format!("cannot read CSV `{}`: {e}", job.meta.location);
+    let failed = |source: csv::Error| ObjectError::Csv {
+        location: job.meta.location.clone(),
+        source,
+    };
     let headers: Vec<String> = reader
         .headers()
         .map_err(failed)?
@@ -269,10 +316,7 @@ fn read_csv(input: Box<dyn BufRead + Send>, job: &ReadJob, out: &mut Out) -> Res
         .map(|h| h.trim().to_string())
         .collect();
     if headers.is_empty() || headers.iter().any(String::is_empty) {
-        return Err(format!(
-            "CSV `{}` needs a header line naming every column",
-            job.meta.location
-        ));
+        return Err(ObjectError::CsvHeader(job.meta.location.clone()));
     }
     let mut record = csv::ByteRecord::new();
     let mut position = 0u64;
@@ -286,7 +330,7 @@ fn read_csv(input: Box<dyn BufRead + Send>, job: &ReadJob, out: &mut Out) -> Res
                 let bytes = record.as_slice().len();
                 let bad = Decoded::Bad {
                     position,
-                    error: format!("malformed CSV: {e}"),
+                    error: RecordError::MalformedCsv(e),
                     payload: record.as_slice().to_vec(),
                 };
                 position += 1;
@@ -334,18 +378,16 @@ fn join_fields(record: &csv::ByteRecord, delimiter: u8) -> Vec<u8> {
 
 /// A CSV record as a JSON object: header names as keys (dotted names nest, as in
 /// JSON documents), empty fields left out, and numbers and booleans typed.
-fn csv_document(headers: &[String], record: &csv::ByteRecord) -> Result<Value, String> {
+fn csv_document(headers: &[String], record: &csv::ByteRecord) -> Result<Value, RecordError> {
     if record.len() > headers.len() {
-        return Err(format!(
-            "record has {} fields but the header names {}",
-            record.len(),
-            headers.len()
-        ));
+        return Err(RecordError::ExtraFields {
+            fields: record.len(),
+            columns: headers.len(),
+        });
     }
     let mut doc = Map::new();
     for (name, field) in headers.iter().zip(record.iter()) {
-        let text =
-            std::str::from_utf8(field).map_err(|_| format!("field `{name}` is not UTF-8 text"))?;
+        let text = std::str::from_utf8(field).map_err(|_| RecordError::NotUtf8(name.clone()))?;
         if text.is_empty() {
             continue;
         }
@@ -391,9 +433,11 @@ fn plain_number(text: &str) -> bool {
         && exponent.is_none_or(digits)
 }
 
-fn read_parquet(job: &ReadJob, handle: &Handle, out: &mut Out) -> Result<Flow, String> {
-    let failed =
-        |e: &dyn std::fmt::Display| format!("cannot read Parquet `{}`: {e}", job.meta.location);
+fn read_parquet(job: &ReadJob, handle: &Handle, out: &mut Out) -> Result<Flow, ObjectError> {
+    let failed = |e: &dyn std::fmt::Display| ObjectError::Parquet {
+        location: job.meta.location.clone(),
+        reason: e.to_string(),
+    };
     let reader = ParquetObject {
         store: job.store.clone(),
         path: job.meta.location.clone(),
@@ -424,7 +468,7 @@ fn read_parquet(job: &ReadJob, handle: &Handle, out: &mut Out) -> Result<Flow, S
                 },
                 Err(e) => Decoded::Bad {
                     position,
-                    error: format!("row cannot be converted to JSON: {e}"),
+                    error: RecordError::Unconvertible(e),
                     payload: line.to_vec(),
                 },
             };
@@ -484,25 +528,29 @@ mod tests {
 
     #[test]
     fn encodings_come_from_names_unless_set() {
-        let auto = |key| encoding(key, ObjectFormat::Auto, Compression::Auto);
+        let auto = |key| encoding(key, ObjectFormat::Auto, Compression::Auto).ok();
         assert_eq!(
             auto("a/b.json.gz"),
-            Ok((ObjectFormat::Ndjson, Compression::Gzip))
+            Some((ObjectFormat::Ndjson, Compression::Gzip))
         );
-        assert_eq!(auto("b.CSV"), Ok((ObjectFormat::Csv, Compression::None)));
+        assert_eq!(auto("b.CSV"), Some((ObjectFormat::Csv, Compression::None)));
         assert_eq!(
             auto("c.jsonl.zst"),
-            Ok((ObjectFormat::Ndjson, Compression::Zstd))
+            Some((ObjectFormat::Ndjson, Compression::Zstd))
         );
         assert_eq!(
             auto("d.parquet"),
-            Ok((ObjectFormat::Parquet, Compression::None))
+            Some((ObjectFormat::Parquet, Compression::None))
         );
-        assert!(auto("e.txt").unwrap_err().contains("format"));
-        assert!(auto("f.parquet.gz").is_err());
+        let error = |key| encoding(key, ObjectFormat::Auto, Compression::Auto).unwrap_err();
+        assert!(matches!(error("e.txt"), ObjectError::UnknownFormat(key) if key == "e.txt"));
+        assert!(matches!(
+            error("f.parquet.gz"),
+            ObjectError::CompressedParquet(_, Compression::Gzip)
+        ));
         assert_eq!(
-            encoding("g.log", ObjectFormat::Ndjson, Compression::Auto),
-            Ok((ObjectFormat::Ndjson, Compression::None))
+            encoding("g.log", ObjectFormat::Ndjson, Compression::Auto).ok(),
+            Some((ObjectFormat::Ndjson, Compression::None))
         );
     }
 
