@@ -91,7 +91,19 @@ fn unknown_collections_bad_sql_and_unknown_columns_say_what_to_fix() -> anyhow::
 
     let answer = cluster.query("SELEC COUNT(*) FROM docs")?;
     assert_eq!(answer.status, 400);
-    assert_eq!(error_of(&answer).0, "invalid_sql");
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, "invalid_sql");
+    assert_eq!(
+        message,
+        "syntax error at line 1, column 1: expected an SQL statement, found SELEC"
+    );
+
+    // A near miss is suggested; a name differing only in case just works.
+    let answer = cluster.query("SELECT nn FROM docs")?;
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, "unknown_column");
+    assert!(message.contains("did you mean `n`?"), "{message}");
+    assert_eq!(cluster.rows("SELECT N FROM docs")?, vec![vec![json!(1)]]);
 
     let answer = cluster.query("SELECT missing_column FROM docs")?;
     assert_eq!(answer.status, 400, "{}", answer.body);

@@ -18,6 +18,7 @@ pub mod json;
 pub mod lookups;
 pub mod plans;
 pub mod remote;
+pub mod statement;
 pub mod table;
 
 use std::fmt::Write as _;
@@ -247,14 +248,18 @@ impl QueryEngine {
                 let (context, provider) = self
                     .context(&specs, stats.clone(), tables)
                     .map_err(failed)?;
-                (Statement::Plan(context), Some(provider), Vec::new())
+                (
+                    Statement::Plan(context, provider.clone()),
+                    Some(provider),
+                    Vec::new(),
+                )
             }
         };
         let run = async {
             let (plan, task) = match statement {
                 Statement::Kept(plan) => (plan, self.task_context(stats.clone())),
-                Statement::Plan(context) => {
-                    let frame = read_only_frame(&context, sql).await?;
+                Statement::Plan(context, provider) => {
+                    let frame = read_only_frame(&context, &provider, sql).await?;
                     let logical = frame.logical_plan().clone();
                     let plan = frame.create_physical_plan().await?;
                     if let Some(key) = &key {
@@ -354,7 +359,7 @@ fn query_class(plan: &Arc<dyn ExecutionPlan>, scored: bool) -> &'static str {
 /// How a statement gets its physical plan.
 enum Statement {
     /// Planned in this session.
-    Plan(SessionContext),
+    Plan(SessionContext, Arc<CollectionSchemaProvider>),
     /// Kept from an earlier run of the same statement.
     Kept(Arc<dyn datafusion::physical_plan::ExecutionPlan>),
 }
@@ -451,41 +456,30 @@ fn freshness_ms(stats: &QueryStats, specs: &[CollectionSpec]) -> Option<f64> {
     Some((now - oldest).max(0) as f64 / 1000.0)
 }
 
-/// Plans `sql` if it is a query (`SELECT`, `WITH`, `VALUES`, `EXPLAIN` of one).
+/// Plans `sql` if it is a query (`SELECT`, `WITH`, `VALUES`, `EXPLAIN` of one),
+/// after the rewrites of [`statement`].
 ///
 /// Anything else is refused before its tables are looked up, so every collection
 /// the planner looks up is one a query reads, and a missing one is reported as
 /// such by the schema provider ([`AggregatorError::CollectionNotFound`]).
 async fn read_only_frame(
     context: &SessionContext,
+    provider: &CollectionSchemaProvider,
     sql: &str,
 ) -> std::result::Result<datafusion::dataframe::DataFrame, DataFusionError> {
-    use datafusion::sql::parser::Statement as DfStatement;
-    use datafusion::sql::sqlparser::ast::Statement;
+    let refused = |error: AggregatorError| DataFusionError::External(Box::new(error));
     let state = context.state();
     let dialect = state.config().options().sql_parser.dialect;
-    let statement = state.sql_to_statement(sql, &dialect)?;
-    let is_query = |statement: &Statement| matches!(statement, Statement::Query(_));
-    let read_only = match &statement {
-        DfStatement::Statement(statement) => match statement.as_ref() {
-            Statement::Explain { statement, .. } => is_query(statement),
-            statement => is_query(statement),
-        },
-        DfStatement::Explain(explain) => matches!(
-            explain.statement.as_ref(),
-            DfStatement::Statement(statement) if is_query(statement)
-        ),
-        _ => false,
-    };
-    if !read_only {
-        return Err(DataFusionError::External(Box::new(
-            AggregatorError::InvalidSql(
-                "only queries can run here: SELECT, WITH .. SELECT, VALUES or EXPLAIN of one; \
-                 collections are created, changed and deleted through /v1/collections"
-                    .into(),
-            ),
-        )));
+    let mut statement = state.sql_to_statement(sql, &dialect)?;
+    statement::check_read_only(&statement).map_err(refused)?;
+    let mut fields = std::collections::BTreeSet::new();
+    for reference in state.resolve_table_references(&statement)? {
+        if let Some(collection) = provider.collection_fields(reference.table()).await? {
+            fields.extend(collection.fields.fields.keys().cloned());
+        }
     }
+    statement::resolve_identifiers(&mut statement, &fields).map_err(refused)?;
+    statement::rewrite_exists_in_projections(&mut statement);
     let plan = state.statement_to_plan(statement).await?;
     // The check of the statement's kind above is the rule; this is its backstop.
     SQLOptions::new()
@@ -531,14 +525,18 @@ fn classify(error: DataFusionError) -> AggregatorError {
                 if field.relation.is_some() {
                     message.push_str(QUOTE_HINT);
                 }
+                if let Some(near) = statement::nearest(&field.name, &known) {
+                    message.push_str(&format!("; did you mean `{near}`?"));
+                }
                 message.push_str(&format!("; available columns: {shown}"));
                 AggregatorError::UnknownColumn(message)
             }
             other => AggregatorError::InvalidSql(other.to_string()),
         },
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(_)
-        | DataFusionError::NotImplemented(_) => {
+        DataFusionError::SQL(error, _) => {
+            AggregatorError::InvalidSql(statement::describe_parser_error(error))
+        }
+        DataFusionError::Plan(_) | DataFusionError::NotImplemented(_) => {
             let mut message = strip_prefix(&root.to_string());
             if message.contains("Dot access") {
                 message.push_str(QUOTE_HINT);

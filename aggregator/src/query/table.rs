@@ -5,6 +5,7 @@
 //! query is planned with; [`CollectionTable::scan`] returns a
 //! [`DistributedScanExec`] over all shards.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -36,6 +37,8 @@ pub struct CollectionSchemaProvider {
     options: TableOptions,
     /// Collections planned with remembered fields.
     pub remembered: Mutex<Vec<String>>,
+    /// The fields each collection is planned with, fetched once per statement.
+    planned: Mutex<HashMap<String, (Arc<CollectionFields>, bool)>>,
 }
 
 impl CollectionSchemaProvider {
@@ -53,12 +56,32 @@ impl CollectionSchemaProvider {
             names,
             options,
             remembered: Mutex::new(Vec::new()),
+            planned: Mutex::new(HashMap::new()),
         }
     }
 
     /// The fields to plan `collection` with: remembered ones if allowed and known
     /// (`true`), else fresh from the leaves (then remembered).
     async fn fields(&self, spec: &CollectionSpec) -> DfResult<(Arc<CollectionFields>, bool)> {
+        let collection = spec.name.as_str();
+        let planned = self
+            .planned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(collection)
+            .cloned();
+        if let Some(planned) = planned {
+            return Ok(planned);
+        }
+        let fields = self.fetch_fields(spec).await?;
+        self.planned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(collection.to_string(), fields.clone());
+        Ok(fields)
+    }
+
+    async fn fetch_fields(&self, spec: &CollectionSpec) -> DfResult<(Arc<CollectionFields>, bool)> {
         let collection = spec.name.as_str();
         if self.options.remembered_fields {
             if let Some(fields) = self.fields.get(collection) {
@@ -72,6 +95,19 @@ impl CollectionSchemaProvider {
         let fields = Arc::new(self.cluster.collection_fields(spec).await?);
         self.fields.put(collection, fields.clone());
         Ok((fields, false))
+    }
+
+    /// The fields `name` is planned with, or `None` if it is not a collection.
+    pub async fn collection_fields(&self, name: &str) -> DfResult<Option<Arc<CollectionFields>>> {
+        let spec = self
+            .catalog
+            .get(name)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        match spec {
+            Some(spec) => Ok(Some(self.fields(&spec).await?.0)),
+            None => Ok(None),
+        }
     }
 }
 
