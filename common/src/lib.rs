@@ -55,4 +55,7 @@ pub fn register_functions(context: &datafusion::prelude::SessionContext) {
     ] {
         context.register_udf(udf.as_ref().clone());
     }
+    // DuckDB's and ClickHouse's name for the length in bytes, used by ClickBench.
+    let octet_length = datafusion::functions::string::octet_length();
+    context.register_udf(octet_length.as_ref().clone().with_aliases(["strlen"]));
 }

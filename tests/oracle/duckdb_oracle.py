@@ -5,7 +5,7 @@ Usage: duckdb_oracle.py TABLES.json QUERIES.json OUT.json
 
 TABLES.json: [{"name": .., "path": NDJSON file, "id_field": .., "time_field": ..}]
 QUERIES.json: [{"name": .., "sql": ..}]
-OUT.json: {name: {"rows": [[..], ..]} | {"error": ..}}
+OUT.json: {name: {"rows": [[..], ..], "columns": [..]} | {"error": ..}}
 
 Documents are flattened the way altdb flattens them (nested objects become
 dotted column names, nulls become missing) and loaded with DuckDB's own type
@@ -115,8 +115,12 @@ def main():
     answers = {}
     for query in queries:
         try:
-            rows = con.execute(query["sql"]).fetchall()
-            answers[query["name"]] = {"rows": [[normalize(v) for v in row] for row in rows]}
+            result = con.execute(query["sql"])
+            rows = result.fetchall()
+            answers[query["name"]] = {
+                "rows": [[normalize(v) for v in row] for row in rows],
+                "columns": [d[0] for d in result.description],
+            }
         except Exception as error:  # reported to the test, which fails on it
             answers[query["name"]] = {"error": str(error)}
     with open(out_path, "w") as f:

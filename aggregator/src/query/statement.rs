@@ -62,6 +62,10 @@ fn sql_statement(statement: &mut DfStatement) -> Option<&mut Statement> {
 /// Gives each unquoted column name the spelling of the field it matches (quoted,
 /// so the planner does not fold it to lower case). `fields` are the fields of the
 /// collections the statement reads.
+///
+/// Output names keep the case they are written in (`AS PageViews` names the
+/// column `PageViews`, as in DuckDB), and an unquoted name that is no field but
+/// matches such an alias refers to it (`ORDER BY pageviews`).
 pub fn resolve_identifiers(
     statement: &mut DfStatement,
     fields: &BTreeSet<String>,
@@ -69,6 +73,9 @@ pub fn resolve_identifiers(
     let Some(statement) = sql_statement(statement) else {
         return Ok(());
     };
+    let mut aliases = Aliases::default();
+    let _ = statement.visit(&mut aliases);
+    let aliases = aliases.0;
     let outcome = visit_expressions_mut(statement, |expr| {
         let ident = match expr {
             Expr::Identifier(ident) => ident,
@@ -76,7 +83,7 @@ pub fn resolve_identifiers(
             Expr::CompoundIdentifier(parts) if parts.len() == 2 => &mut parts[1],
             _ => return ControlFlow::Continue(()),
         };
-        match resolve(ident, fields) {
+        match resolve(ident, fields, &aliases) {
             Ok(()) => ControlFlow::Continue(()),
             Err(error) => ControlFlow::Break(error),
         }
@@ -87,7 +94,45 @@ pub fn resolve_identifiers(
     }
 }
 
-fn resolve(ident: &mut Ident, fields: &BTreeSet<String>) -> Result<(), AggregatorError> {
+/// Quotes the unquoted aliases of every SELECT list, keeping their case, and
+/// collects them.
+#[derive(Default)]
+struct Aliases(BTreeSet<String>);
+
+impl VisitorMut for Aliases {
+    type Break = ();
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        fn selects(set: &mut SetExpr, aliases: &mut BTreeSet<String>) {
+            match set {
+                SetExpr::Select(select) => {
+                    for item in &mut select.projection {
+                        if let SelectItem::ExprWithAlias { alias, .. } = item {
+                            if alias.quote_style.is_none()
+                                && alias.value != alias.value.to_lowercase()
+                            {
+                                *alias = Ident::with_quote('"', alias.value.clone());
+                            }
+                            aliases.insert(alias.value.clone());
+                        }
+                    }
+                }
+                SetExpr::SetOperation { left, right, .. } => {
+                    selects(left, aliases);
+                    selects(right, aliases);
+                }
+                _ => {}
+            }
+        }
+        selects(query.body.as_mut(), &mut self.0);
+        ControlFlow::Continue(())
+    }
+}
+
+fn resolve(
+    ident: &mut Ident,
+    fields: &BTreeSet<String>,
+    aliases: &BTreeSet<String>,
+) -> Result<(), AggregatorError> {
     if ident.quote_style.is_some() {
         return Ok(());
     }
@@ -98,7 +143,14 @@ fn resolve(ident: &mut Ident, fields: &BTreeSet<String>) -> Result<(), Aggregato
             .iter()
             .filter(|field| field.eq_ignore_ascii_case(&ident.value));
         let Some(first) = matches.next() else {
-            // Not a field: an alias, a CTE's column, or a mistake the planner reports.
+            // Not a field: an alias (spelled as it was defined), a CTE's column, or
+            // a mistake the planner reports.
+            if let Some(alias) = aliases
+                .iter()
+                .find(|alias| alias.eq_ignore_ascii_case(&ident.value))
+            {
+                *ident = Ident::with_quote('"', alias.clone());
+            }
             return Ok(());
         };
         let others: Vec<&String> = matches.collect();
@@ -304,6 +356,18 @@ mod tests {
         assert!(
             error.contains("ambiguous") && error.contains("\"URL\", \"url\""),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn aliases_keep_their_case_and_are_referred_to_in_any_case() {
+        assert_eq!(
+            resolved(
+                "SELECT URL, COUNT(*) AS PageViews FROM hits GROUP BY URL ORDER BY pageviews DESC",
+                &["URL"]
+            )
+            .unwrap(),
+            r#"SELECT "URL", COUNT(*) AS "PageViews" FROM hits GROUP BY "URL" ORDER BY "PageViews" DESC"#
         );
     }
 
