@@ -107,8 +107,11 @@ def main():
         time_expr = (
             f'CAST("{table["time_field"]}" AS TIMESTAMP)' if table.get("time_field") else "NULL"
         )
+        id_expr = (
+            f'CAST("{table["id_field"]}" AS VARCHAR)' if table.get("id_field") else "NULL::VARCHAR"
+        )
         con.execute(
-            f'CREATE TABLE "{table["name"]}" AS SELECT CAST("{table["id_field"]}" AS VARCHAR) AS _id, '
+            f'CREATE TABLE "{table["name"]}" AS SELECT {id_expr} AS _id, '
             f"{time_expr} AS _event_time, * FROM read_json('{flat_path}', "
             f"format='newline_delimited', sample_size=-1, maximum_object_size=16777216)"
         )

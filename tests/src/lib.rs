@@ -5,6 +5,7 @@
 //! HTTP exactly as users do. Expected answers come from DuckDB (see
 //! `oracle/duckdb_oracle.py`), computed on the same documents.
 
+pub mod compat;
 pub mod data;
 pub mod kafka;
 pub mod oracle;

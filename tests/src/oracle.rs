@@ -18,7 +18,9 @@ pub struct Case<'a> {
 pub struct Table<'a> {
     pub name: &'a str,
     pub path: &'a Path,
-    pub id_field: &'a str,
+    /// The field `_id` is taken from; `None`: `_id` is NULL (the query set does not
+    /// read it).
+    pub id_field: Option<&'a str>,
     pub time_field: Option<&'a str>,
 }
 

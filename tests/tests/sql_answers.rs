@@ -111,13 +111,13 @@ fn distributed_answers_equal_duckdb() -> anyhow::Result<()> {
             Table {
                 name: "events",
                 path: &events_path,
-                id_field: "id",
+                id_field: Some("id"),
                 time_field: Some("ts"),
             },
             Table {
                 name: "users",
                 path: &users_path,
-                id_field: "uid",
+                id_field: Some("uid"),
                 time_field: None,
             },
         ],

@@ -390,6 +390,9 @@ fn base_state() -> SessionState {
     options.optimizer.enable_topk_dynamic_filter_pushdown = false;
     options.optimizer.enable_join_dynamic_filter_pushdown = false;
     options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    // `0.06 + 0.01` is exactly 0.07, as in SQL and DuckDB: literals with a decimal
+    // point are decimals, not binary floats (TPC-H q6 depends on it).
+    options.sql_parser.parse_float_as_decimal = true;
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
