@@ -55,7 +55,15 @@ pub fn register_functions(context: &datafusion::prelude::SessionContext) {
     ] {
         context.register_udf(udf.as_ref().clone());
     }
-    // DuckDB's and ClickHouse's name for the length in bytes, used by ClickBench.
+    // Names users bring from DuckDB and ClickHouse: `strlen` (length in bytes, used
+    // by ClickBench) and `regexp_matches` (whether a pattern matches anywhere).
     let octet_length = datafusion::functions::string::octet_length();
     context.register_udf(octet_length.as_ref().clone().with_aliases(["strlen"]));
+    let regexp_like = datafusion::functions::regex::regexp_like();
+    context.register_udf(
+        regexp_like
+            .as_ref()
+            .clone()
+            .with_aliases(["regexp_matches"]),
+    );
 }
