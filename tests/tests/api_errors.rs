@@ -98,6 +98,11 @@ fn unknown_collections_bad_sql_and_unknown_columns_say_what_to_fix() -> anyhow::
         "syntax error at line 1, column 1: expected an SQL statement, found SELEC"
     );
 
+    let answer = cluster.query("SELECT lowerr(n) FROM docs")?;
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, "invalid_sql");
+    assert_eq!(message, "Invalid function 'lowerr'; did you mean 'lower'?");
+
     // A near miss is suggested; a name differing only in case just works.
     let answer = cluster.query("SELECT nn FROM docs")?;
     let (code, message) = error_of(&answer);

@@ -556,16 +556,39 @@ fn classify(error: DataFusionError) -> AggregatorError {
 const QUOTE_HINT: &str =
     "; nested fields are dotted column names and must be quoted, e.g. \"user.geo.city\"";
 
+/// DataFusion's message as one sentence: without its category prefix, its lines
+/// joined (`Invalid function 'x'.\nDid you mean 'y'?` reads `Invalid function 'x';
+/// did you mean 'y'?`).
 fn strip_prefix(message: &str) -> String {
+    let mut rest = message;
     for prefix in [
         "Error during planning: ",
         "SQL error: ",
         "This feature is not implemented: ",
         "Execution error: ",
     ] {
-        if let Some(rest) = message.strip_prefix(prefix) {
-            return rest.to_string();
+        if let Some(stripped) = rest.strip_prefix(prefix) {
+            rest = stripped;
+            break;
         }
     }
-    message.to_string()
+    let lines: Vec<&str> = rest
+        .lines()
+        .map(|line| line.trim().trim_end_matches('.'))
+        .filter(|line| !line.is_empty())
+        .collect();
+    let mut sentence = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        if i == 0 {
+            sentence.push_str(line);
+            continue;
+        }
+        sentence.push_str("; ");
+        let mut chars = line.chars();
+        if let Some(first) = chars.next() {
+            sentence.extend(first.to_lowercase());
+            sentence.push_str(chars.as_str());
+        }
+    }
+    sentence
 }
