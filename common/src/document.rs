@@ -149,15 +149,27 @@ fn value_depth(value: &Value) -> usize {
 }
 
 /// Finds a dotted path (`user.geo.city`) in nested objects, or a literal dotted key.
+///
+/// Names match as column names do in SQL (README, "Names in SQL"): a key spelled
+/// exactly wins, else the one key that differs only in case.
 pub fn lookup_path<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    if let Some(value) = object.get(path) {
+    if let Some(value) = key(object, path) {
         return Some(value);
     }
     let (head, rest) = path.split_once('.')?;
-    match object.get(head)? {
+    match key(object, head)? {
         Value::Object(inner) => lookup_path(inner, rest),
         _ => None,
     }
+}
+
+fn key<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if let Some(value) = object.get(name) {
+        return Some(value);
+    }
+    let mut twins = object.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+    let (_, value) = twins.next()?;
+    twins.next().is_none().then_some(value)
 }
 
 fn id_from_value(value: &Value) -> Option<String> {
@@ -273,6 +285,17 @@ mod tests {
         let none = IdentityRules::default();
         assert_eq!(prep(json!({"_id":"a"}), &none).unwrap().id, "a");
         assert_eq!(prep(json!({"x":1}), &none).unwrap().id, "derived");
+    }
+
+    #[test]
+    fn paths_match_keys_whatever_their_case_when_one_does() {
+        let doc = json!({"User": {"Id": 7, "geo": {"City": "Oslo"}}, "url": "a", "URL": "b"});
+        let doc = doc.as_object().unwrap();
+        assert_eq!(lookup_path(doc, "user.id"), Some(&json!(7)));
+        assert_eq!(lookup_path(doc, "USER.GEO.city"), Some(&json!("Oslo")));
+        // An exact spelling wins; case-only twins are not guessed between.
+        assert_eq!(lookup_path(doc, "URL"), Some(&json!("b")));
+        assert_eq!(lookup_path(doc, "Url"), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod document;
 pub mod error;
 pub mod geo;
 pub mod lru;
+pub mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_leaf;
 pub mod metrics;

@@ -24,6 +24,8 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
+use altdb_common::names;
+
 use crate::error::AggregatorError;
 
 /// Refuses statements that are not queries.
@@ -59,13 +61,7 @@ fn sql_statement(statement: &mut DfStatement) -> Option<&mut Statement> {
     }
 }
 
-/// Gives each unquoted column name the spelling of the field it matches (quoted,
-/// so the planner does not fold it to lower case). `fields` are the fields of the
-/// collections the statement reads.
-///
-/// Output names keep the case they are written in (`AS PageViews` names the
-/// column `PageViews`, as in DuckDB), and an unquoted name that is no field but
-/// matches such an alias refers to it (`ORDER BY pageviews`).
+/// [`names::resolve_identifiers`] on the statement (inside an `EXPLAIN` too).
 pub fn resolve_identifiers(
     statement: &mut DfStatement,
     fields: &BTreeSet<String>,
@@ -73,108 +69,8 @@ pub fn resolve_identifiers(
     let Some(statement) = sql_statement(statement) else {
         return Ok(());
     };
-    let mut aliases = Aliases::default();
-    let _ = statement.visit(&mut aliases);
-    let aliases = aliases.0;
-    let outcome = visit_expressions_mut(statement, |expr| {
-        let ident = match expr {
-            Expr::Identifier(ident) => ident,
-            // `alias.column`: the last part names the field.
-            Expr::CompoundIdentifier(parts) if parts.len() == 2 => &mut parts[1],
-            _ => return ControlFlow::Continue(()),
-        };
-        match resolve(ident, fields, &aliases) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(error) => ControlFlow::Break(error),
-        }
-    });
-    match outcome {
-        ControlFlow::Continue(()) => Ok(()),
-        ControlFlow::Break(error) => Err(error),
-    }
-}
-
-/// Quotes the unquoted aliases of every SELECT list, keeping their case, and
-/// collects them.
-#[derive(Default)]
-struct Aliases(BTreeSet<String>);
-
-impl VisitorMut for Aliases {
-    type Break = ();
-    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-        fn selects(set: &mut SetExpr, aliases: &mut BTreeSet<String>) {
-            match set {
-                SetExpr::Select(select) => {
-                    for item in &mut select.projection {
-                        if let SelectItem::ExprWithAlias { alias, .. } = item {
-                            if alias.quote_style.is_none()
-                                && alias.value != alias.value.to_lowercase()
-                            {
-                                *alias = Ident::with_quote('"', alias.value.clone());
-                            }
-                            aliases.insert(alias.value.clone());
-                        }
-                    }
-                }
-                SetExpr::SetOperation { left, right, .. } => {
-                    selects(left, aliases);
-                    selects(right, aliases);
-                }
-                _ => {}
-            }
-        }
-        selects(query.body.as_mut(), &mut self.0);
-        ControlFlow::Continue(())
-    }
-}
-
-fn resolve(
-    ident: &mut Ident,
-    fields: &BTreeSet<String>,
-    aliases: &BTreeSet<String>,
-) -> Result<(), AggregatorError> {
-    if ident.quote_style.is_some() {
-        return Ok(());
-    }
-    let name = if fields.contains(&ident.value) {
-        ident.value.clone()
-    } else {
-        let mut matches = fields
-            .iter()
-            .filter(|field| field.eq_ignore_ascii_case(&ident.value));
-        let Some(first) = matches.next() else {
-            // Not a field: an alias (spelled as it was defined), a CTE's column, or
-            // a mistake the planner reports.
-            if let Some(alias) = aliases
-                .iter()
-                .find(|alias| alias.eq_ignore_ascii_case(&ident.value))
-            {
-                *ident = Ident::with_quote('"', alias.clone());
-            }
-            return Ok(());
-        };
-        let others: Vec<&String> = matches.collect();
-        if !others.is_empty() {
-            let all: Vec<String> = std::iter::once(first)
-                .chain(others)
-                .map(|f| format!("\"{f}\""))
-                .collect();
-            return Err(AggregatorError::InvalidSql(format!(
-                "column name `{}` is ambiguous: fields {} differ only in case; quote the one \
-                 you mean, e.g. {}",
-                ident.value,
-                all.join(", "),
-                all[0]
-            )));
-        }
-        first.clone()
-    };
-    // Lower-case names need no quotes; leaving them keeps plans and output names as
-    // they were.
-    if name != name.to_lowercase() || name != ident.value {
-        *ident = Ident::with_quote('"', name);
-    }
-    Ok(())
+    names::resolve_identifiers(statement, fields)
+        .map_err(|error| AggregatorError::InvalidSql(error.to_string()))
 }
 
 /// Rewrites `[NOT] EXISTS (q)` in SELECT lists to `(SELECT COUNT(*) FROM (q)) > 0`
@@ -323,52 +219,6 @@ mod tests {
         let mut statement = parse(sql);
         resolve_identifiers(&mut statement, &fields)?;
         Ok(statement.to_string())
-    }
-
-    #[test]
-    fn unquoted_names_match_fields_whatever_their_case() {
-        let fields = ["AdvEngineID", "URL", "url", "title", "Title"];
-        assert_eq!(
-            resolved(
-                "SELECT advengineid, COUNT(*) FROM hits GROUP BY AdvEngineID",
-                &fields
-            )
-            .unwrap(),
-            r#"SELECT "AdvEngineID", COUNT(*) FROM hits GROUP BY "AdvEngineID""#
-        );
-        // An exact spelling wins over a case-insensitive match.
-        assert_eq!(
-            resolved("SELECT URL, url, title, Title FROM hits", &fields).unwrap(),
-            r#"SELECT "URL", url, title, "Title" FROM hits"#
-        );
-        // Quoted names, aliases and unknown names are left alone.
-        assert_eq!(
-            resolved(
-                r#"SELECT "advengineid" AS n, other FROM hits h WHERE h.ADVENGINEID > 0"#,
-                &fields
-            )
-            .unwrap(),
-            r#"SELECT "advengineid" AS n, other FROM hits h WHERE h."AdvEngineID" > 0"#
-        );
-        let error = resolved("SELECT Url FROM hits", &fields)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("ambiguous") && error.contains("\"URL\", \"url\""),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn aliases_keep_their_case_and_are_referred_to_in_any_case() {
-        assert_eq!(
-            resolved(
-                "SELECT URL, COUNT(*) AS PageViews FROM hits GROUP BY URL ORDER BY pageviews DESC",
-                &["URL"]
-            )
-            .unwrap(),
-            r#"SELECT "URL", COUNT(*) AS "PageViews" FROM hits GROUP BY "URL" ORDER BY "PageViews" DESC"#
-        );
     }
 
     #[test]
