@@ -29,10 +29,10 @@ pub mod document;
 pub mod error;
 pub mod geo;
 pub mod lru;
-pub mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_leaf;
 pub mod metrics;
+pub mod names;
 pub mod plan;
 pub mod random;
 pub mod routing;

@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    visit_expressions_mut, Expr, Ident, Query, SelectItem, SetExpr, Statement, VisitMut,
-    VisitorMut,
+    AccessExpr, Expr, FunctionArguments, Ident, Query, SelectItem, SetExpr, Statement, TableFactor,
+    VisitMut, VisitorMut,
 };
 
 /// An unquoted name that matches several fields differing only in case.
@@ -40,41 +40,49 @@ fn quoted(fields: &[String]) -> String {
 /// so the planner does not fold it to lower case). `fields` are the fields of the
 /// collections the statement reads.
 ///
-/// Output names keep the case they are written in (`AS PageViews` names the
-/// column `PageViews`, as in DuckDB), and an unquoted name that is no field but
-/// matches such an alias refers to it (`ORDER BY pageviews`).
+/// A dotted name whose first part is no table or alias of the statement names a
+/// nested field by its path (`user.geo.city` reads `"user.geo.city"`). Output
+/// names keep the case they are written in (`AS PageViews` names the column
+/// `PageViews`, as in DuckDB), and an unquoted name that is no field but matches
+/// such an alias refers to it (`ORDER BY pageviews`).
 pub fn resolve_identifiers(
     statement: &mut Statement,
     fields: &BTreeSet<String>,
 ) -> Result<(), AmbiguousName> {
-    let mut aliases = Aliases::default();
-    let _ = statement.visit(&mut aliases);
-    let aliases = aliases.0;
-    let outcome = visit_expressions_mut(statement, |expr| {
-        let ident = match expr {
-            Expr::Identifier(ident) => ident,
-            // `alias.column`: the last part names the field.
-            Expr::CompoundIdentifier(parts) if parts.len() == 2 => &mut parts[1],
-            _ => return ControlFlow::Continue(()),
-        };
-        match resolve(ident, fields, &aliases) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(error) => ControlFlow::Break(error),
+    let mut scope = Scope::default();
+    let _ = statement.visit(&mut scope);
+    struct Names<'a> {
+        fields: &'a BTreeSet<String>,
+        scope: Scope,
+    }
+    impl VisitorMut for Names<'_> {
+        type Break = AmbiguousName;
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<AmbiguousName> {
+            match resolve(expr, self.fields, &self.scope) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(error) => ControlFlow::Break(error),
+            }
         }
-    });
-    match outcome {
+    }
+    let mut names = Names { fields, scope };
+    match statement.visit(&mut names) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(error) => Err(error),
     }
 }
 
-/// Quotes the unquoted aliases of every SELECT list, keeping their case, and
-/// collects them.
+/// The names a statement defines: SELECT-list aliases (quoted on the way when
+/// they have capitals, so they keep their case) and tables with their aliases
+/// (lower case).
 #[derive(Default)]
-struct Aliases(BTreeSet<String>);
+struct Scope {
+    aliases: BTreeSet<String>,
+    relations: BTreeSet<String>,
+}
 
-impl VisitorMut for Aliases {
+impl VisitorMut for Scope {
     type Break = ();
+
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
         fn selects(set: &mut SetExpr, aliases: &mut BTreeSet<String>) {
             match set {
@@ -97,46 +105,128 @@ impl VisitorMut for Aliases {
                 _ => {}
             }
         }
-        selects(query.body.as_mut(), &mut self.0);
+        selects(query.body.as_mut(), &mut self.aliases);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let (name, alias) = match factor {
+            TableFactor::Table { name, alias, .. } => (Some(name.to_string()), alias),
+            TableFactor::Derived { alias, .. } => (None, alias),
+            _ => return ControlFlow::Continue(()),
+        };
+        if let Some(name) = name {
+            let last = name.rsplit('.').next().unwrap_or(&name);
+            self.relations.insert(last.trim_matches('"').to_lowercase());
+        }
+        if let Some(alias) = alias {
+            self.relations.insert(alias.name.value.to_lowercase());
+        }
         ControlFlow::Continue(())
     }
 }
 
-fn resolve(
+/// The field `name` matches: spelled exactly, else the one that differs only in case.
+fn field_for(name: &str, fields: &BTreeSet<String>) -> Result<Option<String>, AmbiguousName> {
+    if fields.contains(name) {
+        return Ok(Some(name.to_string()));
+    }
+    let matches: Vec<String> = fields
+        .iter()
+        .filter(|field| field.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect();
+    match matches.len() {
+        0 => Ok(None),
+        1 => Ok(matches.into_iter().next()),
+        _ => Err(AmbiguousName {
+            name: name.to_string(),
+            fields: matches,
+        }),
+    }
+}
+
+fn resolve(expr: &mut Expr, fields: &BTreeSet<String>, scope: &Scope) -> Result<(), AmbiguousName> {
+    if let Expr::Identifier(ident) = expr {
+        return resolve_column(ident, fields, scope);
+    }
+    let Some(mut parts) = path(expr) else {
+        return Ok(());
+    };
+    if parts.len() < 2 {
+        return Ok(());
+    }
+    if scope.relations.contains(&parts[0].value.to_lowercase()) {
+        // `alias.column`; `alias.user.geo.city` names a nested field.
+        if parts.len() == 2 {
+            resolve_column(&mut parts[1], fields, scope)?;
+        } else if let Some(field) = field_for(&join(&parts[1..]), fields)? {
+            parts.truncate(1);
+            parts.push(Ident::with_quote('"', field));
+        } else {
+            return Ok(());
+        }
+        *expr = Expr::CompoundIdentifier(parts);
+        return Ok(());
+    }
+    if let Some(field) = field_for(&join(&parts), fields)? {
+        *expr = Expr::Identifier(Ident::with_quote('"', field));
+    }
+    Ok(())
+}
+
+/// The parts of a dotted name: `a.b.c`, also when a part is a keyword the parser
+/// reads as a function without arguments (`user.id`).
+fn path(expr: &Expr) -> Option<Vec<Ident>> {
+    match expr {
+        Expr::Identifier(ident) => Some(vec![ident.clone()]),
+        Expr::CompoundIdentifier(parts) => Some(parts.clone()),
+        Expr::Function(function)
+            if matches!(function.args, FunctionArguments::None) && function.name.0.len() == 1 =>
+        {
+            Some(vec![Ident::new(function.name.to_string())])
+        }
+        Expr::CompoundFieldAccess { root, access_chain } => {
+            let mut parts = path(root)?;
+            for access in access_chain {
+                match access {
+                    AccessExpr::Dot(expr) => parts.extend(path(expr)?),
+                    AccessExpr::Subscript(_) => return None,
+                }
+            }
+            Some(parts)
+        }
+        _ => None,
+    }
+}
+
+fn join(parts: &[Ident]) -> String {
+    parts
+        .iter()
+        .map(|p| p.value.as_str())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn resolve_column(
     ident: &mut Ident,
     fields: &BTreeSet<String>,
-    aliases: &BTreeSet<String>,
+    scope: &Scope,
 ) -> Result<(), AmbiguousName> {
     if ident.quote_style.is_some() {
         return Ok(());
     }
-    let name = if fields.contains(&ident.value) {
-        ident.value.clone()
-    } else {
-        let mut matches = fields
+    let Some(name) = field_for(&ident.value, fields)? else {
+        // Not a field: an alias (spelled as it was defined), a CTE's column, or a
+        // mistake the planner reports.
+        if let Some(alias) = scope
+            .aliases
             .iter()
-            .filter(|field| field.eq_ignore_ascii_case(&ident.value));
-        let Some(first) = matches.next() else {
-            // Not a field: an alias (spelled as it was defined), a CTE's column, or
-            // a mistake the planner reports.
-            if let Some(alias) = aliases
-                .iter()
-                .find(|alias| alias.eq_ignore_ascii_case(&ident.value))
-            {
-                *ident = Ident::with_quote('"', alias.clone());
-            }
-            return Ok(());
-        };
-        let others: Vec<&String> = matches.collect();
-        if !others.is_empty() {
-            let mut fields: Vec<String> = std::iter::once(first).chain(others).cloned().collect();
-            fields.sort();
-            return Err(AmbiguousName {
-                name: ident.value.clone(),
-                fields,
-            });
+            .find(|alias| alias.eq_ignore_ascii_case(&ident.value))
+        {
+            *ident = Ident::with_quote('"', alias.clone());
         }
-        first.clone()
+        return Ok(());
     };
     // Lower-case names need no quotes; leaving them keeps plans and output names as
     // they were.
@@ -155,7 +245,9 @@ mod tests {
 
     fn resolved(sql: &str, fields: &[&str]) -> Result<String, AmbiguousName> {
         let fields: BTreeSet<String> = fields.iter().map(|f| f.to_string()).collect();
-        let mut statement = Parser::parse_sql(&GenericDialect {}, sql).unwrap().remove(0);
+        let mut statement = Parser::parse_sql(&GenericDialect {}, sql)
+            .unwrap()
+            .remove(0);
         resolve_identifiers(&mut statement, &fields)?;
         Ok(statement.to_string())
     }
@@ -199,6 +291,24 @@ mod tests {
             )
             .unwrap(),
             r#"SELECT "URL", COUNT(*) AS "PageViews" FROM hits GROUP BY "URL" ORDER BY "PageViews" DESC"#
+        );
+    }
+
+    #[test]
+    fn dotted_names_are_nested_fields_unless_they_start_with_a_table() {
+        let fields = ["user.geo.city", "user.id", "n"];
+        assert_eq!(
+            resolved(
+                "SELECT user.geo.City, e.user.id, e.n FROM events e WHERE USER.ID = 'u1'",
+                &fields
+            )
+            .unwrap(),
+            r#"SELECT "user.geo.city", e."user.id", e.n FROM events e WHERE "user.id" = 'u1'"#
+        );
+        // `events.n`: a table's column, not a path.
+        assert_eq!(
+            resolved("SELECT events.n FROM events", &["events.n", "n"]).unwrap(),
+            "SELECT events.n FROM events"
         );
     }
 

@@ -185,8 +185,14 @@ impl IngestTransform {
             }
             flat.push(pairs);
         }
+        // A named column no document has reads as NULL; one that matches a field
+        // whatever its case reads that field (names.rs).
         for column in self.columns.iter() {
-            if !fields.fields.contains_key(column) {
+            let present = fields
+                .fields
+                .keys()
+                .any(|field| field.eq_ignore_ascii_case(column));
+            if !present {
                 fields.observe(column, FieldType::Null);
             }
         }
@@ -252,10 +258,26 @@ async fn plan(
     sql: &str,
     input: RecordBatch,
 ) -> std::result::Result<(SessionContext, LogicalPlan), PlanError> {
+    let invalid = |e| PlanError::Invalid(TransformError::Plan(describe(e)));
+    // Names resolve against the batch's columns as in queries (names.rs).
+    let fields: BTreeSet<String> = input
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|name| name != ROW_COLUMN)
+        .collect();
     context
         .register_batch(INPUT_TABLE, input)
-        .map_err(|e| PlanError::Invalid(TransformError::Plan(describe(e))))?;
-    let plan = match context.state().create_logical_plan(sql).await {
+        .map_err(invalid)?;
+    let state = context.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut statement = state.sql_to_statement(sql, &dialect).map_err(invalid)?;
+    if let datafusion::sql::parser::Statement::Statement(inner) = &mut statement {
+        crate::names::resolve_identifiers(inner, &fields)
+            .map_err(|e| PlanError::Invalid(TransformError::Plan(e.to_string())))?;
+    }
+    let plan = match state.statement_to_plan(statement).await {
         Ok(plan) => plan,
         Err(error) => {
             return Err(match missing_column(&error) {
@@ -468,6 +490,23 @@ mod tests {
                          "n": {"deep": {"er": 1}}});
         let out = apply("SELECT * FROM _input", vec![doc.clone()]);
         assert_eq!(out[0], Some(doc));
+    }
+
+    #[test]
+    fn camel_case_fields_are_found_whatever_the_case_written() {
+        let out = apply(
+            "SELECT userId, upper(username) AS userName, \"geo.City\" AS city FROM _input",
+            vec![json!({"userId": 1, "userName": "ada", "geo": {"City": "Oslo"}})],
+        );
+        assert_eq!(
+            out[0],
+            Some(json!({"userId": 1, "userName": "ADA", "city": "Oslo"}))
+        );
+        let twins = IngestTransform::compile("SELECT Url FROM _input").unwrap();
+        let doc = json!({"URL": "a", "url": "b"});
+        let error =
+            futures::executor::block_on(twins.apply(&[doc.as_object().unwrap()])).unwrap_err();
+        assert!(error.to_string().contains("ambiguous"), "{error}");
     }
 
     #[test]

@@ -119,7 +119,16 @@ fn unknown_collections_bad_sql_and_unknown_columns_say_what_to_fix() -> anyhow::
         "{message}"
     );
 
-    let answer = cluster.query("SELECT user.name FROM docs")?;
+    // A dotted name that starts with no table names a nested field.
+    assert_eq!(
+        cluster.rows("SELECT user.name FROM docs")?,
+        vec![vec![json!("ada")]]
+    );
+    assert_eq!(
+        cluster.rows("SELECT d.User.Name FROM docs d")?,
+        vec![vec![json!("ada")]]
+    );
+    let answer = cluster.query("SELECT user.nme FROM docs")?;
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert!(error_of(&answer).1.contains("quoted"), "{}", answer.body);
     assert_eq!(
