@@ -5,14 +5,18 @@
 #
 #   scripts/setup.sh           what building needs (system packages)
 #   scripts/setup.sh --test    and what the tests need: the pinned Python peers
-#                              (DuckDB is the tests' oracle), a Kafka-protocol
-#                              broker (tansu) and an S3-API server (s3s-fs)
+#                              (DuckDB is the tests' oracle), Apache Kafka's
+#                              broker (jars from Maven Central, run with the JDK),
+#                              tansu (a second Kafka-protocol broker, for the
+#                              benchmarks) and an S3-API server (s3s-fs)
 #
 # Versions are pinned so that the oracle does not change under the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TANSU_VERSION=0.6.0
+# tests/kafka/pom.xml and tests/src/kafka.rs name the same version.
+KAFKA_VERSION=4.1.1
 # 0.14.1 is the newest s3s-fs that builds with rustc 1.92+.
 S3S_FS_VERSION=0.14.1
 
@@ -27,6 +31,11 @@ esac
 # zlib, OpenSSL, Cyrus SASL and pkg-config for the bundled librdkafka (TLS and
 # SASL to brokers).
 packages=(libclang-dev clang make pkg-config zlib1g-dev libssl-dev libsasl2-dev)
+# The tests run Apache Kafka's broker on a JDK (17 or newer), fetched with Maven.
+if $with_tests; then
+  command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || packages+=(maven)
+fi
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -54,8 +63,19 @@ $with_tests || exit 0
 # confluent-kafka.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 
+# Apache Kafka's broker and its dependencies, for the Kafka ingestion tests.
+kafka_libs="$HOME/.cache/altdb-kafka/$KAFKA_VERSION/libs"
+if [ ! -f "$kafka_libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+  echo "fetching Apache Kafka $KAFKA_VERSION from Maven Central"
+  rm -rf "$kafka_libs.partial"
+  mvn -q -f tests/kafka/pom.xml dependency:copy-dependencies \
+    -Dkafka.version="$KAFKA_VERSION" -DoutputDirectory="$kafka_libs.partial"
+  mv "$kafka_libs.partial" "$kafka_libs"
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
-# A real Kafka-protocol broker for the Kafka ingestion tests.
+# tansu, a Kafka-compatible broker: the Kafka benchmark's broker, and the tests'
+# with ALTDB_KAFKA=tansu.
 if ! command -v tansu >/dev/null 2>&1; then
   CARGO_TARGET_DIR="$HOME/.cache/tansu-target" \
     cargo install tansu@"$TANSU_VERSION" --locked --features dynostore,libsql

@@ -1,5 +1,10 @@
-//! A real Kafka-protocol broker (tansu) on loopback, and a producer that remembers
-//! where every record landed.
+//! A real Kafka broker on loopback, and a producer that remembers where every
+//! record landed.
+//!
+//! The broker is Apache Kafka itself (a single-node KRaft broker run with the
+//! installed JDK from the jars `scripts/setup.sh --test` fetches from Maven
+//! Central): it is what users run. `ALTDB_KAFKA=tansu` runs the tests against
+//! tansu, a Kafka-compatible broker, instead.
 
 use std::collections::HashMap;
 use std::net::TcpStream;
@@ -32,14 +37,160 @@ fn tansu_binary() -> PathBuf {
     PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
 }
 
-/// A tansu broker with in-memory storage, killed on drop.
+/// The Apache Kafka version the tests run (tests/kafka/pom.xml names the same).
+pub const KAFKA_VERSION: &str = "4.1.1";
+
+/// Where the broker's jars are: `ALTDB_KAFKA_LIBS`, else
+/// `~/.cache/altdb-kafka/<version>/libs` (where scripts/setup.sh puts them).
+pub fn kafka_libs() -> PathBuf {
+    if let Ok(path) = std::env::var("ALTDB_KAFKA_LIBS") {
+        return PathBuf::from(path);
+    }
+    PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/altdb-kafka")
+        .join(KAFKA_VERSION)
+        .join("libs")
+}
+
+/// A broker on loopback, killed on drop.
 pub struct Broker {
     pub address: String,
     child: Child,
 }
 
 impl Broker {
+    /// Apache Kafka (or tansu with `ALTDB_KAFKA=tansu`), logging to `log`.
     pub fn start(log: PathBuf) -> anyhow::Result<Self> {
+        match std::env::var("ALTDB_KAFKA").as_deref() {
+            Ok("tansu") => Self::start_tansu(log),
+            _ => Self::start_kafka(log),
+        }
+    }
+
+    /// A single-node KRaft broker (broker and controller in one process) with its
+    /// data next to `log`.
+    pub fn start_kafka(log: PathBuf) -> anyhow::Result<Self> {
+        let libs = kafka_libs();
+        if !libs
+            .join(format!("kafka_2.13-{KAFKA_VERSION}.jar"))
+            .exists()
+        {
+            bail!(
+                "Apache Kafka {KAFKA_VERSION} is not in {}; run `scripts/setup.sh --test`",
+                libs.display()
+            );
+        }
+        let port = crate::free_port();
+        let controller = crate::free_port();
+        let address = format!("127.0.0.1:{port}");
+        let dir = log
+            .parent()
+            .context("log path has a directory")?
+            .join(format!("kafka-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let properties = dir.join("server.properties");
+        std::fs::write(
+            &properties,
+            format!(
+                "process.roles=broker,controller\n\
+                 node.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://{address},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://{address}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 inter.broker.listener.name=PLAINTEXT\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={data}\n\
+                 num.partitions=1\n\
+                 offsets.topic.replication.factor=1\n\
+                 offsets.topic.num.partitions=4\n\
+                 transaction.state.log.replication.factor=1\n\
+                 transaction.state.log.min.isr=1\n\
+                 share.coordinator.state.topic.replication.factor=1\n\
+                 share.coordinator.state.topic.min.isr=1\n\
+                 group.initial.rebalance.delay.ms=0\n",
+                data = dir.join("data").display(),
+            ),
+        )?;
+        let log4j = dir.join("log4j.properties");
+        std::fs::write(
+            &log4j,
+            "log4j.rootLogger=WARN, out\n\
+             log4j.appender.out=org.apache.log4j.ConsoleAppender\n\
+             log4j.appender.out.layout=org.apache.log4j.PatternLayout\n\
+             log4j.appender.out.layout.ConversionPattern=[%d] %p %m (%c)%n\n",
+        )?;
+        let java = |class: &str| {
+            let mut command = Command::new("java");
+            command
+                .arg("-Xms128m")
+                .arg("-Xmx512m")
+                .arg(format!("-Dlog4j.configuration=file:{}", log4j.display()))
+                .arg("-cp")
+                .arg(format!("{}/*", libs.display()))
+                .arg(class);
+            command
+        };
+        let format = java("kafka.tools.StorageTool")
+            .args([
+                "format",
+                "--ignore-formatted",
+                "-t",
+                "altdb-test-cluster-0001",
+                "-c",
+            ])
+            .arg(&properties)
+            .output()
+            .context("cannot run java; install a JDK 17 (scripts/setup.sh --test does)")?;
+        if !format.status.success() {
+            bail!(
+                "formatting Kafka's storage failed: {}",
+                String::from_utf8_lossy(&format.stderr)
+            );
+        }
+        let log = std::fs::File::create(&log)?;
+        let child = java("kafka.Kafka")
+            .arg(&properties)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let broker = Self { address, child };
+        broker.wait_ready(Duration::from_secs(60))?;
+        Ok(broker)
+    }
+
+    /// Waits until the broker answers a metadata request.
+    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while TcpStream::connect(&self.address).is_err() {
+            if started.elapsed() > timeout {
+                bail!(
+                    "the broker did not listen on {} within {timeout:?}",
+                    self.address
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .create()?;
+        loop {
+            match admin.inner().fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
+                _ if started.elapsed() > timeout => {
+                    bail!(
+                        "the broker on {} did not answer within {timeout:?}",
+                        self.address
+                    )
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// tansu with in-memory storage.
+    pub fn start_tansu(log: PathBuf) -> anyhow::Result<Self> {
         let port = crate::free_port();
         let address = format!("127.0.0.1:{port}");
         let binary = tansu_binary();

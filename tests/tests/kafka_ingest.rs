@@ -1,6 +1,7 @@
-//! Kafka ingestion end to end against a real Kafka-protocol broker (tansu): exactly-once
-//! delivery across crashes of a tailer and of a leaf, dead letters, backpressure while
-//! every leaf is down, and lag/freshness reporting.
+//! Kafka ingestion end to end against a real Kafka broker (Apache Kafka; tansu with
+//! `ALTDB_KAFKA=tansu`): exactly-once delivery across crashes of a tailer and of a
+//! leaf, dead letters, backpressure while every leaf is down, and lag/freshness
+//! reporting.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -74,7 +75,7 @@ fn wait_for_events(cluster: &Cluster, good: i64, timeout: Duration) -> i64 {
 /// A cluster with the `events` collection fed by a fresh topic of `partitions`.
 fn start(options: ClusterOptions, partitions: i32) -> (Cluster, Broker, TrackingProducer) {
     let cluster = Cluster::start(options).expect("cluster starts");
-    let broker = Broker::start(cluster.dir.path().join("tansu.log")).expect("tansu starts");
+    let broker = Broker::start(cluster.dir.path().join("kafka.log")).expect("the broker starts");
     broker.create_topic(TOPIC, partitions).expect("topic");
     cluster
         .create_collection(json!({
