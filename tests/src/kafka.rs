@@ -20,6 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
+use serde_json::{json, Value};
 
 /// The `tansu` binary: `ALTDB_TANSU`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.
 fn tansu_binary() -> PathBuf {
@@ -364,5 +365,60 @@ impl TrackingProducer {
     /// Partition and offset of the record produced with `tag`.
     pub fn landed(&self, tag: u64) -> Option<(i32, i64)> {
         self.deliveries.landed.lock().unwrap().get(&tag).copied()
+    }
+}
+
+/// Record `n` of a test stream: a JSON event, or (records 7 and 507 of every
+/// thousand) something that is not a JSON object, for the dead letters.
+pub fn event_record(n: u64) -> (Vec<u8>, bool) {
+    match n % 1000 {
+        7 => (format!("{{\"seq\": {n}, \"broken\": ").into_bytes(), false),
+        507 => (
+            format!("[{n}, \"an array, not an object\"]").into_bytes(),
+            false,
+        ),
+        _ => {
+            let kind = ["view", "click", "buy"][(n % 3) as usize];
+            let event = json!({
+                "seq": n,
+                "user": format!("u{}", n % 997),
+                "kind": kind,
+                "amount": (n % 100) as f64 / 4.0,
+                "page": {"path": format!("/p/{}", n % 50), "ref": if n.is_multiple_of(5) { Value::Null } else { json!("search") }},
+                "note": "x".repeat(64 + (n % 200) as usize),
+            });
+            (event.to_string().into_bytes(), true)
+        }
+    }
+}
+
+/// What a test stream holds so far.
+#[derive(Debug, Default, Clone)]
+pub struct Produced {
+    pub good: u64,
+    pub good_seq_sum: u64,
+    pub bad: Vec<u64>,
+}
+
+impl TrackingProducer {
+    /// Produces records `range` of [`event_record`] to `topic` and waits for the
+    /// broker to acknowledge them.
+    pub fn produce(
+        &self,
+        topic: &str,
+        range: std::ops::Range<u64>,
+        produced: &mut Produced,
+    ) -> anyhow::Result<()> {
+        for n in range {
+            let (payload, good) = event_record(n);
+            self.send(topic, &format!("k{n}"), &payload, n)?;
+            if good {
+                produced.good += 1;
+                produced.good_seq_sum += n;
+            } else {
+                produced.bad.push(n);
+            }
+        }
+        self.flush()
     }
 }

@@ -6,57 +6,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use altdb_tests::kafka::{Broker, TrackingProducer};
+use altdb_tests::kafka::{Broker, Produced, TrackingProducer};
 use altdb_tests::{Cluster, ClusterOptions};
 
 const TOPIC: &str = "events";
 
-/// Record `n`: a JSON event, or (for a few) something that is not a JSON object.
-fn record(n: u64) -> (Vec<u8>, bool) {
-    match n % 1000 {
-        7 => (format!("{{\"seq\": {n}, \"broken\": ").into_bytes(), false),
-        507 => (
-            format!("[{n}, \"an array, not an object\"]").into_bytes(),
-            false,
-        ),
-        _ => {
-            let kind = ["view", "click", "buy"][(n % 3) as usize];
-            let event = json!({
-                "seq": n,
-                "user": format!("u{}", n % 997),
-                "kind": kind,
-                "amount": (n % 100) as f64 / 4.0,
-                "page": {"path": format!("/p/{}", n % 50), "ref": if n.is_multiple_of(5) { Value::Null } else { json!("search") }},
-                "note": "x".repeat(64 + (n % 200) as usize),
-            });
-            (event.to_string().into_bytes(), true)
-        }
-    }
-}
-
-#[derive(Default)]
-struct Produced {
-    good: u64,
-    good_seq_sum: u64,
-    bad: Vec<u64>,
-}
-
 fn produce(producer: &TrackingProducer, range: std::ops::Range<u64>, produced: &mut Produced) {
-    for n in range {
-        let (payload, good) = record(n);
-        producer
-            .send(TOPIC, &format!("k{n}"), &payload, n)
-            .expect("produce");
-        if good {
-            produced.good += 1;
-            produced.good_seq_sum += n;
-        } else {
-            produced.bad.push(n);
-        }
-    }
-    producer.flush().expect("flush producer");
+    producer.produce(TOPIC, range, produced).expect("produce");
 }
 
 fn wait_at_least(cluster: &Cluster, sql: &str, at_least: i64) {
