@@ -163,6 +163,11 @@ impl Process {
         at.elapsed() >= at_least && self.log_len() == len
     }
 
+    /// Everything the process logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -113,7 +113,9 @@ fn every_event_exactly_once_through_seeded_kills_of_tailers_and_leaves() {
     let mut rng = SplitMix64::new(seed);
     let started = Instant::now();
     let mut kills = 0;
-    while started.elapsed() < Duration::from_secs(seconds) {
+    // At least 10 kills in a run of a minute or more, however the dice fall.
+    let at_least = if seconds >= 60 { 10 } else { 0 };
+    while started.elapsed() < Duration::from_secs(seconds) || kills < at_least {
         pause(&mut rng, 3_000, 9_000);
         let blow = pick(&mut rng);
         eprintln!("chaos at {:?}: {blow:?}", started.elapsed());
@@ -170,7 +172,6 @@ fn every_event_exactly_once_through_seeded_kills_of_tailers_and_leaves() {
         started.elapsed(),
         produced.bad.len()
     );
-    assert!(kills >= 10 || seconds < 60, "only {kills} kills");
 
     let count = cluster.wait_until(
         "SELECT COUNT(*) FROM events",

@@ -252,3 +252,65 @@ fn a_zstd_compressed_topic_is_ingested() {
         produced.good_seq_sum as i64
     );
 }
+
+/// Another consumer joining the group with this tailer's `group.instance.id`
+/// fences the tailer's consumer for good (a fatal error in librdkafka). The
+/// tailer's watchdog replaces the consumer, and ingestion goes on.
+#[test]
+fn a_fenced_consumer_is_replaced_and_ingestion_goes_on() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let (cluster, broker, producer) = start(ClusterOptions::default(), 4);
+    let mut produced = Produced::default();
+    produce(&producer, 0..3_000, &mut produced);
+    let good = produced.good as i64;
+    assert_eq!(
+        wait_for_events(&cluster, good, Duration::from_secs(60)),
+        good
+    );
+
+    // The tailer's default instance id: host name and port.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let port = cluster.tailer_urls[0]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let impostor: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", "altdb-events")
+        .set("group.instance.id", format!("{host}:{port}"))
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("impostor");
+    impostor.subscribe(&[TOPIC]).expect("subscribe");
+    let started = std::time::Instant::now();
+    while impostor.assignment().map_or(0, |a| a.count()) == 0
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        let _ = impostor.poll(Duration::from_millis(100));
+    }
+    assert!(
+        impostor.assignment().unwrap().count() > 0,
+        "the impostor took the tailer's place"
+    );
+    drop(impostor);
+
+    produce(&producer, 3_000..6_000, &mut produced);
+    let good = produced.good as i64;
+    let count = wait_for_events(&cluster, good, Duration::from_secs(120));
+    assert_eq!(count, good, "{}", cluster.tailers[0].log_tail());
+    assert!(
+        cluster.tailers[0]
+            .log_text()
+            .contains("kafka consumer stalled"),
+        "{}",
+        cluster.tailers[0].log_tail()
+    );
+    assert_eq!(
+        cluster.scalar("SELECT SUM(seq) FROM events").unwrap(),
+        produced.good_seq_sum as i64
+    );
+}

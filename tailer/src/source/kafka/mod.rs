@@ -41,7 +41,7 @@ use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
 mod rebalance;
 
-use self::rebalance::{rewound, AssignmentEvent, Rebalancer, Resumed};
+use self::rebalance::{next_offset, rewound, AssignmentEvent, Rebalancer, Resumed};
 use super::dead_letter::{dead_letter, DeadLetter};
 use super::{deliver, Flush, SourceContext};
 use crate::shape::{Record, RecordError, Shaped, Shaper};
@@ -71,6 +71,56 @@ pub async fn run(
     let Some(shaper) = super::shaper_or_wait(&spec, &context, &source_id, &mut stop).await else {
         return;
     };
+    // A consumer that stalls (see `ConsumeLoop::stall`) is replaced; after
+    // STATIC_ATTEMPTS stalls in a row the new one joins as a dynamic member, in
+    // case the group coordinator holds on to this tailer's static membership.
+    let mut stalls = 0;
+    loop {
+        let dynamic = stalls >= STATIC_ATTEMPTS;
+        match run_consumer(
+            &spec,
+            &kafka,
+            &context,
+            &source_id,
+            shaper.clone(),
+            dynamic,
+            &mut stop,
+        )
+        .await
+        {
+            Exit::Stopped => break,
+            Exit::Stalled => stalls += 1,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    tracing::info!(source = %source_id, "kafka source stopped");
+}
+
+/// Stalls in a row after which the consumer rejoins without `group.instance.id`.
+const STATIC_ATTEMPTS: u32 = 2;
+
+/// How one consumer's run ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Exit {
+    /// The source was stopped.
+    Stopped,
+    /// The consumer stopped making progress; make a new one.
+    Stalled,
+}
+
+/// Runs one consumer until the source stops or the consumer stalls.
+async fn run_consumer(
+    spec: &CollectionSpec,
+    kafka: &KafkaSource,
+    context: &SourceContext,
+    source_id: &str,
+    shaper: Shaper,
+    dynamic: bool,
+    stop: &mut watch::Receiver<bool>,
+) -> Exit {
     let stopped = Arc::new(AtomicBool::new(false));
     let (flushes, mut queue) = mpsc::channel::<Flush>(QUEUE_FLUSHES);
     let rebalancer = Rebalancer {
@@ -80,15 +130,16 @@ pub async fn run(
         context: context.clone(),
         stopped: stopped.clone(),
         events: Arc::new(Mutex::new(Vec::new())),
+        fatal: Arc::new(AtomicBool::new(false)),
     };
     let consumer = loop {
-        match create_consumer(&spec, &kafka, rebalancer.clone()) {
+        match create_consumer(spec, kafka, rebalancer.clone(), dynamic) {
             Ok(consumer) => break Arc::new(consumer),
             Err(error) => {
                 tracing::error!(source = %source_id, %error, "cannot create the kafka consumer; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return Exit::Stopped,
                 }
             }
         }
@@ -96,7 +147,7 @@ pub async fn run(
     let thread = {
         let consumer = consumer.clone();
         let stopped = stopped.clone();
-        let metrics_source = source_id.clone();
+        let metrics_source = source_id.to_string();
         let context = context.clone();
         let kafka = kafka.clone();
         let spec = spec.clone();
@@ -118,46 +169,56 @@ pub async fn run(
                     partitions: BTreeMap::new(),
                     pending: Pending::default(),
                     last_flush: Instant::now(),
+                    watchdog: Watchdog::default(),
                 }
                 .run()
             })
             .expect("spawn kafka consumer thread")
     };
-    tracing::info!(source = %source_id, brokers = %kafka.brokers, group = %kafka.consumer_group(&spec.name), "kafka source started");
+    tracing::info!(source = %source_id, brokers = %kafka.brokers, group = %kafka.consumer_group(&spec.name), dynamic, "kafka source started");
+    let mut exit = Exit::Stopped;
     loop {
         let flush = tokio::select! {
             flush = queue.recv() => flush,
             _ = stop.changed() => None,
         };
         let Some(flush) = flush else { break };
-        if !deliver(&spec, &source_id, &context, &flush, &mut stop).await {
+        if !deliver(spec, source_id, context, &flush, stop).await {
             break;
         }
         commit(&consumer, &kafka.topic, &flush.marks);
     }
     stopped.store(true, Ordering::Relaxed);
     drop(queue);
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    tracing::info!(source = %source_id, "kafka source stopped");
+    if let Ok(Ok(ended)) = tokio::task::spawn_blocking(move || thread.join()).await {
+        exit = ended;
+    }
+    if *stop.borrow() {
+        exit = Exit::Stopped;
+    }
+    exit
 }
 
 fn create_consumer(
     spec: &CollectionSpec,
     kafka: &KafkaSource,
     rebalancer: Rebalancer,
+    dynamic: bool,
 ) -> Result<BaseConsumer<Rebalancer>, KafkaError> {
     let instance_id = rebalancer.context.instance_id.clone();
     let mut config = ClientConfig::new();
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
+    if !dynamic {
+        // Static membership: a restarted tailer rejoins as itself and gets its
+        // partitions back without waiting for the group to notice it was gone.
+        config.set("group.instance.id", instance_id);
+    }
     config
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", kafka.consumer_group(&spec.name))
         .set("client.id", format!("altdb-tailer-{}", spec.name))
-        // Static membership: a restarted tailer rejoins as itself and gets its
-        // partitions back without waiting for the group to notice it was gone.
-        .set("group.instance.id", instance_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
@@ -268,11 +329,42 @@ struct ConsumeLoop {
     partitions: BTreeMap<i32, PartitionState>,
     pending: Pending,
     last_flush: Instant,
+    watchdog: Watchdog,
+}
+
+/// Time without an assigned partition after which the consumer is checked for a
+/// stall: the session timeout, a rebalance, and a margin.
+const STALL_AFTER: Duration = Duration::from_secs(30);
+/// How often a consumer without partitions checks whether records wait unread.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(10);
+const M_STALLED: &str = "altdb_tailer_source_stalled";
+
+/// Watches one consumer for a stall: no partition assigned for [`STALL_AFTER`]
+/// while the topic has records no shard holds, or a fatal client error.
+#[derive(Debug, Default)]
+struct Watchdog {
+    unassigned_since: Option<Instant>,
+    last_check: Option<Instant>,
 }
 
 impl ConsumeLoop {
-    fn run(mut self) {
+    fn run(mut self) -> Exit {
+        let mut exit = Exit::Stopped;
         while !self.stopped.load(Ordering::Relaxed) {
+            if let Some(reason) = self.stall() {
+                tracing::warn!(source = %self.source_id, %reason, "kafka consumer stalled; replacing it");
+                self.context.metrics.set(
+                    M_STALLED,
+                    "1 while a source's Kafka consumer is stalled and being replaced.",
+                    &[("source", &self.source_id)],
+                    1.0,
+                );
+                // What was read goes out first: the next consumer resumes after it.
+                let flush = self.cut();
+                self.hand_over(flush);
+                exit = Exit::Stalled;
+                break;
+            }
             let consumer = self.consumer.clone();
             let polled = consumer.poll(Duration::from_millis(20));
             self.apply_rebalances();
@@ -284,6 +376,11 @@ impl ConsumeLoop {
                     }
                 }
                 Some(Err(error)) => {
+                    // Fatal: e.g. fenced by another consumer with this tailer's
+                    // `group.instance.id`; the client can never rejoin the group.
+                    if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+                        self.consumer.context().fatal.store(true, Ordering::Relaxed);
+                    }
                     tracing::warn!(source = %self.source_id, %error, "kafka consumer error")
                 }
                 None => {}
@@ -296,6 +393,81 @@ impl ConsumeLoop {
             }
         }
         self.consumer.unsubscribe();
+        exit
+    }
+
+    /// Why the consumer is stalled, if it is.
+    fn stall(&mut self) -> Option<String> {
+        if self.consumer.context().fatal.load(Ordering::Relaxed) {
+            return Some("the Kafka client raised a fatal error".into());
+        }
+        if !self.partitions.is_empty() {
+            if self.watchdog.unassigned_since.take().is_some() {
+                self.context.metrics.set(
+                    M_STALLED,
+                    "1 while a source's Kafka consumer is stalled and being replaced.",
+                    &[("source", &self.source_id)],
+                    0.0,
+                );
+            }
+            return None;
+        }
+        let since = *self
+            .watchdog
+            .unassigned_since
+            .get_or_insert_with(Instant::now);
+        let checked_lately = self
+            .watchdog
+            .last_check
+            .is_some_and(|at| at.elapsed() < STALL_CHECK_EVERY);
+        if since.elapsed() < STALL_AFTER || checked_lately {
+            return None;
+        }
+        self.watchdog.last_check = Some(Instant::now());
+        let waiting = self.partitions_with_unread_records()?;
+        (!waiting.is_empty()).then(|| {
+            format!(
+                "no partition assigned for {:?} while partitions {waiting:?} have records \
+                 that no shard holds",
+                since.elapsed()
+            )
+        })
+    }
+
+    /// The topic's partitions with records past what every shard holds (`None` if
+    /// the broker or the leaves cannot tell now).
+    fn partitions_with_unread_records(&self) -> Option<Vec<i32>> {
+        let topic = &self.kafka.topic;
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let sources: Vec<String> = partitions
+            .iter()
+            .map(|p| self.kafka.partition_source(&self.spec.name, *p))
+            .collect();
+        let resumes = self.handle.block_on(super::resume_positions(
+            &self.context.pusher,
+            &self.spec,
+            &sources,
+        ))?;
+        let mut waiting = Vec::new();
+        for (partition, resume) in partitions.into_iter().zip(resumes) {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(5))
+                .ok()?;
+            if next_offset(resume, self.kafka.start, low, high) < high {
+                waiting.push(partition);
+            }
+        }
+        Some(waiting)
     }
 
     /// Hands a flush to the push task, waiting while its queue is full: this is the

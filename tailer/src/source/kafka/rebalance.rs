@@ -35,6 +35,9 @@ pub(super) struct Rebalancer {
     pub(super) context: SourceContext,
     pub(super) stopped: Arc<AtomicBool>,
     pub(super) events: Arc<Mutex<Vec<AssignmentEvent>>>,
+    /// Set when librdkafka reports a fatal error (e.g. this static member was
+    /// fenced by another with the same `group.instance.id`): the consumer is done.
+    pub(super) fatal: Arc<AtomicBool>,
 }
 
 impl ClientContext for Rebalancer {
@@ -45,6 +48,15 @@ impl ClientContext for Rebalancer {
             Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
         ) {
             return;
+        }
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::Fatal
+                    | rdkafka::types::RDKafkaErrorCode::FencedInstanceId
+            )
+        ) {
+            self.fatal.store(true, Ordering::Relaxed);
         }
         tracing::warn!(collection = %self.spec.name, %error, reason, "kafka client error");
     }
@@ -136,11 +148,7 @@ impl Rebalancer {
                 })
                 .ok();
             let (low, high) = watermarks.unwrap_or((0, 0));
-            let next = match (resume, self.kafka.start) {
-                (Resume::At(next), _) => next as i64,
-                (Resume::Fresh, StartFrom::Latest) => high,
-                (Resume::Fresh | Resume::Partial, _) => low,
-            };
+            let next = next_offset(resume, self.kafka.start, low, high);
             if watermarks.is_some() && next > high {
                 tracing::error!(
                     collection = %self.spec.name,
@@ -161,6 +169,16 @@ impl Rebalancer {
             });
         }
         Some(offsets)
+    }
+}
+
+/// The offset a partition continues at: where every shard holds it up to, else
+/// where the source's `start` says, within the partition's `low..high`.
+pub(super) fn next_offset(resume: Resume, start: StartFrom, low: i64, high: i64) -> i64 {
+    match (resume, start) {
+        (Resume::At(next), _) => next as i64,
+        (Resume::Fresh, StartFrom::Latest) => high,
+        (Resume::Fresh | Resume::Partial, _) => low,
     }
 }
 
