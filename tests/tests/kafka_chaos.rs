@@ -4,7 +4,7 @@
 //! loops. Afterwards every event is stored exactly once, `_dlq` holds exactly the
 //! malformed records, and the lag is 0 on every partition.
 //!
-//! `ALTDB_CHAOS_SECONDS` (default 90) sets how long the chaos lasts and
+//! `ALTDB_CHAOS_SECONDS` (default 120) sets how long the chaos lasts and
 //! `ALTDB_CHAOS_SEED` replays a run (the seed is printed); README gives the hour
 //! long soak command.
 
@@ -63,7 +63,7 @@ fn pause(rng: &mut SplitMix64, from_ms: u64, to_ms: u64) {
 
 #[test]
 fn every_event_exactly_once_through_seeded_kills_of_tailers_and_leaves() {
-    let seconds = env_u64("ALTDB_CHAOS_SECONDS", 90);
+    let seconds = env_u64("ALTDB_CHAOS_SECONDS", 120);
     let seed = env_u64("ALTDB_CHAOS_SEED", 20_261_206);
     eprintln!("chaos: {seconds} s, seed {seed} (ALTDB_CHAOS_SEED={seed} replays it)");
     let mut cluster = Cluster::start(ClusterOptions {
