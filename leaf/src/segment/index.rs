@@ -188,7 +188,12 @@ fn layout(fields: &FieldSet, text_fields: &[String]) -> Layout {
             TermKind::Bool => builder.add_bool_field(&name, numeric.clone()),
         };
         columns.insert(name.clone(), IndexedColumn { field, kind });
-        if kind == TermKind::Str && text_fields.contains(&name) {
+        // A text field named in any case counts, unless a field is spelled exactly
+        // as named (README, "Names in SQL").
+        let is_text = text_fields.iter().any(|t| {
+            t == &name || (t.eq_ignore_ascii_case(&name) && !fields.fields.contains_key(t))
+        });
+        if kind == TermKind::Str && is_text {
             text.insert(
                 name.clone(),
                 builder.add_text_field(&format!("{TEXT_PREFIX}{name}"), text_field_options()),
@@ -631,5 +636,16 @@ mod tests {
             .unwrap();
         assert_eq!(scored.len(), 1);
         assert!(scored[0].1 > 0.0);
+    }
+
+    #[test]
+    fn text_fields_are_named_in_any_case_unless_spelled_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = [json!({"Title": "fast engine", "Body": "a", "body": "b"})];
+        let (_, index) = index_docs(dir.path(), &docs, &["title".into(), "body".into()]);
+        assert!(index.text_field("Title").is_some());
+        // `body` is spelled exactly: its case-only twin is not a text field.
+        assert!(index.text_field("body").is_some());
+        assert!(index.text_field("Body").is_none());
     }
 }
