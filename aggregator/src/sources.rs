@@ -43,10 +43,17 @@ pub enum OffsetsError {
     Task(String),
 }
 
+/// A partition whose stored offset has not moved for this long while it lags is
+/// reported stalled.
+pub const STALL_AFTER_US: i64 = 60_000_000;
+
 /// Reads partition end offsets from Kafka brokers; one client per broker list.
+/// Also remembers, per lagging partition, since when its stored offset has not
+/// moved (as seen by the status requests and metric scrapes of this aggregator).
 #[derive(Default)]
 pub struct KafkaProbe {
     clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    progress: Mutex<HashMap<String, (u64, i64)>>,
 }
 
 impl std::fmt::Debug for KafkaProbe {
@@ -56,6 +63,29 @@ impl std::fmt::Debug for KafkaProbe {
 }
 
 impl KafkaProbe {
+    /// Since when `partition_source` has lagged without its stored offset moving,
+    /// once that is [`STALL_AFTER_US`] or longer.
+    pub fn stalled_since(
+        &self,
+        partition_source: &str,
+        stored: u64,
+        lag: Option<i64>,
+        now_us: i64,
+    ) -> Option<i64> {
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if !lag.is_some_and(|lag| lag > 0) {
+            progress.remove(partition_source);
+            return None;
+        }
+        let entry = progress
+            .entry(partition_source.to_string())
+            .or_insert((stored, now_us));
+        if entry.0 != stored {
+            *entry = (stored, now_us);
+        }
+        (now_us - entry.1 >= STALL_AFTER_US).then_some(entry.1)
+    }
+
     fn client(&self, kafka: &KafkaSource) -> Result<Arc<BaseConsumer>, OffsetsError> {
         let key = format!("{}|{:?}", kafka.brokers, kafka.properties);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,6 +161,10 @@ pub struct PartitionStatus {
     /// Everything the partition had before this time is queryable.
     pub fresh_as_of: Option<String>,
     pub freshness_ms: Option<f64>,
+    /// The partition lags and its stored offset has not moved since this time
+    /// (for a minute or more): no tailer is storing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<String>,
 }
 
 /// Progress of one source of a collection.
@@ -157,6 +191,9 @@ pub struct SourceStatus {
     pub objects_reading: Vec<ObjectStatus>,
     /// Worst freshness over the source's partitions or shards.
     pub freshness_ms: Option<f64>,
+    /// The earliest `stalled_since` of its partitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<String>,
 }
 
 /// An object a source is part way through.
@@ -219,6 +256,7 @@ pub async fn source_status(
                     objects_done: None,
                     objects_reading: Vec::new(),
                     freshness_ms: freshness_ms(as_of, now_us),
+                    stalled_since: None,
                 });
             }
             SourceSpec::S3(objects) => {
@@ -256,6 +294,7 @@ pub async fn source_status(
                     objects_done: Some(done),
                     objects_reading: reading,
                     freshness_ms: freshness_ms(as_of, now_us),
+                    stalled_since: None,
                 });
             }
             SourceSpec::Kafka(kafka) => {
@@ -278,13 +317,12 @@ pub async fn source_status(
                 let statuses: Vec<PartitionStatus> = partitions
                     .into_iter()
                     .map(|partition| {
-                        let (stored, as_of) = over_shards(
-                            spec,
-                            stats,
-                            &kafka.partition_source(&spec.name, partition),
-                        );
+                        let key = kafka.partition_source(&spec.name, partition);
+                        let (stored, as_of) = over_shards(spec, stats, &key);
                         let end = ends.get(&partition).copied();
                         let lag = end.map(|end| (end - stored.unwrap_or(0) as i64).max(0));
+                        let stalled_since =
+                            probe.stalled_since(&key, stored.unwrap_or(0), lag, now_us);
                         // A partition with nothing left to read is fresh by definition.
                         let as_of = if lag == Some(0) { Some(now_us) } else { as_of };
                         PartitionStatus {
@@ -294,6 +332,7 @@ pub async fn source_status(
                             lag,
                             fresh_as_of: as_of.and_then(rfc3339),
                             freshness_ms: freshness_ms(as_of, now_us),
+                            stalled_since: stalled_since.and_then(rfc3339),
                         }
                     })
                     .collect();
@@ -307,6 +346,11 @@ pub async fn source_status(
                     .map(|p| p.freshness_ms)
                     .collect::<Option<Vec<f64>>>()
                     .and_then(|f| f.into_iter().reduce(f64::max));
+                // RFC 3339 text in UTC orders as the times do.
+                let stalled_since = statuses
+                    .iter()
+                    .filter_map(|p| p.stalled_since.clone())
+                    .min();
                 out.push(SourceStatus {
                     source: id,
                     kind: "kafka",
@@ -317,6 +361,7 @@ pub async fn source_status(
                     objects_done: None,
                     objects_reading: Vec::new(),
                     freshness_ms: freshness,
+                    stalled_since,
                 });
             }
         }
@@ -351,6 +396,12 @@ pub fn export(metrics: &Metrics, collection: &str, statuses: &[SourceStatus]) {
                     lag as f64,
                 );
             }
+            metrics.set(
+                "altdb_aggregator_source_partition_stalled",
+                "1 while a partition lags and its stored offset has not moved for a minute.",
+                &labels,
+                if p.stalled_since.is_some() { 1.0 } else { 0.0 },
+            );
             if let Some(f) = p.freshness_ms {
                 metrics.set(
                     "altdb_aggregator_source_partition_freshness_seconds",
@@ -377,6 +428,26 @@ pub fn is_live_source(spec: &CollectionSpec, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lagging_partition_that_does_not_move_for_a_minute_is_stalled() {
+        let probe = KafkaProbe::default();
+        let key = "kafka:events:t:3";
+        let second = 1_000_000;
+        assert_eq!(probe.stalled_since(key, 10, Some(5), 0), None);
+        assert_eq!(probe.stalled_since(key, 10, Some(5), 59 * second), None);
+        assert_eq!(probe.stalled_since(key, 10, Some(9), 60 * second), Some(0));
+        // Progress restarts the clock; catching up forgets the partition.
+        assert_eq!(probe.stalled_since(key, 11, Some(9), 61 * second), None);
+        assert_eq!(probe.stalled_since(key, 11, Some(9), 120 * second), None);
+        assert_eq!(
+            probe.stalled_since(key, 11, Some(9), 121 * second),
+            Some(61 * second)
+        );
+        assert_eq!(probe.stalled_since(key, 20, Some(0), 122 * second), None);
+        assert_eq!(probe.stalled_since(key, 20, Some(3), 123 * second), None);
+        assert_eq!(probe.stalled_since(key, 20, None, 200 * second), None);
+    }
     use altdb_common::rpc::{ShardStats, SourceProgress};
 
     #[test]

@@ -160,6 +160,7 @@ fn every_event_exactly_once_across_tailer_and_leaf_crashes() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status["lag"], json!(0), "{status}");
+    assert!(status.get("stalled_since").is_none(), "{status}");
     assert_eq!(
         status["partitions"].as_array().unwrap().len(),
         8,
