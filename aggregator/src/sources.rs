@@ -73,7 +73,7 @@ impl KafkaProbe {
         now_us: i64,
     ) -> Option<i64> {
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        if !lag.is_some_and(|lag| lag > 0) {
+        if lag.is_none_or(|lag| lag <= 0) {
             progress.remove(partition_source);
             return None;
         }
