@@ -28,6 +28,7 @@ pub mod config;
 pub mod document;
 pub mod error;
 pub mod geo;
+pub mod health;
 pub mod lru;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_leaf;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use altdb_common::health::LoopHealth;
 use altdb_common::metrics::Metrics;
 use altdb_common::rpc::{CollectionStats, PutAck, PutRow, SourceMark, Watermarks};
 use tokio::sync::watch;
@@ -201,7 +202,9 @@ impl Leaf {
     /// Seals due mutable segments until `shutdown` flips, then seals nothing more:
     /// unsealed rows are safe in RocksDB and return on restart.
     pub async fn run_sealer(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let health = LoopHealth::new("sealer");
         loop {
+            health.passed(&self.metrics);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = shutdown.changed() => return,
@@ -212,14 +215,17 @@ impl Leaf {
                 let sealed =
                     tokio::task::spawn_blocking(move || shard.seal_if_due(policy, false)).await;
                 match sealed {
-                    Ok(Err(error)) => tracing::error!(%error, "sealing a segment failed"),
-                    Err(error) => tracing::error!(%error, "sealer task failed"),
-                    Ok(Ok(true)) => self.metrics.observe(
-                        "altdb_leaf_seal_duration_seconds",
-                        "Time to seal a mutable segment into Parquet and a tantivy index.",
-                        &[],
-                        started.elapsed().as_secs_f64(),
-                    ),
+                    Ok(Err(error)) => health.failed(&self.metrics, &error),
+                    Err(error) => health.failed(&self.metrics, &error),
+                    Ok(Ok(true)) => {
+                        health.succeeded(&self.metrics);
+                        self.metrics.observe(
+                            "altdb_leaf_seal_duration_seconds",
+                            "Time to seal a mutable segment into Parquet and a tantivy index.",
+                            &[],
+                            started.elapsed().as_secs_f64(),
+                        )
+                    }
                     Ok(Ok(false)) => {}
                 }
                 if *shutdown.borrow() {
@@ -237,7 +243,9 @@ impl Leaf {
         if self.merge_policy.min_segments == 0 {
             return;
         }
+        let health = LoopHealth::new("merger");
         loop {
+            health.passed(&self.metrics);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => return,
@@ -247,14 +255,17 @@ impl Leaf {
                 let started = Instant::now();
                 let merged = tokio::task::spawn_blocking(move || shard.merge_if_due(policy)).await;
                 match merged {
-                    Ok(Err(error)) => tracing::error!(%error, "merging segments failed"),
-                    Err(error) => tracing::error!(%error, "merger task failed"),
-                    Ok(Ok(true)) => self.metrics.observe(
-                        "altdb_leaf_merge_duration_seconds",
-                        "Time to merge sealed segments into one.",
-                        &[],
-                        started.elapsed().as_secs_f64(),
-                    ),
+                    Ok(Err(error)) => health.failed(&self.metrics, &error),
+                    Err(error) => health.failed(&self.metrics, &error),
+                    Ok(Ok(true)) => {
+                        health.succeeded(&self.metrics);
+                        self.metrics.observe(
+                            "altdb_leaf_merge_duration_seconds",
+                            "Time to merge sealed segments into one.",
+                            &[],
+                            started.elapsed().as_secs_f64(),
+                        )
+                    }
                     Ok(Ok(false)) => {}
                 }
                 if *shutdown.borrow() {

@@ -319,6 +319,11 @@ fn every_process_reports_latency_histograms() -> anyhow::Result<()> {
             metric(&leaf, "altdb_leaf_fragment_duration_seconds_count") >= Some(2.0),
             "{leaf}"
         );
+        // The sealer and the merger say they are alive.
+        for name in ["sealer", "merger"] {
+            let pass = format!("altdb_loop_last_pass_timestamp_seconds{{loop=\"{name}\"}}");
+            assert!(metric(&leaf, &pass) > Some(1.7e9), "{leaf}");
+        }
         assert_eq!(cluster.get_text(&format!("{url}/healthz"))?, "ok");
     }
     Ok(())

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, watch};
 use xxhash_rust::xxh3::xxh3_64;
 
 use altdb_common::collection::{CollectionSpec, ObjectSource, SourceSpec};
+use altdb_common::health::LoopHealth;
 use altdb_common::rpc::{RowPosition, SourceMark};
 
 use self::read::{encoding, Chunk, Decoded, ObjectError, ReadJob};
@@ -89,13 +90,15 @@ pub async fn run(
         failures: HashMap::new(),
     };
     tracing::info!(source = %reader.source_id, ?poll, "object source started");
+    let health = LoopHealth::new(reader.source_id.clone());
     loop {
-        match reader.poll(&mut stop).await {
-            Ok(true) => {}
+        let outcome = reader.poll(&mut stop).await;
+        health.passed(&reader.context.metrics);
+        match outcome {
+            Ok(true) => health.succeeded(&reader.context.metrics),
             Ok(false) => break,
-            Err(error) => {
-                tracing::warn!(source = %reader.source_id, %error, "listing failed; retrying at the next poll")
-            }
+            // Logged when it starts failing and then once a minute (health.rs).
+            Err(error) => health.failed(&reader.context.metrics, &error),
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
