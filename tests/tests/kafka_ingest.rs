@@ -261,6 +261,11 @@ fn a_zstd_compressed_topic_is_ingested() {
 fn a_fenced_consumer_is_replaced_and_ingestion_goes_on() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
+    if std::env::var("ALTDB_KAFKA").as_deref() == Ok("tansu") {
+        eprintln!("skipped: tansu does not fence static members (no FENCED_INSTANCE_ID)");
+        return;
+    }
+
     let (cluster, broker, producer) = start(ClusterOptions::default(), 4);
     let mut produced = Produced::default();
     produce(&producer, 0..3_000, &mut produced);

@@ -15,7 +15,8 @@ use altdb_common::collection::{CollectionSpec, KafkaSource, StartFrom};
 
 use crate::source::{resume_positions, Resume, SourceContext};
 
-/// Records re-read before the resume point after an assignment (times 4 per retry).
+/// Records re-read before the resume point when a broker started past it (times 4
+/// per further retry).
 const RESUME_REWIND: i64 = 1000;
 
 /// A change of assignment seen in the rebalance callback.
@@ -194,14 +195,19 @@ pub(super) struct Resumed {
     pub(super) fetch_from: i64,
 }
 
-/// Records fetched before the resume point and dropped, on the `attempt`-th try.
+/// Where to fetch from on the `attempt`-th try to resume at `next`.
 ///
-/// A fetch from an offset inside a producer batch must return that whole batch; some
-/// Kafka-protocol brokers (tansu) return the next batch instead, which would skip the
-/// rest of the batch. Fetching from a little earlier and dropping what is below
-/// `next` is correct with either, and costs a few re-read records.
+/// A fetch from an offset inside a producer batch must return that whole batch
+/// (Apache Kafka does; librdkafka drops the records before the offset), so the
+/// first try fetches from `next` itself. Some Kafka-protocol brokers (tansu 0.6)
+/// return the next batch instead, which would skip the rest of the batch: the
+/// consumer notices that the first record is past `next` and tries again from a
+/// little earlier, dropping what is below `next` — correct with either broker.
 pub(super) fn rewound(next: i64, low: i64, attempt: u32) -> i64 {
-    let back = RESUME_REWIND << (2 * attempt.min(8));
+    if attempt == 0 {
+        return next.max(low);
+    }
+    let back = RESUME_REWIND << (2 * (attempt - 1).min(8));
     next.saturating_sub(back).max(low).min(next)
 }
 
@@ -210,11 +216,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resumes_fetch_a_little_before_the_resume_point() {
-        assert_eq!(rewound(5000, 0, 0), 4000);
-        assert_eq!(rewound(5000, 0, 1), 1000);
-        assert_eq!(rewound(5000, 3000, 1), 3000);
-        assert_eq!(rewound(10, 0, 0), 0);
-        assert_eq!(rewound(7, 9, 0), 7, "never past the resume point");
+    fn resumes_fetch_at_the_resume_point_then_a_little_before() {
+        assert_eq!(rewound(5000, 0, 0), 5000);
+        assert_eq!(rewound(5000, 0, 1), 4000);
+        assert_eq!(rewound(5000, 0, 2), 1000);
+        assert_eq!(rewound(5000, 3000, 2), 3000);
+        assert_eq!(rewound(10, 0, 1), 0);
+        assert_eq!(rewound(7, 9, 0), 9, "never before the partition's start");
+        assert_eq!(rewound(7, 9, 1), 7, "never past the resume point");
     }
 }
