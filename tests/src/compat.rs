@@ -78,6 +78,20 @@ impl Outcome {
     }
 }
 
+/// Runs a Python script (the tests' data generators); `what` names it in errors.
+pub fn run_python(script: &str, what: &str) -> anyhow::Result<()> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .status()
+        .with_context(|| format!("cannot run python3 for {what}"))?;
+    if !status.success() {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
+
 /// The statements of a `.sql` file under `tests/compat/`, in order: split at `;`
 /// ending a line, `--` comment lines dropped.
 pub fn queries(file: &str) -> anyhow::Result<Vec<String>> {

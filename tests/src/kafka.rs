@@ -422,3 +422,21 @@ impl TrackingProducer {
         self.flush()
     }
 }
+
+/// A cluster with an `events` collection fed by a fresh `topic` of `partitions`
+/// on a broker of its own.
+pub fn events_cluster(
+    options: crate::ClusterOptions,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<(crate::Cluster, Broker)> {
+    let cluster = crate::Cluster::start(options)?;
+    let broker = Broker::start(cluster.dir.path().join("kafka.log"))?;
+    broker.create_topic(topic, partitions)?;
+    cluster.create_collection(json!({
+        "name": "events",
+        "num_shards": 4,
+        "sources": [{"type": "kafka", "brokers": broker.address, "topic": topic}],
+    }))?;
+    Ok((cluster, broker))
+}

@@ -2,9 +2,7 @@
 //! compared with DuckDB's on the same rows (tests/src/compat.rs says how).
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::bail;
 use serde_json::{json, Value};
 
 use altdb_tests::compat;
@@ -27,16 +25,7 @@ fn write_hits(path: &Path) -> anyhow::Result<()> {
         bench = bench.display().to_string(),
         path = path.display().to_string(),
     );
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    if !Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .status()?
-        .success()
-    {
-        bail!("generating hits failed");
-    }
-    Ok(())
+    compat::run_python(&script, "generating hits")
 }
 
 #[test]

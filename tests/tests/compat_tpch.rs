@@ -35,16 +35,7 @@ fn generate(dir: &Path) -> anyhow::Result<()> {
          duckdb.sql(f\"COPY (SELECT * FROM read_csv('{dir}/{{t}}.csv')) TO '{dir}/{{t}}.ndjson' (FORMAT json)\")\n",
         dir = dir.display()
     );
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    if !Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .status()?
-        .success()
-    {
-        bail!("converting the TPC-H tables to NDJSON failed");
-    }
-    Ok(())
+    compat::run_python(&script, "converting the TPC-H tables to NDJSON")
 }
 
 #[test]

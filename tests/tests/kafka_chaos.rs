@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use altdb_common::random::SplitMix64;
-use altdb_tests::kafka::{Broker, Produced, TrackingProducer};
-use altdb_tests::{Cluster, ClusterOptions};
+use altdb_tests::kafka::{events_cluster, Produced, TrackingProducer};
+use altdb_tests::ClusterOptions;
 
 const TOPIC: &str = "events";
 const PARTITIONS: i32 = 8;
@@ -66,22 +66,17 @@ fn every_event_exactly_once_through_seeded_kills_of_tailers_and_leaves() {
     let seconds = env_u64("ALTDB_CHAOS_SECONDS", 120);
     let seed = env_u64("ALTDB_CHAOS_SEED", 20_261_206);
     eprintln!("chaos: {seconds} s, seed {seed} (ALTDB_CHAOS_SEED={seed} replays it)");
-    let mut cluster = Cluster::start(ClusterOptions {
-        leaves: 2,
-        tailers: 2,
-        seal_rows: 50_000,
-        ..ClusterOptions::default()
-    })
+    let (mut cluster, broker) = events_cluster(
+        ClusterOptions {
+            leaves: 2,
+            tailers: 2,
+            seal_rows: 50_000,
+            ..ClusterOptions::default()
+        },
+        TOPIC,
+        PARTITIONS,
+    )
     .expect("cluster starts");
-    let broker = Broker::start(cluster.dir.path().join("kafka.log")).expect("the broker starts");
-    broker.create_topic(TOPIC, PARTITIONS).expect("topic");
-    cluster
-        .create_collection(json!({
-            "name": "events",
-            "num_shards": 4,
-            "sources": [{"type": "kafka", "brokers": broker.address, "topic": TOPIC}],
-        }))
-        .expect("collection");
 
     // The stream: RATE records a second until told to stop.
     let producer = Arc::new(TrackingProducer::new(&broker).expect("producer"));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use altdb_tests::kafka::{Broker, Produced, TrackingProducer};
+use altdb_tests::kafka::{events_cluster, Broker, Produced, TrackingProducer};
 use altdb_tests::{Cluster, ClusterOptions};
 
 const TOPIC: &str = "events";
@@ -30,18 +30,8 @@ fn wait_for_events(cluster: &Cluster, good: i64, timeout: Duration) -> i64 {
     cluster.wait_until("SELECT COUNT(*) FROM events", timeout, |v| v == good)
 }
 
-/// A cluster with the `events` collection fed by a fresh topic of `partitions`.
 fn start(options: ClusterOptions, partitions: i32) -> (Cluster, Broker, TrackingProducer) {
-    let cluster = Cluster::start(options).expect("cluster starts");
-    let broker = Broker::start(cluster.dir.path().join("kafka.log")).expect("the broker starts");
-    broker.create_topic(TOPIC, partitions).expect("topic");
-    cluster
-        .create_collection(json!({
-            "name": "events",
-            "num_shards": 4,
-            "sources": [{"type": "kafka", "brokers": broker.address, "topic": TOPIC}],
-        }))
-        .expect("collection");
+    let (cluster, broker) = events_cluster(options, TOPIC, partitions).expect("cluster starts");
     let producer = TrackingProducer::new(&broker).expect("producer");
     (cluster, broker, producer)
 }
