@@ -20,6 +20,13 @@ const TABLES: &[&str] = &[
 /// Queries known to differ, by number, with the reason; README lists the same.
 const KNOWN_DIFFERENCES: &[(usize, &str)] = &[];
 
+/// Queries whose answer may differ from run to run: README lists the same.
+const UNSTABLE: &[(usize, &str)] = &[(
+    15,
+    "compares a sum of doubles with the max of the same sums computed again; the \
+     sums' last bits depend on the order shards answer in (DuckDB sums decimals)",
+)];
+
 /// Generates the tables as NDJSON (numbers as numbers, dates as ISO text).
 fn generate(dir: &Path) -> anyhow::Result<()> {
     let status = Command::new("tpchgen-cli")
@@ -74,5 +81,5 @@ fn tpch_queries_run_unmodified_and_agree_with_duckdb() -> anyhow::Result<()> {
         .collect();
     let outcome = compat::run(&cluster, &tables, &queries)?;
     eprint!("{}", outcome.report("TPC-H"));
-    outcome.check(KNOWN_DIFFERENCES)
+    outcome.check(KNOWN_DIFFERENCES, UNSTABLE)
 }
