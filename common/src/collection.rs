@@ -436,6 +436,19 @@ pub fn validate_collection_name(name: &str) -> Result<()> {
     }
 }
 
+/// Whether `name` can be a stored collection's name: a user collection's (see
+/// [`validate_collection_name`]) or a system one's (`_dlq`). Leaves check every
+/// name a caller sends with this before it touches storage (names become RocksDB
+/// key prefixes and directory names).
+pub fn is_storable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 fn validate_field_path(what: &str, path: &str) -> Result<()> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
         return Err(Error::InvalidConfig(format!(
@@ -453,6 +466,26 @@ mod tests {
         let spec: CollectionSpec = serde_json::from_str(json)?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    #[test]
+    fn storable_names_never_leave_a_directory() {
+        for name in ["events", "_dlq", "a_1"] {
+            assert!(is_storable_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "..",
+            "../x",
+            "/etc",
+            "a/b",
+            "A",
+            "a.b",
+            "1a",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_storable_name(name), "{name}");
+        }
     }
 
     #[test]

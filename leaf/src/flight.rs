@@ -132,6 +132,7 @@ impl FlightService for LeafService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = FragmentTicket::decode(&request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        checked_name(&ticket.collection)?;
         let shards = ticket
             .shards
             .iter()
@@ -156,6 +157,7 @@ impl FlightService for LeafService {
             .map(|d| parse_body(&d.cmd))
             .transpose()?
             .ok_or_else(|| Status::invalid_argument("put stream lacks a descriptor"))?;
+        checked_name(&header.collection)?;
         let data = futures::stream::once(async { Ok(first) })
             .chain(messages)
             .map_err(FlightError::from);
@@ -199,16 +201,19 @@ impl FlightService for LeafService {
             ACTION_HEALTH => b"{\"ok\":true}".to_vec(),
             ACTION_COLLECTION_STATS => {
                 let request: CollectionRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
                 serde_json::to_vec(&self.leaf.collection_stats(&request.collection))
                     .map_err(|e| Status::internal(e.to_string()))?
             }
             ACTION_WATERMARKS => {
                 let request: WatermarksRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
                 serde_json::to_vec(&self.leaf.watermarks(&request.collection, &request.sources))
                     .map_err(|e| Status::internal(e.to_string()))?
             }
             ACTION_DROP_COLLECTION => {
                 let request: CollectionRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
                 self.leaf
                     .drop_collection(&request.collection)
                     .await
@@ -242,4 +247,17 @@ impl FlightService for LeafService {
         });
         Ok(Response::new(futures::stream::iter(actions).boxed()))
     }
+}
+
+/// Refuses a collection name that cannot be stored: names become directory names
+/// and key prefixes, so `..` or `/etc` must never reach storage.
+fn checked_name(collection: &str) -> Result<(), Status> {
+    if altdb_common::collection::is_storable_name(collection) {
+        return Ok(());
+    }
+    Err(Status::from(LeafError::InvalidRequest(format!(
+        "collection name `{}` is invalid; names are 1 to 64 lowercase letters, digits and \
+         underscores",
+        collection.escape_debug()
+    ))))
 }

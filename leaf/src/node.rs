@@ -191,7 +191,9 @@ impl Leaf {
                 shard.remove_files();
             }
             let dir = this.segments_dir.join(&collection);
-            if dir.exists() {
+            // Only ever a directory right under `segments/` (flight.rs checks the
+            // name too).
+            if dir.parent() == Some(this.segments_dir.as_path()) && dir.exists() {
                 let _ = std::fs::remove_dir_all(dir);
             }
             Ok(())
