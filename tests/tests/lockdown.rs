@@ -4,9 +4,12 @@
 use std::sync::Arc;
 
 use altdb_common::rpc::{
-    put_batch, CollectionRequest, LeafApi, LeafClient, PutHeader, ACTION_DROP_COLLECTION,
+    put_batch, CollectionRequest, FragmentItem, FragmentTicket, LeafApi, LeafClient, PutHeader,
+    TicketShard, ACTION_DROP_COLLECTION,
 };
 use altdb_tests::{Cluster, ClusterOptions};
+use futures::StreamExt;
+use serde_json::json;
 
 /// A leaf never turns a collection name into a path outside its data directory:
 /// `DROP` of `../../victim` used to delete that directory.
@@ -42,5 +45,53 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
         std::fs::read_to_string(victim.join("keep.txt"))?,
         "precious"
     );
+    Ok(())
+}
+
+/// A fragment is a plan from the network: one that scans a file of the leaf's
+/// host (datafusion-proto can encode a CSV scan) is refused, not run.
+#[test]
+fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 1}))?;
+    cluster.write_docs("events", &[json!({"a": 1})], 10)?;
+    let secret = cluster.dir.path().join("secret.csv");
+    std::fs::write(&secret, "token\ns3cr3t\n")?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _context = runtime.enter();
+    let plan = runtime.block_on(async {
+        let context = datafusion::prelude::SessionContext::new();
+        let frame = context
+            .read_csv(
+                secret.to_str().unwrap(),
+                datafusion::prelude::CsvReadOptions::new(),
+            )
+            .await?;
+        frame.create_physical_plan().await
+    })?;
+    let ticket = FragmentTicket {
+        collection: "events".into(),
+        shards: vec![TicketShard {
+            shard: 0,
+            fields_fingerprint: None,
+        }],
+        profile: false,
+        plan: datafusion_proto::bytes::physical_plan_to_bytes(plan)?,
+    };
+    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0])?);
+    let answer = runtime.block_on(async {
+        let mut stream = leaf.fragment(&ticket).await?;
+        let mut rows = Vec::new();
+        while let Some(item) = stream.next().await {
+            if let FragmentItem::Batch(batch) = item? {
+                rows.push(format!("{batch:?}"));
+            }
+        }
+        Ok::<_, altdb_common::rpc::RpcError>(rows)
+    });
+    let error = answer.expect_err("a CSV scan must not run on a leaf");
+    assert!(error.is_invalid_argument(), "{error}");
+    assert!(error.to_string().contains("refused"), "{error}");
     Ok(())
 }

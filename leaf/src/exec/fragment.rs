@@ -28,6 +28,7 @@ use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::display::DisplayableExecutionPlan;
@@ -38,7 +39,7 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
     execute_stream, ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
 };
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
@@ -48,6 +49,7 @@ use altdb_common::rpc::{keep_oldest, FragmentMetrics, FragmentProfile, FragmentT
 use altdb_common::schema::FieldSet;
 
 use crate::error::{LeafError, Result};
+use crate::exec::allow::{check_operators, NoObjectStores};
 use crate::exec::rewrite::{bound_top_k_scans, fit_to_shard};
 use crate::exec::scan::metrics::ScanMetrics;
 use crate::exec::scan::LocalScanExec;
@@ -340,9 +342,14 @@ fn decode_fragment(
         collection: ticket.collection.clone(),
         shard,
     };
-    let plan =
+    // The decoder panics on some operators (AvroScan): a hostile ticket must not.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         physical_plan_from_bytes_with_extension_codec(&ticket.plan, &session().task_ctx(), &codec)
-            .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
+    }))
+    .map_err(|_| LeafError::InvalidRequest("cannot decode plan fragment".into()))?;
+    let plan = decoded
+        .map_err(|e| LeafError::InvalidRequest(format!("cannot decode plan fragment: {e}")))?;
+    check_operators(&plan)?;
     Ok(fit_to_shard(plan)?)
 }
 
@@ -362,7 +369,11 @@ fn execution_context(metrics: Arc<ScanMetrics>) -> TaskContext {
 fn session() -> &'static SessionContext {
     static SESSION: std::sync::OnceLock<SessionContext> = std::sync::OnceLock::new();
     SESSION.get_or_init(|| {
-        let context = SessionContext::new();
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(NoObjectStores))
+            .build_arc()
+            .expect("a runtime without object stores");
+        let context = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         altdb_common::register_functions(&context);
         context
     })
