@@ -211,12 +211,24 @@ async fn write_docs(
     body: Bytes,
 ) -> Result<Response> {
     let started = std::time::Instant::now();
+    if CollectionSpec::is_system(&name) {
+        return Err(TailerError::InvalidRequest(format!(
+            "`{name}` is a system collection: altdb writes it, clients only read it"
+        )));
+    }
+    // A spec the aggregator forwarded saves a catalog lookup; it is checked like
+    // any input (a `num_shards` of 0 must not reach the shard routing).
     let forwarded = headers
         .get(SPEC_HEADER)
         .and_then(|v| serde_json::from_slice::<CollectionSpec>(v.as_bytes()).ok())
         .filter(|spec| spec.name == name);
     let spec = match forwarded {
-        Some(spec) => spec,
+        Some(spec) => {
+            spec.validate().map_err(|e| {
+                TailerError::InvalidRequest(format!("invalid {SPEC_HEADER} header: {e}"))
+            })?;
+            spec
+        }
         None => api.catalog.get(&name).await?,
     };
     let elements = split_body(&body)?;

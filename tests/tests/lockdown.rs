@@ -95,3 +95,31 @@ fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
     assert!(error.to_string().contains("refused"), "{error}");
     Ok(())
 }
+
+/// The tailer's write API checks the collection spec a caller forwards (a
+/// `num_shards` of 0 used to reach `% 0`) and refuses writes into `_dlq`.
+#[test]
+fn a_tailer_checks_forwarded_specs_and_guards_system_collections() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 2}))?;
+    let client = reqwest::blocking::Client::new();
+    let tailer = &cluster.tailer_urls[0];
+    let spec = json!({"name": "events", "num_shards": 0});
+    let answer = client
+        .post(format!("{tailer}/v1/collections/events/docs"))
+        .header(altdb_common::api::SPEC_HEADER, spec.to_string())
+        .body("{\"a\": 1}\n")
+        .send()?;
+    assert_eq!(answer.status().as_u16(), 400);
+    let text = answer.text()?;
+    assert!(text.contains("num_shards"), "{text}");
+    let answer = client
+        .post(format!("{tailer}/v1/collections/_dlq/docs"))
+        .body("{\"error\": \"forged\"}\n")
+        .send()?;
+    assert_eq!(answer.status().as_u16(), 400);
+    assert!(answer.text()?.contains("system collection"));
+    // Writes through the front door still work.
+    cluster.write_docs("events", &[json!({"a": 1})], 10)?;
+    Ok(())
+}
