@@ -20,6 +20,10 @@ pub struct AggregatorConfig {
     pub query_timeout_secs: u64,
     /// Rows returned by one query at most; the response says when it was cut.
     pub max_result_rows: usize,
+    /// Memory one query may use on the aggregator, in MiB. Beyond it, sorts and
+    /// aggregations spill to disk where they can; otherwise the query fails with
+    /// `resources_exhausted` instead of the process running out of memory.
+    pub query_memory_mb: usize,
     /// Largest write request body accepted, in bytes.
     pub max_write_bytes: usize,
 }
@@ -36,6 +40,7 @@ impl Default for AggregatorConfig {
             tailer_url: "http://127.0.0.1:7701".into(),
             query_timeout_secs: 60,
             max_result_rows: 100_000,
+            query_memory_mb: 4096,
             max_write_bytes: 64 << 20,
         }
     }

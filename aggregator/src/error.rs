@@ -26,6 +26,13 @@ pub enum AggregatorError {
     Unavailable(String),
     #[error("query exceeded its time limit of {0} s; narrow it with filters or a LIMIT")]
     Timeout(u64),
+    /// The query needs more memory than one query may use and cannot spill.
+    #[error(
+        "the query needs more memory than one query may use (query_memory_mb) and cannot \
+         spill to disk: {0}; narrow it with filters, fewer groups or a LIMIT, or raise \
+         query_memory_mb"
+    )]
+    ResourcesExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -36,9 +43,10 @@ pub type Result<T, E = AggregatorError> = std::result::Result<T, E>;
 impl AggregatorError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) | Self::InvalidSql(_) | Self::UnknownColumn(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest(_)
+            | Self::InvalidSql(_)
+            | Self::UnknownColumn(_)
+            | Self::ResourcesExhausted(_) => StatusCode::BAD_REQUEST,
             Self::CollectionNotFound(_) => StatusCode::NOT_FOUND,
             Self::CollectionExists(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -56,6 +64,7 @@ impl AggregatorError {
             Self::UnknownColumn(_) => "unknown_column",
             Self::Unavailable(_) => "shard_unavailable",
             Self::Timeout(_) => "query_timeout",
+            Self::ResourcesExhausted(_) => "resources_exhausted",
             Self::Internal(_) => "internal",
         }
     }

@@ -57,6 +57,10 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_result_rows: Option<usize>,
+    /// Memory one query may use, in MiB (default 4096).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_memory_mb: Option<usize>,
 }
 
 #[tokio::main]
@@ -84,11 +88,12 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("created the dead-letter collection `{DLQ_COLLECTION}`");
     }
     let cluster = Cluster::new(&config.leaves).map_err(|e| anyhow::anyhow!(e.to_string()))?;
-    let engine = QueryEngine::new(
+    let engine = QueryEngine::with_memory_limit(
         catalog.clone(),
         cluster.clone(),
         Duration::from_secs(config.query_timeout_secs),
         config.max_result_rows,
+        config.query_memory_mb.saturating_mul(1 << 20),
     );
     let state = AppState {
         catalog,

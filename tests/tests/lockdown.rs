@@ -123,3 +123,29 @@ fn a_tailer_checks_forwarded_specs_and_guards_system_collections() -> anyhow::Re
     cluster.write_docs("events", &[json!({"a": 1})], 10)?;
     Ok(())
 }
+
+/// A query that needs more memory than one query may use fails with a clear
+/// error instead of growing the aggregator until the machine kills it.
+#[test]
+fn a_query_over_its_memory_budget_fails_cleanly() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        env: vec![("ALTDB_QUERY_MEMORY_MB".into(), "8".into())],
+        ..ClusterOptions::default()
+    })?;
+    let answer = cluster.query("SELECT array_agg(value) FROM generate_series(1, 5000000)")?;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(
+        answer.body["error"]["code"],
+        json!("resources_exhausted"),
+        "{}",
+        answer.body
+    );
+    let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("query_memory_mb"), "{message}");
+    // Work that fits still runs, on the same aggregator.
+    assert_eq!(
+        cluster.scalar("SELECT COUNT(*) FROM generate_series(1, 100000)")?,
+        100_000
+    );
+    Ok(())
+}

@@ -32,6 +32,8 @@ use datafusion::catalog::{
 };
 use datafusion::common::tree_node::TreeNode;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
@@ -113,6 +115,8 @@ pub struct QueryEngine {
     cluster: Cluster,
     timeout: Duration,
     max_result_rows: usize,
+    /// Bytes one statement may use ([`GreedyMemoryPool`] of its own).
+    query_memory: usize,
     /// Functions, rules and config every statement's session starts from.
     base: Arc<SessionState>,
     /// Collection fields of earlier statements.
@@ -128,11 +132,23 @@ impl QueryEngine {
         timeout: Duration,
         max_result_rows: usize,
     ) -> Self {
+        Self::with_memory_limit(catalog, cluster, timeout, max_result_rows, 4096 << 20)
+    }
+
+    /// An engine whose queries may each use `query_memory` bytes.
+    pub fn with_memory_limit(
+        catalog: Arc<dyn Catalog>,
+        cluster: Cluster,
+        timeout: Duration,
+        max_result_rows: usize,
+        query_memory: usize,
+    ) -> Self {
         Self {
             catalog,
             cluster,
             timeout,
             max_result_rows,
+            query_memory,
             base: Arc::new(base_state()),
             fields: Arc::new(FieldsCache::default()),
             plans: Arc::new(PlanCache::default()),
@@ -156,6 +172,7 @@ impl QueryEngine {
             self.fields.clone(),
             names,
             tables,
+            self.base.table_functions().keys().cloned().collect(),
         ));
         let catalog = MemoryCatalogProvider::new();
         catalog
@@ -163,7 +180,9 @@ impl QueryEngine {
             .map_err(|e| AggregatorError::Internal(e.to_string()))?;
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog("datafusion".to_string(), Arc::new(catalog));
-        let mut state = SessionState::clone(&self.base);
+        let mut state = SessionStateBuilder::new_from_existing(SessionState::clone(&self.base))
+            .with_runtime_env(self.runtime()?)
+            .build();
         state.register_catalog_list(Arc::new(catalogs));
         state.config_mut().set_extension(stats);
         Ok((SessionContext::new_with_state(state), provider))
@@ -171,12 +190,21 @@ impl QueryEngine {
 
     /// The task context a kept plan runs in: the base state's, with the
     /// statement's counters.
-    fn task_context(&self, stats: Arc<QueryStats>) -> Arc<TaskContext> {
-        Arc::new(altdb_common::plan::execution_context(
+    fn task_context(&self, stats: Arc<QueryStats>) -> Result<Arc<TaskContext>> {
+        Ok(Arc::new(altdb_common::plan::execution_context(
             self.base.session_id().to_string(),
             self.base.config().clone().with_extension(stats),
-            self.base.runtime_env().clone(),
-        ))
+            self.runtime()?,
+        )))
+    }
+
+    /// The runtime of one statement: a memory pool of its own, `query_memory`
+    /// bytes, and a temporary directory to spill to.
+    fn runtime(&self) -> Result<Arc<RuntimeEnv>> {
+        RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.query_memory)))
+            .build_arc()
+            .map_err(|e| AggregatorError::Internal(e.to_string()))
     }
 
     /// Runs one SQL statement.
@@ -257,7 +285,11 @@ impl QueryEngine {
         };
         let run = async {
             let (plan, task) = match statement {
-                Statement::Kept(plan) => (plan, self.task_context(stats.clone())),
+                Statement::Kept(plan) => (
+                    plan,
+                    self.task_context(stats.clone())
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                ),
                 Statement::Plan(context, provider) => {
                     let frame = read_only_frame(&context, &provider, sql).await?;
                     let logical = frame.logical_plan().clone();
@@ -545,6 +577,9 @@ fn classify(error: DataFusionError) -> AggregatorError {
                 message.push_str(QUOTE_HINT);
             }
             AggregatorError::InvalidSql(message)
+        }
+        DataFusionError::ResourcesExhausted(message) => {
+            AggregatorError::ResourcesExhausted(message.clone())
         }
         DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
             AggregatorError::InvalidSql(strip_prefix(&root.to_string()))

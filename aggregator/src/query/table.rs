@@ -5,7 +5,7 @@
 //! query is planned with; [`CollectionTable::scan`] returns a
 //! [`DistributedScanExec`] over all shards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -39,6 +39,9 @@ pub struct CollectionSchemaProvider {
     pub remembered: Mutex<Vec<String>>,
     /// The fields each collection is planned with, fetched once per statement.
     planned: Mutex<HashMap<String, (Arc<CollectionFields>, bool)>>,
+    /// Names of table functions (`generate_series`, ..): the planner looks them up
+    /// here first, and one that is no collection is theirs, not an error.
+    table_functions: HashSet<String>,
 }
 
 impl CollectionSchemaProvider {
@@ -48,6 +51,7 @@ impl CollectionSchemaProvider {
         fields: Arc<FieldsCache>,
         names: Vec<String>,
         options: TableOptions,
+        table_functions: HashSet<String>,
     ) -> Self {
         Self {
             catalog,
@@ -57,6 +61,7 @@ impl CollectionSchemaProvider {
             options,
             remembered: Mutex::new(Vec::new()),
             planned: Mutex::new(HashMap::new()),
+            table_functions,
         }
     }
 
@@ -124,6 +129,9 @@ impl SchemaProvider for CollectionSchemaProvider {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let Some(spec) = spec else {
+            if self.table_functions.contains(name) {
+                return Ok(None);
+            }
             // Only queries are planned (`read_only_frame`), so a name looked up is a
             // collection the statement reads.
             return Err(DataFusionError::External(Box::new(
