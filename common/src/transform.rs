@@ -304,8 +304,11 @@ fn missing_column(error: &DataFusionError) -> Option<Column> {
 /// Only per-record plans: projections and filters over `_input`.
 fn check_shape(plan: &LogicalPlan) -> Result<(), TransformError> {
     let mut problem = None;
-    let _ = plan.apply(|node| {
+    // Subqueries too: `(SELECT max(a) FROM _input)` would make a document depend
+    // on the other records of its batch, and batches differ between replays.
+    let _ = plan.apply_with_subqueries(|node| {
         let what = match node {
+            LogicalPlan::Subquery(_) => Some("subqueries"),
             LogicalPlan::Projection(_)
             | LogicalPlan::Filter(_)
             | LogicalPlan::TableScan(_)
@@ -550,6 +553,14 @@ mod tests {
             .contains("double quotes"));
         assert!(err("DROP TABLE _input").to_string().contains("SELECT"));
         assert_eq!(err(""), Empty);
+        assert_eq!(
+            err("SELECT a, (SELECT max(a) FROM _input) AS m FROM _input"),
+            NotPerRecord("subqueries")
+        );
+        assert_eq!(
+            err("SELECT a FROM _input WHERE a IN (SELECT a FROM _input WHERE a > 1)"),
+            NotPerRecord("subqueries")
+        );
     }
 
     #[test]
