@@ -479,6 +479,21 @@ impl Cluster {
         Ok(ids)
     }
 
+    /// Writes the documents of an NDJSON file; fails unless all are stored.
+    pub fn write_ndjson_file(
+        &self,
+        collection: &str,
+        path: &Path,
+        per_request: usize,
+    ) -> anyhow::Result<()> {
+        let docs: Vec<Value> = std::fs::read_to_string(path)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        self.write_docs(collection, &docs, per_request)?;
+        Ok(())
+    }
+
     /// Runs SQL; returns the whole answer (status and body).
     pub fn query(&self, sql: &str) -> anyhow::Result<Answer> {
         self.post_json("/v1/query", &serde_json::json!({ "sql": sql }))

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use altdb_tests::compat;
 use altdb_tests::oracle::Table;
@@ -42,11 +42,7 @@ fn clickbench_queries_run_unmodified_and_agree_with_duckdb() -> anyhow::Result<(
     }))?;
     let path = cluster.dir.path().join("hits.ndjson");
     write_hits(&path)?;
-    let docs: Vec<Value> = std::fs::read_to_string(&path)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    cluster.write_docs("hits", &docs, 5_000)?;
+    cluster.write_ndjson_file("hits", &path, 5_000)?;
 
     let tables = [Table {
         name: "hits",

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use altdb_tests::compat;
 use altdb_tests::oracle::Table;
@@ -61,11 +61,7 @@ fn tpch_queries_run_unmodified_and_agree_with_duckdb() -> anyhow::Result<()> {
     for table in TABLES {
         cluster.create_collection(json!({"name": table, "num_shards": 3}))?;
         let path = dir.join(format!("{table}.ndjson"));
-        let docs: Vec<Value> = std::fs::read_to_string(&path)?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
-        cluster.write_docs(table, &docs, 5_000)?;
+        cluster.write_ndjson_file(table, &path, 5_000)?;
         paths.push(path);
     }
     let tables: Vec<Table<'_>> = TABLES

@@ -198,10 +198,10 @@ impl QueryEngine {
         )))
     }
 
-    /// The runtime of one statement: a memory pool of its own, `query_memory`
-    /// bytes, and a temporary directory to spill to.
+    /// The runtime of one statement: the base state's (its spill directory and
+    /// caches) with a memory pool of its own, `query_memory` bytes.
     fn runtime(&self) -> Result<Arc<RuntimeEnv>> {
-        RuntimeEnvBuilder::new()
+        RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env())
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.query_memory)))
             .build_arc()
             .map_err(|e| AggregatorError::Internal(e.to_string()))
