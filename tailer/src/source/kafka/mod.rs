@@ -176,7 +176,6 @@ async fn run_consumer(
             .expect("spawn kafka consumer thread")
     };
     tracing::info!(source = %source_id, brokers = %kafka.brokers, group = %kafka.consumer_group(&spec.name), dynamic, "kafka source started");
-    let mut exit = Exit::Stopped;
     loop {
         let flush = tokio::select! {
             flush = queue.recv() => flush,
@@ -190,13 +189,18 @@ async fn run_consumer(
     }
     stopped.store(true, Ordering::Relaxed);
     drop(queue);
-    if let Ok(Ok(ended)) = tokio::task::spawn_blocking(move || thread.join()).await {
-        exit = ended;
-    }
+    let ended = tokio::task::spawn_blocking(move || thread.join()).await;
     if *stop.borrow() {
-        exit = Exit::Stopped;
+        return Exit::Stopped;
     }
-    exit
+    match ended {
+        Ok(Ok(exit)) => exit,
+        // A consumer thread that died is replaced like a stalled one, not left dead.
+        _ => {
+            tracing::error!(source = %source_id, "kafka consumer thread died; replacing it");
+            Exit::Stalled
+        }
+    }
 }
 
 fn create_consumer(
