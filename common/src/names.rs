@@ -7,7 +7,7 @@
 //! (aggregator) and ingest transforms (tailer) both resolve names this way, and
 //! `document::lookup_path` does the same for `id_field` / `event_time_field`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
@@ -52,19 +52,22 @@ pub fn resolve_identifiers(
     let mut scope = Scope::default();
     let _ = statement.visit(&mut scope);
     struct Names<'a> {
-        fields: &'a BTreeSet<String>,
+        fields: FieldNames<'a>,
         scope: Scope,
     }
     impl VisitorMut for Names<'_> {
         type Break = AmbiguousName;
         fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<AmbiguousName> {
-            match resolve(expr, self.fields, &self.scope) {
+            match resolve(expr, &self.fields, &self.scope) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(error) => ControlFlow::Break(error),
             }
         }
     }
-    let mut names = Names { fields, scope };
+    let mut names = Names {
+        fields: FieldNames::new(fields),
+        scope,
+    };
     match statement.visit(&mut names) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(error) => Err(error),
@@ -126,27 +129,47 @@ impl VisitorMut for Scope {
     }
 }
 
-/// The field `name` matches: spelled exactly, else the one that differs only in case.
-fn field_for(name: &str, fields: &BTreeSet<String>) -> Result<Option<String>, AmbiguousName> {
-    if fields.contains(name) {
-        return Ok(Some(name.to_string()));
+/// The fields a statement reads, looked up exactly or by their case-folded
+/// spelling (built once per statement: a wide collection has thousands).
+struct FieldNames<'a> {
+    exact: &'a BTreeSet<String>,
+    folded: HashMap<String, Vec<&'a String>>,
+}
+
+impl<'a> FieldNames<'a> {
+    fn new(exact: &'a BTreeSet<String>) -> Self {
+        let mut folded: HashMap<String, Vec<&'a String>> = HashMap::new();
+        for field in exact {
+            folded
+                .entry(field.to_ascii_lowercase())
+                .or_default()
+                .push(field);
+        }
+        Self { exact, folded }
     }
-    let matches: Vec<String> = fields
-        .iter()
-        .filter(|field| field.eq_ignore_ascii_case(name))
-        .cloned()
-        .collect();
-    match matches.len() {
-        0 => Ok(None),
-        1 => Ok(matches.into_iter().next()),
-        _ => Err(AmbiguousName {
-            name: name.to_string(),
-            fields: matches,
-        }),
+
+    /// The field `name` matches: spelled exactly, else the one that differs only
+    /// in case.
+    fn find(&self, name: &str) -> Result<Option<String>, AmbiguousName> {
+        if self.exact.contains(name) {
+            return Ok(Some(name.to_string()));
+        }
+        match self
+            .folded
+            .get(&name.to_ascii_lowercase())
+            .map(Vec::as_slice)
+        {
+            None | Some([]) => Ok(None),
+            Some([field]) => Ok(Some((*field).clone())),
+            Some(twins) => Err(AmbiguousName {
+                name: name.to_string(),
+                fields: twins.iter().map(|f| (*f).clone()).collect(),
+            }),
+        }
     }
 }
 
-fn resolve(expr: &mut Expr, fields: &BTreeSet<String>, scope: &Scope) -> Result<(), AmbiguousName> {
+fn resolve(expr: &mut Expr, fields: &FieldNames<'_>, scope: &Scope) -> Result<(), AmbiguousName> {
     if let Expr::Identifier(ident) = expr {
         return resolve_column(ident, fields, scope);
     }
@@ -160,7 +183,7 @@ fn resolve(expr: &mut Expr, fields: &BTreeSet<String>, scope: &Scope) -> Result<
         // `alias.column`; `alias.user.geo.city` names a nested field.
         if parts.len() == 2 {
             resolve_column(&mut parts[1], fields, scope)?;
-        } else if let Some(field) = field_for(&join(&parts[1..]), fields)? {
+        } else if let Some(field) = fields.find(&join(&parts[1..]))? {
             parts.truncate(1);
             parts.push(Ident::with_quote('"', field));
         } else {
@@ -169,7 +192,7 @@ fn resolve(expr: &mut Expr, fields: &BTreeSet<String>, scope: &Scope) -> Result<
         *expr = Expr::CompoundIdentifier(parts);
         return Ok(());
     }
-    if let Some(field) = field_for(&join(&parts), fields)? {
+    if let Some(field) = fields.find(&join(&parts))? {
         *expr = Expr::Identifier(Ident::with_quote('"', field));
     }
     Ok(())
@@ -210,13 +233,13 @@ fn join(parts: &[Ident]) -> String {
 
 fn resolve_column(
     ident: &mut Ident,
-    fields: &BTreeSet<String>,
+    fields: &FieldNames<'_>,
     scope: &Scope,
 ) -> Result<(), AmbiguousName> {
     if ident.quote_style.is_some() {
         return Ok(());
     }
-    let Some(name) = field_for(&ident.value, fields)? else {
+    let Some(name) = fields.find(&ident.value)? else {
         // Not a field: an alias (spelled as it was defined), a CTE's column, or a
         // mistake the planner reports.
         if let Some(alias) = scope
