@@ -2,6 +2,7 @@
 import http.client as http_client
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -67,14 +68,16 @@ def start_cluster(bin_dir, data_dir, leaves=2):
     leaves = ",".join(f"http://127.0.0.1:{port}" for port in leaf_ports)
     procs = []
     log = open(os.path.join(data_dir, "cluster.log"), "w")
+    # The processes share a cluster secret, as every altdb cluster must.
+    env = dict(os.environ, ALTDB_CLUSTER_SECRET=secrets.token_hex(32))
     for i, port in enumerate(leaf_ports):
         procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-leaf"), "--listen", f"127.0.0.1:{port}",
-                                       "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log))
+                                       "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log, env=env))
     procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-aggregator"), "--listen", f"127.0.0.1:{agg}",
                                    "--data-dir", os.path.join(data_dir, "agg"), "--leaves", leaves,
-                                   "--tailer-url", f"http://127.0.0.1:{tail}"], stdout=log, stderr=log))
+                                   "--tailer-url", f"http://127.0.0.1:{tail}"], stdout=log, stderr=log, env=env))
     procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-tailer"), "--listen", f"127.0.0.1:{tail}",
-                                   "--aggregator-url", f"http://127.0.0.1:{agg}", "--leaves", leaves], stdout=log, stderr=log))
+                                   "--aggregator-url", f"http://127.0.0.1:{agg}", "--leaves", leaves], stdout=log, stderr=log, env=env))
     url = f"http://127.0.0.1:{agg}"
     for _ in range(300):
         try:

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 
+use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::replicas_for_shard;
 use altdb_common::rpc::{
@@ -51,13 +52,13 @@ pub struct LeafStatus {
 }
 
 impl Cluster {
-    pub fn new(urls: &[String]) -> Result<Self> {
+    pub fn new(urls: &[String], secret: &ClusterSecret) -> Result<Self> {
         if urls.is_empty() {
             return Err(AggregatorError::InvalidRequest(
                 "no leaves configured; pass --leaves http://host:port,..".into(),
             ));
         }
-        Ok(Self::with_leaves(LeafClient::connect_all(urls)?))
+        Ok(Self::with_leaves(LeafClient::connect_all(urls, secret)?))
     }
 
     /// A cluster of these leaves (in placement order), however they are reached.

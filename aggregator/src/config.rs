@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use altdb_common::cluster_auth::ClusterSecret;
+
 /// Options of `altdb-aggregator` (file < `ALTDB_*` env < flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +28,11 @@ pub struct AggregatorConfig {
     pub query_memory_mb: usize,
     /// Largest write request body accepted, in bytes.
     pub max_write_bytes: usize,
+    /// The secret every call between altdb processes carries (see the README's
+    /// security section): the text of `ALTDB_CLUSTER_SECRET` ...
+    pub cluster_secret: String,
+    /// ... or a file holding it (preferred: it stays out of the environment).
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl Default for AggregatorConfig {
@@ -42,6 +49,15 @@ impl Default for AggregatorConfig {
             max_result_rows: 100_000,
             query_memory_mb: 4096,
             max_write_bytes: 64 << 20,
+            cluster_secret: String::new(),
+            cluster_secret_file: None,
         }
+    }
+}
+
+impl AggregatorConfig {
+    /// The cluster secret this process was given; starting without one is an error.
+    pub fn cluster_secret(&self) -> Result<ClusterSecret, altdb_common::Error> {
+        ClusterSecret::from_config(&self.cluster_secret, self.cluster_secret_file.as_deref())
     }
 }

@@ -15,6 +15,7 @@ use altdb_aggregator::cluster::Cluster;
 use altdb_aggregator::query::QueryEngine;
 use altdb_aggregator::sources::KafkaProbe;
 use altdb_aggregator::AggregatorConfig;
+use altdb_common::cluster_auth;
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
 use altdb_common::metrics::Metrics;
 
@@ -35,6 +36,11 @@ struct Flags {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// File holding the cluster secret every altdb process shares (or set
+    /// ALTDB_CLUSTER_SECRET).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_secret_file: Option<PathBuf>,
     /// HTTP listen address (default 127.0.0.1:7700).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         flags.config.as_deref(),
         altdb_common::config::flags_layer(&flags),
     )?;
+    let secret = config.cluster_secret()?;
     let catalog = Arc::new(
         FileCatalog::open(config.data_dir.join("catalog.json"))
             .map_err(|e| anyhow::anyhow!(e.to_string()))?,
@@ -87,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e.to_string()))?;
         tracing::info!("created the dead-letter collection `{DLQ_COLLECTION}`");
     }
-    let cluster = Cluster::new(&config.leaves).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let cluster =
+        Cluster::new(&config.leaves, &secret).map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let engine = QueryEngine::with_memory_limit(
         catalog.clone(),
         cluster.clone(),
@@ -99,8 +107,13 @@ async fn main() -> anyhow::Result<()> {
         catalog,
         cluster,
         engine,
+        // Forwarded writes present the cluster secret to the tailer.
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::HeaderName::from_static(cluster_auth::HEADER),
+                secret.header_value(),
+            )]))
             .build()?,
         tailer_url: config.tailer_url.trim_end_matches('/').to_string(),
         probe: Arc::new(KafkaProbe::default()),

@@ -16,12 +16,14 @@
 //! - [`routing`]: `hash(_id) % num_shards` and the placement of shards on leaves.
 //! - [`collection`]: the collection spec users create through the API.
 //! - [`rpc`]: the Arrow Flight protocol spoken between tailers, leaves and aggregators.
+//! - [`cluster_auth`]: the cluster secret every call between roles carries.
 //! - [`api`]: the JSON error body every HTTP front door returns.
 //! - [`metrics`]: counters, gauges and latency histograms for Prometheus.
 //! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 
 pub mod api;
+pub mod cluster_auth;
 pub mod collection;
 pub mod columns;
 pub mod config;

@@ -23,8 +23,10 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cluster_auth::{AttachSecret, ClusterSecret};
 use crate::schema::{FieldSet, FieldType};
 use crate::{Error, Result};
 
@@ -510,11 +512,33 @@ impl dyn LeafApi {
     }
 }
 
+/// How long a leaf may take before it counts as unavailable (the caller fails over
+/// to another copy, or reports the shard unavailable): a leaf that hangs (stopped,
+/// swapping, deadlocked) must not hold queries, writes and sources for minutes.
+pub mod deadline {
+    use std::time::Duration;
+
+    /// Until a fragment's stream starts: the leaf decodes and plans it, rows follow.
+    /// Once rows flow, the query's own timeout bounds the stream, and HTTP/2 pings
+    /// ([`KEEPALIVE`]) notice a leaf that stops answering mid-stream.
+    pub const FRAGMENT_START: Duration = Duration::from_secs(2);
+    /// A small DoAction (stats, watermarks, health).
+    pub const ACTION: Duration = Duration::from_secs(2);
+    /// Dropping a collection's data (files are removed).
+    pub const DROP: Duration = Duration::from_secs(60);
+    /// One DoPut batch, until it is durable.
+    pub const PUT: Duration = Duration::from_secs(15);
+    /// Ping interval of a connection, and how long a ping may go unanswered.
+    pub const KEEPALIVE: Duration = Duration::from_secs(2);
+}
+
 /// A client for one leaf's Flight service. Cheap to clone: connections are shared.
+/// Every call carries the cluster secret and has a [`deadline`].
 #[derive(Debug, Clone)]
 pub struct LeafClient {
     url: String,
     channel: Channel,
+    secret: ClusterSecret,
 }
 
 /// Record batches of a fragment, then the leaf's metrics once the stream ends.
@@ -526,29 +550,51 @@ pub enum FragmentItem {
 
 impl LeafClient {
     /// Connects lazily: the first call dials the leaf.
-    pub fn new(url: &str) -> Result<Self> {
+    pub fn new(url: &str, secret: &ClusterSecret) -> Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| Error::InvalidConfig(format!("leaf address `{url}` is invalid: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20));
+            .http2_keep_alive_interval(deadline::KEEPALIVE)
+            .keep_alive_timeout(deadline::KEEPALIVE)
+            .keep_alive_while_idle(true);
         Ok(Self {
             url: url.to_string(),
             channel: endpoint.connect_lazy(),
+            secret: secret.clone(),
         })
     }
 
     /// A shared client for each URL, in order.
-    pub fn connect_all(urls: &[String]) -> Result<Vec<SharedLeaf>> {
+    pub fn connect_all(urls: &[String], secret: &ClusterSecret) -> Result<Vec<SharedLeaf>> {
         urls.iter()
-            .map(|url| Ok(Arc::new(LeafClient::new(url)?) as SharedLeaf))
+            .map(|url| Ok(Arc::new(LeafClient::new(url, secret)?) as SharedLeaf))
             .collect()
     }
 
-    fn grpc(&self) -> FlightServiceClient<Channel> {
-        FlightServiceClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    fn grpc(&self) -> FlightServiceClient<InterceptedService<Channel, AttachSecret>> {
+        FlightServiceClient::with_interceptor(
+            self.channel.clone(),
+            AttachSecret(self.secret.clone()),
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// `call`, or `DeadlineExceeded` (the leaf counts as unavailable) after `limit`.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, RpcError>>,
+    ) -> Result<T, RpcError> {
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(RpcError::Status(tonic::Status::deadline_exceeded(format!(
+                "leaf {} did not answer {what} within {} ms",
+                self.url,
+                limit.as_millis()
+            ))))
+        })
     }
 }
 
@@ -564,28 +610,39 @@ impl LeafApi for LeafClient {
             .with_flight_descriptor(Some(descriptor))
             .build(futures::stream::iter([Ok(batch)]));
         let data: Vec<_> = stream.try_collect().await.map_err(RpcError::from)?;
-        let mut results = self
-            .grpc()
-            .do_put(futures::stream::iter(data))
-            .await?
-            .into_inner();
-        let mut ack = PutAck::default();
-        while let Some(result) = results.message().await? {
-            let part: PutAck = serde_json::from_slice(&result.app_metadata)?;
-            ack.written += part.written;
-            ack.skipped += part.skipped;
-        }
-        Ok(ack)
+        self.within(deadline::PUT, "a write", async {
+            let mut results = self
+                .grpc()
+                .do_put(futures::stream::iter(data))
+                .await?
+                .into_inner();
+            let mut ack = PutAck::default();
+            while let Some(result) = results.message().await? {
+                let part: PutAck = serde_json::from_slice(&result.app_metadata)?;
+                ack.written += part.written;
+                ack.skipped += part.skipped;
+            }
+            Ok(ack)
+        })
+        .await
     }
 
     async fn action_body(&self, name: &str, body: Vec<u8>) -> Result<Bytes, RpcError> {
+        let limit = if name == ACTION_DROP_COLLECTION {
+            deadline::DROP
+        } else {
+            deadline::ACTION
+        };
         let action = Action::new(name.to_string(), body);
-        let mut stream = self.grpc().do_action(action).await?.into_inner();
-        let answer = stream
-            .message()
-            .await?
-            .ok_or_else(|| RpcError::Protocol(format!("leaf sent no answer to `{name}`")))?;
-        Ok(answer.body)
+        self.within(limit, &format!("`{name}`"), async {
+            let mut stream = self.grpc().do_action(action).await?.into_inner();
+            let answer = stream
+                .message()
+                .await?
+                .ok_or_else(|| RpcError::Protocol(format!("leaf sent no answer to `{name}`")))?;
+            Ok(answer.body)
+        })
+        .await
     }
 
     async fn fragment(
@@ -593,8 +650,9 @@ impl LeafApi for LeafClient {
         ticket: &FragmentTicket,
     ) -> Result<BoxStream<'static, Result<FragmentItem, RpcError>>, RpcError> {
         let response = self
-            .grpc()
-            .do_get(Ticket::new(ticket.encode()))
+            .within(deadline::FRAGMENT_START, "a query fragment", async {
+                Ok(self.grpc().do_get(Ticket::new(ticket.encode())).await?)
+            })
             .await?
             .into_inner()
             .map_err(FlightError::from);

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use altdb_common::cluster_auth::ClusterSecret;
+
 /// Options of `altdb-leaf` (file < `ALTDB_*` env < flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +26,11 @@ pub struct LeafConfig {
     /// Merged segments hold at most this many rows; segments of half as many or
     /// more are left alone.
     pub merge_max_rows: u64,
+    /// The secret every call between altdb processes carries (see the README's
+    /// security section): the text of `ALTDB_CLUSTER_SECRET` ...
+    pub cluster_secret: String,
+    /// ... or a file holding it (preferred: it stays out of the environment).
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl Default for LeafConfig {
@@ -36,11 +43,18 @@ impl Default for LeafConfig {
             sync_writes: true,
             merge_min_segments: 4,
             merge_max_rows: 500_000,
+            cluster_secret: String::new(),
+            cluster_secret_file: None,
         }
     }
 }
 
 impl LeafConfig {
+    /// The cluster secret this process was given; starting without one is an error.
+    pub fn cluster_secret(&self) -> Result<ClusterSecret, altdb_common::Error> {
+        ClusterSecret::from_config(&self.cluster_secret, self.cluster_secret_file.as_deref())
+    }
+
     pub fn validate(&self) -> Result<(), altdb_common::Error> {
         let invalid = |what: &str| Err(altdb_common::Error::InvalidConfig(what.into()));
         if self.seal_rows == 0 {

@@ -7,7 +7,9 @@ use anyhow::Context;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use clap::Parser;
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 
+use altdb_common::cluster_auth::RequireSecret;
 use altdb_common::rpc::MAX_MESSAGE_BYTES;
 use altdb_leaf::flight::LeafService;
 use altdb_leaf::{Leaf, LeafConfig};
@@ -29,6 +31,11 @@ struct Flags {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// File holding the cluster secret every altdb process shares (or set
+    /// ALTDB_CLUSTER_SECRET).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_secret_file: Option<PathBuf>,
     /// Flight listen address (default 127.0.0.1:7801).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         altdb_common::config::flags_layer(&flags),
     )?;
     config.validate()?;
+    let secret = config.cluster_secret()?;
 
     let leaf = {
         let open_config = config.clone();
@@ -87,9 +95,14 @@ async fn main() -> anyhow::Result<()> {
             .spawn(move || leaf.rebuild_outdated_indexes(&stop))?;
     }
 
-    let service = FlightServiceServer::new(LeafService::new(leaf.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Every Flight call must carry the cluster secret; `/healthz` and `/metrics`
+    // (plain HTTP below) stay open to probes and scrapers.
+    let service = InterceptedService::new(
+        FlightServiceServer::new(LeafService::new(leaf.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        RequireSecret(secret),
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

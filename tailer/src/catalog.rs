@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use altdb_common::cluster_auth::{self, ClusterSecret};
 use altdb_common::collection::CollectionSpec;
 
 use crate::error::{Result, TailerError};
@@ -24,11 +25,17 @@ struct Listing {
 }
 
 impl CatalogClient {
-    pub fn new(base_url: &str) -> Self {
+    /// Reads from the aggregator at `base_url`, presenting the cluster secret.
+    pub fn new(base_url: &str, secret: &ClusterSecret) -> Self {
+        let headers = reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::HeaderName::from_static(cluster_auth::HEADER),
+            secret.header_value(),
+        )]);
         Self {
             base_url: base_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .default_headers(headers)
                 .build()
                 .expect("http client builds"),
             cache: Mutex::new(None),

@@ -1,8 +1,11 @@
 //! Tailer configuration.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use altdb_common::cluster_auth::ClusterSecret;
 
 /// Options of `altdb-tailer` (file < `ALTDB_*` env < flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,9 +35,18 @@ pub struct TailerConfig {
     /// ... and which of them (0-based) this one is: it reads the objects whose key
     /// hashes to `ordinal` modulo `tailers`. Default: 0 of 1 (every object).
     pub ordinal: u32,
+    /// The secret every call between altdb processes carries (see the README's
+    /// security section): the text of `ALTDB_CLUSTER_SECRET` ...
+    pub cluster_secret: String,
+    /// ... or a file holding it (preferred: it stays out of the environment).
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl TailerConfig {
+    /// The cluster secret this process was given; starting without one is an error.
+    pub fn cluster_secret(&self) -> Result<ClusterSecret, altdb_common::Error> {
+        ClusterSecret::from_config(&self.cluster_secret, self.cluster_secret_file.as_deref())
+    }
     /// Checks the options and says what to fix.
     pub fn validate(&self) -> Result<(), altdb_common::Error> {
         if self.tailers == 0 || self.ordinal >= self.tailers {
@@ -77,6 +89,8 @@ impl Default for TailerConfig {
             instance_id: None,
             tailers: 1,
             ordinal: 0,
+            cluster_secret: String::new(),
+            cluster_secret_file: None,
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum TailerError {
     /// The catalog (aggregator) or a leaf could not be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The call did not carry the cluster secret (only altdb processes may call).
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -32,6 +35,7 @@ impl TailerError {
             Self::InvalidRequest(_) | Self::Transform(_) => StatusCode::BAD_REQUEST,
             Self::CollectionNotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -41,6 +45,7 @@ impl TailerError {
             Self::InvalidRequest(_) | Self::Transform(_) => "invalid_request",
             Self::CollectionNotFound(_) => "collection_not_found",
             Self::Unavailable(_) => "unavailable",
+            Self::Unauthenticated(_) => "unauthenticated",
             Self::Internal(_) => "internal",
         }
     }

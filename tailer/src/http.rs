@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use altdb_common::api::{RejectedDoc, WriteResponse, SPEC_HEADER};
+use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::DocLimits;
 use altdb_common::metrics::{self, Metrics};
@@ -40,11 +41,27 @@ pub struct WriteApi {
     pub shapers: Arc<Mutex<HashMap<String, (CollectionSpec, Shaper)>>>,
 }
 
-pub fn router(api: WriteApi, max_write_bytes: usize) -> Router {
+/// The routes. Writes come from the aggregator (or another altdb process) only:
+/// they must carry the cluster secret. `/healthz` and `/metrics` stay open to
+/// probes and scrapers.
+pub fn router(api: WriteApi, max_write_bytes: usize, secret: ClusterSecret) -> Router {
     Router::new()
+        .route("/v1/collections/{name}/docs", post(write_docs))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let checked = secret.check_http(request.headers());
+                async move {
+                    match checked {
+                        Ok(()) => next.run(request).await,
+                        Err(refusal) => {
+                            TailerError::Unauthenticated(refusal.message()).into_response()
+                        }
+                    }
+                }
+            },
+        ))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .route("/v1/collections/{name}/docs", post(write_docs))
         .layer(DefaultBodyLimit::max(max_write_bytes))
         .with_state(api)
 }

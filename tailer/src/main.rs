@@ -35,6 +35,11 @@ struct Flags {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// File holding the cluster secret every altdb process shares (or set
+    /// ALTDB_CLUSTER_SECRET).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_secret_file: Option<PathBuf>,
     /// HTTP listen address (default 127.0.0.1:7701).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,8 +74,9 @@ async fn main() -> anyhow::Result<()> {
         altdb_common::config::flags_layer(&flags),
     )?;
     config.validate()?;
-    let catalog = Arc::new(CatalogClient::new(&config.aggregator_url));
-    let pusher = Pusher::new(&config.leaves, config.push_batch_rows)
+    let secret = config.cluster_secret()?;
+    let catalog = Arc::new(CatalogClient::new(&config.aggregator_url, &secret));
+    let pusher = Pusher::new(&config.leaves, config.push_batch_rows, &secret)
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let limits = DocLimits {
         max_bytes: config.max_document_bytes,
@@ -115,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(api, config.max_write_bytes))
+    axum::serve(listener, router(api, config.max_write_bytes, secret))
         .with_graceful_shutdown(altdb_common::shutdown::signal())
         .await?;
     tracing::info!("stopping sources");

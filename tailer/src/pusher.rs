@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 
+use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
@@ -26,13 +27,13 @@ pub struct PushOutcome {
 }
 
 impl Pusher {
-    pub fn new(urls: &[String], batch_rows: usize) -> Result<Self> {
+    pub fn new(urls: &[String], batch_rows: usize, secret: &ClusterSecret) -> Result<Self> {
         if urls.is_empty() {
             return Err(TailerError::InvalidRequest(
                 "no leaves configured; pass --leaves http://host:port,..".into(),
             ));
         }
-        let leaves = LeafClient::connect_all(urls)
+        let leaves = LeafClient::connect_all(urls, secret)
             .map_err(|e| TailerError::InvalidRequest(e.to_string()))?;
         Ok(Self::with_leaves(leaves, batch_rows))
     }

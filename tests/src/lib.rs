@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+use altdb_common::cluster_auth::ClusterSecret;
+
 /// Where the altdb binaries are: `ALTDB_BIN_DIR`, else the target dir of this test.
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("ALTDB_BIN_DIR") {
@@ -215,6 +217,8 @@ pub struct Cluster {
     pub tailer_urls: Vec<String>,
     /// Addresses of the leaves (Flight, and plain HTTP on the same port), in order.
     pub leaf_urls: Vec<String>,
+    /// The secret the cluster's processes share (internal calls need it).
+    pub secret: ClusterSecret,
     http: reqwest::blocking::Client,
 }
 
@@ -236,6 +240,19 @@ impl Cluster {
         if keep {
             eprintln!("test cluster in {}", dir.path().display());
         }
+        // Every process gets the cluster's secret; a test's own env comes after it
+        // (and may replace it).
+        let secret = ClusterSecret::generate()?;
+        let options = ClusterOptions {
+            env: [(
+                "ALTDB_CLUSTER_SECRET".to_string(),
+                secret.expose().to_string(),
+            )]
+            .into_iter()
+            .chain(options.env)
+            .collect(),
+            ..options
+        };
         let aggregator_port = free_port();
         let tailer_ports: Vec<u16> = (0..options.tailers.max(1)).map(|_| free_port()).collect();
         let leaf_urls: Vec<(u16, String)> = (0..options.leaves)
@@ -318,6 +335,7 @@ impl Cluster {
                 .map(|p| format!("http://127.0.0.1:{p}"))
                 .collect(),
             leaf_urls: leaf_urls.into_iter().map(|(_, url)| url).collect(),
+            secret,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(300))
                 .build()?,

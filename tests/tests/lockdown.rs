@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use altdb_common::cluster_auth::{self, ClusterSecret};
 use altdb_common::rpc::{
     put_batch, CollectionRequest, FragmentItem, FragmentTicket, LeafApi, LeafClient, PutHeader,
     TicketShard, ACTION_DROP_COLLECTION,
@@ -21,7 +22,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
     std::fs::write(victim.join("keep.txt"), "precious")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
-    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0])?);
+    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
     for name in ["../../victim", "/tmp", "..", "a/b", "Events"] {
         let dropped = runtime.block_on(leaf.action::<_, serde_json::Value>(
             ACTION_DROP_COLLECTION,
@@ -79,7 +80,7 @@ fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
         profile: false,
         plan: datafusion_proto::bytes::physical_plan_to_bytes(plan)?,
     };
-    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0])?);
+    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
     let answer = runtime.block_on(async {
         let mut stream = leaf.fragment(&ticket).await?;
         let mut rows = Vec::new();
@@ -102,7 +103,12 @@ fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
 fn a_tailer_checks_forwarded_specs_and_guards_system_collections() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions::default())?;
     cluster.create_collection(json!({"name": "events", "num_shards": 2}))?;
-    let client = reqwest::blocking::Client::new();
+    let client = reqwest::blocking::Client::builder()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::HeaderName::from_static(cluster_auth::HEADER),
+            cluster.secret.header_value(),
+        )]))
+        .build()?;
     let tailer = &cluster.tailer_urls[0];
     let spec = json!({"name": "events", "num_shards": 0});
     let answer = client
@@ -147,5 +153,94 @@ fn a_query_over_its_memory_budget_fails_cleanly() -> anyhow::Result<()> {
         cluster.scalar("SELECT COUNT(*) FROM generate_series(1, 100000)")?,
         100_000
     );
+    Ok(())
+}
+
+/// Only processes of the cluster may call its internal doors: a Flight call to a
+/// leaf or a write to a tailer without the cluster secret, or with another one, is
+/// refused (they used to run for anyone who reached the port), a process without a
+/// secret refuses to start, and the cluster itself works as before.
+#[test]
+fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 2}))?;
+    cluster.write_docs("events", &[json!({"a": 1}), json!({"a": 2})], 10)?;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 2);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _context = runtime.enter();
+    // A leaf: without metadata at all, and with a wrong secret, on every door.
+    let refused = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+        assert!(status.message().contains("cluster secret"), "{status}");
+    };
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.leaf_urls[0].clone())?
+            .connect()
+            .await?;
+        let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+        let action = arrow_flight::Action::new(
+            "collection_stats",
+            serde_json::to_vec(&json!({"collection": "events"}))?,
+        );
+        refused(raw.do_action(action).await.expect_err("no secret"));
+        refused(
+            raw.do_get(arrow_flight::Ticket::new(Vec::new()))
+                .await
+                .expect_err("no secret"),
+        );
+        refused(
+            raw.do_put(futures::stream::iter(Vec::<arrow_flight::FlightData>::new()))
+                .await
+                .expect_err("no secret"),
+        );
+        anyhow::Ok(())
+    })?;
+    let stranger: Arc<dyn LeafApi> = Arc::new(LeafClient::new(
+        &cluster.leaf_urls[0],
+        &ClusterSecret::generate()?,
+    )?);
+    let header = PutHeader {
+        collection: "events".into(),
+        shard: 0,
+        sources: Vec::new(),
+        text_fields: Vec::new(),
+    };
+    match runtime.block_on(stranger.put(&header, put_batch(&[])?)) {
+        Err(altdb_common::rpc::RpcError::Status(status)) => refused(status),
+        other => panic!("a put with a wrong secret must be refused: {other:?}"),
+    }
+
+    // A tailer's write door.
+    let client = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/collections/events/docs", cluster.tailer_urls[0]);
+    for secret in [None, Some("0123456789abcdef-not-it")] {
+        let mut request = client.post(&url).body("{\"a\": 3}\n");
+        if let Some(secret) = secret {
+            request = request.header(cluster_auth::HEADER, secret);
+        }
+        let answer = request.send()?;
+        assert_eq!(answer.status().as_u16(), 401);
+        let body: serde_json::Value = answer.json()?;
+        assert_eq!(body["error"]["code"], json!("unauthenticated"), "{body}");
+    }
+    // Probes and scrapers still reach health and metrics.
+    for url in [&cluster.tailer_urls[0], &cluster.leaf_urls[0]] {
+        assert!(cluster.get_text(&format!("{url}/metrics"))?.contains("# "));
+        assert_eq!(cluster.get_text(&format!("{url}/healthz"))?, "ok");
+    }
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 2);
+
+    // A process given no secret says what to do instead of starting open.
+    let output = std::process::Command::new(altdb_tests::bin_dir().join("altdb-leaf"))
+        .args([
+            "--data-dir",
+            &cluster.dir.path().join("lonely").display().to_string(),
+        ])
+        .env_remove("ALTDB_CLUSTER_SECRET")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no cluster secret"), "{stderr}");
     Ok(())
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
+use altdb_common::cluster_auth::ClusterSecret;
+
 /// mimalloc: ingest and queries allocate many small, short-lived values
 /// (JSON values, strings, Arrow buffers), which the system allocator serves slowly.
 #[global_allocator]
@@ -115,6 +117,24 @@ async fn wait_healthy(
     bail!("{url} did not become healthy within 60 s")
 }
 
+/// The local cluster's secret, generated on the first start (readable by this user
+/// only) and kept in the data directory, so that a restart finds the same one.
+fn cluster_secret_file(data: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data.join("cluster-secret");
+    if !path.exists() {
+        let secret = ClusterSecret::generate()?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        std::io::Write::write_all(&mut file, secret.expose().as_bytes())?;
+    }
+    Ok(path)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -136,6 +156,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
     let leaves_arg = leaves.join(",");
+    let secret_arg = [
+        "--cluster-secret-file".to_string(),
+        cluster_secret_file(&data)?.display().to_string(),
+    ];
 
     let mut processes = Vec::new();
     for (i, port) in leaf_ports.iter().enumerate() {
@@ -149,6 +173,8 @@ async fn main() -> anyhow::Result<()> {
                 format!("127.0.0.1:{port}"),
                 "--data-dir".into(),
                 data.join(name).display().to_string(),
+                secret_arg[0].clone(),
+                secret_arg[1].clone(),
             ],
             &logs.join(format!("{name}.log")),
         )?);
@@ -166,6 +192,8 @@ async fn main() -> anyhow::Result<()> {
             leaves_arg.clone(),
             "--tailer-url".into(),
             tailer_url.clone(),
+            secret_arg[0].clone(),
+            secret_arg[1].clone(),
         ],
         &logs.join("aggregator.log"),
     )?);
@@ -180,6 +208,8 @@ async fn main() -> anyhow::Result<()> {
             aggregator_url.clone(),
             "--leaves".into(),
             leaves_arg,
+            secret_arg[0].clone(),
+            secret_arg[1].clone(),
         ],
         &logs.join("tailer.log"),
     )?);
