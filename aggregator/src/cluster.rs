@@ -1,7 +1,9 @@
 //! The leaves of the cluster and what the aggregator asks of all of them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 
@@ -20,7 +22,16 @@ use crate::error::{AggregatorError, Result};
 #[derive(Debug, Clone)]
 pub struct Cluster {
     leaves: Arc<Vec<SharedLeaf>>,
+    /// Per leaf: it lately did not answer in time (a deadline passed, the
+    /// connection broke). A suspect leaf is asked last for its shards and skipped
+    /// for stats while its shards have other copies, so one hung leaf costs one
+    /// query a deadline rather than every query; a probe clears it once the leaf
+    /// answers again.
+    suspects: Arc<Vec<AtomicBool>>,
 }
+
+/// How often a suspect leaf is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A collection's fields as the leaves reported them.
 #[derive(Debug)]
@@ -64,16 +75,52 @@ impl Cluster {
     /// A cluster of these leaves (in placement order), however they are reached.
     pub fn with_leaves(leaves: Vec<SharedLeaf>) -> Self {
         Self {
+            suspects: Arc::new(leaves.iter().map(|_| AtomicBool::new(false)).collect()),
             leaves: Arc::new(leaves),
         }
     }
 
-    /// The leaves holding `shard`, preferred first.
+    /// The leaves holding `shard`, preferred first (suspect ones last).
     pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<SharedLeaf> {
-        self.replica_indexes(spec, shard)
+        let mut indexes = self.replica_indexes(spec, shard);
+        indexes.sort_by_key(|&i| self.is_suspect(i));
+        indexes
             .into_iter()
             .map(|i| self.leaves[i].clone())
             .collect()
+    }
+
+    fn is_suspect(&self, index: usize) -> bool {
+        self.suspects[index].load(Ordering::Relaxed)
+    }
+
+    /// Notes that `leaf` did not answer in time (or at all): it is asked last
+    /// until a health probe, started here, gets an answer from it again.
+    pub fn suspect(&self, leaf: &SharedLeaf) {
+        let Some(index) = self.leaves.iter().position(|l| Arc::ptr_eq(l, leaf)) else {
+            return;
+        };
+        if self.suspects[index].swap(true, Ordering::Relaxed) {
+            return; // already probed
+        }
+        tracing::warn!(
+            leaf = leaf.url(),
+            "leaf is not answering; reading its shards' other copies until it does"
+        );
+        let (cluster, leaf) = (self.clone(), leaf.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                let answer = leaf
+                    .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
+                    .await;
+                if answer.is_ok() {
+                    cluster.suspects[index].store(false, Ordering::Relaxed);
+                    tracing::info!(leaf = leaf.url(), "leaf answers again");
+                    return;
+                }
+            }
+        });
     }
 
     /// [`Self::replicas`] as indexes into the leaves.
@@ -88,33 +135,48 @@ impl Cluster {
         let request = CollectionRequest {
             collection: spec.name.clone(),
         };
-        let answers = join_all(
-            self.leaves
-                .iter()
-                .map(|leaf| leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)),
-        )
-        .await;
-        let mut stats = Vec::with_capacity(answers.len());
+        let mut stats = Vec::with_capacity(self.leaves.len());
         let mut silent = Vec::new();
         let mut reachable = vec![false; self.leaves.len()];
-        for (i, (leaf, answer)) in self.leaves.iter().zip(answers).enumerate() {
-            match answer {
-                Ok(answer) => {
-                    reachable[i] = true;
-                    stats.push((leaf.url().to_string(), answer));
+        let uncovered = |reachable: &[bool]| -> Vec<String> {
+            (0..spec.num_shards)
+                .filter(|&shard| {
+                    !self
+                        .replica_indexes(spec, shard)
+                        .iter()
+                        .any(|&i| reachable[i])
+                })
+                .map(|shard| shard.to_string())
+                .collect()
+        };
+        // Suspect leaves are asked only when some shard has no other copy.
+        let (trusted, suspect): (Vec<usize>, Vec<usize>) =
+            (0..self.leaves.len()).partition(|&i| !self.is_suspect(i));
+        for round in [trusted, suspect] {
+            if round.is_empty() || (!stats.is_empty() && uncovered(&reachable).is_empty()) {
+                continue;
+            }
+            let answers = join_all(round.iter().map(|&i| {
+                self.leaves[i].action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
+            }))
+            .await;
+            for (i, answer) in round.into_iter().zip(answers) {
+                let leaf = &self.leaves[i];
+                match answer {
+                    Ok(answer) => {
+                        reachable[i] = true;
+                        stats.push((leaf.url().to_string(), answer));
+                    }
+                    Err(error) => {
+                        if error.is_unavailable() {
+                            self.suspect(leaf);
+                        }
+                        silent.push(format!("leaf {} did not answer: {error}", leaf.url()));
+                    }
                 }
-                Err(error) => silent.push(format!("leaf {} did not answer: {error}", leaf.url())),
             }
         }
-        let uncovered: Vec<String> = (0..spec.num_shards)
-            .filter(|&shard| {
-                !self
-                    .replica_indexes(spec, shard)
-                    .iter()
-                    .any(|&i| reachable[i])
-            })
-            .map(|shard| shard.to_string())
-            .collect();
+        let uncovered = uncovered(&reachable);
         if !uncovered.is_empty() {
             return Err(AggregatorError::Unavailable(format!(
                 "{}; shards {} of `{}` have no copy on a leaf that answers: check that the leaves are running",

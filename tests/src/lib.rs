@@ -126,6 +126,16 @@ impl Process {
         }
     }
 
+    /// Sends a signal by name (`STOP` hangs the process, `CONT` resumes it).
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("process is not running")?;
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {} failed", self.name);
+        Ok(())
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("process is not running")?;

@@ -244,3 +244,79 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
     assert!(stderr.contains("no cluster secret"), "{stderr}");
     Ok(())
 }
+
+/// A leaf that hangs (SIGSTOP: its port still accepts connections, nothing
+/// answers) holds nothing up for long: queries read its shards' other copies or
+/// fail with `shard_unavailable` instead of waiting out the query timeout; writes
+/// report its shards as not stored; the cluster view marks it unhealthy. Once it
+/// resumes, a retried write is stored and nothing is lost.
+#[test]
+fn a_hung_leaf_is_given_up_on_within_deadlines() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 4, "replication": 2}))?;
+    cluster.create_collection(json!({"name": "single", "num_shards": 2}))?;
+    let docs = |from: usize, to: usize| -> Vec<serde_json::Value> {
+        (from..to)
+            .map(|i| json!({"_id": i.to_string(), "n": i}))
+            .collect()
+    };
+    cluster.write_docs("events", &docs(0, 100), 50)?;
+    cluster.write_docs("single", &docs(0, 100), 50)?;
+
+    cluster.leaves[1].signal("STOP")?;
+    let started = std::time::Instant::now();
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 100);
+    eprintln!("query over copies answered in {:?}", started.elapsed());
+    // The leaf is now known not to answer: later queries go to the copies first.
+    let started = std::time::Instant::now();
+    assert_eq!(cluster.scalar("SELECT SUM(n) FROM events")?, 4950);
+    eprintln!("the next query answered in {:?}", started.elapsed());
+
+    let started = std::time::Instant::now();
+    let answer = cluster.query("SELECT COUNT(*) FROM single")?;
+    eprintln!("query without copies failed in {:?}", started.elapsed());
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(
+        answer.body["error"]["code"],
+        json!("shard_unavailable"),
+        "{}",
+        answer.body
+    );
+
+    let status = cluster.get("/v1/cluster")?;
+    assert_eq!(status.status, 200);
+    assert_eq!(
+        status.body["leaves"][0]["healthy"],
+        json!(true),
+        "{}",
+        status.body
+    );
+    assert_eq!(
+        status.body["leaves"][1]["healthy"],
+        json!(false),
+        "{}",
+        status.body
+    );
+
+    // Every shard has a copy on the hung leaf: the write stores nothing for sure
+    // and says so, per document.
+    let body: String = docs(100, 110).iter().map(|d| format!("{d}\n")).collect();
+    let started = std::time::Instant::now();
+    let answer = cluster.post_raw("/v1/collections/events/docs", body.clone())?;
+    eprintln!("write to a hung leaf answered in {:?}", started.elapsed());
+    assert_eq!(answer.body["written"], json!(0), "{}", answer.body);
+    let errors = answer.body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 10, "{}", answer.body);
+    assert!(
+        errors[0]["reason"].as_str().unwrap().contains("retry"),
+        "{}",
+        answer.body
+    );
+
+    cluster.leaves[1].signal("CONT")?;
+    let answer = cluster.post_raw("/v1/collections/events/docs", body)?;
+    assert_eq!(answer.body["written"], json!(10), "{}", answer.body);
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 110);
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM single")?, 100);
+    Ok(())
+}

@@ -510,6 +510,7 @@ async fn open_fragments(
                     .boxed());
             }
             Err(error) if error.is_unavailable() => {
+                target.cluster.suspect(&leaf);
                 failures.push(format!("{}: {error}", leaf.url()));
             }
             Err(error) => return Err(rpc_to_datafusion(error, &target.collection.name, &shards)),
