@@ -26,6 +26,7 @@ use altdb_common::collection::CollectionSpec;
 use altdb_common::metrics::{self, Metrics};
 use altdb_common::schema::FieldType;
 
+use crate::admission::Admission;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
@@ -38,6 +39,7 @@ pub struct AppState {
     pub catalog: Arc<dyn Catalog>,
     pub cluster: Cluster,
     pub engine: QueryEngine,
+    pub admission: Admission,
     pub http: reqwest::Client,
     pub tailer_url: String,
     pub probe: Arc<KafkaProbe>,
@@ -86,10 +88,14 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
             "sql is empty; send {\"sql\": \"SELECT ...\"}".into(),
         ));
     }
-    let result = state
-        .engine
-        .query_with(&request.sql, &request.options)
-        .await;
+    let result = async {
+        let _turn = state.admission.admit().await?;
+        state
+            .engine
+            .query_with(&request.sql, &request.options)
+            .await
+    }
+    .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(error) => error.code(),
@@ -124,6 +130,18 @@ async fn metrics(State(state): State<AppState>) -> Result<Response> {
             export(&scraped, &spec.name, &statuses);
         }
     }
+    scraped.set(
+        "altdb_aggregator_queries_running",
+        "Statements running now (at most max_concurrent_queries).",
+        &[],
+        state.admission.running() as f64,
+    );
+    scraped.set(
+        "altdb_aggregator_queries_queued",
+        "Statements waiting for their turn now (at most max_queued_queries).",
+        &[],
+        state.admission.queued() as f64,
+    );
     let text = state.metrics.render() + &scraped.render();
     Ok((
         [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],

@@ -22,6 +22,13 @@ pub struct AggregatorConfig {
     pub query_timeout_secs: u64,
     /// Rows returned by one query at most; the response says when it was cut.
     pub max_result_rows: usize,
+    /// Bytes of JSON rows returned by one query at most (about); the response
+    /// says when it was cut.
+    pub max_result_bytes: usize,
+    /// Statements that run at once; more wait their turn ...
+    pub max_concurrent_queries: usize,
+    /// ... up to this many; beyond, a query is refused with 429 and Retry-After.
+    pub max_queued_queries: usize,
     /// Memory one query may use on the aggregator, in MiB. Beyond it, sorts and
     /// aggregations spill to disk where they can; otherwise the query fails with
     /// `resources_exhausted` instead of the process running out of memory.
@@ -47,6 +54,9 @@ impl Default for AggregatorConfig {
             tailer_url: "http://127.0.0.1:7701".into(),
             query_timeout_secs: 60,
             max_result_rows: 100_000,
+            max_result_bytes: 64 << 20,
+            max_concurrent_queries: 16,
+            max_queued_queries: 64,
             query_memory_mb: 4096,
             max_write_bytes: 64 << 20,
             cluster_secret: String::new(),

@@ -33,6 +33,9 @@ pub enum AggregatorError {
          query_memory_mb"
     )]
     ResourcesExhausted(String),
+    /// Too many statements run and wait already; retry after a moment.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,6 +54,7 @@ impl AggregatorError {
             Self::CollectionExists(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +69,7 @@ impl AggregatorError {
             Self::Unavailable(_) => "shard_unavailable",
             Self::Timeout(_) => "query_timeout",
             Self::ResourcesExhausted(_) => "resources_exhausted",
+            Self::Overloaded(_) => "too_many_queries",
             Self::Internal(_) => "internal",
         }
     }
@@ -75,11 +80,18 @@ impl IntoResponse for AggregatorError {
         if self.status().is_server_error() {
             tracing::warn!(code = self.code(), error = %self, "request failed");
         }
-        (
+        let mut response = (
             self.status(),
             Json(ErrorBody::new(self.code(), self.to_string())),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, Self::Overloaded(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::admission::RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

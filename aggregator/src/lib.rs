@@ -1,7 +1,10 @@
 //! altdb aggregator: the user-facing SQL and collections API.
 //!
 //! ```text
-//!  curl / dashboards ──HTTP──► api ──► QueryEngine ──► DataFusion plan
+//!  curl / dashboards ──HTTP──► api ──► admission: run, queue, or 429 + Retry-After
+//!                                │          │
+//!                                │          ▼  (query runtime, apart from HTTP's)
+//!                                │     QueryEngine ──► DataFusion plan
 //!                                │          │  DistributeFragments: fragments per shard
 //!                                │          └─► RemoteFragmentExec ──Flight DoGet──► leaves
 //!                                │                 ◄── partial results; final merge here
@@ -9,6 +12,7 @@
 //!                                └─► writes forwarded ──HTTP──► tailer ──► leaves
 //! ```
 
+pub mod admission;
 pub mod api;
 pub mod catalog;
 pub mod cluster;

@@ -9,10 +9,11 @@ use axum::serve::ListenerExt;
 use clap::Parser;
 use serde::Serialize;
 
+use altdb_aggregator::admission::Admission;
 use altdb_aggregator::api::{router, AppState};
 use altdb_aggregator::catalog::{Catalog, FileCatalog};
 use altdb_aggregator::cluster::Cluster;
-use altdb_aggregator::query::QueryEngine;
+use altdb_aggregator::query::{QueryEngine, QueryLimits};
 use altdb_aggregator::sources::KafkaProbe;
 use altdb_aggregator::AggregatorConfig;
 use altdb_common::cluster_auth;
@@ -96,17 +97,31 @@ async fn main() -> anyhow::Result<()> {
     }
     let cluster =
         Cluster::new(&config.leaves, &secret).map_err(|e| anyhow::anyhow!(e.to_string()))?;
-    let engine = QueryEngine::with_memory_limit(
-        catalog.clone(),
-        cluster.clone(),
-        Duration::from_secs(config.query_timeout_secs),
-        config.max_result_rows,
-        config.query_memory_mb.saturating_mul(1 << 20),
-    );
+    let limits = QueryLimits {
+        timeout: Duration::from_secs(config.query_timeout_secs),
+        max_rows: config.max_result_rows,
+        max_bytes: config.max_result_bytes,
+        memory: config.query_memory_mb.saturating_mul(1 << 20),
+    };
+    // Statements run on a runtime of their own, so that heavy ones cannot starve
+    // this one (connections, health, metrics, admission refusals). It lives as
+    // long as the process.
+    let executor = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("altdb-query")
+        .enable_all()
+        .build()
+        .context("cannot start the query runtime")?;
+    let engine = QueryEngine::new(catalog.clone(), cluster.clone(), limits)
+        .with_executor(executor.handle().clone());
     let state = AppState {
         catalog,
         cluster,
         engine,
+        admission: Admission::new(
+            config.max_concurrent_queries,
+            config.max_queued_queries,
+            limits.timeout,
+        ),
         // Forwarded writes present the cluster secret to the tailer.
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
@@ -130,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     axum::serve(listener, router(state, config.max_write_bytes))
         .with_graceful_shutdown(altdb_common::shutdown::signal())
         .await?;
+    executor.shutdown_background();
     tracing::info!("aggregator stopped");
     Ok(())
 }

@@ -320,3 +320,92 @@ fn a_hung_leaf_is_given_up_on_within_deadlines() -> anyhow::Result<()> {
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM single")?, 100);
     Ok(())
 }
+
+/// A burst of heavy queries does not make every query slow or the aggregator run
+/// out of memory: `max_concurrent_queries` run, `max_queued_queries` wait their
+/// turn, the rest are told at once to retry (429 with Retry-After). Answers are
+/// also cut at `max_result_bytes` and say so.
+#[test]
+fn a_burst_of_heavy_queries_is_queued_and_the_rest_told_to_retry() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        env: vec![
+            ("ALTDB_MAX_CONCURRENT_QUERIES".into(), "2".into()),
+            ("ALTDB_MAX_QUEUED_QUERIES".into(), "2".into()),
+            ("ALTDB_MAX_RESULT_BYTES".into(), "1000".into()),
+        ],
+        ..ClusterOptions::default()
+    })?;
+    // About a second of work on one core (a 200M-row cross join).
+    let heavy =
+        "SELECT COUNT(*) AS n FROM generate_series(1, 20000) a, generate_series(1, 10000) b \
+                 WHERE (a.value * b.value) % 7 = 1";
+    let expected = cluster.query(heavy)?;
+    assert_eq!(expected.status, 200, "{}", expected.body);
+    eprintln!(
+        "one heavy query: {} ms",
+        expected.body["stats"]["elapsed_ms"]
+    );
+    let url = format!("{}/v1/query", cluster.url);
+    let answers: Vec<(u16, Option<String>, serde_json::Value)> = std::thread::scope(|scope| {
+        let burst: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    let answer = reqwest::blocking::Client::new()
+                        .post(&url)
+                        .json(&json!({ "sql": heavy }))
+                        .send()
+                        .expect("the aggregator answers");
+                    let retry_after = answer
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (
+                        answer.status().as_u16(),
+                        retry_after,
+                        answer.json().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        burst.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut served = 0;
+    let mut refused = 0;
+    for (status, retry_after, body) in &answers {
+        match status {
+            200 => {
+                eprintln!("served in {} ms", body["stats"]["elapsed_ms"]);
+                assert_eq!(body["rows"], expected.body["rows"]);
+                served += 1;
+            }
+            429 => {
+                assert_eq!(body["error"]["code"], json!("too_many_queries"), "{body}");
+                assert_eq!(retry_after.as_deref(), Some("1"));
+                refused += 1;
+            }
+            other => panic!("a burst must be served or refused, not {other}: {body}"),
+        }
+    }
+    eprintln!("burst of 16: {served} served, {refused} told to retry");
+    assert!(served >= 4, "those running and queued are served: {served}");
+    assert!(refused >= 1, "beyond the queue, callers are refused");
+    let metrics = cluster.get_text(&format!("{}/metrics", cluster.url))?;
+    assert!(
+        metrics.contains("altdb_aggregator_queries_queued 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("outcome=\"too_many_queries\""),
+        "{metrics}"
+    );
+
+    let cut = cluster.query("SELECT value FROM generate_series(1, 1000)")?;
+    assert_eq!(cut.status, 200, "{}", cut.body);
+    assert_eq!(cut.body["stats"]["truncated"], json!(true), "{}", cut.body);
+    let rows = cut.body["rows"].as_array().unwrap().len();
+    assert!(
+        (50..1000).contains(&rows),
+        "about 1000 bytes of rows: {rows}"
+    );
+    Ok(())
+}

@@ -93,10 +93,62 @@ fn formatted(array: &ArrayRef, row: usize) -> String {
 }
 
 /// Appends the rows of `batch` (up to `max_rows` in total) to `rows`.
-pub fn append_rows(batch: &RecordBatch, rows: &mut Vec<Vec<Value>>, max_rows: usize) {
-    let take = batch.num_rows().min(max_rows.saturating_sub(rows.len()));
-    for row in 0..take {
-        rows.push(batch.columns().iter().map(|c| cell(c, row)).collect());
+/// The rows of an answer as JSON, cut at a number of rows or of bytes.
+#[derive(Debug)]
+pub struct Rows {
+    rows: Vec<Vec<Value>>,
+    bytes: usize,
+    max_rows: usize,
+    max_bytes: usize,
+    truncated: bool,
+}
+
+impl Rows {
+    pub fn new(max_rows: usize, max_bytes: usize) -> Self {
+        Self {
+            rows: Vec::new(),
+            bytes: 0,
+            max_rows,
+            max_bytes,
+            truncated: false,
+        }
+    }
+
+    /// Adds a batch's rows while the answer has room; false once it is full (the
+    /// rest of the result would be cut).
+    pub fn append(&mut self, batch: &RecordBatch) -> bool {
+        for row in 0..batch.num_rows() {
+            if self.rows.len() >= self.max_rows || self.bytes >= self.max_bytes {
+                self.truncated = true;
+                return false;
+            }
+            let values: Vec<Value> = batch.columns().iter().map(|c| cell(c, row)).collect();
+            self.bytes += values.iter().map(json_len).sum::<usize>() + values.len() + 1;
+            self.rows.push(values);
+        }
+        true
+    }
+
+    /// The rows, and whether some were cut.
+    pub fn finish(self) -> (Vec<Vec<Value>>, bool) {
+        (self.rows, self.truncated)
+    }
+}
+
+/// About how many bytes `value` takes as JSON text (numbers are counted as 8).
+fn json_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_len(v) + 1).sum::<usize>(),
+        Value::Object(fields) => {
+            2 + fields
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_len(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -125,8 +177,10 @@ mod tests {
             ),
         ])
         .unwrap();
-        let mut rows = Vec::new();
-        append_rows(&batch, &mut rows, 10);
+        let mut rows = Rows::new(10, 1 << 20);
+        assert!(rows.append(&batch));
+        let (rows, truncated) = rows.finish();
+        assert!(!truncated);
         assert_eq!(
             rows,
             vec![
@@ -142,5 +196,32 @@ mod tests {
                 ],
             ]
         );
+    }
+
+    #[test]
+    fn answers_are_cut_at_rows_or_bytes_and_say_so() {
+        let text: Vec<String> = (0..100).map(|i| format!("{i:0>100}")).collect();
+        let batch = RecordBatch::try_from_iter([(
+            "s",
+            Arc::new(arrow::array::StringArray::from(text)) as ArrayRef,
+        )])
+        .unwrap();
+        let mut by_bytes = Rows::new(1000, 1000);
+        assert!(!by_bytes.append(&batch));
+        let (rows, truncated) = by_bytes.finish();
+        assert!(truncated);
+        assert_eq!(rows.len(), 10, "10 rows of ~105 bytes reach 1000 bytes");
+
+        // Exactly as many rows as allowed: nothing was cut.
+        let mut exact = Rows::new(100, 1 << 20);
+        assert!(exact.append(&batch));
+        assert!(exact.append(&batch.slice(0, 0)));
+        let (rows, truncated) = exact.finish();
+        assert_eq!((rows.len(), truncated), (100, false));
+        let mut by_rows = Rows::new(100, 1 << 20);
+        assert!(by_rows.append(&batch));
+        assert!(!by_rows.append(&batch));
+        let (rows, truncated) = by_rows.finish();
+        assert_eq!((rows.len(), truncated), (100, true));
     }
 }

@@ -87,7 +87,8 @@ pub struct Stats {
     pub rows_scanned: u64,
     pub shards_queried: u64,
     pub shards_responded: u64,
-    /// Rows beyond `max_result_rows` were not returned.
+    /// Rows beyond `max_result_rows`, or beyond `max_result_bytes` of JSON, were
+    /// not returned.
     pub truncated: bool,
     /// Data freshness: everything the streaming sources of the queried collections
     /// produced more than this long ago is in the answer (null without such sources).
@@ -108,15 +109,38 @@ pub struct QueryResponse {
     pub class: &'static str,
 }
 
+/// What one statement may take.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Time to answer, planning included.
+    pub timeout: Duration,
+    /// Rows returned at most; the answer says `truncated`.
+    pub max_rows: usize,
+    /// Bytes of JSON returned at most (about); the answer says `truncated`.
+    pub max_bytes: usize,
+    /// Bytes of memory on the aggregator ([`GreedyMemoryPool`] of its own).
+    pub memory: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            max_rows: 100_000,
+            max_bytes: 64 << 20,
+            memory: 4096 << 20,
+        }
+    }
+}
+
 /// Plans and runs SQL against the cluster.
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
     catalog: Arc<dyn Catalog>,
     cluster: Cluster,
-    timeout: Duration,
-    max_result_rows: usize,
-    /// Bytes one statement may use ([`GreedyMemoryPool`] of its own).
-    query_memory: usize,
+    limits: QueryLimits,
+    /// Where statements run ([`Self::with_executor`]); `None`: on the caller's task.
+    executor: Option<tokio::runtime::Handle>,
     /// Functions, rules and config every statement's session starts from.
     base: Arc<SessionState>,
     /// Collection fields of earlier statements.
@@ -125,33 +149,47 @@ pub struct QueryEngine {
     plans: Arc<PlanCache>,
 }
 
-impl QueryEngine {
-    pub fn new(
-        catalog: Arc<dyn Catalog>,
-        cluster: Cluster,
-        timeout: Duration,
-        max_result_rows: usize,
-    ) -> Self {
-        Self::with_memory_limit(catalog, cluster, timeout, max_result_rows, 4096 << 20)
-    }
+/// A spawned statement, aborted when its caller stops waiting for it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-    /// An engine whose queries may each use `query_memory` bytes.
-    pub fn with_memory_limit(
-        catalog: Arc<dyn Catalog>,
-        cluster: Cluster,
-        timeout: Duration,
-        max_result_rows: usize,
-        query_memory: usize,
-    ) -> Self {
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl QueryEngine {
+    pub fn new(catalog: Arc<dyn Catalog>, cluster: Cluster, limits: QueryLimits) -> Self {
         Self {
             catalog,
             cluster,
-            timeout,
-            max_result_rows,
-            query_memory,
+            limits,
+            executor: None,
             base: Arc::new(base_state()),
             fields: Arc::new(FieldsCache::default()),
             plans: Arc::new(PlanCache::default()),
+        }
+    }
+
+    /// Runs statements on `executor`, a runtime of their own: CPU-heavy plans
+    /// then cannot starve the runtime that accepts connections and answers
+    /// health checks, metrics and admission refusals (as InfluxDB IOx and
+    /// GreptimeDB separate them).
+    pub fn with_executor(self, executor: tokio::runtime::Handle) -> Self {
+        Self {
+            executor: Some(executor),
+            ..self
         }
     }
 
@@ -202,7 +240,7 @@ impl QueryEngine {
     /// caches) with a memory pool of its own, `query_memory` bytes.
     fn runtime(&self) -> Result<Arc<RuntimeEnv>> {
         RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env())
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.query_memory)))
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.memory)))
             .build_arc()
             .map_err(|e| AggregatorError::Internal(e.to_string()))
     }
@@ -217,7 +255,25 @@ impl QueryEngine {
     /// It is planned with remembered collection fields when there are some; if a
     /// leaf refuses a fragment because its shard's fields changed since (or the
     /// statement fails for any reason), it is planned again with fresh fields.
+    ///
+    /// With an executor ([`Self::with_executor`]) the statement runs there, and a
+    /// caller that goes away (or times out) cancels it.
     pub async fn query_with(&self, sql: &str, options: &QueryOptions) -> Result<QueryResponse> {
+        let Some(executor) = &self.executor else {
+            return self.run_statement(sql, options).await;
+        };
+        let (engine, sql, options) = (self.clone(), sql.to_string(), options.clone());
+        let task =
+            AbortOnDrop(executor.spawn(async move { engine.run_statement(&sql, &options).await }));
+        match task.await {
+            Ok(answer) => answer,
+            Err(error) => Err(AggregatorError::Internal(format!(
+                "the statement's task failed: {error}"
+            ))),
+        }
+    }
+
+    async fn run_statement(&self, sql: &str, options: &QueryOptions) -> Result<QueryResponse> {
         let started = Instant::now();
         let run = async {
             let failed = match self.attempt(sql, options, started, true).await {
@@ -234,8 +290,8 @@ impl QueryEngine {
                 .await
                 .map_err(|failed| failed.error)
         };
-        match tokio::time::timeout(self.timeout, run).await {
-            Err(_) => Err(AggregatorError::Timeout(self.timeout.as_secs())),
+        match tokio::time::timeout(self.limits.timeout, run).await {
+            Err(_) => Err(AggregatorError::Timeout(self.limits.timeout.as_secs())),
             Ok(answer) => answer,
         }
     }
@@ -303,16 +359,13 @@ impl QueryEngine {
             let schema: SchemaRef = plan.schema();
             let class = query_class(&plan, tables.scored);
             let mut stream = execute_stream(plan, task)?;
-            let mut rows = Vec::new();
-            let mut truncated = false;
+            let mut rows = json::Rows::new(self.limits.max_rows, self.limits.max_bytes);
             while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                json::append_rows(&batch, &mut rows, self.max_result_rows);
-                if rows.len() >= self.max_result_rows {
-                    truncated = batch.num_rows() > 0;
+                if !rows.append(&batch?) {
                     break;
                 }
             }
+            let (rows, truncated) = rows.finish();
             Ok::<_, DataFusionError>((schema, rows, truncated, class))
         };
         let (schema, mut rows, truncated, class) = run.await.map_err(|error| {
