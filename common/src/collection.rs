@@ -36,10 +36,25 @@ pub struct CollectionSpec {
     /// included): `SELECT ... FROM _input [WHERE ...]`, see [`crate::transform`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<String>,
+    /// Distinct fields (flattened paths) a shard of the collection may hold; a
+    /// document that would add more is refused with the reason (HTTP) or goes to
+    /// `_dlq` (sources), so keys made of data (`{"user_123": ..}`) cannot grow
+    /// the schema, the plans and the indexes without bound.
+    #[serde(default = "default_max_fields")]
+    pub max_fields: u32,
 }
 
 fn default_num_shards() -> u32 {
     4
+}
+
+/// Default of [`CollectionSpec::max_fields`].
+pub const DEFAULT_MAX_FIELDS: u32 = 10_000;
+/// Highest [`CollectionSpec::max_fields`] accepted.
+pub const MAX_MAX_FIELDS: u32 = 1_000_000;
+
+fn default_max_fields() -> u32 {
+    DEFAULT_MAX_FIELDS
 }
 
 fn default_replication() -> u32 {
@@ -360,6 +375,7 @@ impl CollectionSpec {
             text_fields: vec!["error".to_string()],
             sources: Vec::new(),
             transform: None,
+            max_fields: DEFAULT_MAX_FIELDS,
         }
     }
 
@@ -381,6 +397,12 @@ impl CollectionSpec {
             return Err(Error::InvalidConfig(
                 "replication must be at least 1".to_string(),
             ));
+        }
+        if self.max_fields == 0 || self.max_fields > MAX_MAX_FIELDS {
+            return Err(Error::InvalidConfig(format!(
+                "max_fields must be between 1 and {MAX_MAX_FIELDS}, got {}",
+                self.max_fields
+            )));
         }
         for (what, field) in [
             ("id_field", &self.id_field),

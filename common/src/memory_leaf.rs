@@ -69,7 +69,7 @@ impl LeafApi for MemoryLeaf {
             .push((header.clone(), batch));
         Ok(PutAck {
             written,
-            skipped: 0,
+            ..PutAck::default()
         })
     }
 

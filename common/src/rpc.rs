@@ -52,6 +52,12 @@ pub const PUT_DOC: &str = "_doc";
 
 /// Largest gRPC message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Largest DoPut stream a leaf accepts (its messages' bodies together): a put is
+/// buffered whole before it is stored.
+pub const MAX_PUT_BYTES: usize = 256 << 20;
+/// Largest batch a tailer sends in one DoPut (documents' JSON bytes), well under
+/// [`MAX_PUT_BYTES`].
+pub const PUT_BATCH_BYTES: usize = 32 << 20;
 
 /// Carried in the DoPut descriptor: where the batch goes and what source it came from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +70,10 @@ pub struct PutHeader {
     /// The collection's `text_fields`, which the leaf indexes for full-text search.
     #[serde(default)]
     pub text_fields: Vec<String>,
+    /// The collection's `max_fields`: rows that would take the shard past it are
+    /// refused ([`PutAck::rejected`]). `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fields: Option<u32>,
 }
 
 /// A source of a put batch and how far the batch takes it on this shard.
@@ -87,6 +97,16 @@ pub struct PutAck {
     pub written: u64,
     /// Rows at or below the source watermark, already stored earlier.
     pub skipped: u64,
+    /// Rows not stored, by index in the put, and why (the rest of the put is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// A row of a put the leaf refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RejectedRow {
+    pub row: u32,
+    pub reason: String,
 }
 
 /// Body of collection-scoped actions.
@@ -621,6 +641,7 @@ impl LeafApi for LeafClient {
                 let part: PutAck = serde_json::from_slice(&result.app_metadata)?;
                 ack.written += part.written;
                 ack.skipped += part.skipped;
+                ack.rejected.extend(part.rejected);
             }
             Ok(ack)
         })

@@ -26,6 +26,9 @@ pub struct LeafConfig {
     /// Merged segments hold at most this many rows; segments of half as many or
     /// more are left alone.
     pub merge_max_rows: u64,
+    /// Largest write (DoPut stream) accepted, in bytes; tailers send at most
+    /// 32 MiB at a time.
+    pub max_put_bytes: usize,
     /// The secret every call between altdb processes carries (see the README's
     /// security section): the text of `ALTDB_CLUSTER_SECRET` ...
     pub cluster_secret: String,
@@ -43,6 +46,7 @@ impl Default for LeafConfig {
             sync_writes: true,
             merge_min_segments: 4,
             merge_max_rows: 500_000,
+            max_put_bytes: altdb_common::rpc::MAX_PUT_BYTES,
             cluster_secret: String::new(),
             cluster_secret_file: None,
         }

@@ -30,11 +30,16 @@ use crate::store::CollectionMeta;
 /// Serves a [`Leaf`] over Arrow Flight.
 pub struct LeafService {
     leaf: Arc<Leaf>,
+    /// Largest DoPut stream accepted (it is buffered whole).
+    max_put_bytes: usize,
 }
 
 impl LeafService {
-    pub fn new(leaf: Arc<Leaf>) -> Self {
-        Self { leaf }
+    pub fn new(leaf: Arc<Leaf>, max_put_bytes: usize) -> Self {
+        Self {
+            leaf,
+            max_put_bytes,
+        }
     }
 }
 
@@ -158,8 +163,20 @@ impl FlightService for LeafService {
             .transpose()?
             .ok_or_else(|| Status::invalid_argument("put stream lacks a descriptor"))?;
         checked_name(&header.collection)?;
+        let (mut received, max) = (0usize, self.max_put_bytes);
         let data = futures::stream::once(async { Ok(first) })
             .chain(messages)
+            .map(move |message| {
+                let message = message?;
+                received += message.data_body.len() + message.data_header.len();
+                if received > max {
+                    return Err(Status::invalid_argument(format!(
+                        "a put may carry at most {max} bytes (max_put_bytes); send the rows \
+                         in smaller batches"
+                    )));
+                }
+                Ok(message)
+            })
             .map_err(FlightError::from);
         let batches: Vec<_> = FlightRecordBatchStream::new_from_flight_data(data)
             .try_collect()
@@ -171,6 +188,7 @@ impl FlightService for LeafService {
         }
         let meta = CollectionMeta {
             text_fields: header.text_fields.clone(),
+            max_fields: header.max_fields,
         };
         let ack = self
             .leaf

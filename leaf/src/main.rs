@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     // Every Flight call must carry the cluster secret; `/healthz` and `/metrics`
     // (plain HTTP below) stay open to probes and scrapers.
     let service = InterceptedService::new(
-        FlightServiceServer::new(LeafService::new(leaf.clone()))
+        FlightServiceServer::new(LeafService::new(leaf.clone(), config.max_put_bytes))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         RequireSecret(secret),

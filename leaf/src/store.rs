@@ -24,10 +24,13 @@ use crate::segment::SegmentMeta;
 /// A raw RocksDB entry.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
-/// Per-collection settings the leaf needs to index (sent with every write).
+/// Per-collection settings the leaf needs to store and index (sent with every write).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CollectionMeta {
     pub text_fields: Vec<String>,
+    /// Distinct fields a shard may hold (`None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fields: Option<u32>,
 }
 
 /// A stored document as read back.

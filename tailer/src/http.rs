@@ -256,7 +256,14 @@ async fn write_docs(
     let outcome = api.pusher.push(&spec, &[], &rows).await;
 
     let mut response = WriteResponse::default();
-    for (index, row) in indexes.into_iter().zip(rows) {
+    for (position, (index, row)) in indexes.into_iter().zip(rows).enumerate() {
+        if let Some(reason) = outcome.rejected.get(&position) {
+            errors.push(RejectedDoc {
+                index,
+                reason: reason.clone(),
+            });
+            continue;
+        }
         // The shard is only worked out again when some shard failed.
         let failed = (!outcome.failed_shards.is_empty())
             .then(|| Pusher::shard_of(&spec, &row))

@@ -8,7 +8,7 @@ use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
-    put_batch, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark,
+    put_batch, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark, PUT_BATCH_BYTES,
 };
 
 use crate::error::{Result, TailerError};
@@ -20,10 +20,13 @@ pub struct Pusher {
     batch_rows: usize,
 }
 
-/// The outcome of a push: which shards failed (their documents are not stored).
+/// The outcome of a push: which shards failed (their documents are not stored),
+/// and which rows a leaf refused (by index in the pushed rows, with the reason;
+/// e.g. over the collection's `max_fields`). Every other row is stored.
 #[derive(Debug, Default)]
 pub struct PushOutcome {
     pub failed_shards: BTreeMap<u32, PushError>,
+    pub rejected: BTreeMap<usize, String>,
 }
 
 impl Pusher {
@@ -66,18 +69,18 @@ impl Pusher {
         sources: &[SourceMark],
         rows: &[PutRow],
     ) -> PushOutcome {
-        let mut by_shard: BTreeMap<u32, Vec<&PutRow>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<u32, Vec<(usize, &PutRow)>> = BTreeMap::new();
         if sources
             .iter()
             .any(|m| m.through.is_some() || m.as_of_us.is_some())
         {
             by_shard.extend((0..spec.num_shards).map(|shard| (shard, Vec::new())));
         }
-        for row in rows {
+        for (index, row) in rows.iter().enumerate() {
             by_shard
                 .entry(Self::shard_of(spec, row))
                 .or_default()
-                .push(row);
+                .push((index, row));
         }
         let pushes = by_shard.into_iter().map(|(shard, rows)| async move {
             let result = self.push_shard(spec, shard, sources, rows).await;
@@ -85,8 +88,11 @@ impl Pusher {
         });
         let mut outcome = PushOutcome::default();
         for (shard, result) in join_all(pushes).await {
-            if let Err(error) = result {
-                outcome.failed_shards.insert(shard, error);
+            match result {
+                Ok(rejected) => outcome.rejected.extend(rejected),
+                Err(error) => {
+                    outcome.failed_shards.insert(shard, error);
+                }
             }
         }
         outcome
@@ -97,8 +103,8 @@ impl Pusher {
         spec: &CollectionSpec,
         shard: u32,
         sources: &[SourceMark],
-        rows: Vec<&PutRow>,
-    ) -> Result<(), PushError> {
+        rows: Vec<(usize, &PutRow)>,
+    ) -> Result<BTreeMap<usize, String>, PushError> {
         // Rows refer to sources by index, so every chunk names them all; only the
         // last chunk carries the marks, which hold once every row is stored.
         let positions_only: Vec<SourceMark> = sources
@@ -110,12 +116,9 @@ impl Pusher {
             })
             .collect();
         let replicas = replicas_for_shard(shard, self.leaves.len(), spec.replication);
-        let chunks: Vec<&[&PutRow]> = if rows.is_empty() {
-            vec![&[]]
-        } else {
-            rows.chunks(self.batch_rows).collect()
-        };
+        let chunks = put_chunks(&rows, self.batch_rows, PUT_BATCH_BYTES);
         let last = chunks.len() - 1;
+        let mut rejected = BTreeMap::new();
         for (i, chunk) in chunks.into_iter().enumerate() {
             let header = PutHeader {
                 collection: spec.name.clone(),
@@ -126,8 +129,10 @@ impl Pusher {
                     positions_only.clone()
                 },
                 text_fields: spec.text_fields.clone(),
+                max_fields: Some(spec.max_fields),
             };
-            let batch = put_batch(chunk).map_err(PushError::Encode)?;
+            let refs: Vec<&PutRow> = chunk.iter().map(|(_, row)| *row).collect();
+            let batch = put_batch(&refs).map_err(PushError::Encode)?;
             let puts = replicas.iter().map(|&leaf| {
                 let client = self.leaves[leaf].as_ref();
                 let batch = batch.clone();
@@ -142,12 +147,41 @@ impl Pusher {
                         })
                 }
             });
+            // A row any copy refused is reported refused.
             for result in join_all(puts).await {
-                result?;
+                for refused in result?.rejected {
+                    if let Some((index, _)) = chunk.get(refused.row as usize) {
+                        rejected.insert(*index, refused.reason);
+                    }
+                }
             }
         }
-        Ok(())
+        Ok(rejected)
     }
+}
+
+/// Rows cut into puts of at most `max_rows` rows and about `max_bytes` of
+/// documents (a single larger document goes alone); no rows make one empty put
+/// (it carries the source marks).
+fn put_chunks<'a, 'r>(
+    rows: &'a [(usize, &'r PutRow)],
+    max_rows: usize,
+    max_bytes: usize,
+) -> Vec<&'a [(usize, &'r PutRow)]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, row)) in rows.iter().enumerate() {
+        let size = row.doc_json.len() + row.id.len();
+        if i > start && (i - start >= max_rows || bytes + size > max_bytes) {
+            chunks.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < rows.len() || chunks.is_empty() {
+        chunks.push(&rows[start..]);
+    }
+    chunks
 }
 
 /// Why a shard's rows were not stored on every replica.
@@ -247,5 +281,19 @@ mod tests {
             );
         }
         assert_eq!(stored(&leaves)[2].get(&2), Some(&(2 * expected[&2])));
+    }
+
+    #[test]
+    fn puts_are_cut_by_rows_and_by_bytes() {
+        let rows = rows(10);
+        let refs: Vec<(usize, &PutRow)> = rows.iter().enumerate().collect();
+        let sizes =
+            |chunks: Vec<&[(usize, &PutRow)]>| chunks.iter().map(|c| c.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(put_chunks(&refs, 4, usize::MAX)), vec![4, 4, 2]);
+        // Each row is 13 bytes: 30 bytes hold two of them.
+        assert_eq!(sizes(put_chunks(&refs, 100, 30)), vec![2, 2, 2, 2, 2]);
+        // A row larger than the limit goes alone; no rows make one empty put.
+        assert_eq!(sizes(put_chunks(&refs[..2], 100, 1)), vec![1, 1]);
+        assert_eq!(sizes(put_chunks(&[], 100, 40)), vec![0]);
     }
 }

@@ -38,6 +38,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             shard: 0,
             sources: Vec::new(),
             text_fields: Vec::new(),
+            max_fields: None,
         };
         let put = runtime.block_on(leaf.put(&header, put_batch(&[])?));
         assert!(put.expect_err(name).is_invalid_argument(), "{name}");
@@ -205,6 +206,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
         shard: 0,
         sources: Vec::new(),
         text_fields: Vec::new(),
+        max_fields: None,
     };
     match runtime.block_on(stranger.put(&header, put_batch(&[])?)) {
         Err(altdb_common::rpc::RpcError::Status(status)) => refused(status),
@@ -407,5 +409,104 @@ fn a_burst_of_heavy_queries_is_queued_and_the_rest_told_to_retry() -> anyhow::Re
         (50..1000).contains(&rows),
         "about 1000 bytes of rows: {rows}"
     );
+    Ok(())
+}
+
+/// A leaf buffers a write whole before storing it, so it refuses one larger than
+/// `max_put_bytes` (it used to take any size) and goes on serving.
+#[test]
+fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        env: vec![("ALTDB_MAX_PUT_BYTES".into(), (1 << 20).to_string())],
+        ..ClusterOptions::default()
+    })?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 1}))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _context = runtime.enter();
+    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let rows: Vec<altdb_common::rpc::PutRow> = (0..64)
+        .map(|i| altdb_common::rpc::PutRow {
+            id: i.to_string(),
+            event_time_us: 0,
+            position: None,
+            doc_json: format!("{{\"pad\": \"{}\"}}", "x".repeat(32 << 10)),
+        })
+        .collect();
+    let header = PutHeader {
+        collection: "events".into(),
+        shard: 0,
+        sources: Vec::new(),
+        text_fields: Vec::new(),
+        max_fields: None,
+    };
+    let refs: Vec<&altdb_common::rpc::PutRow> = rows.iter().collect();
+    let error = runtime
+        .block_on(leaf.put(&header, put_batch(&refs)?))
+        .expect_err("2 MiB is over the limit");
+    assert!(error.is_invalid_argument(), "{error}");
+    assert!(error.to_string().contains("max_put_bytes"), "{error}");
+    cluster.write_docs("events", &[json!({"a": 1})], 10)?;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 1);
+    Ok(())
+}
+
+/// Field names made of data (`{"user_123": ..}`) cannot grow a collection's
+/// schema without bound: a document that would take a shard past `max_fields`
+/// is refused with the reason (HTTP) or goes to `_dlq` (sources), and the rest
+/// of its batch is stored.
+#[test]
+fn documents_beyond_the_field_limit_are_refused_and_the_rest_stored() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    let wide: serde_json::Map<String, serde_json::Value> =
+        (0..30).map(|i| (format!("user_{i}"), json!(i))).collect();
+    cluster.create_collection(json!({"name": "events", "num_shards": 1, "max_fields": 20}))?;
+    let body = format!(
+        "{}\n{}\n{}\n",
+        json!({"a": 1, "b": 2}),
+        serde_json::Value::Object(wide.clone()),
+        json!({"c": 3})
+    );
+    let answer = cluster.post_raw("/v1/collections/events/docs", body)?;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["written"], json!(2), "{}", answer.body);
+    let errors = answer.body["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{}", answer.body);
+    assert_eq!(errors[0]["index"], json!(1));
+    let reason = errors[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("max_fields") && reason.contains("at most 20"),
+        "{reason}"
+    );
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 2);
+
+    // From a source, the refused document is a dead letter.
+    let dir = cluster.dir.path().join("drop");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("part-0.json"),
+        format!(
+            "{}\n{}\n{}\n",
+            json!({"a": 1}),
+            serde_json::Value::Object(wide),
+            json!({"b": 2})
+        ),
+    )?;
+    cluster.create_collection(json!({
+        "name": "files", "num_shards": 1, "max_fields": 20,
+        "sources": [{"type": "s3", "url": format!("file://{}/", dir.display()),
+                     "poll_interval": "200ms", "include_metadata": false}],
+    }))?;
+    let stored = cluster.wait_until(
+        "SELECT COUNT(*) FROM files",
+        std::time::Duration::from_secs(30),
+        |n| n == 2,
+    );
+    assert_eq!(stored, 2);
+    let dead = cluster.wait_until(
+        "SELECT COUNT(*) FROM _dlq WHERE collection = 'files' AND error LIKE '%max_fields%'",
+        std::time::Duration::from_secs(30),
+        |n| n == 1,
+    );
+    assert_eq!(dead, 1);
     Ok(())
 }

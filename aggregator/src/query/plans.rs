@@ -29,15 +29,17 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::ExecutionPlan;
 
 use altdb_common::collection::CollectionSpec;
-use altdb_common::lru::LruMap;
+use altdb_common::lru::{plan_weight, LruMap};
 
 use super::fields::FieldsCache;
 use super::remote::RemoteFragmentExec;
 use crate::cluster::CollectionFields;
 
 /// Plans kept at most; a full cache drops the plan used least recently (a
-/// burst of one-off statements must not grow it without bound).
+/// burst of one-off statements must not grow it without bound) ...
 const MAX_PLANS: usize = 512;
+/// ... and their estimated bytes at most (a statement may be megabytes of SQL).
+const MAX_PLAN_BYTES: usize = 64 << 20;
 
 /// What a statement's plan is looked up by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,7 +75,7 @@ pub struct PlanCache {
 impl Default for PlanCache {
     fn default() -> Self {
         Self {
-            entries: Mutex::new(LruMap::new(MAX_PLANS)),
+            entries: Mutex::new(LruMap::with_max_weight(MAX_PLANS, MAX_PLAN_BYTES)),
         }
     }
 }
@@ -124,13 +126,15 @@ impl PlanCache {
         let Some(fields) = planned_fields(plan) else {
             return;
         };
-        self.lock().insert(
+        let weight = plan_weight(key.sql.len());
+        self.lock().insert_weighted(
             key,
             CachedPlan {
                 plan: plan.clone(),
                 specs: specs.to_vec(),
                 fields,
             },
+            weight,
         );
     }
 

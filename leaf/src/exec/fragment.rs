@@ -43,7 +43,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
-use altdb_common::lru::LruMap;
+use altdb_common::lru::{plan_weight, LruMap};
 use altdb_common::plan::{OnePartitionExec, Partitions};
 use altdb_common::rpc::{keep_oldest, FragmentMetrics, FragmentProfile, FragmentTicket, ScanSpec};
 use altdb_common::schema::FieldSet;
@@ -56,8 +56,10 @@ use crate::exec::scan::LocalScanExec;
 use crate::shard::Shard;
 
 /// Fragments kept at most; a full cache drops the one used least recently
-/// (one-off statements must not grow it without bound).
+/// (one-off statements must not grow it without bound) ...
 const MAX_KEPT_FRAGMENTS: usize = 512;
+/// ... and their estimated bytes at most (a fragment may be megabytes).
+const MAX_KEPT_FRAGMENT_BYTES: usize = 64 << 20;
 
 /// Decoded fragments, run again when the same bytes come back.
 pub struct KeptFragments {
@@ -67,7 +69,10 @@ pub struct KeptFragments {
 impl Default for KeptFragments {
     fn default() -> Self {
         Self {
-            fragments: Mutex::new(LruMap::new(MAX_KEPT_FRAGMENTS)),
+            fragments: Mutex::new(LruMap::with_max_weight(
+                MAX_KEPT_FRAGMENTS,
+                MAX_KEPT_FRAGMENT_BYTES,
+            )),
         }
     }
 }
@@ -113,12 +118,14 @@ impl KeptFragments {
             .map(|shard| decode_fragment(ticket, shard.clone()))
             .collect::<Result<Vec<_>>>()?;
         let plan = combine_shards(plans)?;
-        self.lock().insert(
+        let weight = plan_weight(key.plan.len()).saturating_mul(shards.len().max(1));
+        self.lock().insert_weighted(
             key,
             KeptFragment {
                 plan: plan.clone(),
                 shards,
             },
+            weight,
         );
         Ok(plan)
     }

@@ -1,11 +1,13 @@
 //! Writing a put batch: rows and watermarks in one RocksDB batch, then the
 //! mutable segment.
 
+use std::collections::HashSet;
+
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, PutRow, RowPosition, SourceMark};
-use altdb_common::schema::FlatRow;
+use altdb_common::rpc::{PutAck, PutRow, RejectedRow, RowPosition, SourceMark};
+use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
 use crate::store::CollectionMeta;
@@ -61,7 +63,12 @@ impl Shard {
         }
         let mut accepted = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
-        for (doc, mut row) in docs.iter().zip(parsed) {
+        let mut rejected = Vec::new();
+        let mut limit = meta.max_fields.map(|max| FieldLimit {
+            max: max as usize,
+            added: HashSet::new(),
+        });
+        for (index, (doc, mut row)) in docs.iter().zip(parsed).enumerate() {
             if let Some(RowPosition { source, offset }) = doc.position {
                 let source = source as usize;
                 if before[source].is_some_and(|mark| offset <= mark) {
@@ -69,6 +76,15 @@ impl Shard {
                     continue;
                 }
                 after[source] = Some(after[source].map_or(offset, |m| m.max(offset)));
+            }
+            if let Some(limit) = &mut limit {
+                if let Err(reason) = limit.admit(&state.fields, &row, &self.collection) {
+                    rejected.push(RejectedRow {
+                        row: index as u32,
+                        reason,
+                    });
+                    continue;
+                }
             }
             row.seq = state.next_seq;
             state.next_seq += 1;
@@ -98,6 +114,7 @@ impl Shard {
             return Ok(PutAck {
                 written: 0,
                 skipped,
+                rejected,
             });
         }
         for (source, mark) in &advanced {
@@ -113,7 +130,55 @@ impl Shard {
         for row in accepted {
             state.apply(row);
         }
-        Ok(PutAck { written, skipped })
+        Ok(PutAck {
+            written,
+            skipped,
+            rejected,
+        })
+    }
+}
+
+/// The field limit of one put: the shard's fields, plus those the put's earlier
+/// rows add, may not exceed `max`.
+struct FieldLimit {
+    max: usize,
+    added: HashSet<String>,
+}
+
+impl FieldLimit {
+    /// Admits `row` if its new fields fit; says why not otherwise.
+    fn admit(
+        &mut self,
+        fields: &FieldSet,
+        row: &FlatRow,
+        collection: &str,
+    ) -> std::result::Result<(), String> {
+        let new: Vec<&str> = row
+            .fields
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| !fields.fields.contains_key(*name) && !self.added.contains(*name))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let held = fields.fields.len() + self.added.len();
+        if held + new.len() > self.max {
+            let shown: Vec<&str> = new.iter().take(5).copied().collect();
+            return Err(format!(
+                "document `{}` adds {} new field(s) ({}{}) but collection `{collection}` may \
+                 hold at most {} fields (max_fields) and has {held}; keep data out of field \
+                 names (an array of {{\"key\": .., \"value\": ..}} objects instead of one \
+                 key per item), or raise max_fields",
+                row.id,
+                new.len(),
+                shown.join(", "),
+                if new.len() > shown.len() { ", .." } else { "" },
+                self.max
+            ));
+        }
+        self.added.extend(new.into_iter().map(str::to_string));
+        Ok(())
     }
 }
 

@@ -186,6 +186,9 @@ pub async fn deliver(
 ) -> bool {
     let mut backoff = Duration::from_millis(100);
     let mut paused = false;
+    // Rows the leaves refused, as dead letters, kept across retries: a retry
+    // skips them (they are below the watermark now) and would not see them again.
+    let mut refused = Vec::new();
     let set_paused = |value: f64| {
         context.metrics.set(
             M_PAUSED,
@@ -195,7 +198,7 @@ pub async fn deliver(
         )
     };
     loop {
-        let failure = match push_once(spec, context, flush).await {
+        let failure = match push_once(spec, source_id, context, flush, &mut refused).await {
             Ok(()) => {
                 if paused {
                     tracing::info!(source = %source_id, "leaves are back; resuming");
@@ -226,23 +229,55 @@ pub async fn deliver(
 
 async fn push_once(
     spec: &CollectionSpec,
+    source_id: &str,
     context: &SourceContext,
     flush: &Flush,
+    refused: &mut Vec<PutRow>,
 ) -> Result<(), DeliveryError> {
-    if !flush.dead.is_empty() {
-        let dlq = context
-            .catalog
-            .get(DLQ_COLLECTION)
-            .await
-            .map_err(DeliveryError::DeadLetterSpec)?;
-        let outcome = context.pusher.push(&dlq, &[], &flush.dead).await;
-        if let Some((shard, error)) = outcome.failed_shards.into_iter().next() {
-            return Err(DeliveryError::DeadLetters { shard, error });
-        }
-    }
+    push_dead_letters(context, &flush.dead).await?;
     let outcome = context.pusher.push(spec, &flush.marks, &flush.rows).await;
+    if let Some((shard, error)) = outcome.failed_shards.into_iter().next() {
+        return Err(DeliveryError::Rows { shard, error });
+    }
+    let now_us = chrono::Utc::now().timestamp_micros();
+    refused.extend(outcome.rejected.into_iter().filter_map(|(index, reason)| {
+        let row = flush.rows.get(index)?;
+        let position = row.position?;
+        Some(dead_letter::dead_letter(dead_letter::DeadLetter {
+            collection: &spec.name,
+            source: flush
+                .marks
+                .get(position.source as usize)
+                .map_or(source_id, |mark| mark.source.as_str()),
+            position: Some(position.offset),
+            origin: serde_json::Map::from_iter([(
+                "refused_by".to_string(),
+                serde_json::Value::from("leaf"),
+            )]),
+            key: None,
+            payload: Some(row.doc_json.as_bytes()),
+            error: &reason,
+            timestamp_us: Some(row.event_time_us),
+            now_us,
+        }))
+    }));
+    push_dead_letters(context, refused).await?;
+    refused.clear();
+    Ok(())
+}
+
+async fn push_dead_letters(context: &SourceContext, dead: &[PutRow]) -> Result<(), DeliveryError> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let dlq = context
+        .catalog
+        .get(DLQ_COLLECTION)
+        .await
+        .map_err(DeliveryError::DeadLetterSpec)?;
+    let outcome = context.pusher.push(&dlq, &[], dead).await;
     match outcome.failed_shards.into_iter().next() {
-        Some((shard, error)) => Err(DeliveryError::Rows { shard, error }),
+        Some((shard, error)) => Err(DeliveryError::DeadLetters { shard, error }),
         None => Ok(()),
     }
 }
