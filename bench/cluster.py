@@ -69,7 +69,11 @@ def start_cluster(bin_dir, data_dir, leaves=2):
     procs = []
     log = open(os.path.join(data_dir, "cluster.log"), "w")
     # The processes share a cluster secret, as every altdb cluster must.
-    env = dict(os.environ, ALTDB_CLUSTER_SECRET=secrets.token_hex(32))
+    # Sources may reach loopback brokers and S3 servers, and the data directory.
+    env = dict(os.environ, ALTDB_CLUSTER_SECRET=secrets.token_hex(32),
+               ALTDB_ALLOWED_KAFKA_BROKERS="127.0.0.1:*",
+               ALTDB_ALLOWED_S3_ENDPOINTS="http://127.0.0.1:*",
+               ALTDB_ALLOWED_FILE_ROOTS=os.path.abspath(data_dir))
     for i, port in enumerate(leaf_ports):
         procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-leaf"), "--listen", f"127.0.0.1:{port}",
                                        "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log, env=env))

@@ -26,6 +26,8 @@ use altdb_common::collection::CollectionSpec;
 use altdb_common::metrics::{self, Metrics};
 use altdb_common::schema::FieldType;
 
+use altdb_common::source_policy::SourcePolicy;
+
 use crate::admission::Admission;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub cluster: Cluster,
     pub engine: QueryEngine,
     pub admission: Admission,
+    /// What sources users may configure.
+    pub policy: Arc<SourcePolicy>,
     pub http: reqwest::Client,
     pub tailer_url: String,
     pub probe: Arc<KafkaProbe>,
@@ -158,6 +162,9 @@ async fn cluster_status(State(state): State<AppState>) -> Response {
 async fn create_collection(State(state): State<AppState>, body: Bytes) -> Result<Response> {
     let spec: CollectionSpec = json_body(&body)?;
     spec.validate()?;
+    for source in &spec.sources {
+        state.policy.check(source)?;
+    }
     state.catalog.create(spec.clone()).await?;
     tracing::info!(collection = %spec.name, shards = spec.num_shards, "created collection");
     Ok((StatusCode::CREATED, Json(spec)).into_response())

@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         catalog,
         cluster,
         engine,
+        policy: Arc::new(config.source_policy()),
         admission: Admission::new(
             config.max_concurrent_queries,
             config.max_queued_queries,

@@ -19,6 +19,7 @@
 //! - [`cluster_auth`]: the cluster secret every call between roles carries.
 //! - [`api`]: the JSON error body every HTTP front door returns.
 //! - [`metrics`]: counters, gauges and latency histograms for Prometheus.
+//! - [`source_policy`]: the operator's allow-lists for what sources may reach.
 //! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 
@@ -43,6 +44,7 @@ pub mod rpc;
 pub mod schema;
 pub mod search;
 pub mod shutdown;
+pub mod source_policy;
 pub mod telemetry;
 pub mod transform;
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use altdb_common::cluster_auth::ClusterSecret;
+use altdb_common::source_policy::SourcePolicy;
 
 /// Options of `altdb-tailer` (file < `ALTDB_*` env < flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,9 +41,27 @@ pub struct TailerConfig {
     pub cluster_secret: String,
     /// ... or a file holding it (preferred: it stays out of the environment).
     pub cluster_secret_file: Option<PathBuf>,
+    /// Directories `file://` sources may read (see the README's security section).
+    pub allowed_file_roots: Vec<String>,
+    /// S3-compatible endpoints sources may name (`http://host:port`, `http://host:*`).
+    pub allowed_s3_endpoints: Vec<String>,
+    /// Kafka brokers sources may name (`host:port`, `host:*`, `*`).
+    pub allowed_kafka_brokers: Vec<String>,
+    /// Source client properties allowed beyond the built-in safe ones.
+    pub allowed_source_properties: Vec<String>,
 }
 
 impl TailerConfig {
+    /// The operator's allow-lists for sources.
+    pub fn source_policy(&self) -> SourcePolicy {
+        SourcePolicy {
+            allowed_file_roots: self.allowed_file_roots.clone(),
+            allowed_s3_endpoints: self.allowed_s3_endpoints.clone(),
+            allowed_kafka_brokers: self.allowed_kafka_brokers.clone(),
+            allowed_source_properties: self.allowed_source_properties.clone(),
+        }
+    }
+
     /// The cluster secret this process was given; starting without one is an error.
     pub fn cluster_secret(&self) -> Result<ClusterSecret, altdb_common::Error> {
         ClusterSecret::from_config(&self.cluster_secret, self.cluster_secret_file.as_deref())
@@ -91,6 +110,10 @@ impl Default for TailerConfig {
             ordinal: 0,
             cluster_secret: String::new(),
             cluster_secret_file: None,
+            allowed_file_roots: Vec::new(),
+            allowed_s3_endpoints: Vec::new(),
+            allowed_kafka_brokers: Vec::new(),
+            allowed_source_properties: Vec::new(),
         }
     }
 }

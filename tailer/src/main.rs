@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             instance_id: config.instance_id(),
             ordinal: config.ordinal,
             tailers: config.tailers,
+            policy: config.source_policy(),
         },
         Duration::from_secs(config.source_poll_secs),
         stop_rx,

@@ -253,14 +253,23 @@ impl Cluster {
         // Every process gets the cluster's secret; a test's own env comes after it
         // (and may replace it).
         let secret = ClusterSecret::generate()?;
+        // Sources may reach the loopback brokers and S3 servers tests start and
+        // the cluster's own directory.
+        let defaults = [
+            ("ALTDB_CLUSTER_SECRET", secret.expose().to_string()),
+            ("ALTDB_ALLOWED_KAFKA_BROKERS", "127.0.0.1:*".to_string()),
+            (
+                "ALTDB_ALLOWED_S3_ENDPOINTS",
+                "http://127.0.0.1:*".to_string(),
+            ),
+            ("ALTDB_ALLOWED_FILE_ROOTS", dir.path().display().to_string()),
+        ];
         let options = ClusterOptions {
-            env: [(
-                "ALTDB_CLUSTER_SECRET".to_string(),
-                secret.expose().to_string(),
-            )]
-            .into_iter()
-            .chain(options.env)
-            .collect(),
+            env: defaults
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .chain(options.env)
+                .collect(),
             ..options
         };
         let aggregator_port = free_port();

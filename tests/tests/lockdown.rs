@@ -510,3 +510,61 @@ fn documents_beyond_the_field_limit_are_refused_and_the_rest_stored() -> anyhow:
     assert_eq!(dead, 1);
     Ok(())
 }
+
+/// Sources reach only what the operator allows: a directory outside the
+/// allowed roots (it used to read any directory of the tailer's host), an
+/// endpoint or broker not listed, or a client setting that loads code or reads
+/// files is refused when the collection is created, and nothing is created.
+#[test]
+fn sources_reach_only_what_the_operator_allows() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default())?;
+    let inside = format!("file://{}/", cluster.dir.path().join("drop").display());
+    let escape = format!("file://{}/../../etc/", cluster.dir.path().display());
+    let probes = [
+        (
+            json!({"type": "s3", "url": "file:///etc/"}),
+            "allowed_file_roots",
+        ),
+        (json!({"type": "s3", "url": escape}), "allowed_file_roots"),
+        (
+            json!({"type": "s3", "url": "s3://bucket/x/", "endpoint": "http://169.254.169.254"}),
+            "allowed_s3_endpoints",
+        ),
+        (
+            json!({"type": "s3", "url": "s3://bucket/x/",
+                   "properties": {"aws_container_credentials_relative_uri": "/x"}}),
+            "aws_container_credentials_relative_uri",
+        ),
+        (
+            json!({"type": "kafka", "brokers": "10.1.2.3:9092", "topic": "t"}),
+            "allowed_kafka_brokers",
+        ),
+        (
+            json!({"type": "kafka", "brokers": "127.0.0.1:9", "topic": "t",
+                   "properties": {"plugin.library.paths": "/tmp/evil.so"}}),
+            "plugin.library.paths",
+        ),
+        (
+            json!({"type": "kafka", "brokers": "127.0.0.1:9", "topic": "t",
+                   "properties": {"sasl.kerberos.kinit.cmd": "touch /tmp/pwned"}}),
+            "sasl.kerberos.kinit.cmd",
+        ),
+    ];
+    for (source, named) in probes {
+        let answer = cluster.post_json(
+            "/v1/collections",
+            &json!({"name": "probe", "sources": [source]}),
+        )?;
+        assert_eq!(answer.status, 400, "{source}: {}", answer.body);
+        let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{source}: {message}");
+    }
+    assert_eq!(cluster.get("/v1/collections/probe")?.status, 404);
+    // What the operator allows is accepted.
+    let answer = cluster.post_json(
+        "/v1/collections",
+        &json!({"name": "probe", "sources": [{"type": "s3", "url": inside}]}),
+    )?;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    Ok(())
+}

@@ -50,6 +50,7 @@ fn spawn(
     binary: &str,
     name: &'static str,
     args: &[String],
+    env: &[(&str, String)],
     log: &Path,
 ) -> anyhow::Result<Process> {
     let path = bin_dir.join(binary);
@@ -67,6 +68,7 @@ fn spawn(
         .with_context(|| format!("cannot open {}", log.display()))?;
     let child = Command::new(&path)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
         // Own process group: Ctrl-C reaches only us, and we stop children in order.
@@ -161,6 +163,28 @@ async fn main() -> anyhow::Result<()> {
         cluster_secret_file(&data)?.display().to_string(),
     ];
 
+    // What sources of this local cluster may reach, unless the environment says:
+    // brokers and S3-compatible servers on this machine, and `<data-dir>/files`.
+    let files = data.join("files");
+    std::fs::create_dir_all(&files)?;
+    let env: Vec<(&str, String)> = [
+        (
+            "ALTDB_ALLOWED_KAFKA_BROKERS",
+            "localhost:*,127.0.0.1:*".to_string(),
+        ),
+        (
+            "ALTDB_ALLOWED_S3_ENDPOINTS",
+            "http://localhost:*,http://127.0.0.1:*".to_string(),
+        ),
+        (
+            "ALTDB_ALLOWED_FILE_ROOTS",
+            std::path::absolute(&files)?.display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(key, _)| std::env::var_os(key).is_none())
+    .collect();
+
     let mut processes = Vec::new();
     for (i, port) in leaf_ports.iter().enumerate() {
         let name = if i == 0 { "leaf-0" } else { "leaf-1" };
@@ -176,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
                 secret_arg[0].clone(),
                 secret_arg[1].clone(),
             ],
+            &env,
             &logs.join(format!("{name}.log")),
         )?);
     }
@@ -195,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             secret_arg[0].clone(),
             secret_arg[1].clone(),
         ],
+        &env,
         &logs.join("aggregator.log"),
     )?);
     processes.push(spawn(
@@ -211,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             secret_arg[0].clone(),
             secret_arg[1].clone(),
         ],
+        &env,
         &logs.join("tailer.log"),
     )?);
 

@@ -9,7 +9,7 @@ pub mod dead_letter;
 pub mod kafka;
 pub mod objects;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use altdb_common::collection::{CollectionSpec, SourceSpec, DLQ_COLLECTION};
 use altdb_common::document::DocLimits;
 use altdb_common::metrics::Metrics;
 use altdb_common::rpc::{PutRow, SourceMark, Watermarks, WatermarksRequest, ACTION_WATERMARKS};
+use altdb_common::source_policy::SourcePolicy;
 
 use crate::catalog::CatalogClient;
 use crate::error::TailerError;
@@ -95,6 +96,8 @@ pub struct SourceContext {
     /// `ordinal` modulo `tailers` ([`crate::TailerConfig::ordinal`]).
     pub ordinal: u32,
     pub tailers: u32,
+    /// What sources this tailer may run (checked again here, whatever the catalog says).
+    pub policy: SourcePolicy,
 }
 
 const M_RECORDS: &str = "altdb_tailer_source_records_total";
@@ -293,6 +296,30 @@ enum DeliveryError {
     Rows { shard: u32, error: PushError },
 }
 
+/// Whether this tailer may run `source`: the policy, and for a directory, the
+/// directory it really is (a symbolic link must not lead out of the allowed roots).
+fn permitted(policy: &SourcePolicy, source: &SourceSpec) -> Result<(), altdb_common::Error> {
+    policy.check(source)?;
+    if let SourceSpec::S3(objects) = source {
+        if let ("file", _, prefix) = objects.location()? {
+            let dir = std::path::PathBuf::from(format!("/{prefix}"));
+            // A directory that does not exist yet is checked once it does (the
+            // source reports it unreadable meanwhile).
+            if let Ok(real) = std::fs::canonicalize(&dir) {
+                if !policy.file_allowed(&real) {
+                    return Err(altdb_common::Error::InvalidConfig(format!(
+                        "directory `{}` is `{}` once links are followed, which is not under \
+                         allowed_file_roots",
+                        dir.display(),
+                        real.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 type Running = (
     CollectionSpec,
     SourceSpec,
@@ -308,6 +335,8 @@ pub async fn supervise(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<String, Running> = HashMap::new();
+    // Sources the policy refuses, logged once each.
+    let mut refused: HashSet<String> = HashSet::new();
     loop {
         if let Ok(specs) = context.catalog.all().await {
             let mut wanted = HashMap::new();
@@ -325,8 +354,14 @@ pub async fn supervise(
                 }
                 keep
             });
+            refused.retain(|id| wanted.contains_key(id));
             for (id, (spec, source)) in wanted {
-                if running.contains_key(&id) {
+                if running.contains_key(&id) || refused.contains(&id) {
+                    continue;
+                }
+                if let Err(error) = permitted(&context.policy, &source) {
+                    tracing::error!(source = %id, %error, "source refused by this tailer's policy; not started");
+                    refused.insert(id);
                     continue;
                 }
                 let (stop_tx, stop_rx) = watch::channel(false);
