@@ -11,7 +11,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use crate::rpc::{
-    FragmentItem, FragmentMetrics, FragmentTicket, LeafApi, PutAck, PutHeader, RpcError,
+    CollectionStats, FragmentItem, FragmentMetrics, FragmentTicket, LeafApi, PutAck, PutHeader,
+    RpcError, ACTION_COLLECTION_STATS, ACTION_HEALTH,
 };
 
 /// A leaf that stores what it is sent and answers fragments with set rows.
@@ -25,6 +26,8 @@ pub struct MemoryLeaf {
     pub tickets: Mutex<Vec<FragmentTicket>>,
     /// The rows each fragment answers with.
     rows: Vec<RecordBatch>,
+    /// The answer to `collection_stats`, if it gives one.
+    stats: Option<CollectionStats>,
 }
 
 impl MemoryLeaf {
@@ -35,6 +38,16 @@ impl MemoryLeaf {
             puts: Mutex::default(),
             tickets: Mutex::default(),
             rows,
+            stats: None,
+        }
+    }
+
+    /// A leaf that answers `collection_stats` with `stats` (for every
+    /// collection) and `health`, so statements plan against it.
+    pub fn with_stats(self, stats: CollectionStats) -> Self {
+        Self {
+            stats: Some(stats),
+            ..self
         }
     }
 
@@ -75,9 +88,13 @@ impl LeafApi for MemoryLeaf {
 
     async fn action_body(&self, name: &str, _body: Vec<u8>) -> Result<Bytes, RpcError> {
         self.reachable()?;
-        Err(RpcError::Protocol(format!(
-            "the memory leaf does not answer `{name}`"
-        )))
+        match (name, &self.stats) {
+            (ACTION_COLLECTION_STATS, Some(stats)) => Ok(serde_json::to_vec(stats)?.into()),
+            (ACTION_HEALTH, _) => Ok(Bytes::from_static(b"{}")),
+            _ => Err(RpcError::Protocol(format!(
+                "the memory leaf does not answer `{name}`"
+            ))),
+        }
     }
 
     async fn fragment(

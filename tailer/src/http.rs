@@ -74,7 +74,7 @@ pub struct Element {
 }
 
 /// Splits a body into elements: a JSON array, or NDJSON (one document per line).
-fn split_body(body: &[u8]) -> Result<Vec<Element>> {
+pub fn split_body(body: &[u8]) -> Result<Vec<Element>> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         return split_array(body).map_err(|reason| {

@@ -7,6 +7,7 @@
 
 pub mod compat;
 pub mod data;
+pub mod fuzz;
 pub mod kafka;
 pub mod oracle;
 pub mod s3;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreRegistry;
-use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
@@ -46,10 +48,87 @@ pub fn check_operators(plan: &Arc<dyn ExecutionPlan>) -> Result<(), LeafError> {
         Ok(TreeNodeRecursion::Stop)
     })
     .expect("visiting a plan does not fail");
-    match refused {
-        None => Ok(()),
-        Some(name) => Err(LeafError::InvalidRequest(format!(
+    if let Some(name) = refused {
+        return Err(LeafError::InvalidRequest(format!(
             "plan fragment refused: `{name}` is not an operator altdb runs on leaves"
+        )));
+    }
+    check_columns(plan)
+}
+
+/// Refuses a fragment whose expressions name columns their operator's input
+/// does not have (datafusion-proto decodes column indexes unchecked, and
+/// operators index batches with them).
+fn check_columns(plan: &Arc<dyn ExecutionPlan>) -> Result<(), LeafError> {
+    let mut bad = None;
+    plan.apply(|node| {
+        let Some(input) = node.children().first().map(|child| child.schema()) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+        if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+            exprs.extend(projection.expr().iter().map(|p| p.expr.clone()));
+        } else if let Some(filter) = node.downcast_ref::<FilterExec>() {
+            exprs.push(filter.predicate().clone());
+        } else if let Some(aggregate) = node.downcast_ref::<AggregateExec>() {
+            let group_by = aggregate.group_expr();
+            let width = group_by.expr().len();
+            // A plain GROUP BY has no null expressions; grouping sets have one per
+            // group expression, and every set says which of them it nulls.
+            let nulls = group_by.null_expr().len();
+            if group_by.groups().iter().any(|set| set.len() != width)
+                || (nulls != 0 && nulls != width)
+            {
+                bad = Some("its grouping sets do not match its group expressions".to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            exprs.extend(group_by.expr().iter().map(|(e, _)| e.clone()));
+            exprs.extend(group_by.null_expr().iter().map(|(e, _)| e.clone()));
+            // Partial and single aggregates evaluate their arguments on the input.
+            if matches!(
+                aggregate.mode(),
+                AggregateMode::Partial | AggregateMode::Single | AggregateMode::SinglePartitioned
+            ) {
+                for function in aggregate.aggr_expr() {
+                    exprs.extend(function.expressions());
+                }
+                exprs.extend(aggregate.filter_expr().iter().flatten().cloned());
+            }
+        } else if let Some(sort) = node.downcast_ref::<SortExec>() {
+            exprs.extend(sort.expr().iter().map(|e| e.expr.clone()));
+        } else if let Some(merge) = node.downcast_ref::<SortPreservingMergeExec>() {
+            exprs.extend(merge.expr().iter().map(|e| e.expr.clone()));
+        }
+        for expr in exprs {
+            expr.apply(|e| {
+                if let Some(column) = e.downcast_ref::<Column>() {
+                    let fits = input
+                        .fields()
+                        .get(column.index())
+                        .is_some_and(|field| field.name() == column.name());
+                    if !fits {
+                        bad = Some(format!(
+                            "`{}` names column {} `{}`, which its input does not have",
+                            node.name(),
+                            column.index(),
+                            column.name()
+                        ));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+            if bad.is_some() {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan does not fail");
+    match bad {
+        None => Ok(()),
+        Some(why) => Err(LeafError::InvalidRequest(format!(
+            "plan fragment refused: {why}"
         ))),
     }
 }

@@ -35,6 +35,7 @@ use datafusion::physical_plan::display::DisplayableExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
     execute_stream, ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
@@ -42,6 +43,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::StreamExt;
 
 use altdb_common::lru::{plan_weight, LruMap};
 use altdb_common::plan::{OnePartitionExec, Partitions};
@@ -283,7 +285,7 @@ pub fn run_fragment(
     let task = Arc::new(execution_context(scans.clone()));
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());
-    let batches = execute_stream(plan, task)?;
+    let batches = without_panics(execute_stream(plan, task)?);
     Ok(FragmentRun {
         schema,
         batches,
@@ -294,6 +296,34 @@ pub fn run_fragment(
             profiled,
         },
     })
+}
+
+/// The stream with a panic below it (an operator's, re-raised from the task
+/// it ran on) turned into its last item, an error: a fragment from the network
+/// must not take down the request's task, whatever it holds.
+fn without_panics(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    let mut failed = false;
+    let guarded = std::panic::AssertUnwindSafe(stream)
+        .catch_unwind()
+        .map(|item| {
+            item.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(DataFusionError::Execution(format!(
+                    "the fragment failed: an operator panicked ({what})"
+                )))
+            })
+        })
+        .take_while(move |item| {
+            let go = !failed;
+            failed |= item.is_err();
+            futures::future::ready(go)
+        });
+    Box::pin(RecordBatchStreamAdapter::new(schema, guarded))
 }
 
 /// One plan over the fragment's runs on several shards: merged in order when

@@ -25,7 +25,7 @@
 //! - Freshness: once everything listed is stored, a mark with the listing time goes
 //!   to every shard (`stats.freshness_ms` of queries).
 
-mod read;
+pub mod read;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
