@@ -165,7 +165,13 @@ async fn create_collection(State(state): State<AppState>, body: Bytes) -> Result
     for source in &spec.sources {
         state.policy.check(source)?;
     }
-    state.catalog.create(spec.clone()).await?;
+    let spec = state.catalog.create(spec).await?;
+    if let Err(error) = state.cluster.create_collection(&spec).await {
+        // Undone: a collection some leaf does not know would refuse its shards.
+        state.catalog.delete(&spec.name).await?;
+        state.cluster.drop_collection(&spec).await;
+        return Err(error);
+    }
     tracing::info!(collection = %spec.name, shards = spec.num_shards, "created collection");
     Ok((StatusCode::CREATED, Json(spec)).into_response())
 }
@@ -229,16 +235,32 @@ async fn delete_collection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    if state.catalog.get(&name).await?.is_none() {
-        return Err(AggregatorError::CollectionNotFound(name));
-    }
-    // Data first: a spec without data is harmless, data without a spec is a leak.
-    state.cluster.drop_collection(&name).await?;
+    let spec = state
+        .catalog
+        .get(&name)
+        .await?
+        .ok_or_else(|| AggregatorError::CollectionNotFound(name.clone()))?;
     if CollectionSpec::is_system(&name) {
+        // Cleared, not deleted: every leaf must drop its rows.
+        let missed = state.cluster.drop_collection(&spec).await;
+        if !missed.is_empty() {
+            return Err(AggregatorError::Unavailable(format!(
+                "could not clear `{name}` on every leaf ({}); retry when they are back",
+                missed.join("; ")
+            )));
+        }
         tracing::info!(collection = %name, "cleared system collection");
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    // The spec first: from then on no source, write or query reaches this
+    // incarnation, and each leaf refuses it once told (a leaf that is down now
+    // keeps its rows, which no later incarnation sees, until the name is created
+    // again).
     state.catalog.delete(&name).await?;
+    let missed = state.cluster.drop_collection(&spec).await;
+    if !missed.is_empty() {
+        tracing::warn!(collection = %name, missed = ?missed, "deleted collection; some leaves keep its rows until the name is created again");
+    }
     tracing::info!(collection = %name, "deleted collection");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

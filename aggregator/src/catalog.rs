@@ -20,9 +20,19 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn list(&self) -> Result<Vec<CollectionSpec>>;
     async fn get(&self, name: &str) -> Result<Option<CollectionSpec>>;
     /// Adds a collection; fails if the name is taken.
-    async fn create(&self, spec: CollectionSpec) -> Result<()>;
+    /// Adds a collection with a new incarnation (whatever `spec` says); returns
+    /// it as stored.
+    async fn create(&self, spec: CollectionSpec) -> Result<CollectionSpec>;
     /// Removes a collection; returns whether it existed.
     async fn delete(&self, name: &str) -> Result<bool>;
+}
+
+/// A new incarnation: the time in microseconds, and above every incarnation
+/// the catalog holds (so a name created again always gets a larger one, even if
+/// the clock went back).
+fn next_incarnation<'a>(specs: impl Iterator<Item = &'a CollectionSpec>) -> u64 {
+    let now = chrono::Utc::now().timestamp_micros().max(1) as u64;
+    specs.map(|s| s.incarnation + 1).fold(now, u64::max)
 }
 
 /// A catalog kept in `<data_dir>/catalog.json`.
@@ -87,16 +97,21 @@ impl Catalog for FileCatalog {
             .cloned())
     }
 
-    async fn create(&self, spec: CollectionSpec) -> Result<()> {
+    async fn create(&self, mut spec: CollectionSpec) -> Result<CollectionSpec> {
         let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
         if specs.contains_key(&spec.name) {
             return Err(AggregatorError::CollectionExists(spec.name));
         }
+        spec.incarnation = if CollectionSpec::is_system(&spec.name) {
+            0
+        } else {
+            next_incarnation(specs.values())
+        };
         let mut next = specs.clone();
-        next.insert(spec.name.clone(), spec);
+        next.insert(spec.name.clone(), spec.clone());
         self.persist(&next)?;
         *specs = next;
-        Ok(())
+        Ok(spec)
     }
 
     async fn delete(&self, name: &str) -> Result<bool> {
@@ -131,8 +146,16 @@ mod tests {
             catalog.create(spec("a")).await,
             Err(AggregatorError::CollectionExists(_))
         ));
+        let first = catalog.get("b").await.unwrap().unwrap().incarnation;
+        assert!(first > 0);
         assert!(catalog.delete("b").await.unwrap());
         assert!(!catalog.delete("b").await.unwrap());
+        let again = catalog.create(spec("b")).await.unwrap();
+        assert!(
+            again.incarnation > first,
+            "a name created again is a new incarnation"
+        );
+        assert!(catalog.delete("b").await.unwrap());
         let reopened = FileCatalog::open(path).unwrap();
         let names: Vec<_> = reopened
             .list()

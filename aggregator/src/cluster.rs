@@ -11,8 +11,8 @@ use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::replicas_for_shard;
 use altdb_common::rpc::{
-    CollectionRequest, CollectionStats, LeafClient, SharedLeaf, ACTION_COLLECTION_STATS,
-    ACTION_DROP_COLLECTION, ACTION_HEALTH,
+    CollectionRequest, CollectionStats, CreateCollectionRequest, LeafClient, SharedLeaf,
+    ACTION_COLLECTION_STATS, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH,
 };
 use altdb_common::schema::FieldSet;
 
@@ -134,6 +134,7 @@ impl Cluster {
     async fn stats_by_leaf(&self, spec: &CollectionSpec) -> Result<Vec<(String, CollectionStats)>> {
         let request = CollectionRequest {
             collection: spec.name.clone(),
+            incarnation: spec.incarnation,
         };
         let mut stats = Vec::with_capacity(self.leaves.len());
         let mut silent = Vec::new();
@@ -222,22 +223,55 @@ impl Cluster {
         Ok(merged)
     }
 
-    /// Removes a collection's data from every leaf.
-    pub async fn drop_collection(&self, collection: &str) -> Result<()> {
-        let request = CollectionRequest {
-            collection: collection.to_string(),
-        };
-        for leaf in self.leaves.iter() {
-            leaf.action::<_, serde_json::Value>(ACTION_DROP_COLLECTION, &request)
-                .await
-                .map_err(|e| {
-                    AggregatorError::Unavailable(format!(
-                        "could not drop `{collection}` on leaf {}: {e}; retry when it is back",
-                        leaf.url()
-                    ))
-                })?;
+    /// Places a new collection's shards on the leaves: each leaf learns which
+    /// shards of this incarnation it holds (and drops data of older ones). Every
+    /// leaf must answer: a leaf that missed it would refuse its shards.
+    pub async fn create_collection(&self, spec: &CollectionSpec) -> Result<()> {
+        let answers = join_all(self.leaves.iter().enumerate().map(|(i, leaf)| {
+            let request = CreateCollectionRequest {
+                collection: spec.name.clone(),
+                incarnation: spec.incarnation,
+                shards: (0..spec.num_shards)
+                    .filter(|&shard| self.replica_indexes(spec, shard).contains(&i))
+                    .collect(),
+            };
+            async move {
+                leaf.action::<_, serde_json::Value>(ACTION_CREATE_COLLECTION, &request)
+                    .await
+                    .map_err(|e| format!("leaf {}: {e}", leaf.url()))
+            }
+        }))
+        .await;
+        let failed: Vec<String> = answers.into_iter().filter_map(|a| a.err()).collect();
+        if failed.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(AggregatorError::Unavailable(format!(
+            "could not place the shards of `{}` on every leaf ({}); nothing was created, \
+             retry when every leaf is up",
+            spec.name,
+            failed.join("; ")
+        )))
+    }
+
+    /// Deletes a collection's incarnation on every leaf that answers; returns
+    /// the leaves that did not (their data of it is invisible to every later
+    /// incarnation, and dropped when the name is created again).
+    pub async fn drop_collection(&self, spec: &CollectionSpec) -> Vec<String> {
+        let request = CollectionRequest {
+            collection: spec.name.clone(),
+            incarnation: spec.incarnation,
+        };
+        let answers = join_all(self.leaves.iter().map(|leaf| {
+            let request = &request;
+            async move {
+                leaf.action::<_, serde_json::Value>(ACTION_DROP_COLLECTION, request)
+                    .await
+                    .map_err(|e| format!("leaf {}: {e}", leaf.url()))
+            }
+        }))
+        .await;
+        answers.into_iter().filter_map(|a| a.err()).collect()
     }
 
     pub async fn status(&self) -> Vec<LeafStatus> {

@@ -42,6 +42,17 @@ pub struct CollectionSpec {
     /// the schema, the plans and the indexes without bound.
     #[serde(default = "default_max_fields")]
     pub max_fields: u32,
+    /// Which creation of the name this is, set by the catalog (whatever a client
+    /// sends): leaves keep data, watermarks and placement per incarnation, so a
+    /// deleted collection's data, sources and writes in flight never reach one
+    /// created later under the same name. 0: created before incarnations existed
+    /// (and system collections).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn default_num_shards() -> u32 {
@@ -376,6 +387,7 @@ impl CollectionSpec {
             sources: Vec::new(),
             transform: None,
             max_fields: DEFAULT_MAX_FIELDS,
+            incarnation: 0,
         }
     }
 

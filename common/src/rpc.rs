@@ -38,6 +38,9 @@ pub const ACTION_DROP_COLLECTION: &str = "drop_collection";
 pub const ACTION_WATERMARKS: &str = "watermarks";
 /// DoAction: liveness.
 pub const ACTION_HEALTH: &str = "health";
+/// DoAction: a new incarnation of a collection places shards on this leaf
+/// ([`CreateCollectionRequest`]).
+pub const ACTION_CREATE_COLLECTION: &str = "create_collection";
 
 /// Column of a put batch: document id.
 pub const PUT_ID: &str = "_id";
@@ -63,6 +66,9 @@ pub const PUT_BATCH_BYTES: usize = 32 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PutHeader {
     pub collection: String,
+    /// The collection's incarnation ([`crate::collection::CollectionSpec::incarnation`]).
+    #[serde(default)]
+    pub incarnation: u64,
     pub shard: u32,
     /// The sources the rows come from; rows at or below their source's watermark are skipped.
     #[serde(default)]
@@ -113,13 +119,27 @@ pub struct RejectedRow {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CollectionRequest {
     pub collection: String,
+    /// The incarnation asked about (dropped: this one and older ones).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Body of [`ACTION_WATERMARKS`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WatermarksRequest {
     pub collection: String,
+    #[serde(default)]
+    pub incarnation: u64,
     pub sources: Vec<String>,
+}
+
+/// Body of [`ACTION_CREATE_COLLECTION`]: the shards of a new incarnation this
+/// leaf holds. It refuses fragments and writes for other shards of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateCollectionRequest {
+    pub collection: String,
+    pub incarnation: u64,
+    pub shards: Vec<u32>,
 }
 
 /// Highest stored position per source, per shard held by the leaf.
@@ -203,6 +223,8 @@ impl ScanSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FragmentTicket {
     pub collection: String,
+    /// The collection's incarnation the statement was planned for.
+    pub incarnation: u64,
     pub shards: Vec<TicketShard>,
     /// Report a [`FragmentProfile`] (for `EXPLAIN ANALYZE`); one shard only.
     pub profile: bool,
@@ -223,6 +245,8 @@ pub struct TicketShard {
 #[derive(Serialize, Deserialize)]
 struct TicketHeader {
     collection: String,
+    #[serde(default)]
+    incarnation: u64,
     shards: Vec<TicketShard>,
     #[serde(default)]
     profile: bool,
@@ -233,6 +257,7 @@ impl FragmentTicket {
     pub fn encode(&self) -> Bytes {
         let header = serde_json::to_vec(&TicketHeader {
             collection: self.collection.clone(),
+            incarnation: self.incarnation,
             shards: self.shards.clone(),
             profile: self.profile,
         })
@@ -259,6 +284,7 @@ impl FragmentTicket {
         }
         Ok(Self {
             collection: header.collection,
+            incarnation: header.incarnation,
             shards: header.shards,
             profile: header.profile,
             plan: bytes.slice(4 + len..),
@@ -753,6 +779,7 @@ mod tests {
     fn ticket_round_trips() {
         let ticket = FragmentTicket {
             collection: "events".into(),
+            incarnation: 7,
             shards: vec![
                 TicketShard {
                     shard: 3,

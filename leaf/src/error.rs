@@ -9,6 +9,12 @@ pub enum LeafError {
     /// A fragment was planned with other fields than its shard has (plan again).
     #[error("{0}")]
     StaleFields(String),
+    /// The call is for a deleted or replaced incarnation of its collection.
+    #[error("{0}")]
+    Gone(String),
+    /// The leaf does not hold the shard asked for (ask another copy).
+    #[error("{0}")]
+    NotHeld(String),
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
     #[error("segment error: {0}")]
@@ -39,6 +45,8 @@ impl From<LeafError> for tonic::Status {
         match &error {
             LeafError::InvalidRequest(_) => tonic::Status::invalid_argument(error.to_string()),
             LeafError::StaleFields(_) => tonic::Status::failed_precondition(error.to_string()),
+            LeafError::Gone(_) => tonic::Status::not_found(error.to_string()),
+            LeafError::NotHeld(_) => tonic::Status::unavailable(error.to_string()),
             LeafError::DataFusion(e) if is_cast_error(e) => {
                 tonic::Status::invalid_argument(format!(
                     "{}; a value could not be converted: compare each column with a literal \

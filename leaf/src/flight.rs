@@ -17,9 +17,9 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use altdb_common::rpc::{
-    metadata_message, put_rows, CollectionRequest, FragmentMetrics, FragmentTicket, PutHeader,
-    WatermarksRequest, ACTION_COLLECTION_STATS, ACTION_DROP_COLLECTION, ACTION_HEALTH,
-    ACTION_WATERMARKS,
+    metadata_message, put_rows, CollectionRequest, CreateCollectionRequest, FragmentMetrics,
+    FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
+    ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS,
 };
 
 use crate::error::LeafError;
@@ -141,8 +141,11 @@ impl FlightService for LeafService {
         let shards = ticket
             .shards
             .iter()
-            .map(|part| self.leaf.shard(&ticket.collection, part.shard))
-            .collect();
+            .map(|part| {
+                self.leaf
+                    .shard_for(&ticket.collection, ticket.incarnation, part.shard)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let run = run_fragment(self.leaf.fragments(), &ticket, shards)?;
         Ok(Response::new(encode_run(self.leaf.clone(), run)))
     }
@@ -192,7 +195,14 @@ impl FlightService for LeafService {
         };
         let ack = self
             .leaf
-            .write(header.collection, header.shard, meta, header.sources, docs)
+            .write(
+                header.collection,
+                header.incarnation,
+                header.shard,
+                meta,
+                header.sources,
+                docs,
+            )
             .await
             .map_err(Status::from)?;
         let result = PutResult {
@@ -220,20 +230,37 @@ impl FlightService for LeafService {
             ACTION_COLLECTION_STATS => {
                 let request: CollectionRequest = parse_body(&action.body)?;
                 checked_name(&request.collection)?;
-                serde_json::to_vec(&self.leaf.collection_stats(&request.collection))
-                    .map_err(|e| Status::internal(e.to_string()))?
+                serde_json::to_vec(
+                    &self
+                        .leaf
+                        .collection_stats(&request.collection, request.incarnation),
+                )
+                .map_err(|e| Status::internal(e.to_string()))?
             }
             ACTION_WATERMARKS => {
                 let request: WatermarksRequest = parse_body(&action.body)?;
                 checked_name(&request.collection)?;
-                serde_json::to_vec(&self.leaf.watermarks(&request.collection, &request.sources))
-                    .map_err(|e| Status::internal(e.to_string()))?
+                serde_json::to_vec(&self.leaf.watermarks(
+                    &request.collection,
+                    request.incarnation,
+                    &request.sources,
+                ))
+                .map_err(|e| Status::internal(e.to_string()))?
             }
             ACTION_DROP_COLLECTION => {
                 let request: CollectionRequest = parse_body(&action.body)?;
                 checked_name(&request.collection)?;
                 self.leaf
-                    .drop_collection(&request.collection)
+                    .drop_collection(&request.collection, request.incarnation)
+                    .await
+                    .map_err(Status::from)?;
+                b"{}".to_vec()
+            }
+            ACTION_CREATE_COLLECTION => {
+                let request: CreateCollectionRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
+                self.leaf
+                    .create_collection(&request.collection, request.incarnation, &request.shards)
                     .await
                     .map_err(Status::from)?;
                 b"{}".to_vec()
@@ -256,6 +283,7 @@ impl FlightService for LeafService {
             ACTION_COLLECTION_STATS,
             ACTION_WATERMARKS,
             ACTION_DROP_COLLECTION,
+            ACTION_CREATE_COLLECTION,
         ]
         .map(|name| {
             Ok(ActionType {

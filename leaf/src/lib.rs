@@ -21,6 +21,7 @@ pub mod error;
 pub mod exec;
 pub mod flight;
 pub mod http;
+pub mod incarnation;
 pub mod node;
 pub mod segment;
 pub mod shard;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::config::LeafConfig;
 use crate::error::Result;
 use crate::exec::fragment::KeptFragments;
+use crate::incarnation::{CollectionState, Creation};
 use crate::shard::{MergePolicy, SealPolicy, Shard};
 use crate::store::{CollectionMeta, Store};
 
@@ -23,6 +24,8 @@ pub struct Leaf {
     store: Arc<Store>,
     segments_dir: PathBuf,
     shards: RwLock<HashMap<ShardKey, Arc<Shard>>>,
+    /// Incarnation, placement and deletion of every collection name seen.
+    collections: RwLock<HashMap<String, CollectionState>>,
     seal_policy: SealPolicy,
     merge_policy: MergePolicy,
     fragments: KeptFragments,
@@ -52,10 +55,12 @@ impl Leaf {
             let recovered = Shard::recover(&collection, shard, dir, store.clone())?;
             shards.insert((collection, shard), Arc::new(recovered));
         }
+        let collections = store.collection_states()?.into_iter().collect();
         Ok(Arc::new(Self {
             store,
             segments_dir,
             shards: RwLock::new(shards),
+            collections: RwLock::new(collections),
             seal_policy: SealPolicy {
                 max_rows: config.seal_rows,
                 max_age_secs: config.seal_interval_secs,
@@ -75,6 +80,59 @@ impl Leaf {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(collection.to_string(), shard))
             .cloned()
+    }
+
+    /// What this leaf knows of `collection`'s incarnations.
+    pub fn collection_state(&self, collection: &str) -> CollectionState {
+        self.collections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(collection)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn set_collection_state(&self, collection: &str, state: CollectionState) -> Result<()> {
+        self.store.put_collection_state(collection, &state)?;
+        self.collections
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(collection.to_string(), state);
+        Ok(())
+    }
+
+    /// The shard to run a fragment of `incarnation` on: refused when the leaf
+    /// does not hold it ([`CollectionState::serve`]); `None` when it holds it
+    /// but has no rows yet.
+    pub fn shard_for(
+        &self,
+        collection: &str,
+        incarnation: u64,
+        shard: u32,
+    ) -> Result<Option<Arc<Shard>>> {
+        self.collection_state(collection)
+            .serve(collection, incarnation, shard)?;
+        Ok(self.shard(collection, shard))
+    }
+
+    /// A new incarnation of `collection` places `shards` on this leaf; the data
+    /// of older incarnations is dropped first.
+    pub async fn create_collection(
+        self: &Arc<Self>,
+        collection: &str,
+        incarnation: u64,
+        shards: &[u32],
+    ) -> Result<()> {
+        match self
+            .collection_state(collection)
+            .create(collection, incarnation, shards)?
+        {
+            Creation::Replace(state) => {
+                self.remove_data(collection).await?;
+                self.set_collection_state(collection, state)
+            }
+            Creation::Update(state) => self.set_collection_state(collection, state),
+        }
     }
 
     /// This leaf's Prometheus metrics.
@@ -130,12 +188,15 @@ impl Leaf {
     pub async fn write(
         self: &Arc<Self>,
         collection: String,
+        incarnation: u64,
         shard: u32,
         meta: CollectionMeta,
         sources: Vec<SourceMark>,
         docs: Vec<PutRow>,
     ) -> Result<PutAck> {
         let started = Instant::now();
+        self.collection_state(&collection)
+            .serve(&collection, incarnation, shard)?;
         let shard = self.shard_or_create(&collection, shard);
         let ack = tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs)).await?;
         self.metrics.observe(
@@ -147,8 +208,12 @@ impl Leaf {
         ack
     }
 
-    pub fn collection_stats(&self, collection: &str) -> CollectionStats {
+    /// Stats of the shards of `incarnation` (none if the leaf holds another).
+    pub fn collection_stats(&self, collection: &str, incarnation: u64) -> CollectionStats {
         let mut stats = CollectionStats::default();
+        if !self.collection_state(collection).holds(incarnation) {
+            return stats;
+        }
         for shard in self.shards_of(collection) {
             stats.fields.merge(&shard.fields());
             stats.shards.push(shard.stats());
@@ -156,8 +221,14 @@ impl Leaf {
         stats
     }
 
-    pub fn watermarks(&self, collection: &str, sources: &[String]) -> Watermarks {
-        let shards = self.shards_of(collection);
+    /// Stored positions of `incarnation`'s sources (none if the leaf holds
+    /// another: its sources start afresh).
+    pub fn watermarks(&self, collection: &str, incarnation: u64, sources: &[String]) -> Watermarks {
+        let shards = if self.collection_state(collection).holds(incarnation) {
+            self.shards_of(collection)
+        } else {
+            Vec::new()
+        };
         sources
             .iter()
             .map(|source| {
@@ -170,8 +241,23 @@ impl Leaf {
             .collect()
     }
 
+    /// Deletes `incarnation` of a collection: its rows, segments and watermarks
+    /// go (unless the leaf holds a newer one), and calls for it are refused from
+    /// now on.
+    pub async fn drop_collection(
+        self: &Arc<Self>,
+        collection: &str,
+        incarnation: u64,
+    ) -> Result<()> {
+        let (state, drops_data) = self.collection_state(collection).dropped(incarnation);
+        if drops_data {
+            self.remove_data(collection).await?;
+        }
+        self.set_collection_state(collection, state)
+    }
+
     /// Removes a collection's rows, segments and watermarks from this leaf.
-    pub async fn drop_collection(self: &Arc<Self>, collection: &str) -> Result<()> {
+    async fn remove_data(self: &Arc<Self>, collection: &str) -> Result<()> {
         let removed: Vec<Arc<Shard>> = {
             let mut shards = self.shards.write().unwrap_or_else(|p| p.into_inner());
             let keys: Vec<ShardKey> = shards

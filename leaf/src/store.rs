@@ -19,6 +19,7 @@ use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOp
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::incarnation::CollectionState;
 use crate::segment::SegmentMeta;
 
 /// A raw RocksDB entry.
@@ -161,6 +162,30 @@ impl Store {
             let (name, shard) = rest.split_at(rest.len() - 4);
             let name = String::from_utf8_lossy(&name[..name.len() - 1]).into_owned();
             out.push((name, u32::from_be_bytes(shard.try_into().expect("4 bytes"))));
+        }
+        Ok(out)
+    }
+
+    /// Records what the leaf knows of a collection's incarnations (kept when its
+    /// data is dropped: it remembers the deletion).
+    pub fn put_collection_state(&self, collection: &str, state: &CollectionState) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(self.sync_writes);
+        self.db.put_opt(
+            collection_prefix(b'i', collection),
+            serde_json::to_vec(state)?,
+            &options,
+        )?;
+        Ok(())
+    }
+
+    /// Every collection's [`CollectionState`].
+    pub fn collection_states(&self) -> Result<Vec<(String, CollectionState)>> {
+        let mut out = Vec::new();
+        for item in self.scan_prefix(vec![b'i', 0]) {
+            let (key, value) = item?;
+            let name = String::from_utf8_lossy(&key[2..key.len() - 1]).into_owned();
+            out.push((name, serde_json::from_slice(&value)?));
         }
         Ok(out)
     }

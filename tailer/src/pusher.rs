@@ -122,6 +122,7 @@ impl Pusher {
         for (i, chunk) in chunks.into_iter().enumerate() {
             let header = PutHeader {
                 collection: spec.name.clone(),
+                incarnation: spec.incarnation,
                 shard,
                 sources: if i == last {
                     sources.to_vec()

@@ -484,6 +484,14 @@ impl Cluster {
         )
     }
 
+    /// The incarnation the catalog gave a collection (internal calls name it).
+    pub fn incarnation(&self, collection: &str) -> anyhow::Result<u64> {
+        let answer = self.get(&format!("/v1/collections/{collection}"))?;
+        answer.body["collection"]["incarnation"]
+            .as_u64()
+            .with_context(|| format!("no incarnation in {}", answer.body))
+    }
+
     pub fn create_collection(&self, spec: Value) -> anyhow::Result<()> {
         let answer = self.post_json("/v1/collections", &spec)?;
         if answer.status != 201 {

@@ -389,10 +389,10 @@ fn tickets() {
     // statements, captured by an in-memory leaf.
     let memory = Arc::new(MemoryLeaf::new("mem://leaf", Vec::new()).with_stats(stats_for_sql()));
     let catalog = Arc::new(FileCatalog::open(dir.path().join("catalog.json")).unwrap());
-    runtime.block_on(async {
+    let incarnation = runtime.block_on(async {
         let spec: CollectionSpec =
             serde_json::from_value(serde_json::json!({"name": "events", "num_shards": 2})).unwrap();
-        catalog.create(spec).await.unwrap();
+        let incarnation = catalog.create(spec).await.unwrap().incarnation;
         let engine = QueryEngine::new(
             catalog,
             Cluster::with_leaves(vec![memory.clone() as Arc<dyn LeafApi>]),
@@ -408,6 +408,7 @@ fn tickets() {
         ] {
             let _ = engine.query(sql).await;
         }
+        incarnation
     });
     let mut seeds: Vec<Vec<u8>> = memory
         .tickets
@@ -435,6 +436,9 @@ fn tickets() {
     })
     .unwrap();
     runtime.block_on(async {
+        leaf.create_collection("events", incarnation, &[0, 1])
+            .await
+            .unwrap();
         let events = altdb_tests::data::events(11, 400);
         for shard in 0..2u32 {
             let rows: Vec<PutRow> = events
@@ -448,9 +452,16 @@ fn tickets() {
                     doc_json: event.to_string(),
                 })
                 .collect();
-            leaf.write("events".into(), shard, Default::default(), Vec::new(), rows)
-                .await
-                .unwrap();
+            leaf.write(
+                "events".into(),
+                incarnation,
+                shard,
+                Default::default(),
+                Vec::new(),
+                rows,
+            )
+            .await
+            .unwrap();
         }
     });
     seeds.sort();
@@ -466,8 +477,12 @@ fn tickets() {
         let shards = ticket
             .shards
             .iter()
-            .map(|part| leaf.shard(&ticket.collection, part.shard))
-            .collect();
+            .map(|part| leaf.shard_for(&ticket.collection, ticket.incarnation, part.shard))
+            .collect::<Result<Vec<_>, _>>();
+        let shards = match shards {
+            Ok(shards) => shards,
+            Err(error) => return Outcome::Handled(class_of(&error.to_string())),
+        };
         // As on the leaf, fragments are planned and run inside the runtime.
         runtime.block_on(async {
             let run =

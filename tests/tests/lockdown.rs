@@ -28,6 +28,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             ACTION_DROP_COLLECTION,
             &CollectionRequest {
                 collection: name.to_string(),
+                incarnation: 0,
             },
         ));
         let error = dropped.expect_err(name);
@@ -35,6 +36,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
         assert!(error.to_string().contains("is invalid"), "{name}: {error}");
         let header = PutHeader {
             collection: name.to_string(),
+            incarnation: 0,
             shard: 0,
             sources: Vec::new(),
             text_fields: Vec::new(),
@@ -74,6 +76,7 @@ fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
     })?;
     let ticket = FragmentTicket {
         collection: "events".into(),
+        incarnation: cluster.incarnation("events")?,
         shards: vec![TicketShard {
             shard: 0,
             fields_fingerprint: None,
@@ -203,6 +206,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
     )?);
     let header = PutHeader {
         collection: "events".into(),
+        incarnation: cluster.incarnation("events")?,
         shard: 0,
         sources: Vec::new(),
         text_fields: Vec::new(),
@@ -434,6 +438,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
         .collect();
     let header = PutHeader {
         collection: "events".into(),
+        incarnation: cluster.incarnation("events")?,
         shard: 0,
         sources: Vec::new(),
         text_fields: Vec::new(),
@@ -566,5 +571,114 @@ fn sources_reach_only_what_the_operator_allows() -> anyhow::Result<()> {
         &json!({"name": "probe", "sources": [{"type": "s3", "url": inside}]}),
     )?;
     assert_eq!(answer.status, 201, "{}", answer.body);
+    Ok(())
+}
+
+/// A direct write to a leaf, as a tailer makes: the shard's first document.
+fn put_one(
+    runtime: &tokio::runtime::Runtime,
+    leaf: &Arc<dyn LeafApi>,
+    collection: &str,
+    incarnation: u64,
+    shard: u32,
+) -> Result<altdb_common::rpc::PutAck, altdb_common::rpc::RpcError> {
+    let row = altdb_common::rpc::PutRow {
+        id: "stale".into(),
+        event_time_us: 0,
+        position: None,
+        doc_json: "{\"stale\": true}".into(),
+    };
+    let header = PutHeader {
+        collection: collection.into(),
+        incarnation,
+        shard,
+        sources: Vec::new(),
+        text_fields: Vec::new(),
+        max_fields: None,
+    };
+    runtime.block_on(leaf.put(&header, put_batch(&[&row]).expect("a batch")))
+}
+
+/// Each creation of a name is an incarnation the leaves enforce: writes still
+/// in flight for a deleted collection are refused (they used to be stored, and
+/// came back when the name was created again), and rows a leaf kept because it
+/// was down during the DELETE never reach the name's next incarnation.
+#[test]
+fn a_deleted_collection_stays_deleted_and_its_name_starts_afresh() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default())?;
+    let docs: Vec<serde_json::Value> = (0..10).map(|i| json!({"_id": i.to_string()})).collect();
+    cluster.create_collection(json!({"name": "events", "num_shards": 2}))?;
+    cluster.write_docs("events", &docs, 10)?;
+    let first = cluster.incarnation("events")?;
+    assert_eq!(cluster.delete("/v1/collections/events")?.status, 204);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _context = runtime.enter();
+    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let late = put_one(&runtime, &leaf, "events", first, 0).expect_err("deleted");
+    assert!(late.to_string().contains("was deleted"), "{late}");
+
+    cluster.create_collection(json!({"name": "events", "num_shards": 2}))?;
+    let second = cluster.incarnation("events")?;
+    assert!(second > first);
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 0);
+    let stale = put_one(&runtime, &leaf, "events", first, 0).expect_err("replaced");
+    assert!(stale.to_string().contains("was deleted"), "{stale}");
+    cluster.write_docs("events", &docs[..3], 10)?;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 3);
+
+    // A leaf that is down during the DELETE keeps its rows; the name's next
+    // incarnation does not see them.
+    cluster.leaves[1].kill9();
+    assert_eq!(cluster.delete("/v1/collections/events")?.status, 204);
+    cluster.leaves[1].restart()?;
+    cluster.wait_ready()?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 2}))?;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 0);
+    cluster.write_docs("events", &docs[..4], 10)?;
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 4);
+    Ok(())
+}
+
+/// A leaf answers only for the shards placed on it: restarted on an empty
+/// volume it used to answer its shards' queries with no rows (a silently halved
+/// COUNT); now the query reads another copy or fails with `shard_unavailable`,
+/// and a write for a shard placed elsewhere (a tailer with another leaf list)
+/// is refused.
+#[test]
+fn a_leaf_answers_only_for_the_shards_it_holds() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default())?;
+    let docs: Vec<serde_json::Value> = (0..100).map(|i| json!({"_id": i.to_string()})).collect();
+    cluster.create_collection(json!({"name": "single", "num_shards": 4}))?;
+    cluster.create_collection(json!({"name": "copied", "num_shards": 4, "replication": 2}))?;
+    cluster.write_docs("single", &docs, 50)?;
+    cluster.write_docs("copied", &docs, 50)?;
+
+    // Shard 1 lives on leaf 1 only: leaf 0 refuses a write for it.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _context = runtime.enter();
+    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let misplaced = put_one(&runtime, &leaf, "single", cluster.incarnation("single")?, 1)
+        .expect_err("not placed on leaf 0");
+    assert!(
+        misplaced.to_string().contains("does not hold shard 1"),
+        "{misplaced}"
+    );
+
+    cluster.leaves[1].kill9();
+    std::fs::remove_dir_all(cluster.dir.path().join("leaf-1"))?;
+    cluster.leaves[1].restart()?;
+    cluster.wait_ready()?;
+    let answer = cluster.query("SELECT COUNT(*) FROM single")?;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(
+        answer.body["error"]["code"],
+        json!("shard_unavailable"),
+        "{}",
+        answer.body
+    );
+    let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("does not hold shard"), "{message}");
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM copied")?, 100);
     Ok(())
 }

@@ -483,6 +483,7 @@ async fn open_fragments(
     for leaf in target.cluster.replicas(&target.collection, shards[0]) {
         let ticket = FragmentTicket {
             collection: target.collection.name.clone(),
+            incarnation: target.collection.incarnation,
             shards: shards
                 .iter()
                 .map(|&shard| TicketShard {

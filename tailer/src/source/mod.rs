@@ -47,6 +47,7 @@ pub async fn resume_positions(
 ) -> Option<Vec<Resume>> {
     let request = WatermarksRequest {
         collection: spec.name.clone(),
+        incarnation: spec.incarnation,
         sources: sources.to_vec(),
     };
     let mut per_source: HashMap<String, HashMap<u32, u64>> = HashMap::new();
