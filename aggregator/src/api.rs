@@ -291,8 +291,13 @@ async fn write_docs(
         .post(&url)
         .header(altdb_common::api::SPEC_HEADER, spec_json)
         .body(body);
-    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
-        request = request.header(axum::http::header::CONTENT_TYPE, content_type);
+    for header in [
+        axum::http::header::CONTENT_TYPE,
+        axum::http::header::CONTENT_ENCODING,
+    ] {
+        if let Some(value) = headers.get(&header) {
+            request = request.header(header, value);
+        }
     }
     let response = request.send().await.map_err(|e| {
         AggregatorError::Unavailable(format!(

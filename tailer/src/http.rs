@@ -39,6 +39,8 @@ pub struct WriteApi {
     pub id_salt: u64,
     /// Shapers by collection, with the spec they were made for.
     pub shapers: Arc<Mutex<HashMap<String, (CollectionSpec, Shaper)>>>,
+    /// Largest body accepted, also once decompressed.
+    pub max_write_bytes: usize,
 }
 
 /// The routes. Writes come from the aggregator (or another altdb process) only:
@@ -64,6 +66,44 @@ pub fn router(api: WriteApi, max_write_bytes: usize, secret: ClusterSecret) -> R
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_write_bytes))
         .with_state(api)
+}
+
+/// The body as sent, or decompressed (`Content-Encoding: gzip` or `zstd`), at
+/// most `limit` bytes either way (a small compressed body may expand a lot).
+fn decoded_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes> {
+    use std::io::Read;
+    let encoding = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let reader: Box<dyn Read + '_> = match encoding.as_deref() {
+        None | Some("identity") => return Ok(body),
+        Some("gzip" | "x-gzip") => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        Some("zstd") => Box::new(
+            zstd::stream::read::Decoder::new(&body[..])
+                .map_err(|e| TailerError::InvalidRequest(format!("zstd body: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(TailerError::InvalidRequest(format!(
+                "Content-Encoding `{other}` is not supported; send the body as it is, gzip or zstd"
+            )))
+        }
+    };
+    let mut decoded = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|e| {
+            TailerError::InvalidRequest(format!(
+                "the body does not decompress ({e}); check its Content-Encoding"
+            ))
+        })?;
+    if decoded.len() > limit {
+        return Err(TailerError::InvalidRequest(format!(
+            "the body is larger than {limit} bytes once decompressed (max_write_bytes); send \
+             it in smaller requests"
+        )));
+    }
+    Ok(decoded.into())
 }
 
 /// One element of a request body: its index, its JSON (or why it is not JSON), its size.
@@ -248,6 +288,7 @@ async fn write_docs(
         }
         None => api.catalog.get(&name).await?,
     };
+    let body = decoded_body(&headers, body, api.max_write_bytes)?;
     let elements = split_body(&body)?;
     let now_us = chrono::Utc::now().timestamp_micros();
     let (rows, mut errors, filtered) = api.prepare_rows(&spec, elements, now_us).await?;

@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
     let api = WriteApi {
+        max_write_bytes: config.max_write_bytes,
         catalog: catalog.clone(),
         pusher: pusher.clone(),
         limits,

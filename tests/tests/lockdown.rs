@@ -682,3 +682,56 @@ fn a_leaf_answers_only_for_the_shards_it_holds() -> anyhow::Result<()> {
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM copied")?, 100);
     Ok(())
 }
+
+/// Writes may come compressed (`Content-Encoding: gzip` or `zstd`), and the
+/// limit on a body holds once it is decompressed: a small body that expands
+/// past it is refused instead of filling memory.
+#[test]
+fn compressed_writes_are_accepted_within_the_limit() -> anyhow::Result<()> {
+    use std::io::Write;
+    let cluster = Cluster::start(ClusterOptions {
+        env: vec![("ALTDB_MAX_WRITE_BYTES".into(), (1 << 20).to_string())],
+        ..ClusterOptions::default()
+    })?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 2}))?;
+    let body: String = (0..100).map(|i| format!("{}\n", json!({"n": i}))).collect();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(body.as_bytes())?;
+    let client = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/collections/events/docs", cluster.url);
+    for (encoding, bytes) in [
+        ("gzip", gzip.finish()?),
+        ("zstd", zstd::encode_all(body.as_bytes(), 3)?),
+    ] {
+        let answer = client
+            .post(&url)
+            .header("content-encoding", encoding)
+            .body(bytes)
+            .send()?;
+        assert_eq!(
+            answer.status().as_u16(),
+            200,
+            "{encoding}: {}",
+            answer.text()?
+        );
+    }
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM events")?, 200);
+
+    // 4 MiB of spaces compress to a few KiB: over the 1 MiB limit once expanded.
+    let bomb = zstd::encode_all(&vec![b' '; 4 << 20][..], 19)?;
+    assert!(bomb.len() < 64 << 10);
+    let answer = client
+        .post(&url)
+        .header("content-encoding", "zstd")
+        .body(bomb)
+        .send()?;
+    assert_eq!(answer.status().as_u16(), 400);
+    assert!(answer.text()?.contains("once decompressed"));
+    let answer = client
+        .post(&url)
+        .header("content-encoding", "br")
+        .body("x")
+        .send()?;
+    assert_eq!(answer.status().as_u16(), 400);
+    Ok(())
+}
