@@ -20,6 +20,7 @@
 //! - [`api`]: the JSON error body every HTTP front door returns.
 //! - [`metrics`]: counters, gauges and latency histograms for Prometheus.
 //! - [`source_policy`]: the operator's allow-lists for what sources may reach.
+//! - [`sql_guard`]: refuses SQL the parser would take exponential time for.
 //! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 
@@ -45,6 +46,7 @@ pub mod schema;
 pub mod search;
 pub mod shutdown;
 pub mod source_policy;
+pub mod sql_guard;
 pub mod telemetry;
 pub mod transform;
 

@@ -50,6 +50,9 @@ const MAX_COLUMNS: usize = 1000;
 pub enum TransformError {
     #[error("transform is empty; write `SELECT ... FROM {INPUT_TABLE}`")]
     Empty,
+    /// Parsing it would take too long ([`crate::sql_guard`]).
+    #[error("{0}")]
+    TooComplex(String),
     /// It names a column no input can have (at create time) or the batch lacks.
     #[error(
         "transform names column `{0}`, which cannot come from `{INPUT_TABLE}`; refer to nested \
@@ -99,6 +102,7 @@ impl IngestTransform {
         if sql.is_empty() {
             return Err(TransformError::Empty);
         }
+        crate::sql_guard::check_parse_cost(&sql).map_err(TransformError::TooComplex)?;
         // The columns are unknown until documents arrive: plan against NULL-typed
         // columns, adding each column the planner asks for.
         let mut columns = BTreeSet::new();

@@ -10,7 +10,9 @@
 //!
 //! A crash is a panic (also one inside a task the target spawned, which the code
 //! under test reports as "panicked") or a time-out of a single input; crashing
-//! inputs are written to `target/debug/fuzz-crashes/<target>/` to replay.
+//! inputs are written to `target/debug/fuzz-crashes/<target>/` to replay; once
+//! fixed, a crashing input goes to `tests/fuzz/<target>/`, which every run
+//! starts from.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -25,6 +27,10 @@ pub enum Outcome {
     /// The input was handled (accepted or refused with an error); the string
     /// classifies the outcome (new classes grow the corpus).
     Handled(String),
+    /// A panic below the code under test that it caught and turned into an
+    /// error (as a leaf does for a fragment's operators): not a crash, but
+    /// reported, by kind.
+    Contained(String),
     /// The code under test failed in a way it must not (e.g. reported a panic of
     /// a task, or an input ran past its time).
     Crash(String),
@@ -39,20 +45,28 @@ pub struct Report {
     pub corpus: usize,
     /// Messages of crashes, with the file holding each crashing input.
     pub crashes: Vec<(String, PathBuf)>,
+    /// Kinds of panics the code under test caught, and how many inputs caused one.
+    pub contained: (Vec<String>, u64),
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "fuzz {}: {} runs in {:.0} s ({:.0}/s), corpus {}, {} crashes",
+            "fuzz {}: {} runs in {:.0} s ({:.0}/s), corpus {}, {} crashes, {} contained panics \
+             of {} kinds",
             self.target,
             self.runs,
             self.elapsed.as_secs_f64(),
             self.runs as f64 / self.elapsed.as_secs_f64().max(1e-9),
             self.corpus,
-            self.crashes.len()
+            self.crashes.len(),
+            self.contained.1,
+            self.contained.0.len()
         )?;
+        for kind in &self.contained.0 {
+            write!(f, "\n  contained: {kind}")?;
+        }
         for (message, file) in &self.crashes {
             write!(f, "\n  {message} (input: {})", file.display())?;
         }
@@ -93,7 +107,7 @@ fn quiet_panics() {
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if FUZZING.with(|f| f.get()) {
+            if FUZZING.load(std::sync::atomic::Ordering::Relaxed) > 0 {
                 let message = format!("{info}");
                 LAST_PANIC.with(|last| *last.borrow_mut() = Some(message));
             } else {
@@ -103,9 +117,9 @@ fn quiet_panics() {
     });
 }
 
-thread_local! {
-    static FUZZING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+/// Fuzz runs under way: panics on any thread (a task's of the code under test)
+/// are not printed meanwhile.
+static FUZZING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Fuzzes `target` from `seeds` for `budget`.
 pub fn run(
@@ -120,12 +134,24 @@ pub fn run(
     eprintln!("fuzz {name}: seed {seed} (ALTDB_FUZZ_SEED replays), {budget:?}");
     let mut rng = SplitMix64::new(seed);
     let mut corpus: Vec<Vec<u8>> = seeds;
+    // Inputs that crashed once stay seeds for good (`tests/fuzz/<target>/`).
+    let kept = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join(name);
+    if let Ok(entries) = std::fs::read_dir(&kept) {
+        for entry in entries.flatten() {
+            if let Ok(input) = std::fs::read(entry.path()) {
+                corpus.push(input);
+            }
+        }
+    }
     if corpus.is_empty() {
         corpus.push(Vec::new());
     }
     let mut seen: HashSet<String> = HashSet::new();
     let mut crashes = Vec::new();
     let mut crash_kinds: HashSet<String> = HashSet::new();
+    let mut contained: (Vec<String>, u64) = (Vec::new(), 0);
     let started = Instant::now();
     let mut runs = 0u64;
     // Seeds run unchanged first.
@@ -136,13 +162,21 @@ pub fn run(
             mutate(base, &corpus, dictionary, &mut rng)
         });
         runs += 1;
-        FUZZING.with(|f| f.set(true));
+        FUZZING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| target(&input)));
-        FUZZING.with(|f| f.set(false));
+        FUZZING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let crash = match outcome {
             Ok(Outcome::Handled(class)) => {
                 if corpus.len() < 4096 && seen.insert(class) {
                     corpus.push(input);
+                }
+                continue;
+            }
+            Ok(Outcome::Contained(message)) => {
+                contained.1 += 1;
+                let kind = class_of(&message);
+                if !contained.0.contains(&kind) {
+                    contained.0.push(kind);
                 }
                 continue;
             }
@@ -170,6 +204,7 @@ pub fn run(
         elapsed: started.elapsed(),
         corpus: corpus.len(),
         crashes,
+        contained,
     }
 }
 

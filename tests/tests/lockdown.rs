@@ -12,6 +12,14 @@ use altdb_tests::{Cluster, ClusterOptions};
 use futures::StreamExt;
 use serde_json::json;
 
+/// A Flight client of one of the cluster's leaves, as another role has.
+fn leaf_client(cluster: &Cluster, index: usize) -> anyhow::Result<Arc<dyn LeafApi>> {
+    Ok(Arc::new(LeafClient::new(
+        &cluster.leaf_urls[index],
+        &cluster.secret,
+    )?))
+}
+
 /// A leaf never turns a collection name into a path outside its data directory:
 /// `DROP` of `../../victim` used to delete that directory.
 #[test]
@@ -22,7 +30,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
     std::fs::write(victim.join("keep.txt"), "precious")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
-    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let leaf = leaf_client(&cluster, 0)?;
     for name in ["../../victim", "/tmp", "..", "a/b", "Events"] {
         let dropped = runtime.block_on(leaf.action::<_, serde_json::Value>(
             ACTION_DROP_COLLECTION,
@@ -84,7 +92,7 @@ fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
         profile: false,
         plan: datafusion_proto::bytes::physical_plan_to_bytes(plan)?,
     };
-    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let leaf = leaf_client(&cluster, 0)?;
     let answer = runtime.block_on(async {
         let mut stream = leaf.fragment(&ticket).await?;
         let mut rows = Vec::new();
@@ -427,7 +435,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
     cluster.create_collection(json!({"name": "events", "num_shards": 1}))?;
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
-    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let leaf = leaf_client(&cluster, 0)?;
     let rows: Vec<altdb_common::rpc::PutRow> = (0..64)
         .map(|i| altdb_common::rpc::PutRow {
             id: i.to_string(),
@@ -614,7 +622,7 @@ fn a_deleted_collection_stays_deleted_and_its_name_starts_afresh() -> anyhow::Re
 
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
-    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let leaf = leaf_client(&cluster, 0)?;
     let late = put_one(&runtime, &leaf, "events", first, 0).expect_err("deleted");
     assert!(late.to_string().contains("was deleted"), "{late}");
 
@@ -657,7 +665,7 @@ fn a_leaf_answers_only_for_the_shards_it_holds() -> anyhow::Result<()> {
     // Shard 1 lives on leaf 1 only: leaf 0 refuses a write for it.
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
-    let leaf: Arc<dyn LeafApi> = Arc::new(LeafClient::new(&cluster.leaf_urls[0], &cluster.secret)?);
+    let leaf = leaf_client(&cluster, 0)?;
     let misplaced = put_one(&runtime, &leaf, "single", cluster.incarnation("single")?, 1)
         .expect_err("not placed on leaf 0");
     assert!(

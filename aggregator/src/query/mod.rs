@@ -556,6 +556,8 @@ async fn read_only_frame(
     sql: &str,
 ) -> std::result::Result<datafusion::dataframe::DataFrame, DataFusionError> {
     let refused = |error: AggregatorError| DataFusionError::External(Box::new(error));
+    altdb_common::sql_guard::check_parse_cost(sql)
+        .map_err(|why| refused(AggregatorError::InvalidSql(why)))?;
     let state = context.state();
     let dialect = state.config().options().sql_parser.dialect;
     let mut statement = state.sql_to_statement(sql, &dialect)?;

@@ -76,8 +76,10 @@ fn check_columns(plan: &Arc<dyn ExecutionPlan>) -> Result<(), LeafError> {
             // A plain GROUP BY has no null expressions; grouping sets have one per
             // group expression, and every set says which of them it nulls.
             let nulls = group_by.null_expr().len();
+            let nulls_some = group_by.groups().iter().flatten().any(|&null| null);
             if group_by.groups().iter().any(|set| set.len() != width)
                 || (nulls != 0 && nulls != width)
+                || (nulls_some && nulls != width)
             {
                 bad = Some("its grouping sets do not match its group expressions".to_string());
                 return Ok(TreeNodeRecursion::Stop);
