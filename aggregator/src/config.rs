@@ -26,9 +26,14 @@ pub struct AggregatorConfig {
     /// Bytes of JSON rows returned by one query at most (about); the response
     /// says when it was cut.
     pub max_result_bytes: usize,
-    /// Statements that run at once; more wait their turn ...
+    /// Threads of the runtime statements run on, apart from the one that
+    /// serves HTTP (default: one per core); 0 runs them on the HTTP runtime.
+    pub query_threads: usize,
+    /// Statements that run at once (default two per core, at least 4); more
+    /// wait their turn ...
     pub max_concurrent_queries: usize,
-    /// ... up to this many; beyond, a query is refused with 429 and Retry-After.
+    /// ... up to this many (default 4 times as many); beyond, a query is refused
+    /// with 429 and Retry-After.
     pub max_queued_queries: usize,
     /// Memory one query may use on the aggregator, in MiB. Beyond it, sorts and
     /// aggregations spill to disk where they can; otherwise the query fails with
@@ -51,6 +56,12 @@ pub struct AggregatorConfig {
     pub allowed_source_properties: Vec<String>,
 }
 
+/// Statements that run at once by default: two per core (at least 4). More do
+/// not finish sooner on these cores, they only make every statement slower.
+fn default_concurrent_queries() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
+}
+
 impl Default for AggregatorConfig {
     fn default() -> Self {
         Self {
@@ -64,8 +75,9 @@ impl Default for AggregatorConfig {
             query_timeout_secs: 60,
             max_result_rows: 100_000,
             max_result_bytes: 64 << 20,
-            max_concurrent_queries: 16,
-            max_queued_queries: 64,
+            query_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_concurrent_queries: default_concurrent_queries(),
+            max_queued_queries: 4 * default_concurrent_queries(),
             query_memory_mb: 4096,
             max_write_bytes: 64 << 20,
             cluster_secret: String::new(),

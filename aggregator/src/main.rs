@@ -105,14 +105,21 @@ async fn main() -> anyhow::Result<()> {
     };
     // Statements run on a runtime of their own, so that heavy ones cannot starve
     // this one (connections, health, metrics, admission refusals). It lives as
-    // long as the process.
-    let executor = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("altdb-query")
-        .enable_all()
-        .build()
+    // long as the process. `query_threads = 0` shares this runtime instead.
+    let executor = (config.query_threads > 0)
+        .then(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.query_threads)
+                .thread_name("altdb-query")
+                .enable_all()
+                .build()
+        })
+        .transpose()
         .context("cannot start the query runtime")?;
-    let engine = QueryEngine::new(catalog.clone(), cluster.clone(), limits)
-        .with_executor(executor.handle().clone());
+    let mut engine = QueryEngine::new(catalog.clone(), cluster.clone(), limits);
+    if let Some(executor) = &executor {
+        engine = engine.with_executor(executor.handle().clone());
+    }
     let state = AppState {
         catalog,
         cluster,
@@ -146,7 +153,9 @@ async fn main() -> anyhow::Result<()> {
     axum::serve(listener, router(state, config.max_write_bytes))
         .with_graceful_shutdown(altdb_common::shutdown::signal())
         .await?;
-    executor.shutdown_background();
+    if let Some(executor) = executor {
+        executor.shutdown_background();
+    }
     tracing::info!("aggregator stopped");
     Ok(())
 }
