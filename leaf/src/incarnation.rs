@@ -20,6 +20,7 @@
 
 use std::collections::BTreeSet;
 
+use altdb_common::collection::MAX_SHARDS;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LeafError;
@@ -103,6 +104,11 @@ impl CollectionState {
             return Err(LeafError::InvalidRequest(
                 "a created collection has an incarnation above 0".into(),
             ));
+        }
+        if shards.len() > MAX_SHARDS as usize || shards.iter().any(|&s| s >= MAX_SHARDS) {
+            return Err(LeafError::InvalidRequest(format!(
+                "a collection has at most {MAX_SHARDS} shards, numbered from 0"
+            )));
         }
         self.current(collection, incarnation)?;
         let state = CollectionState {

@@ -84,12 +84,21 @@ impl Leaf {
 
     /// What this leaf knows of `collection`'s incarnations.
     pub fn collection_state(&self, collection: &str) -> CollectionState {
-        self.collections
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(collection)
-            .cloned()
-            .unwrap_or_default()
+        self.with_collection_state(collection, CollectionState::clone)
+    }
+
+    /// `f` of the state, read in place (writes and fragments ask on every call:
+    /// no copy of the placed shards).
+    fn with_collection_state<R>(
+        &self,
+        collection: &str,
+        f: impl FnOnce(&CollectionState) -> R,
+    ) -> R {
+        let states = self.collections.read().unwrap_or_else(|p| p.into_inner());
+        match states.get(collection) {
+            Some(state) => f(state),
+            None => f(&CollectionState::default()),
+        }
     }
 
     fn set_collection_state(&self, collection: &str, state: CollectionState) -> Result<()> {
@@ -110,8 +119,9 @@ impl Leaf {
         incarnation: u64,
         shard: u32,
     ) -> Result<Option<Arc<Shard>>> {
-        self.collection_state(collection)
-            .serve(collection, incarnation, shard)?;
+        self.with_collection_state(collection, |state| {
+            state.serve(collection, incarnation, shard)
+        })?;
         Ok(self.shard(collection, shard))
     }
 
@@ -195,8 +205,9 @@ impl Leaf {
         docs: Vec<PutRow>,
     ) -> Result<PutAck> {
         let started = Instant::now();
-        self.collection_state(&collection)
-            .serve(&collection, incarnation, shard)?;
+        self.with_collection_state(&collection, |state| {
+            state.serve(&collection, incarnation, shard)
+        })?;
         let shard = self.shard_or_create(&collection, shard);
         let ack = tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs)).await?;
         self.metrics.observe(
@@ -211,7 +222,7 @@ impl Leaf {
     /// Stats of the shards of `incarnation` (none if the leaf holds another).
     pub fn collection_stats(&self, collection: &str, incarnation: u64) -> CollectionStats {
         let mut stats = CollectionStats::default();
-        if !self.collection_state(collection).holds(incarnation) {
+        if !self.with_collection_state(collection, |state| state.holds(incarnation)) {
             return stats;
         }
         for shard in self.shards_of(collection) {
@@ -224,7 +235,7 @@ impl Leaf {
     /// Stored positions of `incarnation`'s sources (none if the leaf holds
     /// another: its sources start afresh).
     pub fn watermarks(&self, collection: &str, incarnation: u64, sources: &[String]) -> Watermarks {
-        let shards = if self.collection_state(collection).holds(incarnation) {
+        let shards = if self.with_collection_state(collection, |state| state.holds(incarnation)) {
             self.shards_of(collection)
         } else {
             Vec::new()
