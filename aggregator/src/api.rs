@@ -10,7 +10,11 @@
 //! | `POST /v1/collections/{name}/docs` | NDJSON or JSON array, forwarded to a tailer |
 //! | `GET /v1/cluster` | leaf health |
 //! | `GET /metrics` | Prometheus metrics, incl. per-partition lag and freshness |
-//! | `GET /healthz` | liveness |
+//! | `/v1/keys`, `/v1/roles` | API keys and roles ([`crate::access::routes`]) |
+//! | `GET /healthz` | liveness (the only route without authentication) |
+//!
+//! Every other route runs [`authenticate`] first, and each handler checks the
+//! privilege it needs on the collection it touches ([`Principal::require`]).
 
 use std::sync::Arc;
 
@@ -19,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use altdb_common::collection::CollectionSpec;
@@ -28,6 +32,8 @@ use altdb_common::schema::FieldType;
 
 use altdb_common::source_policy::SourcePolicy;
 
+use crate::access::authn::{audit, authenticate, Authenticator, Client};
+use crate::access::{Action, Principal};
 use crate::admission::Admission;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
@@ -48,12 +54,13 @@ pub struct AppState {
     pub tailer_url: String,
     pub probe: Arc<KafkaProbe>,
     pub metrics: Arc<Metrics>,
+    /// Keys, roles and the cluster secret requests are checked against.
+    pub auth: Authenticator,
 }
 
 /// Builds the router.
 pub fn router(state: AppState, max_write_bytes: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    let protected = Router::new()
         .route("/v1/query", post(query))
         .route("/v1/cluster", get(cluster_status))
         .route("/metrics", get(metrics))
@@ -66,12 +73,20 @@ pub fn router(state: AppState, max_write_bytes: usize) -> Router {
             get(describe_collection).delete(delete_collection),
         )
         .route("/v1/collections/{name}/docs", post(write_docs))
+        .merge(crate::access::routes::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(protected)
         .layer(DefaultBodyLimit::max(max_write_bytes))
         .with_state(state)
 }
 
 /// Parses a JSON body whatever its content type (`curl -d` sends a form type).
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| {
         AggregatorError::InvalidRequest(format!("request body is not valid JSON here: {e}"))
     })
@@ -85,7 +100,11 @@ struct QueryRequest {
     options: QueryOptions,
 }
 
-async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
+async fn query(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response> {
     let request: QueryRequest = json_body(&body)?;
     if request.sql.trim().is_empty() {
         return Err(AggregatorError::InvalidSql(
@@ -96,7 +115,7 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
         let _turn = state.admission.admit().await?;
         state
             .engine
-            .query_with(&request.sql, &request.options)
+            .query_as(&request.sql, &request.options, &principal)
             .await
     }
     .await;
@@ -123,7 +142,11 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response> {
 
 /// Prometheus metrics; source lag and freshness are measured at scrape time,
 /// into series of this scrape's own.
-async fn metrics(State(state): State<AppState>) -> Result<Response> {
+async fn metrics(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response> {
+    monitor(&principal)?;
     let scraped = Metrics::default();
     for spec in state.catalog.list().await? {
         if spec.sources.is_empty() {
@@ -154,13 +177,41 @@ async fn metrics(State(state): State<AppState>) -> Result<Response> {
         .into_response())
 }
 
-async fn cluster_status(State(state): State<AppState>) -> Response {
-    let leaves = state.cluster.status().await;
-    Json(serde_json::json!({ "leaves": leaves })).into_response()
+/// Health and metrics need `monitor` (on any resource: they are cluster-wide).
+fn monitor(principal: &Principal) -> Result<()> {
+    if principal.has(Action::Monitor) {
+        return Ok(());
+    }
+    Err(principal.forbidden(Action::Monitor, "*"))
 }
 
-async fn create_collection(State(state): State<AppState>, body: Bytes) -> Result<Response> {
+async fn cluster_status(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response> {
+    monitor(&principal)?;
+    let leaves = state.cluster.status().await;
+    Ok(Json(serde_json::json!({ "leaves": leaves })).into_response())
+}
+
+/// A spec as `principal` may see it: source secrets only for the cluster's own
+/// processes.
+fn shown(principal: &Principal, spec: CollectionSpec) -> CollectionSpec {
+    if principal.sees_secrets() {
+        spec
+    } else {
+        spec.redacted()
+    }
+}
+
+async fn create_collection(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(client): Extension<Client>,
+    body: Bytes,
+) -> Result<Response> {
     let spec: CollectionSpec = json_body(&body)?;
+    principal.require(Action::ManageCollections, &spec.name)?;
     spec.validate()?;
     for source in &spec.sources {
         state.policy.check(source)?;
@@ -173,11 +224,29 @@ async fn create_collection(State(state): State<AppState>, body: Bytes) -> Result
         return Err(error);
     }
     tracing::info!(collection = %spec.name, shards = spec.num_shards, "created collection");
-    Ok((StatusCode::CREATED, Json(spec)).into_response())
+    audit(
+        "collection_created",
+        &principal.name,
+        client,
+        "ok",
+        &format!("collection {}", spec.name),
+    );
+    Ok((StatusCode::CREATED, Json(shown(&principal, spec))).into_response())
 }
 
-async fn list_collections(State(state): State<AppState>) -> Result<Response> {
-    let specs = state.catalog.list().await?;
+/// The collections the principal holds some privilege on.
+async fn list_collections(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response> {
+    let specs: Vec<CollectionSpec> = state
+        .catalog
+        .list()
+        .await?
+        .into_iter()
+        .filter(|spec| principal.sees(&spec.name))
+        .map(|spec| shown(&principal, spec))
+        .collect();
     Ok(Json(serde_json::json!({ "collections": specs })).into_response())
 }
 
@@ -190,8 +259,14 @@ struct SchemaColumn {
 
 async fn describe_collection(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response> {
+    // Before the lookup: whether a collection exists is not told to keys that
+    // may not see it.
+    if !principal.sees(&name) {
+        return Err(principal.forbidden(Action::Query, &name));
+    }
     let spec = state
         .catalog
         .get(&name)
@@ -222,7 +297,7 @@ async fn describe_collection(
     let documents: u64 = stats.shards.iter().map(|s| s.docs).sum();
     let sources = source_status(&spec, &stats, &state.probe).await;
     Ok(Json(serde_json::json!({
-        "collection": spec,
+        "collection": shown(&principal, spec),
         "schema": columns,
         "documents": documents,
         "sources": sources,
@@ -233,8 +308,11 @@ async fn describe_collection(
 
 async fn delete_collection(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(client): Extension<Client>,
     Path(name): Path<String>,
 ) -> Result<Response> {
+    principal.require(Action::ManageCollections, &name)?;
     let spec = state
         .catalog
         .get(&name)
@@ -250,6 +328,13 @@ async fn delete_collection(
             )));
         }
         tracing::info!(collection = %name, "cleared system collection");
+        audit(
+            "collection_cleared",
+            &principal.name,
+            client,
+            "ok",
+            &format!("collection {name}"),
+        );
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     // The spec first: from then on no source, write or query reaches this
@@ -262,16 +347,25 @@ async fn delete_collection(
         tracing::warn!(collection = %name, missed = ?missed, "deleted collection; some leaves keep its rows until the name is created again");
     }
     tracing::info!(collection = %name, "deleted collection");
+    audit(
+        "collection_deleted",
+        &principal.name,
+        client,
+        "ok",
+        &format!("collection {name}"),
+    );
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Forwards a write to the tailer, which parses, routes and pushes to leaves.
 async fn write_docs(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    principal.require(Action::Write, &name)?;
     if CollectionSpec::is_system(&name) {
         return Err(AggregatorError::InvalidRequest(format!(
             "`{name}` is a system collection that altdb writes itself; write to your own \

@@ -46,6 +46,20 @@ pub struct AggregatorConfig {
     pub cluster_secret: String,
     /// ... or a file holding it (preferred: it stays out of the environment).
     pub cluster_secret_file: Option<PathBuf>,
+    /// The bootstrap admin key (see the README's security section): the text of
+    /// `ALTDB_ADMIN_KEY` ...
+    pub admin_key: String,
+    /// ... or a file holding it. With one, every request needs an API key;
+    /// without, authentication is off (allowed on loopback addresses only,
+    /// unless `insecure`).
+    pub admin_key_file: Option<PathBuf>,
+    /// Listen on a non-loopback address with authentication off.
+    pub insecure: bool,
+    /// HTTPS: the PEM certificate chain and key (reloaded on change and on SIGHUP).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for calls to a tailer served over HTTPS.
+    pub tls_ca_file: Option<PathBuf>,
     /// Directories `file://` sources may read (see the README's security section).
     pub allowed_file_roots: Vec<String>,
     /// S3-compatible endpoints sources may name (`http://host:port`, `http://host:*`).
@@ -54,6 +68,8 @@ pub struct AggregatorConfig {
     pub allowed_kafka_brokers: Vec<String>,
     /// Source client properties allowed beyond the built-in safe ones.
     pub allowed_source_properties: Vec<String>,
+    /// Directories whose files source secrets may reference (`{"file": ..}`).
+    pub allowed_secret_dirs: Vec<String>,
 }
 
 /// Statements that run at once by default: two per core (at least 4). More do
@@ -82,10 +98,17 @@ impl Default for AggregatorConfig {
             max_write_bytes: 64 << 20,
             cluster_secret: String::new(),
             cluster_secret_file: None,
+            admin_key: String::new(),
+            admin_key_file: None,
+            insecure: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             allowed_file_roots: Vec::new(),
             allowed_s3_endpoints: Vec::new(),
             allowed_kafka_brokers: Vec::new(),
             allowed_source_properties: Vec::new(),
+            allowed_secret_dirs: Vec::new(),
         }
     }
 }
@@ -98,7 +121,52 @@ impl AggregatorConfig {
             allowed_s3_endpoints: self.allowed_s3_endpoints.clone(),
             allowed_kafka_brokers: self.allowed_kafka_brokers.clone(),
             allowed_source_properties: self.allowed_source_properties.clone(),
+            allowed_secret_dirs: self.allowed_secret_dirs.clone(),
         }
+    }
+
+    /// The bootstrap admin key, if authentication is on; fails on a key too
+    /// weak to use, or a listen address others reach with authentication off.
+    pub fn admin_key(&self) -> Result<Option<String>, altdb_common::Error> {
+        use altdb_common::Error;
+        let key = match (self.admin_key.trim().is_empty(), &self.admin_key_file) {
+            (true, None) => None,
+            (false, Some(_)) => {
+                return Err(Error::InvalidConfig(
+                    "both admin_key and admin_key_file are set; keep one".into(),
+                ))
+            }
+            (false, None) => Some(self.admin_key.trim().to_string()),
+            (true, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        Error::InvalidConfig(format!(
+                            "cannot read the admin key file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+        };
+        if let Some(key) = &key {
+            if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Error::InvalidConfig(
+                    "the admin key must be at least 16 visible ASCII characters; generate one \
+                     with `head -c 32 /dev/urandom | base64`"
+                        .into(),
+                ));
+            }
+        }
+        if key.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+            return Err(Error::InvalidConfig(format!(
+                "the aggregator would listen on {} with authentication off: anyone who reaches \
+                 it could read, write and delete every collection; set admin_key_file (flag \
+                 --admin-key-file) or ALTDB_ADMIN_KEY, or pass --insecure to run open anyway",
+                self.listen
+            )));
+        }
+        Ok(key)
     }
 
     /// The cluster secret this process was given; starting without one is an error.

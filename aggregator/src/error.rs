@@ -36,6 +36,18 @@ pub enum AggregatorError {
     /// Too many statements run and wait already; retry after a moment.
     #[error("{0}")]
     Overloaded(String),
+    /// No API key, or one that is unknown, revoked or expired (the same answer).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The key's role lacks a privilege; the message names it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A key or role that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A key or role name that is taken, or a role still in use.
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,6 +67,10 @@ impl AggregatorError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +86,10 @@ impl AggregatorError {
             Self::Timeout(_) => "query_timeout",
             Self::ResourcesExhausted(_) => "resources_exhausted",
             Self::Overloaded(_) => "too_many_queries",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::Internal(_) => "internal",
         }
     }
@@ -85,6 +105,12 @@ impl IntoResponse for AggregatorError {
             Json(ErrorBody::new(self.code(), self.to_string())),
         )
             .into_response();
+        if matches!(self, Self::Unauthenticated(_)) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("ApiKey, Bearer"),
+            );
+        }
         if matches!(self, Self::Overloaded(_)) {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

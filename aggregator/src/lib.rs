@@ -12,6 +12,7 @@
 //!                                └─► writes forwarded ──HTTP──► tailer ──► leaves
 //! ```
 
+pub mod access;
 pub mod admission;
 pub mod api;
 pub mod catalog;

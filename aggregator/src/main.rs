@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Parser;
 use serde::Serialize;
 
+use altdb_aggregator::access::authn::Authenticator;
+use altdb_aggregator::access::store::KeyStore;
 use altdb_aggregator::admission::Admission;
 use altdb_aggregator::api::{router, AppState};
 use altdb_aggregator::catalog::{Catalog, FileCatalog};
@@ -16,7 +17,6 @@ use altdb_aggregator::cluster::Cluster;
 use altdb_aggregator::query::{QueryEngine, QueryLimits};
 use altdb_aggregator::sources::KafkaProbe;
 use altdb_aggregator::AggregatorConfig;
-use altdb_common::cluster_auth;
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
 use altdb_common::metrics::Metrics;
 
@@ -42,6 +42,23 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_secret_file: Option<PathBuf>,
+    /// File holding the bootstrap admin key (or set ALTDB_ADMIN_KEY); with one,
+    /// every request needs an API key.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_key_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without authentication.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
+    /// HTTPS certificate chain (PEM); with --tls-key-file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<PathBuf>,
+    /// HTTPS private key (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key_file: Option<PathBuf>,
     /// HTTP listen address (default 127.0.0.1:7700).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +96,22 @@ async fn main() -> anyhow::Result<()> {
         altdb_common::config::flags_layer(&flags),
     )?;
     let secret = config.cluster_secret()?;
+    let admin_key = config.admin_key()?;
+    let tls = altdb_common::tls::from_config(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+    )?;
+    let keys = Arc::new(
+        KeyStore::open(config.data_dir.join("access.json"), admin_key.as_deref())
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+    );
+    if !keys.enforced() {
+        tracing::warn!(
+            listen = %config.listen,
+            "authentication is off: every request may do everything; set admin_key_file or \
+             ALTDB_ADMIN_KEY to require API keys"
+        );
+    }
     let catalog = Arc::new(
         FileCatalog::open(config.data_dir.join("catalog.json"))
             .map_err(|e| anyhow::anyhow!(e.to_string()))?,
@@ -131,28 +164,46 @@ async fn main() -> anyhow::Result<()> {
             limits.timeout,
         ),
         // Forwarded writes present the cluster secret to the tailer.
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .default_headers(reqwest::header::HeaderMap::from_iter([(
-                reqwest::header::HeaderName::from_static(cluster_auth::HEADER),
-                secret.header_value(),
-            )]))
-            .build()?,
+        http: altdb_common::tls::internal_client(
+            &secret,
+            config.tls_ca_file.as_deref(),
+            Duration::from_secs(300),
+        )?,
         tailer_url: config.tailer_url.trim_end_matches('/').to_string(),
         probe: Arc::new(KafkaProbe::default()),
         metrics: Arc::new(Metrics::default()),
+        auth: Authenticator {
+            keys: keys.clone(),
+            secret: secret.clone(),
+        },
     };
+    // Last-used times of keys reach the disk once a minute.
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            if let Err(error) = keys.flush() {
+                tracing::warn!(%error, "could not record when keys were last used");
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %config.listen, leaves = ?config.leaves, "aggregator ready");
-    // Small JSON answers must not wait out the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state, config.max_write_bytes))
-        .with_graceful_shutdown(altdb_common::shutdown::signal())
-        .await?;
+    tracing::info!(
+        listen = %config.listen,
+        leaves = ?config.leaves,
+        https = tls.is_some(),
+        authentication = state.auth.keys.enforced(),
+        "aggregator ready"
+    );
+    altdb_common::tls::serve(
+        listener,
+        tls,
+        router(state, config.max_write_bytes),
+        altdb_common::shutdown::signal(),
+    )
+    .await?;
     if let Some(executor) = executor {
         executor.shutdown_background();
     }

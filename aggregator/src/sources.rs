@@ -87,14 +87,23 @@ impl KafkaProbe {
     }
 
     fn client(&self, kafka: &KafkaSource) -> Result<Arc<BaseConsumer>, OffsetsError> {
-        let key = format!("{}|{:?}", kafka.brokers, kafka.properties);
+        let mut properties = Vec::with_capacity(kafka.properties.len());
+        for (name, value) in &kafka.properties {
+            let value = value.resolve(name).map_err(|why| OffsetsError::Client {
+                brokers: kafka.brokers.clone(),
+                source: rdkafka::error::KafkaError::ClientCreation(why),
+            })?;
+            properties.push((name.as_str(), value));
+        }
+        // Kept in memory only (it holds the resolved secrets).
+        let key = format!("{}|{properties:?}", kafka.brokers);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
         let mut config = ClientConfig::new();
-        for (k, v) in &kafka.properties {
-            config.set(k, v);
+        for (k, v) in &properties {
+            config.set(*k, v);
         }
         let client: BaseConsumer = config
             .set("bootstrap.servers", &kafka.brokers)

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::secrets::{PropertyValue, REDACTED};
 use crate::{Error, Result};
 
 /// Largest number of shards a collection may have.
@@ -9,6 +10,9 @@ pub const MAX_SHARDS: u32 = 1024;
 
 /// The system collection of records a source could not ingest (the dead-letter store).
 pub const DLQ_COLLECTION: &str = "_dlq";
+
+/// A source's client settings (librdkafka or object_store), by name.
+pub type Properties = std::collections::BTreeMap<String, PropertyValue>;
 
 /// A named, schemaless set of JSON documents and how it is fed and laid out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,10 +150,12 @@ pub struct ObjectSource {
     #[serde(default = "default_true")]
     pub include_metadata: bool,
     /// object_store S3 settings passed through (e.g. `aws_skip_signature`,
-    /// `aws_virtual_hosted_style_request`); credentials come from the usual `AWS_*`
-    /// environment variables of the tailers.
+    /// `aws_virtual_hosted_style_request`, or credentials: `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_session_token`, see [`crate::secrets`]);
+    /// without credentials here, they come from the usual `AWS_*` environment
+    /// variables of the tailers.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub properties: std::collections::BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 fn default_poll_interval() -> String {
@@ -248,6 +254,7 @@ impl ObjectSource {
                 self.csv_delimiter
             )));
         }
+        validate_properties(&self.properties)?;
         for key in self.properties.keys() {
             if key.parse::<object_store::aws::AmazonS3ConfigKey>().is_err() {
                 return Err(Error::InvalidConfig(format!(
@@ -295,9 +302,10 @@ pub struct KafkaSource {
     /// Add `_meta.kafka` (partition, offset, timestamp, key, headers) to every document.
     #[serde(default = "default_true")]
     pub include_metadata: bool,
-    /// librdkafka settings passed through (e.g. `security.protocol`, `sasl.*`).
+    /// librdkafka settings passed through (e.g. `security.protocol`, `sasl.*`;
+    /// secrets inline or as references, see [`crate::secrets`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub properties: std::collections::BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 /// librdkafka settings altdb sets itself; a source may not override them.
@@ -341,6 +349,7 @@ impl KafkaSource {
                 self.topic
             )));
         }
+        validate_properties(&self.properties)?;
         if let Some(key) = self
             .properties
             .keys()
@@ -353,6 +362,29 @@ impl KafkaSource {
         }
         Ok(())
     }
+}
+
+/// Values of client settings: no redacted text sent back, references well formed.
+fn validate_properties(properties: &Properties) -> Result<()> {
+    for (name, value) in properties {
+        match value {
+            PropertyValue::Text(text) if text == REDACTED => {
+                return Err(Error::InvalidConfig(format!(
+                    "property `{name}` is `{REDACTED}`, which is what altdb shows instead of a                      secret; give the secret itself or a reference such as                      {{\"env\": \"ALTDB_SECRET_...\"}}"
+                )))
+            }
+            PropertyValue::Env(var) => {
+                crate::secrets::check_env_name(name, var).map_err(Error::InvalidConfig)?
+            }
+            PropertyValue::File(path) if !path.starts_with('/') => {
+                return Err(Error::InvalidConfig(format!(
+                    "property `{name}` references the file `{path}`; give an absolute path"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn default_true() -> bool {
@@ -375,6 +407,23 @@ impl SourceSpec {
 }
 
 impl CollectionSpec {
+    /// The spec as API responses show it: secrets of its sources' client
+    /// settings replaced by [`REDACTED`] (see [`crate::secrets`]).
+    pub fn redacted(&self) -> CollectionSpec {
+        let mut spec = self.clone();
+        for source in &mut spec.sources {
+            let properties = match source {
+                SourceSpec::Kafka(kafka) => &mut kafka.properties,
+                SourceSpec::S3(objects) => &mut objects.properties,
+                SourceSpec::Datagen { .. } => continue,
+            };
+            for (name, value) in properties.iter_mut() {
+                *value = value.shown(name);
+            }
+        }
+        spec
+    }
+
     /// The spec of [`DLQ_COLLECTION`], which the aggregator creates on start-up.
     pub fn dead_letters() -> Self {
         Self {

@@ -44,10 +44,12 @@ pub mod routing;
 pub mod rpc;
 pub mod schema;
 pub mod search;
+pub mod secrets;
 pub mod shutdown;
 pub mod source_policy;
 pub mod sql_guard;
 pub mod telemetry;
+pub mod tls;
 pub mod transform;
 
 pub use error::{Error, Result};

@@ -14,12 +14,15 @@
 //! | S3 `endpoint` | AWS (no endpoint), or one of `allowed_s3_endpoints` |
 //! | Kafka `brokers` | each `host:port` matches `allowed_kafka_brokers` (`host:port`, `host:*`, `*`; none by default) |
 //! | client `properties` | the built-in safe lists below, plus `allowed_source_properties` |
+//! | secrets as `{"file": ..}` | files under one of `allowed_secret_dirs` (none by default) |
+//! | secrets as `{"env": ..}` | variables named `ALTDB_SECRET_*` ([`crate::secrets`]) |
 
 use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::collection::{KafkaSource, ObjectSource, SourceSpec};
+use crate::collection::{KafkaSource, ObjectSource, Properties, SourceSpec};
+use crate::secrets::PropertyValue;
 use crate::{Error, Result};
 
 /// librdkafka settings any source may set: security, tuning and timeouts; none
@@ -58,8 +61,9 @@ pub const SAFE_KAFKA_PROPERTIES: &[&str] = &[
     "check.crcs",
 ];
 
-/// object_store S3 settings any source may set: request style only; none
-/// changes where credentials come from.
+/// object_store S3 settings any source may set: request style, and credentials
+/// given with the source (secrets, see [`crate::secrets`]); none makes the tailer
+/// fetch credentials from elsewhere.
 pub const SAFE_S3_PROPERTIES: &[&str] = &[
     "aws_skip_signature",
     "aws_virtual_hosted_style_request",
@@ -67,6 +71,9 @@ pub const SAFE_S3_PROPERTIES: &[&str] = &[
     "aws_unsigned_payload",
     "aws_request_payer",
     "aws_s3_express",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
 ];
 
 /// The operator's allow-lists (role config keys of the same names).
@@ -80,6 +87,9 @@ pub struct SourcePolicy {
     pub allowed_kafka_brokers: Vec<String>,
     /// Client properties allowed beyond the safe lists.
     pub allowed_source_properties: Vec<String>,
+    /// Directories whose files source secrets may reference (none by default).
+    #[serde(default)]
+    pub allowed_secret_dirs: Vec<String>,
 }
 
 impl SourcePolicy {
@@ -111,7 +121,7 @@ impl SourcePolicy {
                 )));
             }
         }
-        self.check_properties("kafka", kafka.properties.keys(), SAFE_KAFKA_PROPERTIES)
+        self.check_properties("kafka", &kafka.properties, SAFE_KAFKA_PROPERTIES)
     }
 
     fn check_objects(&self, objects: &ObjectSource) -> Result<()> {
@@ -145,16 +155,20 @@ impl SourcePolicy {
                 )));
             }
         }
-        self.check_properties("s3", objects.properties.keys(), SAFE_S3_PROPERTIES)
+        self.check_properties("s3", &objects.properties, SAFE_S3_PROPERTIES)
     }
 
-    fn check_properties<'a>(
-        &self,
-        kind: &str,
-        keys: impl Iterator<Item = &'a String>,
-        safe: &[&str],
-    ) -> Result<()> {
-        for key in keys {
+    fn check_properties(&self, kind: &str, properties: &Properties, safe: &[&str]) -> Result<()> {
+        for (key, value) in properties {
+            if let PropertyValue::File(path) = value {
+                if !under(Path::new(path), &self.allowed_secret_dirs) {
+                    return Err(refused(format!(
+                        "{kind} property `{key}` references the file `{path}`, which is not \
+                         under allowed_secret_dirs ({})",
+                        listed(&self.allowed_secret_dirs)
+                    )));
+                }
+            }
             let allowed = safe.contains(&key.as_str())
                 || self.allowed_source_properties.iter().any(|k| k == key);
             if !allowed {
@@ -171,15 +185,26 @@ impl SourcePolicy {
     /// Whether `dir` (absolute) lies under an allowed root: compared by
     /// components, with no `..` anywhere.
     pub fn file_allowed(&self, dir: &Path) -> bool {
-        let plain = dir
+        under(dir, &self.allowed_file_roots)
+    }
+
+    /// Whether a secret file `path` (absolute) lies under an allowed secret directory.
+    pub fn secret_file_allowed(&self, path: &Path) -> bool {
+        under(path, &self.allowed_secret_dirs)
+    }
+}
+
+/// Whether absolute `path` lies under one of `roots`: compared by components,
+/// with no `..` anywhere.
+fn under(path: &Path, roots: &[String]) -> bool {
+    let plain = path.is_absolute()
+        && path
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        plain
-            && self
-                .allowed_file_roots
-                .iter()
-                .any(|root| !root.is_empty() && dir.starts_with(Path::new(root)))
-    }
+    plain
+        && roots
+            .iter()
+            .any(|root| !root.is_empty() && path.starts_with(Path::new(root)))
 }
 
 fn listed(items: &[String]) -> String {
@@ -195,7 +220,7 @@ fn refused(what: String) -> Error {
         "{what}; sources may only reach what the operator allows: ask them to add it to the \
          aggregator's and tailers' configuration (ALTDB_ALLOWED_FILE_ROOTS, \
          ALTDB_ALLOWED_S3_ENDPOINTS, ALTDB_ALLOWED_KAFKA_BROKERS, \
-         ALTDB_ALLOWED_SOURCE_PROPERTIES)"
+         ALTDB_ALLOWED_SOURCE_PROPERTIES, ALTDB_ALLOWED_SECRET_DIRS)"
     ))
 }
 
@@ -218,8 +243,11 @@ mod tests {
             allowed_s3_endpoints: vec!["http://minio:9000".into(), "http://127.0.0.1:*".into()],
             allowed_kafka_brokers: vec!["kafka-1:9092".into(), "kafka-2:*".into()],
             allowed_source_properties: vec!["debug".into()],
+            allowed_secret_dirs: vec!["/etc/altdb/secrets".into()],
         };
         for ok in [
+            serde_json::json!({"type": "kafka", "brokers": "kafka-1:9092", "topic": "t",
+                               "properties": {"sasl.password": {"file": "/etc/altdb/secrets/kafka"}}}),
             serde_json::json!({"type": "s3", "url": "file:///data/drop/in/"}),
             serde_json::json!({"type": "s3", "url": "s3://bucket/x/"}),
             serde_json::json!({"type": "s3", "url": "s3://bucket/x/", "endpoint": "http://minio:9000/",
@@ -263,6 +291,14 @@ mod tests {
                                "properties": {"aws_container_credentials_relative_uri": "/x"}}),
         );
         assert!(credentials.contains("not allowed"), "{credentials}");
+        for outside in ["/etc/shadow", "/etc/altdb/secrets/../../shadow", "/etc/altdb/secretsx/k"] {
+            let secret = refusal(
+                &policy,
+                serde_json::json!({"type": "kafka", "brokers": "kafka-1:9092", "topic": "t",
+                                   "properties": {"sasl.password": {"file": outside}}}),
+            );
+            assert!(secret.contains("allowed_secret_dirs"), "{outside}: {secret}");
+        }
         let broker = refusal(
             &policy,
             serde_json::json!({"type": "kafka", "brokers": "10.0.0.1:9092", "topic": "t"}),

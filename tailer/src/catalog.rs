@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use altdb_common::cluster_auth::{self, ClusterSecret};
 use altdb_common::collection::CollectionSpec;
 
 use crate::error::{Result, TailerError};
@@ -25,19 +24,12 @@ struct Listing {
 }
 
 impl CatalogClient {
-    /// Reads from the aggregator at `base_url`, presenting the cluster secret.
-    pub fn new(base_url: &str, secret: &ClusterSecret) -> Self {
-        let headers = reqwest::header::HeaderMap::from_iter([(
-            reqwest::header::HeaderName::from_static(cluster_auth::HEADER),
-            secret.header_value(),
-        )]);
+    /// Reads from the aggregator at `base_url` with `http`, a client that
+    /// presents the cluster secret ([`altdb_common::tls::internal_client`]).
+    pub fn new(base_url: &str, http: reqwest::Client) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .default_headers(headers)
-                .build()
-                .expect("http client builds"),
+            http,
             cache: Mutex::new(None),
         }
     }

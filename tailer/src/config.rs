@@ -41,6 +41,12 @@ pub struct TailerConfig {
     pub cluster_secret: String,
     /// ... or a file holding it (preferred: it stays out of the environment).
     pub cluster_secret_file: Option<PathBuf>,
+    /// HTTPS for the write route and metrics: PEM certificate chain and key
+    /// (reloaded on change and on SIGHUP).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates trusted when the aggregator is served over HTTPS.
+    pub tls_ca_file: Option<PathBuf>,
     /// Directories `file://` sources may read (see the README's security section).
     pub allowed_file_roots: Vec<String>,
     /// S3-compatible endpoints sources may name (`http://host:port`, `http://host:*`).
@@ -49,6 +55,8 @@ pub struct TailerConfig {
     pub allowed_kafka_brokers: Vec<String>,
     /// Source client properties allowed beyond the built-in safe ones.
     pub allowed_source_properties: Vec<String>,
+    /// Directories whose files source secrets may reference (`{"file": ..}`).
+    pub allowed_secret_dirs: Vec<String>,
 }
 
 impl TailerConfig {
@@ -59,6 +67,7 @@ impl TailerConfig {
             allowed_s3_endpoints: self.allowed_s3_endpoints.clone(),
             allowed_kafka_brokers: self.allowed_kafka_brokers.clone(),
             allowed_source_properties: self.allowed_source_properties.clone(),
+            allowed_secret_dirs: self.allowed_secret_dirs.clone(),
         }
     }
 
@@ -110,10 +119,14 @@ impl Default for TailerConfig {
             ordinal: 0,
             cluster_secret: String::new(),
             cluster_secret_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             allowed_file_roots: Vec::new(),
             allowed_s3_endpoints: Vec::new(),
             allowed_kafka_brokers: Vec::new(),
             allowed_source_properties: Vec::new(),
+            allowed_secret_dirs: Vec::new(),
         }
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Parser;
 use serde::Serialize;
 
@@ -75,7 +74,18 @@ async fn main() -> anyhow::Result<()> {
     )?;
     config.validate()?;
     let secret = config.cluster_secret()?;
-    let catalog = Arc::new(CatalogClient::new(&config.aggregator_url, &secret));
+    let tls = altdb_common::tls::from_config(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+    )?;
+    let catalog = Arc::new(CatalogClient::new(
+        &config.aggregator_url,
+        altdb_common::tls::internal_client(
+            &secret,
+            config.tls_ca_file.as_deref(),
+            Duration::from_secs(10),
+        )?,
+    ));
     let pusher = Pusher::new(&config.leaves, config.push_batch_rows, &secret)
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let limits = DocLimits {
@@ -118,14 +128,14 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %config.listen, leaves = ?config.leaves, "tailer ready");
-    // Small JSON answers must not wait out the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(api, config.max_write_bytes, secret))
-        .with_graceful_shutdown(altdb_common::shutdown::signal())
-        .await?;
+    tracing::info!(listen = %config.listen, leaves = ?config.leaves, https = tls.is_some(), "tailer ready");
+    altdb_common::tls::serve(
+        listener,
+        tls,
+        router(api, config.max_write_bytes, secret),
+        altdb_common::shutdown::signal(),
+    )
+    .await?;
     tracing::info!("stopping sources");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), sources).await;

@@ -56,8 +56,16 @@ pub fn kafka_libs() -> PathBuf {
 /// A broker on loopback, killed on drop.
 pub struct Broker {
     pub address: String,
+    /// Apache Kafka's second listener, SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256 and
+    /// SCRAM-SHA-512), where user [`SASL_USER`] has password [`SASL_PASSWORD`];
+    /// tansu has none.
+    pub sasl_address: Option<String>,
     child: Child,
 }
+
+/// The user and password of the broker's SASL listener.
+pub const SASL_USER: &str = "ingest";
+pub const SASL_PASSWORD: &str = "ingest-pw-7d1f0c2a";
 
 impl Broker {
     /// Apache Kafka (or tansu with `ALTDB_KAFKA=tansu`), logging to `log`.
@@ -84,6 +92,7 @@ impl Broker {
         let port = crate::free_port();
         let controller = crate::free_port();
         let address = format!("127.0.0.1:{port}");
+        let sasl_address = format!("127.0.0.1:{}", crate::free_port());
         let dir = log
             .parent()
             .context("log path has a directory")?
@@ -96,11 +105,15 @@ impl Broker {
                 "process.roles=broker,controller\n\
                  node.id=1\n\
                  controller.quorum.voters=1@127.0.0.1:{controller}\n\
-                 listeners=PLAINTEXT://{address},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://{address}\n\
+                 listeners=PLAINTEXT://{address},CONTROLLER://127.0.0.1:{controller},SASL_PLAINTEXT://{sasl_address}\n\
+                 advertised.listeners=PLAINTEXT://{address},SASL_PLAINTEXT://{sasl_address}\n\
                  controller.listener.names=CONTROLLER\n\
                  inter.broker.listener.name=PLAINTEXT\n\
-                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT\n\
+                 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
+                 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}=\"{SASL_PASSWORD}\";\n\
+                 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
                  log.dirs={data}\n\
                  num.partitions=1\n\
                  offsets.topic.replication.factor=1\n\
@@ -138,6 +151,10 @@ impl Broker {
                 "--ignore-formatted",
                 "-t",
                 "altdb-test-cluster-0001",
+                "--add-scram",
+                &format!("SCRAM-SHA-256=[name={SASL_USER},password={SASL_PASSWORD}]"),
+                "--add-scram",
+                &format!("SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}]"),
                 "-c",
             ])
             .arg(&properties)
@@ -156,7 +173,11 @@ impl Broker {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let broker = Self { address, child };
+        let broker = Self {
+            address,
+            sasl_address: Some(sasl_address),
+            child,
+        };
         broker.wait_ready(Duration::from_secs(60))?;
         Ok(broker)
     }
@@ -225,7 +246,11 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self { address, child })
+        Ok(Self {
+            address,
+            sasl_address: None,
+            child,
+        })
     }
 
     /// Creates a topic and waits until its metadata shows every partition.

@@ -230,7 +230,11 @@ pub struct Cluster {
     pub leaf_urls: Vec<String>,
     /// The secret the cluster's processes share (internal calls need it).
     pub secret: ClusterSecret,
+    /// The aggregator's admin key, which this harness's requests carry.
+    pub admin_key: String,
     http: reqwest::blocking::Client,
+    /// A client that sends no key ([`Self::request_as`]).
+    bare: reqwest::blocking::Client,
 }
 
 /// An HTTP answer: status and JSON body.
@@ -254,10 +258,14 @@ impl Cluster {
         // Every process gets the cluster's secret; a test's own env comes after it
         // (and may replace it).
         let secret = ClusterSecret::generate()?;
+        // Authentication is on, as in production: this harness's requests carry
+        // the admin key.
+        let admin_key = format!("admin-{}", ClusterSecret::generate()?.expose());
         // Sources may reach the loopback brokers and S3 servers tests start and
         // the cluster's own directory.
         let defaults = [
             ("ALTDB_CLUSTER_SECRET", secret.expose().to_string()),
+            ("ALTDB_ADMIN_KEY", admin_key.clone()),
             ("ALTDB_ALLOWED_KAFKA_BROKERS", "127.0.0.1:*".to_string()),
             (
                 "ALTDB_ALLOWED_S3_ENDPOINTS",
@@ -272,6 +280,32 @@ impl Cluster {
                 .chain(options.env)
                 .collect(),
             ..options
+        };
+        // With ALTDB_TLS_CERT_FILE the aggregator and tailers serve HTTPS, and this
+        // harness trusts ALTDB_TLS_CA_FILE.
+        let setting = |name: &str| {
+            options
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let scheme = match setting("ALTDB_TLS_CERT_FILE") {
+            Some(_) => "https",
+            None => "http",
+        };
+        let ca = setting("ALTDB_TLS_CA_FILE")
+            .map(|path| -> anyhow::Result<reqwest::Certificate> {
+                Ok(reqwest::Certificate::from_pem(&std::fs::read(path)?)?)
+            })
+            .transpose()?;
+        let client = || {
+            let builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300));
+            match &ca {
+                Some(ca) => builder.add_root_certificate(ca.clone()),
+                None => builder,
+            }
         };
         let aggregator_port = free_port();
         let tailer_ports: Vec<u16> = (0..options.tailers.max(1)).map(|_| free_port()).collect();
@@ -305,7 +339,7 @@ impl Cluster {
                 dir.path().join(format!("leaf-{i}.log")),
             )?);
         }
-        let url = format!("http://127.0.0.1:{aggregator_port}");
+        let url = format!("{scheme}://127.0.0.1:{aggregator_port}");
         let aggregator = Process::start(
             "aggregator",
             "altdb-aggregator",
@@ -317,7 +351,7 @@ impl Cluster {
                 "--leaves".into(),
                 leaves_arg.clone(),
                 "--tailer-url".into(),
-                format!("http://127.0.0.1:{}", tailer_ports[0]),
+                format!("{scheme}://127.0.0.1:{}", tailer_ports[0]),
             ],
             options.env.clone(),
             dir.path().join("aggregator.log"),
@@ -352,13 +386,18 @@ impl Cluster {
             tailers,
             tailer_urls: tailer_ports
                 .iter()
-                .map(|p| format!("http://127.0.0.1:{p}"))
+                .map(|p| format!("{scheme}://127.0.0.1:{p}"))
                 .collect(),
             leaf_urls: leaf_urls.into_iter().map(|(_, url)| url).collect(),
             secret,
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(300))
+            http: client()
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::AUTHORIZATION,
+                    format!("ApiKey {admin_key}").parse()?,
+                )]))
                 .build()?,
+            bare: client().build()?,
+            admin_key,
         };
         cluster.wait_ready()?;
         Ok(cluster)
@@ -429,6 +468,29 @@ impl Cluster {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         Ok(Answer { status, body })
+    }
+
+    /// A client whose requests carry the admin key.
+    pub fn client(&self) -> reqwest::blocking::Client {
+        self.http.clone()
+    }
+
+    /// A request to the aggregator carrying `key` (none: no Authorization header).
+    pub fn request_as(
+        &self,
+        key: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self.bare.request(method, format!("{}{path}", self.url));
+        if let Some(key) = key {
+            request = request.header("authorization", format!("ApiKey {key}"));
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        Self::answer(request.send()?)
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Answer> {

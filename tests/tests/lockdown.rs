@@ -364,7 +364,8 @@ fn a_burst_of_heavy_queries_is_queued_and_the_rest_told_to_retry() -> anyhow::Re
         let burst: Vec<_> = (0..16)
             .map(|_| {
                 scope.spawn(|| {
-                    let answer = reqwest::blocking::Client::new()
+                    let answer = cluster
+                        .client()
                         .post(&url)
                         .json(&json!({ "sql": heavy }))
                         .send()
@@ -705,7 +706,7 @@ fn compressed_writes_are_accepted_within_the_limit() -> anyhow::Result<()> {
     let body: String = (0..100).map(|i| format!("{}\n", json!({"n": i}))).collect();
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gzip.write_all(body.as_bytes())?;
-    let client = reqwest::blocking::Client::new();
+    let client = cluster.client();
     let url = format!("{}/v1/collections/events/docs", cluster.url);
     for (encoding, bytes) in [
         ("gzip", gzip.finish()?),

@@ -119,11 +119,12 @@ async fn wait_healthy(
     bail!("{url} did not become healthy within 60 s")
 }
 
-/// The local cluster's secret, generated on the first start (readable by this user
-/// only) and kept in the data directory, so that a restart finds the same one.
-fn cluster_secret_file(data: &Path) -> anyhow::Result<PathBuf> {
+/// A secret of the local cluster (`cluster-secret`, `admin-key`), generated on the
+/// first start (readable by this user only) and kept in the data directory, so
+/// that a restart finds the same one.
+fn secret_file(data: &Path, name: &str) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = data.join("cluster-secret");
+    let path = data.join(name);
     if !path.exists() {
         let secret = ClusterSecret::generate()?;
         let mut file = std::fs::OpenOptions::new()
@@ -160,8 +161,11 @@ async fn main() -> anyhow::Result<()> {
     let leaves_arg = leaves.join(",");
     let secret_arg = [
         "--cluster-secret-file".to_string(),
-        cluster_secret_file(&data)?.display().to_string(),
+        secret_file(&data, "cluster-secret")?.display().to_string(),
     ];
+    // Requests to the aggregator need an API key; this one is the admin's.
+    let admin_key_file = std::path::absolute(secret_file(&data, "admin-key")?)?;
+    let admin_key = std::fs::read_to_string(&admin_key_file)?.trim().to_string();
 
     // What sources of this local cluster may reach, unless the environment says:
     // brokers and S3-compatible servers on this machine, and `<data-dir>/files`.
@@ -219,6 +223,8 @@ async fn main() -> anyhow::Result<()> {
             tailer_url.clone(),
             secret_arg[0].clone(),
             secret_arg[1].clone(),
+            "--admin-key-file".into(),
+            admin_key_file.display().to_string(),
         ],
         &env,
         &logs.join("aggregator.log"),
@@ -241,7 +247,12 @@ async fn main() -> anyhow::Result<()> {
         &logs.join("tailer.log"),
     )?);
 
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            format!("ApiKey {admin_key}").parse()?,
+        )]))
+        .build()?;
     let started = async {
         wait_healthy(
             &http,
@@ -289,17 +300,21 @@ async fn main() -> anyhow::Result<()> {
   leaves       {leaves}
   data         {data}   logs in {logs}
 
-Try:
-  curl -s {aggregator_url}/v1/collections/clicks
-  curl -s {aggregator_url}/v1/query -d '{{"sql":"SELECT COUNT(*) FROM clicks"}}'
-  curl -s {aggregator_url}/v1/query -d '{{"sql":"SELECT event_type, COUNT(*) AS n FROM clicks GROUP BY 1 ORDER BY n DESC"}}'
-  curl -s {aggregator_url}/v1/query -d '{{"sql":"SELECT \"geo.city\", AVG(price) FROM clicks WHERE event_type = '"'"'purchase'"'"' GROUP BY 1"}}'
-  curl -s {aggregator_url}/v1/collections/clicks/docs -d '{{"_id":"me","hello":"world"}}'
+Requests need an API key; the admin's is in {admin_key_file}
+(create keys for others with POST /v1/keys). Try:
+  export ALTDB_KEY=$(cat {admin_key_file})
+  curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/collections/clicks
+  curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/query -d '{{"sql":"SELECT COUNT(*) FROM clicks"}}'
+  curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/query -d '{{"sql":"SELECT event_type, COUNT(*) AS n FROM clicks GROUP BY 1 ORDER BY n DESC"}}'
+  curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/query -d '{{"sql":"SELECT \"geo.city\", AVG(price) FROM clicks WHERE event_type = '"'"'purchase'"'"' GROUP BY 1"}}'
+  curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/collections/clicks/docs -d '{{"_id":"me","hello":"world"}}'
+  curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/keys -d '{{"name":"dashboard","role":"read-only"}}'
 
 Press Ctrl-C to stop."#,
         leaves = leaves.join(" "),
         data = data.display(),
         logs = logs.display(),
+        admin_key_file = admin_key_file.display(),
     );
 
     let exited = loop {

@@ -47,6 +47,7 @@ use altdb_common::columns::SCORE_COLUMN;
 use altdb_common::rpc::ScanCounts;
 use altdb_common::search::SEARCH_FUNCTION;
 
+use crate::access::Principal;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
@@ -202,8 +203,13 @@ impl QueryEngine {
         specs: &[CollectionSpec],
         stats: Arc<QueryStats>,
         tables: TableOptions,
+        principal: &Principal,
     ) -> Result<(SessionContext, Arc<CollectionSchemaProvider>)> {
-        let names = specs.iter().map(|spec| spec.name.clone()).collect();
+        let names = specs
+            .iter()
+            .filter(|spec| principal.require_read(&spec.name).is_ok())
+            .map(|spec| spec.name.clone())
+            .collect();
         let provider = Arc::new(CollectionSchemaProvider::new(
             self.catalog.clone(),
             self.cluster.clone(),
@@ -211,6 +217,7 @@ impl QueryEngine {
             names,
             tables,
             self.base.table_functions().keys().cloned().collect(),
+            principal.clone(),
         ));
         let catalog = MemoryCatalogProvider::new();
         catalog
@@ -245,12 +252,16 @@ impl QueryEngine {
             .map_err(|e| AggregatorError::Internal(e.to_string()))
     }
 
-    /// Runs one SQL statement.
+    /// Runs one SQL statement as a caller that may read everything (tests and
+    /// tools; requests run [`Self::query_as`] their principal).
     pub async fn query(&self, sql: &str) -> Result<QueryResponse> {
-        self.query_with(sql, &QueryOptions::default()).await
+        self.query_as(sql, &QueryOptions::default(), &Principal::open())
+            .await
     }
 
-    /// Runs one SQL statement with options.
+    /// Runs one SQL statement with options for `principal`: every collection it
+    /// reads must be one the principal may query (`_dlq`: read dead letters of;
+    /// its rows are cut to those collections).
     ///
     /// It is planned with remembered collection fields when there are some; if a
     /// leaf refuses a fragment because its shard's fields changed since (or the
@@ -258,13 +269,24 @@ impl QueryEngine {
     ///
     /// With an executor ([`Self::with_executor`]) the statement runs there, and a
     /// caller that goes away (or times out) cancels it.
-    pub async fn query_with(&self, sql: &str, options: &QueryOptions) -> Result<QueryResponse> {
+    pub async fn query_as(
+        &self,
+        sql: &str,
+        options: &QueryOptions,
+        principal: &Principal,
+    ) -> Result<QueryResponse> {
         let Some(executor) = &self.executor else {
-            return self.run_statement(sql, options).await;
+            return self.run_statement(sql, options, principal).await;
         };
-        let (engine, sql, options) = (self.clone(), sql.to_string(), options.clone());
-        let task =
-            AbortOnDrop(executor.spawn(async move { engine.run_statement(&sql, &options).await }));
+        let (engine, sql, options, principal) = (
+            self.clone(),
+            sql.to_string(),
+            options.clone(),
+            principal.clone(),
+        );
+        let task = AbortOnDrop(
+            executor.spawn(async move { engine.run_statement(&sql, &options, &principal).await }),
+        );
         match task.await {
             Ok(answer) => answer,
             Err(error) => Err(AggregatorError::Internal(format!(
@@ -273,10 +295,15 @@ impl QueryEngine {
         }
     }
 
-    async fn run_statement(&self, sql: &str, options: &QueryOptions) -> Result<QueryResponse> {
+    async fn run_statement(
+        &self,
+        sql: &str,
+        options: &QueryOptions,
+        principal: &Principal,
+    ) -> Result<QueryResponse> {
         let started = Instant::now();
         let run = async {
-            let failed = match self.attempt(sql, options, started, true).await {
+            let failed = match self.attempt(sql, options, principal, started, true).await {
                 Ok(answer) => return Ok(answer),
                 Err(failed) => failed,
             };
@@ -286,7 +313,7 @@ impl QueryEngine {
             for collection in &failed.remembered {
                 self.fields.forget(collection, failed.stale);
             }
-            self.attempt(sql, options, started, false)
+            self.attempt(sql, options, principal, started, false)
                 .await
                 .map_err(|failed| failed.error)
         };
@@ -302,6 +329,7 @@ impl QueryEngine {
         &self,
         sql: &str,
         options: &QueryOptions,
+        principal: &Principal,
         started: Instant,
         remembered_fields: bool,
     ) -> std::result::Result<QueryResponse, Failed> {
@@ -322,15 +350,22 @@ impl QueryEngine {
         let specs = self.catalog.list().await.map_err(failed)?;
         // EXPLAIN shows how a statement is planned now, so it is always planned.
         let key = (remembered_fields && !lower.trim_start().starts_with("explain"))
-            .then(|| PlanKey::new(sql, options.use_index));
+            .then(|| PlanKey::new(sql, options.use_index, principal.dlq_scope()));
         let kept = key
             .as_ref()
             .and_then(|key| self.plans.get(key, &specs, &self.fields));
         let (statement, provider, kept_collections) = match kept {
-            Some((plan, collections)) => (Statement::Kept(plan), None, collections),
+            Some((plan, collections)) => {
+                // A kept plan skips the schema provider that checks access when
+                // planning; its collections are checked here instead.
+                for collection in &collections {
+                    principal.require_read(collection).map_err(failed)?;
+                }
+                (Statement::Kept(plan), None, collections)
+            }
             None => {
                 let (context, provider) = self
-                    .context(&specs, stats.clone(), tables)
+                    .context(&specs, stats.clone(), tables, principal)
                     .map_err(failed)?;
                 (
                     Statement::Plan(context, provider.clone()),

@@ -6,7 +6,8 @@
 //! made from has changed:
 //!
 //! ```text
-//!  key    SQL text, options
+//!  key    SQL text, options, which dead letters the caller may read (`_dlq`
+//!         is planned with a filter for callers who may read only some)
 //!  valid  the catalog's collection specs are the ones it was planned against, and
 //!         each collection it reads still has the very fields it was planned with
 //!         (the Arc the fields cache holds: fresh fields from the leaves, or a leaf
@@ -33,6 +34,7 @@ use altdb_common::lru::{plan_weight, LruMap};
 
 use super::fields::FieldsCache;
 use super::remote::RemoteFragmentExec;
+use crate::access::DlqScope;
 use crate::cluster::CollectionFields;
 
 /// Plans kept at most; a full cache drops the plan used least recently (a
@@ -46,13 +48,15 @@ const MAX_PLAN_BYTES: usize = 64 << 20;
 pub struct PlanKey {
     sql: String,
     use_index: bool,
+    dead_letters: String,
 }
 
 impl PlanKey {
-    pub fn new(sql: &str, use_index: bool) -> Self {
+    pub fn new(sql: &str, use_index: bool, dead_letters: DlqScope) -> Self {
         Self {
             sql: sql.to_string(),
             use_index,
+            dead_letters: dead_letters.fingerprint(),
         }
     }
 }

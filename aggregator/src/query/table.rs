@@ -16,13 +16,14 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
-use altdb_common::collection::CollectionSpec;
+use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
 use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN, SCORE_COLUMN};
 use altdb_common::rpc::ScanSpec;
 use altdb_common::schema::FieldType;
 
 use super::fields::FieldsCache;
 use super::remote::{DistributedScanExec, ScanTarget};
+use crate::access::{DlqScope, Principal, Resource};
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, CollectionFields};
 use crate::error::AggregatorError;
@@ -42,6 +43,8 @@ pub struct CollectionSchemaProvider {
     /// Names of table functions (`generate_series`, ..): the planner looks them up
     /// here first, and one that is no collection is theirs, not an error.
     table_functions: HashSet<String>,
+    /// Who runs the statement: every collection it reads is checked here.
+    principal: Principal,
 }
 
 impl CollectionSchemaProvider {
@@ -52,8 +55,10 @@ impl CollectionSchemaProvider {
         names: Vec<String>,
         options: TableOptions,
         table_functions: HashSet<String>,
+        principal: Principal,
     ) -> Self {
         Self {
+            principal,
             catalog,
             cluster,
             fields,
@@ -110,10 +115,45 @@ impl CollectionSchemaProvider {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         match spec {
-            Some(spec) => Ok(Some(self.fields(&spec).await?.0)),
+            Some(spec) => {
+                self.principal.require_read(name)?;
+                Ok(Some(self.fields(&spec).await?.0))
+            }
             None => Ok(None),
         }
     }
+}
+
+/// `_dlq` as a caller who may read the dead letters of some collections only
+/// sees it: the rows whose `collection` one of `resources` covers.
+fn dead_letters_of(
+    table: Arc<dyn TableProvider>,
+    resources: &[Resource],
+) -> DfResult<Arc<dyn TableProvider>> {
+    use datafusion::logical_expr::{col, lit, LogicalPlanBuilder};
+    let column = "collection";
+    let predicate = if table.schema().column_with_name(column).is_none() {
+        lit(false)
+    } else {
+        resources
+            .iter()
+            .map(|resource| match resource.as_str().strip_suffix('*') {
+                Some(prefix) => {
+                    datafusion::functions::expr_fn::starts_with(col(column), lit(prefix))
+                }
+                None => col(column).eq(lit(resource.as_str())),
+            })
+            .reduce(Expr::or)
+            .unwrap_or(lit(false))
+    };
+    let plan = LogicalPlanBuilder::scan(
+        DLQ_COLLECTION,
+        datafusion::datasource::provider_as_source(table),
+        None,
+    )?
+    .filter(predicate)?
+    .build()?;
+    Ok(Arc::new(datafusion::datasource::ViewTable::new(plan, None)))
 }
 
 #[async_trait]
@@ -132,20 +172,28 @@ impl SchemaProvider for CollectionSchemaProvider {
             if self.table_functions.contains(name) {
                 return Ok(None);
             }
+            // A caller is not told whether a collection it may not read exists.
+            self.principal.require_read(name)?;
             // Only queries are planned (`read_only_frame`), so a name looked up is a
             // collection the statement reads.
             return Err(DataFusionError::External(Box::new(
                 AggregatorError::CollectionNotFound(name.to_string()),
             )));
         };
+        self.principal.require_read(name)?;
         let (fields, remembered) = self.fields(&spec).await?;
-        Ok(Some(Arc::new(CollectionTable::new(
+        let dead_letters = (spec.name == DLQ_COLLECTION).then(|| self.principal.dlq_scope());
+        let table = Arc::new(CollectionTable::new(
             spec,
             fields,
             remembered,
             self.cluster.clone(),
             self.options,
-        ))))
+        ));
+        match dead_letters {
+            Some(DlqScope::Only(resources)) => Ok(Some(dead_letters_of(table, &resources)?)),
+            _ => Ok(Some(table)),
+        }
     }
 
     fn table_exist(&self, name: &str) -> bool {

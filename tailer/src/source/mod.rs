@@ -301,6 +301,24 @@ enum DeliveryError {
 /// directory it really is (a symbolic link must not lead out of the allowed roots).
 fn permitted(policy: &SourcePolicy, source: &SourceSpec) -> Result<(), altdb_common::Error> {
     policy.check(source)?;
+    let properties = match source {
+        SourceSpec::Kafka(kafka) => Some(&kafka.properties),
+        SourceSpec::S3(objects) => Some(&objects.properties),
+        SourceSpec::Datagen { .. } => None,
+    };
+    for (name, value) in properties.into_iter().flatten() {
+        if let altdb_common::secrets::PropertyValue::File(path) = value {
+            if let Ok(real) = std::fs::canonicalize(path) {
+                if !policy.secret_file_allowed(&real) {
+                    return Err(altdb_common::Error::InvalidConfig(format!(
+                        "property `{name}` references `{path}`, which is `{}` once links are \
+                         followed, not under allowed_secret_dirs",
+                        real.display()
+                    )));
+                }
+            }
+        }
+    }
     if let SourceSpec::S3(objects) = source {
         if let ("file", _, prefix) = objects.location()? {
             let dir = std::path::PathBuf::from(format!("/{prefix}"));

@@ -212,6 +212,9 @@ fn create_consumer(
     let instance_id = rebalancer.context.instance_id.clone();
     let mut config = ClientConfig::new();
     for (key, value) in &kafka.properties {
+        let value = value
+            .resolve(key)
+            .map_err(|why| KafkaError::ClientCreation(why))?;
         config.set(key, value);
     }
     if !dynamic {

@@ -128,11 +128,11 @@ fn open_store(source: &ObjectSource) -> Result<(Arc<dyn ObjectStore>, Option<Pat
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
     }
-    for (key, value) in &source.properties {
-        let key = key
+    for (name, value) in &source.properties {
+        let key = name
             .parse()
-            .map_err(|e| ObjectError::Store(format!("s3 property `{key}`: {e}")))?;
-        builder = builder.with_config(key, value);
+            .map_err(|e| ObjectError::Store(format!("s3 property `{name}`: {e}")))?;
+        builder = builder.with_config(key, value.resolve(name).map_err(ObjectError::Store)?);
     }
     let store = builder
         .build()
