@@ -381,7 +381,7 @@ fn keys_and_roles_decide_every_request() {
 
     // The audit log: who did what from where, never a key.
     let log = cluster.aggregator.log_text();
-    let audit: Vec<&str> = log.lines().filter(|l| l.contains("altdb::audit")).collect();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains(" audit event=")).collect();
     for event in [
         "authentication_failed",
         "access_denied",
