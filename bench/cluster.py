@@ -34,9 +34,11 @@ def free_port():
     raise RuntimeError("no free loopback port in 20000..32000")
 
 
-def http(method, url, body=None, timeout=600):
+def http(method, url, body=None, timeout=600, key=None):
     data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
+    if key:
+        request.add_header("Authorization", f"ApiKey {key}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -48,12 +50,15 @@ class Connection:
     """One kept-alive HTTP connection, as a dashboard or a driver's pool holds:
     latency measured through it is the server's, not a TCP handshake's."""
 
-    def __init__(self, url):
+    def __init__(self, url, key=None):
         parsed = urllib.parse.urlsplit(url)
         self.conn = http_client.HTTPConnection(parsed.hostname, parsed.port, timeout=600)
+        self.headers = {"Content-Type": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"ApiKey {key}"
 
     def post(self, path, body):
-        self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        self.conn.request("POST", path, json.dumps(body), self.headers)
         response = self.conn.getresponse()
         return response.status, json.loads(response.read() or b"null")
 
@@ -61,8 +66,9 @@ class Connection:
         self.conn.close()
 
 
-def start_cluster(bin_dir, data_dir, leaves=2):
-    """`leaves` leaves, 1 aggregator, 1 tailer on free loopback ports; returns (url, processes)."""
+def start_cluster(bin_dir, data_dir, leaves=2, admin_key=None):
+    """`leaves` leaves, 1 aggregator, 1 tailer on free loopback ports; returns (url, processes).
+    With `admin_key`, authentication is on and every request must carry a key."""
     agg, tail = free_port(), free_port()
     leaf_ports = [free_port() for _ in range(leaves)]
     leaves = ",".join(f"http://127.0.0.1:{port}" for port in leaf_ports)
@@ -74,6 +80,9 @@ def start_cluster(bin_dir, data_dir, leaves=2):
                ALTDB_ALLOWED_KAFKA_BROKERS="127.0.0.1:*",
                ALTDB_ALLOWED_S3_ENDPOINTS="http://127.0.0.1:*",
                ALTDB_ALLOWED_FILE_ROOTS=os.path.abspath(data_dir))
+    env.pop("ALTDB_ADMIN_KEY", None)
+    if admin_key:
+        env["ALTDB_ADMIN_KEY"] = admin_key
     for i, port in enumerate(leaf_ports):
         procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-leaf"), "--listen", f"127.0.0.1:{port}",
                                        "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log, env=env))
@@ -85,7 +94,7 @@ def start_cluster(bin_dir, data_dir, leaves=2):
     url = f"http://127.0.0.1:{agg}"
     for _ in range(300):
         try:
-            status, body = http("GET", url + "/v1/cluster")
+            status, body = http("GET", url + "/v1/cluster", key=admin_key)
             if status == 200 and all(l["healthy"] for l in body["leaves"]):
                 return url, procs
         except OSError:

@@ -35,6 +35,9 @@ packages=(libclang-dev clang make pkg-config zlib1g-dev libssl-dev libsasl2-dev)
 if $with_tests; then
   command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null 2>&1 || packages+=(maven)
+  # The HTTPS test makes a test CA with openssl and checks it with curl.
+  command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+  command -v curl >/dev/null 2>&1 || packages+=(curl)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

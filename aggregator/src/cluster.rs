@@ -63,13 +63,16 @@ pub struct LeafStatus {
 }
 
 impl Cluster {
-    pub fn new(urls: &[String], secret: &ClusterSecret) -> Result<Self> {
+    /// Leaves reached at `urls`; `ca_pem`: the CA of `https://` leaves.
+    pub fn new(urls: &[String], secret: &ClusterSecret, ca_pem: Option<&[u8]>) -> Result<Self> {
         if urls.is_empty() {
             return Err(AggregatorError::InvalidRequest(
                 "no leaves configured; pass --leaves http://host:port,..".into(),
             ));
         }
-        Ok(Self::with_leaves(LeafClient::connect_all(urls, secret)?))
+        Ok(Self::with_leaves(LeafClient::connect_all(
+            urls, secret, ca_pem,
+        )?))
     }
 
     /// A cluster of these leaves (in placement order), however they are reached.

@@ -58,7 +58,8 @@ pub struct AggregatorConfig {
     /// HTTPS: the PEM certificate chain and key (reloaded on change and on SIGHUP).
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
-    /// PEM CA certificates trusted for calls to a tailer served over HTTPS.
+    /// PEM CA certificates trusted for calls to a tailer or leaves served over
+    /// TLS (`https://` in `tailer_url` and `leaves`).
     pub tls_ca_file: Option<PathBuf>,
     /// Directories `file://` sources may read (see the README's security section).
     pub allowed_file_roots: Vec<String>,

@@ -100,7 +100,9 @@ async fn main() -> anyhow::Result<()> {
     let tls = altdb_common::tls::from_config(
         config.tls_cert_file.as_deref(),
         config.tls_key_file.as_deref(),
+        altdb_common::tls::HTTP1,
     )?;
+    let ca = altdb_common::tls::read_ca(config.tls_ca_file.as_deref())?;
     let keys = Arc::new(
         KeyStore::open(config.data_dir.join("access.json"), admin_key.as_deref())
             .map_err(|e| anyhow::anyhow!(e.to_string()))?,
@@ -128,8 +130,8 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e.to_string()))?;
         tracing::info!("created the dead-letter collection `{DLQ_COLLECTION}`");
     }
-    let cluster =
-        Cluster::new(&config.leaves, &secret).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let cluster = Cluster::new(&config.leaves, &secret, ca.as_deref())
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let limits = QueryLimits {
         timeout: Duration::from_secs(config.query_timeout_secs),
         max_rows: config.max_result_rows,

@@ -595,10 +595,26 @@ pub enum FragmentItem {
 }
 
 impl LeafClient {
-    /// Connects lazily: the first call dials the leaf.
-    pub fn new(url: &str, secret: &ClusterSecret) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Error::InvalidConfig(format!("leaf address `{url}` is invalid: {e}")))?
+    /// Connects lazily: the first call dials the leaf. An `https://` leaf is
+    /// reached over TLS, trusting the CA certificates `ca_pem` (`tls_ca_file`).
+    pub fn new(url: &str, secret: &ClusterSecret, ca_pem: Option<&[u8]>) -> Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::InvalidConfig(format!("leaf address `{url}` is invalid: {e}")))?;
+        if url.starts_with("https://") {
+            let ca = ca_pem.ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "leaf address `{url}` is https, but no tls_ca_file says which CA signs the \
+                     leaves' certificates; set tls_ca_file"
+                ))
+            })?;
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .map_err(|e| Error::InvalidConfig(format!("TLS for leaf `{url}`: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(deadline::KEEPALIVE)
@@ -612,9 +628,13 @@ impl LeafClient {
     }
 
     /// A shared client for each URL, in order.
-    pub fn connect_all(urls: &[String], secret: &ClusterSecret) -> Result<Vec<SharedLeaf>> {
+    pub fn connect_all(
+        urls: &[String],
+        secret: &ClusterSecret,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Vec<SharedLeaf>> {
         urls.iter()
-            .map(|url| Ok(Arc::new(LeafClient::new(url, secret)?) as SharedLeaf))
+            .map(|url| Ok(Arc::new(LeafClient::new(url, secret, ca_pem)?) as SharedLeaf))
             .collect()
     }
 

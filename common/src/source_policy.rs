@@ -291,13 +291,20 @@ mod tests {
                                "properties": {"aws_container_credentials_relative_uri": "/x"}}),
         );
         assert!(credentials.contains("not allowed"), "{credentials}");
-        for outside in ["/etc/shadow", "/etc/altdb/secrets/../../shadow", "/etc/altdb/secretsx/k"] {
+        for outside in [
+            "/etc/shadow",
+            "/etc/altdb/secrets/../../shadow",
+            "/etc/altdb/secretsx/k",
+        ] {
             let secret = refusal(
                 &policy,
                 serde_json::json!({"type": "kafka", "brokers": "kafka-1:9092", "topic": "t",
                                    "properties": {"sasl.password": {"file": outside}}}),
             );
-            assert!(secret.contains("allowed_secret_dirs"), "{outside}: {secret}");
+            assert!(
+                secret.contains("allowed_secret_dirs"),
+                "{outside}: {secret}"
+            );
         }
         let broker = refusal(
             &policy,

@@ -1,4 +1,6 @@
-//! HTTPS for the aggregator's and the tailer's HTTP servers (rustls).
+//! TLS for every server of altdb (rustls): HTTPS on the aggregator's and the
+//! tailer's HTTP, and Flight (gRPC over HTTP/2, with `/metrics` and `/healthz` over
+//! HTTP/1.1 on the same port) on the leaves.
 //!
 //! ```text
 //!  TcpListener ──accept──► handshake task (10 s at most, one per connection)
@@ -34,20 +36,30 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the files are checked for a change.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// When the certificate and the key files were last changed.
+type Stamps = (SystemTime, SystemTime);
+
 /// A certificate chain and key, from PEM files, reloadable.
 #[derive(Debug)]
 pub struct TlsFiles {
     cert: PathBuf,
     key: PathBuf,
-    current: RwLock<(Arc<ServerConfig>, Option<(SystemTime, SystemTime)>)>,
+    /// Protocols offered in the handshake (ALPN), most preferred first.
+    alpn: Vec<Vec<u8>>,
+    current: RwLock<(Arc<ServerConfig>, Option<Stamps>)>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Protocols of an HTTP/1.1 server.
+pub const HTTP1: &[&[u8]] = &[b"http/1.1"];
+/// Protocols of a leaf: Flight (gRPC, HTTP/2) and its plain HTTP/1.1 routes.
+pub const GRPC_AND_HTTP1: &[&[u8]] = &[b"h2", b"http/1.1"];
+
 /// A server configuration from a PEM certificate chain and a PEM private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig> {
+pub fn server_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> Result<ServerConfig> {
     let invalid = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         Error::InvalidConfig(format!(
             "TLS {what} {} cannot be used: {e}; give a PEM file",
@@ -75,18 +87,20 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig> {
                 key.display()
             ))
         })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.to_vec();
     Ok(config)
 }
 
 impl TlsFiles {
-    /// Loads `cert` and `key`; fails with what to fix.
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>> {
+    /// Loads `cert` and `key` for a server speaking `alpn`; fails with what to fix.
+    pub fn load(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<Self>> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
         let stamps = modified(cert).zip(modified(key));
-        let config = server_config(cert, key)?;
+        let config = server_config(cert, key, &alpn)?;
         Ok(Arc::new(Self {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            alpn,
             current: RwLock::new((Arc::new(config), stamps)),
         }))
     }
@@ -107,7 +121,7 @@ impl TlsFiles {
         if !force && stamps == self.current.read().unwrap_or_else(|p| p.into_inner()).1 {
             return Ok(false);
         }
-        let config = server_config(&self.cert, &self.key)?;
+        let config = server_config(&self.cert, &self.key, &self.alpn)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(config), stamps);
         Ok(true)
     }
@@ -191,6 +205,18 @@ impl TlsListener {
     }
 }
 
+impl TlsListener {
+    /// The sessions as a stream, for `tonic`'s `serve_with_incoming`.
+    pub fn into_incoming(
+        self,
+    ) -> impl futures::Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send + 'static {
+        futures::stream::unfold(self.handshaken, |mut handshaken| async move {
+            let (stream, _) = handshaken.recv().await?;
+            Some((Ok(stream), handshaken))
+        })
+    }
+}
+
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;
@@ -245,14 +271,29 @@ pub async fn serve(
 }
 
 /// The TLS files a role's configuration names: both or neither.
-pub fn from_config(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<Arc<TlsFiles>>> {
+pub fn from_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<Option<Arc<TlsFiles>>> {
     match (cert, key) {
         (None, None) => Ok(None),
-        (Some(cert), Some(key)) => TlsFiles::load(cert, key).map(Some),
+        (Some(cert), Some(key)) => TlsFiles::load(cert, key, alpn).map(Some),
         _ => Err(Error::InvalidConfig(
             "set both tls_cert_file and tls_key_file (PEM), or neither".into(),
         )),
     }
+}
+
+/// The CA certificates of `tls_ca_file`, read once at start.
+pub fn read_ca(ca_file: Option<&Path>) -> Result<Option<Vec<u8>>> {
+    ca_file
+        .map(|path| {
+            std::fs::read(path).map_err(|e| {
+                Error::InvalidConfig(format!("cannot read tls_ca_file {}: {e}", path.display()))
+            })
+        })
+        .transpose()
 }
 
 /// An HTTP client for calls to other processes of the cluster: it presents the

@@ -34,6 +34,11 @@ pub struct LeafConfig {
     pub cluster_secret: String,
     /// ... or a file holding it (preferred: it stays out of the environment).
     pub cluster_secret_file: Option<PathBuf>,
+    /// TLS for Flight and the HTTP routes on the same port: the PEM certificate
+    /// chain and key (reloaded on change and on SIGHUP); clients then use
+    /// `https://` leaf addresses and a `tls_ca_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for LeafConfig {
@@ -49,6 +54,8 @@ impl Default for LeafConfig {
             max_put_bytes: altdb_common::rpc::MAX_PUT_BYTES,
             cluster_secret: String::new(),
             cluster_secret_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -77,6 +77,11 @@ async fn main() -> anyhow::Result<()> {
     )?;
     config.validate()?;
     let secret = config.cluster_secret()?;
+    let tls = altdb_common::tls::from_config(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+        altdb_common::tls::GRPC_AND_HTTP1,
+    )?;
 
     let leaf = {
         let open_config = config.clone();
@@ -106,23 +111,31 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "leaf ready");
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), tls = tls.is_some(), "leaf ready");
     let mut server_stop = stop_rx.clone();
     // Plain HTTP/1.1 (`/metrics`, `/healthz`) shares the port with Flight's gRPC.
     let routes =
         tonic::service::Routes::from(altdb_leaf::http::router(leaf.clone())).add_service(service);
-    let server = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .accept_http1(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            // Fragment streams end with small frames (the metrics trailer): without
-            // TCP_NODELAY they wait out the peer's delayed ACK (~40 ms per query).
+        .add_routes(routes);
+    let stopped = async move {
+        let _ = server_stop.changed().await;
+    };
+    let server = match tls {
+        // Sessions come handshaken (and with TCP_NODELAY) from the TLS listener.
+        Some(files) => {
+            files.watch();
+            let incoming = altdb_common::tls::TlsListener::new(listener, files)?.into_incoming();
+            tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        // Fragment streams end with small frames (the metrics trailer): without
+        // TCP_NODELAY they wait out the peer's delayed ACK (~40 ms per query).
+        None => tokio::spawn(builder.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = server_stop.changed().await;
-            },
-        );
-    let server = tokio::spawn(server);
+            stopped,
+        )),
+    };
 
     altdb_common::shutdown::signal().await;
     tracing::info!("shutting down: stopping the sealer, the merger and the server");

@@ -45,7 +45,8 @@ pub struct TailerConfig {
     /// (reloaded on change and on SIGHUP).
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
-    /// PEM CA certificates trusted when the aggregator is served over HTTPS.
+    /// PEM CA certificates trusted for the aggregator and leaves served over
+    /// TLS (`https://` in `aggregator_url` and `leaves`).
     pub tls_ca_file: Option<PathBuf>,
     /// Directories `file://` sources may read (see the README's security section).
     pub allowed_file_roots: Vec<String>,

@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let tls = altdb_common::tls::from_config(
         config.tls_cert_file.as_deref(),
         config.tls_key_file.as_deref(),
+        altdb_common::tls::HTTP1,
     )?;
     let catalog = Arc::new(CatalogClient::new(
         &config.aggregator_url,
@@ -86,8 +87,14 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(10),
         )?,
     ));
-    let pusher = Pusher::new(&config.leaves, config.push_batch_rows, &secret)
-        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let ca = altdb_common::tls::read_ca(config.tls_ca_file.as_deref())?;
+    let pusher = Pusher::new(
+        &config.leaves,
+        config.push_batch_rows,
+        &secret,
+        ca.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let limits = DocLimits {
         max_bytes: config.max_document_bytes,
         max_depth: config.max_nesting_depth,

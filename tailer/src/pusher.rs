@@ -30,13 +30,19 @@ pub struct PushOutcome {
 }
 
 impl Pusher {
-    pub fn new(urls: &[String], batch_rows: usize, secret: &ClusterSecret) -> Result<Self> {
+    /// Pushes to the leaves at `urls`; `ca_pem`: the CA of `https://` leaves.
+    pub fn new(
+        urls: &[String],
+        batch_rows: usize,
+        secret: &ClusterSecret,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self> {
         if urls.is_empty() {
             return Err(TailerError::InvalidRequest(
                 "no leaves configured; pass --leaves http://host:port,..".into(),
             ));
         }
-        let leaves = LeafClient::connect_all(urls, secret)
+        let leaves = LeafClient::connect_all(urls, secret, ca_pem)
             .map_err(|e| TailerError::InvalidRequest(e.to_string()))?;
         Ok(Self::with_leaves(leaves, batch_rows))
     }

@@ -312,7 +312,7 @@ impl Cluster {
         let leaf_urls: Vec<(u16, String)> = (0..options.leaves)
             .map(|_| {
                 let port = free_port();
-                (port, format!("http://127.0.0.1:{port}"))
+                (port, format!("{scheme}://127.0.0.1:{port}"))
             })
             .collect();
         let leaves_arg = leaf_urls

@@ -381,7 +381,10 @@ fn keys_and_roles_decide_every_request() {
 
     // The audit log: who did what from where, never a key.
     let log = cluster.aggregator.log_text();
-    let audit: Vec<&str> = log.lines().filter(|l| l.contains(" audit event=")).collect();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" audit event="))
+        .collect();
     for event in [
         "authentication_failed",
         "access_denied",
@@ -565,9 +568,10 @@ fn issue(dir: &std::path::Path, name: &str) {
     );
 }
 
-/// Every HTTP door is HTTPS with a test CA: clients that trust the CA get
-/// answers, others do not; writes go aggregator → tailer over HTTPS and the
-/// tailer reads the catalog over HTTPS; a new certificate is served after SIGHUP.
+/// Every door is TLS with a test CA: clients that trust the CA get answers,
+/// others do not; writes go aggregator → tailer over HTTPS, the tailer reads the
+/// catalog over HTTPS, puts and fragments travel to the leaves over Flight with
+/// TLS; a new certificate is served after SIGHUP.
 #[test]
 fn https_with_a_test_ca_and_certificate_reload() {
     let pki = tempfile::tempdir().unwrap();
@@ -602,6 +606,15 @@ fn https_with_a_test_ca_and_certificate_reload() {
     })
     .unwrap();
     assert!(cluster.url.starts_with("https://"));
+    // Leaves serve Flight (and their HTTP routes) over TLS too; the aggregator and
+    // the tailer reach them with the CA.
+    assert!(cluster
+        .leaf_urls
+        .iter()
+        .all(|url| url.starts_with("https://")));
+    for url in cluster.leaf_urls.iter().chain(&cluster.tailer_urls) {
+        assert_eq!(cluster.get_text(&format!("{url}/healthz")).unwrap(), "ok");
+    }
     cluster
         .create_collection(json!({"name": "events", "num_shards": 2}))
         .unwrap();

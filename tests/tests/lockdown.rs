@@ -17,6 +17,7 @@ fn leaf_client(cluster: &Cluster, index: usize) -> anyhow::Result<Arc<dyn LeafAp
     Ok(Arc::new(LeafClient::new(
         &cluster.leaf_urls[index],
         &cluster.secret,
+        None,
     )?))
 }
 
@@ -211,6 +212,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
     let stranger: Arc<dyn LeafApi> = Arc::new(LeafClient::new(
         &cluster.leaf_urls[0],
         &ClusterSecret::generate()?,
+        None,
     )?);
     let header = PutHeader {
         collection: "events".into(),

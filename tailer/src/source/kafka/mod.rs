@@ -212,9 +212,7 @@ fn create_consumer(
     let instance_id = rebalancer.context.instance_id.clone();
     let mut config = ClientConfig::new();
     for (key, value) in &kafka.properties {
-        let value = value
-            .resolve(key)
-            .map_err(|why| KafkaError::ClientCreation(why))?;
+        let value = value.resolve(key).map_err(KafkaError::ClientCreation)?;
         config.set(key, value);
     }
     if !dynamic {
