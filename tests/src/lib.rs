@@ -470,6 +470,21 @@ impl Cluster {
         Ok(Answer { status, body })
     }
 
+    /// The processes whose logs contain any of `needles` (secrets that must not
+    /// be logged), by name.
+    pub fn logs_containing(&self, needles: &[&str]) -> Vec<String> {
+        self.leaves
+            .iter()
+            .chain(&self.tailers)
+            .chain([&self.aggregator])
+            .filter(|process| {
+                let text = process.log_text();
+                needles.iter().any(|needle| text.contains(needle))
+            })
+            .map(|process| process.name.clone())
+            .collect()
+    }
+
     /// A client whose requests carry the admin key.
     pub fn client(&self) -> reqwest::blocking::Client {
         self.http.clone()

@@ -328,7 +328,9 @@ impl Principal {
     }
 
     pub fn forbidden(&self, action: Action, collection: &str) -> AggregatorError {
-        let on = if collection == "*" {
+        let on = if action == Action::Monitor {
+            "(on any resource: it covers the whole cluster)".to_string()
+        } else if collection == "*" {
             "on every collection (resource `*`)".to_string()
         } else {
             format!("on collection `{collection}`")
