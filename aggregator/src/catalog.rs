@@ -35,7 +35,8 @@ fn next_incarnation<'a>(specs: impl Iterator<Item = &'a CollectionSpec>) -> u64 
     specs.map(|s| s.incarnation + 1).fold(now, u64::max)
 }
 
-/// A catalog kept in `<data_dir>/catalog.json`.
+/// A catalog kept in `<data_dir>/catalog.json` (mode 0600: specs may hold
+/// source secrets; see [`crate::files`]).
 #[derive(Debug)]
 pub struct FileCatalog {
     path: PathBuf,
@@ -44,18 +45,7 @@ pub struct FileCatalog {
 
 impl FileCatalog {
     pub fn open(path: PathBuf) -> Result<Self> {
-        let specs = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                AggregatorError::Internal(format!("catalog {} is corrupt: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                return Err(AggregatorError::Internal(format!(
-                    "cannot read catalog {}: {e}",
-                    path.display()
-                )))
-            }
-        };
+        let specs = crate::files::load(&path, "catalog")?;
         Ok(Self {
             path,
             specs: RwLock::new(specs),
@@ -63,16 +53,7 @@ impl FileCatalog {
     }
 
     fn persist(&self, specs: &BTreeMap<String, CollectionSpec>) -> Result<()> {
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let temp = self.path.with_extension("json.tmp");
-            std::fs::write(&temp, serde_json::to_vec_pretty(specs)?)?;
-            std::fs::File::open(&temp)?.sync_all()?;
-            std::fs::rename(&temp, &self.path)
-        };
-        write().map_err(|e| AggregatorError::Internal(format!("cannot write catalog: {e}")))
+        crate::files::store(&self.path, specs, "catalog")
     }
 }
 
@@ -156,6 +137,12 @@ mod tests {
             "a name created again is a new incarnation"
         );
         assert!(catalog.delete("b").await.unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "specs may hold secrets: owner only");
+        }
         let reopened = FileCatalog::open(path).unwrap();
         let names: Vec<_> = reopened
             .list()

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod query;
 pub mod sources;
 

@@ -105,18 +105,7 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 impl KeyStore {
     /// Opens the store at `path`; `admin_key` is the configured bootstrap key.
     pub fn open(path: PathBuf, admin_key: Option<&str>) -> Result<Self> {
-        let stored: Stored = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                AggregatorError::Internal(format!("key store {} is corrupt: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => {
-                return Err(AggregatorError::Internal(format!(
-                    "cannot read key store {}: {e}",
-                    path.display()
-                )))
-            }
-        };
+        let stored: Stored = crate::files::load(&path, "key store")?;
         let mut state = State {
             roles: stored.roles,
             ..State::default()
@@ -396,26 +385,7 @@ impl KeyStore {
                 .collect(),
             roles: state.roles.clone(),
         };
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let temp = self.path.with_extension("json.tmp");
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&temp)?;
-            std::io::Write::write_all(&mut file, &serde_json::to_vec_pretty(&stored)?)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &self.path)
-        };
-        write().map_err(|e| {
-            AggregatorError::Internal(format!(
-                "cannot write key store {}: {e}",
-                self.path.display()
-            ))
-        })
+        crate::files::store(&self.path, &stored, "key store")
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
