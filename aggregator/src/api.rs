@@ -26,14 +26,14 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
-use altdb_common::collection::CollectionSpec;
+use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
 use altdb_common::metrics::{self, Metrics};
 use altdb_common::schema::FieldType;
 
 use altdb_common::source_policy::SourcePolicy;
 
 use crate::access::authn::{audit, authenticate, Authenticator, Client};
-use crate::access::{Action, Principal};
+use crate::access::{Action, DlqScope, Principal};
 use crate::admission::Admission;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
@@ -294,14 +294,35 @@ async fn describe_collection(
                 sql_type: t.sql_name(),
             }),
     );
-    let documents: u64 = stats.shards.iter().map(|s| s.docs).sum();
+    let mut documents: u64 = stats.shards.iter().map(|s| s.docs).sum();
+    let mut shards = serde_json::to_value(&stats.shards)
+        .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+    if name == DLQ_COLLECTION && matches!(principal.dlq_scope(), DlqScope::Only(_)) {
+        // A key that reads some collections' dead letters learns how many of
+        // those there are, not how many the whole `_dlq` holds.
+        let counted = state
+            .engine
+            .query_as(
+                &format!("SELECT COUNT(*) FROM {DLQ_COLLECTION}"),
+                &QueryOptions::default(),
+                &principal,
+            )
+            .await?;
+        documents = counted
+            .rows
+            .first()
+            .and_then(|row| row.first())
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        shards = serde_json::Value::Null;
+    }
     let sources = source_status(&spec, &stats, &state.probe).await;
     Ok(Json(serde_json::json!({
         "collection": shown(&principal, spec),
         "schema": columns,
         "documents": documents,
         "sources": sources,
-        "shards": stats.shards,
+        "shards": shards,
     }))
     .into_response())
 }

@@ -186,6 +186,12 @@ fn keys_and_roles_decide_every_request() {
         "SELECT COUNT(*) FROM _dlq WHERE collection = 'orders'",
     );
     assert_eq!((code, body["rows"].clone()), (200, json!([[0]])));
+    let (code, body) = status(&cluster, dash, Method::GET, "/v1/collections/_dlq", None);
+    assert_eq!((code, body["documents"].clone()), (200, json!(1)), "{body}");
+    assert_eq!(
+        cluster.get("/v1/collections/_dlq").unwrap().body["documents"],
+        json!(3)
+    );
     let (code, body) = query(&cluster, ingest, "SELECT COUNT(*) FROM _dlq");
     assert_eq!(code, 403, "{body}");
     assert!(body["error"]["message"]
