@@ -153,6 +153,9 @@ pub struct Role {
     pub builtin: bool,
 }
 
+/// Privileges of one role at most (each request of its keys walks them).
+pub const MAX_PRIVILEGES: usize = 256;
+
 pub const ADMIN_ROLE: &str = "admin";
 pub const MEMBER_ROLE: &str = "member";
 pub const READ_ONLY_ROLE: &str = "read-only";
@@ -198,6 +201,14 @@ impl Role {
     /// Checks a role given by a user and says what to fix.
     pub fn validate(&self) -> Result<()> {
         valid_name("role", &self.name)?;
+        if self.privileges.len() > MAX_PRIVILEGES {
+            return Err(AggregatorError::InvalidRequest(format!(
+                "role `{}` has {} privileges, more than {MAX_PRIVILEGES}; every request of its \
+                 keys walks them, so use prefixes (`web_*`) or `*` instead",
+                self.name,
+                self.privileges.len()
+            )));
+        }
         if self.privileges.is_empty() {
             return Err(AggregatorError::InvalidRequest(format!(
                 "role `{}` has no privileges; give a list such as [{{\"action\": \"query\", \
@@ -458,6 +469,21 @@ mod tests {
             (Action::ReadDlq, "orders"),
         ]);
         assert_eq!(only.fingerprint(), "orders,web_*");
+    }
+
+    #[test]
+    fn roles_are_bounded() {
+        let mut huge = role(&[(Action::Query, "a")]);
+        huge.privileges = vec![huge.privileges[0].clone(); MAX_PRIVILEGES + 1];
+        assert!(huge
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("more than"));
+        assert!(role(&[]).validate().is_err());
+        let mut bad_name = role(&[(Action::Query, "a")]);
+        bad_name.name = "../x".into();
+        assert!(bad_name.validate().is_err());
     }
 
     #[test]
