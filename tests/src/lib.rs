@@ -403,7 +403,8 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Waits until the aggregator answers and every leaf is healthy. A process
+    /// Waits until the aggregator answers, every leaf is healthy and every tailer
+    /// answers. A process
     /// that died on the way, or hung for 20 s without printing a line, is started
     /// once more (and named on stderr), so one lost process start on a loaded
     /// machine does not fail a test; a second failure fails with its log.
@@ -415,7 +416,14 @@ impl Cluster {
                 let healthy = answer.body["leaves"]
                     .as_array()
                     .is_some_and(|l| l.iter().all(|leaf| leaf["healthy"] == true));
-                if answer.status == 200 && healthy {
+                // Writes go through the tailers: they must answer too.
+                let tailers_up = || {
+                    self.tailer_urls.iter().all(|url| {
+                        self.get_text(&format!("{url}/healthz"))
+                            .is_ok_and(|text| text == "ok")
+                    })
+                };
+                if answer.status == 200 && healthy && tailers_up() {
                     return Ok(());
                 }
             }
