@@ -66,10 +66,14 @@ class Connection:
         self.conn.close()
 
 
-def start_cluster(bin_dir, data_dir, leaves=2, admin_key=None):
+def start_cluster(bin_dir, data_dir, leaves=2, admin_key=None, postgres_port=None,
+                  flight_sql_port=None):
     """`leaves` leaves, 1 aggregator, 1 tailer on free loopback ports; returns (url, processes).
-    With `admin_key`, authentication is on and every request must carry a key."""
+    With `admin_key`, authentication is on and every request must carry a key. The
+    aggregator's Postgres and Flight SQL doors listen on `postgres_port` and
+    `flight_sql_port` (default: free ports)."""
     agg, tail = free_port(), free_port()
+    postgres_port = postgres_port or free_port()
     leaf_ports = [free_port() for _ in range(leaves)]
     leaves = ",".join(f"http://127.0.0.1:{port}" for port in leaf_ports)
     procs = []
@@ -87,6 +91,8 @@ def start_cluster(bin_dir, data_dir, leaves=2, admin_key=None):
         procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-leaf"), "--listen", f"127.0.0.1:{port}",
                                        "--data-dir", os.path.join(data_dir, f"leaf-{i}")], stdout=log, stderr=log, env=env))
     procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-aggregator"), "--listen", f"127.0.0.1:{agg}",
+                                   "--postgres-listen", f"127.0.0.1:{postgres_port}",
+                                   "--flight-sql-listen", f"127.0.0.1:{flight_sql_port or free_port()}",
                                    "--data-dir", os.path.join(data_dir, "agg"), "--leaves", leaves,
                                    "--tailer-url", f"http://127.0.0.1:{tail}"], stdout=log, stderr=log, env=env))
     procs.append(subprocess.Popen([os.path.join(bin_dir, "altdb-tailer"), "--listen", f"127.0.0.1:{tail}",

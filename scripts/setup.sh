@@ -38,6 +38,8 @@ if $with_tests; then
   # The HTTPS test makes a test CA with openssl and checks it with curl.
   command -v openssl >/dev/null 2>&1 || packages+=(openssl)
   command -v curl >/dev/null 2>&1 || packages+=(curl)
+  # psql, a client of the Postgres door's tests.
+  command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/query` | `{"sql": ..}` → columns, rows, stats |
+//! | `POST /v1/query` | `{"sql": .., "parameters"?: [{"name", "type", "value"}]}` → columns, rows, stats |
 //! | `POST /v1/collections` | create a collection from its spec |
 //! | `GET /v1/collections` | list specs |
 //! | `GET /v1/collections/{name}` | spec, schema as SQL columns, document count, shards |
@@ -11,6 +11,8 @@
 //! | `GET /v1/cluster` | leaf health |
 //! | `GET /metrics` | Prometheus metrics, incl. per-partition lag and freshness |
 //! | `/v1/keys`, `/v1/roles` | API keys and roles ([`crate::access::routes`]) |
+//! | `/v1/lambdas/..` | Query Lambdas ([`crate::lambdas`]) |
+//! | `/v1/orgs/self/..` | Rockset-compatible endpoints ([`crate::rockset`]) |
 //! | `GET /healthz` | liveness (the only route without authentication) |
 //!
 //! Every other route runs [`authenticate`] first, and each handler checks the
@@ -38,7 +40,8 @@ use crate::admission::Admission;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::error::{AggregatorError, Result};
-use crate::query::{QueryEngine, QueryOptions};
+use crate::query::params::{self, Parameter};
+use crate::query::{Query, QueryEngine, QueryOptions, QueryResponse};
 use crate::sources::{export, source_status, KafkaProbe};
 
 /// Shared state of the HTTP handlers.
@@ -56,6 +59,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Keys, roles and the cluster secret requests are checked against.
     pub auth: Authenticator,
+    /// Query Lambdas.
+    pub lambdas: Arc<crate::lambdas::LambdaStore>,
 }
 
 /// Builds the router.
@@ -74,6 +79,8 @@ pub fn router(state: AppState, max_write_bytes: usize) -> Router {
         )
         .route("/v1/collections/{name}/docs", post(write_docs))
         .merge(crate::access::routes::routes())
+        .merge(crate::lambdas::routes())
+        .merge(crate::rockset::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             authenticate,
@@ -98,6 +105,9 @@ struct QueryRequest {
     sql: String,
     #[serde(default)]
     options: QueryOptions,
+    /// Values of the statement's `:name` placeholders.
+    #[serde(default)]
+    parameters: Vec<Parameter>,
 }
 
 async fn query(
@@ -111,33 +121,61 @@ async fn query(
             "sql is empty; send {\"sql\": \"SELECT ...\"}".into(),
         ));
     }
+    let query = Query {
+        sql: request.sql,
+        options: request.options,
+        params: params::named(&request.parameters)?,
+    };
+    Ok(Json(run_json(&state, query, &principal).await?).into_response())
+}
+
+/// Runs a statement for an HTTP request: admitted, answered in JSON, counted.
+pub(crate) async fn run_json(
+    state: &AppState,
+    query: Query,
+    principal: &Principal,
+) -> Result<QueryResponse> {
     let result = async {
         let _turn = state.admission.admit().await?;
-        state
-            .engine
-            .query_as(&request.sql, &request.options, &principal)
-            .await
+        state.engine.query_json(query, principal).await
     }
     .await;
-    let outcome = match &result {
+    let (class, elapsed_ms) = match &result {
+        Ok(response) => (response.class, response.stats.elapsed_ms),
+        Err(_) => ("", 0.0),
+    };
+    count_query(&state.metrics, "http", &result, class, elapsed_ms);
+    result
+}
+
+/// Counts a statement's outcome, and its time by class when it succeeded and
+/// was answered whole (`class` empty: a streamed answer, not timed here);
+/// `door`: `http`, `postgres` or `flight_sql`.
+pub(crate) fn count_query<T>(
+    metrics: &Metrics,
+    door: &str,
+    result: &Result<T>,
+    class: &str,
+    elapsed_ms: f64,
+) {
+    let outcome = match result {
         Ok(_) => "ok",
         Err(error) => error.code(),
     };
-    state.metrics.add(
+    metrics.add(
         "altdb_aggregator_queries_total",
-        "SQL queries answered, by outcome.",
-        &[("outcome", outcome)],
+        "SQL queries answered, by door (http, postgres, flight_sql) and outcome.",
+        &[("door", door), ("outcome", outcome)],
         1.0,
     );
-    if let Ok(response) = &result {
-        state.metrics.observe(
+    if result.is_ok() && !class.is_empty() {
+        metrics.observe(
             "altdb_aggregator_query_duration_seconds",
             "Time to answer a query, by class (aggregate, top_k, search, select, explain).",
-            &[("class", response.class)],
-            response.stats.elapsed_ms / 1000.0,
+            &[("class", class)],
+            elapsed_ms / 1000.0,
         );
     }
-    Ok(Json(result?).into_response())
 }
 
 /// Prometheus metrics; source lag and freshness are measured at scrape time,
@@ -386,8 +424,26 @@ async fn write_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    principal.require(Action::Write, &name)?;
-    if CollectionSpec::is_system(&name) {
+    let (status, bytes) = forward_write(&state, &principal, &name, &headers, body).await?;
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Sends a write to a tailer (with the collection's spec): its status and JSON
+/// answer ([`altdb_common::api::WriteResponse`] when it succeeded).
+pub(crate) async fn forward_write(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes)> {
+    principal.require(Action::Write, name)?;
+    if CollectionSpec::is_system(name) {
         return Err(AggregatorError::InvalidRequest(format!(
             "`{name}` is a system collection that altdb writes itself; write to your own \
              collections"
@@ -395,9 +451,9 @@ async fn write_docs(
     }
     let spec = state
         .catalog
-        .get(&name)
+        .get(name)
         .await?
-        .ok_or_else(|| AggregatorError::CollectionNotFound(name.clone()))?;
+        .ok_or_else(|| AggregatorError::CollectionNotFound(name.to_string()))?;
     let spec_json =
         serde_json::to_string(&spec).map_err(|e| AggregatorError::Internal(e.to_string()))?;
     let url = format!("{}/v1/collections/{name}/docs", state.tailer_url);
@@ -427,10 +483,5 @@ async fn write_docs(
             "the tailer's answer was cut off: {e}; retry the write"
         ))
     })?;
-    Ok((
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        bytes,
-    )
-        .into_response())
+    Ok((status, bytes))
 }

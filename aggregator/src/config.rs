@@ -14,6 +14,12 @@ use altdb_common::source_policy::SourcePolicy;
 pub struct AggregatorConfig {
     /// HTTP API address.
     pub listen: SocketAddr,
+    /// Postgres wire protocol address (default 127.0.0.1:7432); empty: no
+    /// Postgres door.
+    pub postgres_listen: String,
+    /// Arrow Flight SQL address (default 127.0.0.1:7433); empty: no Flight SQL
+    /// door.
+    pub flight_sql_listen: String,
     /// Where the file catalog lives.
     pub data_dir: PathBuf,
     /// Flight addresses of the leaves, in placement order.
@@ -83,6 +89,8 @@ impl Default for AggregatorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:7700".parse().expect("valid address"),
+            postgres_listen: "127.0.0.1:7432".into(),
+            flight_sql_listen: "127.0.0.1:7433".into(),
             data_dir: PathBuf::from("altdb-data/aggregator"),
             leaves: vec![
                 "http://127.0.0.1:7801".into(),
@@ -159,19 +167,49 @@ impl AggregatorConfig {
                 ));
             }
         }
-        if key.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+        let exposed = std::iter::once(self.listen)
+            .chain(self.postgres_address()?)
+            .chain(self.flight_sql_address()?)
+            .find(|address| !address.ip().is_loopback());
+        if let (None, false, Some(address)) = (&key, self.insecure, exposed) {
             return Err(Error::InvalidConfig(format!(
-                "the aggregator would listen on {} with authentication off: anyone who reaches \
-                 it could read, write and delete every collection; set admin_key_file (flag \
-                 --admin-key-file) or ALTDB_ADMIN_KEY, or pass --insecure to run open anyway",
-                self.listen
+                "the aggregator would listen on {address} with authentication off: anyone who \
+                 reaches it could read, write and delete every collection; set admin_key_file \
+                 (flag --admin-key-file) or ALTDB_ADMIN_KEY, or pass --insecure to run open anyway"
             )));
         }
         Ok(key)
+    }
+
+    /// The Postgres door's address, if it is on.
+    pub fn postgres_address(&self) -> Result<Option<SocketAddr>, altdb_common::Error> {
+        door_address("postgres_listen", &self.postgres_listen, "127.0.0.1:7432")
+    }
+
+    /// The Flight SQL door's address, if it is on.
+    pub fn flight_sql_address(&self) -> Result<Option<SocketAddr>, altdb_common::Error> {
+        door_address("flight_sql_listen", &self.flight_sql_listen, "127.0.0.1:7433")
     }
 
     /// The cluster secret this process was given; starting without one is an error.
     pub fn cluster_secret(&self) -> Result<ClusterSecret, altdb_common::Error> {
         ClusterSecret::from_config(&self.cluster_secret, self.cluster_secret_file.as_deref())
     }
+}
+
+/// A door's listen address: none when empty.
+fn door_address(
+    key: &str,
+    text: &str,
+    example: &str,
+) -> Result<Option<SocketAddr>, altdb_common::Error> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        altdb_common::Error::InvalidConfig(format!(
+            "{key} `{text}` is not an address like {example} (empty turns that door off)"
+        ))
+    })
 }

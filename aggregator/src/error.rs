@@ -21,6 +21,10 @@ pub enum AggregatorError {
     InvalidSql(String),
     #[error("{0}")]
     UnknownColumn(String),
+    /// A query parameter is missing, unused or does not fit its type; the
+    /// message names it.
+    #[error("{0}")]
+    InvalidParameter(String),
     /// A shard could not be reached; the answer would be incomplete.
     #[error("{0}")]
     Unavailable(String),
@@ -61,6 +65,7 @@ impl AggregatorError {
             Self::InvalidRequest(_)
             | Self::InvalidSql(_)
             | Self::UnknownColumn(_)
+            | Self::InvalidParameter(_)
             | Self::ResourcesExhausted(_) => StatusCode::BAD_REQUEST,
             Self::CollectionNotFound(_) => StatusCode::NOT_FOUND,
             Self::CollectionExists(_) => StatusCode::CONFLICT,
@@ -82,6 +87,7 @@ impl AggregatorError {
             Self::CollectionExists(_) => "collection_exists",
             Self::InvalidSql(_) => "invalid_sql",
             Self::UnknownColumn(_) => "unknown_column",
+            Self::InvalidParameter(_) => "invalid_parameter",
             Self::Unavailable(_) => "shard_unavailable",
             Self::Timeout(_) => "query_timeout",
             Self::ResourcesExhausted(_) => "resources_exhausted",

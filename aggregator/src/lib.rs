@@ -20,7 +20,11 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod flight_sql;
+pub mod lambdas;
+pub mod postgres;
 pub mod query;
+pub mod rockset;
 pub mod sources;
 
 pub use config::AggregatorConfig;

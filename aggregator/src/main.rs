@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
 
+use altdb_aggregator::lambdas::LambdaStore;
 use altdb_aggregator::access::authn::Authenticator;
 use altdb_aggregator::access::store::KeyStore;
 use altdb_aggregator::admission::Admission;
@@ -63,6 +64,16 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
+    /// Postgres wire protocol listen address (default 127.0.0.1:7432; "" turns
+    /// the Postgres door off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres_listen: Option<String>,
+    /// Arrow Flight SQL listen address (default 127.0.0.1:7433; "" turns the
+    /// Flight SQL door off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flight_sql_listen: Option<String>,
     /// Data directory for the catalog (default altdb-data/aggregator).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +189,10 @@ async fn main() -> anyhow::Result<()> {
             keys: keys.clone(),
             secret: secret.clone(),
         },
+        lambdas: Arc::new(
+            LambdaStore::open(config.data_dir.join("lambdas.json"))
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+        ),
     };
     // Last-used times of keys reach the disk once a minute.
     tokio::spawn(async move {
@@ -189,6 +204,58 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    if let Some(address) = config.postgres_address()? {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (postgres_listen)"))?;
+        let tls = altdb_common::tls::from_config(
+            config.tls_cert_file.as_deref(),
+            config.tls_key_file.as_deref(),
+            altdb_common::tls::POSTGRES,
+        )?;
+        if let Some(tls) = &tls {
+            tls.watch();
+        }
+        tracing::info!(listen = %address, tls = tls.is_some(), "postgres door ready");
+        let door = altdb_aggregator::postgres::Door {
+            engine: state.engine.clone(),
+            admission: state.admission.clone(),
+            metrics: state.metrics.clone(),
+            keys: state.auth.keys.clone(),
+        };
+        tokio::spawn(altdb_aggregator::postgres::serve(listener, door, tls));
+    }
+    if let Some(address) = config.flight_sql_address()? {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (flight_sql_listen)"))?;
+        let tls = altdb_common::tls::from_config(
+            config.tls_cert_file.as_deref(),
+            config.tls_key_file.as_deref(),
+            altdb_common::tls::GRPC_AND_HTTP1,
+        )?;
+        tracing::info!(listen = %address, tls = tls.is_some(), "flight sql door ready");
+        let service = altdb_aggregator::flight_sql::service(altdb_aggregator::flight_sql::Door {
+            engine: state.engine.clone(),
+            admission: state.admission.clone(),
+            metrics: state.metrics.clone(),
+            keys: state.auth.keys.clone(),
+        });
+        let server = tonic::transport::Server::builder().add_service(service);
+        match tls {
+            Some(files) => {
+                files.watch();
+                let incoming =
+                    altdb_common::tls::TlsListener::new(listener, files)?.into_incoming();
+                tokio::spawn(server.serve_with_incoming(incoming));
+            }
+            None => {
+                tokio::spawn(server.serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ));
+            }
+        }
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

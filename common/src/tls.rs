@@ -57,6 +57,9 @@ fn modified(path: &Path) -> Option<SystemTime> {
 pub const HTTP1: &[&[u8]] = &[b"http/1.1"];
 /// Protocols of a leaf: Flight (gRPC, HTTP/2) and its plain HTTP/1.1 routes.
 pub const GRPC_AND_HTTP1: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// The Postgres door (PostgreSQL 17 clients offer `postgresql`; older ones
+/// offer no protocol, which a server with protocols still accepts).
+pub const POSTGRES: &[&[u8]] = &[b"postgresql"];
 
 /// A server configuration from a PEM certificate chain and a PEM private key.
 pub fn server_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> Result<ServerConfig> {

@@ -223,6 +223,10 @@ pub struct Cluster {
     pub url: String,
     pub leaves: Vec<Process>,
     pub aggregator: Process,
+    /// The aggregator's Postgres wire protocol port.
+    pub postgres_port: u16,
+    /// The aggregator's Arrow Flight SQL port.
+    pub flight_sql_port: u16,
     pub tailers: Vec<Process>,
     /// HTTP addresses of the tailers, in order.
     pub tailer_urls: Vec<String>,
@@ -308,6 +312,8 @@ impl Cluster {
             }
         };
         let aggregator_port = free_port();
+        let postgres_port = free_port();
+        let flight_sql_port = free_port();
         let tailer_ports: Vec<u16> = (0..options.tailers.max(1)).map(|_| free_port()).collect();
         let leaf_urls: Vec<(u16, String)> = (0..options.leaves)
             .map(|_| {
@@ -346,6 +352,10 @@ impl Cluster {
             vec![
                 "--listen".into(),
                 format!("127.0.0.1:{aggregator_port}"),
+                "--postgres-listen".into(),
+                format!("127.0.0.1:{postgres_port}"),
+                "--flight-sql-listen".into(),
+                format!("127.0.0.1:{flight_sql_port}"),
                 "--data-dir".into(),
                 dir.path().join("aggregator").display().to_string(),
                 "--leaves".into(),
@@ -383,6 +393,8 @@ impl Cluster {
             url,
             leaves,
             aggregator,
+            postgres_port,
+            flight_sql_port,
             tailers,
             tailer_urls: tailer_ports
                 .iter()

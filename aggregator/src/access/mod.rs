@@ -45,16 +45,20 @@ pub enum Action {
     ReadDlq,
     /// See the cluster's health and metrics (`GET /v1/cluster`, `/metrics`).
     Monitor,
+    /// Create, version, tag and delete Query Lambdas (running one needs `query`
+    /// on what it reads).
+    ManageLambdas,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Query,
         Action::Write,
         Action::ManageCollections,
         Action::ManageKeys,
         Action::ReadDlq,
         Action::Monitor,
+        Action::ManageLambdas,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Action {
             Action::ManageKeys => "manage_keys",
             Action::ReadDlq => "read_dlq",
             Action::Monitor => "monitor",
+            Action::ManageLambdas => "manage_lambdas",
         }
     }
 }
@@ -188,7 +193,7 @@ impl Role {
             Role::builtin(
                 MEMBER_ROLE,
                 "everything but keys and roles",
-                &[Query, Write, ManageCollections, ReadDlq, Monitor],
+                &[Query, Write, ManageCollections, ReadDlq, Monitor, ManageLambdas],
             ),
             Role::builtin(
                 READ_ONLY_ROLE,
@@ -343,6 +348,8 @@ impl Principal {
             "(on any resource: it covers the whole cluster)".to_string()
         } else if collection == "*" {
             "on every collection (resource `*`)".to_string()
+        } else if action == Action::ManageLambdas {
+            format!("on Query Lambda `{collection}`")
         } else {
             format!("on collection `{collection}`")
         };

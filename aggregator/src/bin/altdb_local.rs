@@ -32,7 +32,9 @@ struct Args {
     /// Demo events per second from the built-in generator (0: no demo collection).
     #[arg(long, default_value_t = 2000)]
     rate: u32,
-    /// Aggregator HTTP port; the tailer uses the next one, leaves PORT+101 and PORT+102.
+    /// Aggregator HTTP port; the tailer uses the next one, leaves PORT+101 and
+    /// PORT+102; the aggregator's Postgres door listens on PORT-268 (7432) and
+    /// its Flight SQL door on PORT-267 (7433).
     #[arg(long, default_value_t = 7700)]
     port: u16,
     /// Directory holding the altdb binaries (default: next to this one).
@@ -152,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)?;
     let aggregator_url = format!("http://127.0.0.1:{}", args.port);
+    let postgres_port = args.port.saturating_sub(268);
     let tailer_url = format!("http://127.0.0.1:{}", args.port + 1);
     let leaf_ports = [args.port + 101, args.port + 102];
     let leaves: Vec<String> = leaf_ports
@@ -215,6 +218,10 @@ async fn main() -> anyhow::Result<()> {
         &[
             "--listen".into(),
             format!("127.0.0.1:{}", args.port),
+            "--postgres-listen".into(),
+            format!("127.0.0.1:{postgres_port}"),
+            "--flight-sql-listen".into(),
+            format!("127.0.0.1:{}", postgres_port + 1),
             "--data-dir".into(),
             data.join("aggregator").display().to_string(),
             "--leaves".into(),
@@ -296,6 +303,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         r#"altdb is running.
   aggregator   {aggregator_url}   (SQL, collections, writes)
+  postgres     127.0.0.1:{postgres_port}   (psql, Grafana: the password is the admin key)
+  flight sql   grpc://127.0.0.1:{flight_sql_port}   (ADBC, JDBC: Bearer <key>)
   tailer       {tailer_url}
   leaves       {leaves}
   data         {data}   logs in {logs}
@@ -309,9 +318,11 @@ Requests need an API key; the admin's is in {admin_key_file}
   curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/query -d '{{"sql":"SELECT \"geo.city\", AVG(price) FROM clicks WHERE event_type = '"'"'purchase'"'"' GROUP BY 1"}}'
   curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/collections/clicks/docs -d '{{"_id":"me","hello":"world"}}'
   curl -s -H "Authorization: ApiKey $ALTDB_KEY" {aggregator_url}/v1/keys -d '{{"name":"dashboard","role":"read-only"}}'
+  PGPASSWORD=$ALTDB_KEY psql -h 127.0.0.1 -p {postgres_port} -U me altdb -c 'SELECT COUNT(*) FROM clicks'
 
 Press Ctrl-C to stop."#,
         leaves = leaves.join(" "),
+        flight_sql_port = postgres_port + 1,
         data = data.display(),
         logs = logs.display(),
         admin_key_file = admin_key_file.display(),

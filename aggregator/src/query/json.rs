@@ -41,7 +41,8 @@ pub fn format_timestamp_us(micros: i64) -> Value {
     }
 }
 
-fn cell(array: &ArrayRef, row: usize) -> Value {
+/// One value of a column as JSON.
+pub fn cell(array: &ArrayRef, row: usize) -> Value {
     if array.is_null(row) {
         return Value::Null;
     }

@@ -16,6 +16,8 @@ pub mod distribute;
 pub mod fields;
 pub mod json;
 pub mod lookups;
+pub mod params;
+pub mod pg_catalog;
 pub mod plans;
 pub mod remote;
 pub mod statement;
@@ -26,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
@@ -36,11 +39,13 @@ use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use altdb_common::collection::CollectionSpec;
 use altdb_common::columns::SCORE_COLUMN;
@@ -54,6 +59,7 @@ use crate::error::{AggregatorError, Result};
 use distribute::DistributeFragments;
 use fields::FieldsCache;
 use lookups::GatherLookups;
+pub use params::Params;
 use plans::{PlanCache, PlanKey};
 use remote::{LeafRejected, QueryStats, ShardUnavailable, StaleFields};
 use table::{CollectionSchemaProvider, TableOptions};
@@ -220,9 +226,23 @@ impl QueryEngine {
             principal.clone(),
         ));
         let catalog = MemoryCatalogProvider::new();
-        catalog
-            .register_schema("public", provider.clone())
-            .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+        // `commons.<collection>` too: Rockset's one workspace, for SQL moved from it.
+        for schema in [pg_catalog::PUBLIC, crate::rockset::WORKSPACE] {
+            catalog
+                .register_schema(schema, provider.clone())
+                .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+        }
+        for which in [
+            pg_catalog::CatalogSchema::PgCatalog,
+            pg_catalog::CatalogSchema::InformationSchema,
+        ] {
+            catalog
+                .register_schema(
+                    which.name(),
+                    Arc::new(pg_catalog::CatalogSchemaProvider::new(which, provider.clone())),
+                )
+                .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+        }
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog("datafusion".to_string(), Arc::new(catalog));
         let mut state = SessionStateBuilder::new_from_existing(SessionState::clone(&self.base))
@@ -259,86 +279,238 @@ impl QueryEngine {
             .await
     }
 
-    /// Runs one SQL statement with options for `principal`: every collection it
-    /// reads must be one the principal may query (`_dlq`: read dead letters of;
-    /// its rows are cut to those collections).
-    ///
-    /// It is planned with remembered collection fields when there are some; if a
-    /// leaf refuses a fragment because its shard's fields changed since (or the
-    /// statement fails for any reason), it is planned again with fresh fields.
-    ///
-    /// With an executor ([`Self::with_executor`]) the statement runs there, and a
-    /// caller that goes away (or times out) cancels it.
+    /// Runs one SQL statement with options for `principal` and answers in JSON
+    /// ([`Self::run`] says how it runs).
     pub async fn query_as(
         &self,
         sql: &str,
         options: &QueryOptions,
         principal: &Principal,
     ) -> Result<QueryResponse> {
-        let Some(executor) = &self.executor else {
-            return self.run_statement(sql, options, principal).await;
+        let query = Query {
+            sql: sql.to_string(),
+            options: options.clone(),
+            params: Params::None,
         };
-        let (engine, sql, options, principal) = (
-            self.clone(),
-            sql.to_string(),
-            options.clone(),
-            principal.clone(),
-        );
-        let task = AbortOnDrop(
-            executor.spawn(async move { engine.run_statement(&sql, &options, &principal).await }),
-        );
-        match task.await {
-            Ok(answer) => answer,
-            Err(error) => Err(AggregatorError::Internal(format!(
-                "the statement's task failed: {error}"
-            ))),
-        }
+        self.query_json(query, principal).await
     }
 
-    async fn run_statement(
-        &self,
-        sql: &str,
-        options: &QueryOptions,
-        principal: &Principal,
-    ) -> Result<QueryResponse> {
-        let started = Instant::now();
-        let run = async {
-            let failed = match self.attempt(sql, options, principal, started, true).await {
-                Ok(answer) => return Ok(answer),
-                Err(failed) => failed,
-            };
-            if failed.remembered.is_empty() {
-                return Err(failed.error);
+    /// Runs a statement with its parameters and answers in JSON: rows up to
+    /// `max_result_rows` and about `max_result_bytes` of JSON (the answer says
+    /// `truncated`; the statement stops there).
+    pub async fn query_json(&self, query: Query, principal: &Principal) -> Result<QueryResponse> {
+        let mut answer = self.run(query, principal).await?;
+        let mut rows = json::Rows::new(self.limits.max_rows, self.limits.max_bytes);
+        while let Some(batch) = answer.next().await {
+            if !rows.append(&batch?) {
+                break;
             }
-            for collection in &failed.remembered {
-                self.fields.forget(collection, failed.stale);
-            }
-            self.attempt(sql, options, principal, started, false)
+        }
+        let (rows, truncated) = rows.finish();
+        Ok(QueryResponse {
+            columns: answer
+                .schema
+                .fields()
+                .iter()
+                .map(|f| Column {
+                    name: f.name().clone(),
+                    sql_type: json::sql_type_name(f.data_type()),
+                })
+                .collect(),
+            rows,
+            stats: answer.stats(truncated),
+            class: answer.class,
+        })
+    }
+
+    /// Starts a statement for `principal`: every collection it reads must be one
+    /// the principal may query (`_dlq`: read dead letters of; its rows are cut
+    /// to those collections). The answer has its schema and streams its batches.
+    ///
+    /// It is planned with remembered collection fields when there are some; if a
+    /// leaf refuses a fragment because its shard's fields changed since (or the
+    /// statement fails for any reason) before [`RETRY_BUFFER_BYTES`] of results
+    /// were produced, it is planned again with fresh fields. Results are held
+    /// back until then, so the retry is invisible; a larger answer streams.
+    ///
+    /// With an executor ([`Self::with_executor`]) the statement runs there; a
+    /// caller that drops the answer (or goes away, or times out) cancels it.
+    pub async fn run(&self, query: Query, principal: &Principal) -> Result<Answer> {
+        let (head_tx, head_rx) = oneshot::channel();
+        let (batches_tx, batches_rx) = mpsc::channel(2);
+        let engine = self.clone();
+        let principal = principal.clone();
+        let produce = async move {
+            engine
+                .produce(&query, &principal, head_tx, batches_tx)
                 .await
-                .map_err(|failed| failed.error)
         };
-        match tokio::time::timeout(self.limits.timeout, run).await {
-            Err(_) => Err(AggregatorError::Timeout(self.limits.timeout.as_secs())),
-            Ok(answer) => answer,
+        let task = AbortOnDrop(match &self.executor {
+            Some(executor) => executor.spawn(produce),
+            None => tokio::spawn(produce),
+        });
+        let head = match head_rx.await {
+            Ok(head) => head?,
+            Err(_) => {
+                return Err(match task.await {
+                    Err(error) => {
+                        AggregatorError::Internal(format!("the statement's task failed: {error}"))
+                    }
+                    Ok(()) => AggregatorError::Internal("the statement ended unanswered".into()),
+                })
+            }
+        };
+        Ok(Answer {
+            schema: head.schema,
+            class: head.class,
+            batches: batches_rx,
+            stats: head.stats,
+            specs: head.specs,
+            started: head.started,
+            task,
+            held: Vec::new(),
+        })
+    }
+
+    /// Plans a statement without running it: the types of its parameters (as
+    /// far as their use says) and of its result's columns. Prepared statements
+    /// of the Postgres and Flight SQL doors describe themselves with it.
+    pub async fn describe(&self, sql: &str, principal: &Principal) -> Result<Described> {
+        let stats = Arc::new(QueryStats::default());
+        let specs = self.catalog.list().await?;
+        let tables = TableOptions {
+            scored: is_scored(&sql.to_ascii_lowercase()),
+            use_index: true,
+            profile: false,
+            remembered_fields: true,
+        };
+        let (context, provider) = self.context(&specs, stats, tables, principal)?;
+        let plan = read_only_plan(&context, &provider, sql)
+            .await
+            .map_err(classify)?;
+        let parameters = params::placeholders(&plan)?.into_iter().collect();
+        Ok(Described {
+            parameters,
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+        })
+    }
+
+    /// Runs a statement on the task [`Self::run`] spawned: sends its head
+    /// (schema or error), then its batches; an error after the head goes
+    /// where the batches go.
+    async fn produce(
+        &self,
+        query: &Query,
+        principal: &Principal,
+        head: oneshot::Sender<Result<Head>>,
+        batches: mpsc::Sender<Result<RecordBatch>>,
+    ) {
+        let started = Instant::now();
+        let mut head = Some(head);
+        let outcome = tokio::time::timeout(
+            self.limits.timeout,
+            self.stream(query, principal, started, &mut head, &batches),
+        )
+        .await
+        .unwrap_or(Err(AggregatorError::Timeout(self.limits.timeout.as_secs())));
+        if let Err(error) = outcome {
+            match head.take() {
+                Some(head) => {
+                    let _ = head.send(Err(error));
+                }
+                None => {
+                    let _ = batches.send(Err(error)).await;
+                }
+            }
         }
     }
 
-    /// Plans and runs a statement once; `remembered_fields`: plan with remembered
-    /// collection fields where there are some.
-    async fn attempt(
+    async fn stream(
         &self,
-        sql: &str,
-        options: &QueryOptions,
+        query: &Query,
+        principal: &Principal,
+        started: Instant,
+        head: &mut Option<oneshot::Sender<Result<Head>>>,
+        batches: &mpsc::Sender<Result<RecordBatch>>,
+    ) -> Result<()> {
+        let mut remembered_fields = true;
+        'attempts: loop {
+            let mut attempt = match self.start(query, principal, started, remembered_fields).await
+            {
+                Ok(attempt) => attempt,
+                Err(failed) => {
+                    self.retry_or_fail(failed, remembered_fields)?;
+                    remembered_fields = false;
+                    continue;
+                }
+            };
+            let mut held = Vec::new();
+            let mut held_bytes = 0;
+            while let Some(batch) = attempt.stream.next().await {
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        let failed = self.failure(&attempt, error);
+                        if head.is_none() {
+                            return Err(failed.error);
+                        }
+                        self.retry_or_fail(failed, remembered_fields)?;
+                        remembered_fields = false;
+                        continue 'attempts;
+                    }
+                };
+                if head.is_none() {
+                    if batches.send(Ok(batch)).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                held_bytes += batch.get_array_memory_size();
+                held.push(batch);
+                if held_bytes > RETRY_BUFFER_BYTES
+                    && !send_head(head, attempt.head(), batches, std::mem::take(&mut held)).await
+                {
+                    return Ok(());
+                }
+            }
+            if head.is_some() && !send_head(head, attempt.head(), batches, held).await {
+                return Ok(());
+            }
+            if attempt.profile {
+                let batch = leaf_profile_batch(&attempt.schema, &attempt.stats)?;
+                let _ = batches.send(Ok(batch)).await;
+            }
+            return Ok(());
+        }
+    }
+
+    /// After a failed attempt: plan again with fresh fields if it was planned
+    /// with remembered ones (forgetting them), else the error.
+    fn retry_or_fail(&self, failed: Failed, remembered_fields: bool) -> Result<()> {
+        if !remembered_fields || failed.remembered.is_empty() {
+            return Err(failed.error);
+        }
+        for collection in &failed.remembered {
+            self.fields.forget(collection, failed.stale);
+        }
+        Ok(())
+    }
+
+    /// Plans a statement (or takes its kept plan) and starts it.
+    async fn start(
+        &self,
+        query: &Query,
         principal: &Principal,
         started: Instant,
         remembered_fields: bool,
-    ) -> std::result::Result<QueryResponse, Failed> {
+    ) -> std::result::Result<Attempt, Failed> {
         let stats = Arc::new(QueryStats::default());
+        let sql = query.sql.as_str();
         let lower = sql.to_ascii_lowercase();
         let profile = is_explain_analyze(&lower);
         let tables = TableOptions {
-            scored: lower.contains(SEARCH_FUNCTION) || lower.contains(SCORE_COLUMN),
-            use_index: options.use_index,
+            scored: is_scored(&lower),
+            use_index: query.options.use_index,
             profile,
             remembered_fields,
         };
@@ -349,40 +521,61 @@ impl QueryEngine {
         };
         let specs = self.catalog.list().await.map_err(failed)?;
         // EXPLAIN shows how a statement is planned now, so it is always planned.
-        let key = (remembered_fields && !lower.trim_start().starts_with("explain"))
-            .then(|| PlanKey::new(sql, options.use_index, principal.dlq_scope()));
+        let key = (remembered_fields && !lower.trim_start().starts_with("explain")).then(|| {
+            PlanKey::new(
+                sql,
+                query.options.use_index,
+                principal.dlq_scope(),
+                query.params.fingerprint(),
+            )
+        });
         let kept = key
             .as_ref()
             .and_then(|key| self.plans.get(key, &specs, &self.fields));
-        let (statement, provider, kept_collections) = match kept {
-            Some((plan, collections)) => {
-                // A kept plan skips the schema provider that checks access when
-                // planning; its collections are checked here instead.
-                for collection in &collections {
-                    principal.require_read(collection).map_err(failed)?;
-                }
-                (Statement::Kept(plan), None, collections)
-            }
-            None => {
-                let (context, provider) = self
-                    .context(&specs, stats.clone(), tables, principal)
-                    .map_err(failed)?;
-                (
-                    Statement::Plan(context, provider.clone()),
-                    Some(provider),
-                    Vec::new(),
-                )
-            }
-        };
-        let run = async {
-            let (plan, task) = match statement {
-                Statement::Kept(plan) => (
-                    plan,
-                    self.task_context(stats.clone())
-                        .map_err(|e| DataFusionError::External(Box::new(e)))?,
+        let mut attempt = Attempt {
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            class: "select",
+            stream: Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+                    futures::stream::empty(),
                 ),
-                Statement::Plan(context, provider) => {
-                    let frame = read_only_frame(&context, &provider, sql).await?;
+            ),
+            stats: stats.clone(),
+            specs: Arc::new(Vec::new()),
+            started,
+            profile,
+            key: key.clone(),
+            provider: None,
+            kept_collections: Vec::new(),
+        };
+        let planned = async {
+            let (plan, task) = match kept {
+                Some((plan, collections)) => {
+                    // A kept plan skips the schema provider that checks access
+                    // when planning; its collections are checked here instead.
+                    for collection in &collections {
+                        principal
+                            .require_read(collection)
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    }
+                    attempt.kept_collections = collections;
+                    let task = self
+                        .task_context(stats.clone())
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    (plan, task)
+                }
+                None => {
+                    let (context, provider) = self
+                        .context(&specs, stats.clone(), tables, principal)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    attempt.provider = Some(provider.clone());
+                    let logical = read_only_plan(&context, &provider, sql).await?;
+                    let logical = query
+                        .params
+                        .bind(logical)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    let frame = context.execute_logical_plan(logical).await?;
                     let logical = frame.logical_plan().clone();
                     let plan = frame.create_physical_plan().await?;
                     if let Some(key) = &key {
@@ -393,66 +586,199 @@ impl QueryEngine {
             };
             let schema: SchemaRef = plan.schema();
             let class = query_class(&plan, tables.scored);
-            let mut stream = execute_stream(plan, task)?;
-            let mut rows = json::Rows::new(self.limits.max_rows, self.limits.max_bytes);
-            while let Some(batch) = stream.next().await {
-                if !rows.append(&batch?) {
-                    break;
-                }
-            }
-            let (rows, truncated) = rows.finish();
-            Ok::<_, DataFusionError>((schema, rows, truncated, class))
+            let stream = execute_stream(plan, task)?;
+            Ok::<_, DataFusionError>((schema, class, stream))
         };
-        let (schema, mut rows, truncated, class) = run.await.map_err(|error| {
-            if let Some(key) = &key {
-                self.plans.forget(key);
+        match planned.await {
+            Ok((schema, class, stream)) => {
+                attempt.schema = schema;
+                attempt.class = class;
+                attempt.stream = stream;
+                attempt.specs = Arc::new(specs);
+                Ok(attempt)
             }
-            let stale = matches!(
-                error.find_root(),
-                DataFusionError::External(inner) if inner.is::<StaleFields>()
-            );
-            let remembered = match &provider {
-                Some(provider) => std::mem::take(
-                    &mut *provider
-                        .remembered
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()),
-                ),
-                None => kept_collections,
-            };
-            Failed {
-                error: classify(error),
-                remembered,
-                stale,
-            }
-        })?;
-        if profile {
-            rows.extend(leaf_profile_rows(&stats));
+            Err(error) => Err(self.failure(&attempt, error)),
         }
-        let freshness_ms = freshness_ms(&stats, &specs);
-        let scan = *stats.scan.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(QueryResponse {
-            columns: schema
-                .fields()
-                .iter()
-                .map(|f| Column {
-                    name: f.name().clone(),
-                    sql_type: json::sql_type_name(f.data_type()),
-                })
-                .collect(),
-            rows,
-            stats: Stats {
-                elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-                rows_scanned: stats.rows_scanned.load(Ordering::Relaxed),
-                shards_queried: stats.shards_queried.load(Ordering::Relaxed),
-                shards_responded: stats.shards_responded.load(Ordering::Relaxed),
-                truncated,
-                freshness_ms,
-                scan,
-            },
-            class,
+    }
+
+    /// What an attempt's error means: the plan is not kept; which collections
+    /// it planned with remembered fields (to plan again with fresh ones).
+    fn failure(&self, attempt: &Attempt, error: DataFusionError) -> Failed {
+        if let Some(key) = &attempt.key {
+            self.plans.forget(key);
+        }
+        let stale = matches!(
+            error.find_root(),
+            DataFusionError::External(inner) if inner.is::<StaleFields>()
+        );
+        let remembered = match &attempt.provider {
+            Some(provider) => std::mem::take(
+                &mut *provider
+                    .remembered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            ),
+            None => attempt.kept_collections.clone(),
+        };
+        Failed {
+            error: classify(error),
+            remembered,
+            stale,
+        }
+    }
+}
+
+/// Results held back before any is sent, so that a statement failing early
+/// (a leaf refusing a fragment planned with stale fields) can be planned again
+/// unseen; past this the answer streams.
+pub const RETRY_BUFFER_BYTES: usize = 4 << 20;
+
+/// Sends the head of an answer and the batches held back; false: the caller
+/// went away.
+async fn send_head(
+    head: &mut Option<oneshot::Sender<Result<Head>>>,
+    value: Head,
+    batches: &mpsc::Sender<Result<RecordBatch>>,
+    held: Vec<RecordBatch>,
+) -> bool {
+    let Some(sender) = head.take() else {
+        return true;
+    };
+    let sent = sender.send(Ok(value));
+    if sent.is_err() {
+        return false;
+    }
+    for batch in held {
+        if batches.send(Ok(batch)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// `search(..)` or `_score` in a statement: its collections are read scored.
+fn is_scored(lower: &str) -> bool {
+    lower.contains(SEARCH_FUNCTION) || lower.contains(SCORE_COLUMN)
+}
+
+/// A statement and what it runs with.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub sql: String,
+    pub options: QueryOptions,
+    pub params: Params,
+}
+
+impl Query {
+    pub fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What [`QueryEngine::describe`] finds.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// Placeholders (`$1`, `:name`) with the types their use implies.
+    pub parameters: Vec<(String, Option<datafusion::arrow::datatypes::DataType>)>,
+    pub schema: SchemaRef,
+}
+
+/// What a statement's task sends first.
+struct Head {
+    schema: SchemaRef,
+    class: &'static str,
+    stats: Arc<QueryStats>,
+    specs: Arc<Vec<CollectionSpec>>,
+    started: Instant,
+}
+
+/// A running statement's answer: its columns, then its batches as they come.
+/// Dropping it cancels the statement.
+pub struct Answer {
+    pub schema: SchemaRef,
+    /// What kind of statement it is, for latency metrics ([`query_class`]).
+    pub class: &'static str,
+    batches: mpsc::Receiver<Result<RecordBatch>>,
+    stats: Arc<QueryStats>,
+    specs: Arc<Vec<CollectionSpec>>,
+    started: Instant,
+    task: AbortOnDrop<()>,
+    /// Kept as long as the answer is (an admission turn).
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("schema", &self.schema)
+            .field("class", &self.class)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Answer {
+    /// The next batch; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch>> {
+        self.batches.recv().await
+    }
+
+    /// Keeps `value` (an admission turn) until the answer is dropped.
+    pub fn hold(&mut self, value: impl std::any::Any + Send + Sync) {
+        self.held.push(Box::new(value));
+    }
+
+    /// The batches as a stream that keeps the statement running while it is.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
+        futures::stream::unfold(self, |mut answer| async move {
+            let batch = answer.next().await?;
+            Some((batch, answer))
         })
     }
+
+    /// What the statement reports besides its rows, so far.
+    pub fn stats(&self, truncated: bool) -> Stats {
+        let _ = &self.task;
+        Stats {
+            elapsed_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            rows_scanned: self.stats.rows_scanned.load(Ordering::Relaxed),
+            shards_queried: self.stats.shards_queried.load(Ordering::Relaxed),
+            shards_responded: self.stats.shards_responded.load(Ordering::Relaxed),
+            truncated,
+            freshness_ms: freshness_ms(&self.stats, &self.specs),
+            scan: *self.stats.scan.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+}
+
+impl Attempt {
+    fn head(&self) -> Head {
+        Head {
+            schema: self.schema.clone(),
+            class: self.class,
+            stats: self.stats.clone(),
+            specs: self.specs.clone(),
+            started: self.started,
+        }
+    }
+}
+
+/// One attempt at a statement, started.
+struct Attempt {
+    schema: SchemaRef,
+    class: &'static str,
+    stream: datafusion::execution::SendableRecordBatchStream,
+    stats: Arc<QueryStats>,
+    specs: Arc<Vec<CollectionSpec>>,
+    started: Instant,
+    profile: bool,
+    key: Option<PlanKey>,
+    /// The schema provider it was planned with (none: a kept plan).
+    provider: Option<Arc<CollectionSchemaProvider>>,
+    /// The collections of a kept plan.
+    kept_collections: Vec<String>,
 }
 
 /// The class a statement's latency is counted under: `explain`, `search`
@@ -474,14 +800,6 @@ fn query_class(plan: &Arc<dyn ExecutionPlan>, scored: bool) -> &'static str {
     } else {
         "select"
     }
-}
-
-/// How a statement gets its physical plan.
-enum Statement {
-    /// Planned in this session.
-    Plan(SessionContext, Arc<CollectionSchemaProvider>),
-    /// Kept from an earlier run of the same statement.
-    Kept(Arc<dyn datafusion::physical_plan::ExecutionPlan>),
 }
 
 /// Why an attempt at a statement failed.
@@ -521,6 +839,7 @@ fn base_state() -> SessionState {
         .build();
     let context = SessionContext::new_with_state(state);
     altdb_common::register_functions(&context);
+    pg_catalog::register_functions(&context);
     context.state()
 }
 
@@ -533,35 +852,43 @@ fn is_explain_analyze(lower: &str) -> bool {
 /// `EXPLAIN ANALYZE` rows after DataFusion's plan with metrics: per shard, the
 /// fragment its leaf ran (with the leaf's operator metrics) and how each segment
 /// was read — pruned, through the index, or scanned — with the rows read.
-fn leaf_profile_rows(stats: &QueryStats) -> Vec<Vec<Value>> {
+fn leaf_profile_batch(schema: &SchemaRef, stats: &QueryStats) -> Result<RecordBatch> {
     let mut profiles = stats
         .profiles
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     profiles.sort_by(|a, b| (&a.collection, a.shard).cmp(&(&b.collection, b.shard)));
-    profiles
-        .into_iter()
-        .map(|shard| {
-            let mut text = shard.profile.plan.clone();
-            let _ = writeln!(text, "elapsed: {:.2} ms", shard.profile.elapsed_ms);
-            if shard.profile.reads.is_empty() {
-                text.push_str("reads: none");
-            } else {
-                text.push_str("reads:");
-                for read in &shard.profile.reads {
-                    let _ = write!(text, "\n  {read}");
-                }
+    let mut kinds = Vec::new();
+    let mut plans = Vec::new();
+    for shard in profiles {
+        let mut text = shard.profile.plan.clone();
+        let _ = writeln!(text, "elapsed: {:.2} ms", shard.profile.elapsed_ms);
+        if shard.profile.reads.is_empty() {
+            text.push_str("reads: none");
+        } else {
+            text.push_str("reads:");
+            for read in &shard.profile.reads {
+                let _ = write!(text, "\n  {read}");
             }
-            vec![
-                Value::String(format!(
-                    "Leaf fragment `{}` shard {} on {}",
-                    shard.collection, shard.shard, shard.leaf
-                )),
-                Value::String(text),
-            ]
+        }
+        kinds.push(format!(
+            "Leaf fragment `{}` shard {} on {}",
+            shard.collection, shard.shard, shard.leaf
+        ));
+        plans.push(text);
+    }
+    let columns = [kinds, plans]
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(values, field)| {
+            let array: ArrayRef = Arc::new(StringArray::from(values));
+            datafusion::arrow::compute::cast(&array, field.data_type())
         })
-        .collect()
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| AggregatorError::Internal(format!("profile rows: {e}")))?;
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| AggregatorError::Internal(format!("profile rows: {e}")))
 }
 
 /// The worst freshness over the current sources of the collections a query read.
@@ -580,16 +907,16 @@ fn freshness_ms(stats: &QueryStats, specs: &[CollectionSpec]) -> Option<f64> {
 }
 
 /// Plans `sql` if it is a query (`SELECT`, `WITH`, `VALUES`, `EXPLAIN` of one),
-/// after the rewrites of [`statement`].
+/// after the rewrites of [`statement`]; its placeholders stay in the plan.
 ///
 /// Anything else is refused before its tables are looked up, so every collection
 /// the planner looks up is one a query reads, and a missing one is reported as
 /// such by the schema provider ([`AggregatorError::CollectionNotFound`]).
-async fn read_only_frame(
+async fn read_only_plan(
     context: &SessionContext,
     provider: &CollectionSchemaProvider,
     sql: &str,
-) -> std::result::Result<datafusion::dataframe::DataFrame, DataFusionError> {
+) -> std::result::Result<LogicalPlan, DataFusionError> {
     let refused = |error: AggregatorError| DataFusionError::External(Box::new(error));
     altdb_common::sql_guard::check_parse_cost(sql)
         .map_err(|why| refused(AggregatorError::InvalidSql(why)))?;
@@ -599,12 +926,20 @@ async fn read_only_frame(
     statement::check_read_only(&statement).map_err(refused)?;
     let mut fields = std::collections::BTreeSet::new();
     for reference in state.resolve_table_references(&statement)? {
+        // Catalog tables (`pg_catalog.pg_class`) are not collections.
+        if reference
+            .schema()
+            .is_some_and(|schema| schema != pg_catalog::PUBLIC && schema != crate::rockset::WORKSPACE)
+        {
+            continue;
+        }
         if let Some(collection) = provider.collection_fields(reference.table()).await? {
             fields.extend(collection.fields.fields.keys().cloned());
         }
     }
     statement::resolve_identifiers(&mut statement, &fields).map_err(refused)?;
     statement::rewrite_exists_in_projections(&mut statement);
+    statement::rewrite_postgres_idioms(&mut statement);
     let plan = state.statement_to_plan(statement).await?;
     // The check of the statement's kind above is the rule; this is its backstop.
     SQLOptions::new()
@@ -612,7 +947,7 @@ async fn read_only_frame(
         .with_allow_dml(false)
         .with_allow_statements(false)
         .verify_plan(&plan)?;
-    context.execute_logical_plan(plan).await
+    Ok(plan)
 }
 
 /// Turns a DataFusion error into an API error with an actionable message.

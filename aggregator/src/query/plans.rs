@@ -6,8 +6,9 @@
 //! made from has changed:
 //!
 //! ```text
-//!  key    SQL text, options, which dead letters the caller may read (`_dlq`
-//!         is planned with a filter for callers who may read only some)
+//!  key    SQL text, options, parameter values, which dead letters the caller
+//!         may read (`_dlq` is planned with a filter for callers who may read
+//!         only some)
 //!  valid  the catalog's collection specs are the ones it was planned against, and
 //!         each collection it reads still has the very fields it was planned with
 //!         (the Arc the fields cache holds: fresh fields from the leaves, or a leaf
@@ -49,14 +50,17 @@ pub struct PlanKey {
     sql: String,
     use_index: bool,
     dead_letters: String,
+    /// The values of its parameters, which the plan holds as literals.
+    params: String,
 }
 
 impl PlanKey {
-    pub fn new(sql: &str, use_index: bool, dead_letters: DlqScope) -> Self {
+    pub fn new(sql: &str, use_index: bool, dead_letters: DlqScope, params: String) -> Self {
         Self {
             sql: sql.to_string(),
             use_index,
             dead_letters: dead_letters.fingerprint(),
+            params,
         }
     }
 }

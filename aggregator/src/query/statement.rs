@@ -12,6 +12,8 @@
 //! 3. [`rewrite_exists_in_projections`]: `EXISTS (subquery)` outside `WHERE`
 //!    becomes a count of the subquery's rows compared with 0, which DataFusion
 //!    plans (it plans `EXISTS` only as a filter).
+//! 4. [`rewrite_postgres_idioms`]: what Postgres clients send that DataFusion
+//!    does not plan, in terms it does.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -115,6 +117,37 @@ pub fn rewrite_exists_in_projections(statement: &mut DfStatement) {
     if let Some(statement) = sql_statement(statement) {
         let _ = statement.visit(&mut Projections);
     }
+}
+
+/// Rewrites idioms Postgres clients send that DataFusion does not plan:
+///
+/// - `x IN (SELECT .. FROM .. string_to_array(current_setting('search_path'), ',') ..)`,
+///   the schemas on the search path (Grafana's schema browser), becomes
+///   `x IN ('public')`: collections are the tables of schema `public`.
+pub fn rewrite_postgres_idioms(statement: &mut DfStatement) {
+    let Some(statement) = sql_statement(statement) else {
+        return;
+    };
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::InSubquery {
+            expr: tested,
+            subquery,
+            negated,
+        } = expr
+        {
+            let text = subquery.to_string().to_ascii_lowercase().replace(' ', "");
+            if text.contains("current_setting('search_path')") {
+                *expr = Expr::InList {
+                    expr: tested.clone(),
+                    list: vec![Expr::value(Value::SingleQuotedString(
+                        super::pg_catalog::PUBLIC.to_string(),
+                    ))],
+                    negated: *negated,
+                };
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 fn exists_as_count(subquery: &Query, negated: bool) -> Option<Expr> {

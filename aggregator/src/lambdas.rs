@@ -1,0 +1,507 @@
+//! Query Lambdas: named, versioned, parameterized saved queries.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/lambdas` | `{"name", "sql", "default_parameters"?, "description"?}` → version 1 |
+//! | `GET /v1/lambdas` | every lambda: versions, tags, executions |
+//! | `GET /v1/lambdas/{name}` | one lambda with its versions |
+//! | `DELETE /v1/lambdas/{name}` | delete it and its versions |
+//! | `POST /v1/lambdas/{name}/versions` | `{"sql", "default_parameters"?}` → the next version; `latest` moves |
+//! | `GET /v1/lambdas/{name}/versions/{v}` | one version |
+//! | `PUT /v1/lambdas/{name}/tags/{tag}` | `{"version"}`: point a tag at a version (`latest` moves by itself) |
+//! | `DELETE /v1/lambdas/{name}/tags/{tag}` | remove a tag |
+//! | `POST /v1/lambdas/{name}/versions/{v}` | run a version: `{"parameters"?}` |
+//! | `POST /v1/lambdas/{name}/tags/{tag}` | run the version a tag points at |
+//!
+//! A version's SQL names its parameters `:name`; running it binds the request's
+//! parameters over the version's defaults (typed values, never spliced into the
+//! SQL; a missing or mistyped one is a 400 naming it). The SQL is checked when a
+//! version is created: it must be a query that plans for the caller. Versions
+//! never change, so a dashboard pinned to one keeps its answer's shape while
+//! the lambda moves on. Running a lambda needs `query` on what it reads;
+//! creating, versioning, tagging and deleting need `manage_lambdas` on its name.
+//! Executions count in `/metrics` per lambda (`altdb_lambda_executions_total`,
+//! `altdb_lambda_duration_seconds`); a version's plan is kept between runs with
+//! the same parameter values like any repeated statement.
+//!
+//! Lambdas live in `<data-dir>/lambdas.json` (written atomically, owner-only).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{valid_name, Action, Principal};
+use crate::api::{json_body, run_json, AppState};
+use crate::error::{AggregatorError, Result};
+use crate::query::params::{self, Parameter};
+use crate::query::{Query, QueryOptions, QueryResponse};
+
+/// The tag every new version takes.
+pub const LATEST: &str = "latest";
+/// Versions one lambda keeps at most (a dashboard's deploy loop must not grow
+/// the file without bound).
+const MAX_VERSIONS: usize = 1000;
+/// Bytes of SQL one version holds at most.
+const MAX_SQL_BYTES: usize = 1 << 20;
+
+/// One version of a lambda: never changes once created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LambdaVersion {
+    pub version: u32,
+    pub sql: String,
+    #[serde(default)]
+    pub default_parameters: Vec<Parameter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// A lambda: its versions and tags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lambda {
+    pub name: String,
+    pub versions: Vec<LambdaVersion>,
+    /// Tag → version; `latest` is always the newest version.
+    pub tags: BTreeMap<String, u32>,
+}
+
+impl Lambda {
+    pub fn version(&self, version: u32) -> Result<&LambdaVersion> {
+        self.versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| {
+                AggregatorError::NotFound(format!(
+                    "Query Lambda `{}` has no version {version}; its versions are 1 to {}",
+                    self.name,
+                    self.versions.last().map_or(0, |v| v.version)
+                ))
+            })
+    }
+
+    pub fn tagged(&self, tag: &str) -> Result<&LambdaVersion> {
+        let version = self.tags.get(tag).ok_or_else(|| {
+            AggregatorError::NotFound(format!(
+                "Query Lambda `{}` has no tag `{tag}`; its tags are {}",
+                self.name,
+                self.tags.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        self.version(*version)
+    }
+}
+
+/// The lambdas of this aggregator, in `<data-dir>/lambdas.json`.
+#[derive(Debug)]
+pub struct LambdaStore {
+    path: PathBuf,
+    lambdas: Mutex<BTreeMap<String, Lambda>>,
+}
+
+impl LambdaStore {
+    pub fn open(path: PathBuf) -> Result<Self> {
+        let lambdas = crate::files::load(&path, "the Query Lambda file")?;
+        Ok(Self {
+            path,
+            lambdas: Mutex::new(lambdas),
+        })
+    }
+
+    fn change<T>(&self, change: impl FnOnce(&mut BTreeMap<String, Lambda>) -> Result<T>) -> Result<T> {
+        let mut lambdas = self.lambdas.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = lambdas.clone();
+        let answer = change(&mut next)?;
+        crate::files::store(&self.path, &next, "the Query Lambda file")?;
+        *lambdas = next;
+        Ok(answer)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Lambda> {
+        self.lambdas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                AggregatorError::NotFound(format!(
+                    "Query Lambda `{name}` does not exist; create it with POST /v1/lambdas"
+                ))
+            })
+    }
+
+    pub fn list(&self) -> Vec<Lambda> {
+        self.lambdas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a lambda with its first version.
+    pub fn create(&self, name: &str, version: LambdaVersion) -> Result<Lambda> {
+        self.change(|lambdas| {
+            if lambdas.contains_key(name) {
+                return Err(AggregatorError::Conflict(format!(
+                    "Query Lambda `{name}` already exists; add a version with POST \
+                     /v1/lambdas/{name}/versions"
+                )));
+            }
+            let lambda = Lambda {
+                name: name.to_string(),
+                tags: BTreeMap::from([(LATEST.to_string(), version.version)]),
+                versions: vec![version],
+            };
+            lambdas.insert(name.to_string(), lambda.clone());
+            Ok(lambda)
+        })
+    }
+
+    /// Adds the next version; `latest` moves to it.
+    pub fn add_version(&self, name: &str, mut version: LambdaVersion) -> Result<LambdaVersion> {
+        self.change(|lambdas| {
+            let lambda = lambdas.get_mut(name).ok_or_else(|| {
+                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
+            })?;
+            if lambda.versions.len() >= MAX_VERSIONS {
+                return Err(AggregatorError::InvalidRequest(format!(
+                    "Query Lambda `{name}` has {MAX_VERSIONS} versions, the most one may \
+                     have; create a new lambda"
+                )));
+            }
+            version.version = lambda.versions.last().map_or(1, |v| v.version + 1);
+            lambda.versions.push(version.clone());
+            lambda.tags.insert(LATEST.to_string(), version.version);
+            Ok(version)
+        })
+    }
+
+    pub fn set_tag(&self, name: &str, tag: &str, version: u32) -> Result<Lambda> {
+        self.change(|lambdas| {
+            let lambda = lambdas.get_mut(name).ok_or_else(|| {
+                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
+            })?;
+            lambda.version(version)?;
+            lambda.tags.insert(tag.to_string(), version);
+            Ok(lambda.clone())
+        })
+    }
+
+    pub fn delete_tag(&self, name: &str, tag: &str) -> Result<()> {
+        self.change(|lambdas| {
+            let lambda = lambdas.get_mut(name).ok_or_else(|| {
+                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
+            })?;
+            if lambda.tags.remove(tag).is_none() {
+                return Err(AggregatorError::NotFound(format!(
+                    "Query Lambda `{name}` has no tag `{tag}`"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete(&self, name: &str) -> Result<()> {
+        self.change(|lambdas| {
+            lambdas.remove(name).map(|_| ()).ok_or_else(|| {
+                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
+            })
+        })
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/lambdas", post(create).get(list))
+        .route("/v1/lambdas/{name}", get(describe).delete(delete))
+        .route("/v1/lambdas/{name}/versions", post(add_version))
+        .route(
+            "/v1/lambdas/{name}/versions/{version}",
+            get(describe_version).post(run_version),
+        )
+        .route(
+            "/v1/lambdas/{name}/tags/{tag}",
+            post(run_tag).put(set_tag).delete(delete_tag),
+        )
+}
+
+/// What creating a lambda or a version takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub sql: String,
+    #[serde(default)]
+    pub default_parameters: Vec<Parameter>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Checks a version's SQL before it is kept: it is a query that plans for the
+/// caller (its placeholders may stay unbound), and its defaults fit their types.
+pub async fn check_version(
+    state: &AppState,
+    principal: &Principal,
+    request: VersionRequest,
+) -> Result<LambdaVersion> {
+    if request.sql.trim().is_empty() || request.sql.len() > MAX_SQL_BYTES {
+        return Err(AggregatorError::InvalidRequest(format!(
+            "a Query Lambda's sql must be a query of at most {MAX_SQL_BYTES} bytes"
+        )));
+    }
+    params::named(&request.default_parameters)?;
+    let described = state.engine.describe(&request.sql, principal).await?;
+    for (id, _) in &described.parameters {
+        if params::positional_index(id).is_some() {
+            return Err(AggregatorError::InvalidParameter(format!(
+                "a Query Lambda names its parameters (`:user`), not `{id}`"
+            )));
+        }
+    }
+    Ok(LambdaVersion {
+        version: 1,
+        sql: request.sql,
+        default_parameters: request.default_parameters,
+        description: request.description,
+        created_at: Utc::now(),
+        created_by: principal.name.clone(),
+    })
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Result<Response> {
+    let request: VersionRequest = json_body(&body)?;
+    let name = request.name.clone().ok_or_else(|| {
+        AggregatorError::InvalidRequest("a Query Lambda needs a `name`".into())
+    })?;
+    valid_name("Query Lambda", &name)?;
+    principal.require(Action::ManageLambdas, &name)?;
+    let version = check_version(&state, &principal, request).await?;
+    let lambda = state.lambdas.create(&name, version)?;
+    Ok((StatusCode::CREATED, Json(lambda)).into_response())
+}
+
+/// A lambda as listed: how many versions, the newest, and its tags.
+#[derive(Serialize)]
+struct Listed {
+    name: String,
+    latest_version: u32,
+    versions: usize,
+    tags: BTreeMap<String, u32>,
+}
+
+/// Lambdas (their SQL included) are shown to keys that may query or manage
+/// lambdas.
+fn may_see(principal: &Principal) -> Result<()> {
+    if principal.has(Action::Query) || principal.has(Action::ManageLambdas) {
+        return Ok(());
+    }
+    Err(principal.forbidden(Action::Query, "*"))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Vec<Listed>>> {
+    may_see(&principal)?;
+    Ok(Json(
+        state
+            .lambdas
+            .list()
+            .into_iter()
+            .map(|lambda| Listed {
+                latest_version: lambda.tags.get(LATEST).copied().unwrap_or(0),
+                versions: lambda.versions.len(),
+                name: lambda.name,
+                tags: lambda.tags,
+            })
+            .collect(),
+    ))
+}
+
+async fn describe(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<Lambda>> {
+    may_see(&principal)?;
+    Ok(Json(state.lambdas.get(&name)?))
+}
+
+async fn describe_version(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((name, version)): Path<(String, u32)>,
+) -> Result<Json<LambdaVersion>> {
+    may_see(&principal)?;
+    Ok(Json(state.lambdas.get(&name)?.version(version)?.clone()))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    principal.require(Action::ManageLambdas, &name)?;
+    state.lambdas.delete(&name)?;
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
+async fn add_version(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    principal.require(Action::ManageLambdas, &name)?;
+    state.lambdas.get(&name)?;
+    let request: VersionRequest = json_body(&body)?;
+    let version = check_version(&state, &principal, request).await?;
+    let version = state.lambdas.add_version(&name, version)?;
+    Ok((StatusCode::CREATED, Json(version)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagRequest {
+    version: u32,
+}
+
+async fn set_tag(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((name, tag)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Lambda>> {
+    principal.require(Action::ManageLambdas, &name)?;
+    if tag == LATEST {
+        return Err(AggregatorError::InvalidRequest(
+            "`latest` always points at the newest version; add a version to move it".into(),
+        ));
+    }
+    valid_name("tag", &tag)?;
+    let request: TagRequest = json_body(&body)?;
+    Ok(Json(state.lambdas.set_tag(&name, &tag, request.version)?))
+}
+
+async fn delete_tag(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((name, tag)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>> {
+    principal.require(Action::ManageLambdas, &name)?;
+    if tag == LATEST {
+        return Err(AggregatorError::InvalidRequest(
+            "`latest` cannot be removed".into(),
+        ));
+    }
+    state.lambdas.delete_tag(&name, &tag)?;
+    Ok(Json(serde_json::json!({ "deleted": tag })))
+}
+
+/// What running a lambda takes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    #[serde(default)]
+    pub parameters: Vec<Parameter>,
+    /// Rockset's row limit (rows returned at most), accepted as is.
+    #[serde(default)]
+    pub default_row_limit: Option<usize>,
+}
+
+/// Runs a version: the request's parameters over its defaults.
+pub async fn run(
+    state: &AppState,
+    principal: &Principal,
+    lambda: &str,
+    version: &LambdaVersion,
+    request: RunRequest,
+) -> Result<QueryResponse> {
+    let mut parameters: BTreeMap<String, Parameter> = version
+        .default_parameters
+        .iter()
+        .map(|p| (p.name.trim_start_matches(':').to_string(), p.clone()))
+        .collect();
+    for parameter in request.parameters {
+        parameters.insert(parameter.name.trim_start_matches(':').to_string(), parameter);
+    }
+    let parameters: Vec<Parameter> = parameters.into_values().collect();
+    let query = Query {
+        sql: version.sql.clone(),
+        options: QueryOptions::default(),
+        params: params::named(&parameters)?,
+    };
+    let result = run_json(state, query, principal).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.code(),
+    };
+    state.metrics.add(
+        "altdb_lambda_executions_total",
+        "Query Lambda runs, by lambda, version and outcome.",
+        &[
+            ("lambda", lambda),
+            ("version", &version.version.to_string()),
+            ("outcome", outcome),
+        ],
+        1.0,
+    );
+    let mut response = result?;
+    state.metrics.observe(
+        "altdb_lambda_duration_seconds",
+        "Time to answer a Query Lambda run, by lambda.",
+        &[("lambda", lambda)],
+        response.stats.elapsed_ms / 1000.0,
+    );
+    if let Some(limit) = request.default_row_limit {
+        if response.rows.len() > limit {
+            response.rows.truncate(limit);
+            response.stats.truncated = true;
+        }
+    }
+    Ok(response)
+}
+
+fn run_body(body: &[u8]) -> Result<RunRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RunRequest::default());
+    }
+    json_body(body)
+}
+
+async fn run_version(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((name, version)): Path<(String, u32)>,
+    body: Bytes,
+) -> Result<Json<QueryResponse>> {
+    let lambda = state.lambdas.get(&name)?;
+    let version = lambda.version(version)?;
+    Ok(Json(run(&state, &principal, &name, version, run_body(&body)?).await?))
+}
+
+async fn run_tag(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((name, tag)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<QueryResponse>> {
+    let lambda = state.lambdas.get(&name)?;
+    let version = lambda.tagged(&tag)?;
+    Ok(Json(run(&state, &principal, &name, version, run_body(&body)?).await?))
+}
