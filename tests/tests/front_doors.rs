@@ -90,6 +90,15 @@ fn psql(cluster: &Cluster, key: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// psql's major version.
+fn psql_major() -> u32 {
+    let output = Command::new("psql").arg("--version").output().expect("psql runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .find_map(|word| word.split('.').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn python_clients_get_the_oracles_answers() {
     let cluster = cluster_with_events();
@@ -140,21 +149,27 @@ fn psql_lists_describes_and_binds() {
         assert!(out.contains(expected), "`{expected}` missing from:\n{out}");
     }
 
-    // \bind sends the statement with the extended protocol and its parameters.
-    let (ok, out, err) = psql(
-        &cluster,
-        &key,
-        &["-c", "SELECT id, price FROM events WHERE \"user\" = $1 AND qty = $2 ORDER BY id \\bind u1 1 \\g"],
-    );
-    assert!(ok, "\\bind failed: {err}");
-    let ids: Vec<&str> = out
-        .lines()
-        .filter_map(|line| line.split('|').next())
-        .map(str::trim)
-        .filter(|cell| cell.parse::<i64>().is_ok())
-        .collect();
-    // user u1: id % 5 == 1; qty 1: id % 7 == 1 → id % 35 == 1.
-    assert_eq!(ids, vec!["1", "36", "71"], "{out}");
+    // \bind (psql 16 and later) sends the statement with the extended protocol
+    // and its parameters; Debian 12's psql is 15, where psycopg and asyncpg
+    // cover that protocol (python_clients_get_the_oracles_answers).
+    if psql_major() >= 16 {
+        let (ok, out, err) = psql(
+            &cluster,
+            &key,
+            &["-c", "SELECT id, price FROM events WHERE \"user\" = $1 AND qty = $2 ORDER BY id \\bind u1 1 \\g"],
+        );
+        assert!(ok, "\\bind failed: {err}");
+        let ids: Vec<&str> = out
+            .lines()
+            .filter_map(|line| line.split('|').next())
+            .map(str::trim)
+            .filter(|cell| cell.parse::<i64>().is_ok())
+            .collect();
+        // user u1: id % 5 == 1; qty 1: id % 7 == 1 → id % 35 == 1.
+        assert_eq!(ids, vec!["1", "36", "71"], "{out}");
+    } else {
+        eprintln!("psql {} has no \\bind; skipped", psql_major());
+    }
 
     // Errors carry their SQLSTATE and message.
     let (ok, _, err) = psql(&cluster, &key, &["-c", "SELECT nope FROM events"]);

@@ -94,8 +94,9 @@ pub enum Command {
     Show(String),
     /// `RESET name`, `RESET ALL`.
     Reset(String),
-    /// `DISCARD ..`, `DEALLOCATE ..`, `CLOSE ..`, `UNLISTEN ..`: answered with
-    /// their tag and nothing done (altdb keeps no such session state).
+    /// `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `DISCARD ..`, `DEALLOCATE ..`,
+    /// `CLOSE ..`, `UNLISTEN ..`: answered with their tag and nothing done
+    /// (altdb keeps no such session state; every statement is a read).
     Tag(&'static str),
 }
 
@@ -112,7 +113,11 @@ pub fn command(sql: &str) -> Option<Command> {
     match words[0] {
         "begin" | "start" => Some(Command::Begin),
         "commit" | "end" => Some(Command::Commit),
+        // `ROLLBACK TO [SAVEPOINT] x` stays in the transaction.
+        "rollback" if words.get(1) == Some(&"to") => Some(Command::Tag("ROLLBACK")),
         "rollback" | "abort" => Some(Command::Rollback),
+        "savepoint" => Some(Command::Tag("SAVEPOINT")),
+        "release" => Some(Command::Tag("RELEASE")),
         "set" => {
             let mut rest = &original[1..];
             if let Some(first) = rest.first() {
@@ -277,6 +282,11 @@ mod tests {
         assert_eq!(command("BEGIN"), Some(Command::Begin));
         assert_eq!(command("start transaction read only"), Some(Command::Begin));
         assert_eq!(command("COMMIT;"), Some(Command::Commit));
+        assert_eq!(command("SAVEPOINT \"_pg3_1\""), Some(Command::Tag("SAVEPOINT")));
+        assert_eq!(
+            command("ROLLBACK TO SAVEPOINT \"_pg3_1\""),
+            Some(Command::Tag("ROLLBACK"))
+        );
         assert_eq!(
             command("SET extra_float_digits = 3"),
             Some(Command::Set {

@@ -924,6 +924,10 @@ async fn read_only_plan(
     let dialect = state.config().options().sql_parser.dialect;
     let mut statement = state.sql_to_statement(sql, &dialect)?;
     statement::check_read_only(&statement).map_err(refused)?;
+    // Before the table references are resolved: it qualifies catalog tables.
+    statement::rewrite_postgres_idioms(&mut statement, |name| {
+        datafusion::catalog::SchemaProvider::table_exist(provider, name)
+    });
     let mut fields = std::collections::BTreeSet::new();
     for reference in state.resolve_table_references(&statement)? {
         // Catalog tables (`pg_catalog.pg_class`) are not collections.
@@ -939,7 +943,6 @@ async fn read_only_plan(
     }
     statement::resolve_identifiers(&mut statement, &fields).map_err(refused)?;
     statement::rewrite_exists_in_projections(&mut statement);
-    statement::rewrite_postgres_idioms(&mut statement);
     let plan = state.statement_to_plan(statement).await?;
     // The check of the statement's kind above is the rule; this is its backstop.
     SQLOptions::new()

@@ -43,6 +43,37 @@ const INFORMATION_SCHEMA_OID: i64 = 13_000;
 const DATABASE_OID: i64 = 16_384;
 const OWNER_OID: i64 = 10;
 
+/// The `pg_catalog` tables altdb keeps empty (no indexes, constraints,
+/// defaults, comments, inheritance, collations, functions, extensions, views).
+pub const EMPTY_TABLES: &[&str] = &[
+    "pg_description",
+    "pg_index",
+    "pg_constraint",
+    "pg_attrdef",
+    "pg_inherits",
+    "pg_collation",
+    "pg_proc",
+    "pg_extension",
+    "pg_views",
+    "pg_matviews",
+    // Not tables here at all: only read by statements that are blanked.
+    "pg_policy",
+    "pg_statistic_ext",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_publication_namespace",
+    "pg_trigger",
+    "pg_rewrite",
+    "pg_partitioned_table",
+    "pg_foreign_table",
+    "pg_sequence",
+];
+
+/// Whether `name` is a `pg_catalog` table (one altdb has, or one it keeps empty).
+pub fn is_catalog_table(name: &str) -> bool {
+    CatalogSchema::PgCatalog.tables().contains(&name) || EMPTY_TABLES.contains(&name)
+}
+
 /// Which of the two catalog schemas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CatalogSchema {
@@ -759,6 +790,25 @@ fn functions() -> Vec<PgFunction> {
                 _ => ScalarValue::List(ScalarValue::new_list_nullable(&[], &DataType::Utf8)),
             },
         ),
+        function("to_regtype", any(1), DataType::Int64, |args| match args.first() {
+            Some(ScalarValue::Utf8(Some(name))) => {
+                let name = name.trim().trim_start_matches("pg_catalog.").to_ascii_lowercase();
+                ScalarValue::Int64(
+                    known_types()
+                        .iter()
+                        .find(|t| t.name() == name || display_name(t) == name)
+                        .map(|t| t.oid() as i64),
+                )
+            }
+            _ => ScalarValue::Int64(None),
+        }),
+        function("to_regclass", any(1), DataType::Int64, |args| match args.first() {
+            Some(ScalarValue::Utf8(Some(name))) => {
+                let name = name.trim().trim_start_matches("public.").to_ascii_lowercase();
+                ScalarValue::Int64(Some(table_oid(&name)))
+            }
+            _ => ScalarValue::Int64(None),
+        }),
         function("current_user", any(0), DataType::Utf8, |_| {
             ScalarValue::Utf8(Some(DATABASE.into()))
         }),

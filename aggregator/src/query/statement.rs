@@ -20,8 +20,8 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    visit_expressions_mut, Expr, GroupByExpr, Ident, Query, SelectItem, SetExpr, Statement, Value,
-    VisitMut, VisitorMut,
+    visit_expressions_mut, visit_relations_mut, BinaryOperator, ObjectNamePart, DataType as SqlDataType, Expr, GroupByExpr, Ident,
+    Query, Select, SelectItem, SetExpr, Statement, TimezoneInfo, Value, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -123,11 +123,61 @@ pub fn rewrite_exists_in_projections(statement: &mut DfStatement) {
 ///
 /// - `x IN (SELECT .. FROM .. string_to_array(current_setting('search_path'), ',') ..)`,
 ///   the schemas on the search path (Grafana's schema browser), becomes
-///   `x IN ('public')`: collections are the tables of schema `public`.
-pub fn rewrite_postgres_idioms(statement: &mut DfStatement) {
+///   `x IN ('public')`: collections are the tables of schema `public`;
+/// - `a OPERATOR(pg_catalog.~) b` (psql) becomes `a ~ b`;
+/// - `x COLLATE pg_catalog.default` becomes `x` (altdb compares text by bytes);
+/// - casts to `pg_catalog.text`, `regclass`, `regtype`, `oid`, `int4`, ..
+///   become casts to the types altdb has (object ids are `bigint`);
+/// - an unqualified catalog table (`pg_extension`, found on Postgres's search
+///   path) that is not a collection becomes `pg_catalog.pg_extension`.
+pub fn rewrite_postgres_idioms(statement: &mut DfStatement, is_collection: impl Fn(&str) -> bool) {
     let Some(statement) = sql_statement(statement) else {
         return;
     };
+    let _ = visit_relations_mut(statement, |name| {
+        if let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() {
+            let table = ident.value.to_ascii_lowercase();
+            if super::pg_catalog::is_catalog_table(&table) && !is_collection(&table) {
+                name.0.insert(0, ObjectNamePart::Identifier(Ident::new("pg_catalog")));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if let Statement::Query(query) = statement {
+        if blank_empty_catalog_reads(query.body.as_mut()) {
+            query.order_by = None;
+            query.limit_clause = None;
+        }
+    }
+    let _ = visit_expressions_mut(statement, |expr| {
+        match expr {
+            Expr::Collate { expr: inner, .. } => {
+                let inner = std::mem::replace(inner.as_mut(), Expr::value(Value::Null));
+                *expr = inner;
+            }
+            Expr::BinaryOp { op, .. } => {
+                if let BinaryOperator::PGCustomBinaryOperator(parts) = op {
+                    if let Some(standard) = parts.last().and_then(|op| standard_operator(op)) {
+                        *op = standard;
+                    }
+                }
+            }
+            Expr::Cast { data_type, .. } => {
+                if let Some(standard) = standard_type(data_type) {
+                    *data_type = standard;
+                }
+            }
+            Expr::Subquery(query) => {
+                if reads_empty_catalog_table(query) {
+                    *expr = Expr::value(Value::Null);
+                } else {
+                    aggregate_catalog_lookup(query);
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::InSubquery {
             expr: tested,
@@ -148,6 +198,178 @@ pub fn rewrite_postgres_idioms(statement: &mut DfStatement) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// A SELECT (or every branch of a UNION) reading an empty `pg_catalog` table
+/// has no rows; it becomes `SELECT NULL AS <its column names> WHERE false`
+/// without being planned, since what psql's `\d` asks of those tables
+/// (policies, statistics objects, publications, inheritance) uses expressions
+/// DataFusion does not have. Returns whether the body was replaced.
+fn blank_empty_catalog_reads(body: &mut SetExpr) -> bool {
+    match body {
+        SetExpr::SetOperation { left, right, .. } => {
+            let (l, r) = (
+                blank_empty_catalog_reads(left.as_mut()),
+                blank_empty_catalog_reads(right.as_mut()),
+            );
+            l && r
+        }
+        SetExpr::Select(select) => {
+            if !select_reads_empty_catalog_table(select) {
+                return false;
+            }
+            let columns: Vec<String> = select
+                .projection
+                .iter()
+                .map(|item| match item {
+                    SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
+                    SelectItem::UnnamedExpr(Expr::Identifier(ident)) => ident.value.clone(),
+                    SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts
+                        .last()
+                        .map_or_else(|| "?column?".to_string(), |p| p.value.clone()),
+                    _ => "?column?".to_string(),
+                })
+                .enumerate()
+                // Unique names: DataFusion refuses two columns of one name.
+                .map(|(i, name)| format!("{name}{}", if i == 0 { String::new() } else { format!("_{i}") }))
+                .collect();
+            let text = format!(
+                "SELECT {} WHERE false",
+                columns
+                    .iter()
+                    .map(|c| format!("NULL AS \"{}\"", c.replace('"', "\"\"")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let Ok(parsed) = Parser::new(&GenericDialect {})
+                .try_with_sql(&text)
+                .and_then(|mut parser| parser.parse_query())
+            else {
+                return false;
+            };
+            *body = *parsed.body;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether a query's rows come from a `pg_catalog` table that altdb keeps empty
+/// (`pg_attrdef`, `pg_collation`, ..), joined in: then it has no rows, and as a
+/// scalar subquery it is NULL (DataFusion cannot decorrelate some of the ones
+/// psql sends, e.g. with `a.attcollation <> t.typcollation`).
+fn reads_empty_catalog_table(query: &Query) -> bool {
+    match query.body.as_ref() {
+        SetExpr::Select(select) => select_reads_empty_catalog_table(select),
+        _ => false,
+    }
+}
+
+fn select_reads_empty_catalog_table(select: &Select) -> bool {
+    let empty = |relation: &datafusion::sql::sqlparser::ast::TableFactor| {
+        let name = relation.to_string().to_ascii_lowercase();
+        let table = name.split_whitespace().next().unwrap_or_default();
+        super::pg_catalog::EMPTY_TABLES
+            .iter()
+            .any(|t| table == format!("pg_catalog.{t}"))
+    };
+    select.from.iter().any(|from| {
+        empty(&from.relation)
+            || from.joins.iter().any(|join| {
+                matches!(
+                    join.join_operator,
+                    datafusion::sql::sqlparser::ast::JoinOperator::Inner(_)
+                        | datafusion::sql::sqlparser::ast::JoinOperator::Join(_)
+                        | datafusion::sql::sqlparser::ast::JoinOperator::CrossJoin(_)
+                ) && empty(&join.relation)
+            })
+    })
+}
+
+/// A scalar subquery over `pg_catalog` tables that selects one value without
+/// an aggregate (psql's `\d`: `(SELECT pg_get_expr(..) FROM pg_attrdef d WHERE
+/// d.adrelid = a.attrelid ..)`) selects `max(value)`: Postgres would fail on a
+/// second row, DataFusion plans only aggregated correlated subqueries, and the
+/// catalog has at most one such row.
+fn aggregate_catalog_lookup(query: &mut Query) {
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    let catalog = !select.from.is_empty()
+        && select.from.iter().all(|from| {
+            from.relation
+                .to_string()
+                .to_ascii_lowercase()
+                .starts_with("pg_catalog.")
+        });
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    if !catalog || grouped || select.projection.len() != 1 {
+        return;
+    }
+    let (expr, alias) = match &select.projection[0] {
+        SelectItem::UnnamedExpr(expr) => (expr.clone(), None),
+        SelectItem::ExprWithAlias { expr, alias } => (expr.clone(), Some(alias.clone())),
+        _ => return,
+    };
+    let text = expr.to_string().to_ascii_lowercase();
+    if ["max(", "min(", "count(", "sum(", "avg(", "array_agg(", "string_agg("]
+        .iter()
+        .any(|aggregate| text.contains(aggregate))
+    {
+        return;
+    }
+    let Ok(wrapped) = Parser::new(&GenericDialect {})
+        .try_with_sql(&format!("max({expr})"))
+        .and_then(|mut parser| parser.parse_expr())
+    else {
+        return;
+    };
+    select.projection[0] = match alias {
+        Some(alias) => SelectItem::ExprWithAlias {
+            expr: wrapped,
+            alias,
+        },
+        None => SelectItem::UnnamedExpr(wrapped),
+    };
+}
+
+/// The operator `OPERATOR(pg_catalog.<op>)` names.
+fn standard_operator(op: &str) -> Option<BinaryOperator> {
+    Some(match op {
+        "~" => BinaryOperator::PGRegexMatch,
+        "~*" => BinaryOperator::PGRegexIMatch,
+        "!~" => BinaryOperator::PGRegexNotMatch,
+        "!~*" => BinaryOperator::PGRegexNotIMatch,
+        "=" => BinaryOperator::Eq,
+        "<>" | "!=" => BinaryOperator::NotEq,
+        "<" => BinaryOperator::Lt,
+        "<=" => BinaryOperator::LtEq,
+        ">" => BinaryOperator::Gt,
+        ">=" => BinaryOperator::GtEq,
+        "||" => BinaryOperator::StringConcat,
+        _ => return None,
+    })
+}
+
+/// A Postgres type name altdb plans under another name.
+fn standard_type(data_type: &SqlDataType) -> Option<SqlDataType> {
+    let name = match data_type {
+        SqlDataType::Regclass => "regclass".to_string(),
+        SqlDataType::Custom(name, _) => name.to_string().to_ascii_lowercase(),
+        _ => return None,
+    };
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    Some(match name {
+        "text" | "varchar" | "name" | "bpchar" | "char" | "\"char\"" => SqlDataType::Text,
+        "oid" | "regclass" | "regtype" | "regproc" | "regprocedure" | "regnamespace"
+        | "regrole" | "int8" | "xid" => SqlDataType::BigInt(None),
+        "int4" | "int2" => SqlDataType::Int(None),
+        "bool" => SqlDataType::Boolean,
+        "float8" => SqlDataType::DoublePrecision,
+        "float4" => SqlDataType::Real,
+        "timestamptz" => SqlDataType::Timestamp(None, TimezoneInfo::Tz),
+        _ => return None,
+    })
 }
 
 fn exists_as_count(subquery: &Query, negated: bool) -> Option<Expr> {
