@@ -188,7 +188,11 @@ impl AggregatorConfig {
 
     /// The Flight SQL door's address, if it is on.
     pub fn flight_sql_address(&self) -> Result<Option<SocketAddr>, altdb_common::Error> {
-        door_address("flight_sql_listen", &self.flight_sql_listen, "127.0.0.1:7433")
+        door_address(
+            "flight_sql_listen",
+            &self.flight_sql_listen,
+            "127.0.0.1:7433",
+        )
     }
 
     /// The cluster secret this process was given; starting without one is an error.

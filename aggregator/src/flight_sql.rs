@@ -557,7 +557,11 @@ impl FlightSqlService for FlightSqlDoor {
         self.caller(&request)?;
         let mut builder = query.into_builder();
         builder.append(DATABASE);
-        Self::one_batch(builder.build().map_err(|e| Status::internal(e.to_string()))?)
+        Self::one_batch(
+            builder
+                .build()
+                .map_err(|e| Status::internal(e.to_string()))?,
+        )
     }
 
     async fn get_flight_info_schemas(
@@ -581,7 +585,11 @@ impl FlightSqlService for FlightSqlDoor {
         self.caller(&request)?;
         let mut builder = query.into_builder();
         builder.append(DATABASE, PUBLIC);
-        Self::one_batch(builder.build().map_err(|e| Status::internal(e.to_string()))?)
+        Self::one_batch(
+            builder
+                .build()
+                .map_err(|e| Status::internal(e.to_string()))?,
+        )
     }
 
     async fn get_flight_info_tables(
@@ -610,7 +618,11 @@ impl FlightSqlService for FlightSqlDoor {
                 .append(DATABASE, PUBLIC, name, "TABLE", &schema)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
-        Self::one_batch(builder.build().map_err(|e| Status::internal(e.to_string()))?)
+        Self::one_batch(
+            builder
+                .build()
+                .map_err(|e| Status::internal(e.to_string()))?,
+        )
     }
 
     async fn get_flight_info_table_types(
@@ -620,7 +632,11 @@ impl FlightSqlService for FlightSqlDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
         let schema = Schema::new(vec![Field::new("table_type", DataType::Utf8, false)]);
-        Self::info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        Self::info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(

@@ -117,7 +117,10 @@ impl LambdaStore {
         })
     }
 
-    fn change<T>(&self, change: impl FnOnce(&mut BTreeMap<String, Lambda>) -> Result<T>) -> Result<T> {
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, Lambda>) -> Result<T>,
+    ) -> Result<T> {
         let mut lambdas = self.lambdas.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = lambdas.clone();
         let answer = change(&mut next)?;
@@ -285,9 +288,10 @@ async fn create(
     body: Bytes,
 ) -> Result<Response> {
     let request: VersionRequest = json_body(&body)?;
-    let name = request.name.clone().ok_or_else(|| {
-        AggregatorError::InvalidRequest("a Query Lambda needs a `name`".into())
-    })?;
+    let name = request
+        .name
+        .clone()
+        .ok_or_else(|| AggregatorError::InvalidRequest("a Query Lambda needs a `name`".into()))?;
     valid_name("Query Lambda", &name)?;
     principal.require(Action::ManageLambdas, &name)?;
     let version = check_version(&state, &principal, request).await?;
@@ -438,7 +442,10 @@ pub async fn run(
         .map(|p| (p.name.trim_start_matches(':').to_string(), p.clone()))
         .collect();
     for parameter in request.parameters {
-        parameters.insert(parameter.name.trim_start_matches(':').to_string(), parameter);
+        parameters.insert(
+            parameter.name.trim_start_matches(':').to_string(),
+            parameter,
+        );
     }
     let parameters: Vec<Parameter> = parameters.into_values().collect();
     let query = Query {
@@ -492,7 +499,9 @@ async fn run_version(
 ) -> Result<Json<QueryResponse>> {
     let lambda = state.lambdas.get(&name)?;
     let version = lambda.version(version)?;
-    Ok(Json(run(&state, &principal, &name, version, run_body(&body)?).await?))
+    Ok(Json(
+        run(&state, &principal, &name, version, run_body(&body)?).await?,
+    ))
 }
 
 async fn run_tag(
@@ -503,5 +512,7 @@ async fn run_tag(
 ) -> Result<Json<QueryResponse>> {
     let lambda = state.lambdas.get(&name)?;
     let version = lambda.tagged(&tag)?;
-    Ok(Json(run(&state, &principal, &name, version, run_body(&body)?).await?))
+    Ok(Json(
+        run(&state, &principal, &name, version, run_body(&body)?).await?,
+    ))
 }

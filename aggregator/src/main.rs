@@ -8,13 +8,13 @@ use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
 
-use altdb_aggregator::lambdas::LambdaStore;
 use altdb_aggregator::access::authn::Authenticator;
 use altdb_aggregator::access::store::KeyStore;
 use altdb_aggregator::admission::Admission;
 use altdb_aggregator::api::{router, AppState};
 use altdb_aggregator::catalog::{Catalog, FileCatalog};
 use altdb_aggregator::cluster::Cluster;
+use altdb_aggregator::lambdas::LambdaStore;
 use altdb_aggregator::query::{QueryEngine, QueryLimits};
 use altdb_aggregator::sources::KafkaProbe;
 use altdb_aggregator::AggregatorConfig;

@@ -201,7 +201,11 @@ async fn add_documents(
     let (status, bytes) =
         forward_write(&state, &principal, &collection, &headers, ndjson.into()).await?;
     if !status.is_success() {
-        return Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes)
+        return Ok((
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
             .into_response());
     }
     let written: WriteResponse = serde_json::from_slice(&bytes).map_err(|e| {
@@ -231,9 +235,7 @@ async fn add_documents(
     Ok((StatusCode::OK, Json(json!({ "data": data }))).into_response())
 }
 
-async fn delete_documents(
-    Path((ws, _collection)): Path<(String, String)>,
-) -> Result<Response> {
+async fn delete_documents(Path((ws, _collection)): Path<(String, String)>) -> Result<Response> {
     workspace(&ws)?;
     Err(AggregatorError::InvalidRequest(
         "deleting documents by _id is not built yet in altdb; it is planned with the data \

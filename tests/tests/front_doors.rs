@@ -92,7 +92,10 @@ fn psql(cluster: &Cluster, key: &str, args: &[&str]) -> (bool, String, String) {
 
 /// psql's major version.
 fn psql_major() -> u32 {
-    let output = Command::new("psql").arg("--version").output().expect("psql runs");
+    let output = Command::new("psql")
+        .arg("--version")
+        .output()
+        .expect("psql runs");
     String::from_utf8_lossy(&output.stdout)
         .split_whitespace()
         .find_map(|word| word.split('.').next()?.parse().ok())
@@ -144,8 +147,19 @@ fn psql_lists_describes_and_binds() {
     assert!(out.contains("events") && out.contains("table"), "{out}");
 
     let (ok, out, err) = psql(&cluster, &key, &["-c", "\\d events"]);
-    assert!(ok, "\\d events failed: {err}\n{}", cluster.aggregator.log_tail());
-    for expected in ["_event_time", "timestamp with time zone", "price", "double precision", "tags", "text[]"] {
+    assert!(
+        ok,
+        "\\d events failed: {err}\n{}",
+        cluster.aggregator.log_tail()
+    );
+    for expected in [
+        "_event_time",
+        "timestamp with time zone",
+        "price",
+        "double precision",
+        "tags",
+        "text[]",
+    ] {
         assert!(out.contains(expected), "`{expected}` missing from:\n{out}");
     }
 
@@ -174,7 +188,10 @@ fn psql_lists_describes_and_binds() {
     // Errors carry their SQLSTATE and message.
     let (ok, _, err) = psql(&cluster, &key, &["-c", "SELECT nope FROM events"]);
     assert!(!ok);
-    assert!(err.contains("nope") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -195,7 +212,10 @@ fn keys_are_passwords_and_roles_apply() {
         .unwrap();
     assert_eq!(answer.status, 201, "{}", answer.body);
     let answer = cluster
-        .post_json("/v1/keys", &json!({"name": "dash", "role": "events-reader"}))
+        .post_json(
+            "/v1/keys",
+            &json!({"name": "dash", "role": "events-reader"}),
+        )
         .unwrap();
     assert_eq!(answer.status, 201, "{}", answer.body);
     let key = answer.body["key"].as_str().unwrap().to_string();
@@ -203,7 +223,10 @@ fn keys_are_passwords_and_roles_apply() {
     // A wrong password is refused at connection, saying what the password is.
     let (ok, _, err) = psql(&cluster, "not-a-key", &["-c", "SELECT 1"]);
     assert!(!ok);
-    assert!(err.contains("password authentication failed") && err.contains("API key"), "{err}");
+    assert!(
+        err.contains("password authentication failed") && err.contains("API key"),
+        "{err}"
+    );
     assert!(
         !cluster
             .logs_containing(&["event=authentication_failed", "postgres"])
@@ -212,7 +235,11 @@ fn keys_are_passwords_and_roles_apply() {
     );
 
     // The key reads what its role allows and nothing else, as over HTTP.
-    let (ok, out, err) = psql(&cluster, &key, &["-A", "-t", "-c", "SELECT COUNT(*) FROM events"]);
+    let (ok, out, err) = psql(
+        &cluster,
+        &key,
+        &["-A", "-t", "-c", "SELECT COUNT(*) FROM events"],
+    );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "100");
     let (ok, _, err) = psql(&cluster, &key, &["-c", "SELECT * FROM secrets"]);
@@ -222,13 +249,18 @@ fn keys_are_passwords_and_roles_apply() {
     let (ok, out, err) = psql(
         &cluster,
         &key,
-        &["-A", "-t", "-c", "SELECT table_name FROM information_schema.tables ORDER BY 1"],
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SELECT table_name FROM information_schema.tables ORDER BY 1",
+        ],
     );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "events", "{out}");
 
     // A revoked key's next connection is refused.
-    assert_eq!(cluster.delete("/v1/keys/dash").unwrap().status, 200);
+    assert_eq!(cluster.delete("/v1/keys/dash").unwrap().status, 204);
     let (ok, _, err) = psql(&cluster, &key, &["-c", "SELECT 1"]);
     assert!(!ok, "a revoked key connected");
     assert!(err.contains("password authentication failed"), "{err}");
@@ -254,7 +286,12 @@ con.execute("SELECT 1")
 print("session usable")
 "#;
     let output = Command::new("python3")
-        .args(["-c", script, &cluster.postgres_port.to_string(), &cluster.admin_key])
+        .args([
+            "-c",
+            script,
+            &cluster.postgres_port.to_string(),
+            &cluster.admin_key,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

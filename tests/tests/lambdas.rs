@@ -49,7 +49,10 @@ fn query_parameters_are_typed_values_never_sql() {
     // c1: ids 1, 5, .., 57 (15 of them); amount >= 100: ids 13..57 → 12 rows.
     let expected: Vec<i64> = (0..60).filter(|i| i % 4 == 1 && i * 10 >= 100).collect();
     assert_eq!(body["rows"][0][0], json!(expected.len()));
-    assert_eq!(body["rows"][0][1], json!(expected.iter().map(|i| i * 10).sum::<i64>()));
+    assert_eq!(
+        body["rows"][0][1],
+        json!(expected.iter().map(|i| i * 10).sum::<i64>())
+    );
 
     // A value is data: quotes and SQL in it match nothing and run nothing.
     let (status, body) = post(
@@ -88,13 +91,19 @@ fn query_parameters_are_typed_values_never_sql() {
     // Errors name the parameter.
     for (parameters, needle) in [
         (json!([]), "`who`"),
-        (json!([{"name": "who", "type": "int", "value": "abc"}]), "parameter `who`"),
+        (
+            json!([{"name": "who", "type": "int", "value": "abc"}]),
+            "parameter `who`",
+        ),
         (
             json!([{"name": "who", "type": "string", "value": "c1"},
                    {"name": "typo", "type": "string", "value": "x"}]),
             "`typo` is not used",
         ),
-        (json!([{"name": "who", "type": "uuid", "value": "x"}]), "the types are"),
+        (
+            json!([{"name": "who", "type": "uuid", "value": "x"}]),
+            "the types are",
+        ),
     ] {
         let (status, body) = post(
             &cluster,
@@ -160,7 +169,10 @@ fn lambdas_keep_versions_tags_and_defaults() {
     // `latest` is version 2, which has no default for `who`: the error names it.
     let (status, body) = post(&cluster, "/v1/lambdas/spend/tags/latest", json!({}));
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("`who`"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("`who`"),
+        "{body}"
+    );
     let (status, body) = post(
         &cluster,
         "/v1/lambdas/spend/tags/latest",
@@ -202,14 +214,21 @@ fn lambdas_keep_versions_tags_and_defaults() {
         json!([{"name": "customer", "type": "varchar"}, {"name": "total", "type": "bigint"}])
     );
     assert!(body["stats"]["elapsed_time_ms"].is_u64(), "{body}");
-    assert!(body["query_id"].as_str().is_some_and(|id| id.len() == 36), "{body}");
+    assert!(
+        body["query_id"].as_str().is_some_and(|id| id.len() == 36),
+        "{body}"
+    );
 
     // Executions count per lambda in /metrics.
-    let metrics = cluster.get_text(&format!("{}/metrics", cluster.url)).unwrap();
+    let metrics = cluster
+        .get_text(&format!("{}/metrics", cluster.url))
+        .unwrap();
     assert!(
-        metrics.lines().any(|line| line.starts_with("altdb_lambda_executions_total")
-            && line.contains("lambda=\"spend\"")
-            && line.contains("outcome=\"ok\"")),
+        metrics
+            .lines()
+            .any(|line| line.starts_with("altdb_lambda_executions_total")
+                && line.contains("lambda=\"spend\"")
+                && line.contains("outcome=\"ok\"")),
         "{metrics}"
     );
 
@@ -219,7 +238,12 @@ fn lambdas_keep_versions_tags_and_defaults() {
         .unwrap();
     let key = answer.body["key"].as_str().unwrap().to_string();
     let answer = cluster
-        .request_as(Some(&key), Method::POST, "/v1/lambdas/spend/versions/1", Some(&json!({})))
+        .request_as(
+            Some(&key),
+            Method::POST,
+            "/v1/lambdas/spend/versions/1",
+            Some(&json!({})),
+        )
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     let answer = cluster
@@ -231,7 +255,10 @@ fn lambdas_keep_versions_tags_and_defaults() {
         )
         .unwrap();
     assert_eq!(answer.status, 403, "{}", answer.body);
-    assert!(answer.body["error"]["message"].as_str().unwrap().contains("manage_lambdas"));
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("manage_lambdas"));
 
     // Lambdas survive a restart of the aggregator.
     let mut cluster = cluster;
@@ -282,7 +309,12 @@ fn rockset_queries_and_writes_keep_their_shape() {
     assert_eq!(data[1]["status"], "ERROR");
     assert!(data[1]["error"]["message"].as_str().is_some());
     assert_eq!(data[2]["status"], "ADDED");
-    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM orders WHERE customer = 'c9'").unwrap(), 2);
+    assert_eq!(
+        cluster
+            .scalar("SELECT COUNT(*) FROM orders WHERE customer = 'c9'")
+            .unwrap(),
+        2
+    );
 
     // Another workspace, and deletes, are refused with what to do.
     let (status, body) = post(
@@ -291,5 +323,8 @@ fn rockset_queries_and_writes_keep_their_shape() {
         json!({"data": [{"a": 1}]}),
     );
     assert_eq!(status, 404, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("commons"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("commons"));
 }

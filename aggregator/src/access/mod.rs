@@ -193,7 +193,14 @@ impl Role {
             Role::builtin(
                 MEMBER_ROLE,
                 "everything but keys and roles",
-                &[Query, Write, ManageCollections, ReadDlq, Monitor, ManageLambdas],
+                &[
+                    Query,
+                    Write,
+                    ManageCollections,
+                    ReadDlq,
+                    Monitor,
+                    ManageLambdas,
+                ],
             ),
             Role::builtin(
                 READ_ONLY_ROLE,

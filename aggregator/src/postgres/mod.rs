@@ -237,7 +237,11 @@ impl AuthMechanism<Principal> for KeyMechanism {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -433,7 +437,11 @@ impl Queries {
     }
 
     /// Answers a session command.
-    fn command<C: ClientInfo>(client: &C, command: &Command, format: &Format) -> PgWireResult<Response> {
+    fn command<C: ClientInfo>(
+        client: &C,
+        command: &Command,
+        format: &Format,
+    ) -> PgWireResult<Response> {
         let settings = settings(client);
         Ok(match command {
             Command::Empty => Response::EmptyQuery,
@@ -547,7 +555,12 @@ impl ExtendedQueryHandler for Queries {
                 for (index, inferred) in parameters.iter().enumerate() {
                     let declared = stored.parameter_types.get(index).and_then(|t| t.as_ref());
                     let pg = types::parameter_type(declared, inferred.as_ref());
-                    values.push(types::parameter_value(portal, index, &pg, inferred.as_ref())?);
+                    values.push(types::parameter_value(
+                        portal,
+                        index,
+                        &pg,
+                        inferred.as_ref(),
+                    )?);
                 }
                 let params = match values.is_empty() {
                     true => Params::None,
@@ -602,9 +615,10 @@ impl ExtendedQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let fields = self
-            .parser
-            .get_result_schema(&portal.statement.statement, Some(&portal.result_column_format))?;
+        let fields = self.parser.get_result_schema(
+            &portal.statement.statement,
+            Some(&portal.result_column_format),
+        )?;
         Ok(DescribePortalResponse::new(fields))
     }
 }

@@ -60,12 +60,7 @@ impl Settings {
     /// A setting's value: the session's, else the default, else none.
     pub fn get(&self, name: &str) -> Option<String> {
         let name = name.to_ascii_lowercase();
-        if let Some(value) = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
-        {
+        if let Some(value) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
             return Some(value.clone());
         }
         setting_default(&name).map(str::to_string)
@@ -89,7 +84,10 @@ pub enum Command {
     Commit,
     Rollback,
     /// `SET [SESSION|LOCAL] name {=|TO} value`.
-    Set { name: String, value: String },
+    Set {
+        name: String,
+        value: String,
+    },
     /// `SHOW name`.
     Show(String),
     /// `RESET name`, `RESET ALL`.
@@ -282,7 +280,10 @@ mod tests {
         assert_eq!(command("BEGIN"), Some(Command::Begin));
         assert_eq!(command("start transaction read only"), Some(Command::Begin));
         assert_eq!(command("COMMIT;"), Some(Command::Commit));
-        assert_eq!(command("SAVEPOINT \"_pg3_1\""), Some(Command::Tag("SAVEPOINT")));
+        assert_eq!(
+            command("SAVEPOINT \"_pg3_1\""),
+            Some(Command::Tag("SAVEPOINT"))
+        );
         assert_eq!(
             command("ROLLBACK TO SAVEPOINT \"_pg3_1\""),
             Some(Command::Tag("ROLLBACK"))
@@ -320,7 +321,10 @@ mod tests {
     fn statements_split_at_top_level_semicolons() {
         assert_eq!(
             split_statements("SET a = 1; SELECT ';' AS x -- ;\n; "),
-            vec!["SET a = 1".to_string(), " SELECT ';' AS x -- ;\n".to_string()]
+            vec![
+                "SET a = 1".to_string(),
+                " SELECT ';' AS x -- ;\n".to_string()
+            ]
         );
         assert_eq!(split_statements("-- ping"), vec!["-- ping".to_string()]);
         assert_eq!(split_statements("SELECT 1"), vec!["SELECT 1".to_string()]);

@@ -105,7 +105,10 @@ pub fn fields(schema: &datafusion::arrow::datatypes::Schema, format: &Format) ->
 }
 
 /// The rows of a batch as `DataRow`s of `fields`.
-pub fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> Vec<PgWireResult<DataRow>> {
+pub fn encode_batch(
+    batch: &RecordBatch,
+    fields: &Arc<Vec<FieldInfo>>,
+) -> Vec<PgWireResult<DataRow>> {
     let columns: Vec<Column> = match batch
         .columns()
         .iter()
@@ -200,15 +203,15 @@ impl Column {
     fn encode(&self, encoder: &mut DataRowEncoder, row: usize) -> PgWireResult<()> {
         match self {
             Column::Bool(a) => encoder.encode_field(&value(a, row, |a, i| a.as_boolean().value(i))),
-            Column::Int2(a) => {
-                encoder.encode_field(&value(a, row, |a, i| a.as_primitive::<Int16Type>().value(i)))
-            }
-            Column::Int4(a) => {
-                encoder.encode_field(&value(a, row, |a, i| a.as_primitive::<Int32Type>().value(i)))
-            }
-            Column::Int8(a) => {
-                encoder.encode_field(&value(a, row, |a, i| a.as_primitive::<Int64Type>().value(i)))
-            }
+            Column::Int2(a) => encoder.encode_field(&value(a, row, |a, i| {
+                a.as_primitive::<Int16Type>().value(i)
+            })),
+            Column::Int4(a) => encoder.encode_field(&value(a, row, |a, i| {
+                a.as_primitive::<Int32Type>().value(i)
+            })),
+            Column::Int8(a) => encoder.encode_field(&value(a, row, |a, i| {
+                a.as_primitive::<Int64Type>().value(i)
+            })),
             Column::Float4(a) => encoder.encode_field(&value(a, row, |a, i| {
                 a.as_primitive::<Float32Type>().value(i)
             })),
@@ -221,7 +224,10 @@ impl Column {
                     false => {
                         let raw = a.as_primitive::<Decimal128Type>().value(row);
                         Some(Decimal::try_from_i128_with_scale(raw, *scale).map_err(|e| {
-                            user_error("22003", format!("a decimal value does not fit numeric: {e}"))
+                            user_error(
+                                "22003",
+                                format!("a decimal value does not fit numeric: {e}"),
+                            )
                         })?)
                     }
                 };
@@ -231,9 +237,9 @@ impl Column {
                 let text = a.as_string::<i32>();
                 encoder.encode_field(&(!text.is_null(row)).then(|| text.value(row)))
             }
-            Column::Bytes(a) => {
-                encoder.encode_field(&value(a, row, |a, i| a.as_binary::<i32>().value(i).to_vec()))
-            }
+            Column::Bytes(a) => encoder.encode_field(&value(a, row, |a, i| {
+                a.as_binary::<i32>().value(i).to_vec()
+            })),
             Column::TimestampTz(a) => encoder.encode_field(&value(a, row, |a, i| {
                 utc(a.as_primitive::<TimestampMicrosecondType>().value(i))
             })),
@@ -268,7 +274,12 @@ fn date(days: i32) -> NaiveDate {
 }
 
 /// A list value as a Postgres array of its element type.
-fn encode_array(encoder: &mut DataRowEncoder, array: &ArrayRef, row: usize, pg: &Type) -> PgWireResult<()> {
+fn encode_array(
+    encoder: &mut DataRowEncoder,
+    array: &ArrayRef,
+    row: usize,
+    pg: &Type,
+) -> PgWireResult<()> {
     if array.is_null(row) {
         return encoder.encode_field(&None::<Vec<Option<String>>>);
     }
@@ -284,7 +295,9 @@ fn encode_array(encoder: &mut DataRowEncoder, array: &ArrayRef, row: usize, pg: 
     match *pg {
         Type::BOOL_ARRAY => {
             let a = element(DataType::Boolean)?;
-            let v: Vec<Option<bool>> = (0..n).map(|i| value(&a, i, |a, i| a.as_boolean().value(i))).collect();
+            let v: Vec<Option<bool>> = (0..n)
+                .map(|i| value(&a, i, |a, i| a.as_boolean().value(i)))
+                .collect();
             encoder.encode_field(&v)
         }
         Type::INT8_ARRAY => {
@@ -302,9 +315,16 @@ fn encode_array(encoder: &mut DataRowEncoder, array: &ArrayRef, row: usize, pg: 
             encoder.encode_field(&v)
         }
         Type::TIMESTAMPTZ_ARRAY => {
-            let a = element(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))?;
+            let a = element(DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ))?;
             let v: Vec<Option<DateTime<Utc>>> = (0..n)
-                .map(|i| value(&a, i, |a, i| utc(a.as_primitive::<TimestampMicrosecondType>().value(i))))
+                .map(|i| {
+                    value(&a, i, |a, i| {
+                        utc(a.as_primitive::<TimestampMicrosecondType>().value(i))
+                    })
+                })
                 .collect();
             encoder.encode_field(&v)
         }
@@ -409,8 +429,9 @@ pub fn parameter_value(
                 )
             })
         }
-        Some(data_type) if scalar.is_null() => ScalarValue::try_from(data_type)
-            .map_err(|e| user_error("22P02", e.strip_backtrace())),
+        Some(data_type) if scalar.is_null() => {
+            ScalarValue::try_from(data_type).map_err(|e| user_error("22P02", e.strip_backtrace()))
+        }
         _ => Ok(scalar),
     }
 }

@@ -239,7 +239,10 @@ impl QueryEngine {
             catalog
                 .register_schema(
                     which.name(),
-                    Arc::new(pg_catalog::CatalogSchemaProvider::new(which, provider.clone())),
+                    Arc::new(pg_catalog::CatalogSchemaProvider::new(
+                        which,
+                        provider.clone(),
+                    )),
                 )
                 .map_err(|e| AggregatorError::Internal(e.to_string()))?;
         }
@@ -435,7 +438,9 @@ impl QueryEngine {
     ) -> Result<()> {
         let mut remembered_fields = true;
         'attempts: loop {
-            let mut attempt = match self.start(query, principal, started, remembered_fields).await
+            let mut attempt = match self
+                .start(query, principal, started, remembered_fields)
+                .await
             {
                 Ok(attempt) => attempt,
                 Err(failed) => {
@@ -931,10 +936,9 @@ async fn read_only_plan(
     let mut fields = std::collections::BTreeSet::new();
     for reference in state.resolve_table_references(&statement)? {
         // Catalog tables (`pg_catalog.pg_class`) are not collections.
-        if reference
-            .schema()
-            .is_some_and(|schema| schema != pg_catalog::PUBLIC && schema != crate::rockset::WORKSPACE)
-        {
+        if reference.schema().is_some_and(|schema| {
+            schema != pg_catalog::PUBLIC && schema != crate::rockset::WORKSPACE
+        }) {
             continue;
         }
         if let Some(collection) = provider.collection_fields(reference.table()).await? {

@@ -312,7 +312,9 @@ mod tests {
             ScalarValue::Int64(Some(42))
         );
         assert_eq!(
-            parameter("string", Value::from("it's")).to_scalar().unwrap(),
+            parameter("string", Value::from("it's"))
+                .to_scalar()
+                .unwrap(),
             ScalarValue::Utf8(Some("it's".into()))
         );
         assert_eq!(
@@ -335,7 +337,9 @@ mod tests {
 
     #[test]
     fn a_value_that_does_not_fit_names_the_parameter() {
-        let error = parameter("int", Value::from("4x2")).to_scalar().unwrap_err();
+        let error = parameter("int", Value::from("4x2"))
+            .to_scalar()
+            .unwrap_err();
         assert!(error.to_string().contains("parameter `p`"), "{error}");
         let error = parameter("uuid", Value::from("x")).to_scalar().unwrap_err();
         assert!(error.to_string().contains("the types are"), "{error}");

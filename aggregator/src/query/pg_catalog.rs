@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    new_empty_array, ArrayRef, BooleanArray, Float64Array, Int16Array, Int32Array, Int64Array, ListArray,
-    RecordBatch, StringArray,
+    new_empty_array, ArrayRef, BooleanArray, Float64Array, Int16Array, Int32Array, Int64Array,
+    ListArray, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{SchemaProvider, TableProvider};
@@ -172,7 +172,10 @@ impl CatalogSchemaProvider {
         let batch = match (self.which, name) {
             (CatalogSchema::InformationSchema, "schemata") => batch(vec![
                 text("catalog_name", vec![DATABASE; 3]),
-                text("schema_name", vec![PUBLIC, "pg_catalog", "information_schema"]),
+                text(
+                    "schema_name",
+                    vec![PUBLIC, "pg_catalog", "information_schema"],
+                ),
                 text("schema_owner", vec![DATABASE; 3]),
             ]),
             (CatalogSchema::InformationSchema, "tables") => {
@@ -219,7 +222,10 @@ impl CatalogSchemaProvider {
                 nulls("view_definition", 0),
             ]),
             (CatalogSchema::PgCatalog, "pg_namespace") => batch(vec![
-                int64("oid", vec![PG_CATALOG_OID, PUBLIC_OID, INFORMATION_SCHEMA_OID]),
+                int64(
+                    "oid",
+                    vec![PG_CATALOG_OID, PUBLIC_OID, INFORMATION_SCHEMA_OID],
+                ),
                 text("nspname", vec!["pg_catalog", PUBLIC, "information_schema"]),
                 int64("nspowner", vec![OWNER_OID; 3]),
                 nulls("nspacl", 3),
@@ -261,7 +267,8 @@ impl CatalogSchemaProvider {
                 ])
             }
             (CatalogSchema::PgCatalog, "pg_attribute") => {
-                let (mut rel, mut name, mut type_oid, mut number) = (vec![], vec![], vec![], vec![]);
+                let (mut rel, mut name, mut type_oid, mut number) =
+                    (vec![], vec![], vec![], vec![]);
                 for (_, oid, columns) in self.columns().await? {
                     for (i, (field, pg)) in columns.iter().enumerate() {
                         rel.push(oid);
@@ -296,11 +303,17 @@ impl CatalogSchemaProvider {
                 let n = types.len();
                 batch(vec![
                     int64("oid", types.iter().map(|t| t.oid() as i64).collect()),
-                    owned("typname", types.iter().map(|t| t.name().to_string()).collect()),
+                    owned(
+                        "typname",
+                        types.iter().map(|t| t.name().to_string()).collect(),
+                    ),
                     int64("typnamespace", vec![PG_CATALOG_OID; n]),
                     int64("typowner", vec![OWNER_OID; n]),
                     int16("typlen", types.iter().map(type_length).collect()),
-                    boolean("typbyval", types.iter().map(|t| type_length(t) > 0).collect()),
+                    boolean(
+                        "typbyval",
+                        types.iter().map(|t| type_length(t) > 0).collect(),
+                    ),
                     text("typtype", vec!["b"; n]),
                     owned(
                         "typcategory",
@@ -315,7 +328,10 @@ impl CatalogSchemaProvider {
                     int32("typtypmod", vec![-1; n]),
                     boolean("typnotnull", vec![false; n]),
                     int64("typcollation", vec![0; n]),
-                    owned("typinput", types.iter().map(|t| format!("{}in", t.name())).collect()),
+                    owned(
+                        "typinput",
+                        types.iter().map(|t| format!("{}in", t.name())).collect(),
+                    ),
                 ])
             }
             (CatalogSchema::PgCatalog, "pg_database") => batch(vec![
@@ -345,11 +361,19 @@ impl CatalogSchemaProvider {
             (CatalogSchema::PgCatalog, "pg_roles" | "pg_user") => batch(vec![
                 int64("oid", vec![OWNER_OID]),
                 text(
-                    if name == "pg_roles" { "rolname" } else { "usename" },
+                    if name == "pg_roles" {
+                        "rolname"
+                    } else {
+                        "usename"
+                    },
                     vec![DATABASE],
                 ),
                 boolean(
-                    if name == "pg_roles" { "rolsuper" } else { "usesuper" },
+                    if name == "pg_roles" {
+                        "rolsuper"
+                    } else {
+                        "usesuper"
+                    },
                     vec![false],
                 ),
             ]),
@@ -368,7 +392,14 @@ impl CatalogSchemaProvider {
             }
             (CatalogSchema::PgCatalog, "pg_views" | "pg_matviews") => batch(vec![
                 text("schemaname", vec![]),
-                text(if name == "pg_views" { "viewname" } else { "matviewname" }, vec![]),
+                text(
+                    if name == "pg_views" {
+                        "viewname"
+                    } else {
+                        "matviewname"
+                    },
+                    vec![],
+                ),
                 text("viewowner", vec![]),
                 text("definition", vec![]),
             ]),
@@ -597,7 +628,12 @@ fn type_length(t: &Type) -> i16 {
 fn category(t: &Type) -> &'static str {
     match *t {
         Type::BOOL => "B",
-        Type::INT2 | Type::INT4 | Type::INT8 | Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC
+        Type::INT2
+        | Type::INT4
+        | Type::INT8
+        | Type::FLOAT4
+        | Type::FLOAT8
+        | Type::NUMERIC
         | Type::OID => "N",
         Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::DATE => "D",
         Type::JSON => "U",
@@ -664,15 +700,14 @@ struct PgFunction {
 }
 
 fn functions() -> Vec<PgFunction> {
-    let function = |name: &'static str, signature: Signature, returns: DataType, body: Body| {
-        PgFunction {
+    let function =
+        |name: &'static str, signature: Signature, returns: DataType, body: Body| PgFunction {
             name,
             aliases: vec![format!("pg_catalog.{name}")],
             signature,
             returns,
             body,
-        }
-    };
+        };
     let any = |n: usize| match n {
         0 => Signature::nullary(Volatility::Stable),
         n => Signature::any(n, Volatility::Stable),
@@ -696,20 +731,27 @@ fn functions() -> Vec<PgFunction> {
             "current_schemas",
             any(1),
             DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
-            |_| ScalarValue::List(ScalarValue::new_list_nullable(
-                &[ScalarValue::Utf8(Some(PUBLIC.into()))],
-                &DataType::Utf8,
-            )),
+            |_| {
+                ScalarValue::List(ScalarValue::new_list_nullable(
+                    &[ScalarValue::Utf8(Some(PUBLIC.into()))],
+                    &DataType::Utf8,
+                ))
+            },
         ),
-        function("current_setting", Signature::variadic_any(Volatility::Stable), DataType::Utf8, |args| {
-            match args.first() {
+        function(
+            "current_setting",
+            Signature::variadic_any(Volatility::Stable),
+            DataType::Utf8,
+            |args| match args.first() {
                 Some(ScalarValue::Utf8(Some(name))) => ScalarValue::Utf8(
                     crate::postgres::session::setting_default(name).map(str::to_string),
                 ),
                 _ => ScalarValue::Utf8(None),
-            }
+            },
+        ),
+        function("pg_backend_pid", any(0), DataType::Int32, |_| {
+            ScalarValue::Int32(Some(0))
         }),
-        function("pg_backend_pid", any(0), DataType::Int32, |_| ScalarValue::Int32(Some(0))),
         function("pg_table_is_visible", any(1), DataType::Boolean, |_| {
             ScalarValue::Boolean(Some(true))
         }),
@@ -740,7 +782,9 @@ fn functions() -> Vec<PgFunction> {
             DataType::Utf8,
             |_| ScalarValue::Utf8(None),
         ),
-        function("col_description", any(2), DataType::Utf8, |_| ScalarValue::Utf8(None)),
+        function("col_description", any(2), DataType::Utf8, |_| {
+            ScalarValue::Utf8(None)
+        }),
         function(
             "pg_get_expr",
             Signature::variadic_any(Volatility::Stable),
@@ -758,22 +802,24 @@ fn functions() -> Vec<PgFunction> {
                 .map_or_else(|| "???".to_string(), |t| display_name(&t));
             ScalarValue::Utf8(Some(name))
         }),
-        function("quote_ident", any(1), DataType::Utf8, |args| match args.first() {
-            Some(ScalarValue::Utf8(Some(name))) => {
-                let plain = name
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                    && name
+        function("quote_ident", any(1), DataType::Utf8, |args| {
+            match args.first() {
+                Some(ScalarValue::Utf8(Some(name))) => {
+                    let plain = name
                         .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if plain {
-                    ScalarValue::Utf8(Some(name.clone()))
-                } else {
-                    ScalarValue::Utf8(Some(format!("\"{}\"", name.replace('"', "\"\""))))
+                        .next()
+                        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                    if plain {
+                        ScalarValue::Utf8(Some(name.clone()))
+                    } else {
+                        ScalarValue::Utf8(Some(format!("\"{}\"", name.replace('"', "\"\""))))
+                    }
                 }
+                _ => ScalarValue::Utf8(None),
             }
-            _ => ScalarValue::Utf8(None),
         }),
         function(
             "parse_ident",
@@ -790,24 +836,34 @@ fn functions() -> Vec<PgFunction> {
                 _ => ScalarValue::List(ScalarValue::new_list_nullable(&[], &DataType::Utf8)),
             },
         ),
-        function("to_regtype", any(1), DataType::Int64, |args| match args.first() {
-            Some(ScalarValue::Utf8(Some(name))) => {
-                let name = name.trim().trim_start_matches("pg_catalog.").to_ascii_lowercase();
-                ScalarValue::Int64(
-                    known_types()
-                        .iter()
-                        .find(|t| t.name() == name || display_name(t) == name)
-                        .map(|t| t.oid() as i64),
-                )
+        function("to_regtype", any(1), DataType::Int64, |args| {
+            match args.first() {
+                Some(ScalarValue::Utf8(Some(name))) => {
+                    let name = name
+                        .trim()
+                        .trim_start_matches("pg_catalog.")
+                        .to_ascii_lowercase();
+                    ScalarValue::Int64(
+                        known_types()
+                            .iter()
+                            .find(|t| t.name() == name || display_name(t) == name)
+                            .map(|t| t.oid() as i64),
+                    )
+                }
+                _ => ScalarValue::Int64(None),
             }
-            _ => ScalarValue::Int64(None),
         }),
-        function("to_regclass", any(1), DataType::Int64, |args| match args.first() {
-            Some(ScalarValue::Utf8(Some(name))) => {
-                let name = name.trim().trim_start_matches("public.").to_ascii_lowercase();
-                ScalarValue::Int64(Some(table_oid(&name)))
+        function("to_regclass", any(1), DataType::Int64, |args| {
+            match args.first() {
+                Some(ScalarValue::Utf8(Some(name))) => {
+                    let name = name
+                        .trim()
+                        .trim_start_matches("public.")
+                        .to_ascii_lowercase();
+                    ScalarValue::Int64(Some(table_oid(&name)))
+                }
+                _ => ScalarValue::Int64(None),
             }
-            _ => ScalarValue::Int64(None),
         }),
         function("current_user", any(0), DataType::Utf8, |_| {
             ScalarValue::Utf8(Some(DATABASE.into()))
@@ -875,7 +931,12 @@ impl ScalarUDFImpl for PgFunction {
             .iter()
             .map(|arg| arg.clone().into_array(rows))
             .collect::<DfResult<Vec<_>>>()?;
-        if arrays.is_empty() || args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+        if arrays.is_empty()
+            || args
+                .args
+                .iter()
+                .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
             let values = args
                 .args
                 .iter()

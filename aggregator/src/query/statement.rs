@@ -20,8 +20,9 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    visit_expressions_mut, visit_relations_mut, BinaryOperator, ObjectNamePart, DataType as SqlDataType, Expr, GroupByExpr, Ident,
-    Query, Select, SelectItem, SetExpr, Statement, TimezoneInfo, Value, VisitMut, VisitorMut,
+    visit_expressions_mut, visit_relations_mut, BinaryOperator, DataType as SqlDataType, Expr,
+    GroupByExpr, Ident, ObjectNamePart, Query, Select, SelectItem, SetExpr, Statement,
+    TimezoneInfo, Value, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -138,7 +139,8 @@ pub fn rewrite_postgres_idioms(statement: &mut DfStatement, is_collection: impl 
         if let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() {
             let table = ident.value.to_ascii_lowercase();
             if super::pg_catalog::is_catalog_table(&table) && !is_collection(&table) {
-                name.0.insert(0, ObjectNamePart::Identifier(Ident::new("pg_catalog")));
+                name.0
+                    .insert(0, ObjectNamePart::Identifier(Ident::new("pg_catalog")));
             }
         }
         ControlFlow::<()>::Continue(())
@@ -231,7 +233,16 @@ fn blank_empty_catalog_reads(body: &mut SetExpr) -> bool {
                 })
                 .enumerate()
                 // Unique names: DataFusion refuses two columns of one name.
-                .map(|(i, name)| format!("{name}{}", if i == 0 { String::new() } else { format!("_{i}") }))
+                .map(|(i, name)| {
+                    format!(
+                        "{name}{}",
+                        if i == 0 {
+                            String::new()
+                        } else {
+                            format!("_{i}")
+                        }
+                    )
+                })
                 .collect();
             let text = format!(
                 "SELECT {} WHERE false",
@@ -302,7 +313,8 @@ fn aggregate_catalog_lookup(query: &mut Query) {
                 .to_ascii_lowercase()
                 .starts_with("pg_catalog.")
         });
-    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    let grouped =
+        !matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
     if !catalog || grouped || select.projection.len() != 1 {
         return;
     }
@@ -312,9 +324,17 @@ fn aggregate_catalog_lookup(query: &mut Query) {
         _ => return,
     };
     let text = expr.to_string().to_ascii_lowercase();
-    if ["max(", "min(", "count(", "sum(", "avg(", "array_agg(", "string_agg("]
-        .iter()
-        .any(|aggregate| text.contains(aggregate))
+    if [
+        "max(",
+        "min(",
+        "count(",
+        "sum(",
+        "avg(",
+        "array_agg(",
+        "string_agg(",
+    ]
+    .iter()
+    .any(|aggregate| text.contains(aggregate))
     {
         return;
     }
