@@ -543,7 +543,7 @@ impl FlightSqlService for FlightSqlDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
         Self::info(
-            &query.clone().into_builder().schema(),
+            &query.into_builder().schema(),
             query.as_any().encode_to_vec(),
             request.into_inner(),
         )

@@ -563,7 +563,8 @@ fn issue(dir: &std::path::Path, name: &str) {
     );
 }
 
-/// Every door is TLS with a test CA: clients that trust the CA get answers,
+/// Every door is TLS with a test CA (HTTP and the Postgres door of the
+/// aggregator, the tailers, Flight to the leaves): clients that trust the CA get answers,
 /// others do not; writes go aggregator → tailer over HTTPS, the tailer reads the
 /// catalog over HTTPS, puts and fragments travel to the leaves over Flight with
 /// TLS; a new certificate is served after SIGHUP.
@@ -652,6 +653,24 @@ fn https_with_a_test_ca_and_certificate_reload() {
         "200",
         "no plain HTTP on the HTTPS port"
     );
+    // The Postgres door offers TLS with the same certificate: psql verifies it
+    // against the CA and the host name.
+    let psql = Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SELECT SUM(n) FROM events"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=me dbname=altdb sslmode=verify-full sslrootcert={}",
+            cluster.postgres_port,
+            path("ca.pem")
+        ))
+        .env("PGPASSWORD", &cluster.admin_key)
+        .output()
+        .expect("psql runs");
+    assert!(
+        psql.status.success(),
+        "{}",
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "3");
 
     // A renewed certificate replaces the files; SIGHUP makes the aggregator serve it.
     issue(dir, "renewed");

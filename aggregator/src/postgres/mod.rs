@@ -68,11 +68,16 @@ pub struct Door {
     pub keys: Arc<KeyStore>,
 }
 
+/// Connections the door serves at once (Postgres's `max_connections` is 100);
+/// more are closed at once, with a warning in the log.
+pub const MAX_CONNECTIONS: usize = 512;
+
 /// Serves the door on `listener` until the process stops; TLS when `tls` is
 /// given (clients ask with `sslmode=require`).
 pub async fn serve(listener: tokio::net::TcpListener, door: Door, tls: Option<Arc<TlsFiles>>) {
     let manager = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(Handlers::new(door, manager));
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (socket, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -82,6 +87,14 @@ pub async fn serve(listener: tokio::net::TcpListener, door: Door, tls: Option<Ar
                 continue;
             }
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "postgres door: {MAX_CONNECTIONS} connections are open; closing a new one \
+                 (use a connection pool)"
+            );
+            drop(socket);
+            continue;
+        };
         let acceptor = tls
             .as_ref()
             .map(|files| tokio_rustls::TlsAcceptor::from(files.current()));
@@ -90,6 +103,7 @@ pub async fn serve(listener: tokio::net::TcpListener, door: Door, tls: Option<Ar
             if let Err(error) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%error, "postgres connection ended");
             }
+            drop(permit);
         });
     }
 }

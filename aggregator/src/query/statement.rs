@@ -496,6 +496,58 @@ mod tests {
         Ok(statement.to_string())
     }
 
+    fn postgres(sql: &str) -> String {
+        let mut statement = parse(sql);
+        rewrite_postgres_idioms(&mut statement, |name| name == "pg_settings_log");
+        statement.to_string()
+    }
+
+    #[test]
+    fn postgres_idioms_become_what_datafusion_plans() {
+        assert_eq!(
+            postgres(
+                "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relname \
+                 OPERATOR(pg_catalog.~) '^(events)$' COLLATE pg_catalog.default"
+            ),
+            "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relname ~ '^(events)$'"
+        );
+        assert_eq!(
+            postgres("SELECT x::pg_catalog.regtype::pg_catalog.text FROM pg_type"),
+            "SELECT CAST(CAST(x AS BIGINT) AS TEXT) FROM pg_catalog.pg_type"
+        );
+        // A collection of a catalog table's name stays the collection.
+        assert_eq!(
+            postgres("SELECT * FROM pg_settings_log"),
+            "SELECT * FROM pg_settings_log"
+        );
+        // Grafana's search path subquery is the schema `public`.
+        assert_eq!(
+            postgres(
+                "SELECT 1 FROM information_schema.tables WHERE quote_ident(table_schema) IN \
+                 (SELECT trim(s[i]) FROM generate_series(1, 2) AS i, \
+                 string_to_array(current_setting('search_path'), ',') s)"
+            ),
+            "SELECT 1 FROM information_schema.tables WHERE quote_ident(table_schema) IN ('public')"
+        );
+        // Reads of tables altdb keeps empty answer no rows without being planned.
+        assert_eq!(
+            postgres(
+                "SELECT pol.polname, pg_get_expr(pol.polqual, pol.polrelid) FROM \
+                 pg_catalog.pg_policy pol WHERE pol.polrelid = '1' ORDER BY 1"
+            ),
+            r#"SELECT NULL AS "polname", NULL AS "?column?_1" WHERE false"#
+        );
+        // A catalog lookup in a scalar subquery is aggregated.
+        assert_eq!(
+            postgres(
+                "SELECT (SELECT t.typname FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) \
+                 FROM pg_catalog.pg_attribute a"
+            ),
+            "SELECT (SELECT max(t.typname) FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) \
+             FROM pg_catalog.pg_attribute a"
+        );
+    }
+
     #[test]
     fn names_inside_explain_and_subqueries_are_resolved() {
         let fields = ["UserID"];
