@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  client ──TCP──► [TLS if asked and configured] ──► startup: the password is
-//!  an API key (KeyStore::authenticate; any user name) ──► session
+//!  an API key (KeyStore::authenticate; any user name; checked again at every
+//!  statement, so revocation and role changes reach open sessions) ──► session
 //!    simple query:   split at `;` ─► each: session command | engine.run ─► text rows
 //!    extended query: Parse (engine.describe: parameter and column types)
 //!                    Bind ($1.. decoded as their types) ─► Execute (engine.run)
@@ -129,6 +130,7 @@ impl Handlers {
             queries: Arc::new(Queries {
                 parser: Arc::new(Parser {
                     engine: door.engine.clone(),
+                    keys: door.keys.clone(),
                 }),
                 door,
             }),
@@ -192,7 +194,7 @@ fn pg_error(error: AggregatorError) -> PgWireError {
 
 /// Authenticates a connection by the API key it gives as its password.
 struct Startup {
-    driver: AuthDriver<DefaultServerParameterProvider, Principal>,
+    driver: AuthDriver<DefaultServerParameterProvider, SessionKey>,
     keys: Arc<KeyStore>,
 }
 
@@ -203,15 +205,15 @@ struct KeyMechanism {
 }
 
 #[async_trait]
-impl AuthMechanism<Principal> for KeyMechanism {
+impl AuthMechanism<SessionKey> for KeyMechanism {
     async fn begin(
         &mut self,
         _client: &(dyn ClientInfo + Send + Sync),
-    ) -> PgWireResult<AuthState<Principal>> {
+    ) -> PgWireResult<AuthState<SessionKey>> {
         if !self.keys.enforced() {
             return Ok(AuthState::Ok {
                 final_message: None,
-                identity: Some(Principal::open()),
+                identity: Some(SessionKey(None)),
             });
         }
         Ok(AuthState::InProgress(Authentication::CleartextPassword))
@@ -221,13 +223,13 @@ impl AuthMechanism<Principal> for KeyMechanism {
         &mut self,
         client: &(dyn ClientInfo + Send + Sync),
         message: PasswordMessageFamily,
-    ) -> PgWireResult<AuthState<Principal>> {
+    ) -> PgWireResult<AuthState<SessionKey>> {
         let password = message.into_password()?;
         let user = client.metadata().get("user").cloned().unwrap_or_default();
         match self.keys.authenticate(&password.password) {
-            Some(principal) => Ok(AuthState::Ok {
+            Some(_) => Ok(AuthState::Ok {
                 final_message: None,
-                identity: Some(principal),
+                identity: Some(SessionKey(Some(password.password))),
             }),
             None => {
                 audit(
@@ -265,7 +267,7 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
-                let mechanism: Box<dyn AuthMechanism<Principal>> = Box::new(KeyMechanism {
+                let mechanism: Box<dyn AuthMechanism<SessionKey>> = Box::new(KeyMechanism {
                     keys: self.keys.clone(),
                 });
                 self.driver.begin_authentication(client, mechanism).await?
@@ -280,8 +282,8 @@ impl StartupHandler for Startup {
             final_message,
         } = outcome
         {
-            let principal = identity.unwrap_or_else(Principal::open);
-            client.session_extensions().insert(principal);
+            let key = identity.unwrap_or(SessionKey(None));
+            client.session_extensions().insert(key);
             client.session_extensions().insert(Settings::default());
             self.driver
                 .complete_authentication(client, final_message)
@@ -291,12 +293,36 @@ impl StartupHandler for Startup {
     }
 }
 
-/// The principal a connection authenticated as.
-fn principal<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Principal>> {
-    client
-        .session_extensions()
-        .get::<Principal>()
-        .ok_or_else(|| user_error("28000", "the connection is not authenticated"))
+/// The key a session authenticated with (none: authentication is off).
+/// Statements check it again, so a revoked or expired key, or a changed role,
+/// applies to sessions already open from their next statement on.
+struct SessionKey(Option<String>);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+/// The principal of a session's key now.
+fn principal<C: ClientInfo>(client: &C, keys: &KeyStore) -> PgWireResult<Principal> {
+    let Some(key) = client.session_extensions().get::<SessionKey>() else {
+        return Err(user_error("28000", "the connection is not authenticated"));
+    };
+    match &key.0 {
+        None => Ok(Principal::open()),
+        Some(key) => keys.authenticate(key).ok_or_else(|| {
+            let mut info = ErrorInfo::new(
+                "FATAL".to_string(),
+                "28000".to_string(),
+                "the API key of this session was revoked or has expired; reconnect with a \
+                 valid key"
+                    .to_string(),
+            );
+            info.detail = Some("altdb error code: unauthenticated".to_string());
+            PgWireError::UserError(Box::new(info))
+        }),
+    }
 }
 
 fn settings<C: ClientInfo>(client: &C) -> Arc<Settings> {
@@ -327,6 +353,7 @@ enum Kind {
 /// Plans statements at Parse time, to describe them.
 struct Parser {
     engine: QueryEngine,
+    keys: Arc<KeyStore>,
 }
 
 #[async_trait]
@@ -351,7 +378,7 @@ impl QueryParser for Parser {
                 kind: Kind::Command(command),
             }));
         }
-        let principal = principal(client)?;
+        let principal = principal(client, &self.keys)?;
         let described = self
             .engine
             .describe(sql, &principal)
@@ -505,7 +532,7 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let principal = principal(client)?;
+        let principal = principal(client, &self.door.keys)?;
         let mut responses = Vec::new();
         for statement in session::split_statements(sql) {
             let response = match session::command(&statement) {
@@ -554,7 +581,7 @@ impl ExtendedQueryHandler for Queries {
         match &statement.kind {
             Kind::Command(command) => Self::command(client, command, &portal.result_column_format),
             Kind::Query { parameters, .. } => {
-                let principal = principal(client)?;
+                let principal = principal(client, &self.door.keys)?;
                 if portal.parameter_len() != parameters.len() {
                     return Err(user_error(
                         "08P01",
