@@ -148,6 +148,27 @@ pub(crate) async fn run_json(
     result
 }
 
+/// Starts a statement for a door that streams its answer (Postgres, Flight
+/// SQL): admitted (the turn is held as long as the answer), counted.
+pub(crate) async fn run_streamed(
+    engine: &QueryEngine,
+    admission: &Admission,
+    metrics: &Metrics,
+    door: &str,
+    query: Query,
+    principal: &Principal,
+) -> Result<crate::query::Answer> {
+    let result = async {
+        let turn = admission.admit().await?;
+        let mut answer = engine.run(query, principal).await?;
+        answer.hold(turn);
+        Ok(answer)
+    }
+    .await;
+    count_query(metrics, door, &result, "", 0.0);
+    result
+}
+
 /// Counts a statement's outcome, and its time by class when it succeeded and
 /// was answered whole (`class` empty: a streamed answer, not timed here);
 /// `door`: `http`, `postgres` or `flight_sql`.

@@ -195,15 +195,16 @@ impl FlightSqlDoor {
             options: QueryOptions::default(),
             params,
         };
-        let result = async {
-            let turn = self.door.admission.admit().await?;
-            let mut answer = self.door.engine.run(query, principal).await?;
-            answer.hold(turn);
-            Ok(answer)
-        }
-        .await;
-        crate::api::count_query(&self.door.metrics, "flight_sql", &result, "", 0.0);
-        let answer = result.map_err(status)?;
+        let answer = crate::api::run_streamed(
+            &self.door.engine,
+            &self.door.admission,
+            &self.door.metrics,
+            "flight_sql",
+            query,
+            principal,
+        )
+        .await
+        .map_err(status)?;
         let schema = answer.schema.clone();
         let batches = answer
             .into_stream()

@@ -456,15 +456,16 @@ impl Queries {
             options: QueryOptions::default(),
             params,
         };
-        let result = async {
-            let turn = self.door.admission.admit().await?;
-            let mut answer = self.door.engine.run(query, principal).await?;
-            answer.hold(turn);
-            Ok(answer)
-        }
-        .await;
-        crate::api::count_query(&self.door.metrics, "postgres", &result, "", 0.0);
-        let answer = result.map_err(pg_error)?;
+        let answer = crate::api::run_streamed(
+            &self.door.engine,
+            &self.door.admission,
+            &self.door.metrics,
+            "postgres",
+            query,
+            principal,
+        )
+        .await
+        .map_err(pg_error)?;
         let fields = Arc::new(types::fields(&answer.schema, format));
         let rows_fields = fields.clone();
         let rows = answer

@@ -69,6 +69,106 @@ pub const EMPTY_TABLES: &[&str] = &[
     "pg_sequence",
 ];
 
+/// The columns clients select from the empty catalog tables (`i`: bigint,
+/// `t`: text, `b`: boolean, `s`: smallint, `n`: integer).
+const EMPTY_TABLE_COLUMNS: &[(&str, &[(&str, char)])] = &[
+    (
+        "pg_extension",
+        &[("oid", 'i'), ("extname", 't'), ("extversion", 't')],
+    ),
+    (
+        "pg_description",
+        &[
+            ("objoid", 'i'),
+            ("classoid", 'i'),
+            ("objsubid", 'n'),
+            ("description", 't'),
+        ],
+    ),
+    (
+        "pg_index",
+        &[
+            ("indexrelid", 'i'),
+            ("indrelid", 'i'),
+            ("indnatts", 's'),
+            ("indisunique", 'b'),
+            ("indisprimary", 'b'),
+            ("indisclustered", 'b'),
+            ("indisvalid", 'b'),
+        ],
+    ),
+    (
+        "pg_constraint",
+        &[
+            ("oid", 'i'),
+            ("conname", 't'),
+            ("connamespace", 'i'),
+            ("contype", 't'),
+            ("conrelid", 'i'),
+            ("confrelid", 'i'),
+        ],
+    ),
+    (
+        "pg_attrdef",
+        &[
+            ("oid", 'i'),
+            ("adrelid", 'i'),
+            ("adnum", 's'),
+            ("adbin", 't'),
+        ],
+    ),
+    (
+        "pg_inherits",
+        &[("inhrelid", 'i'), ("inhparent", 'i'), ("inhseqno", 'n')],
+    ),
+    (
+        "pg_collation",
+        &[("oid", 'i'), ("collname", 't'), ("collnamespace", 'i')],
+    ),
+    (
+        "pg_proc",
+        &[
+            ("oid", 'i'),
+            ("proname", 't'),
+            ("pronamespace", 'i'),
+            ("prorettype", 'i'),
+        ],
+    ),
+    (
+        "pg_views",
+        &[
+            ("schemaname", 't'),
+            ("viewname", 't'),
+            ("viewowner", 't'),
+            ("definition", 't'),
+        ],
+    ),
+    (
+        "pg_matviews",
+        &[
+            ("schemaname", 't'),
+            ("matviewname", 't'),
+            ("matviewowner", 't'),
+            ("definition", 't'),
+        ],
+    ),
+];
+
+fn empty_table(columns: &[(&str, char)]) -> DfResult<RecordBatch> {
+    batch(
+        columns
+            .iter()
+            .map(|(name, kind)| match kind {
+                'i' => int64(name, vec![]),
+                'b' => boolean(name, vec![]),
+                's' => int16(name, vec![]),
+                'n' => int32(name, vec![]),
+                _ => text(name, vec![]),
+            })
+            .collect(),
+    )
+}
+
 /// Whether `name` is a `pg_catalog` table (one altdb has, or one it keeps empty).
 pub fn is_catalog_table(name: &str) -> bool {
     CatalogSchema::PgCatalog.tables().contains(&name) || EMPTY_TABLES.contains(&name)
@@ -390,69 +490,12 @@ impl CatalogSchemaProvider {
                     boolean("rowsecurity", vec![false; n]),
                 ])
             }
-            (CatalogSchema::PgCatalog, "pg_views" | "pg_matviews") => batch(vec![
-                text("schemaname", vec![]),
-                text(
-                    if name == "pg_views" {
-                        "viewname"
-                    } else {
-                        "matviewname"
-                    },
-                    vec![],
-                ),
-                text("viewowner", vec![]),
-                text("definition", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_extension") => batch(vec![
-                int64("oid", vec![]),
-                text("extname", vec![]),
-                text("extversion", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_description") => batch(vec![
-                int64("objoid", vec![]),
-                int64("classoid", vec![]),
-                int32("objsubid", vec![]),
-                text("description", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_index") => batch(vec![
-                int64("indexrelid", vec![]),
-                int64("indrelid", vec![]),
-                int16("indnatts", vec![]),
-                boolean("indisunique", vec![]),
-                boolean("indisprimary", vec![]),
-                boolean("indisclustered", vec![]),
-                boolean("indisvalid", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_constraint") => batch(vec![
-                int64("oid", vec![]),
-                text("conname", vec![]),
-                int64("connamespace", vec![]),
-                text("contype", vec![]),
-                int64("conrelid", vec![]),
-                int64("confrelid", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_attrdef") => batch(vec![
-                int64("oid", vec![]),
-                int64("adrelid", vec![]),
-                int16("adnum", vec![]),
-                text("adbin", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_inherits") => batch(vec![
-                int64("inhrelid", vec![]),
-                int64("inhparent", vec![]),
-                int32("inhseqno", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_collation") => batch(vec![
-                int64("oid", vec![]),
-                text("collname", vec![]),
-                int64("collnamespace", vec![]),
-            ]),
-            (CatalogSchema::PgCatalog, "pg_proc") => batch(vec![
-                int64("oid", vec![]),
-                text("proname", vec![]),
-                int64("pronamespace", vec![]),
-                int64("prorettype", vec![]),
-            ]),
+            (CatalogSchema::PgCatalog, name) => {
+                match EMPTY_TABLE_COLUMNS.iter().find(|(table, _)| *table == name) {
+                    Some((_, columns)) => empty_table(columns),
+                    None => return Ok(None),
+                }
+            }
             _ => return Ok(None),
         };
         batch.map(Some)

@@ -513,7 +513,7 @@ mod tests {
         );
         assert_eq!(
             postgres("SELECT x::pg_catalog.regtype::pg_catalog.text FROM pg_type"),
-            "SELECT CAST(CAST(x AS BIGINT) AS TEXT) FROM pg_catalog.pg_type"
+            "SELECT x::BIGINT::TEXT FROM pg_catalog.pg_type"
         );
         // A collection of a catalog table's name stays the collection.
         assert_eq!(
