@@ -1,15 +1,19 @@
 //! SQL over collections: plan with DataFusion, run fragments on leaves, merge here.
 //!
 //! ```text
-//!  SQL ─► SessionContext (per query, from a base state built once)
-//!           │ CollectionSchemaProvider: catalog + leaf fields (remembered, see fields.rs)
+//!  Query (SQL, options, parameters) from a door: HTTP, Postgres, Flight SQL
 //!           ▼
-//!         logical plan ─► physical plan
+//!  SessionContext (per query, from a base state built once)
+//!           │ CollectionSchemaProvider: catalog + leaf fields (remembered, see fields.rs)
+//!           │ pg_catalog / information_schema over the same collections
+//!           ▼
+//!         logical plan (placeholders bound: params.rs) ─► physical plan
 //!           ▼
 //!  DistributeFragments: shard-local operators move into RemoteFragmentExec
 //!           ▼
 //!  execute: RemoteFragmentExec partitions stream from leaves; final aggregate,
-//!           merge, joins and windows run here ─► JSON rows + stats
+//!           merge, joins and windows run here ─► Answer: schema, then batches
+//!           (HTTP turns them into JSON rows + stats; the other doors stream them)
 //! ```
 
 pub mod distribute;
@@ -370,7 +374,7 @@ impl QueryEngine {
             stats: head.stats,
             specs: head.specs,
             started: head.started,
-            task,
+            _task: task,
             held: Vec::new(),
         })
     }
@@ -710,7 +714,8 @@ pub struct Answer {
     stats: Arc<QueryStats>,
     specs: Arc<Vec<CollectionSpec>>,
     started: Instant,
-    task: AbortOnDrop<()>,
+    /// The statement's task, aborted when the answer is dropped.
+    _task: AbortOnDrop<()>,
     /// Kept as long as the answer is (an admission turn).
     held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -745,7 +750,6 @@ impl Answer {
 
     /// What the statement reports besides its rows, so far.
     pub fn stats(&self, truncated: bool) -> Stats {
-        let _ = &self.task;
         Stats {
             elapsed_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             rows_scanned: self.stats.rows_scanned.load(Ordering::Relaxed),
