@@ -61,6 +61,9 @@ use crate::query::{Query, QueryEngine, QueryOptions};
 
 /// Prepared statements kept at most, over all keys.
 pub const MAX_PREPARED: usize = 10_000;
+/// Largest message a client may send (a statement, or a row of parameters):
+/// answers go out in large messages, requests are small.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// What the door answers with.
 #[derive(Clone)]
@@ -78,7 +81,7 @@ pub fn service(door: Door) -> FlightServiceServer<FlightSqlDoor> {
         prepared: Arc::new(Mutex::new(LruMap::new(MAX_PREPARED))),
         info: Arc::new(sql_info()),
     })
-    .max_decoding_message_size(altdb_common::rpc::MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(altdb_common::rpc::MAX_MESSAGE_BYTES)
 }
 

@@ -50,6 +50,9 @@ pub const LATEST: &str = "latest";
 /// Versions one lambda keeps at most (a dashboard's deploy loop must not grow
 /// the file without bound).
 const MAX_VERSIONS: usize = 1000;
+/// Lambdas kept at most, and tags one lambda has at most.
+const MAX_LAMBDAS: usize = 10_000;
+const MAX_TAGS: usize = 100;
 /// Bytes of SQL one version holds at most.
 const MAX_SQL_BYTES: usize = 1 << 20;
 
@@ -154,6 +157,11 @@ impl LambdaStore {
     /// Creates a lambda with its first version.
     pub fn create(&self, name: &str, version: LambdaVersion) -> Result<Lambda> {
         self.change(|lambdas| {
+            if lambdas.len() >= MAX_LAMBDAS {
+                return Err(AggregatorError::InvalidRequest(format!(
+                    "there are {MAX_LAMBDAS} Query Lambdas, the most altdb keeps; delete some"
+                )));
+            }
             if lambdas.contains_key(name) {
                 return Err(AggregatorError::Conflict(format!(
                     "Query Lambda `{name}` already exists; add a version with POST \
@@ -195,6 +203,12 @@ impl LambdaStore {
                 AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
             })?;
             lambda.version(version)?;
+            if !lambda.tags.contains_key(tag) && lambda.tags.len() >= MAX_TAGS {
+                return Err(AggregatorError::InvalidRequest(format!(
+                    "Query Lambda `{name}` has {MAX_TAGS} tags, the most one may have; \
+                     delete one first"
+                )));
+            }
             lambda.tags.insert(tag.to_string(), version);
             Ok(lambda.clone())
         })

@@ -260,6 +260,27 @@ fn lambdas_keep_versions_tags_and_defaults() {
         .unwrap()
         .contains("manage_lambdas"));
 
+    // Tags are bounded: `latest`, `stable` and 98 more fill the 100 a lambda may have.
+    let tag = |name: &str| {
+        cluster
+            .request_as(
+                Some(&cluster.admin_key),
+                Method::PUT,
+                &format!("/v1/lambdas/spend/tags/{name}"),
+                Some(&json!({"version": 1})),
+            )
+            .unwrap()
+    };
+    for i in 0..98 {
+        assert_eq!(tag(&format!("t{i}")).status, 200);
+    }
+    let refused = tag("one_too_many");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("100 tags"));
+
     // Lambdas survive a restart of the aggregator.
     let mut cluster = cluster;
     cluster.aggregator.restart().unwrap();
