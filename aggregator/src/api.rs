@@ -2,20 +2,23 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/query` | `{"sql": .., "parameters"?: [{"name", "type", "value"}]}` → columns, rows, stats |
+//! | `POST /v1/query` | `{"sql": .., "parameters"?: [{"name", "type", "value"}], "query_id"?}` → columns, rows, stats |
+//! | `GET /v1/queries`, `DELETE /v1/queries/{id}` | running statements; cancel one ([`crate::running`]) |
 //! | `POST /v1/collections` | create a collection from its spec |
 //! | `GET /v1/collections` | list specs |
 //! | `GET /v1/collections/{name}` | spec, schema as SQL columns, document count, shards |
 //! | `DELETE /v1/collections/{name}` | drop data everywhere, then the spec |
 //! | `POST /v1/collections/{name}/docs` | NDJSON or JSON array, forwarded to a tailer |
-//! | `GET /v1/cluster` | leaf health |
+//! | `GET /v1/cluster` | leaf health; where each shard's copies live |
 //! | `GET /metrics` | Prometheus metrics, incl. per-partition lag and freshness |
 //! | `/v1/keys`, `/v1/roles` | API keys and roles ([`crate::access::routes`]) |
 //! | `/v1/lambdas/..` | Query Lambdas ([`crate::lambdas`]) |
 //! | `/v1/orgs/self/..` | Rockset-compatible endpoints ([`crate::rockset`]) |
-//! | `GET /healthz` | liveness (the only route without authentication) |
+//! | `GET /`, `/console/..` | the web console's static files ([`crate::console`]) |
+//! | `GET /healthz` | liveness |
 //!
-//! Every other route runs [`authenticate`] first, and each handler checks the
+//! Every other route (the console's files and `/healthz` are public) runs
+//! [`authenticate`] first, and each handler checks the
 //! privilege it needs on the collection it touches ([`Principal::require`]).
 
 use std::sync::Arc;
@@ -61,6 +64,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Query Lambdas.
     pub lambdas: Arc<crate::lambdas::LambdaStore>,
+    /// HTTP statements running now, to list and cancel.
+    pub running: Arc<crate::running::RunningQueries>,
 }
 
 /// Builds the router.
@@ -81,12 +86,14 @@ pub fn router(state: AppState, max_write_bytes: usize) -> Router {
         .merge(crate::access::routes::routes())
         .merge(crate::lambdas::routes())
         .merge(crate::rockset::routes())
+        .merge(crate::running::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             authenticate,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::console::routes())
         .merge(protected)
         .layer(DefaultBodyLimit::max(max_write_bytes))
         .with_state(state)
@@ -108,6 +115,10 @@ struct QueryRequest {
     /// Values of the statement's `:name` placeholders.
     #[serde(default)]
     parameters: Vec<Parameter>,
+    /// The id to list and cancel the statement by while it runs (`GET` and
+    /// `DELETE /v1/queries/{id}`); the aggregator picks one if none is given.
+    #[serde(default)]
+    query_id: Option<String>,
 }
 
 async fn query(
@@ -126,20 +137,34 @@ async fn query(
         options: request.options,
         params: params::named(&request.parameters)?,
     };
-    Ok(Json(run_json(&state, query, &principal).await?).into_response())
+    Ok(Json(run_json(&state, query, request.query_id, &principal).await?).into_response())
 }
 
-/// Runs a statement for an HTTP request: admitted, answered in JSON, counted.
+/// Runs a statement for an HTTP request: listed as running under `query_id`
+/// (or a new id) until it ends, admitted, answered in JSON, counted.
 pub(crate) async fn run_json(
     state: &AppState,
     query: Query,
+    query_id: Option<String>,
     principal: &Principal,
 ) -> Result<QueryResponse> {
-    let result = async {
+    let running = state.running.start(query_id, &principal.name, &query.sql)?;
+    let work = async {
         let _turn = state.admission.admit().await?;
         state.engine.query_json(query, principal).await
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = running.cancelled() => Err(AggregatorError::Cancelled(format!(
+            "query `{}` was cancelled (DELETE /v1/queries/{})",
+            running.id, running.id
+        ))),
+    };
+    let result = result.map(|mut response| {
+        response.query_id = Some(running.id.clone());
+        response
+    });
+    running.finish();
     let (class, elapsed_ms) = match &result {
         Ok(response) => (response.class, response.stats.elapsed_ms),
         Err(_) => ("", 0.0),
@@ -250,7 +275,21 @@ async fn cluster_status(
 ) -> Result<Response> {
     monitor(&principal)?;
     let leaves = state.cluster.status().await;
-    Ok(Json(serde_json::json!({ "leaves": leaves })).into_response())
+    let collections: Vec<serde_json::Value> = state
+        .catalog
+        .list()
+        .await?
+        .into_iter()
+        .filter(|spec| principal.sees(&spec.name))
+        .map(|spec| {
+            serde_json::json!({
+                "name": spec.name,
+                "replication": spec.replication,
+                "shards": state.cluster.placement(&spec),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "leaves": leaves, "collections": collections })).into_response())
 }
 
 /// A spec as `principal` may see it: source secrets only for the cluster's own

@@ -58,6 +58,8 @@ impl CollectionFields {
 pub struct LeafStatus {
     pub url: String,
     pub healthy: bool,
+    /// It lately missed a deadline: its shards are read from other copies first.
+    pub suspect: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -129,6 +131,19 @@ impl Cluster {
     /// [`Self::replicas`] as indexes into the leaves.
     pub fn replica_indexes(&self, spec: &CollectionSpec, shard: u32) -> Vec<usize> {
         replicas_for_shard(shard, self.leaves.len(), spec.replication)
+    }
+
+    /// The URLs of the leaves holding each shard of `spec`, by shard, in
+    /// placement order.
+    pub fn placement(&self, spec: &CollectionSpec) -> Vec<Vec<String>> {
+        (0..spec.num_shards)
+            .map(|shard| {
+                self.replica_indexes(spec, shard)
+                    .into_iter()
+                    .map(|i| self.leaves[i].url().to_string())
+                    .collect()
+            })
+            .collect()
     }
 
     /// Each reachable leaf's stats of a collection. A leaf that does not answer
@@ -278,16 +293,22 @@ impl Cluster {
     }
 
     pub async fn status(&self) -> Vec<LeafStatus> {
-        join_all(self.leaves.iter().map(|leaf| async move {
-            let answer = leaf
-                .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
-                .await;
-            LeafStatus {
-                url: leaf.url().to_string(),
-                healthy: answer.is_ok(),
-                error: answer.err().map(|e| e.to_string()),
-            }
-        }))
+        join_all(
+            self.leaves
+                .iter()
+                .enumerate()
+                .map(|(index, leaf)| async move {
+                    let answer = leaf
+                        .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
+                        .await;
+                    LeafStatus {
+                        url: leaf.url().to_string(),
+                        healthy: answer.is_ok(),
+                        suspect: self.is_suspect(index),
+                        error: answer.err().map(|e| e.to_string()),
+                    }
+                }),
+        )
         .await
     }
 }

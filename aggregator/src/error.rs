@@ -52,6 +52,9 @@ pub enum AggregatorError {
     /// A key or role name that is taken, or a role still in use.
     #[error("{0}")]
     Conflict(String),
+    /// Someone cancelled the statement (`DELETE /v1/queries/{id}`).
+    #[error("{0}")]
+    Cancelled(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,6 +79,8 @@ impl AggregatorError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            // nginx's "client closed request": the answer nobody waits for.
+            Self::Cancelled(_) => StatusCode::from_u16(499).expect("499 is a valid status code"),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +101,7 @@ impl AggregatorError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::Cancelled(_) => "cancelled",
             Self::Internal(_) => "internal",
         }
     }

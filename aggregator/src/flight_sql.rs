@@ -130,6 +130,7 @@ fn status(error: AggregatorError) -> Status {
         AggregatorError::Unauthenticated(_) => Status::unauthenticated(message),
         AggregatorError::Forbidden(_) => Status::permission_denied(message),
         AggregatorError::Timeout(_) => Status::deadline_exceeded(message),
+        AggregatorError::Cancelled(_) => Status::cancelled(message),
         AggregatorError::Overloaded(_) | AggregatorError::ResourcesExhausted(_) => {
             Status::resource_exhausted(message)
         }

@@ -467,7 +467,7 @@ pub async fn run(
         options: QueryOptions::default(),
         params: params::named(&parameters)?,
     };
-    let result = run_json(state, query, principal).await;
+    let result = run_json(state, query, None, principal).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(error) => error.code(),

@@ -18,6 +18,7 @@ pub mod api;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod files;
 pub mod flight_sql;
@@ -25,6 +26,7 @@ pub mod lambdas;
 pub mod postgres;
 pub mod query;
 pub mod rockset;
+pub mod running;
 pub mod sources;
 
 pub use config::AggregatorConfig;

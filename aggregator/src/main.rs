@@ -16,6 +16,7 @@ use altdb_aggregator::catalog::{Catalog, FileCatalog};
 use altdb_aggregator::cluster::Cluster;
 use altdb_aggregator::lambdas::LambdaStore;
 use altdb_aggregator::query::{QueryEngine, QueryLimits};
+use altdb_aggregator::running::RunningQueries;
 use altdb_aggregator::sources::KafkaProbe;
 use altdb_aggregator::AggregatorConfig;
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
@@ -166,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(executor) = &executor {
         engine = engine.with_executor(executor.handle().clone());
     }
+    let metrics = Arc::new(Metrics::default());
     let state = AppState {
         catalog,
         cluster,
@@ -184,7 +186,8 @@ async fn main() -> anyhow::Result<()> {
         )?,
         tailer_url: config.tailer_url.trim_end_matches('/').to_string(),
         probe: Arc::new(KafkaProbe::default()),
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
+        running: RunningQueries::new(metrics),
         auth: Authenticator {
             keys: keys.clone(),
             secret: secret.clone(),

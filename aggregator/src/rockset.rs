@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/orgs/self/queries` | `{"sql": {"query", "parameters"?, "default_row_limit"?}}` |
+//! | `DELETE /v1/orgs/self/queries/{id}` | cancel a running statement by its `query_id` |
 //! | `POST /v1/orgs/self/ws/{ws}/collections/{c}/docs` | `{"data": [docs]}` |
 //! | `DELETE /v1/orgs/self/ws/{ws}/collections/{c}/docs` | refused: deletes are not built yet |
 //! | `POST /v1/orgs/self/ws/{ws}/lambdas` | `{"name", "sql": {"query", "default_parameters"?}}` |
@@ -41,6 +42,10 @@ pub const WORKSPACE: &str = "commons";
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/orgs/self/queries", post(query))
+        .route(
+            "/v1/orgs/self/queries/{id}",
+            axum::routing::delete(crate::running::cancel),
+        )
         .route(
             "/v1/orgs/self/ws/{ws}/collections/{collection}/docs",
             post(add_documents).delete(delete_documents),
@@ -117,7 +122,7 @@ fn rockset_answer(response: QueryResponse) -> Value {
         })
         .collect();
     json!({
-        "query_id": query_id(),
+        "query_id": response.query_id.clone().unwrap_or_else(query_id),
         "status": "COMPLETED",
         "results": results,
         "results_total_doc_count": results.len(),
@@ -164,7 +169,7 @@ async fn query(
         options: QueryOptions::default(),
         params: params::named(&request.sql.parameters)?,
     };
-    let mut response = run_json(&state, query, &principal).await?;
+    let mut response = run_json(&state, query, Some(query_id()), &principal).await?;
     if let Some(limit) = request.sql.default_row_limit {
         if response.rows.len() > limit {
             response.rows.truncate(limit);

@@ -176,7 +176,7 @@ fn pg_error(error: AggregatorError) -> PgWireError {
         AggregatorError::UnknownColumn(_) => "42703",
         AggregatorError::InvalidParameter(_) => "22023",
         AggregatorError::Unavailable(_) => "57P03",
-        AggregatorError::Timeout(_) => "57014",
+        AggregatorError::Timeout(_) | AggregatorError::Cancelled(_) => "57014",
         AggregatorError::ResourcesExhausted(_) => "53200",
         AggregatorError::Overloaded(_) => "53300",
         AggregatorError::Unauthenticated(_) => "28000",

@@ -112,6 +112,9 @@ pub struct Stats {
 /// The answer to `POST /v1/query`.
 #[derive(Debug, Serialize)]
 pub struct QueryResponse {
+    /// The id the statement ran under (HTTP door).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_id: Option<String>,
     pub columns: Vec<Column>,
     pub rows: Vec<Vec<Value>>,
     pub stats: Stats,
@@ -315,6 +318,7 @@ impl QueryEngine {
         }
         let (rows, truncated) = rows.finish();
         Ok(QueryResponse {
+            query_id: None,
             columns: answer
                 .schema
                 .fields()
