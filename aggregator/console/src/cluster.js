@@ -18,17 +18,23 @@ async function showLeaves(section) {
   const heading = h("h2", { id: "leaves-title" }, "Leaves");
   try {
     const status = await api("GET", "/v1/cluster");
+    const collections = status.collections ?? [];
     const healthy = status.leaves.filter((l) => l.healthy).length;
-    const placement = (status.collections ?? []).map((c) => h("details", {},
-      h("summary", {}, `${c.name}: ${c.shards.length} shards × ${c.replication} copies`),
-      table(["shard", "copies (first is preferred)"], c.shards.map((copies, shard) => [shard, copies.join(", ")]))));
+    // How many shard copies each leaf holds, over every collection.
+    const held = new Map(status.leaves.map((l) => [l.url, 0]));
+    for (const c of collections) for (const copies of c.shards) for (const url of copies) held.set(url, (held.get(url) ?? 0) + 1);
+    const health = (l) => (!l.healthy ? ["bad", "down"] : l.suspect ? ["bad", "slow (read last)"] : ["ok", "healthy"]);
+    const placement = collections.map((c) => h("details", { open: c.shards.length <= 16 },
+      h("summary", {}, `${c.name}: ${c.shards.length} shard${c.shards.length === 1 ? "" : "s"} × ${c.replication} cop${c.replication === 1 ? "y" : "ies"}`),
+      table(["shard", "copies (first is preferred)"], c.shards.map((copies, shard) => [shard, copies.join(", ")]), { numeric: [true] })));
     show(section, heading,
       h("p", {}, `${healthy} of ${status.leaves.length} leaves healthy.`),
-      table(["leaf", "health", "error"], status.leaves.map((l) => [
+      table(["leaf", "health", "shard copies", "error"], status.leaves.map((l) => [
         l.url,
-        h("span", { class: l.healthy ? "ok" : "bad" }, l.healthy ? "healthy" : "down"),
+        h("span", { class: health(l)[0] }, health(l)[1]),
+        held.get(l.url),
         l.error ?? "–",
-      ]), { cell: (v) => (v instanceof Node ? v : String(v)) }),
+      ]), { cell: (v) => (v instanceof Node ? v : String(v)), numeric: [false, false, true] }),
       placement.length ? h("h2", {}, "Shard copies") : null,
       placement);
   } catch (error) {

@@ -32,7 +32,9 @@ function route() {
   Promise.resolve()
     .then(page)
     .catch((error) => {
-      if (error.status !== 401) show(main, errorBox(error));
+      show(main, errorBox(error), error.status === 401
+        ? h("button", { type: "button", class: "primary", onclick: () => askForKey(error.message) }, "Enter an API key")
+        : null);
     });
 }
 

@@ -302,6 +302,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         r#"altdb is running.
+  console      {aggregator_url}/   (open it in a browser; paste the admin key below)
   aggregator   {aggregator_url}   (SQL, collections, writes)
   postgres     127.0.0.1:{postgres_port}   (psql, Grafana: the password is the admin key)
   flight sql   grpc://127.0.0.1:{flight_sql_port}   (ADBC, JDBC: Bearer <key>)
