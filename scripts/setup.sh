@@ -10,7 +10,8 @@
 #                              tansu (a second Kafka-protocol broker, for the
 #                              benchmarks), an S3-API server (s3s-fs), and for
 #                              the console's browser tests Chromium (Debian's),
-#                              Node 20+ and playwright-core (npm)
+#                              Node 20+ and playwright-core (npm), and etcd
+#                              (Debian's etcd-server) for the metastore tests
 #
 # Versions are pinned so that the oracle does not change under the tests.
 set -euo pipefail
@@ -31,8 +32,8 @@ esac
 
 # System packages: libclang + clang for the rocksdb crate's bindgen; make,
 # zlib, OpenSSL, Cyrus SASL and pkg-config for the bundled librdkafka (TLS and
-# SASL to brokers).
-packages=(libclang-dev clang make pkg-config zlib1g-dev libssl-dev libsasl2-dev)
+# SASL to brokers); protoc for the etcd client's protobufs.
+packages=(libclang-dev clang make pkg-config zlib1g-dev libssl-dev libsasl2-dev protobuf-compiler)
 # The tests run Apache Kafka's broker on a JDK (17 or newer), fetched with Maven.
 if $with_tests; then
   command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
@@ -45,6 +46,8 @@ if $with_tests; then
   # The console's browser tests drive Debian's Chromium (playwright-core never
   # downloads a browser here).
   command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+  # A real etcd for the metastore tests.
+  command -v etcd >/dev/null 2>&1 || packages+=(etcd-server)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

@@ -1,16 +1,18 @@
-//! The catalog of collections: a trait, and a file-backed implementation.
-//!
-//! The file catalog keeps every spec in one JSON file in the data directory,
-//! replaced atomically on change. A catalog backed by etcd implements the same
-//! trait for multi-aggregator clusters.
+//! The catalog of collections: a trait, and its implementation on the
+//! metastore ([`altdb_common::metastore`]: a file for one aggregator, etcd for
+//! several). Specs are `collections/<name>` there; creating one is a write
+//! conditional on the name being free, so two aggregators cannot both create it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::RwLock;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use altdb_common::collection::CollectionSpec;
+use altdb_common::metastore::watched::Watched;
+use altdb_common::metastore::{Metastore, MetastoreError, Precondition};
 
 use crate::error::{AggregatorError, Result};
 
@@ -35,81 +37,121 @@ fn next_incarnation<'a>(specs: impl Iterator<Item = &'a CollectionSpec>) -> u64 
     specs.map(|s| s.incarnation + 1).fold(now, u64::max)
 }
 
-/// A catalog kept in `<data_dir>/catalog.json` (mode 0600: specs may hold
-/// source secrets; see [`crate::files`]).
+/// Where specs live in the metastore: `collections/<name>`.
+const PREFIX: &str = "collections/";
+/// How long a change waits to be seen by this aggregator's own cache.
+const READ_OWN_WRITE: Duration = Duration::from_secs(5);
+
+/// The catalog in the metastore (a file for one aggregator, etcd for several),
+/// read from a watch cache: a collection created through one aggregator is
+/// visible through every other as soon as their caches hear of it.
 #[derive(Debug)]
-pub struct FileCatalog {
-    path: PathBuf,
-    specs: RwLock<BTreeMap<String, CollectionSpec>>,
+pub struct MetaCatalog {
+    store: Arc<dyn Metastore>,
+    specs: Watched<CollectionSpec>,
 }
 
-impl FileCatalog {
-    pub fn open(path: PathBuf) -> Result<Self> {
-        let specs = crate::files::load(&path, "catalog")?;
-        Ok(Self {
-            path,
-            specs: RwLock::new(specs),
-        })
-    }
+fn unavailable(error: MetastoreError) -> AggregatorError {
+    AggregatorError::Unavailable(format!(
+        "the catalog cannot be changed now ({error}); retry when the metastore is back"
+    ))
+}
 
-    fn persist(&self, specs: &BTreeMap<String, CollectionSpec>) -> Result<()> {
-        crate::files::store(&self.path, specs, "catalog")
+impl MetaCatalog {
+    /// The catalog in `store`. A `legacy` `catalog.json` from before the
+    /// metastore is imported once (its specs keep their incarnations), then
+    /// renamed `catalog.json.imported`.
+    pub async fn open(store: Arc<dyn Metastore>, legacy: Option<&Path>) -> Result<Self> {
+        if let Some(path) = legacy.filter(|p| p.exists()) {
+            let specs: BTreeMap<String, CollectionSpec> = crate::files::load(path, "catalog")?;
+            for spec in specs.values() {
+                let value = serde_json::to_string(spec)
+                    .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+                store
+                    .put(
+                        &format!("{PREFIX}{}", spec.name),
+                        &value,
+                        Precondition::Absent,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let imported = path.with_extension("json.imported");
+            std::fs::rename(path, &imported).map_err(|e| {
+                AggregatorError::Internal(format!("cannot rename {}: {e}", path.display()))
+            })?;
+            tracing::info!(collections = specs.len(), from = %path.display(), "imported the catalog into the metastore");
+        }
+        let specs = Watched::start(store.clone(), PREFIX)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { store, specs })
+    }
+}
+
+impl MetaCatalog {
+    /// A catalog in a file metastore of its own at `path` (tests, tools).
+    pub async fn open_file(path: &Path) -> Result<Self> {
+        let store = altdb_common::metastore::file::FileMetastore::open(path.to_path_buf())
+            .map_err(unavailable)?;
+        Self::open(store, None).await
     }
 }
 
 #[async_trait]
-impl Catalog for FileCatalog {
+impl Catalog for MetaCatalog {
     async fn list(&self) -> Result<Vec<CollectionSpec>> {
-        Ok(self
-            .specs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect())
+        Ok(self.specs.list().into_iter().map(|(_, s)| s).collect())
     }
 
     async fn get(&self, name: &str) -> Result<Option<CollectionSpec>> {
-        Ok(self
-            .specs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned())
+        Ok(self.specs.get(name))
     }
 
     async fn create(&self, mut spec: CollectionSpec) -> Result<CollectionSpec> {
-        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
-        if specs.contains_key(&spec.name) {
-            return Err(AggregatorError::CollectionExists(spec.name));
-        }
         spec.incarnation = if CollectionSpec::is_system(&spec.name) {
             0
         } else {
-            next_incarnation(specs.values())
+            next_incarnation(self.specs.list().iter().map(|(_, s)| s))
         };
-        let mut next = specs.clone();
-        next.insert(spec.name.clone(), spec.clone());
-        self.persist(&next)?;
-        *specs = next;
+        let value =
+            serde_json::to_string(&spec).map_err(|e| AggregatorError::Internal(e.to_string()))?;
+        let written = self
+            .store
+            .put(
+                &format!("{PREFIX}{}", spec.name),
+                &value,
+                Precondition::Absent,
+            )
+            .await
+            .map_err(unavailable)?;
+        let Some(revision) = written else {
+            return Err(AggregatorError::CollectionExists(spec.name));
+        };
+        self.specs.caught_up(revision, READ_OWN_WRITE).await;
         Ok(spec)
     }
 
     async fn delete(&self, name: &str) -> Result<bool> {
-        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
-        if !specs.contains_key(name) {
-            return Ok(false);
+        let deleted = self
+            .store
+            .delete(&format!("{PREFIX}{name}"), Precondition::Any)
+            .await
+            .map_err(unavailable)?;
+        match deleted {
+            Some(revision) => {
+                self.specs.caught_up(revision, READ_OWN_WRITE).await;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        let mut next = specs.clone();
-        next.remove(name);
-        self.persist(&next)?;
-        *specs = next;
-        Ok(true)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use altdb_common::metastore::file::FileMetastore;
+
     use super::*;
 
     fn spec(name: &str) -> CollectionSpec {
@@ -119,8 +161,9 @@ mod tests {
     #[tokio::test]
     async fn specs_survive_reopen_and_names_are_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.json");
-        let catalog = FileCatalog::open(path.clone()).unwrap();
+        let path = dir.path().join("metastore.json");
+        let store: Arc<dyn Metastore> = FileMetastore::open(path.clone()).unwrap();
+        let catalog = MetaCatalog::open(store, None).await.unwrap();
         catalog.create(spec("a")).await.unwrap();
         catalog.create(spec("b")).await.unwrap();
         assert!(matches!(
@@ -137,13 +180,9 @@ mod tests {
             "a name created again is a new incarnation"
         );
         assert!(catalog.delete("b").await.unwrap());
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "specs may hold secrets: owner only");
-        }
-        let reopened = FileCatalog::open(path).unwrap();
+        drop(catalog);
+        let store: Arc<dyn Metastore> = FileMetastore::open(path).unwrap();
+        let reopened = MetaCatalog::open(store, None).await.unwrap();
         let names: Vec<_> = reopened
             .list()
             .await
@@ -152,5 +191,29 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_catalog_file_from_before_the_metastore_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("catalog.json");
+        let mut old = spec("events");
+        old.incarnation = 42;
+        let specs: BTreeMap<String, CollectionSpec> = [("events".to_string(), old)].into();
+        crate::files::store(&legacy, &specs, "catalog").unwrap();
+        let store: Arc<dyn Metastore> =
+            FileMetastore::open(dir.path().join("metastore.json")).unwrap();
+        let catalog = MetaCatalog::open(store.clone(), Some(&legacy))
+            .await
+            .unwrap();
+        assert_eq!(
+            catalog.get("events").await.unwrap().unwrap().incarnation,
+            42
+        );
+        assert!(!legacy.exists());
+        assert!(dir.path().join("catalog.json.imported").exists());
+        // Opened again: nothing to import, the spec is still there.
+        let again = MetaCatalog::open(store, Some(&legacy)).await.unwrap();
+        assert_eq!(again.list().await.unwrap().len(), 1);
     }
 }

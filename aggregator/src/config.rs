@@ -20,8 +20,12 @@ pub struct AggregatorConfig {
     /// Arrow Flight SQL address (default 127.0.0.1:7433); empty: no Flight SQL
     /// door.
     pub flight_sql_listen: String,
-    /// Where the file catalog lives.
+    /// Where the file metastore (`metastore.json`), keys and lambdas live.
     pub data_dir: PathBuf,
+    /// The cluster's shared state: empty for `<data_dir>/metastore.json` (one
+    /// aggregator), or `etcd://host:2379[,host:2379..][/prefix]` (several
+    /// aggregators share it; see the README's "Run a cluster").
+    pub metastore: String,
     /// Flight addresses of the leaves, in placement order.
     pub leaves: Vec<String>,
     /// HTTP address of a tailer; writes sent to the aggregator are forwarded there.
@@ -92,6 +96,7 @@ impl Default for AggregatorConfig {
             postgres_listen: "127.0.0.1:7432".into(),
             flight_sql_listen: "127.0.0.1:7433".into(),
             data_dir: PathBuf::from("altdb-data/aggregator"),
+            metastore: String::new(),
             leaves: vec![
                 "http://127.0.0.1:7801".into(),
                 "http://127.0.0.1:7802".into(),

@@ -1,6 +1,5 @@
-//! The aggregator's JSON files (the catalog, keys and roles): read whole, and
-//! replaced atomically — written to a temporary file, synced, renamed over the old
-//! one — readable by their owner only (they hold source secrets and key digests).
+//! The aggregator's JSON files (the catalog, keys and roles, lambdas), read and
+//! replaced atomically by [`altdb_common::files`], with its errors as ours.
 
 use std::path::Path;
 
@@ -9,38 +8,12 @@ use serde::Serialize;
 
 use crate::error::{AggregatorError, Result};
 
-/// The content of `path`, or the default if there is no such file; `what` names
-/// the file in errors.
+/// The content of `path`, or the default if there is no such file.
 pub fn load<T: DeserializeOwned + Default>(path: &Path, what: &str) -> Result<T> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            AggregatorError::Internal(format!("{what} {} is corrupt: {e}", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(AggregatorError::Internal(format!(
-            "cannot read {what} {}: {e}",
-            path.display()
-        ))),
-    }
+    altdb_common::files::load(path, what).map_err(AggregatorError::Internal)
 }
 
 /// Replaces `path` with `value` as pretty JSON, atomically, mode 0600.
 pub fn store<T: Serialize>(path: &Path, value: &T, what: &str) -> Result<()> {
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let temp = path.with_extension("json.tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
-        std::io::Write::write_all(&mut file, &serde_json::to_vec_pretty(value)?)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    };
-    write().map_err(|e| {
-        AggregatorError::Internal(format!("cannot write {what} {}: {e}", path.display()))
-    })
+    altdb_common::files::store(path, value, what).map_err(AggregatorError::Internal)
 }

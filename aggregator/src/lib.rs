@@ -8,7 +8,7 @@
 //!                                │          │  DistributeFragments: fragments per shard
 //!                                │          └─► RemoteFragmentExec ──Flight DoGet──► leaves
 //!                                │                 ◄── partial results; final merge here
-//!                                ├─► Catalog (file-backed; trait for etcd)
+//!                                ├─► Catalog (metastore: a file, or etcd)
 //!                                └─► writes forwarded ──HTTP──► tailer ──► leaves
 //! ```
 

@@ -12,14 +12,18 @@ use altdb_aggregator::access::authn::Authenticator;
 use altdb_aggregator::access::store::KeyStore;
 use altdb_aggregator::admission::Admission;
 use altdb_aggregator::api::{router, AppState};
-use altdb_aggregator::catalog::{Catalog, FileCatalog};
+use altdb_aggregator::catalog::{Catalog, MetaCatalog};
 use altdb_aggregator::cluster::Cluster;
+use altdb_aggregator::error::AggregatorError;
 use altdb_aggregator::lambdas::LambdaStore;
 use altdb_aggregator::query::{QueryEngine, QueryLimits};
 use altdb_aggregator::running::RunningQueries;
 use altdb_aggregator::sources::KafkaProbe;
 use altdb_aggregator::AggregatorConfig;
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
+use altdb_common::metastore::etcd::EtcdMetastore;
+use altdb_common::metastore::file::FileMetastore;
+use altdb_common::metastore::{Metastore, MetastoreUrl};
 use altdb_common::metrics::Metrics;
 
 /// mimalloc: ingest and queries allocate many small, short-lived values
@@ -75,10 +79,15 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     flight_sql_listen: Option<String>,
-    /// Data directory for the catalog (default altdb-data/aggregator).
+    /// Data directory (default altdb-data/aggregator).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// Shared state: empty for a file in the data directory, or
+    /// etcd://host:2379[,host:2379..][/prefix].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metastore: Option<String>,
     /// Leaf Flight URLs, comma separated, in placement order.
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +106,20 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     query_memory_mb: Option<usize>,
+}
+
+/// The metastore `config` names: the file in the data directory, or etcd.
+async fn open_metastore(config: &AggregatorConfig) -> anyhow::Result<Arc<dyn Metastore>> {
+    Ok(match MetastoreUrl::parse(&config.metastore)? {
+        MetastoreUrl::File => FileMetastore::open(config.data_dir.join("metastore.json"))?,
+        MetastoreUrl::Etcd { endpoints, prefix } => {
+            let store = EtcdMetastore::connect(&endpoints, &prefix)
+                .await
+                .context("cannot reach the etcd metastore")?;
+            tracing::info!(?endpoints, %prefix, "metastore: etcd");
+            Arc::new(store)
+        }
+    })
 }
 
 #[tokio::main]
@@ -126,21 +149,20 @@ async fn main() -> anyhow::Result<()> {
              ALTDB_ADMIN_KEY to require API keys"
         );
     }
+    let metastore = open_metastore(&config).await?;
     let catalog = Arc::new(
-        FileCatalog::open(config.data_dir.join("catalog.json"))
-            .map_err(|e| anyhow::anyhow!(e.to_string()))?,
-    );
-    if catalog
-        .get(DLQ_COLLECTION)
+        MetaCatalog::open(
+            metastore.clone(),
+            Some(&config.data_dir.join("catalog.json")),
+        )
         .await
-        .map_err(|e| anyhow::anyhow!(e.to_string()))?
-        .is_none()
-    {
-        catalog
-            .create(CollectionSpec::dead_letters())
-            .await
-            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
-        tracing::info!("created the dead-letter collection `{DLQ_COLLECTION}`");
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+    );
+    // Every aggregator makes sure of it; one of them wins.
+    match catalog.create(CollectionSpec::dead_letters()).await {
+        Ok(_) => tracing::info!("created the dead-letter collection `{DLQ_COLLECTION}`"),
+        Err(AggregatorError::CollectionExists(_)) => {}
+        Err(e) => return Err(anyhow::anyhow!(e.to_string())),
     }
     let cluster = Cluster::new(&config.leaves, &secret, ca.as_deref())
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;

@@ -122,7 +122,7 @@ fn rockset_answer(response: QueryResponse) -> Value {
         })
         .collect();
     json!({
-        "query_id": response.query_id.clone().unwrap_or_else(query_id),
+        "query_id": response.query_id.clone().unwrap_or_else(crate::running::new_id),
         "status": "COMPLETED",
         "results": results,
         "results_total_doc_count": results.len(),
@@ -136,21 +136,6 @@ fn rockset_answer(response: QueryResponse) -> Value {
         "query_errors": [],
         "pagination": null,
     })
-}
-
-/// A fresh query id (128 random bits, hex, dashed like Rockset's).
-fn query_id() -> String {
-    let mut bytes = [0u8; 16];
-    let _ = getrandom::fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
 
 async fn query(
@@ -169,7 +154,7 @@ async fn query(
         options: QueryOptions::default(),
         params: params::named(&request.sql.parameters)?,
     };
-    let mut response = run_json(&state, query, Some(query_id()), &principal).await?;
+    let mut response = run_json(&state, query, None, &principal).await?;
     if let Some(limit) = request.sql.default_row_limit {
         if response.rows.len() > limit {
             response.rows.truncate(limit);

@@ -195,10 +195,19 @@ fn check_id(id: &str) -> Result<()> {
     }
 }
 
-fn new_id() -> String {
-    let mut bytes = [0u8; 12];
+/// A fresh id: 128 random bits, hex, dashed like a UUID (and like Rockset's).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn shorten(sql: &str) -> String {
@@ -268,7 +277,7 @@ mod tests {
             .unwrap()
             .finish();
         let generated = running.start(None, "k", "SELECT 1").unwrap();
-        assert_eq!(generated.id.len(), 24);
+        assert_eq!(generated.id.len(), 36);
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //! - [`sql_guard`]: refuses SQL the parser would take exponential time for.
 //! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
+//! - [`metastore`]: the cluster's shared state (a file, or etcd) and watch caches of it.
+//! - [`files`]: JSON state files replaced atomically, owner-only.
 
 pub mod api;
 pub mod cluster_auth;
@@ -31,11 +33,13 @@ pub mod columns;
 pub mod config;
 pub mod document;
 pub mod error;
+pub mod files;
 pub mod geo;
 pub mod health;
 pub mod lru;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_leaf;
+pub mod metastore;
 pub mod metrics;
 pub mod names;
 pub mod plan;

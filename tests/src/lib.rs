@@ -7,6 +7,7 @@
 
 pub mod compat;
 pub mod data;
+pub mod etcd;
 pub mod fuzz;
 pub mod kafka;
 pub mod oracle;
@@ -204,6 +205,8 @@ pub struct ClusterOptions {
     pub seal_rows: usize,
     /// Environment of every process (e.g. `AWS_*` credentials for the tailers).
     pub env: Vec<(String, String)>,
+    /// The aggregators' `--metastore` (none: the file in the data directory).
+    pub metastore: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -213,6 +216,7 @@ impl Default for ClusterOptions {
             tailers: 1,
             seal_rows: 100_000,
             env: Vec::new(),
+            metastore: None,
         }
     }
 }
@@ -236,6 +240,9 @@ pub struct Cluster {
     pub secret: ClusterSecret,
     /// The aggregator's admin key, which this harness's requests carry.
     pub admin_key: String,
+    /// What a further aggregator needs ([`Self::start_aggregator`]).
+    aggregator_args: Vec<String>,
+    env: Vec<(String, String)>,
     http: reqwest::blocking::Client,
     /// A client that sends no key ([`Self::request_as`]).
     bare: reqwest::blocking::Client,
@@ -346,10 +353,19 @@ impl Cluster {
             )?);
         }
         let url = format!("{scheme}://127.0.0.1:{aggregator_port}");
+        let mut aggregator_args = vec![
+            "--leaves".into(),
+            leaves_arg.clone(),
+            "--tailer-url".into(),
+            format!("{scheme}://127.0.0.1:{}", tailer_ports[0]),
+        ];
+        if let Some(metastore) = &options.metastore {
+            aggregator_args.extend(["--metastore".into(), metastore.clone()]);
+        }
         let aggregator = Process::start(
             "aggregator",
             "altdb-aggregator",
-            vec![
+            [
                 "--listen".into(),
                 format!("127.0.0.1:{aggregator_port}"),
                 "--postgres-listen".into(),
@@ -358,11 +374,10 @@ impl Cluster {
                 format!("127.0.0.1:{flight_sql_port}"),
                 "--data-dir".into(),
                 dir.path().join("aggregator").display().to_string(),
-                "--leaves".into(),
-                leaves_arg.clone(),
-                "--tailer-url".into(),
-                format!("{scheme}://127.0.0.1:{}", tailer_ports[0]),
-            ],
+            ]
+            .into_iter()
+            .chain(aggregator_args.iter().cloned())
+            .collect(),
             options.env.clone(),
             dir.path().join("aggregator.log"),
         )?;
@@ -410,9 +425,46 @@ impl Cluster {
                 .build()?,
             bare: client().build()?,
             admin_key,
+            aggregator_args,
+            env: options.env.clone(),
         };
         cluster.wait_ready()?;
         Ok(cluster)
+    }
+
+    /// Starts another aggregator over the same leaves, tailer and metastore;
+    /// returns it and its URL once it answers.
+    pub fn start_aggregator(&self, name: &str) -> anyhow::Result<(Process, String)> {
+        let port = free_port();
+        let scheme = self.url.split("://").next().unwrap_or("http");
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let process = Process::start(
+            name,
+            "altdb-aggregator",
+            [
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--postgres-listen".into(),
+                String::new(),
+                "--flight-sql-listen".into(),
+                String::new(),
+                "--data-dir".into(),
+                self.dir.path().join(name).display().to_string(),
+            ]
+            .into_iter()
+            .chain(self.aggregator_args.iter().cloned())
+            .collect(),
+            self.env.clone(),
+            self.dir.path().join(format!("{name}.log")),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.bare.get(format!("{url}/healthz")).send().is_err() {
+            if Instant::now() > deadline {
+                bail!("{name} did not start:\n{}", process.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok((process, url))
     }
 
     /// Waits until the aggregator answers, every leaf is healthy and every tailer

@@ -318,13 +318,17 @@ const SQL_TOKENS: &[&[u8]] = &[
 
 #[test]
 fn sql() {
-    use altdb_aggregator::catalog::{Catalog, FileCatalog};
+    use altdb_aggregator::catalog::{Catalog, MetaCatalog};
     use altdb_aggregator::cluster::Cluster;
     use altdb_aggregator::query::{QueryEngine, QueryLimits};
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Arc::new(FileCatalog::open(dir.path().join("catalog.json")).unwrap());
+    let catalog = Arc::new(
+        runtime
+            .block_on(MetaCatalog::open_file(&dir.path().join("metastore.json")))
+            .unwrap(),
+    );
     let stats = stats_for_sql();
     let engine = runtime.block_on(async {
         for name in ["hits", "events"] {
@@ -395,7 +399,7 @@ fn sql() {
 
 #[test]
 fn tickets() {
-    use altdb_aggregator::catalog::{Catalog, FileCatalog};
+    use altdb_aggregator::catalog::{Catalog, MetaCatalog};
     use altdb_aggregator::cluster::Cluster;
     use altdb_aggregator::query::{QueryEngine, QueryLimits};
 
@@ -404,7 +408,11 @@ fn tickets() {
     // Real fragments as seeds: the tickets the aggregator sends for a few
     // statements, captured by an in-memory leaf.
     let memory = Arc::new(MemoryLeaf::new("mem://leaf", Vec::new()).with_stats(stats_for_sql()));
-    let catalog = Arc::new(FileCatalog::open(dir.path().join("catalog.json")).unwrap());
+    let catalog = Arc::new(
+        runtime
+            .block_on(MetaCatalog::open_file(&dir.path().join("metastore.json")))
+            .unwrap(),
+    );
     let incarnation = runtime.block_on(async {
         let spec: CollectionSpec =
             serde_json::from_value(serde_json::json!({"name": "events", "num_shards": 2})).unwrap();

@@ -149,6 +149,7 @@ fn cluster(tailers: usize) -> Cluster {
         tailers,
         seal_rows: 20_000,
         env: S3Server::credentials_env(),
+        ..ClusterOptions::default()
     })
     .expect("cluster starts")
 }
