@@ -24,11 +24,12 @@
 //! `altdb_lambda_duration_seconds`); a version's plan is kept between runs with
 //! the same parameter values like any repeated statement.
 //!
-//! Lambdas live in `<data-dir>/lambdas.json` (written atomically, owner-only).
+//! Lambdas live in the metastore (`lambdas/<name>`; a file for one aggregator,
+//! etcd for several), changed by conditional writes and read from a watch cache.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -38,6 +39,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use altdb_common::metastore::watched::Watched;
+use altdb_common::metastore::{Metastore, MetastoreError, Precondition};
 
 use crate::access::{valid_name, Action, Principal};
 use crate::api::{json_body, run_json, AppState};
@@ -107,62 +111,110 @@ impl Lambda {
 /// The lambdas of this aggregator, in `<data-dir>/lambdas.json`.
 #[derive(Debug)]
 pub struct LambdaStore {
-    path: PathBuf,
-    lambdas: Mutex<BTreeMap<String, Lambda>>,
+    store: Arc<dyn Metastore>,
+    lambdas: Watched<Lambda>,
+}
+
+/// Where lambdas live in the metastore: `lambdas/<name>`.
+const PREFIX: &str = "lambdas/";
+/// Attempts at a change that others keep changing under it.
+const ATTEMPTS: usize = 16;
+
+fn unavailable(error: MetastoreError) -> AggregatorError {
+    AggregatorError::Unavailable(format!(
+        "Query Lambdas cannot be changed now ({error}); retry when the metastore is back"
+    ))
+}
+
+fn missing(name: &str) -> AggregatorError {
+    AggregatorError::NotFound(format!(
+        "Query Lambda `{name}` does not exist; create it with POST /v1/lambdas"
+    ))
 }
 
 impl LambdaStore {
-    pub fn open(path: PathBuf) -> Result<Self> {
-        let lambdas = crate::files::load(&path, "the Query Lambda file")?;
-        Ok(Self {
-            path,
-            lambdas: Mutex::new(lambdas),
-        })
+    /// The lambdas in `store`; a `legacy` `lambdas.json` from before the
+    /// metastore is imported once, then renamed `lambdas.json.imported`.
+    pub async fn open(store: Arc<dyn Metastore>, legacy: Option<&std::path::Path>) -> Result<Self> {
+        if let Some(path) = legacy.filter(|p| p.exists()) {
+            let lambdas: BTreeMap<String, Lambda> =
+                crate::files::load(path, "the Query Lambda file")?;
+            for lambda in lambdas.values() {
+                store
+                    .put(
+                        &format!("{PREFIX}{}", lambda.name),
+                        &to_json(lambda)?,
+                        Precondition::Absent,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+            std::fs::rename(path, path.with_extension("json.imported")).map_err(|e| {
+                AggregatorError::Internal(format!("cannot rename {}: {e}", path.display()))
+            })?;
+        }
+        let lambdas = Watched::start(store.clone(), PREFIX)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { store, lambdas })
     }
 
-    fn change<T>(
+    /// Applies `change` to the lambda `name` as stored now (`None`: there is
+    /// none); it returns what to store (`None`: delete) and the answer. A
+    /// conditional write: if another aggregator changed the lambda meanwhile,
+    /// `change` runs again on its new value.
+    async fn update<T>(
         &self,
-        change: impl FnOnce(&mut BTreeMap<String, Lambda>) -> Result<T>,
+        name: &str,
+        change: impl Fn(Option<Lambda>) -> Result<(Option<Lambda>, T)>,
     ) -> Result<T> {
-        let mut lambdas = self.lambdas.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = lambdas.clone();
-        let answer = change(&mut next)?;
-        crate::files::store(&self.path, &next, "the Query Lambda file")?;
-        *lambdas = next;
-        Ok(answer)
+        let key = format!("{PREFIX}{name}");
+        for _ in 0..ATTEMPTS {
+            let current = self.store.get(&key).await.map_err(unavailable)?;
+            let (when, lambda) = match &current {
+                Some(entry) => (
+                    Precondition::At(entry.revision),
+                    Some(serde_json::from_str::<Lambda>(&entry.value).map_err(|e| {
+                        AggregatorError::Internal(format!("stored lambda `{name}`: {e}"))
+                    })?),
+                ),
+                None => (Precondition::Absent, None),
+            };
+            let (next, answer) = change(lambda)?;
+            let written = match next {
+                Some(next) => self.store.put(&key, &to_json(&next)?, when).await,
+                None => self.store.delete(&key, when).await,
+            }
+            .map_err(unavailable)?;
+            if let Some(revision) = written {
+                self.lambdas
+                    .caught_up(revision, Duration::from_secs(5))
+                    .await;
+                return Ok(answer);
+            }
+        }
+        Err(AggregatorError::Conflict(format!(
+            "Query Lambda `{name}` keeps changing under this request; retry"
+        )))
     }
 
     pub fn get(&self, name: &str) -> Result<Lambda> {
-        self.lambdas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                AggregatorError::NotFound(format!(
-                    "Query Lambda `{name}` does not exist; create it with POST /v1/lambdas"
-                ))
-            })
+        self.lambdas.get(name).ok_or_else(|| missing(name))
     }
 
     pub fn list(&self) -> Vec<Lambda> {
-        self.lambdas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.lambdas.list().into_iter().map(|(_, l)| l).collect()
     }
 
     /// Creates a lambda with its first version.
-    pub fn create(&self, name: &str, version: LambdaVersion) -> Result<Lambda> {
-        self.change(|lambdas| {
-            if lambdas.len() >= MAX_LAMBDAS {
-                return Err(AggregatorError::InvalidRequest(format!(
-                    "there are {MAX_LAMBDAS} Query Lambdas, the most altdb keeps; delete some"
-                )));
-            }
-            if lambdas.contains_key(name) {
+    pub async fn create(&self, name: &str, version: LambdaVersion) -> Result<Lambda> {
+        if self.lambdas.list().len() >= MAX_LAMBDAS {
+            return Err(AggregatorError::InvalidRequest(format!(
+                "there are {MAX_LAMBDAS} Query Lambdas, the most altdb keeps; delete some"
+            )));
+        }
+        self.update(name, |current| {
+            if current.is_some() {
                 return Err(AggregatorError::Conflict(format!(
                     "Query Lambda `{name}` already exists; add a version with POST \
                      /v1/lambdas/{name}/versions"
@@ -171,37 +223,35 @@ impl LambdaStore {
             let lambda = Lambda {
                 name: name.to_string(),
                 tags: BTreeMap::from([(LATEST.to_string(), version.version)]),
-                versions: vec![version],
+                versions: vec![version.clone()],
             };
-            lambdas.insert(name.to_string(), lambda.clone());
-            Ok(lambda)
+            Ok((Some(lambda.clone()), lambda))
         })
+        .await
     }
 
     /// Adds the next version; `latest` moves to it.
-    pub fn add_version(&self, name: &str, mut version: LambdaVersion) -> Result<LambdaVersion> {
-        self.change(|lambdas| {
-            let lambda = lambdas.get_mut(name).ok_or_else(|| {
-                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
-            })?;
+    pub async fn add_version(&self, name: &str, version: LambdaVersion) -> Result<LambdaVersion> {
+        self.update(name, |current| {
+            let mut lambda = current.ok_or_else(|| missing(name))?;
             if lambda.versions.len() >= MAX_VERSIONS {
                 return Err(AggregatorError::InvalidRequest(format!(
                     "Query Lambda `{name}` has {MAX_VERSIONS} versions, the most one may \
                      have; create a new lambda"
                 )));
             }
+            let mut version = version.clone();
             version.version = lambda.versions.last().map_or(1, |v| v.version + 1);
             lambda.versions.push(version.clone());
             lambda.tags.insert(LATEST.to_string(), version.version);
-            Ok(version)
+            Ok((Some(lambda), version))
         })
+        .await
     }
 
-    pub fn set_tag(&self, name: &str, tag: &str, version: u32) -> Result<Lambda> {
-        self.change(|lambdas| {
-            let lambda = lambdas.get_mut(name).ok_or_else(|| {
-                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
-            })?;
+    pub async fn set_tag(&self, name: &str, tag: &str, version: u32) -> Result<Lambda> {
+        self.update(name, |current| {
+            let mut lambda = current.ok_or_else(|| missing(name))?;
             lambda.version(version)?;
             if !lambda.tags.contains_key(tag) && lambda.tags.len() >= MAX_TAGS {
                 return Err(AggregatorError::InvalidRequest(format!(
@@ -210,31 +260,35 @@ impl LambdaStore {
                 )));
             }
             lambda.tags.insert(tag.to_string(), version);
-            Ok(lambda.clone())
+            Ok((Some(lambda.clone()), lambda))
         })
+        .await
     }
 
-    pub fn delete_tag(&self, name: &str, tag: &str) -> Result<()> {
-        self.change(|lambdas| {
-            let lambda = lambdas.get_mut(name).ok_or_else(|| {
-                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
-            })?;
+    pub async fn delete_tag(&self, name: &str, tag: &str) -> Result<()> {
+        self.update(name, |current| {
+            let mut lambda = current.ok_or_else(|| missing(name))?;
             if lambda.tags.remove(tag).is_none() {
                 return Err(AggregatorError::NotFound(format!(
                     "Query Lambda `{name}` has no tag `{tag}`"
                 )));
             }
-            Ok(())
+            Ok((Some(lambda), ()))
         })
+        .await
     }
 
-    pub fn delete(&self, name: &str) -> Result<()> {
-        self.change(|lambdas| {
-            lambdas.remove(name).map(|_| ()).ok_or_else(|| {
-                AggregatorError::NotFound(format!("Query Lambda `{name}` does not exist"))
-            })
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.update(name, |current| match current {
+            Some(_) => Ok((None, ())),
+            None => Err(missing(name)),
         })
+        .await
     }
+}
+
+fn to_json(lambda: &Lambda) -> Result<String> {
+    serde_json::to_string(lambda).map_err(|e| AggregatorError::Internal(e.to_string()))
 }
 
 pub fn routes() -> Router<AppState> {
@@ -309,7 +363,7 @@ async fn create(
     valid_name("Query Lambda", &name)?;
     principal.require(Action::ManageLambdas, &name)?;
     let version = check_version(&state, &principal, request).await?;
-    let lambda = state.lambdas.create(&name, version)?;
+    let lambda = state.lambdas.create(&name, version).await?;
     Ok((StatusCode::CREATED, Json(lambda)).into_response())
 }
 
@@ -375,7 +429,7 @@ async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
     principal.require(Action::ManageLambdas, &name)?;
-    state.lambdas.delete(&name)?;
+    state.lambdas.delete(&name).await?;
     Ok(Json(serde_json::json!({ "deleted": name })))
 }
 
@@ -389,7 +443,7 @@ async fn add_version(
     state.lambdas.get(&name)?;
     let request: VersionRequest = json_body(&body)?;
     let version = check_version(&state, &principal, request).await?;
-    let version = state.lambdas.add_version(&name, version)?;
+    let version = state.lambdas.add_version(&name, version).await?;
     Ok((StatusCode::CREATED, Json(version)).into_response())
 }
 
@@ -413,7 +467,9 @@ async fn set_tag(
     }
     valid_name("tag", &tag)?;
     let request: TagRequest = json_body(&body)?;
-    Ok(Json(state.lambdas.set_tag(&name, &tag, request.version)?))
+    Ok(Json(
+        state.lambdas.set_tag(&name, &tag, request.version).await?,
+    ))
 }
 
 async fn delete_tag(
@@ -427,7 +483,7 @@ async fn delete_tag(
             "`latest` cannot be removed".into(),
         ));
     }
-    state.lambdas.delete_tag(&name, &tag)?;
+    state.lambdas.delete_tag(&name, &tag).await?;
     Ok(Json(serde_json::json!({ "deleted": tag })))
 }
 
@@ -529,4 +585,71 @@ async fn run_tag(
     Ok(Json(
         run(&state, &principal, &name, version, run_body(&body)?).await?,
     ))
+}
+
+#[cfg(test)]
+mod store_tests {
+    use altdb_common::metastore::file::FileMetastore;
+
+    use super::*;
+
+    fn version(sql: &str) -> LambdaVersion {
+        LambdaVersion {
+            version: 1,
+            sql: sql.into(),
+            default_parameters: Vec::new(),
+            description: None,
+            created_at: Utc::now(),
+            created_by: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_aggregators_version_one_lambda_without_losing_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Metastore> =
+            FileMetastore::open(dir.path().join("metastore.json")).unwrap();
+        let a = LambdaStore::open(store.clone(), None).await.unwrap();
+        let b = LambdaStore::open(store, None).await.unwrap();
+        a.create("daily", version("SELECT 1")).await.unwrap();
+        assert!(matches!(
+            b.create("daily", version("SELECT 1")).await,
+            Err(AggregatorError::Conflict(_))
+        ));
+        let (x, y) = tokio::join!(
+            a.add_version("daily", version("SELECT 2")),
+            b.add_version("daily", version("SELECT 3"))
+        );
+        let mut numbers = [x.unwrap().version, y.unwrap().version];
+        numbers.sort();
+        assert_eq!(numbers, [2, 3]);
+        let seen = b.get("daily").unwrap();
+        assert_eq!(seen.versions.len(), 3);
+        assert_eq!(seen.tags[LATEST], 3);
+        b.set_tag("daily", "prod", 2).await.unwrap();
+        a.delete_tag("daily", "prod").await.unwrap();
+        a.delete("daily").await.unwrap();
+        assert!(matches!(
+            b.delete("daily").await,
+            Err(AggregatorError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_lambda_file_from_before_the_metastore_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("lambdas.json");
+        let lambda = Lambda {
+            name: "old".into(),
+            versions: vec![version("SELECT 1")],
+            tags: BTreeMap::from([(LATEST.to_string(), 1)]),
+        };
+        let file: BTreeMap<String, Lambda> = [("old".to_string(), lambda)].into();
+        crate::files::store(&legacy, &file, "lambdas").unwrap();
+        let store: Arc<dyn Metastore> =
+            FileMetastore::open(dir.path().join("metastore.json")).unwrap();
+        let lambdas = LambdaStore::open(store, Some(&legacy)).await.unwrap();
+        assert_eq!(lambdas.get("old").unwrap().versions[0].sql, "SELECT 1");
+        assert!(!legacy.exists());
+    }
 }

@@ -215,8 +215,12 @@ async fn main() -> anyhow::Result<()> {
             secret: secret.clone(),
         },
         lambdas: Arc::new(
-            LambdaStore::open(config.data_dir.join("lambdas.json"))
-                .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+            LambdaStore::open(
+                metastore.clone(),
+                Some(&config.data_dir.join("lambdas.json")),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?,
         ),
     };
     // Last-used times of keys reach the disk once a minute.

@@ -293,7 +293,7 @@ async fn create_lambda(
     crate::access::valid_name("Query Lambda", &name)?;
     principal.require(Action::ManageLambdas, &name)?;
     let version = lambdas::check_version(&state, &principal, request.into_version()).await?;
-    let lambda = state.lambdas.create(&name, version)?;
+    let lambda = state.lambdas.create(&name, version).await?;
     let latest = lambda.tagged(lambdas::LATEST)?;
     Ok((
         StatusCode::OK,
@@ -318,7 +318,7 @@ async fn add_lambda_version(
     state.lambdas.get(&lambda)?;
     let request: LambdaRequest = json_body(&body)?;
     let version = lambdas::check_version(&state, &principal, request.into_version()).await?;
-    let version = state.lambdas.add_version(&lambda, version)?;
+    let version = state.lambdas.add_version(&lambda, version).await?;
     Ok(Json(json!({ "data": rockset_version(&lambda, &version) })))
 }
 

@@ -1,6 +1,7 @@
 //! The metastore on a real etcd (Debian's `etcd-server`, on loopback):
 //! conditional writes, watches (and what a compacted history does to them),
-//! leases; and two aggregators sharing one catalog through it.
+//! leases; and two aggregators sharing one catalog and the Query Lambdas
+//! through it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,7 +133,7 @@ fn etcd_metastore_writes_conditionally_watches_and_leases() {
 }
 
 #[test]
-fn two_aggregators_share_one_catalog_through_etcd() {
+fn two_aggregators_share_collections_and_lambdas_through_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path()).unwrap();
     let mut cluster = Cluster::start(ClusterOptions {
@@ -180,6 +181,29 @@ fn two_aggregators_share_one_catalog_through_etcd() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+
+    // A Query Lambda saved through A runs through B.
+    let (status, body) = on(
+        &a,
+        Method::POST,
+        "/v1/lambdas",
+        Some(
+            json!({"name": "big", "sql": "SELECT COUNT(*) FROM orders WHERE n >= :min",
+                    "default_parameters": [{"name": "min", "type": "int", "value": 90}]}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = on(
+        &b,
+        Method::POST,
+        "/v1/lambdas/big/tags/latest",
+        Some(json!({})),
+    );
+    assert_eq!(
+        (status, body["rows"][0][0].clone()),
+        (200, json!(10)),
+        "{body}"
+    );
 
     // The same name created through both at once: one wins, the other is told.
     let mut statuses: Vec<u16> = std::thread::scope(|scope| {
