@@ -138,9 +138,15 @@ async fn main() -> anyhow::Result<()> {
         altdb_common::tls::HTTP1,
     )?;
     let ca = altdb_common::tls::read_ca(config.tls_ca_file.as_deref())?;
+    let metastore = open_metastore(&config).await?;
     let keys = Arc::new(
-        KeyStore::open(config.data_dir.join("access.json"), admin_key.as_deref())
-            .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+        KeyStore::open(
+            metastore.clone(),
+            Some(&config.data_dir.join("access.json")),
+            admin_key.as_deref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?,
     );
     if !keys.enforced() {
         tracing::warn!(
@@ -149,7 +155,6 @@ async fn main() -> anyhow::Result<()> {
              ALTDB_ADMIN_KEY to require API keys"
         );
     }
-    let metastore = open_metastore(&config).await?;
     let catalog = Arc::new(
         MetaCatalog::open(
             metastore.clone(),
@@ -223,12 +228,12 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e.to_string()))?,
         ),
     };
-    // Last-used times of keys reach the disk once a minute.
+    // Last-used times of keys reach the metastore once a minute.
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             every.tick().await;
-            if let Err(error) = keys.flush() {
+            if let Err(error) = keys.flush().await {
                 tracing::warn!(%error, "could not record when keys were last used");
             }
         }

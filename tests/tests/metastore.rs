@@ -1,7 +1,7 @@
 //! The metastore on a real etcd (Debian's `etcd-server`, on loopback):
 //! conditional writes, watches (and what a compacted history does to them),
-//! leases; and two aggregators sharing one catalog and the Query Lambdas
-//! through it.
+//! leases; and two aggregators sharing collections, Query Lambdas, keys and
+//! roles through it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,7 +133,7 @@ fn etcd_metastore_writes_conditionally_watches_and_leases() {
 }
 
 #[test]
-fn two_aggregators_share_collections_and_lambdas_through_etcd() {
+fn two_aggregators_share_collections_lambdas_and_keys_through_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path()).unwrap();
     let mut cluster = Cluster::start(ClusterOptions {
@@ -204,6 +204,37 @@ fn two_aggregators_share_collections_and_lambdas_through_etcd() {
         (200, json!(10)),
         "{body}"
     );
+
+    // A key made through A opens B; revoked through B, A refuses it within a second.
+    let (status, body) = on(
+        &a,
+        Method::POST,
+        "/v1/keys",
+        Some(json!({"name": "app", "role": "read-only"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let key = body["key"].as_str().unwrap().to_string();
+    let with_key = |url: &str| {
+        reqwest::blocking::Client::new()
+            .post(format!("{url}/v1/query"))
+            .header("authorization", format!("ApiKey {key}"))
+            .json(&json!({"sql": "SELECT COUNT(*) FROM orders"}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while with_key(&b) != 200 {
+        assert!(Instant::now() < deadline, "B does not take A's key");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(on(&b, Method::DELETE, "/v1/keys/app", None).0, 204);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while with_key(&a) != 401 {
+        assert!(Instant::now() < deadline, "A still takes the key B revoked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The same name created through both at once: one wins, the other is told.
     let mut statuses: Vec<u16> = std::thread::scope(|scope| {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  Authorization: ApiKey <key> | Bearer <key>
-//!      │ SHA-256 ─► KeyStore (hashed keys, roles; access.json)      ─► Principal
+//!      │ SHA-256 ─► KeyStore (hashed keys, roles; metastore)        ─► Principal
 //!  x-altdb-cluster-secret (tailers reading the catalog)             ─► Principal::cluster
 //!  no admin key configured (authentication off)                     ─► Principal::open
 //!      ▼

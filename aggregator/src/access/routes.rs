@@ -66,12 +66,16 @@ async fn create_key(
 ) -> Result<Response> {
     manager(&state, &principal)?;
     let request: KeyRequest = json_body(&body)?;
-    let created = state.auth.keys.create_key(
-        &request.name,
-        &request.role,
-        request.expires_at,
-        &principal.name,
-    )?;
+    let created = state
+        .auth
+        .keys
+        .create_key(
+            &request.name,
+            &request.role,
+            request.expires_at,
+            &principal.name,
+        )
+        .await?;
     audit(
         "key_created",
         &created.record.name,
@@ -97,7 +101,7 @@ async fn delete_key(
     Path(name): Path<String>,
 ) -> Result<Response> {
     manager(&state, &principal)?;
-    let revoked = state.auth.keys.delete_key(&name)?;
+    let revoked = state.auth.keys.delete_key(&name).await?;
     audit(
         "key_revoked",
         &revoked.name,
@@ -116,7 +120,7 @@ async fn create_role(
 ) -> Result<Response> {
     manager(&state, &principal)?;
     let role: Role = json_body(&body)?;
-    let role = state.auth.keys.put_role(role, false)?;
+    let role = state.auth.keys.put_role(role, false).await?;
     audit(
         "role_created",
         &principal.name,
@@ -142,7 +146,7 @@ async fn put_role(
             role.name
         )));
     }
-    let role = state.auth.keys.put_role(role, true)?;
+    let role = state.auth.keys.put_role(role, true).await?;
     audit(
         "role_changed",
         &principal.name,
@@ -168,7 +172,7 @@ async fn delete_role(
     Path(name): Path<String>,
 ) -> Result<Response> {
     manager(&state, &principal)?;
-    state.auth.keys.delete_role(&name)?;
+    state.auth.keys.delete_role(&name).await?;
     audit(
         "role_deleted",
         &principal.name,

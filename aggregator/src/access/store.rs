@@ -1,4 +1,7 @@
-//! API keys and custom roles, kept in `<data_dir>/access.json`.
+//! API keys and custom roles, kept in the metastore (`keys/<name>`,
+//! `roles/<name>`; a file for one aggregator, etcd for several) and read from
+//! watch caches: a key created, revoked or re-roled through one aggregator
+//! counts on every other as soon as its cache hears of it.
 //!
 //! A key is `altdb_` and 64 hex digits (256 random bits), shown once when created;
 //! the store keeps its SHA-256 digest only. A fast hash is right here: the key is
@@ -7,14 +10,17 @@
 //! key by its digest in a map, so a wrong key and an expired one take the same
 //! path and answer the same 401.
 //!
-//! Last-used times are kept in memory and written with the next change, or by
-//! [`KeyStore::flush`] (called every minute by the aggregator). The file is
-//! replaced atomically and readable by its owner only.
+//! Last-used times are kept in memory and written by [`KeyStore::flush`]
+//! (called every minute by the aggregator).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use altdb_common::metastore::watched::Watched;
+use altdb_common::metastore::{Metastore, MetastoreError, Precondition, Revision};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -56,22 +62,43 @@ struct Key {
     last_used_us: AtomicI64,
 }
 
+/// The keys and roles as the caches held them at `built_at`, indexed.
 #[derive(Debug, Default)]
 struct State {
     keys: BTreeMap<String, Arc<Key>>,
     by_digest: HashMap<[u8; 32], Arc<Key>>,
     roles: BTreeMap<String, Role>,
+    /// The revisions of the key and role caches this state was built from.
+    built_at: (Revision, Revision),
 }
 
-/// Keys and roles of one aggregator.
+/// Keys and roles, shared by every aggregator through the metastore.
 #[derive(Debug)]
 pub struct KeyStore {
-    path: PathBuf,
+    store: Arc<dyn Metastore>,
+    key_records: Watched<KeyRecord>,
+    role_records: Watched<Role>,
     state: RwLock<State>,
-    /// Some key was used since the file was last written.
+    /// Some key was used since last-used times were last written.
     used: AtomicBool,
     /// The configured admin key's digest (the bootstrap key; not stored).
     admin: Option<[u8; 32]>,
+}
+
+/// Where keys and roles live in the metastore.
+const KEYS: &str = "keys/";
+const ROLES: &str = "roles/";
+/// How long a change waits to reach this aggregator's own caches.
+const READ_OWN_WRITE: Duration = Duration::from_secs(5);
+
+fn unavailable(error: MetastoreError) -> AggregatorError {
+    AggregatorError::Unavailable(format!(
+        "keys and roles cannot be changed now ({error}); retry when the metastore is back"
+    ))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| AggregatorError::Internal(e.to_string()))
 }
 
 /// A new key as its creator sees it once.
@@ -103,35 +130,96 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 }
 
 impl KeyStore {
-    /// Opens the store at `path`; `admin_key` is the configured bootstrap key.
-    pub fn open(path: PathBuf, admin_key: Option<&str>) -> Result<Self> {
-        let stored: Stored = crate::files::load(&path, "key store")?;
-        let mut state = State {
-            roles: stored.roles,
-            ..State::default()
-        };
-        for (name, record) in stored.keys {
-            let digest = unhex(&record.digest).ok_or_else(|| {
-                AggregatorError::Internal(format!(
-                    "key store {}: key `{name}` has no valid digest",
-                    path.display()
-                ))
+    /// The keys and roles in `store`; `admin_key` is the configured bootstrap
+    /// key. A `legacy` `access.json` from before the metastore is imported
+    /// once, then renamed `access.json.imported`.
+    pub async fn open(
+        store: Arc<dyn Metastore>,
+        legacy: Option<&Path>,
+        admin_key: Option<&str>,
+    ) -> Result<Self> {
+        if let Some(path) = legacy.filter(|p| p.exists()) {
+            let stored: Stored = crate::files::load(path, "key store")?;
+            for (name, record) in &stored.keys {
+                store
+                    .put(
+                        &format!("{KEYS}{name}"),
+                        &to_json(record)?,
+                        Precondition::Absent,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+            for (name, role) in &stored.roles {
+                store
+                    .put(
+                        &format!("{ROLES}{name}"),
+                        &to_json(role)?,
+                        Precondition::Absent,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+            std::fs::rename(path, path.with_extension("json.imported")).map_err(|e| {
+                AggregatorError::Internal(format!("cannot rename {}: {e}", path.display()))
             })?;
-            let key = Arc::new(Key {
-                last_used_us: AtomicI64::new(
-                    record.last_used_at.map_or(0, |t| t.timestamp_micros()),
-                ),
-                record,
-            });
-            state.by_digest.insert(digest, key.clone());
-            state.keys.insert(name, key);
         }
-        Ok(Self {
-            path,
-            state: RwLock::new(state),
+        let key_records = Watched::start(store.clone(), KEYS)
+            .await
+            .map_err(unavailable)?;
+        let role_records = Watched::start(store.clone(), ROLES)
+            .await
+            .map_err(unavailable)?;
+        let keys = Self {
+            store,
+            key_records,
+            role_records,
+            state: RwLock::new(State {
+                built_at: (-1, -1),
+                ..State::default()
+            }),
             used: AtomicBool::new(false),
             admin: admin_key.map(|k| digest(k.as_bytes())),
-        })
+        };
+        keys.refresh();
+        Ok(keys)
+    }
+
+    /// Rebuilds the index when the caches heard of a change (another
+    /// aggregator's too); last-used times carry over.
+    fn refresh(&self) {
+        let at = (self.key_records.revision(), self.role_records.revision());
+        if self.read_state().built_at == at {
+            return;
+        }
+        let mut state = self.write();
+        if state.built_at == at {
+            return;
+        }
+        let mut next = State {
+            roles: self.role_records.list().into_iter().collect(),
+            built_at: at,
+            ..State::default()
+        };
+        for (name, record) in self.key_records.list() {
+            let Some(key_digest) = unhex(&record.digest) else {
+                tracing::warn!(key = %name, "a stored key has no valid digest; ignoring it");
+                continue;
+            };
+            let stored_us = record.last_used_at.map_or(0, |t| t.timestamp_micros());
+            let used_us = state
+                .keys
+                .get(&name)
+                .filter(|k| k.record.digest == record.digest)
+                .map_or(0, |k| k.last_used_us.load(Ordering::Relaxed));
+            let key = Arc::new(Key {
+                last_used_us: AtomicI64::new(stored_us.max(used_us)),
+                record,
+            });
+            next.by_digest.insert(key_digest, key.clone());
+            next.keys.insert(name, key);
+        }
+        *state = next;
     }
 
     /// Whether requests must carry a key (an admin key is configured).
@@ -179,7 +267,7 @@ impl KeyStore {
     }
 
     /// Creates a key; the answer holds its text, shown this once.
-    pub fn create_key(
+    pub async fn create_key(
         &self,
         name: &str,
         role: &str,
@@ -204,16 +292,10 @@ impl KeyStore {
             .map_err(|e| AggregatorError::Internal(format!("no random numbers for a key: {e}")))?;
         let text = format!("{KEY_PREFIX}{}", hex(&bytes));
         let key_digest = digest(text.as_bytes());
-        let mut state = self.write();
-        if self.role_in(&state, role).is_none() {
+        if self.role_in(&self.read(), role).is_none() {
             return Err(AggregatorError::InvalidRequest(format!(
                 "role `{role}` does not exist; the built-in roles are admin, member and \
                  read-only, others are created with POST /v1/roles"
-            )));
-        }
-        if state.keys.contains_key(name) {
-            return Err(AggregatorError::Conflict(format!(
-                "a key named `{name}` exists; revoke it first or pick another name"
             )));
         }
         let record = KeyRecord {
@@ -225,17 +307,21 @@ impl KeyStore {
             expires_at,
             last_used_at: None,
         };
-        let key = Arc::new(Key {
-            record: record.clone(),
-            last_used_us: AtomicI64::new(0),
-        });
-        state.keys.insert(name.to_string(), key.clone());
-        state.by_digest.insert(key_digest, key);
-        if let Err(error) = self.persist(&state) {
-            state.keys.remove(name);
-            state.by_digest.remove(&key_digest);
-            return Err(error);
-        }
+        let written = self
+            .store
+            .put(
+                &format!("{KEYS}{name}"),
+                &to_json(&record)?,
+                Precondition::Absent,
+            )
+            .await
+            .map_err(unavailable)?;
+        let Some(revision) = written else {
+            return Err(AggregatorError::Conflict(format!(
+                "a key named `{name}` exists; revoke it first or pick another name"
+            )));
+        };
+        self.key_records.caught_up(revision, READ_OWN_WRITE).await;
         Ok(NewKey {
             record: KeyRecord {
                 digest: String::new(),
@@ -261,22 +347,22 @@ impl KeyStore {
         }
     }
 
-    /// Revokes a key; it fails its next request.
-    pub fn delete_key(&self, name: &str) -> Result<KeyRecord> {
-        let mut state = self.write();
-        let key = state.keys.remove(name).ok_or_else(|| {
-            AggregatorError::NotFound(format!("no key named `{name}`; GET /v1/keys lists them"))
-        })?;
-        state.by_digest.retain(|_, held| !Arc::ptr_eq(held, &key));
-        if let Err(error) = self.persist(&state) {
-            // Not revoked: the file still holds it, so memory must too.
-            if let Some(digest) = unhex(&key.record.digest) {
-                state.by_digest.insert(digest, key.clone());
-            }
-            state.keys.insert(name.to_string(), key);
-            return Err(error);
-        }
-        Ok(Self::shown(&key))
+    /// Revokes a key; it fails its next request (on every aggregator, as soon
+    /// as its cache hears of it).
+    pub async fn delete_key(&self, name: &str) -> Result<KeyRecord> {
+        let shown = self.read().keys.get(name).map(|k| Self::shown(k));
+        let deleted = self
+            .store
+            .delete(&format!("{KEYS}{name}"), Precondition::Any)
+            .await
+            .map_err(unavailable)?;
+        let (Some(revision), Some(shown)) = (deleted, shown) else {
+            return Err(AggregatorError::NotFound(format!(
+                "no key named `{name}`; GET /v1/keys lists them"
+            )));
+        };
+        self.key_records.caught_up(revision, READ_OWN_WRITE).await;
+        Ok(shown)
     }
 
     /// The built-in and custom roles.
@@ -290,7 +376,7 @@ impl KeyStore {
 
     /// Creates a role (`replace`: or replaces the custom role of that name; its
     /// keys get the new privileges with their next request).
-    pub fn put_role(&self, role: Role, replace: bool) -> Result<Role> {
+    pub async fn put_role(&self, role: Role, replace: bool) -> Result<Role> {
         role.validate()?;
         if Role::builtins().iter().any(|r| r.name == role.name) {
             return Err(AggregatorError::Conflict(format!(
@@ -302,9 +388,9 @@ impl KeyStore {
             builtin: false,
             ..role
         };
-        let mut state = self.write();
-        let previous = state.roles.get(&role.name).cloned();
-        match (&previous, replace) {
+        let key = format!("{ROLES}{}", role.name);
+        let previous = self.store.get(&key).await.map_err(unavailable)?;
+        let when = match (&previous, replace) {
             (Some(_), false) => {
                 return Err(AggregatorError::Conflict(format!(
                     "role `{}` exists; change it with PUT /v1/roles/{}",
@@ -317,32 +403,37 @@ impl KeyStore {
                     role.name
                 )))
             }
-            _ => {}
-        }
-        state.roles.insert(role.name.clone(), role.clone());
-        if let Err(error) = self.persist(&state) {
-            match previous {
-                Some(previous) => state.roles.insert(role.name.clone(), previous),
-                None => state.roles.remove(&role.name),
-            };
-            return Err(error);
-        }
+            (Some(entry), true) => Precondition::At(entry.revision),
+            (None, false) => Precondition::Absent,
+        };
+        let written = self
+            .store
+            .put(&key, &to_json(&role)?, when)
+            .await
+            .map_err(unavailable)?;
+        let Some(revision) = written else {
+            return Err(AggregatorError::Conflict(format!(
+                "role `{}` was changed by another request meanwhile; read it and retry",
+                role.name
+            )));
+        };
+        self.role_records.caught_up(revision, READ_OWN_WRITE).await;
         Ok(role)
     }
 
     /// Deletes a custom role no key carries.
-    pub fn delete_role(&self, name: &str) -> Result<()> {
-        let mut state = self.write();
+    pub async fn delete_role(&self, name: &str) -> Result<()> {
         if Role::builtins().iter().any(|r| r.name == name) {
             return Err(AggregatorError::Conflict(format!(
                 "`{name}` is a built-in role and cannot be deleted"
             )));
         }
-        let users: Vec<&str> = state
+        let users: Vec<String> = self
+            .read()
             .keys
             .values()
             .filter(|k| k.record.role == name)
-            .map(|k| k.record.name.as_str())
+            .map(|k| k.record.name.clone())
             .collect();
         if !users.is_empty() {
             return Err(AggregatorError::Conflict(format!(
@@ -350,46 +441,63 @@ impl KeyStore {
                 users.join(", ")
             )));
         }
-        let Some(role) = state.roles.remove(name) else {
+        let deleted = self
+            .store
+            .delete(&format!("{ROLES}{name}"), Precondition::Any)
+            .await
+            .map_err(unavailable)?;
+        let Some(revision) = deleted else {
             return Err(AggregatorError::NotFound(format!(
                 "no role named `{name}`; GET /v1/roles lists them"
             )));
         };
-        if let Err(error) = self.persist(&state) {
-            state.roles.insert(name.to_string(), role);
-            return Err(error);
+        self.role_records.caught_up(revision, READ_OWN_WRITE).await;
+        Ok(())
+    }
+
+    /// Writes the last-used times of the keys used since the last flush
+    /// (each only if nobody changed the key meanwhile: a revoked key stays
+    /// revoked).
+    pub async fn flush(&self) -> Result<()> {
+        if !self.used.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let used: Vec<(String, i64)> = self
+            .read()
+            .keys
+            .iter()
+            .map(|(name, key)| (name.clone(), key.last_used_us.load(Ordering::Relaxed)))
+            .filter(|(_, used)| *used > 0)
+            .collect();
+        for (name, used_us) in used {
+            let key = format!("{KEYS}{name}");
+            let Some(entry) = self.store.get(&key).await.map_err(unavailable)? else {
+                continue;
+            };
+            let Ok(mut record) = serde_json::from_str::<KeyRecord>(&entry.value) else {
+                continue;
+            };
+            let stored_us = record.last_used_at.map_or(0, |t| t.timestamp_micros());
+            if used_us <= stored_us {
+                continue;
+            }
+            record.last_used_at = DateTime::from_timestamp_micros(used_us);
+            self.store
+                .put(&key, &to_json(&record)?, Precondition::At(entry.revision))
+                .await
+                .map_err(unavailable)?;
         }
         Ok(())
     }
 
-    /// Writes last-used times if keys were used since the last write.
-    pub fn flush(&self) -> Result<()> {
-        if !self.used.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let state = self.read();
-        self.persist(&state)
-    }
-
-    fn persist(&self, state: &State) -> Result<()> {
-        self.used.store(false, Ordering::Relaxed);
-        let stored = Stored {
-            keys: state
-                .keys
-                .iter()
-                .map(|(name, key)| {
-                    let mut record = Self::shown(key);
-                    record.digest = key.record.digest.clone();
-                    (name.clone(), record)
-                })
-                .collect(),
-            roles: state.roles.clone(),
-        };
-        crate::files::store(&self.path, &stored, "key store")
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index, rebuilt first if the caches moved on.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.refresh();
+        self.read_state()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
@@ -399,14 +507,21 @@ impl KeyStore {
 
 #[cfg(test)]
 mod tests {
+    use altdb_common::metastore::file::FileMetastore;
+
     use super::super::{Action, Privilege, Resource};
     use super::*;
 
-    #[test]
-    fn keys_are_hashed_revocable_expiring_and_survive_reopen() {
+    async fn open(path: &Path, admin_key: Option<&str>) -> KeyStore {
+        let metastore: Arc<dyn Metastore> = FileMetastore::open(path.to_path_buf()).unwrap();
+        KeyStore::open(metastore, None, admin_key).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn keys_are_hashed_revocable_expiring_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.json");
-        let store = KeyStore::open(path.clone(), Some("the-admin-key-0123456789")).unwrap();
+        let path = dir.path().join("metastore.json");
+        let store = open(&path, Some("the-admin-key-0123456789")).await;
         assert!(store.enforced());
         assert_eq!(
             store.authenticate("the-admin-key-0123456789").unwrap().role,
@@ -421,9 +536,10 @@ mod tests {
             }],
             builtin: false,
         };
-        store.put_role(role.clone(), false).unwrap();
+        store.put_role(role.clone(), false).await.unwrap();
         let dash = store
             .create_key("dash", "dashboards", None, "admin")
+            .await
             .unwrap();
         assert!(dash.key.starts_with(KEY_PREFIX) && dash.key.len() == 70);
         let principal = store.authenticate(&dash.key).unwrap();
@@ -431,11 +547,11 @@ mod tests {
         assert!(!principal.allows(Action::Query, "orders"));
         assert!(store.authenticate(&format!("{}0", dash.key)).is_none());
         assert!(matches!(
-            store.create_key("x", "nope", None, "admin"),
+            store.create_key("x", "nope", None, "admin").await,
             Err(AggregatorError::InvalidRequest(_))
         ));
         assert!(matches!(
-            store.delete_role("dashboards"),
+            store.delete_role("dashboards").await,
             Err(AggregatorError::Conflict(_))
         ));
 
@@ -448,21 +564,54 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "readable by its owner only");
         }
 
-        store.flush().unwrap();
-        let reopened = KeyStore::open(path.clone(), None).unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        let reopened = open(&path, None).await;
         assert!(!reopened.enforced());
         assert!(reopened.authenticate(&dash.key).is_some());
         assert!(reopened.keys()[0].last_used_at.is_some());
-        reopened.delete_key("dash").unwrap();
+        reopened.delete_key("dash").await.unwrap();
         assert!(reopened.authenticate(&dash.key).is_none());
-        reopened.delete_role("dashboards").unwrap();
+        reopened.delete_role("dashboards").await.unwrap();
 
         let soon = Utc::now() + chrono::Duration::milliseconds(300);
         let brief = reopened
             .create_key("brief", "member", Some(soon), "admin")
+            .await
             .unwrap();
         assert!(reopened.authenticate(&brief.key).is_some());
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         assert!(reopened.authenticate(&brief.key).is_none(), "expired");
+    }
+
+    #[tokio::test]
+    async fn a_key_revoked_through_one_aggregator_fails_on_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let metastore: Arc<dyn Metastore> =
+            FileMetastore::open(dir.path().join("metastore.json")).unwrap();
+        let a = KeyStore::open(metastore.clone(), None, Some("admin-key-0123456789"))
+            .await
+            .unwrap();
+        let b = KeyStore::open(metastore, None, Some("admin-key-0123456789"))
+            .await
+            .unwrap();
+        let key = a.create_key("app", "member", None, "admin").await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while b.authenticate(&key.key).is_none() {
+            assert!(std::time::Instant::now() < deadline, "B never saw the key");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(matches!(
+            b.create_key("app", "member", None, "admin").await,
+            Err(AggregatorError::Conflict(_))
+        ));
+        b.delete_key("app").await.unwrap();
+        while a.authenticate(&key.key).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "A still takes the revoked key"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

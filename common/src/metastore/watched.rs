@@ -72,6 +72,11 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Watched<T> {
             .collect()
     }
 
+    /// The revision the cache is as of (it grows with every change it hears).
+    pub fn revision(&self) -> Revision {
+        *self.inner.revision.borrow()
+    }
+
     /// Waits until the cache holds every change up to `revision` (a write this
     /// process just made), at most `timeout`; whether it does.
     pub async fn caught_up(&self, revision: Revision, timeout: Duration) -> bool {
