@@ -64,23 +64,16 @@ impl MetaCatalog {
     pub async fn open(store: Arc<dyn Metastore>, legacy: Option<&Path>) -> Result<Self> {
         if let Some(path) = legacy.filter(|p| p.exists()) {
             let specs: BTreeMap<String, CollectionSpec> = crate::files::load(path, "catalog")?;
-            for spec in specs.values() {
-                let value = serde_json::to_string(spec)
-                    .map_err(|e| AggregatorError::Internal(e.to_string()))?;
-                store
-                    .put(
-                        &format!("{PREFIX}{}", spec.name),
-                        &value,
-                        Precondition::Absent,
-                    )
-                    .await
-                    .map_err(unavailable)?;
-            }
-            let imported = path.with_extension("json.imported");
-            std::fs::rename(path, &imported).map_err(|e| {
-                AggregatorError::Internal(format!("cannot rename {}: {e}", path.display()))
-            })?;
-            tracing::info!(collections = specs.len(), from = %path.display(), "imported the catalog into the metastore");
+            let entries = specs
+                .values()
+                .map(|spec| {
+                    Ok((
+                        format!("{PREFIX}{}", spec.name),
+                        crate::files::to_json(spec)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            crate::files::import(store.as_ref(), path, entries).await?;
         }
         let specs = Watched::start(store.clone(), PREFIX)
             .await
@@ -114,8 +107,7 @@ impl Catalog for MetaCatalog {
         } else {
             next_incarnation(self.specs.list().iter().map(|(_, s)| s))
         };
-        let value =
-            serde_json::to_string(&spec).map_err(|e| AggregatorError::Internal(e.to_string()))?;
+        let value = crate::files::to_json(&spec)?;
         let written = self
             .store
             .put(

@@ -43,6 +43,8 @@ use serde::{Deserialize, Serialize};
 use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, MetastoreError, Precondition};
 
+use crate::files::to_json;
+
 use crate::access::{valid_name, Action, Principal};
 use crate::api::{json_body, run_json, AppState};
 use crate::error::{AggregatorError, Result};
@@ -139,19 +141,11 @@ impl LambdaStore {
         if let Some(path) = legacy.filter(|p| p.exists()) {
             let lambdas: BTreeMap<String, Lambda> =
                 crate::files::load(path, "the Query Lambda file")?;
-            for lambda in lambdas.values() {
-                store
-                    .put(
-                        &format!("{PREFIX}{}", lambda.name),
-                        &to_json(lambda)?,
-                        Precondition::Absent,
-                    )
-                    .await
-                    .map_err(unavailable)?;
-            }
-            std::fs::rename(path, path.with_extension("json.imported")).map_err(|e| {
-                AggregatorError::Internal(format!("cannot rename {}: {e}", path.display()))
-            })?;
+            let entries = lambdas
+                .values()
+                .map(|l| Ok((format!("{PREFIX}{}", l.name), to_json(l)?)))
+                .collect::<Result<Vec<_>>>()?;
+            crate::files::import(store.as_ref(), path, entries).await?;
         }
         let lambdas = Watched::start(store.clone(), PREFIX)
             .await
@@ -285,10 +279,6 @@ impl LambdaStore {
         })
         .await
     }
-}
-
-fn to_json(lambda: &Lambda) -> Result<String> {
-    serde_json::to_string(lambda).map_err(|e| AggregatorError::Internal(e.to_string()))
 }
 
 pub fn routes() -> Router<AppState> {

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::{valid_name, Principal, PrincipalKind, Role, ADMIN_ROLE};
 use crate::error::{AggregatorError, Result};
+use crate::files::to_json;
 
 /// What a key's text starts with (so scanners and people recognise one).
 pub const KEY_PREFIX: &str = "altdb_";
@@ -97,10 +98,6 @@ fn unavailable(error: MetastoreError) -> AggregatorError {
     ))
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| AggregatorError::Internal(e.to_string()))
-}
-
 /// A new key as its creator sees it once.
 #[derive(Debug, Serialize)]
 pub struct NewKey {
@@ -140,29 +137,14 @@ impl KeyStore {
     ) -> Result<Self> {
         if let Some(path) = legacy.filter(|p| p.exists()) {
             let stored: Stored = crate::files::load(path, "key store")?;
+            let mut entries = Vec::new();
             for (name, record) in &stored.keys {
-                store
-                    .put(
-                        &format!("{KEYS}{name}"),
-                        &to_json(record)?,
-                        Precondition::Absent,
-                    )
-                    .await
-                    .map_err(unavailable)?;
+                entries.push((format!("{KEYS}{name}"), to_json(record)?));
             }
             for (name, role) in &stored.roles {
-                store
-                    .put(
-                        &format!("{ROLES}{name}"),
-                        &to_json(role)?,
-                        Precondition::Absent,
-                    )
-                    .await
-                    .map_err(unavailable)?;
+                entries.push((format!("{ROLES}{name}"), to_json(role)?));
             }
-            std::fs::rename(path, path.with_extension("json.imported")).map_err(|e| {
-                AggregatorError::Internal(format!("cannot rename {}: {e}", path.display()))
-            })?;
+            crate::files::import(store.as_ref(), path, entries).await?;
         }
         let key_records = Watched::start(store.clone(), KEYS)
             .await
