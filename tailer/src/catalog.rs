@@ -1,21 +1,37 @@
-//! Collection specs as the tailer sees them: read from the aggregator, cached briefly.
+//! Collection specs as the tailer sees them: from the metastore's `collections/`
+//! through a watch (etcd: no aggregator in the way), or read from an
+//! aggregator's catalog API and cached briefly (a single-node cluster, whose
+//! metastore is a file only the aggregator opens).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use altdb_common::collection::CollectionSpec;
+use altdb_common::metastore::watched::Watched;
+use altdb_common::metastore::Metastore;
 
 use crate::error::{Result, TailerError};
 
 const TTL: Duration = Duration::from_secs(2);
+/// Where the aggregators keep specs in the metastore.
+const PREFIX: &str = "collections/";
 
-/// Reads collection specs from the aggregator's catalog API.
+/// Where the specs come from.
+#[derive(Debug)]
+enum Specs {
+    Aggregator {
+        base_url: String,
+        http: reqwest::Client,
+        cache: Mutex<Option<(Instant, HashMap<String, CollectionSpec>)>>,
+    },
+    Metastore(Watched<CollectionSpec>),
+}
+
+/// Reads collection specs.
 #[derive(Debug)]
 pub struct CatalogClient {
-    base_url: String,
-    http: reqwest::Client,
-    cache: Mutex<Option<(Instant, HashMap<String, CollectionSpec>)>>,
+    specs: Specs,
 }
 
 #[derive(serde::Deserialize)]
@@ -28,37 +44,56 @@ impl CatalogClient {
     /// presents the cluster secret ([`altdb_common::tls::internal_client`]).
     pub fn new(base_url: &str, http: reqwest::Client) -> Self {
         Self {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            http,
-            cache: Mutex::new(None),
+            specs: Specs::Aggregator {
+                base_url: base_url.trim_end_matches('/').to_string(),
+                http,
+                cache: Mutex::new(None),
+            },
         }
     }
 
-    /// Every collection, fetched at most every TTL.
+    /// Follows the specs in `store` (failing if it cannot be read now).
+    pub async fn from_metastore(store: Arc<dyn Metastore>) -> Result<Self> {
+        let specs = Watched::start(store, PREFIX).await.map_err(|e| {
+            TailerError::Unavailable(format!("cannot read collections from the metastore: {e}"))
+        })?;
+        Ok(Self {
+            specs: Specs::Metastore(specs),
+        })
+    }
+
+    /// Every collection (from the aggregator: fetched at most every TTL).
     pub async fn all(&self) -> Result<HashMap<String, CollectionSpec>> {
-        if let Some((at, specs)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            if at.elapsed() < TTL {
-                return Ok(specs.clone());
+        match &self.specs {
+            Specs::Metastore(specs) => Ok(specs.list().into_iter().collect()),
+            Specs::Aggregator { cache, .. } => {
+                if let Some((at, specs)) = cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+                {
+                    if at.elapsed() < TTL {
+                        return Ok(specs.clone());
+                    }
+                }
+                self.refresh().await
             }
         }
-        self.refresh().await
     }
 
     async fn refresh(&self) -> Result<HashMap<String, CollectionSpec>> {
-        let url = format!("{}/v1/collections", self.base_url);
+        let (base_url, http, cache) = match &self.specs {
+            Specs::Aggregator {
+                base_url,
+                http,
+                cache,
+            } => (base_url, http, cache),
+            Specs::Metastore(specs) => return Ok(specs.list().into_iter().collect()),
+        };
+        let url = format!("{base_url}/v1/collections");
         let unavailable = |e: reqwest::Error| {
             TailerError::Unavailable(format!(
-                "cannot read collections from the aggregator at {}: {e}",
-                self.base_url
+                "cannot read collections from the aggregator at {base_url}: {e}"
             ))
         };
-        let listing: Listing = self
-            .http
+        let listing: Listing = http
             .get(&url)
             .send()
             .await
@@ -72,15 +107,18 @@ impl CatalogClient {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), specs.clone()));
+        *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), specs.clone()));
         Ok(specs)
     }
 
-    /// One collection; a miss refreshes the cache once (it may have just been created).
+    /// One collection; a miss reads the aggregator again once (it may have
+    /// just been created; a metastore watch has heard of it already).
     pub async fn get(&self, name: &str) -> Result<CollectionSpec> {
         if let Some(spec) = self.all().await?.remove(name) {
             return Ok(spec);
+        }
+        if let Specs::Metastore(_) = self.specs {
+            return Err(TailerError::CollectionNotFound(name.to_string()));
         }
         self.refresh()
             .await?

@@ -14,8 +14,13 @@ use altdb_common::source_policy::SourcePolicy;
 pub struct TailerConfig {
     /// HTTP write API address.
     pub listen: SocketAddr,
-    /// Aggregator URL, where collection specs are read from.
+    /// Aggregator URL, where collection specs are read from (unless
+    /// `metastore` names etcd).
     pub aggregator_url: String,
+    /// `etcd://host:2379[,..][/prefix]`, as the aggregators have it: specs are
+    /// then read from etcd through a watch, with no aggregator in the way.
+    /// Empty: read them from `aggregator_url`.
+    pub metastore: String,
     /// Flight addresses of the leaves, in placement order (as the aggregator has them).
     pub leaves: Vec<String>,
     /// Largest accepted document, in bytes.
@@ -106,6 +111,7 @@ impl Default for TailerConfig {
         Self {
             listen: "127.0.0.1:7701".parse().expect("valid address"),
             aggregator_url: "http://127.0.0.1:7700".into(),
+            metastore: String::new(),
             leaves: vec![
                 "http://127.0.0.1:7801".into(),
                 "http://127.0.0.1:7802".into(),

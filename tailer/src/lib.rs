@@ -5,7 +5,7 @@
 //!  datagen (source) ───────────┤
 //!  Kafka (source::kafka) ──────┼─► shape: transform, _id, _event_time ─► Pusher
 //!  S3/files (source::objects) ─┘        │ bad records ─► _dlq             │ hash(_id) % num_shards
-//!  CatalogClient ◄── specs from the aggregator                             ▼
+//!  CatalogClient ◄── specs (etcd watch, or an aggregator)                             ▼
 //!                                  DoPut to every replica leaf (rows + source position)
 //! ```
 //!

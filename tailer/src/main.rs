@@ -10,6 +10,8 @@ use clap::Parser;
 use serde::Serialize;
 
 use altdb_common::document::DocLimits;
+use altdb_common::metastore::etcd::EtcdMetastore;
+use altdb_common::metastore::MetastoreUrl;
 use altdb_common::metrics::Metrics;
 use altdb_tailer::catalog::CatalogClient;
 use altdb_tailer::http::{router, WriteApi};
@@ -47,6 +49,10 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     aggregator_url: Option<String>,
+    /// etcd://host:2379[,..][/prefix]: read collection specs from etcd.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metastore: Option<String>,
     /// Leaf Flight URLs, comma separated, in placement order.
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,14 +85,25 @@ async fn main() -> anyhow::Result<()> {
         config.tls_key_file.as_deref(),
         altdb_common::tls::HTTP1,
     )?;
-    let catalog = Arc::new(CatalogClient::new(
-        &config.aggregator_url,
-        altdb_common::tls::internal_client(
-            &secret,
-            config.tls_ca_file.as_deref(),
-            Duration::from_secs(10),
-        )?,
-    ));
+    let catalog = Arc::new(match MetastoreUrl::parse(&config.metastore)? {
+        MetastoreUrl::File => CatalogClient::new(
+            &config.aggregator_url,
+            altdb_common::tls::internal_client(
+                &secret,
+                config.tls_ca_file.as_deref(),
+                Duration::from_secs(10),
+            )?,
+        ),
+        MetastoreUrl::Etcd { endpoints, prefix } => {
+            let store = EtcdMetastore::connect(&endpoints, &prefix)
+                .await
+                .context("cannot reach the etcd metastore")?;
+            tracing::info!(?endpoints, %prefix, "collection specs from etcd");
+            CatalogClient::from_metastore(Arc::new(store))
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?
+        }
+    });
     let ca = altdb_common::tls::read_ca(config.tls_ca_file.as_deref())?;
     let pusher = Pusher::new(
         &config.leaves,

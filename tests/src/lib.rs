@@ -205,7 +205,8 @@ pub struct ClusterOptions {
     pub seal_rows: usize,
     /// Environment of every process (e.g. `AWS_*` credentials for the tailers).
     pub env: Vec<(String, String)>,
-    /// The aggregators' `--metastore` (none: the file in the data directory).
+    /// The aggregators' `--metastore` (none: the file in the data directory);
+    /// an `etcd://` one is the tailers' too.
     pub metastore: Option<String>,
 }
 
@@ -398,7 +399,17 @@ impl Cluster {
                     tailer_ports.len().to_string(),
                     "--ordinal".into(),
                     i.to_string(),
-                ],
+                ]
+                .into_iter()
+                // With etcd, tailers read collections from it.
+                .chain(
+                    options
+                        .metastore
+                        .iter()
+                        .filter(|m| m.starts_with("etcd://"))
+                        .flat_map(|m| ["--metastore".to_string(), m.clone()]),
+                )
+                .collect(),
                 options.env.clone(),
                 dir.path().join(format!("tailer-{i}.log")),
             )?);

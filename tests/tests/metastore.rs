@@ -1,7 +1,7 @@
 //! The metastore on a real etcd (Debian's `etcd-server`, on loopback):
 //! conditional writes, watches (and what a compacted history does to them),
 //! leases; and two aggregators sharing collections, Query Lambdas, keys and
-//! roles through it.
+//! roles through it, with a tailer that reads collections from it too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -278,5 +278,33 @@ fn two_aggregators_share_collections_lambdas_and_keys_through_etcd() {
         Some(json!({"sql": "SELECT COUNT(*) FROM orders"})),
     );
     assert_eq!((status, body["rows"][0][0].clone()), (200, json!(100)));
+    // The tailer (configured with A's URL) learns of a collection created
+    // through B from etcd and runs its source.
+    let (status, body) = on(
+        &b,
+        Method::POST,
+        "/v1/collections",
+        Some(
+            json!({"name": "generated", "sources": [{"type": "datagen", "rate": 500, "max_events": 300}]}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = on(
+            &b,
+            Method::POST,
+            "/v1/query",
+            Some(json!({"sql": "SELECT COUNT(*) FROM generated"})),
+        );
+        if body["rows"][0][0] == json!(300) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tailer never ran B's new source: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     second.kill9();
 }
