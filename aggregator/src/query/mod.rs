@@ -937,6 +937,7 @@ async fn read_only_plan(
     let dialect = state.config().options().sql_parser.dialect;
     let mut statement = state.sql_to_statement(sql, &dialect)?;
     statement::check_read_only(&statement).map_err(refused)?;
+    statement::scientific_literals_as_double(&mut statement);
     // Before the table references are resolved: it qualifies catalog tables.
     statement::rewrite_postgres_idioms(&mut statement, |name| {
         datafusion::catalog::SchemaProvider::table_exist(provider, name)

@@ -14,6 +14,10 @@
 //!    plans (it plans `EXISTS` only as a filter).
 //! 4. [`rewrite_postgres_idioms`]: what Postgres clients send that DataFusion
 //!    does not plan, in terms it does.
+//! 5. [`scientific_literals_as_double`]: `1e127` is a DOUBLE, as in DuckDB and
+//!    Postgres (literals with a decimal point are decimals here; an exponent
+//!    would make a decimal of negative scale, which DataFusion's type
+//!    coercion cannot take).
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -131,6 +135,29 @@ pub fn rewrite_exists_in_projections(statement: &mut DfStatement) {
 ///   become casts to the types altdb has (object ids are `bigint`);
 /// - an unqualified catalog table (`pg_extension`, found on Postgres's search
 ///   path) that is not a collection becomes `pg_catalog.pg_extension`.
+pub fn scientific_literals_as_double(statement: &mut DfStatement) {
+    let Some(statement) = sql_statement(statement) else {
+        return;
+    };
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Value(value) = expr {
+            if let Value::Number(text, _) = &value.value {
+                if text.contains(['e', 'E']) {
+                    // The text is digits, a point, `e` and a sign: safe to quote.
+                    let cast = format!("CAST('{text}' AS DOUBLE)");
+                    if let Ok(parsed) = Parser::new(&GenericDialect)
+                        .try_with_sql(&cast)
+                        .and_then(|mut p| p.parse_expr())
+                    {
+                        *expr = parsed;
+                    }
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 pub fn rewrite_postgres_idioms(statement: &mut DfStatement, is_collection: impl Fn(&str) -> bool) {
     let Some(statement) = sql_statement(statement) else {
         return;
@@ -617,5 +644,16 @@ mod tests {
         assert_eq!(nearest("advengineed", &known), Some("AdvEngineID"));
         assert_eq!(nearest("usrid", &known), Some("UserID"));
         assert_eq!(nearest("title", &known), None);
+    }
+
+    #[test]
+    fn numbers_with_an_exponent_are_doubles() {
+        let mut statement =
+            parse("SELECT id FROM events WHERE id < -1e127 AND x > 2.5E-3 AND y = 1.5");
+        scientific_literals_as_double(&mut statement);
+        let text = statement.to_string();
+        assert!(text.contains("CAST('1e127' AS DOUBLE)"), "{text}");
+        assert!(text.contains("CAST('2.5E-3' AS DOUBLE)"), "{text}");
+        assert!(text.contains("y = 1.5"), "{text}");
     }
 }
