@@ -9,7 +9,7 @@
 //! | `GET /v1/collections/{name}` | spec, schema as SQL columns, document count, shards |
 //! | `DELETE /v1/collections/{name}` | drop data everywhere, then the spec |
 //! | `POST /v1/collections/{name}/docs` | NDJSON or JSON array, forwarded to a tailer |
-//! | `GET /v1/cluster` | leaf health; where each shard's copies live |
+//! | `GET /v1/cluster` | leaf health; where each shard's copies live; leaves registered in the metastore |
 //! | `GET /metrics` | Prometheus metrics, incl. per-partition lag and freshness |
 //! | `/v1/keys`, `/v1/roles` | API keys and roles ([`crate::access::routes`]) |
 //! | `/v1/lambdas/..` | Query Lambdas ([`crate::lambdas`]) |
@@ -32,6 +32,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
+use altdb_common::metastore::membership::LeafMember;
 use altdb_common::metrics::{self, Metrics};
 use altdb_common::schema::FieldType;
 
@@ -66,6 +67,8 @@ pub struct AppState {
     pub lambdas: Arc<crate::lambdas::LambdaStore>,
     /// HTTP statements running now, to list and cancel.
     pub running: Arc<crate::running::RunningQueries>,
+    /// The leaves registered in the metastore (with etcd; none with the file).
+    pub members: Arc<altdb_common::metastore::watched::Watched<LeafMember>>,
 }
 
 /// Builds the router.
@@ -289,7 +292,13 @@ async fn cluster_status(
             })
         })
         .collect();
-    Ok(Json(serde_json::json!({ "leaves": leaves, "collections": collections })).into_response())
+    let members: Vec<LeafMember> = state.members.list().into_iter().map(|(_, m)| m).collect();
+    Ok(Json(serde_json::json!({
+        "leaves": leaves,
+        "collections": collections,
+        "members": members,
+    }))
+    .into_response())
 }
 
 /// A spec as `principal` may see it: source secrets only for the cluster's own

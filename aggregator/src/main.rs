@@ -23,6 +23,8 @@ use altdb_aggregator::AggregatorConfig;
 use altdb_common::collection::{CollectionSpec, DLQ_COLLECTION};
 use altdb_common::metastore::etcd::EtcdMetastore;
 use altdb_common::metastore::file::FileMetastore;
+use altdb_common::metastore::membership::LEAVES;
+use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, MetastoreUrl};
 use altdb_common::metrics::Metrics;
 
@@ -215,6 +217,11 @@ async fn main() -> anyhow::Result<()> {
         probe: Arc::new(KafkaProbe::default()),
         metrics: metrics.clone(),
         running: RunningQueries::new(metrics),
+        members: Arc::new(
+            Watched::start(metastore.clone(), LEAVES)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?,
+        ),
         auth: Authenticator {
             keys: keys.clone(),
             secret: secret.clone(),

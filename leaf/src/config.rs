@@ -39,6 +39,14 @@ pub struct LeafConfig {
     /// `https://` leaf addresses and a `tls_ca_file`.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// `etcd://host:2379[,..][/prefix]`, as the aggregators have it: the leaf
+    /// registers itself there under a lease (empty: it does not register).
+    pub metastore: String,
+    /// Where other roles reach this leaf (default `http://<listen>`, or
+    /// `https://` with TLS); registered in the metastore.
+    pub advertise_url: String,
+    /// This leaf's id in the metastore (default: its advertised host:port).
+    pub leaf_id: String,
 }
 
 impl Default for LeafConfig {
@@ -56,7 +64,35 @@ impl Default for LeafConfig {
             cluster_secret_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            metastore: String::new(),
+            advertise_url: String::new(),
+            leaf_id: String::new(),
         }
+    }
+}
+
+impl LeafConfig {
+    /// The URL other roles reach this leaf by.
+    pub fn advertised_url(&self) -> String {
+        if !self.advertise_url.is_empty() {
+            return self.advertise_url.trim_end_matches('/').to_string();
+        }
+        let scheme = if self.tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.listen)
+    }
+
+    /// This leaf's id in the metastore.
+    pub fn member_id(&self) -> String {
+        if !self.leaf_id.is_empty() {
+            return self.leaf_id.clone();
+        }
+        let url = self.advertised_url();
+        url.split_once("://")
+            .map_or(url.clone(), |(_, rest)| rest.to_string())
     }
 }
 

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use altdb_common::metastore::etcd::EtcdMetastore;
+use altdb_common::metastore::membership::{LeafMember, Registration};
+use altdb_common::metastore::MetastoreUrl;
 use anyhow::Context;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use clap::Parser;
@@ -65,6 +68,18 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     merge_max_rows: Option<u64>,
+    /// etcd://host:2379[,..][/prefix]: register this leaf there.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metastore: Option<String>,
+    /// The URL other roles reach this leaf by (default http(s)://<listen>).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_url: Option<String>,
+    /// This leaf's id in the metastore (default: its advertised host:port).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaf_id: Option<String>,
 }
 
 #[tokio::main]
@@ -137,8 +152,24 @@ async fn main() -> anyhow::Result<()> {
         )),
     };
 
+    // Registered once it serves: aggregators may find it from then on.
+    let registration = match MetastoreUrl::parse(&config.metastore)? {
+        MetastoreUrl::File => None,
+        MetastoreUrl::Etcd { endpoints, prefix } => {
+            let store = EtcdMetastore::connect(&endpoints, &prefix)
+                .await
+                .context("cannot reach the etcd metastore")?;
+            let member = LeafMember::new(config.member_id(), config.advertised_url());
+            tracing::info!(id = %member.id, url = %member.url, "registered in the metastore");
+            Some(Registration::start(std::sync::Arc::new(store), member).await?)
+        }
+    };
+
     altdb_common::shutdown::signal().await;
-    tracing::info!("shutting down: stopping the sealer, the merger and the server");
+    tracing::info!("shutting down: deregistering, stopping the sealer, the merger and the server");
+    if let Some(registration) = registration {
+        registration.deregister().await;
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), sealer).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), merger).await;

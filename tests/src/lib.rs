@@ -206,7 +206,7 @@ pub struct ClusterOptions {
     /// Environment of every process (e.g. `AWS_*` credentials for the tailers).
     pub env: Vec<(String, String)>,
     /// The aggregators' `--metastore` (none: the file in the data directory);
-    /// an `etcd://` one is the tailers' too.
+    /// an `etcd://` one is the tailers' and leaves' too.
     pub metastore: Option<String>,
 }
 
@@ -348,7 +348,17 @@ impl Cluster {
                     options.seal_rows.to_string(),
                     "--seal-interval-secs".into(),
                     "3600".into(),
-                ],
+                ]
+                .into_iter()
+                // With etcd, leaves register there.
+                .chain(
+                    options
+                        .metastore
+                        .iter()
+                        .filter(|m| m.starts_with("etcd://"))
+                        .flat_map(|m| ["--metastore".to_string(), m.clone()]),
+                )
+                .collect(),
                 options.env.clone(),
                 dir.path().join(format!("leaf-{i}.log")),
             )?);

@@ -287,6 +287,46 @@ fn two_aggregators_share_collections_lambdas_and_keys_through_etcd() {
         started.elapsed()
     );
 
+    // Every leaf registered itself; one killed leaves the members once its
+    // lease runs out.
+    let members = |url: &str| -> Vec<String> {
+        let (_, body) = on(url, Method::GET, "/v1/cluster", None);
+        let mut urls: Vec<String> = body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["url"].as_str().unwrap().to_string())
+            .collect();
+        urls.sort();
+        urls
+    };
+    let mut leaves = cluster.leaf_urls.clone();
+    leaves.sort();
+    assert_eq!(members(&b), leaves);
+    let gone = cluster.leaf_urls[1].clone();
+    cluster.leaves[1].kill9();
+    let started = Instant::now();
+    while members(&b).contains(&gone) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a dead leaf is still a member"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "a killed leaf left the members after {:?}",
+        started.elapsed()
+    );
+    cluster.leaves[1].restart().unwrap();
+    let started = Instant::now();
+    while members(&b) != leaves {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the restarted leaf did not register"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // B keeps answering when A is gone.
     cluster.aggregator.kill9();
     let (status, body) = on(

@@ -16,6 +16,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod membership;
 pub mod watched;
 
 use std::time::Duration;
