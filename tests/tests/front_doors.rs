@@ -306,7 +306,9 @@ except psycopg.Error as error:
 fn a_cancel_request_stops_the_running_statement() {
     let cluster = cluster_with_events();
     // psycopg's cancel() sends a CancelRequest on a second connection with the
-    // session's key; the long statement must end with query_canceled (57014).
+    // session's key; the long statement (a five-way cross join: minutes, so that
+    // it is surely running when the cancel comes) must end with query_canceled
+    // (57014).
     let script = r#"
 import sys, threading, time, psycopg
 dsn = f"host=127.0.0.1 port={sys.argv[1]} user=x password={sys.argv[2]} dbname=altdb"
@@ -314,7 +316,7 @@ con = psycopg.connect(dsn, autocommit=True)
 threading.Timer(1.0, con.cancel).start()
 started = time.time()
 try:
-    con.execute("SELECT COUNT(*) FROM events a, events b, events c, events d WHERE a.price + b.price + c.price + d.price < 0")
+    con.execute("SELECT COUNT(*) FROM events a, events b, events c, events d, events e WHERE a.price + b.price + c.price + d.price + e.price < 0")
     print("finished")
 except psycopg.errors.QueryCanceled:
     print(f"canceled after {time.time() - started:.1f}s")
