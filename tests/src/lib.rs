@@ -334,6 +334,13 @@ impl Cluster {
             .map(|(_, u)| u.clone())
             .collect::<Vec<_>>()
             .join(",");
+        // With etcd, leaves register there and tailers read collections from it.
+        let etcd_args: Vec<String> = options
+            .metastore
+            .iter()
+            .filter(|m| m.starts_with("etcd://"))
+            .flat_map(|m| ["--metastore".to_string(), m.clone()])
+            .collect();
         let mut leaves = Vec::new();
         for (i, (port, _)) in leaf_urls.iter().enumerate() {
             leaves.push(Process::start(
@@ -350,14 +357,7 @@ impl Cluster {
                     "3600".into(),
                 ]
                 .into_iter()
-                // With etcd, leaves register there.
-                .chain(
-                    options
-                        .metastore
-                        .iter()
-                        .filter(|m| m.starts_with("etcd://"))
-                        .flat_map(|m| ["--metastore".to_string(), m.clone()]),
-                )
+                .chain(etcd_args.iter().cloned())
                 .collect(),
                 options.env.clone(),
                 dir.path().join(format!("leaf-{i}.log")),
@@ -411,14 +411,7 @@ impl Cluster {
                     i.to_string(),
                 ]
                 .into_iter()
-                // With etcd, tailers read collections from it.
-                .chain(
-                    options
-                        .metastore
-                        .iter()
-                        .filter(|m| m.starts_with("etcd://"))
-                        .flat_map(|m| ["--metastore".to_string(), m.clone()]),
-                )
+                .chain(etcd_args.iter().cloned())
                 .collect(),
                 options.env.clone(),
                 dir.path().join(format!("tailer-{i}.log")),

@@ -170,7 +170,7 @@ impl Metastore for EtcdMetastore {
             .watch(self.full(prefix), Some(options))
             .await
             .map_err(self.error())?;
-        let (sender, mut changes) = tokio::sync::mpsc::channel(16);
+        let (sender, changes) = tokio::sync::mpsc::channel(16);
         let (base, endpoints) = (self.prefix.clone(), self.endpoints.clone());
         tokio::spawn(async move {
             loop {
@@ -220,9 +220,7 @@ impl Metastore for EtcdMetastore {
                 }
             }
         });
-        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
-            changes.poll_recv(cx)
-        })))
+        Ok(super::received(changes))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {

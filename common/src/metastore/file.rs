@@ -287,7 +287,7 @@ impl Metastore for FileMetastore {
             .collect();
         drop(state);
         let prefix = prefix.to_string();
-        let (sender, mut changes) = tokio::sync::mpsc::channel(16);
+        let (sender, changes) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             for batch in replay {
                 if sender.send(Ok(batch)).await.is_err() {
@@ -322,9 +322,7 @@ impl Metastore for FileMetastore {
                 }
             }
         });
-        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
-            changes.poll_recv(cx)
-        })))
+        Ok(super::received(changes))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {

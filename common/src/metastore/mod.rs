@@ -93,6 +93,11 @@ pub type Result<T, E = MetastoreError> = std::result::Result<T, E>;
 /// The changes after a revision, in order, batched as the store reports them.
 pub type ChangeStream = BoxStream<'static, Result<Vec<Change>>>;
 
+/// A [`ChangeStream`] of what a watch task sends on `receiver`.
+fn received(mut receiver: tokio::sync::mpsc::Receiver<Result<Vec<Change>>>) -> ChangeStream {
+    Box::pin(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
+}
+
 /// Shared cluster state: keys with JSON values under conditional writes,
 /// watches, and leases.
 #[async_trait]
