@@ -14,6 +14,7 @@
 //! - [`schema`]: the SQL type lattice (`bool < int64 < float64 < utf8`, JSON text
 //!   for mixed shapes) and conversion of flattened documents into Arrow.
 //! - [`routing`]: `hash(_id) % num_shards` and the placement of shards on leaves.
+//! - [`placement`]: shard copies on leaves in a cluster with a metastore, epochs, the controller's steps.
 //! - [`collection`]: the collection spec users create through the API.
 //! - [`rpc`]: the Arrow Flight protocol spoken between tailers, leaves and aggregators.
 //! - [`cluster_auth`]: the cluster secret every call between roles carries.
@@ -43,6 +44,7 @@ pub mod metastore;
 pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod placement;
 pub mod random;
 pub mod routing;
 pub mod rpc;

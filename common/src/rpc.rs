@@ -41,6 +41,9 @@ pub const ACTION_HEALTH: &str = "health";
 /// DoAction: a new incarnation of a collection places shards on this leaf
 /// ([`CreateCollectionRequest`]).
 pub const ACTION_CREATE_COLLECTION: &str = "create_collection";
+/// A page of a shard's documents, for a joining copy ([`CopyShardRequest`] →
+/// [`CopyShardPage`]).
+pub const ACTION_COPY_SHARD: &str = "copy_shard";
 
 /// Column of a put batch: document id.
 pub const PUT_ID: &str = "_id";
@@ -80,6 +83,15 @@ pub struct PutHeader {
     /// refused ([`PutAck::rejected`]). `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fields: Option<u32>,
+    /// The placement epoch the writer knows (`crate::placement`); a leaf
+    /// following a metastore refuses a put older than the last change of the
+    /// shard's copies. 0 without a metastore.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A source of a put batch and how far the batch takes it on this shard.
@@ -140,6 +152,42 @@ pub struct CreateCollectionRequest {
     pub collection: String,
     pub incarnation: u64,
     pub shards: Vec<u32>,
+}
+
+/// Body of [`ACTION_COPY_SHARD`]: the next page of a shard's documents after
+/// `after` (by `_id`), from a ready copy, once it knows placement `epoch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyShardRequest {
+    pub collection: String,
+    pub incarnation: u64,
+    pub shard: u32,
+    pub epoch: u64,
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// One page of a shard's documents, in `_id` order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CopyShardPage {
+    pub docs: Vec<CopiedDoc>,
+    /// The copy's source watermarks, on the first page: every row at or below
+    /// them is stored there, so it is in this copy's pages or written since.
+    #[serde(default)]
+    pub watermarks: BTreeMap<String, u64>,
+    pub text_fields: Vec<String>,
+    #[serde(default)]
+    pub max_fields: Option<u32>,
+    /// The `_id` to ask after for the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+/// One document of a [`CopyShardPage`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopiedDoc {
+    pub id: String,
+    pub event_time_us: i64,
+    /// The document's JSON text as stored.
+    pub doc: Box<serde_json::value::RawValue>,
 }
 
 /// Highest stored position per source, per shard held by the leaf.
@@ -228,6 +276,8 @@ pub struct FragmentTicket {
     pub shards: Vec<TicketShard>,
     /// Report a [`FragmentProfile`] (for `EXPLAIN ANALYZE`); one shard only.
     pub profile: bool,
+    /// The placement epoch the reader knows (0 without a metastore).
+    pub epoch: u64,
     pub plan: Bytes,
 }
 
@@ -250,6 +300,8 @@ struct TicketHeader {
     shards: Vec<TicketShard>,
     #[serde(default)]
     profile: bool,
+    #[serde(default)]
+    epoch: u64,
 }
 
 impl FragmentTicket {
@@ -260,6 +312,7 @@ impl FragmentTicket {
             incarnation: self.incarnation,
             shards: self.shards.clone(),
             profile: self.profile,
+            epoch: self.epoch,
         })
         .expect("ticket header serializes");
         let mut out = Vec::with_capacity(4 + header.len() + self.plan.len());
@@ -287,6 +340,7 @@ impl FragmentTicket {
             incarnation: header.incarnation,
             shards: header.shards,
             profile: header.profile,
+            epoch: header.epoch,
             plan: bytes.slice(4 + len..),
         })
     }
@@ -770,6 +824,12 @@ impl RpcError {
         }
     }
 
+    /// Whether a leaf refused a call made with an older placement than its own
+    /// (`crate::placement`): refresh the placement, then call the copies it names.
+    pub fn is_not_owner(&self) -> bool {
+        matches!(self, RpcError::Status(s) if s.code() == tonic::Code::Aborted)
+    }
+
     /// Whether the peer rejected the request as invalid (a user mistake).
     pub fn is_invalid_argument(&self) -> bool {
         matches!(self, RpcError::Status(s) if s.code() == tonic::Code::InvalidArgument)
@@ -811,6 +871,7 @@ mod tests {
                 },
             ],
             profile: false,
+            epoch: 3,
             plan: Bytes::from_static(b"\x01\x02plan"),
         };
         assert_eq!(FragmentTicket::decode(&ticket.encode()).unwrap(), ticket);

@@ -47,6 +47,12 @@ pub struct LeafConfig {
     pub advertise_url: String,
     /// This leaf's id in the metastore (default: its advertised host:port).
     pub leaf_id: String,
+    /// The CA of other leaves' `https://` addresses (a joining copy reads the
+    /// shard from another leaf).
+    pub tls_ca_file: Option<PathBuf>,
+    /// How long a copy moved away stays on disk before it is dropped
+    /// (seconds): queries that started on it finish first.
+    pub drop_grace_secs: u64,
 }
 
 impl Default for LeafConfig {
@@ -67,6 +73,8 @@ impl Default for LeafConfig {
             metastore: String::new(),
             advertise_url: String::new(),
             leaf_id: String::new(),
+            tls_ca_file: None,
+            drop_grace_secs: 30,
         }
     }
 }

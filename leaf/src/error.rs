@@ -15,6 +15,10 @@ pub enum LeafError {
     /// The leaf does not hold the shard asked for (ask another copy).
     #[error("{0}")]
     NotHeld(String),
+    /// The caller's placement is older than the leaf's for this shard: refresh
+    /// it and call the copies it names now.
+    #[error("{0}")]
+    NotOwner(String),
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
     #[error("segment error: {0}")]
@@ -47,6 +51,7 @@ impl From<LeafError> for tonic::Status {
             LeafError::StaleFields(_) => tonic::Status::failed_precondition(error.to_string()),
             LeafError::Gone(_) => tonic::Status::not_found(error.to_string()),
             LeafError::NotHeld(_) => tonic::Status::unavailable(error.to_string()),
+            LeafError::NotOwner(_) => tonic::Status::aborted(error.to_string()),
             LeafError::DataFusion(e) if is_cast_error(e) => {
                 tonic::Status::invalid_argument(format!(
                     "{}; a value could not be converted: compare each column with a literal \

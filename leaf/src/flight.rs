@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use altdb_common::rpc::{
     metadata_message, put_rows, CollectionRequest, CreateCollectionRequest, FragmentMetrics,
-    FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
-    ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS,
+    CopyShardRequest, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
+    ACTION_COPY_SHARD, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS,
 };
 
 use crate::error::LeafError;
@@ -138,6 +138,13 @@ impl FlightService for LeafService {
         let ticket = FragmentTicket::decode(&request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         checked_name(&ticket.collection)?;
+        if let Some(follower) = self.leaf.follower() {
+            for part in &ticket.shards {
+                follower
+                    .check_read(&ticket.collection, ticket.incarnation, part.shard, ticket.epoch)
+                    .await?;
+            }
+        }
         let shards = ticket
             .shards
             .iter()
@@ -199,6 +206,7 @@ impl FlightService for LeafService {
                 header.collection,
                 header.incarnation,
                 header.shard,
+                header.epoch,
                 meta,
                 header.sources,
                 docs,
@@ -256,6 +264,21 @@ impl FlightService for LeafService {
                     .map_err(Status::from)?;
                 b"{}".to_vec()
             }
+            ACTION_COPY_SHARD => {
+                let request: CopyShardRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
+                let follower = self.leaf.follower().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "this leaf follows no metastore placement; shard copies move only in a \
+                         cluster with an etcd metastore",
+                    )
+                })?;
+                let page = follower
+                    .copy_page(&self.leaf, request)
+                    .await
+                    .map_err(Status::from)?;
+                serde_json::to_vec(&page).map_err(|e| Status::internal(e.to_string()))?
+            }
             ACTION_CREATE_COLLECTION => {
                 let request: CreateCollectionRequest = parse_body(&action.body)?;
                 checked_name(&request.collection)?;
@@ -284,6 +307,7 @@ impl FlightService for LeafService {
             ACTION_WATERMARKS,
             ACTION_DROP_COLLECTION,
             ACTION_CREATE_COLLECTION,
+            ACTION_COPY_SHARD,
         ]
         .map(|name| {
             Ok(ActionType {

@@ -23,6 +23,7 @@ pub mod flight;
 pub mod http;
 pub mod incarnation;
 pub mod node;
+pub mod placement;
 pub mod segment;
 pub mod shard;
 pub mod store;

@@ -80,6 +80,14 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     leaf_id: Option<String>,
+    /// CA (PEM) of other leaves' https:// addresses.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca_file: Option<PathBuf>,
+    /// Seconds a copy moved away stays on disk before it is dropped (default 30).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_grace_secs: Option<u64>,
 }
 
 #[tokio::main]
@@ -159,9 +167,23 @@ async fn main() -> anyhow::Result<()> {
             let store = EtcdMetastore::connect(&endpoints, &prefix)
                 .await
                 .context("cannot reach the etcd metastore")?;
+            let store: std::sync::Arc<dyn altdb_common::metastore::Metastore> =
+                std::sync::Arc::new(store);
             let member = LeafMember::new(config.member_id(), config.advertised_url());
+            let registration = Registration::start(store.clone(), member.clone()).await?;
             tracing::info!(id = %member.id, url = %member.url, "registered in the metastore");
-            Some(Registration::start(std::sync::Arc::new(store), member).await?)
+            let follower = altdb_leaf::placement::Follower::start(
+                member.id,
+                store,
+                registration.fence(),
+                config.cluster_secret()?,
+                altdb_common::tls::read_ca(config.tls_ca_file.as_deref())?,
+                Duration::from_secs(config.drop_grace_secs),
+            )
+            .await?;
+            leaf.follow(follower.clone());
+            tokio::spawn(follower.run(leaf.clone(), stop_rx.clone()));
+            Some(registration)
         }
     };
 

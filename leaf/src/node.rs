@@ -2,18 +2,23 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use altdb_common::health::LoopHealth;
 use altdb_common::metrics::Metrics;
-use altdb_common::rpc::{CollectionStats, PutAck, PutRow, SourceMark, Watermarks};
+use altdb_common::placement::{CopyState, Placement};
+use altdb_common::rpc::{
+    CollectionStats, CopiedDoc, CopyShardPage, CopyShardRequest, PutAck, PutRow, SourceMark,
+    Watermarks,
+};
 use tokio::sync::watch;
 
 use crate::config::LeafConfig;
 use crate::error::Result;
 use crate::exec::fragment::KeptFragments;
 use crate::incarnation::{CollectionState, Creation};
+use crate::placement::{Follower, COPY_PAGE_BYTES};
 use crate::shard::{MergePolicy, SealPolicy, Shard};
 use crate::store::{CollectionMeta, Store};
 
@@ -30,6 +35,8 @@ pub struct Leaf {
     merge_policy: MergePolicy,
     fragments: KeptFragments,
     metrics: Metrics,
+    /// The placement this leaf follows, in a cluster with a metastore.
+    follower: OnceLock<Arc<Follower>>,
 }
 
 impl std::fmt::Debug for Leaf {
@@ -71,7 +78,102 @@ impl Leaf {
             },
             fragments: KeptFragments::default(),
             metrics: Metrics::default(),
+            follower: OnceLock::new(),
         }))
+    }
+
+    /// From now on, calls are checked against `follower`'s placement.
+    pub fn follow(&self, follower: Arc<Follower>) {
+        let _ = self.follower.set(follower);
+    }
+
+    pub fn follower(&self) -> Option<&Arc<Follower>> {
+        self.follower.get()
+    }
+
+    /// Records the shards `placement` gives this leaf (`mine`) under its
+    /// incarnation, unless recorded already (data of an older incarnation goes).
+    pub async fn follow_placement(
+        self: &Arc<Self>,
+        collection: &str,
+        placement: &Placement,
+        mine: &std::collections::BTreeMap<u32, CopyState>,
+    ) -> Result<()> {
+        let state = self.collection_state(collection);
+        let shards: std::collections::BTreeSet<u32> = mine.keys().copied().collect();
+        if placement.incarnation < state.held
+            || (placement.incarnation == state.held && state.placed.as_ref() == Some(&shards))
+        {
+            return Ok(());
+        }
+        let shards: Vec<u32> = shards.into_iter().collect();
+        self.create_collection(collection, placement.incarnation, &shards)
+            .await
+    }
+
+    /// The shards of `collection` with data on this leaf.
+    pub fn held_shards(&self, collection: &str) -> Vec<u32> {
+        self.shards_of(collection).iter().map(|s| s.shard).collect()
+    }
+
+    /// Drops one shard's rows, segments and watermarks (a copy moved away).
+    pub async fn drop_shard(self: &Arc<Self>, collection: &str, shard: u32) -> Result<()> {
+        let removed = self
+            .shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(collection.to_string(), shard));
+        self.fragments.forget(collection);
+        let (store, collection) = (self.store.clone(), collection.to_string());
+        tokio::task::spawn_blocking(move || {
+            store.drop_shard(&collection, shard)?;
+            if let Some(shard) = removed {
+                shard.remove_files();
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// A page of `request.shard`'s documents for a joining copy elsewhere
+    /// (the caller checked the placement).
+    pub async fn copy_page(self: &Arc<Self>, request: CopyShardRequest) -> Result<CopyShardPage> {
+        self.with_collection_state(&request.collection, |state| {
+            state.serve(&request.collection, request.incarnation, request.shard)
+        })?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = &this.store;
+            let (collection, shard) = (&request.collection, request.shard);
+            let watermarks = match request.after {
+                None => store.watermarks(collection, shard)?.into_iter().collect(),
+                Some(_) => Default::default(),
+            };
+            let (docs, next) =
+                store.docs_page(collection, shard, request.after.as_deref(), COPY_PAGE_BYTES)?;
+            let meta = store.collection_meta(collection)?;
+            let docs = docs
+                .into_iter()
+                .map(|doc| {
+                    let text = String::from_utf8(doc.json).map_err(|e| {
+                        crate::error::LeafError::Segment(format!("stored document is not UTF-8: {e}"))
+                    })?;
+                    Ok(CopiedDoc {
+                        id: doc.id,
+                        event_time_us: doc.event_time_us,
+                        doc: serde_json::value::RawValue::from_string(text)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(CopyShardPage {
+                docs,
+                watermarks,
+                text_fields: meta.text_fields,
+                max_fields: meta.max_fields,
+                next,
+            })
+        })
+        .await?
     }
 
     pub fn shard(&self, collection: &str, shard: u32) -> Option<Arc<Shard>> {
@@ -155,7 +257,7 @@ impl Leaf {
         &self.fragments
     }
 
-    fn shard_or_create(&self, collection: &str, shard: u32) -> Arc<Shard> {
+    pub(crate) fn shard_or_create(&self, collection: &str, shard: u32) -> Arc<Shard> {
         if let Some(existing) = self.shard(collection, shard) {
             return existing;
         }
@@ -200,11 +302,26 @@ impl Leaf {
         collection: String,
         incarnation: u64,
         shard: u32,
+        epoch: u64,
         meta: CollectionMeta,
         sources: Vec<SourceMark>,
         docs: Vec<PutRow>,
     ) -> Result<PutAck> {
         let started = Instant::now();
+        // Held until the rows are stored (see `placement`: a copy starting
+        // waits for writes checked against an older placement).
+        let _checked = match self.follower() {
+            Some(follower) => {
+                let gate = follower.gate.read().await;
+                let placement = follower
+                    .check_write(&collection, incarnation, shard, epoch)
+                    .await?;
+                let mine = placement.shards_on(&follower.id);
+                self.follow_placement(&collection, &placement, &mine).await?;
+                Some(gate)
+            }
+            None => None,
+        };
         self.with_collection_state(&collection, |state| {
             state.serve(&collection, incarnation, shard)
         })?;

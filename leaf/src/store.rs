@@ -246,6 +246,61 @@ impl Store {
         })
     }
 
+    /// The shard's documents after `after` (by `_id`), about `max_bytes` of
+    /// them (at least one), and the `_id` to continue after if more remain.
+    pub fn docs_page(
+        &self,
+        collection: &str,
+        shard: u32,
+        after: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredDoc>, Option<String>)> {
+        let prefix = shard_key(b'd', collection, shard, b"");
+        let skip = prefix.len();
+        let mut start = prefix.clone();
+        if let Some(after) = after {
+            start.extend_from_slice(after.as_bytes());
+            start.push(0); // the smallest key after `after` itself
+        }
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(prefix_end(&prefix));
+        let mut docs = Vec::new();
+        let mut bytes = 0;
+        for item in self
+            .db
+            .iterator_opt(IteratorMode::From(&start, Direction::Forward), options)
+        {
+            let (key, value) = item?;
+            if bytes >= max_bytes {
+                let next = docs.last().map(|d: &StoredDoc| d.id.clone());
+                return Ok((docs, next));
+            }
+            bytes += key.len() + value.len();
+            docs.push(StoredDoc {
+                id: String::from_utf8_lossy(&key[skip..]).into_owned(),
+                seq: u64::from_le_bytes(value[..8].try_into().expect("8 bytes")),
+                event_time_us: i64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
+                json: value[16..].to_vec(),
+            });
+        }
+        Ok((docs, None))
+    }
+
+    /// Removes every record of one shard (a copy moved away).
+    pub fn drop_shard(&self, collection: &str, shard: u32) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for kind in [b'd', b'w', b'm'] {
+            let prefix = shard_key(kind, collection, shard, b"");
+            let end = prefix_end(&prefix);
+            batch.delete_range(prefix.as_slice(), end.as_slice());
+        }
+        batch.delete(shard_prefix(b'r', collection, shard));
+        let mut options = WriteOptions::default();
+        options.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
     /// Every source watermark of a shard.
     pub fn watermarks(&self, collection: &str, shard: u32) -> Result<Vec<(String, u64)>> {
         let prefix = shard_key(b'w', collection, shard, b"");

@@ -50,6 +50,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             sources: Vec::new(),
             text_fields: Vec::new(),
             max_fields: None,
+            epoch: 0,
         };
         let put = runtime.block_on(leaf.put(&header, put_batch(&[])?));
         assert!(put.expect_err(name).is_invalid_argument(), "{name}");
@@ -91,6 +92,7 @@ fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
             fields_fingerprint: None,
         }],
         profile: false,
+        epoch: 0,
         plan: datafusion_proto::bytes::physical_plan_to_bytes(plan)?,
     };
     let leaf = leaf_client(&cluster, 0)?;
@@ -221,6 +223,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
         sources: Vec::new(),
         text_fields: Vec::new(),
         max_fields: None,
+        epoch: 0,
     };
     match runtime.block_on(stranger.put(&header, put_batch(&[])?)) {
         Err(altdb_common::rpc::RpcError::Status(status)) => refused(status),
@@ -454,6 +457,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
         sources: Vec::new(),
         text_fields: Vec::new(),
         max_fields: None,
+        epoch: 0,
     };
     let refs: Vec<&altdb_common::rpc::PutRow> = rows.iter().collect();
     let error = runtime
@@ -606,6 +610,7 @@ fn put_one(
         sources: Vec::new(),
         text_fields: Vec::new(),
         max_fields: None,
+        epoch: 0,
     };
     runtime.block_on(leaf.put(&header, put_batch(&[&row]).expect("a batch")))
 }

@@ -110,7 +110,10 @@ fn etcd_metastore_writes_conditionally_watches_and_leases() {
 
         // Leased keys vanish when the lease is not kept alive.
         let lease = store.grant_lease(Duration::from_secs(2)).await.unwrap();
-        store.put_leased("leaves/1", "{}", lease).await.unwrap();
+        store
+            .put_leased("leaves/1", "{}", lease, Precondition::Any)
+            .await
+            .unwrap();
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(700)).await;
             assert!(store.keep_alive(lease).await.unwrap());
@@ -126,7 +129,21 @@ fn etcd_metastore_writes_conditionally_watches_and_leases() {
         }
         assert!(!store.keep_alive(lease).await.unwrap());
         let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
-        store.put_leased("leaves/2", "{}", lease).await.unwrap();
+        store
+            .put_leased("leaves/2", "{}", lease, Precondition::Any)
+            .await
+            .unwrap();
+        // A leased key written only if absent elects one leader.
+        let elected = store
+            .put_leased("controller", r#"{"id":"a"}"#, lease, Precondition::Absent)
+            .await
+            .unwrap();
+        assert!(elected.is_some());
+        let second = store
+            .put_leased("controller", r#"{"id":"b"}"#, lease, Precondition::Absent)
+            .await
+            .unwrap();
+        assert_eq!(second, None, "a second candidate is not elected");
         store.revoke_lease(lease).await.unwrap();
         assert!(store.get("leaves/2").await.unwrap().is_none());
     });

@@ -264,18 +264,25 @@ impl Metastore for EtcdMetastore {
         }
     }
 
-    async fn put_leased(&self, key: &str, value: &str, lease: LeaseId) -> Result<Revision> {
+    async fn put_leased(
+        &self,
+        key: &str,
+        value: &str,
+        lease: LeaseId,
+        when: Precondition,
+    ) -> Result<Option<Revision>> {
+        let key = self.full(key);
+        let options = Some(PutOptions::new().with_lease(lease));
+        let txn = Txn::new()
+            .when(self.compare(&key, when).into_iter().collect::<Vec<_>>())
+            .and_then(vec![TxnOp::put(key, value, options)]);
         let response = self
             .client
             .kv_client()
-            .put(
-                self.full(key),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )
+            .txn(txn)
             .await
             .map_err(self.error())?;
-        Ok(revision_of(response.header()))
+        Ok(response.succeeded().then(|| revision_of(response.header())))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {

@@ -347,13 +347,22 @@ impl Metastore for FileMetastore {
         })
     }
 
-    async fn put_leased(&self, key: &str, value: &str, lease: LeaseId) -> Result<Revision> {
+    async fn put_leased(
+        &self,
+        key: &str,
+        value: &str,
+        lease: LeaseId,
+        when: Precondition,
+    ) -> Result<Option<Revision>> {
         let parsed = json(value)?;
         let mut state = self.lock();
         if !state.leases.contains_key(&lease) {
             return Err(MetastoreError::Invalid(format!(
                 "lease {lease} has expired"
             )));
+        }
+        if !state.holds(key, when) {
+            return Ok(None);
         }
         state.stored.revision += 1;
         let revision = state.stored.revision;
@@ -364,7 +373,7 @@ impl Metastore for FileMetastore {
         };
         state.leased.insert(key.to_string(), (entry.clone(), lease));
         self.publish(&mut state, vec![Change::Put(entry)]);
-        Ok(revision)
+        Ok(Some(revision))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
@@ -451,7 +460,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileMetastore::open(dir.path().join("m.json")).unwrap();
         let lease = store.grant_lease(Duration::from_millis(300)).await.unwrap();
-        store.put_leased("/leaves/1", "{}", lease).await.unwrap();
+        store
+            .put_leased("/leaves/1", "{}", lease, Precondition::Any)
+            .await
+            .unwrap();
         let (_, at) = store.list("/leaves/").await.unwrap();
         let mut watch = store.watch("/leaves/", at).await.unwrap();
         for _ in 0..4 {
@@ -466,7 +478,10 @@ mod tests {
         assert!(matches!(&gone[0], Change::Delete { key, .. } if key == "/leaves/1"));
         // Leased keys are never written to the file.
         let lease = store.grant_lease(Duration::from_secs(10)).await.unwrap();
-        store.put_leased("/leaves/2", "{}", lease).await.unwrap();
+        store
+            .put_leased("/leaves/2", "{}", lease, Precondition::Any)
+            .await
+            .unwrap();
         store.revoke_lease(lease).await.unwrap();
         assert!(store.get("/leaves/2").await.unwrap().is_none());
     }

@@ -2,6 +2,11 @@
 //! (10 s TTL, renewed every 3 s), so the registration vanishes soon after the
 //! leaf dies or loses the metastore; a graceful stop revokes it at once.
 //! Aggregators read the members through a [`super::watched::Watched`] cache.
+//!
+//! A leaf that cannot renew its lease fences itself ([`Fence`]): from
+//! [`FENCE_AFTER`] past its last renewal — before the lease can expire and the
+//! controller hand its shards to others — it serves no reads and takes no
+//! writes until a renewal succeeds again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +21,32 @@ pub const LEAVES: &str = "leaves/";
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often a leaf renews its lease.
 const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How long after its last renewal a leaf stops serving: the lease outlives
+/// that renewal by [`LEASE_TTL`], so the leaf is fenced first.
+pub const FENCE_AFTER: Duration = Duration::from_secs(7);
+
+/// Whether a leaf's lease is surely still alive (renewed within [`FENCE_AFTER`]).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    renewed: Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+impl Fence {
+    /// The lease was renewed by a request sent at `sent` (the store extended
+    /// it no earlier than that).
+    fn renewed(&self, sent: std::time::Instant) {
+        *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = sent;
+    }
+
+    /// True once the last renewal is [`FENCE_AFTER`] old: serve nothing.
+    pub fn is_fenced(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            > FENCE_AFTER
+    }
+}
 
 /// A registered leaf.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +74,7 @@ impl LeafMember {
 pub struct Registration {
     store: Arc<dyn Metastore>,
     lease: Arc<std::sync::atomic::AtomicI64>,
+    fence: Fence,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,10 +85,30 @@ impl Registration {
     pub async fn start(store: Arc<dyn Metastore>, member: LeafMember) -> Result<Self> {
         let key = format!("{LEAVES}{}", member.id);
         let value = serde_json::to_string(&member).expect("a member serializes");
+        let fence = Fence {
+            renewed: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+        };
         let first = register(store.as_ref(), &key, &value).await?;
         let lease = Arc::new(std::sync::atomic::AtomicI64::new(first));
-        let task = tokio::spawn(renew(store.clone(), key, value, lease.clone()));
-        Ok(Self { store, lease, task })
+        let task = tokio::spawn(renew(
+            store.clone(),
+            key,
+            value,
+            lease.clone(),
+            fence.clone(),
+        ));
+        Ok(Self {
+            store,
+            lease,
+            fence,
+            task,
+        })
+    }
+
+    /// Whether this registration is surely alive, for the leaf to check on
+    /// every call.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// Stops renewing and removes the registration now.
@@ -71,7 +123,9 @@ impl Registration {
 
 async fn register(store: &dyn Metastore, key: &str, value: &str) -> Result<LeaseId> {
     let lease = store.grant_lease(LEASE_TTL).await?;
-    store.put_leased(key, value, lease).await?;
+    store
+        .put_leased(key, value, lease, super::Precondition::Any)
+        .await?;
     Ok(lease)
 }
 
@@ -80,18 +134,31 @@ async fn renew(
     key: String,
     value: String,
     lease: Arc<std::sync::atomic::AtomicI64>,
+    fence: Fence,
 ) {
     let mut every = tokio::time::interval(RENEW_EVERY);
     every.tick().await;
     loop {
         every.tick().await;
         let current = lease.load(std::sync::atomic::Ordering::Relaxed);
-        match store.keep_alive(current).await {
-            Ok(true) => {}
+        // A renewal that hangs (the store stopped answering) is given up in
+        // time for the next one.
+        let sent = std::time::Instant::now();
+        let renewed = tokio::time::timeout(RENEW_EVERY, store.keep_alive(current)).await;
+        let renewed = renewed.unwrap_or_else(|_| {
+            Err(super::MetastoreError::Unavailable(
+                "the lease renewal timed out".into(),
+            ))
+        });
+        match renewed {
+            Ok(true) => fence.renewed(sent),
             Ok(false) => {
                 tracing::warn!(%key, "the membership lease expired; registering again");
                 match register(store.as_ref(), &key, &value).await {
-                    Ok(new) => lease.store(new, std::sync::atomic::Ordering::Relaxed),
+                    Ok(new) => {
+                        lease.store(new, std::sync::atomic::Ordering::Relaxed);
+                        fence.renewed(sent);
+                    }
                     Err(error) => tracing::warn!(%key, %error, "cannot register again yet"),
                 }
             }

@@ -128,8 +128,15 @@ pub trait Metastore: Send + Sync + std::fmt::Debug {
     /// Renews a lease; `false` when it has expired already.
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool>;
 
-    /// Writes `value` at `key` under `lease` (unconditionally).
-    async fn put_leased(&self, key: &str, value: &str, lease: LeaseId) -> Result<Revision>;
+    /// Writes `value` at `key` under `lease` if `when` holds (`Absent` makes
+    /// a leader election): the new revision, or `None` when it did not.
+    async fn put_leased(
+        &self,
+        key: &str,
+        value: &str,
+        lease: LeaseId,
+        when: Precondition,
+    ) -> Result<Option<Revision>>;
 
     /// Ends a lease now: its keys vanish.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;

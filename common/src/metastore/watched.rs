@@ -77,6 +77,28 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Watched<T> {
         *self.inner.revision.borrow()
     }
 
+    /// Waits until `done` holds of the cache (checked now and after each
+    /// change it hears), at most `timeout`; whether it does.
+    pub async fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
+        let mut seen = self.inner.revision.subscribe();
+        let wait = async {
+            loop {
+                if done(self) {
+                    return true;
+                }
+                if seen.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Notified of every revision the cache moves to.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.inner.revision.subscribe()
+    }
+
     /// Waits until the cache holds every change up to `revision` (a write this
     /// process just made), at most `timeout`; whether it does.
     pub async fn caught_up(&self, revision: Revision, timeout: Duration) -> bool {

@@ -39,6 +39,24 @@ impl Shard {
         sources: &[SourceMark],
         docs: Vec<PutRow>,
     ) -> Result<PutAck> {
+        self.store_rows(meta, sources, docs, false)
+    }
+
+    /// Stores documents copied from another copy of the shard, except those
+    /// whose `_id` this copy holds already: a joining copy takes writes while
+    /// it copies, and what it was sent since is as new as the copy, or newer.
+    /// Blocking. The number stored.
+    pub fn write_copied(&self, meta: &CollectionMeta, docs: Vec<PutRow>) -> Result<u64> {
+        Ok(self.store_rows(meta, &[], docs, true)?.written)
+    }
+
+    fn store_rows(
+        &self,
+        meta: &CollectionMeta,
+        sources: &[SourceMark],
+        docs: Vec<PutRow>,
+        copied: bool,
+    ) -> Result<PutAck> {
         let parsed = docs.iter().map(parse_row).collect::<Result<Vec<_>>>()?;
         if let Some(bad) = docs.iter().find(|d| {
             d.position
@@ -64,11 +82,15 @@ impl Shard {
         let mut accepted = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
         let mut rejected = Vec::new();
-        let mut limit = meta.max_fields.map(|max| FieldLimit {
+        let mut limit = meta.max_fields.filter(|_| !copied).map(|max| FieldLimit {
             max: max as usize,
             added: HashSet::new(),
         });
         for (index, (doc, mut row)) in docs.iter().zip(parsed).enumerate() {
+            if copied && state.keys.contains_key(&row.id) {
+                skipped += 1;
+                continue;
+            }
             if let Some(RowPosition { source, offset }) = doc.position {
                 let source = source as usize;
                 if before[source].is_some_and(|mark| offset <= mark) {

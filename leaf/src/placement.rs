@@ -1,0 +1,427 @@
+//! A leaf in a cluster with a metastore: it follows the placement
+//! (`altdb_common::placement`) — which shards it holds, and whether each copy
+//! is ready or joining — and checks every call against it.
+//!
+//! | call | served when |
+//! |---|---|
+//! | put for shard `s` with epoch `e` | the leaf has a copy of `s`, and `e` ≥ the epoch of the last change of `s`'s copies (else "not owner": the writer refreshes) |
+//! | fragment on shard `s` | the leaf's copy of `s` is ready |
+//! | a page of `s` for a joining copy | the leaf's copy of `s` is ready and it knows the joining copy |
+//! | any of them | the leaf's lease was renewed lately (else it is fenced: see `membership::Fence`) |
+//!
+//! A caller with a newer epoch than the leaf's view is made to wait (up to
+//! [`CATCH_UP`]) until the leaf's view gets there.
+//!
+//! Writes hold [`Follower::gate`] shared from their check to their commit; the
+//! first page of a copy takes it exclusively for an instant after the leaf's
+//! view shows the joining copy, so every write the copy's pages might miss was
+//! checked against that view and also sent to the joining copy.
+//!
+//! The follower loop ([`Follower::run`]) applies each change: new shards are
+//! recorded with the collection's incarnation, joining copies copy the shard
+//! from a ready copy page by page ([`copy_in`]) and then mark themselves ready
+//! (a transaction on the placement), and copies moved away are dropped after a
+//! grace period.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use altdb_common::cluster_auth::ClusterSecret;
+use altdb_common::metastore::membership::{Fence, LeafMember, LEAVES};
+use altdb_common::metastore::watched::Watched;
+use altdb_common::metastore::{Metastore, Precondition};
+use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
+use altdb_common::rpc::{
+    CopyShardPage, CopyShardRequest, LeafClient, PutRow, SharedLeaf, SourceMark,
+    ACTION_COPY_SHARD,
+};
+use tokio::sync::watch;
+
+use crate::error::{LeafError, Result};
+use crate::store::CollectionMeta;
+use crate::Leaf;
+
+/// How long a call with a newer placement than the leaf's waits for it.
+const CATCH_UP: Duration = Duration::from_secs(2);
+/// Documents' bytes per page of a shard copy.
+pub const COPY_PAGE_BYTES: usize = 4 << 20;
+
+/// This leaf's view of the cluster's placement.
+pub struct Follower {
+    pub id: String,
+    store: Arc<dyn Metastore>,
+    placements: Watched<Placement>,
+    members: Watched<LeafMember>,
+    fence: Fence,
+    secret: ClusterSecret,
+    ca_pem: Option<Vec<u8>>,
+    clients: Mutex<HashMap<String, SharedLeaf>>,
+    /// Shared by writes from check to commit; exclusive for an instant when a
+    /// copy starts or a copy is dropped.
+    pub gate: tokio::sync::RwLock<()>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower").field("id", &self.id).finish()
+    }
+}
+
+impl Follower {
+    /// Reads the placements and members (failing if the store cannot be read now).
+    pub async fn start(
+        id: String,
+        store: Arc<dyn Metastore>,
+        fence: Fence,
+        secret: ClusterSecret,
+        ca_pem: Option<Vec<u8>>,
+        grace: Duration,
+    ) -> Result<Arc<Self>> {
+        let unavailable = |e: altdb_common::metastore::MetastoreError| {
+            LeafError::NotHeld(format!("cannot read the metastore: {e}"))
+        };
+        let placements = Watched::start(store.clone(), PLACEMENTS)
+            .await
+            .map_err(unavailable)?;
+        let members = Watched::start(store.clone(), LEAVES)
+            .await
+            .map_err(unavailable)?;
+        Ok(Arc::new(Self {
+            id,
+            store,
+            placements,
+            members,
+            fence,
+            secret,
+            ca_pem,
+            clients: Mutex::new(HashMap::new()),
+            gate: tokio::sync::RwLock::new(()),
+            grace,
+        }))
+    }
+
+    fn fenced(&self) -> Result<()> {
+        if self.fence.is_fenced() {
+            return Err(LeafError::NotHeld(format!(
+                "leaf {} has not renewed its metastore lease lately and serves nothing until it \
+                 does: its shards are served by their other copies",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn placement(&self, collection: &str) -> Option<Placement> {
+        self.placements.get(collection)
+    }
+
+    /// The placement once the leaf's view is at `epoch` or later.
+    async fn placement_at(&self, collection: &str, incarnation: u64, epoch: u64) -> Result<Placement> {
+        let current = |p: &Placement| p.incarnation > incarnation || (p.incarnation == incarnation && p.epoch >= epoch);
+        self.placements
+            .wait_until(CATCH_UP, |cache| cache.get(collection).is_some_and(|p| current(&p)))
+            .await;
+        match self.placement(collection) {
+            Some(p) if p.incarnation == incarnation && p.epoch >= epoch => Ok(p),
+            Some(p) if p.incarnation > incarnation => Err(LeafError::Gone(format!(
+                "collection `{collection}` was created again since (incarnation {} replaces \
+                 {incarnation}); read its spec again",
+                p.incarnation
+            ))),
+            _ => Err(LeafError::NotOwner(format!(
+                "leaf {} does not know placement epoch {epoch} of `{collection}` yet; retry",
+                self.id
+            ))),
+        }
+    }
+
+    /// Whether a put of `shard` made with placement `epoch` may be stored here.
+    pub async fn check_write(
+        &self,
+        collection: &str,
+        incarnation: u64,
+        shard: u32,
+        epoch: u64,
+    ) -> Result<Placement> {
+        self.fenced()?;
+        let placement = self.placement_at(collection, incarnation, epoch).await?;
+        let changed = placement.shards.get(shard as usize).map_or(0, |s| s.epoch);
+        match placement.copy_on(shard, &self.id) {
+            Some(_) if epoch >= changed => Ok(placement),
+            Some(_) => Err(LeafError::NotOwner(format!(
+                "the copies of shard {shard} of `{collection}` changed at placement epoch \
+                 {changed}, after the writer's {epoch}: refresh the placement and write to \
+                 every copy it names"
+            ))),
+            None => Err(LeafError::NotOwner(format!(
+                "leaf {} holds no copy of shard {shard} of `{collection}` at placement epoch {}",
+                self.id, placement.epoch
+            ))),
+        }
+    }
+
+    /// Whether a fragment made with placement `epoch` may read `shard` here.
+    pub async fn check_read(
+        &self,
+        collection: &str,
+        incarnation: u64,
+        shard: u32,
+        epoch: u64,
+    ) -> Result<()> {
+        self.fenced()?;
+        let placement = self.placement_at(collection, incarnation, epoch).await?;
+        match placement.copy_on(shard, &self.id) {
+            Some(CopyState::Ready) => Ok(()),
+            state => Err(LeafError::NotOwner(format!(
+                "leaf {} has {} shard {shard} of `{collection}` at placement epoch {}; read \
+                 the copies the placement names",
+                self.id,
+                if state.is_some() { "not yet copied" } else { "no copy of" },
+                placement.epoch
+            ))),
+        }
+    }
+
+    fn client(&self, leaf: &str) -> Result<SharedLeaf> {
+        let member = self.members.get(leaf).ok_or_else(|| {
+            LeafError::NotHeld(format!("leaf {leaf} is not registered in the metastore"))
+        })?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&member.url) {
+            return Ok(client.clone());
+        }
+        let client: SharedLeaf = Arc::new(
+            LeafClient::new(&member.url, &self.secret, self.ca_pem.as_deref())
+                .map_err(LeafError::Common)?,
+        );
+        clients.insert(member.url, client.clone());
+        Ok(client)
+    }
+
+    /// Follows the placement until `shutdown` flips: applies every change to
+    /// `leaf`, copies joining shards in, drops copies moved away.
+    pub async fn run(self: Arc<Self>, leaf: Arc<Leaf>, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.placements.subscribe();
+        let mut copying: HashSet<(String, u32)> = HashSet::new();
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let mut leaving: HashMap<(String, u32), Instant> = HashMap::new();
+        loop {
+            for (collection, placement) in self.placements.list() {
+                let mine = placement.shards_on(&self.id);
+                if let Err(error) = leaf.follow_placement(&collection, &placement, &mine).await {
+                    tracing::warn!(%collection, %error, "cannot apply the placement");
+                    continue;
+                }
+                for (&shard, state) in &mine {
+                    leaving.remove(&(collection.clone(), shard));
+                    let key = (collection.clone(), shard);
+                    if *state == CopyState::Joining && copying.insert(key.clone()) {
+                        let (follower, leaf, done) = (self.clone(), leaf.clone(), done_tx.clone());
+                        let incarnation = placement.incarnation;
+                        tokio::spawn(async move {
+                            copy_in(&follower, &leaf, &key.0, incarnation, key.1).await;
+                            let _ = done.send(key);
+                        });
+                    }
+                }
+                for shard in leaf.held_shards(&collection) {
+                    if mine.contains_key(&shard) {
+                        continue;
+                    }
+                    let since = *leaving.entry((collection.clone(), shard)).or_insert_with(Instant::now);
+                    if since.elapsed() >= self.grace {
+                        let _exclusive = self.gate.write().await;
+                        match leaf.drop_shard(&collection, shard).await {
+                            Ok(()) => {
+                                tracing::info!(%collection, shard, "dropped a copy moved away");
+                                leaving.remove(&(collection.clone(), shard));
+                            }
+                            Err(error) => tracing::warn!(%collection, shard, %error, "cannot drop a copy moved away"),
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                Some(key) = done.recv() => { copying.remove(&key); }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Copies `shard` into this leaf's joining copy until it is ready (or no
+/// longer joining), retrying after failures.
+async fn copy_in(follower: &Follower, leaf: &Arc<Leaf>, collection: &str, incarnation: u64, shard: u32) {
+    let mut attempt = 0u32;
+    loop {
+        let joining = follower.placement(collection).is_some_and(|p| {
+            p.incarnation == incarnation && p.copy_on(shard, &follower.id) == Some(CopyState::Joining)
+        });
+        if !joining {
+            return;
+        }
+        attempt += 1;
+        match copy_once(follower, leaf, collection, incarnation, shard).await {
+            Ok(copied) => {
+                tracing::info!(%collection, shard, docs = copied.docs, bytes = copied.bytes,
+                    elapsed_s = copied.elapsed.as_secs_f64(),
+                    mb_per_s = copied.bytes as f64 / 1e6 / copied.elapsed.as_secs_f64().max(1e-3),
+                    "copied a shard; its copy is ready");
+                leaf.metrics().add(
+                    "altdb_leaf_copied_bytes_total",
+                    "Bytes of documents copied into joining shard copies.",
+                    &[],
+                    copied.bytes as f64,
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%collection, shard, attempt, %error, "copying a shard failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+struct Copied {
+    docs: u64,
+    bytes: u64,
+    elapsed: Duration,
+}
+
+async fn copy_once(
+    follower: &Follower,
+    leaf: &Arc<Leaf>,
+    collection: &str,
+    incarnation: u64,
+    shard: u32,
+) -> Result<Copied> {
+    let started = Instant::now();
+    let placement = follower
+        .placement(collection)
+        .ok_or_else(|| LeafError::NotHeld(format!("`{collection}` has no placement")))?;
+    let epoch = placement.shards.get(shard as usize).map_or(0, |s| s.epoch);
+    let source = placement
+        .readers(shard)
+        .into_iter()
+        .find_map(|leaf| follower.client(leaf).ok())
+        .ok_or_else(|| {
+            LeafError::NotHeld(format!(
+                "no ready copy of shard {shard} of `{collection}` is registered to copy from"
+            ))
+        })?;
+    // What an earlier attempt (or an older copy) left here may be stale.
+    {
+        let _exclusive = follower.gate.write().await;
+        leaf.drop_shard(collection, shard).await?;
+    }
+    let target = leaf.shard_or_create(collection, shard);
+    let mut request = CopyShardRequest {
+        collection: collection.to_string(),
+        incarnation,
+        shard,
+        epoch,
+        after: None,
+    };
+    let (mut docs, mut bytes) = (0, 0);
+    let mut marks: Option<BTreeMap<String, u64>> = None;
+    let mut meta;
+    loop {
+        let page: CopyShardPage = source
+            .action(ACTION_COPY_SHARD, &request)
+            .await
+            .map_err(|e| LeafError::NotHeld(format!("copying from {}: {e}", source.url())))?;
+        marks.get_or_insert_with(|| page.watermarks.clone());
+        meta = CollectionMeta {
+            text_fields: page.text_fields.clone(),
+            max_fields: page.max_fields,
+        };
+        let rows: Vec<PutRow> = page
+            .docs
+            .into_iter()
+            .map(|doc| {
+                bytes += doc.doc.get().len() as u64;
+                PutRow {
+                    id: doc.id,
+                    event_time_us: doc.event_time_us,
+                    position: None,
+                    doc_json: doc.doc.get().to_string(),
+                }
+            })
+            .collect();
+        let (target, page_meta) = (target.clone(), meta.clone());
+        docs += tokio::task::spawn_blocking(move || target.write_copied(&page_meta, rows)).await??;
+        match page.next {
+            Some(next) => request.after = Some(next),
+            None => break,
+        }
+    }
+    // Every row at or below the source's watermarks is here now.
+    let sources: Vec<SourceMark> = marks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(source, position)| SourceMark {
+            source,
+            through: Some(position),
+            as_of_us: None,
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || target.write(&meta, &sources, Vec::new())).await??;
+    mark_ready(follower, collection, incarnation, shard).await?;
+    Ok(Copied {
+        docs,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Flips this leaf's joining copy of `shard` to ready, in a transaction on
+/// the placement as read (a concurrent change makes it read again).
+async fn mark_ready(follower: &Follower, collection: &str, incarnation: u64, shard: u32) -> Result<()> {
+    let key = format!("{PLACEMENTS}{collection}");
+    let unavailable = |e: altdb_common::metastore::MetastoreError| LeafError::NotHeld(e.to_string());
+    loop {
+        let Some(entry) = follower.store.get(&key).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let mut placement: Placement = serde_json::from_str(&entry.value)?;
+        if placement.incarnation != incarnation || !placement.mark_ready(shard, &follower.id) {
+            return Ok(());
+        }
+        let value = serde_json::to_string(&placement)?;
+        if let Some(at) = follower
+            .store
+            .put(&key, &value, Precondition::At(entry.revision))
+            .await
+            .map_err(unavailable)?
+        {
+            follower.placements.caught_up(at, CATCH_UP).await;
+            return Ok(());
+        }
+    }
+}
+
+impl Follower {
+    /// A page of `shard` for a joining copy elsewhere.
+    pub async fn copy_page(&self, leaf: &Arc<Leaf>, request: CopyShardRequest) -> Result<CopyShardPage> {
+        self.fenced()?;
+        let placement = self
+            .placement_at(&request.collection, request.incarnation, request.epoch)
+            .await?;
+        if placement.copy_on(request.shard, &self.id) != Some(CopyState::Ready) {
+            return Err(LeafError::NotOwner(format!(
+                "leaf {} has no ready copy of shard {} of `{}` to copy from",
+                self.id, request.shard, request.collection
+            )));
+        }
+        if request.after.is_none() {
+            // Writes checked against an older view finish before the copy starts.
+            drop(self.gate.write().await);
+        }
+        leaf.copy_page(request).await
+    }
+}
