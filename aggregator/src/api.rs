@@ -76,6 +76,10 @@ pub fn router(state: AppState, max_write_bytes: usize) -> Router {
     let protected = Router::new()
         .route("/v1/query", post(query))
         .route("/v1/cluster", get(cluster_status))
+        .route(
+            "/v1/cluster/leaves/{id}/drain",
+            post(drain_leaf).delete(undrain_leaf),
+        )
         .route("/metrics", get(metrics))
         .route(
             "/v1/collections",
@@ -299,6 +303,75 @@ async fn cluster_status(
         "members": members,
     }))
     .into_response())
+}
+
+/// `POST /v1/cluster/leaves/{id}/drain`: the leaf's shard copies move to
+/// other leaves (it gets no new ones); once `copies` is 0 it can be stopped.
+async fn drain_leaf(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    set_draining(&state, &principal, &id, true).await
+}
+
+/// `DELETE /v1/cluster/leaves/{id}/drain`: the leaf may hold copies again.
+async fn undrain_leaf(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    set_draining(&state, &principal, &id, false).await
+}
+
+async fn set_draining(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    draining: bool,
+) -> Result<Response> {
+    principal.require(Action::ManageCollections, "*")?;
+    let placed = state.cluster.placed_state().ok_or_else(|| {
+        AggregatorError::InvalidRequest(
+            "leaves are drained in a cluster with an etcd metastore; this one has a static \
+             list of leaves"
+                .into(),
+        )
+    })?;
+    if draining && placed.leaves.members.get(id).is_none() {
+        return Err(AggregatorError::NotFound(format!(
+            "no leaf `{id}` is registered; GET /v1/cluster lists the members"
+        )));
+    }
+    let key = format!("{}{id}", altdb_common::placement::DRAINS);
+    let unavailable = |e: altdb_common::metastore::MetastoreError| {
+        AggregatorError::Unavailable(e.to_string())
+    };
+    let at = if draining {
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let value = serde_json::json!({ "since": since }).to_string();
+        placed
+            .store
+            .put(&key, &value, altdb_common::metastore::Precondition::Any)
+            .await
+            .map_err(unavailable)?
+    } else {
+        placed
+            .store
+            .delete(&key, altdb_common::metastore::Precondition::Any)
+            .await
+            .map_err(unavailable)?
+    };
+    if let Some(at) = at {
+        placed.drains.caught_up(at, std::time::Duration::from_secs(2)).await;
+    }
+    let copies: usize = placed
+        .placements
+        .list()
+        .iter()
+        .map(|(_, p)| p.shards_on(id).len())
+        .sum();
+    Ok(Json(serde_json::json!({ "leaf": id, "draining": draining, "copies": copies })).into_response())
 }
 
 /// A spec as `principal` may see it: source secrets only for the cluster's own

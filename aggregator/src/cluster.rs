@@ -1,14 +1,17 @@
 //! The leaves of the cluster and what the aggregator asks of all of them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
 
 use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
+use altdb_common::metastore::membership::LeafDirectory;
+use altdb_common::metastore::watched::Watched;
+use altdb_common::metastore::{Metastore, MetastoreError, Precondition};
+use altdb_common::placement::{Placement, DRAINS, PLACEMENTS};
 use altdb_common::routing::replicas_for_shard;
 use altdb_common::rpc::{
     CollectionRequest, CollectionStats, CreateCollectionRequest, LeafClient, SharedLeaf,
@@ -18,20 +21,57 @@ use altdb_common::schema::FieldSet;
 
 use crate::error::{AggregatorError, Result};
 
-/// The leaves, in the order of the cluster config (shard placement depends on it).
+/// The leaves and where each shard's copies are: a static list (shard `s` on
+/// leaf `s % n`, ...) or, with an etcd metastore, the registered leaves and the
+/// placements the controller keeps (`altdb_common::placement`).
 #[derive(Debug, Clone)]
 pub struct Cluster {
-    leaves: Arc<Vec<SharedLeaf>>,
-    /// Per leaf: it lately did not answer in time (a deadline passed, the
-    /// connection broke). A suspect leaf is asked last for its shards and skipped
-    /// for stats while its shards have other copies, so one hung leaf costs one
-    /// query a deadline rather than every query; a probe clears it once the leaf
-    /// answers again.
-    suspects: Arc<Vec<AtomicBool>>,
+    layout: Arc<Layout>,
+    /// URLs of leaves that lately did not answer in time (a deadline passed,
+    /// the connection broke). A suspect leaf is asked last for its shards and
+    /// skipped for stats while its shards have other copies, so one hung leaf
+    /// costs one query a deadline rather than every query; a probe clears it
+    /// once the leaf answers again.
+    suspects: Arc<Mutex<HashSet<String>>>,
+}
+
+#[derive(Debug)]
+enum Layout {
+    /// The leaves in the order of the cluster config (placement depends on it).
+    Static(Vec<SharedLeaf>),
+    Placed(Placed),
+}
+
+/// A cluster with a metastore.
+pub struct Placed {
+    pub store: Arc<dyn Metastore>,
+    pub leaves: LeafDirectory,
+    pub placements: Watched<Placement>,
+    pub drains: Watched<serde_json::Value>,
+}
+
+impl std::fmt::Debug for Placed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placed").finish_non_exhaustive()
+    }
+}
+
+impl Placed {
+    /// Registered leaves that are not being drained, by id.
+    pub fn eligible(&self) -> Vec<String> {
+        let draining: HashSet<String> = self.drains.list().into_iter().map(|(id, _)| id).collect();
+        self.leaves
+            .ids()
+            .into_iter()
+            .filter(|id| !draining.contains(id))
+            .collect()
+    }
 }
 
 /// How often a suspect leaf is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a caller waits for the placement to move past one it found stale.
+const PLACEMENT_CATCH_UP: Duration = Duration::from_secs(3);
 
 /// A collection's fields as the leaves reported them.
 #[derive(Debug)]
@@ -57,9 +97,18 @@ impl CollectionFields {
 #[derive(Debug, serde::Serialize)]
 pub struct LeafStatus {
     pub url: String,
+    /// Its id in the metastore (with one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub healthy: bool,
     /// It lately missed a deadline: its shards are read from other copies first.
     pub suspect: bool,
+    /// Being drained: its copies move to other leaves.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+    /// Shard copies placed on it (with a metastore).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copies: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -69,7 +118,9 @@ impl Cluster {
     pub fn new(urls: &[String], secret: &ClusterSecret, ca_pem: Option<&[u8]>) -> Result<Self> {
         if urls.is_empty() {
             return Err(AggregatorError::InvalidRequest(
-                "no leaves configured; pass --leaves http://host:port,..".into(),
+                "no leaves configured; pass --leaves http://host:port,.. (or --metastore \
+                 etcd://.. to find them there)"
+                    .into(),
             ));
         }
         Ok(Self::with_leaves(LeafClient::connect_all(
@@ -80,39 +131,156 @@ impl Cluster {
     /// A cluster of these leaves (in placement order), however they are reached.
     pub fn with_leaves(leaves: Vec<SharedLeaf>) -> Self {
         Self {
-            suspects: Arc::new(leaves.iter().map(|_| AtomicBool::new(false)).collect()),
-            leaves: Arc::new(leaves),
+            layout: Arc::new(Layout::Static(leaves)),
+            suspects: Arc::default(),
         }
     }
 
-    /// The leaves holding `shard`, preferred first (suspect ones last).
-    pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<SharedLeaf> {
-        let mut indexes = self.replica_indexes(spec, shard);
-        indexes.sort_by_key(|&i| self.is_suspect(i));
-        indexes
-            .into_iter()
-            .map(|i| self.leaves[i].clone())
-            .collect()
+    /// The leaves registered in `store` and the placements kept there.
+    pub async fn placed(
+        store: Arc<dyn Metastore>,
+        secret: &ClusterSecret,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self> {
+        let unavailable = |e: MetastoreError| AggregatorError::Unavailable(e.to_string());
+        let placed = Placed {
+            leaves: LeafDirectory::start(store.clone(), secret, ca_pem)
+                .await
+                .map_err(unavailable)?,
+            placements: Watched::start(store.clone(), PLACEMENTS)
+                .await
+                .map_err(unavailable)?,
+            drains: Watched::start(store.clone(), DRAINS).await.map_err(unavailable)?,
+            store,
+        };
+        Ok(Self {
+            layout: Arc::new(Layout::Placed(placed)),
+            suspects: Arc::default(),
+        })
     }
 
-    fn is_suspect(&self, index: usize) -> bool {
-        self.suspects[index].load(Ordering::Relaxed)
+    /// The metastore's side of the cluster, when it has one.
+    pub fn placed_state(&self) -> Option<&Placed> {
+        match &*self.layout {
+            Layout::Placed(placed) => Some(placed),
+            Layout::Static(_) => None,
+        }
+    }
+
+    /// The placement of `spec`'s incarnation, with a metastore.
+    fn placement_of(&self, spec: &CollectionSpec) -> Option<Placement> {
+        let placed = self.placed_state()?;
+        placed
+            .placements
+            .get(&spec.name)
+            .filter(|p| p.incarnation == spec.incarnation)
+    }
+
+    /// The placement epoch calls for `spec` are made with (0 without a metastore).
+    pub fn epoch(&self, spec: &CollectionSpec) -> u64 {
+        self.placement_of(spec).map_or(0, |p| p.epoch)
+    }
+
+    /// Waits until `spec`'s placement is newer than `epoch` (a leaf said the
+    /// caller's was stale); whether it is.
+    pub async fn placement_after(&self, spec: &CollectionSpec, epoch: u64) -> bool {
+        let Some(placed) = self.placed_state() else {
+            return false;
+        };
+        placed
+            .placements
+            .wait_until(PLACEMENT_CATCH_UP, |cache| {
+                cache
+                    .get(&spec.name)
+                    .is_some_and(|p| p.incarnation > spec.incarnation || p.epoch > epoch)
+            })
+            .await
+    }
+
+    /// Every leaf: the configured ones, or the registered ones.
+    fn leaves(&self) -> Vec<(Option<String>, SharedLeaf)> {
+        match &*self.layout {
+            Layout::Static(leaves) => leaves.iter().map(|l| (None, l.clone())).collect(),
+            Layout::Placed(placed) => placed
+                .leaves
+                .ids()
+                .into_iter()
+                .filter_map(|id| Some((Some(id.clone()), placed.leaves.client(&id)?)))
+                .collect(),
+        }
+    }
+
+    /// The leaves whose copies of `shard` serve reads, preferred first
+    /// (suspect ones last).
+    pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<SharedLeaf> {
+        let mut leaves: Vec<SharedLeaf> = match &*self.layout {
+            Layout::Static(leaves) => replicas_for_shard(shard, leaves.len(), spec.replication)
+                .into_iter()
+                .map(|i| leaves[i].clone())
+                .collect(),
+            Layout::Placed(placed) => self
+                .placement_of(spec)
+                .map(|p| {
+                    p.readers(shard)
+                        .into_iter()
+                        .filter_map(|id| placed.leaves.client(id))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        leaves.sort_by_key(|leaf| self.is_suspect(leaf.url()));
+        leaves
+    }
+
+    /// [`Self::replicas`] by URL, in placement order.
+    pub fn replica_urls(&self, spec: &CollectionSpec, shard: u32) -> Vec<String> {
+        match &*self.layout {
+            Layout::Static(leaves) => replicas_for_shard(shard, leaves.len(), spec.replication)
+                .into_iter()
+                .map(|i| leaves[i].url().to_string())
+                .collect(),
+            Layout::Placed(placed) => self
+                .placement_of(spec)
+                .map(|p| {
+                    p.readers(shard)
+                        .into_iter()
+                        .map(|id| {
+                            placed
+                                .leaves
+                                .members
+                                .get(id)
+                                .map_or_else(|| id.to_string(), |m| m.url)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn is_suspect(&self, url: &str) -> bool {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(url)
     }
 
     /// Notes that `leaf` did not answer in time (or at all): it is asked last
     /// until a health probe, started here, gets an answer from it again.
     pub fn suspect(&self, leaf: &SharedLeaf) {
-        let Some(index) = self.leaves.iter().position(|l| Arc::ptr_eq(l, leaf)) else {
-            return;
-        };
-        if self.suspects[index].swap(true, Ordering::Relaxed) {
+        let url = leaf.url().to_string();
+        if !self
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(url.clone())
+        {
             return; // already probed
         }
         tracing::warn!(
-            leaf = leaf.url(),
+            leaf = %url,
             "leaf is not answering; reading its shards' other copies until it does"
         );
-        let (cluster, leaf) = (self.clone(), leaf.clone());
+        let (suspects, leaf) = (self.suspects.clone(), leaf.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_INTERVAL).await;
@@ -120,29 +288,19 @@ impl Cluster {
                     .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
                     .await;
                 if answer.is_ok() {
-                    cluster.suspects[index].store(false, Ordering::Relaxed);
-                    tracing::info!(leaf = leaf.url(), "leaf answers again");
+                    suspects.lock().unwrap_or_else(|p| p.into_inner()).remove(&url);
+                    tracing::info!(leaf = %url, "leaf answers again");
                     return;
                 }
             }
         });
     }
 
-    /// [`Self::replicas`] as indexes into the leaves.
-    pub fn replica_indexes(&self, spec: &CollectionSpec, shard: u32) -> Vec<usize> {
-        replicas_for_shard(shard, self.leaves.len(), spec.replication)
-    }
-
-    /// The URLs of the leaves holding each shard of `spec`, by shard, in
-    /// placement order.
+    /// The URLs of the leaves holding each shard of `spec` (ready copies), by
+    /// shard, in placement order.
     pub fn placement(&self, spec: &CollectionSpec) -> Vec<Vec<String>> {
         (0..spec.num_shards)
-            .map(|shard| {
-                self.replica_indexes(spec, shard)
-                    .into_iter()
-                    .map(|i| self.leaves[i].url().to_string())
-                    .collect()
-            })
+            .map(|shard| self.replica_urls(spec, shard))
             .collect()
     }
 
@@ -154,41 +312,46 @@ impl Cluster {
             collection: spec.name.clone(),
             incarnation: spec.incarnation,
         };
-        let mut stats = Vec::with_capacity(self.leaves.len());
+        let placed: Vec<Vec<String>> = self.placement(spec);
+        let holders: HashSet<&String> = placed.iter().flatten().collect();
+        // With a metastore, only leaves with a ready copy answer for it.
+        let leaves: Vec<SharedLeaf> = self
+            .leaves()
+            .into_iter()
+            .map(|(_, leaf)| leaf)
+            .filter(|leaf| self.placed_state().is_none() || holders.contains(&leaf.url().to_string()))
+            .collect();
+        let mut stats = Vec::with_capacity(leaves.len());
         let mut silent = Vec::new();
-        let mut reachable = vec![false; self.leaves.len()];
-        let uncovered = |reachable: &[bool]| -> Vec<String> {
-            (0..spec.num_shards)
-                .filter(|&shard| {
-                    !self
-                        .replica_indexes(spec, shard)
-                        .iter()
-                        .any(|&i| reachable[i])
-                })
-                .map(|shard| shard.to_string())
+        let mut reachable: HashSet<String> = HashSet::new();
+        let uncovered = |reachable: &HashSet<String>| -> Vec<String> {
+            placed
+                .iter()
+                .enumerate()
+                .filter(|(_, urls)| !urls.iter().any(|url| reachable.contains(url)))
+                .map(|(shard, _)| shard.to_string())
                 .collect()
         };
         // Suspect leaves are asked only when some shard has no other copy.
-        let (trusted, suspect): (Vec<usize>, Vec<usize>) =
-            (0..self.leaves.len()).partition(|&i| !self.is_suspect(i));
+        let (trusted, suspect): (Vec<SharedLeaf>, Vec<SharedLeaf>) =
+            leaves.into_iter().partition(|leaf| !self.is_suspect(leaf.url()));
         for round in [trusted, suspect] {
             if round.is_empty() || (!stats.is_empty() && uncovered(&reachable).is_empty()) {
                 continue;
             }
-            let answers = join_all(round.iter().map(|&i| {
-                self.leaves[i].action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
+            let answers = join_all(round.iter().map(|leaf| {
+                leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
             }))
             .await;
-            for (i, answer) in round.into_iter().zip(answers) {
-                let leaf = &self.leaves[i];
+            for (leaf, answer) in round.into_iter().zip(answers) {
                 match answer {
                     Ok(answer) => {
-                        reachable[i] = true;
+                        reachable.insert(leaf.url().to_string());
                         stats.push((leaf.url().to_string(), answer));
                     }
                     Err(error) => {
                         if error.is_unavailable() {
-                            self.suspect(leaf);
+                            self.suspect(&leaf);
                         }
                         silent.push(format!("leaf {} did not answer: {error}", leaf.url()));
                     }
@@ -243,15 +406,62 @@ impl Cluster {
 
     /// Places a new collection's shards on the leaves: each leaf learns which
     /// shards of this incarnation it holds (and drops data of older ones). Every
-    /// leaf must answer: a leaf that missed it would refuse its shards.
+    /// leaf must answer: a leaf that missed it would refuse its shards. With a
+    /// metastore, the placement is written there first (over the registered
+    /// leaves not being drained), and the leaves follow it.
     pub async fn create_collection(&self, spec: &CollectionSpec) -> Result<()> {
-        let answers = join_all(self.leaves.iter().enumerate().map(|(i, leaf)| {
+        let shards_on: Box<dyn Fn(&Option<String>, &SharedLeaf) -> Vec<u32> + Send + Sync> =
+            match &*self.layout {
+                Layout::Static(leaves) => {
+                    let (spec, count) = (spec.clone(), leaves.len());
+                    let urls: Vec<String> = leaves.iter().map(|l| l.url().to_string()).collect();
+                    Box::new(move |_, leaf| {
+                        let index = urls.iter().position(|u| u == leaf.url()).unwrap_or(usize::MAX);
+                        (0..spec.num_shards)
+                            .filter(|&shard| {
+                                replicas_for_shard(shard, count, spec.replication).contains(&index)
+                            })
+                            .collect()
+                    })
+                }
+                Layout::Placed(placed) => {
+                    let mut eligible = placed.eligible();
+                    eligible.sort();
+                    if eligible.is_empty() {
+                        return Err(AggregatorError::Unavailable(
+                            "no leaf is registered in the metastore (or every one is being \
+                             drained); start a leaf with --metastore"
+                                .into(),
+                        ));
+                    }
+                    let placement = Placement::initial(
+                        &spec.name,
+                        spec.incarnation,
+                        spec.num_shards,
+                        spec.replication,
+                        &eligible,
+                    );
+                    let value = serde_json::to_string(&placement)
+                        .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+                    let at = placed
+                        .store
+                        .put(&format!("{PLACEMENTS}{}", spec.name), &value, Precondition::Any)
+                        .await
+                        .map_err(|e| AggregatorError::Unavailable(e.to_string()))?
+                        .unwrap_or_default();
+                    placed.placements.caught_up(at, PLACEMENT_CATCH_UP).await;
+                    Box::new(move |id, _| {
+                        id.as_deref()
+                            .map(|id| placement.shards_on(id).into_keys().collect())
+                            .unwrap_or_default()
+                    })
+                }
+            };
+        let answers = join_all(self.leaves().into_iter().map(|(id, leaf)| {
             let request = CreateCollectionRequest {
                 collection: spec.name.clone(),
                 incarnation: spec.incarnation,
-                shards: (0..spec.num_shards)
-                    .filter(|&shard| self.replica_indexes(spec, shard).contains(&i))
-                    .collect(),
+                shards: shards_on(&id, &leaf),
             };
             async move {
                 leaf.action::<_, serde_json::Value>(ACTION_CREATE_COLLECTION, &request)
@@ -272,15 +482,16 @@ impl Cluster {
         )))
     }
 
-    /// Deletes a collection's incarnation on every leaf that answers; returns
-    /// the leaves that did not (their data of it is invisible to every later
-    /// incarnation, and dropped when the name is created again).
+    /// Deletes a collection's incarnation on every leaf that answers (and its
+    /// placement); returns the leaves that did not (their data of it is
+    /// invisible to every later incarnation, and dropped when the name is
+    /// created again).
     pub async fn drop_collection(&self, spec: &CollectionSpec) -> Vec<String> {
         let request = CollectionRequest {
             collection: spec.name.clone(),
             incarnation: spec.incarnation,
         };
-        let answers = join_all(self.leaves.iter().map(|leaf| {
+        let mut missed: Vec<String> = join_all(self.leaves().into_iter().map(|(_, leaf)| {
             let request = &request;
             async move {
                 leaf.action::<_, serde_json::Value>(ACTION_DROP_COLLECTION, request)
@@ -288,27 +499,57 @@ impl Cluster {
                     .map_err(|e| format!("leaf {}: {e}", leaf.url()))
             }
         }))
-        .await;
-        answers.into_iter().filter_map(|a| a.err()).collect()
+        .await
+        .into_iter()
+        .filter_map(|a| a.err())
+        .collect();
+        if let (Some(placed), Some(placement)) = (self.placed_state(), self.placement_of(spec)) {
+            let key = format!("{PLACEMENTS}{}", spec.name);
+            if let Ok(Some(entry)) = placed.store.get(&key).await {
+                let same = serde_json::from_str::<Placement>(&entry.value)
+                    .is_ok_and(|p| p.incarnation == placement.incarnation);
+                if same {
+                    if let Err(error) = placed.store.delete(&key, Precondition::At(entry.revision)).await {
+                        missed.push(format!("the placement in the metastore: {error}"));
+                    }
+                }
+            }
+        }
+        missed
     }
 
     pub async fn status(&self) -> Vec<LeafStatus> {
-        join_all(
-            self.leaves
-                .iter()
-                .enumerate()
-                .map(|(index, leaf)| async move {
-                    let answer = leaf
-                        .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
-                        .await;
-                    LeafStatus {
-                        url: leaf.url().to_string(),
-                        healthy: answer.is_ok(),
-                        suspect: self.is_suspect(index),
-                        error: answer.err().map(|e| e.to_string()),
-                    }
-                }),
-        )
+        let placed = self.placed_state();
+        let draining: HashSet<String> = placed
+            .map(|p| p.drains.list().into_iter().map(|(id, _)| id).collect())
+            .unwrap_or_default();
+        let copies = |id: &str| -> usize {
+            placed.map_or(0, |p| {
+                p.placements
+                    .list()
+                    .iter()
+                    .map(|(_, placement)| placement.shards_on(id).len())
+                    .sum()
+            })
+        };
+        join_all(self.leaves().into_iter().map(|(id, leaf)| {
+            let copies = id.as_deref().map(copies);
+            let draining = id.as_ref().is_some_and(|id| draining.contains(id));
+            async move {
+                let answer = leaf
+                    .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
+                    .await;
+                LeafStatus {
+                    url: leaf.url().to_string(),
+                    id,
+                    healthy: answer.is_ok(),
+                    suspect: self.is_suspect(leaf.url()),
+                    draining,
+                    copies,
+                    error: answer.err().map(|e| e.to_string()),
+                }
+            }
+        }))
         .await
     }
 }

@@ -26,8 +26,13 @@ pub struct AggregatorConfig {
     /// aggregator), or `etcd://host:2379[,host:2379..][/prefix]` (several
     /// aggregators share it; see the README's "Run a cluster").
     pub metastore: String,
-    /// Flight addresses of the leaves, in placement order.
+    /// Flight addresses of the leaves, in placement order (without an etcd
+    /// metastore; with one, leaves register there and shards are placed by
+    /// the controller).
     pub leaves: Vec<String>,
+    /// With an etcd metastore: a leaf unregistered this long (seconds) has
+    /// its shard copies re-created on other leaves from the surviving copies.
+    pub replace_leaf_after_secs: u64,
     /// HTTP address of a tailer; writes sent to the aggregator are forwarded there.
     pub tailer_url: String,
     pub query_timeout_secs: u64,
@@ -97,6 +102,7 @@ impl Default for AggregatorConfig {
             flight_sql_listen: "127.0.0.1:7433".into(),
             data_dir: PathBuf::from("altdb-data/aggregator"),
             metastore: String::new(),
+            replace_leaf_after_secs: 300,
             leaves: vec![
                 "http://127.0.0.1:7801".into(),
                 "http://127.0.0.1:7802".into(),

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod console;
+pub mod controller;
 pub mod error;
 pub mod files;
 pub mod flight_sql;

@@ -94,6 +94,11 @@ struct Flags {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     leaves: Option<Vec<String>>,
+    /// With an etcd metastore: seconds a leaf may be gone before its shard
+    /// copies are re-created elsewhere (default 300).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replace_leaf_after_secs: Option<u64>,
     /// Tailer HTTP URL that receives forwarded writes.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +116,13 @@ struct Flags {
 }
 
 /// The metastore `config` names: the file in the data directory, or etcd.
+/// This machine's name, for the controller's record (empty if unknown).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
+}
+
 async fn open_metastore(config: &AggregatorConfig) -> anyhow::Result<Arc<dyn Metastore>> {
     Ok(match MetastoreUrl::parse(&config.metastore)? {
         MetastoreUrl::File => FileMetastore::open(config.data_dir.join("metastore.json"))?,
@@ -171,8 +183,29 @@ async fn main() -> anyhow::Result<()> {
         Err(AggregatorError::CollectionExists(_)) => {}
         Err(e) => return Err(anyhow::anyhow!(e.to_string())),
     }
-    let cluster = Cluster::new(&config.leaves, &secret, ca.as_deref())
-        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let placed = matches!(
+        MetastoreUrl::parse(&config.metastore)?,
+        MetastoreUrl::Etcd { .. }
+    );
+    let cluster = if placed {
+        if !config.leaves.is_empty() {
+            tracing::warn!("`leaves` is ignored with an etcd metastore: leaves register there");
+        }
+        Cluster::placed(metastore.clone(), &secret, ca.as_deref()).await
+    } else {
+        Cluster::new(&config.leaves, &secret, ca.as_deref())
+    }
+    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let (stop_controller, controller_stop) = tokio::sync::watch::channel(false);
+    if placed {
+        tokio::spawn(altdb_aggregator::controller::run(
+            format!("{}:{}", hostname(), config.listen),
+            cluster.clone(),
+            catalog.clone(),
+            Duration::from_secs(config.replace_leaf_after_secs),
+            controller_stop,
+        ));
+    }
     let limits = QueryLimits {
         timeout: Duration::from_secs(config.query_timeout_secs),
         max_rows: config.max_result_rows,
@@ -314,6 +347,7 @@ async fn main() -> anyhow::Result<()> {
         altdb_common::shutdown::signal(),
     )
     .await?;
+    let _ = stop_controller.send(true);
     if let Some(executor) = executor {
         executor.shutdown_background();
     }

@@ -24,18 +24,15 @@
 //! grace period.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use altdb_common::cluster_auth::ClusterSecret;
-use altdb_common::metastore::membership::{Fence, LeafMember, LEAVES};
+use altdb_common::metastore::membership::{Fence, LeafDirectory};
 use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, Precondition};
 use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
-use altdb_common::rpc::{
-    CopyShardPage, CopyShardRequest, LeafClient, PutRow, SharedLeaf, SourceMark,
-    ACTION_COPY_SHARD,
-};
+use altdb_common::rpc::{CopyShardPage, CopyShardRequest, PutRow, SourceMark, ACTION_COPY_SHARD};
 use tokio::sync::watch;
 
 use crate::error::{LeafError, Result};
@@ -52,11 +49,8 @@ pub struct Follower {
     pub id: String,
     store: Arc<dyn Metastore>,
     placements: Watched<Placement>,
-    members: Watched<LeafMember>,
+    leaves: LeafDirectory,
     fence: Fence,
-    secret: ClusterSecret,
-    ca_pem: Option<Vec<u8>>,
-    clients: Mutex<HashMap<String, SharedLeaf>>,
     /// Shared by writes from check to commit; exclusive for an instant when a
     /// copy starts or a copy is dropped.
     pub gate: tokio::sync::RwLock<()>,
@@ -85,18 +79,15 @@ impl Follower {
         let placements = Watched::start(store.clone(), PLACEMENTS)
             .await
             .map_err(unavailable)?;
-        let members = Watched::start(store.clone(), LEAVES)
+        let leaves = LeafDirectory::start(store.clone(), &secret, ca_pem.as_deref())
             .await
             .map_err(unavailable)?;
         Ok(Arc::new(Self {
             id,
             store,
             placements,
-            members,
+            leaves,
             fence,
-            secret,
-            ca_pem,
-            clients: Mutex::new(HashMap::new()),
             gate: tokio::sync::RwLock::new(()),
             grace,
         }))
@@ -182,22 +173,6 @@ impl Follower {
                 placement.epoch
             ))),
         }
-    }
-
-    fn client(&self, leaf: &str) -> Result<SharedLeaf> {
-        let member = self.members.get(leaf).ok_or_else(|| {
-            LeafError::NotHeld(format!("leaf {leaf} is not registered in the metastore"))
-        })?;
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&member.url) {
-            return Ok(client.clone());
-        }
-        let client: SharedLeaf = Arc::new(
-            LeafClient::new(&member.url, &self.secret, self.ca_pem.as_deref())
-                .map_err(LeafError::Common)?,
-        );
-        clients.insert(member.url, client.clone());
-        Ok(client)
     }
 
     /// Follows the placement until `shutdown` flips: applies every change to
@@ -308,7 +283,7 @@ async fn copy_once(
     let source = placement
         .readers(shard)
         .into_iter()
-        .find_map(|leaf| follower.client(leaf).ok())
+        .find_map(|leaf| follower.leaves.client(leaf))
         .ok_or_else(|| {
             LeafError::NotHeld(format!(
                 "no ready copy of shard {shard} of `{collection}` is registered to copy from"

@@ -85,33 +85,43 @@ async fn main() -> anyhow::Result<()> {
         config.tls_key_file.as_deref(),
         altdb_common::tls::HTTP1,
     )?;
-    let catalog = Arc::new(match MetastoreUrl::parse(&config.metastore)? {
-        MetastoreUrl::File => CatalogClient::new(
-            &config.aggregator_url,
-            altdb_common::tls::internal_client(
-                &secret,
-                config.tls_ca_file.as_deref(),
-                Duration::from_secs(10),
-            )?,
-        ),
-        MetastoreUrl::Etcd { endpoints, prefix } => {
-            let store = EtcdMetastore::connect(&endpoints, &prefix)
-                .await
-                .context("cannot reach the etcd metastore")?;
-            tracing::info!(?endpoints, %prefix, "collection specs from etcd");
-            CatalogClient::from_metastore(Arc::new(store))
-                .await
-                .map_err(|e| anyhow::anyhow!(e.to_string()))?
-        }
-    });
     let ca = altdb_common::tls::read_ca(config.tls_ca_file.as_deref())?;
-    let pusher = Pusher::new(
-        &config.leaves,
-        config.push_batch_rows,
-        &secret,
-        ca.as_deref(),
-    )
-    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let (catalog, pusher) = match MetastoreUrl::parse(&config.metastore)? {
+        MetastoreUrl::File => {
+            let catalog = CatalogClient::new(
+                &config.aggregator_url,
+                altdb_common::tls::internal_client(
+                    &secret,
+                    config.tls_ca_file.as_deref(),
+                    Duration::from_secs(10),
+                )?,
+            );
+            let pusher = Pusher::new(
+                &config.leaves,
+                config.push_batch_rows,
+                &secret,
+                ca.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            (catalog, pusher)
+        }
+        MetastoreUrl::Etcd { endpoints, prefix } => {
+            let store: Arc<dyn altdb_common::metastore::Metastore> = Arc::new(
+                EtcdMetastore::connect(&endpoints, &prefix)
+                    .await
+                    .context("cannot reach the etcd metastore")?,
+            );
+            tracing::info!(?endpoints, %prefix, "collection specs, leaves and placements from etcd");
+            let catalog = CatalogClient::from_metastore(store.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            let pusher = Pusher::placed(store, config.push_batch_rows, &secret, ca.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            (catalog, pusher)
+        }
+    };
+    let catalog = Arc::new(catalog);
     let limits = DocLimits {
         max_bytes: config.max_document_bytes,
         max_depth: config.max_nesting_depth,

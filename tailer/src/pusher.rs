@@ -1,11 +1,17 @@
 //! Routing documents to shards and pushing them to every replica leaf.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 
 use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
+use altdb_common::metastore::membership::LeafDirectory;
+use altdb_common::metastore::watched::Watched;
+use altdb_common::metastore::Metastore;
+use altdb_common::placement::{Placement, PLACEMENTS};
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
     put_batch, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark, PUT_BATCH_BYTES,
@@ -16,9 +22,24 @@ use crate::error::{Result, TailerError};
 /// Pushes batches to the leaves that own their shards.
 #[derive(Debug, Clone)]
 pub struct Pusher {
-    leaves: Vec<SharedLeaf>,
+    layout: Arc<Layout>,
     batch_rows: usize,
 }
+
+#[derive(Debug)]
+enum Layout {
+    /// The configured leaves, in placement order (shard `s` on leaf `s % n`, ..).
+    Static(Vec<SharedLeaf>),
+    /// The leaves registered in the metastore and the placements there.
+    Placed {
+        leaves: LeafDirectory,
+        placements: Watched<Placement>,
+    },
+}
+
+/// How long a push waits for a placement (a collection just created) or for
+/// a newer one (a leaf said the pusher's was stale).
+const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 
 /// The outcome of a push: which shards failed (their documents are not stored),
 /// and which rows a leaf refused (by index in the pushed rows, with the reason;
@@ -39,7 +60,9 @@ impl Pusher {
     ) -> Result<Self> {
         if urls.is_empty() {
             return Err(TailerError::InvalidRequest(
-                "no leaves configured; pass --leaves http://host:port,..".into(),
+                "no leaves configured; pass --leaves http://host:port,.. (or --metastore \
+                 etcd://.. to find them there)"
+                    .into(),
             ));
         }
         let leaves = LeafClient::connect_all(urls, secret, ca_pem)
@@ -50,13 +73,91 @@ impl Pusher {
     /// A pusher to these leaves (in placement order), however they are reached.
     pub fn with_leaves(leaves: Vec<SharedLeaf>, batch_rows: usize) -> Self {
         Self {
-            leaves,
+            layout: Arc::new(Layout::Static(leaves)),
             batch_rows: batch_rows.max(1),
         }
     }
 
-    pub fn leaves(&self) -> &[SharedLeaf] {
-        &self.leaves
+    /// A pusher to the leaves registered in `store`, by the placements there.
+    pub async fn placed(
+        store: Arc<dyn Metastore>,
+        batch_rows: usize,
+        secret: &ClusterSecret,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self> {
+        let unavailable = |e: altdb_common::metastore::MetastoreError| {
+            TailerError::Unavailable(format!("cannot read the metastore: {e}"))
+        };
+        Ok(Self {
+            layout: Arc::new(Layout::Placed {
+                leaves: LeafDirectory::start(store.clone(), secret, ca_pem)
+                    .await
+                    .map_err(unavailable)?,
+                placements: Watched::start(store, PLACEMENTS)
+                    .await
+                    .map_err(unavailable)?,
+            }),
+            batch_rows: batch_rows.max(1),
+        })
+    }
+
+    /// The leaves holding copies of `spec`'s shards (the watermarks of its
+    /// sources are there).
+    pub fn leaves(&self, spec: &CollectionSpec) -> Vec<SharedLeaf> {
+        match &*self.layout {
+            Layout::Static(leaves) => leaves.clone(),
+            Layout::Placed { leaves, placements } => placements
+                .get(&spec.name)
+                .filter(|p| p.incarnation == spec.incarnation)
+                .map(|p| {
+                    p.leaves()
+                        .into_iter()
+                        .filter_map(|id| leaves.client(id))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The placement epoch and the copies of `shard` that take writes.
+    async fn writers(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        newer_than: Option<u64>,
+    ) -> std::result::Result<(u64, Vec<SharedLeaf>), PushError> {
+        match &*self.layout {
+            Layout::Static(leaves) => Ok((
+                0,
+                replicas_for_shard(shard, leaves.len(), spec.replication)
+                    .into_iter()
+                    .map(|i| leaves[i].clone())
+                    .collect(),
+            )),
+            Layout::Placed { leaves, placements } => {
+                let current = |p: &Placement| {
+                    p.incarnation > spec.incarnation
+                        || (p.incarnation == spec.incarnation
+                            && newer_than.is_none_or(|epoch| p.epoch > epoch))
+                };
+                placements
+                    .wait_until(PLACEMENT_WAIT, |cache| {
+                        cache.get(&spec.name).is_some_and(|p| current(&p))
+                    })
+                    .await;
+                let placement = placements
+                    .get(&spec.name)
+                    .filter(|p| p.incarnation == spec.incarnation)
+                    .ok_or_else(|| PushError::NotPlaced(spec.name.clone()))?;
+                let mut copies = Vec::new();
+                for id in placement.writers(shard) {
+                    copies.push(leaves.client(id).ok_or_else(|| PushError::NotRegistered {
+                        leaf: id.to_string(),
+                    })?);
+                }
+                Ok((placement.epoch, copies))
+            }
+        }
     }
 
     /// The shard of each row, in row order.
@@ -121,12 +222,11 @@ impl Pusher {
                 as_of_us: None,
             })
             .collect();
-        let replicas = replicas_for_shard(shard, self.leaves.len(), spec.replication);
         let chunks = put_chunks(&rows, self.batch_rows, PUT_BATCH_BYTES);
         let last = chunks.len() - 1;
         let mut rejected = BTreeMap::new();
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let header = PutHeader {
+            let mut header = PutHeader {
                 collection: spec.name.clone(),
                 incarnation: spec.incarnation,
                 shard,
@@ -137,30 +237,45 @@ impl Pusher {
                 },
                 text_fields: spec.text_fields.clone(),
                 max_fields: Some(spec.max_fields),
+                epoch: 0,
             };
             let refs: Vec<&PutRow> = chunk.iter().map(|(_, row)| *row).collect();
             let batch = put_batch(&refs).map_err(PushError::Encode)?;
-            let puts = replicas.iter().map(|&leaf| {
-                let client = self.leaves[leaf].as_ref();
-                let batch = batch.clone();
-                let header = &header;
-                async move {
-                    client
-                        .put(header, batch)
-                        .await
-                        .map_err(|error| PushError::Leaf {
-                            url: client.url().to_string(),
-                            error,
-                        })
+            let (mut epoch, mut copies) = self.writers(spec, shard, None).await?;
+            // A copy saying the placement moved on: the chunk goes once more to
+            // every copy the newer placement names (a copy that stored it
+            // already stores the same rows again).
+            for attempt in 0..2 {
+                header.epoch = epoch;
+                let results = join_all(copies.iter().map(|client| {
+                    let (batch, header) = (batch.clone(), &header);
+                    async move {
+                        client
+                            .put(header, batch)
+                            .await
+                            .map_err(|error| PushError::Leaf {
+                                url: client.url().to_string(),
+                                error,
+                            })
+                    }
+                }))
+                .await;
+                let stale = results
+                    .iter()
+                    .any(|r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()));
+                if stale && attempt == 0 {
+                    (epoch, copies) = self.writers(spec, shard, Some(epoch)).await?;
+                    continue;
                 }
-            });
-            // A row any copy refused is reported refused.
-            for result in join_all(puts).await {
-                for refused in result?.rejected {
-                    if let Some((index, _)) = chunk.get(refused.row as usize) {
-                        rejected.insert(*index, refused.reason);
+                // A row any copy refused is reported refused.
+                for result in results {
+                    for refused in result?.rejected {
+                        if let Some((index, _)) = chunk.get(refused.row as usize) {
+                            rejected.insert(*index, refused.reason);
+                        }
                     }
                 }
+                break;
             }
         }
         Ok(rejected)
@@ -198,6 +313,10 @@ pub enum PushError {
     Encode(altdb_common::Error),
     #[error("leaf {url} did not store the batch: {error}")]
     Leaf { url: String, error: RpcError },
+    #[error("collection `{0}` has no shard placement in the metastore yet; retrying")]
+    NotPlaced(String),
+    #[error("leaf {leaf} holds a copy but is not registered in the metastore (down?)")]
+    NotRegistered { leaf: String },
 }
 
 #[cfg(test)]

@@ -360,9 +360,9 @@ fn plan_requests(target: &ScanTarget, pinned: Option<&BTreeSet<u32>>) -> Vec<Vec
     if target.profile {
         return shards.into_iter().map(|shard| vec![shard]).collect();
     }
-    let mut groups: BTreeMap<Vec<usize>, Vec<u32>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
     for shard in shards {
-        let leaves = target.cluster.replica_indexes(&target.collection, shard);
+        let leaves = target.cluster.replica_urls(&target.collection, shard);
         groups.entry(leaves).or_default().push(shard);
     }
     groups.into_values().collect()
@@ -480,48 +480,93 @@ async fn open_fragments(
     answered_by: Arc<std::sync::Mutex<String>>,
 ) -> DfResult<futures::stream::BoxStream<'static, DfResult<FragmentItem>>> {
     let mut failures = Vec::new();
-    for leaf in target.cluster.replicas(&target.collection, shards[0]) {
-        let ticket = FragmentTicket {
-            collection: target.collection.name.clone(),
-            incarnation: target.collection.incarnation,
-            shards: shards
-                .iter()
-                .map(|&shard| TicketShard {
-                    shard,
-                    fields_fingerprint: target
-                        .remembered
-                        .as_ref()
-                        .map(|fields| fields.fingerprint(leaf.url(), shard)),
-                })
-                .collect(),
-            profile: target.profile,
-            plan: plan.clone(),
-        };
-        match leaf.fragment(&ticket).await {
-            Ok(stream) => {
-                // Counted here: a consumer that has rows enough (a merge under a
-                // LIMIT) may stop before the leaf's metrics.
-                stats
-                    .shards_responded
-                    .fetch_add(shards.len() as u64, Ordering::Relaxed);
-                *answered_by.lock().unwrap_or_else(|p| p.into_inner()) = leaf.url().to_string();
-                let (collection, shards) = (target.collection.name.clone(), shards);
-                return Ok(stream
-                    .map_err(move |error| rpc_to_datafusion(error, &collection, &shards))
-                    .boxed());
+    // A leaf saying the placement moved on: once the newer one is here, the
+    // copies it names are asked (once).
+    let mut refreshed = false;
+    loop {
+        let epoch = target.cluster.epoch(&target.collection);
+        let mut not_owner = false;
+        for leaf in target.cluster.replicas(&target.collection, shards[0]) {
+            let ticket = FragmentTicket {
+                collection: target.collection.name.clone(),
+                incarnation: target.collection.incarnation,
+                shards: shards
+                    .iter()
+                    .map(|&shard| TicketShard {
+                        shard,
+                        fields_fingerprint: target
+                            .remembered
+                            .as_ref()
+                            .map(|fields| fields.fingerprint(leaf.url(), shard)),
+                    })
+                    .collect(),
+                profile: target.profile,
+                epoch,
+                plan: plan.clone(),
+            };
+            match leaf.fragment(&ticket).await {
+                Ok(stream) => {
+                    // Counted here: a consumer that has rows enough (a merge under a
+                    // LIMIT) may stop before the leaf's metrics.
+                    stats
+                        .shards_responded
+                        .fetch_add(shards.len() as u64, Ordering::Relaxed);
+                    *answered_by.lock().unwrap_or_else(|p| p.into_inner()) =
+                        leaf.url().to_string();
+                    let (collection, shards) = (target.collection.name.clone(), shards);
+                    return Ok(stream
+                        .map_err(move |error| rpc_to_datafusion(error, &collection, &shards))
+                        .boxed());
+                }
+                Err(error) if error.is_not_owner() => {
+                    not_owner = true;
+                    failures.push(format!("{}: {error}", leaf.url()));
+                }
+                Err(error) if error.is_unavailable() => {
+                    target.cluster.suspect(&leaf);
+                    failures.push(format!("{}: {error}", leaf.url()));
+                }
+                Err(error) => {
+                    return Err(rpc_to_datafusion(error, &target.collection.name, &shards))
+                }
             }
-            Err(error) if error.is_unavailable() => {
-                target.cluster.suspect(&leaf);
-                failures.push(format!("{}: {error}", leaf.url()));
-            }
-            Err(error) => return Err(rpc_to_datafusion(error, &target.collection.name, &shards)),
         }
+        if not_owner
+            && !refreshed
+            && target
+                .cluster
+                .placement_after(&target.collection, epoch)
+                .await
+        {
+            refreshed = true;
+            // The shards may no longer share their copies: each group apart.
+            let mut groups: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
+            for &shard in &shards {
+                let leaves = target.cluster.replica_urls(&target.collection, shard);
+                groups.entry(leaves).or_default().push(shard);
+            }
+            if groups.len() > 1 {
+                let mut streams = Vec::with_capacity(groups.len());
+                for group in groups.into_values() {
+                    let opened = open_fragments(
+                        target.clone(),
+                        plan.clone(),
+                        group,
+                        stats.clone(),
+                        answered_by.clone(),
+                    );
+                    streams.push(Box::pin(opened).await?);
+                }
+                return Ok(futures::stream::select_all(streams).boxed());
+            }
+            continue;
+        }
+        return Err(unavailable(
+            &target.collection.name,
+            &shards,
+            failures.join("; "),
+        ));
     }
-    Err(unavailable(
-        &target.collection.name,
-        &shards,
-        failures.join("; "),
-    ))
 }
 
 fn unavailable(collection: &str, shards: &[u32], detail: String) -> DataFusionError {

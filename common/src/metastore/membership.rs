@@ -166,3 +166,59 @@ async fn renew(
         }
     }
 }
+
+/// The registered leaves and a client of each, made on first use (the roles
+/// that call leaves found in the metastore share it).
+pub struct LeafDirectory {
+    pub members: super::watched::Watched<LeafMember>,
+    secret: crate::cluster_auth::ClusterSecret,
+    ca_pem: Option<Vec<u8>>,
+    clients: std::sync::Mutex<std::collections::HashMap<String, crate::rpc::SharedLeaf>>,
+}
+
+impl std::fmt::Debug for LeafDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafDirectory").finish_non_exhaustive()
+    }
+}
+
+impl LeafDirectory {
+    /// Reads the members (failing if the store cannot be read now), then follows them.
+    pub async fn start(
+        store: Arc<dyn Metastore>,
+        secret: &crate::cluster_auth::ClusterSecret,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self> {
+        Ok(Self {
+            members: super::watched::Watched::start(store, LEAVES).await?,
+            secret: secret.clone(),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+            clients: Default::default(),
+        })
+    }
+
+    /// A client of the registered leaf `id` (`None` if it is not registered).
+    pub fn client(&self, id: &str) -> Option<crate::rpc::SharedLeaf> {
+        let member = self.members.get(id)?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&member.url) {
+            return Some(client.clone());
+        }
+        match crate::rpc::LeafClient::new(&member.url, &self.secret, self.ca_pem.as_deref()) {
+            Ok(client) => {
+                let client: crate::rpc::SharedLeaf = Arc::new(client);
+                clients.insert(member.url, client.clone());
+                Some(client)
+            }
+            Err(error) => {
+                tracing::warn!(leaf = id, %error, "cannot make a client of a registered leaf");
+                None
+            }
+        }
+    }
+
+    /// Every registered leaf's id.
+    pub fn ids(&self) -> Vec<String> {
+        self.members.list().into_iter().map(|(id, _)| id).collect()
+    }
+}

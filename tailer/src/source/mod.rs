@@ -51,7 +51,7 @@ pub async fn resume_positions(
         sources: sources.to_vec(),
     };
     let mut per_source: HashMap<String, HashMap<u32, u64>> = HashMap::new();
-    for leaf in pusher.leaves() {
+    for leaf in pusher.leaves(spec) {
         match leaf
             .action::<_, Watermarks>(ACTION_WATERMARKS, &request)
             .await
