@@ -293,14 +293,28 @@ async fn cluster_status(
                 "name": spec.name,
                 "replication": spec.replication,
                 "shards": state.cluster.placement(&spec),
+                "placement_epoch": state.cluster.epoch(&spec),
+                "joining": state.cluster.joining(&spec),
             })
         })
         .collect();
     let members: Vec<LeafMember> = state.members.list().into_iter().map(|(_, m)| m).collect();
+    let controller = match state.cluster.placed_state() {
+        Some(placed) => placed
+            .store
+            .get(altdb_common::placement::CONTROLLER)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|entry| serde_json::from_str::<serde_json::Value>(&entry.value).ok())
+            .and_then(|value| value["id"].as_str().map(str::to_string)),
+        None => None,
+    };
     Ok(Json(serde_json::json!({
         "leaves": leaves,
         "collections": collections,
         "members": members,
+        "controller": controller,
     }))
     .into_response())
 }

@@ -181,6 +181,15 @@ impl Cluster {
         self.placement_of(spec).map_or(0, |p| p.epoch)
     }
 
+    /// Copies of `spec`'s shards joining now (being copied onto a leaf).
+    pub fn joining(&self, spec: &CollectionSpec) -> usize {
+        self.placement_of(spec).map_or(0, |p| {
+            (0..p.shards.len() as u32)
+                .map(|shard| p.writers(shard).len() - p.readers(shard).len())
+                .sum()
+        })
+    }
+
     /// Waits until `spec`'s placement is newer than `epoch` (a leaf said the
     /// caller's was stale); whether it is.
     pub async fn placement_after(&self, spec: &CollectionSpec, epoch: u64) -> bool {

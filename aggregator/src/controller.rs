@@ -149,8 +149,30 @@ impl Leader<'_> {
         };
         for spec in specs {
             let key = format!("{PLACEMENTS}{}", spec.name);
-            let Ok(Some(entry)) = placed.store.get(&key).await else {
-                continue;
+            let entry = match placed.store.get(&key).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => {
+                    // System collections (and any created while no leaf was
+                    // registered) are placed here once leaves are.
+                    let mut eligible: Vec<String> =
+                        view.live.difference(&view.draining).cloned().collect();
+                    eligible.sort();
+                    if !eligible.is_empty() {
+                        let first = Placement::initial(
+                            &spec.name,
+                            spec.incarnation,
+                            spec.num_shards,
+                            spec.replication,
+                            &eligible,
+                        );
+                        let value = serde_json::to_string(&first).expect("a placement serializes");
+                        if let Ok(Some(_)) = placed.store.put(&key, &value, Precondition::Absent).await {
+                            tracing::info!(collection = %spec.name, "placed the collection's shards");
+                        }
+                    }
+                    continue;
+                }
+                Err(_) => continue,
             };
             let Ok(placement) = serde_json::from_str::<Placement>(&entry.value) else {
                 continue;

@@ -101,7 +101,9 @@ impl Leaf {
     ) -> Result<()> {
         let state = self.collection_state(collection);
         let shards: std::collections::BTreeSet<u32> = mine.keys().copied().collect();
-        if placement.incarnation < state.held
+        // Incarnation 0 (system collections) is served on any shard.
+        if placement.incarnation == 0
+            || placement.incarnation < state.held
             || (placement.incarnation == state.held && state.placed.as_ref() == Some(&shards))
         {
             return Ok(());

@@ -76,6 +76,15 @@ impl Etcd {
         format!("etcd://{}/{prefix}", self.address)
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ..) with `kill(1)`.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

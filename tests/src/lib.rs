@@ -243,10 +243,37 @@ pub struct Cluster {
     pub admin_key: String,
     /// What a further aggregator needs ([`Self::start_aggregator`]).
     aggregator_args: Vec<String>,
+    /// What a further leaf needs besides its port and directory ([`Self::add_leaf`]).
+    leaf_args: Vec<String>,
     env: Vec<(String, String)>,
     http: reqwest::blocking::Client,
     /// A client that sends no key ([`Self::request_as`]).
     bare: reqwest::blocking::Client,
+}
+
+/// Starts leaf number `index` on `port` with its data in `dir/leaf-<index>`.
+fn start_leaf(
+    dir: &Path,
+    index: usize,
+    port: u16,
+    args: &[String],
+    env: &[(String, String)],
+) -> anyhow::Result<Process> {
+    Process::start(
+        &format!("leaf-{index}"),
+        "altdb-leaf",
+        [
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            dir.join(format!("leaf-{index}")).display().to_string(),
+        ]
+        .into_iter()
+        .chain(args.iter().cloned())
+        .collect(),
+        env.to_vec(),
+        dir.join(format!("leaf-{index}.log")),
+    )
 }
 
 /// An HTTP answer: status and JSON body.
@@ -341,26 +368,23 @@ impl Cluster {
             .filter(|m| m.starts_with("etcd://"))
             .flat_map(|m| ["--metastore".to_string(), m.clone()])
             .collect();
+        let leaf_args: Vec<String> = [
+            "--seal-rows".to_string(),
+            options.seal_rows.to_string(),
+            "--seal-interval-secs".into(),
+            "3600".into(),
+        ]
+        .into_iter()
+        .chain(etcd_args.iter().cloned())
+        .collect();
         let mut leaves = Vec::new();
         for (i, (port, _)) in leaf_urls.iter().enumerate() {
-            leaves.push(Process::start(
-                &format!("leaf-{i}"),
-                "altdb-leaf",
-                vec![
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--data-dir".into(),
-                    dir.path().join(format!("leaf-{i}")).display().to_string(),
-                    "--seal-rows".into(),
-                    options.seal_rows.to_string(),
-                    "--seal-interval-secs".into(),
-                    "3600".into(),
-                ]
-                .into_iter()
-                .chain(etcd_args.iter().cloned())
-                .collect(),
-                options.env.clone(),
-                dir.path().join(format!("leaf-{i}.log")),
+            leaves.push(start_leaf(
+                dir.path(),
+                i,
+                *port,
+                &leaf_args,
+                &options.env,
             )?);
         }
         let url = format!("{scheme}://127.0.0.1:{aggregator_port}");
@@ -440,10 +464,31 @@ impl Cluster {
             bare: client().build()?,
             admin_key,
             aggregator_args,
+            leaf_args,
             env: options.env.clone(),
         };
         cluster.wait_ready()?;
         Ok(cluster)
+    }
+
+    /// Starts one more leaf (`leaf-<n>`, registering in the metastore like
+    /// the others); its URL once it answers.
+    pub fn add_leaf(&mut self) -> anyhow::Result<String> {
+        let index = self.leaves.len();
+        let port = free_port();
+        let scheme = self.url.split("://").next().unwrap_or("http");
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let process = start_leaf(self.dir.path(), index, port, &self.leaf_args, &self.env)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.bare.get(format!("{url}/healthz")).send().is_err() {
+            if Instant::now() > deadline {
+                bail!("leaf-{index} did not start:\n{}", process.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.leaves.push(process);
+        self.leaf_urls.push(url.clone());
+        Ok(url)
     }
 
     /// Starts another aggregator over the same leaves, tailer and metastore;
@@ -501,7 +546,11 @@ impl Cluster {
                             .is_ok_and(|text| text == "ok")
                     })
                 };
-                if answer.status == 200 && healthy && tailers_up() {
+                // With a metastore, leaves register after they start.
+                let all_there = answer.body["leaves"]
+                    .as_array()
+                    .is_some_and(|l| l.len() >= self.leaves.len());
+                if answer.status == 200 && healthy && all_there && tailers_up() {
                     return Ok(());
                 }
             }

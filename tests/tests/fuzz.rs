@@ -480,6 +480,7 @@ fn tickets() {
                 "events".into(),
                 incarnation,
                 shard,
+                0,
                 Default::default(),
                 Vec::new(),
                 rows,
