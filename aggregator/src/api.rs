@@ -358,9 +358,8 @@ async fn set_draining(
         )));
     }
     let key = format!("{}{id}", altdb_common::placement::DRAINS);
-    let unavailable = |e: altdb_common::metastore::MetastoreError| {
-        AggregatorError::Unavailable(e.to_string())
-    };
+    let unavailable =
+        |e: altdb_common::metastore::MetastoreError| AggregatorError::Unavailable(e.to_string());
     let at = if draining {
         let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let value = serde_json::json!({ "since": since }).to_string();
@@ -377,7 +376,10 @@ async fn set_draining(
             .map_err(unavailable)?
     };
     if let Some(at) = at {
-        placed.drains.caught_up(at, std::time::Duration::from_secs(2)).await;
+        placed
+            .drains
+            .caught_up(at, std::time::Duration::from_secs(2))
+            .await;
     }
     let copies: usize = placed
         .placements
@@ -385,7 +387,10 @@ async fn set_draining(
         .iter()
         .map(|(_, p)| p.shards_on(id).len())
         .sum();
-    Ok(Json(serde_json::json!({ "leaf": id, "draining": draining, "copies": copies })).into_response())
+    Ok(
+        Json(serde_json::json!({ "leaf": id, "draining": draining, "copies": copies }))
+            .into_response(),
+    )
 }
 
 /// A spec as `principal` may see it: source secrets only for the cluster's own

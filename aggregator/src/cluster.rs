@@ -150,7 +150,9 @@ impl Cluster {
             placements: Watched::start(store.clone(), PLACEMENTS)
                 .await
                 .map_err(unavailable)?,
-            drains: Watched::start(store.clone(), DRAINS).await.map_err(unavailable)?,
+            drains: Watched::start(store.clone(), DRAINS)
+                .await
+                .map_err(unavailable)?,
             store,
         };
         Ok(Self {
@@ -297,7 +299,10 @@ impl Cluster {
                     .action::<_, serde_json::Value>(ACTION_HEALTH, &serde_json::json!({}))
                     .await;
                 if answer.is_ok() {
-                    suspects.lock().unwrap_or_else(|p| p.into_inner()).remove(&url);
+                    suspects
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&url);
                     tracing::info!(leaf = %url, "leaf answers again");
                     return;
                 }
@@ -328,7 +333,9 @@ impl Cluster {
             .leaves()
             .into_iter()
             .map(|(_, leaf)| leaf)
-            .filter(|leaf| self.placed_state().is_none() || holders.contains(&leaf.url().to_string()))
+            .filter(|leaf| {
+                self.placed_state().is_none() || holders.contains(&leaf.url().to_string())
+            })
             .collect();
         let mut stats = Vec::with_capacity(leaves.len());
         let mut silent = Vec::new();
@@ -342,16 +349,18 @@ impl Cluster {
                 .collect()
         };
         // Suspect leaves are asked only when some shard has no other copy.
-        let (trusted, suspect): (Vec<SharedLeaf>, Vec<SharedLeaf>) =
-            leaves.into_iter().partition(|leaf| !self.is_suspect(leaf.url()));
+        let (trusted, suspect): (Vec<SharedLeaf>, Vec<SharedLeaf>) = leaves
+            .into_iter()
+            .partition(|leaf| !self.is_suspect(leaf.url()));
         for round in [trusted, suspect] {
             if round.is_empty() || (!stats.is_empty() && uncovered(&reachable).is_empty()) {
                 continue;
             }
-            let answers = join_all(round.iter().map(|leaf| {
-                leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
-            }))
-            .await;
+            let answers =
+                join_all(round.iter().map(|leaf| {
+                    leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
+                }))
+                .await;
             for (leaf, answer) in round.into_iter().zip(answers) {
                 match answer {
                     Ok(answer) => {
@@ -419,58 +428,67 @@ impl Cluster {
     /// metastore, the placement is written there first (over the registered
     /// leaves not being drained), and the leaves follow it.
     pub async fn create_collection(&self, spec: &CollectionSpec) -> Result<()> {
-        let shards_on: Box<dyn Fn(&Option<String>, &SharedLeaf) -> Vec<u32> + Send + Sync> =
-            match &*self.layout {
-                Layout::Static(leaves) => {
-                    let (spec, count) = (spec.clone(), leaves.len());
-                    let urls: Vec<String> = leaves.iter().map(|l| l.url().to_string()).collect();
-                    Box::new(move |_, leaf| {
-                        let index = urls.iter().position(|u| u == leaf.url()).unwrap_or(usize::MAX);
-                        (0..spec.num_shards)
-                            .filter(|&shard| {
-                                replicas_for_shard(shard, count, spec.replication).contains(&index)
-                            })
-                            .collect()
-                    })
+        // Each leaf and the shards it holds.
+        let assigned: Vec<(SharedLeaf, Vec<u32>)> = match &*self.layout {
+            Layout::Static(leaves) => leaves
+                .iter()
+                .enumerate()
+                .map(|(index, leaf)| {
+                    let shards = (0..spec.num_shards)
+                        .filter(|&shard| {
+                            replicas_for_shard(shard, leaves.len(), spec.replication)
+                                .contains(&index)
+                        })
+                        .collect();
+                    (leaf.clone(), shards)
+                })
+                .collect(),
+            Layout::Placed(placed) => {
+                let mut eligible = placed.eligible();
+                eligible.sort();
+                if eligible.is_empty() {
+                    return Err(AggregatorError::Unavailable(
+                        "no leaf is registered in the metastore (or every one is being \
+                         drained); start a leaf with --metastore"
+                            .into(),
+                    ));
                 }
-                Layout::Placed(placed) => {
-                    let mut eligible = placed.eligible();
-                    eligible.sort();
-                    if eligible.is_empty() {
-                        return Err(AggregatorError::Unavailable(
-                            "no leaf is registered in the metastore (or every one is being \
-                             drained); start a leaf with --metastore"
-                                .into(),
-                        ));
-                    }
-                    let placement = Placement::initial(
-                        &spec.name,
-                        spec.incarnation,
-                        spec.num_shards,
-                        spec.replication,
-                        &eligible,
-                    );
-                    let value = serde_json::to_string(&placement)
-                        .map_err(|e| AggregatorError::Internal(e.to_string()))?;
-                    let at = placed
-                        .store
-                        .put(&format!("{PLACEMENTS}{}", spec.name), &value, Precondition::Any)
-                        .await
-                        .map_err(|e| AggregatorError::Unavailable(e.to_string()))?
-                        .unwrap_or_default();
-                    placed.placements.caught_up(at, PLACEMENT_CATCH_UP).await;
-                    Box::new(move |id, _| {
-                        id.as_deref()
-                            .map(|id| placement.shards_on(id).into_keys().collect())
-                            .unwrap_or_default()
+                let placement = Placement::initial(
+                    &spec.name,
+                    spec.incarnation,
+                    spec.num_shards,
+                    spec.replication,
+                    &eligible,
+                );
+                let value = serde_json::to_string(&placement)
+                    .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+                let at = placed
+                    .store
+                    .put(
+                        &format!("{PLACEMENTS}{}", spec.name),
+                        &value,
+                        Precondition::Any,
+                    )
+                    .await
+                    .map_err(|e| AggregatorError::Unavailable(e.to_string()))?
+                    .unwrap_or_default();
+                placed.placements.caught_up(at, PLACEMENT_CATCH_UP).await;
+                self.leaves()
+                    .into_iter()
+                    .map(|(id, leaf)| {
+                        let shards = id
+                            .map(|id| placement.shards_on(&id).into_keys().collect())
+                            .unwrap_or_default();
+                        (leaf, shards)
                     })
-                }
-            };
-        let answers = join_all(self.leaves().into_iter().map(|(id, leaf)| {
+                    .collect()
+            }
+        };
+        let answers = join_all(assigned.into_iter().map(|(leaf, shards)| {
             let request = CreateCollectionRequest {
                 collection: spec.name.clone(),
                 incarnation: spec.incarnation,
-                shards: shards_on(&id, &leaf),
+                shards,
             };
             async move {
                 leaf.action::<_, serde_json::Value>(ACTION_CREATE_COLLECTION, &request)
@@ -518,7 +536,11 @@ impl Cluster {
                 let same = serde_json::from_str::<Placement>(&entry.value)
                     .is_ok_and(|p| p.incarnation == placement.incarnation);
                 if same {
-                    if let Err(error) = placed.store.delete(&key, Precondition::At(entry.revision)).await {
+                    if let Err(error) = placed
+                        .store
+                        .delete(&key, Precondition::At(entry.revision))
+                        .await
+                    {
                         missed.push(format!("the placement in the metastore: {error}"));
                     }
                 }

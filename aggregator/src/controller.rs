@@ -166,7 +166,9 @@ impl Leader<'_> {
                             &eligible,
                         );
                         let value = serde_json::to_string(&first).expect("a placement serializes");
-                        if let Ok(Some(_)) = placed.store.put(&key, &value, Precondition::Absent).await {
+                        if let Ok(Some(_)) =
+                            placed.store.put(&key, &value, Precondition::Absent).await
+                        {
                             tracing::info!(collection = %spec.name, "placed the collection's shards");
                         }
                     }
@@ -196,7 +198,9 @@ impl Leader<'_> {
                     "placement changed"
                 ),
                 Ok(None) => {} // changed meanwhile (a copy became ready): next round
-                Err(error) => tracing::warn!(collection = %spec.name, %error, "cannot change the placement"),
+                Err(error) => {
+                    tracing::warn!(collection = %spec.name, %error, "cannot change the placement")
+                }
             }
         }
     }

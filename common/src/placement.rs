@@ -177,7 +177,8 @@ pub fn assign(
             *load.entry(leaf).or_default() += 1;
         }
         let (Some((&most, &high)), Some((&least, &low))) = (
-            load.iter().max_by_key(|(l, n)| (**n, std::cmp::Reverse(*l))),
+            load.iter()
+                .max_by_key(|(l, n)| (**n, std::cmp::Reverse(*l))),
             load.iter().min_by_key(|(l, n)| (**n, *l)),
         ) else {
             return chosen;
@@ -258,7 +259,12 @@ pub fn plan_step(
 ) -> Option<Placement> {
     let eligible = view.eligible();
     let wanted = replication.max(1) as usize;
-    let assigned = assign(collection, placement.shards.len() as u32, replication, &eligible);
+    let assigned = assign(
+        collection,
+        placement.shards.len() as u32,
+        replication,
+        &eligible,
+    );
     let epoch = placement.epoch + 1;
     let mut next = placement.clone();
     let mut changed = false;
@@ -268,10 +274,7 @@ pub fn plan_step(
             c.state == CopyState::Ready
                 || (view.live.contains(&c.leaf) && !view.draining.contains(&c.leaf))
         });
-        let joining = copies
-            .copies
-            .iter()
-            .any(|c| c.state == CopyState::Joining);
+        let joining = copies.copies.iter().any(|c| c.state == CopyState::Joining);
         let belongs = &assigned[shard];
         let has_source = copies
             .copies
@@ -348,7 +351,12 @@ mod tests {
             *placement = next;
             steps += 1;
             for shard in 0..placement.shards.len() as u32 {
-                for leaf in placement.writers(shard).into_iter().map(str::to_string).collect::<Vec<_>>() {
+                for leaf in placement
+                    .writers(shard)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                {
                     placement.mark_ready(shard, &leaf);
                 }
             }
@@ -359,7 +367,10 @@ mod tests {
     #[test]
     fn assignment_is_even_and_moves_about_one_nth_when_a_leaf_joins() {
         for shards in [8, 16, 1000] {
-            let (three, four) = (assign("c", shards, 2, &leaves(3)), assign("c", shards, 2, &leaves(4)));
+            let (three, four) = (
+                assign("c", shards, 2, &leaves(3)),
+                assign("c", shards, 2, &leaves(4)),
+            );
             let mut load: BTreeMap<&str, u32> = BTreeMap::new();
             for copies in &four {
                 assert_eq!(copies.len(), 2);
@@ -377,14 +388,20 @@ mod tests {
                 .map(|(a, b)| b.iter().filter(|leaf| !a.contains(leaf)).count())
                 .sum();
             let ideal = shards as usize * 2 / 4;
-            assert!(moved <= ideal * 3 / 2 + 1, "{shards} shards: {moved} copies moved, ideal {ideal}");
+            assert!(
+                moved <= ideal * 3 / 2 + 1,
+                "{shards} shards: {moved} copies moved, ideal {ideal}"
+            );
         }
     }
 
     #[test]
     fn a_new_leaf_gets_its_share_through_joining_copies() {
         let mut placement = Placement::initial("c", 7, 16, 2, &leaves(3));
-        assert_eq!(plan_step("c", &placement, 2, &view(&leaves(3), &[]), &mut 4), None);
+        assert_eq!(
+            plan_step("c", &placement, 2, &view(&leaves(3), &[]), &mut 4),
+            None
+        );
         let four = view(&leaves(4), &[]);
         let mut joins = 100;
         let next = plan_step("c", &placement, 2, &four, &mut joins).unwrap();
@@ -401,7 +418,10 @@ mod tests {
         }
         settle(&mut placement, 2, &four);
         let on_new = placement.shards_on("leaf-4").len();
-        assert!((4..=12).contains(&on_new), "{on_new} of 32 copies on the new leaf");
+        assert!(
+            (4..=12).contains(&on_new),
+            "{on_new} of 32 copies on the new leaf"
+        );
         for shard in 0..16 {
             assert_eq!(placement.readers(shard).len(), 2);
             assert_eq!(placement.writers(shard).len(), 2);
@@ -417,7 +437,12 @@ mod tests {
             placement = next;
             for shard in 0..8 {
                 assert!(placement.readers(shard).len() >= 2, "a shard lost a copy");
-                for leaf in placement.writers(shard).into_iter().map(str::to_string).collect::<Vec<_>>() {
+                for leaf in placement
+                    .writers(shard)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                {
                     placement.mark_ready(shard, &leaf);
                 }
             }
@@ -454,7 +479,10 @@ mod tests {
         let placement = Placement::initial("c", 1, 4, 1, &leaves(1));
         let two = view(&leaves(2), &[]);
         let next = plan_step("c", &placement, 1, &two, &mut 8).unwrap();
-        assert!(next.shards_on("leaf-2").values().all(|s| *s == CopyState::Joining));
+        assert!(next
+            .shards_on("leaf-2")
+            .values()
+            .all(|s| *s == CopyState::Joining));
         let one = view(&leaves(1), &[]);
         let back = plan_step("c", &next, 1, &one, &mut 8).unwrap();
         assert!(back.shards_on("leaf-2").is_empty());

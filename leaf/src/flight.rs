@@ -17,14 +17,15 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use altdb_common::rpc::{
-    metadata_message, put_rows, CollectionRequest, CreateCollectionRequest, FragmentMetrics,
-    CopyShardRequest, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
-    ACTION_COPY_SHARD, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_WATERMARKS,
+    metadata_message, put_rows, CollectionRequest, CopyShardRequest, CreateCollectionRequest,
+    FragmentMetrics, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
+    ACTION_COPY_SHARD, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH,
+    ACTION_WATERMARKS,
 };
 
 use crate::error::LeafError;
 use crate::exec::fragment::{run_fragment, FragmentRun};
-use crate::node::Leaf;
+use crate::node::{Leaf, WriteTo};
 use crate::store::CollectionMeta;
 
 /// Serves a [`Leaf`] over Arrow Flight.
@@ -141,7 +142,12 @@ impl FlightService for LeafService {
         if let Some(follower) = self.leaf.follower() {
             for part in &ticket.shards {
                 follower
-                    .check_read(&ticket.collection, ticket.incarnation, part.shard, ticket.epoch)
+                    .check_read(
+                        &ticket.collection,
+                        ticket.incarnation,
+                        part.shard,
+                        ticket.epoch,
+                    )
                     .await?;
             }
         }
@@ -203,10 +209,12 @@ impl FlightService for LeafService {
         let ack = self
             .leaf
             .write(
-                header.collection,
-                header.incarnation,
-                header.shard,
-                header.epoch,
+                WriteTo {
+                    collection: header.collection,
+                    incarnation: header.incarnation,
+                    shard: header.shard,
+                    epoch: header.epoch,
+                },
                 meta,
                 header.sources,
                 docs,

@@ -24,6 +24,16 @@ use crate::store::{CollectionMeta, Store};
 
 type ShardKey = (String, u32);
 
+/// Where a put goes: a shard of a collection's incarnation, and the placement
+/// epoch its writer knows (0 without a metastore).
+#[derive(Debug, Clone)]
+pub struct WriteTo {
+    pub collection: String,
+    pub incarnation: u64,
+    pub shard: u32,
+    pub epoch: u64,
+}
+
 /// All shards of all collections on this leaf.
 pub struct Leaf {
     store: Arc<Store>,
@@ -158,7 +168,9 @@ impl Leaf {
                 .into_iter()
                 .map(|doc| {
                     let text = String::from_utf8(doc.json).map_err(|e| {
-                        crate::error::LeafError::Segment(format!("stored document is not UTF-8: {e}"))
+                        crate::error::LeafError::Segment(format!(
+                            "stored document is not UTF-8: {e}"
+                        ))
                     })?;
                     Ok(CopiedDoc {
                         id: doc.id,
@@ -301,15 +313,18 @@ impl Leaf {
     /// Stores a batch durably; returns once it is in the WAL and queryable.
     pub async fn write(
         self: &Arc<Self>,
-        collection: String,
-        incarnation: u64,
-        shard: u32,
-        epoch: u64,
+        to: WriteTo,
         meta: CollectionMeta,
         sources: Vec<SourceMark>,
         docs: Vec<PutRow>,
     ) -> Result<PutAck> {
         let started = Instant::now();
+        let WriteTo {
+            collection,
+            incarnation,
+            shard,
+            epoch,
+        } = to;
         // Held until the rows are stored (see `placement`: a copy starting
         // waits for writes checked against an older placement).
         let _checked = match self.follower() {
@@ -319,7 +334,8 @@ impl Leaf {
                     .check_write(&collection, incarnation, shard, epoch)
                     .await?;
                 let mine = placement.shards_on(&follower.id);
-                self.follow_placement(&collection, &placement, &mine).await?;
+                self.follow_placement(&collection, &placement, &mine)
+                    .await?;
                 Some(gate)
             }
             None => None,

@@ -109,10 +109,19 @@ impl Follower {
     }
 
     /// The placement once the leaf's view is at `epoch` or later.
-    async fn placement_at(&self, collection: &str, incarnation: u64, epoch: u64) -> Result<Placement> {
-        let current = |p: &Placement| p.incarnation > incarnation || (p.incarnation == incarnation && p.epoch >= epoch);
+    async fn placement_at(
+        &self,
+        collection: &str,
+        incarnation: u64,
+        epoch: u64,
+    ) -> Result<Placement> {
+        let current = |p: &Placement| {
+            p.incarnation > incarnation || (p.incarnation == incarnation && p.epoch >= epoch)
+        };
         self.placements
-            .wait_until(CATCH_UP, |cache| cache.get(collection).is_some_and(|p| current(&p)))
+            .wait_until(CATCH_UP, |cache| {
+                cache.get(collection).is_some_and(|p| current(&p))
+            })
             .await;
         match self.placement(collection) {
             Some(p) if p.incarnation == incarnation && p.epoch >= epoch => Ok(p),
@@ -169,7 +178,11 @@ impl Follower {
                 "leaf {} has {} shard {shard} of `{collection}` at placement epoch {}; read \
                  the copies the placement names",
                 self.id,
-                if state.is_some() { "not yet copied" } else { "no copy of" },
+                if state.is_some() {
+                    "not yet copied"
+                } else {
+                    "no copy of"
+                },
                 placement.epoch
             ))),
         }
@@ -205,7 +218,9 @@ impl Follower {
                     if mine.contains_key(&shard) {
                         continue;
                     }
-                    let since = *leaving.entry((collection.clone(), shard)).or_insert_with(Instant::now);
+                    let since = *leaving
+                        .entry((collection.clone(), shard))
+                        .or_insert_with(Instant::now);
                     if since.elapsed() >= self.grace {
                         let _exclusive = self.gate.write().await;
                         match leaf.drop_shard(&collection, shard).await {
@@ -213,7 +228,9 @@ impl Follower {
                                 tracing::info!(%collection, shard, "dropped a copy moved away");
                                 leaving.remove(&(collection.clone(), shard));
                             }
-                            Err(error) => tracing::warn!(%collection, shard, %error, "cannot drop a copy moved away"),
+                            Err(error) => {
+                                tracing::warn!(%collection, shard, %error, "cannot drop a copy moved away")
+                            }
                         }
                     }
                 }
@@ -230,11 +247,18 @@ impl Follower {
 
 /// Copies `shard` into this leaf's joining copy until it is ready (or no
 /// longer joining), retrying after failures.
-async fn copy_in(follower: &Follower, leaf: &Arc<Leaf>, collection: &str, incarnation: u64, shard: u32) {
+async fn copy_in(
+    follower: &Follower,
+    leaf: &Arc<Leaf>,
+    collection: &str,
+    incarnation: u64,
+    shard: u32,
+) {
     let mut attempt = 0u32;
     loop {
         let joining = follower.placement(collection).is_some_and(|p| {
-            p.incarnation == incarnation && p.copy_on(shard, &follower.id) == Some(CopyState::Joining)
+            p.incarnation == incarnation
+                && p.copy_on(shard, &follower.id) == Some(CopyState::Joining)
         });
         if !joining {
             return;
@@ -329,7 +353,8 @@ async fn copy_once(
             })
             .collect();
         let (target, page_meta) = (target.clone(), meta.clone());
-        docs += tokio::task::spawn_blocking(move || target.write_copied(&page_meta, rows)).await??;
+        docs +=
+            tokio::task::spawn_blocking(move || target.write_copied(&page_meta, rows)).await??;
         match page.next {
             Some(next) => request.after = Some(next),
             None => break,
@@ -356,9 +381,15 @@ async fn copy_once(
 
 /// Flips this leaf's joining copy of `shard` to ready, in a transaction on
 /// the placement as read (a concurrent change makes it read again).
-async fn mark_ready(follower: &Follower, collection: &str, incarnation: u64, shard: u32) -> Result<()> {
+async fn mark_ready(
+    follower: &Follower,
+    collection: &str,
+    incarnation: u64,
+    shard: u32,
+) -> Result<()> {
     let key = format!("{PLACEMENTS}{collection}");
-    let unavailable = |e: altdb_common::metastore::MetastoreError| LeafError::NotHeld(e.to_string());
+    let unavailable =
+        |e: altdb_common::metastore::MetastoreError| LeafError::NotHeld(e.to_string());
     loop {
         let Some(entry) = follower.store.get(&key).await.map_err(unavailable)? else {
             return Ok(());
@@ -382,7 +413,11 @@ async fn mark_ready(follower: &Follower, collection: &str, incarnation: u64, sha
 
 impl Follower {
     /// A page of `shard` for a joining copy elsewhere.
-    pub async fn copy_page(&self, leaf: &Arc<Leaf>, request: CopyShardRequest) -> Result<CopyShardPage> {
+    pub async fn copy_page(
+        &self,
+        leaf: &Arc<Leaf>,
+        request: CopyShardRequest,
+    ) -> Result<CopyShardPage> {
         self.fenced()?;
         let placement = self
             .placement_at(&request.collection, request.incarnation, request.epoch)

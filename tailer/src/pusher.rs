@@ -260,9 +260,9 @@ impl Pusher {
                     }
                 }))
                 .await;
-                let stale = results
-                    .iter()
-                    .any(|r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()));
+                let stale = results.iter().any(
+                    |r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()),
+                );
                 if stale && attempt == 0 {
                     (epoch, copies) = self.writers(spec, shard, Some(epoch)).await?;
                     continue;

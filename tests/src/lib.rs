@@ -379,13 +379,7 @@ impl Cluster {
         .collect();
         let mut leaves = Vec::new();
         for (i, (port, _)) in leaf_urls.iter().enumerate() {
-            leaves.push(start_leaf(
-                dir.path(),
-                i,
-                *port,
-                &leaf_args,
-                &options.env,
-            )?);
+            leaves.push(start_leaf(dir.path(), i, *port, &leaf_args, &options.env)?);
         }
         let url = format!("{scheme}://127.0.0.1:{aggregator_port}");
         let mut aggregator_args = vec![

@@ -477,10 +477,12 @@ fn tickets() {
                 })
                 .collect();
             leaf.write(
-                "events".into(),
-                incarnation,
-                shard,
-                0,
+                altdb_leaf::node::WriteTo {
+                    collection: "events".into(),
+                    incarnation,
+                    shard,
+                    epoch: 0,
+                },
                 Default::default(),
                 Vec::new(),
                 rows,

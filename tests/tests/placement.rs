@@ -18,7 +18,10 @@ const BATCH: u64 = 250;
 /// What one aggregator's `GET /v1/cluster` says.
 fn cluster_status(http: &reqwest::blocking::Client, url: &str) -> Option<Value> {
     let response = http.get(format!("{url}/v1/cluster")).send().ok()?;
-    response.status().is_success().then(|| response.json().ok())?
+    response
+        .status()
+        .is_success()
+        .then(|| response.json().ok())?
 }
 
 /// Copies placed on the leaf at `leaf_url`, and copies joining in `events`.
@@ -68,7 +71,12 @@ struct Load<'a> {
 impl Load<'_> {
     fn write_batch(&self, first: u64) {
         let body: String = (first..first + BATCH)
-            .map(|n| format!("{}\n", json!({"_id": format!("d{n}"), "n": n, "kind": format!("k{}", n % 7)})))
+            .map(|n| {
+                format!(
+                    "{}\n",
+                    json!({"_id": format!("d{n}"), "n": n, "kind": format!("k{}", n % 7)})
+                )
+            })
             .collect();
         loop {
             let urls = self.urls.lock().unwrap().clone();
@@ -126,7 +134,10 @@ impl Load<'_> {
                 }
                 Ok(response) => {
                     let text = response.text().unwrap_or_default();
-                    self.incomplete.lock().unwrap().push(format!("query failed: {text}"));
+                    self.incomplete
+                        .lock()
+                        .unwrap()
+                        .push(format!("query failed: {text}"));
                     self.failed_queries.fetch_add(1, Ordering::Relaxed);
                 }
                 // The aggregator was killed: the next one is asked.
@@ -153,7 +164,10 @@ fn wait_status(
             if done(&status) {
                 return started.elapsed();
             }
-            assert!(started.elapsed() < timeout, "{what}: not after {timeout:?}: {status:#}");
+            assert!(
+                started.elapsed() < timeout,
+                "{what}: not after {timeout:?}: {status:#}"
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -200,10 +214,15 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
         // A fourth leaf joins: shards move to it.
         load.moving.store(true, Ordering::SeqCst);
         let new_leaf = cluster.add_leaf().unwrap();
-        let took = wait_status(&load, "shards moved to the new leaf", Duration::from_secs(120), |s| {
-            let (on_new, joining) = copies_on(s, &new_leaf);
-            on_new >= 1 && joining == 0
-        });
+        let took = wait_status(
+            &load,
+            "shards moved to the new leaf",
+            Duration::from_secs(120),
+            |s| {
+                let (on_new, joining) = copies_on(s, &new_leaf);
+                on_new >= 1 && joining == 0
+            },
+        );
         load.moving.store(false, Ordering::SeqCst);
         eprintln!("a joining leaf got its share in {took:?}");
         let status = cluster_status(&load.http, &cluster.url).unwrap();
@@ -245,7 +264,9 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
             .send()
             .unwrap();
         assert_eq!(answer.status().as_u16(), 200);
-        wait_status(&load, "a copy joins", Duration::from_secs(60), |s| copies_on(s, &drained).1 > 0);
+        wait_status(&load, "a copy joins", Duration::from_secs(60), |s| {
+            copies_on(s, &drained).1 > 0
+        });
         if a_is_controller {
             urls.lock().unwrap().retain(|u| *u != cluster.url);
             cluster.aggregator.kill9();
@@ -253,9 +274,12 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
             urls.lock().unwrap().retain(|u| *u != b);
             second.kill9();
         }
-        let took = wait_status(&load, "leaf 2 drained by the next controller", Duration::from_secs(120), |s| {
-            copies_on(s, &drained) == (0, 0)
-        });
+        let took = wait_status(
+            &load,
+            "leaf 2 drained by the next controller",
+            Duration::from_secs(120),
+            |s| copies_on(s, &drained) == (0, 0),
+        );
         load.moving.store(false, Ordering::SeqCst);
         eprintln!("the next controller finished the drain {took:?} after the first was killed");
         std::thread::sleep(Duration::from_secs(2));
@@ -310,7 +334,12 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
     for line in cluster
         .leaves
         .iter()
-        .flat_map(|leaf| leaf.log_text().lines().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|leaf| {
+            leaf.log_text()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter(|line| line.contains("copied a shard"))
     {
         eprintln!("{line}");
@@ -373,5 +402,8 @@ fn a_leaf_that_loses_etcd_stops_serving_before_its_lease_expires() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("the leaf served again {:?} after etcd resumed", resumed.elapsed());
+    eprintln!(
+        "the leaf served again {:?} after etcd resumed",
+        resumed.elapsed()
+    );
 }

@@ -511,8 +511,7 @@ async fn open_fragments(
                     stats
                         .shards_responded
                         .fetch_add(shards.len() as u64, Ordering::Relaxed);
-                    *answered_by.lock().unwrap_or_else(|p| p.into_inner()) =
-                        leaf.url().to_string();
+                    *answered_by.lock().unwrap_or_else(|p| p.into_inner()) = leaf.url().to_string();
                     let (collection, shards) = (target.collection.name.clone(), shards);
                     return Ok(stream
                         .map_err(move |error| rpc_to_datafusion(error, &collection, &shards))
