@@ -336,6 +336,11 @@ impl Leaf {
                 let mine = placement.shards_on(&follower.id);
                 self.follow_placement(&collection, &placement, &mine)
                     .await?;
+                if mine.get(&shard) == Some(&CopyState::Joining) {
+                    follower
+                        .begin_join(self, &collection, &placement, shard)
+                        .await?;
+                }
                 Some(gate)
             }
             None => None,

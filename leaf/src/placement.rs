@@ -54,6 +54,9 @@ pub struct Follower {
     /// Shared by writes from check to commit; exclusive for an instant when a
     /// copy starts or a copy is dropped.
     pub gate: tokio::sync::RwLock<()>,
+    /// Joins (collection, incarnation, shard, epoch of the join) this process
+    /// has begun: what the leaf held of the shard before was dropped.
+    joins: tokio::sync::Mutex<HashSet<(String, u64, u32, u64)>>,
     grace: Duration,
 }
 
@@ -89,6 +92,7 @@ impl Follower {
             leaves,
             fence,
             gate: tokio::sync::RwLock::new(()),
+            joins: tokio::sync::Mutex::default(),
             grace,
         }))
     }
@@ -160,6 +164,29 @@ impl Follower {
                 self.id, placement.epoch
             ))),
         }
+    }
+
+    /// Before this process stores anything in a joining copy of `shard` (a
+    /// put, or the copy's first page), whatever the leaf held of the shard is
+    /// dropped: it may be an older copy that missed writes (one moved away
+    /// and back, or a join abandoned while this leaf was down). Once per join
+    /// and process, so nothing stored since the join began is dropped.
+    pub async fn begin_join(
+        &self,
+        leaf: &Arc<Leaf>,
+        collection: &str,
+        placement: &Placement,
+        shard: u32,
+    ) -> Result<()> {
+        let epoch = placement.shards.get(shard as usize).map_or(0, |s| s.epoch);
+        let key = (collection.to_string(), placement.incarnation, shard, epoch);
+        let mut joins = self.joins.lock().await;
+        if joins.contains(&key) {
+            return Ok(());
+        }
+        leaf.drop_shard(collection, shard).await?;
+        joins.insert(key);
+        Ok(())
     }
 
     /// Whether a fragment made with placement `epoch` may read `shard` here.
@@ -313,11 +340,9 @@ async fn copy_once(
                 "no ready copy of shard {shard} of `{collection}` is registered to copy from"
             ))
         })?;
-    // What an earlier attempt (or an older copy) left here may be stale.
-    {
-        let _exclusive = follower.gate.write().await;
-        leaf.drop_shard(collection, shard).await?;
-    }
+    follower
+        .begin_join(leaf, collection, &placement, shard)
+        .await?;
     let target = leaf.shard_or_create(collection, shard);
     let mut request = CopyShardRequest {
         collection: collection.to_string(),

@@ -1,5 +1,6 @@
 //! Shard placement on a real etcd: shard copies move onto a leaf that joins
-//! and off a leaf being drained while documents are written and queried, a
+//! and off a leaf being drained while documents are written (over HTTP and
+//! from a Kafka topic) and queried, a
 //! controller killed mid-move is replaced by the other aggregator, and a leaf
 //! that loses etcd stops serving before its lease can expire.
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use altdb_tests::etcd::Etcd;
+use altdb_tests::kafka::{Broker, Produced, TrackingProducer};
 use altdb_tests::{Cluster, ClusterOptions};
 
 /// Documents per write request.
@@ -188,6 +190,18 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
     cluster
         .create_collection(json!({"name": "events", "num_shards": 8}))
         .unwrap();
+    // A Kafka stream flows into a second collection all along.
+    let broker = Broker::start(cluster.dir.path().join("kafka.log")).unwrap();
+    broker.create_topic("stream", 4).unwrap();
+    cluster
+        .create_collection(json!({
+            "name": "stream",
+            "num_shards": 8,
+            "sources": [{"type": "kafka", "brokers": broker.address, "topic": "stream"}],
+        }))
+        .unwrap();
+    let producer = TrackingProducer::new(&broker).unwrap();
+    let produced = Mutex::new(Produced::default());
     let urls = Mutex::new(vec![cluster.url.clone(), b.clone()]);
     let load = Load {
         urls: &urls,
@@ -209,6 +223,18 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
     std::thread::scope(|scope| {
         scope.spawn(|| load.writer());
         scope.spawn(|| load.reader());
+        scope.spawn(|| {
+            let mut next = 0;
+            while !load.stop.load(Ordering::SeqCst) {
+                let mut batch = produced.lock().unwrap().clone();
+                producer
+                    .produce("stream", next..next + 500, &mut batch)
+                    .unwrap();
+                *produced.lock().unwrap() = batch;
+                next += 500;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
         std::thread::sleep(Duration::from_secs(2));
 
         // A fourth leaf joins: shards move to it.
@@ -303,6 +329,33 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
         json!([written, written, sum]),
         "after the moves: {answer}"
     );
+    // Every good Kafka record once.
+    let produced = produced.lock().unwrap().clone();
+    let stream_sql = "SELECT COUNT(*), COUNT(DISTINCT _id), SUM(seq) FROM stream";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer: Value = load
+            .http
+            .post(format!("{survivor}/v1/query"))
+            .json(&json!({ "sql": stream_sql }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let expected = json!([produced.good, produced.good, produced.good_seq_sum]);
+        if answer["rows"][0] == expected {
+            eprintln!(
+                "{} Kafka records stored once each across the moves",
+                produced.good
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka stream after the moves: {answer}, expected {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let incomplete = load.incomplete.lock().unwrap();
     assert!(
         incomplete.is_empty(),
@@ -405,5 +458,73 @@ fn a_leaf_that_loses_etcd_stops_serving_before_its_lease_expires() {
     eprintln!(
         "the leaf served again {:?} after etcd resumed",
         resumed.elapsed()
+    );
+}
+
+#[test]
+fn copies_of_a_leaf_gone_for_good_are_made_again_from_the_surviving_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path()).unwrap();
+    let mut cluster = Cluster::start(ClusterOptions {
+        leaves: 3,
+        metastore: Some(etcd.metastore_url("replace")),
+        env: vec![("ALTDB_REPLACE_LEAF_AFTER_SECS".into(), "3".into())],
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    cluster
+        .create_collection(json!({"name": "mirrored", "num_shards": 4, "replication": 2}))
+        .unwrap();
+    let docs: Vec<Value> = (0..2000)
+        .map(|i| json!({"_id": format!("m{i}"), "n": i}))
+        .collect();
+    cluster.write_docs("mirrored", &docs, 500).unwrap();
+
+    // Leaf 0 dies for good: its copies are read on the others at once, and
+    // made again on the third leaf once it has been gone 3 s.
+    let gone = cluster.leaf_urls[0].clone();
+    cluster.leaves[0].kill9();
+    assert_eq!(
+        cluster.scalar("SELECT COUNT(*) FROM mirrored").unwrap(),
+        2000
+    );
+    let http = cluster.client();
+    let started = Instant::now();
+    loop {
+        let status = cluster_status(&http, &cluster.url).unwrap();
+        let shards = status["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "mirrored")
+            .unwrap()["shards"]
+            .clone();
+        let settled = shards.as_array().unwrap().iter().all(|copies| {
+            let copies = copies.as_array().unwrap();
+            copies.len() == 2 && !copies.iter().any(|url| url == &json!(gone))
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "copies on the lost leaf were not made again: {shards}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "two ready copies of every shard again {:?} after the leaf died",
+        started.elapsed()
+    );
+    // Writes are taken again by both copies of every shard, and nothing is lost.
+    let more: Vec<Value> = (2000..2500)
+        .map(|i| json!({"_id": format!("m{i}"), "n": i}))
+        .collect();
+    cluster.write_docs("mirrored", &more, 500).unwrap();
+    assert_eq!(
+        cluster
+            .rows("SELECT COUNT(*), COUNT(DISTINCT _id), SUM(n) FROM mirrored")
+            .unwrap()[0],
+        vec![json!(2500), json!(2500), json!((0..2500).sum::<i64>())]
     );
 }
