@@ -110,6 +110,26 @@ def start_cluster(bin_dir, data_dir, leaves=2, admin_key=None, postgres_port=Non
 
 
 
+def percentile(samples, p):
+    """The `p` quantile (0..1) of `samples`, nearest rank; NaN when empty."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round((len(ordered) - 1) * p)))]
+
+
+def dir_bytes(path):
+    """Bytes of the files under `path`."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
 def start_tansu(data_dir):
     """A tansu Kafka broker with in-memory storage; returns (address, process)."""
     binary = tansu_binary() or "tansu"

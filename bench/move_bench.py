@@ -32,25 +32,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import WORDS, default_bin_dir, event, free_port, http, stop  # noqa: E402
-
-
-def percentile(samples, p):
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round((len(ordered) - 1) * p)))]
-
-
-def dir_bytes(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
+from cluster import WORDS, default_bin_dir, dir_bytes, event, free_port, http, percentile, stop  # noqa: E402
 
 
 def start_etcd(work):

@@ -45,7 +45,7 @@ import time
 import duckdb
 
 import datagen
-from cluster import cpu_seconds, create_topic, default_bin_dir, http, start_cluster, start_tansu, stop, tansu_binary
+from cluster import cpu_seconds, create_topic, default_bin_dir, dir_bytes, http, start_cluster, start_tansu, stop, tansu_binary
 
 REGIONS = 3_000
 
@@ -64,17 +64,6 @@ def write_ndjson(path, rows):
             out.write(json.dumps(row, separators=(",", ":")) + "\n")
             count += 1
     return count
-
-
-def dir_bytes(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
 
 
 # ---------------------------------------------------------------- altdb cluster

@@ -221,51 +221,48 @@ impl Cluster {
         }
     }
 
-    /// The leaves whose copies of `shard` serve reads, preferred first
-    /// (suspect ones last).
-    pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<SharedLeaf> {
-        let mut leaves: Vec<SharedLeaf> = match &*self.layout {
+    /// The copies of `shard` that serve reads, in placement order: each
+    /// leaf's URL (a leaf no longer registered: its id) and a client of it
+    /// when it can be reached.
+    fn read_copies(&self, spec: &CollectionSpec, shard: u32) -> Vec<(String, Option<SharedLeaf>)> {
+        match &*self.layout {
             Layout::Static(leaves) => replicas_for_shard(shard, leaves.len(), spec.replication)
                 .into_iter()
-                .map(|i| leaves[i].clone())
+                .map(|i| (leaves[i].url().to_string(), Some(leaves[i].clone())))
                 .collect(),
             Layout::Placed(placed) => self
                 .placement_of(spec)
                 .map(|p| {
                     p.readers(shard)
                         .into_iter()
-                        .filter_map(|id| placed.leaves.client(id))
+                        .map(|id| match placed.leaves.client(id) {
+                            Some(client) => (client.url().to_string(), Some(client)),
+                            None => (id.to_string(), None),
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
-        };
+        }
+    }
+
+    /// The leaves whose copies of `shard` serve reads, preferred first
+    /// (suspect ones last).
+    pub fn replicas(&self, spec: &CollectionSpec, shard: u32) -> Vec<SharedLeaf> {
+        let mut leaves: Vec<SharedLeaf> = self
+            .read_copies(spec, shard)
+            .into_iter()
+            .filter_map(|(_, leaf)| leaf)
+            .collect();
         leaves.sort_by_key(|leaf| self.is_suspect(leaf.url()));
         leaves
     }
 
     /// [`Self::replicas`] by URL, in placement order.
     pub fn replica_urls(&self, spec: &CollectionSpec, shard: u32) -> Vec<String> {
-        match &*self.layout {
-            Layout::Static(leaves) => replicas_for_shard(shard, leaves.len(), spec.replication)
-                .into_iter()
-                .map(|i| leaves[i].url().to_string())
-                .collect(),
-            Layout::Placed(placed) => self
-                .placement_of(spec)
-                .map(|p| {
-                    p.readers(shard)
-                        .into_iter()
-                        .map(|id| {
-                            placed
-                                .leaves
-                                .members
-                                .get(id)
-                                .map_or_else(|| id.to_string(), |m| m.url)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
+        self.read_copies(spec, shard)
+            .into_iter()
+            .map(|(url, _)| url)
+            .collect()
     }
 
     fn is_suspect(&self, url: &str) -> bool {

@@ -175,6 +175,19 @@ fn wait_status(
     }
 }
 
+/// Asks `aggregator` to drain the leaf at `leaf_url` (its id is its
+/// host:port); the leaf's URL.
+fn drain(load: &Load<'_>, aggregator: &str, leaf_url: &str) -> String {
+    let id = leaf_url.trim_start_matches("http://");
+    let answer = load
+        .http
+        .post(format!("{aggregator}/v1/cluster/leaves/{id}/drain"))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    leaf_url.to_string()
+}
+
 #[test]
 fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,14 +273,7 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
 
         // Leaf 1 is drained, then killed: nothing is lost.
         load.moving.store(true, Ordering::SeqCst);
-        let drained = cluster.leaf_urls[1].clone();
-        let id = drained.trim_start_matches("http://").to_string();
-        let answer = load
-            .http
-            .post(format!("{}/v1/cluster/leaves/{id}/drain", cluster.url))
-            .send()
-            .unwrap();
-        assert_eq!(answer.status().as_u16(), 200);
+        let drained = drain(&load, &cluster.url, &cluster.leaf_urls[1]);
         let took = wait_status(&load, "leaf 1 drained", Duration::from_secs(120), |s| {
             copies_on(s, &drained) == (0, 0)
         });
@@ -282,14 +288,7 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
         let controller = status["controller"].as_str().unwrap().to_string();
         let a_is_controller = controller.ends_with(cluster.url.trim_start_matches("http://"));
         load.moving.store(true, Ordering::SeqCst);
-        let drained = cluster.leaf_urls[2].clone();
-        let id = drained.trim_start_matches("http://").to_string();
-        let answer = load
-            .http
-            .post(format!("{}/v1/cluster/leaves/{id}/drain", cluster.url))
-            .send()
-            .unwrap();
-        assert_eq!(answer.status().as_u16(), 200);
+        let drained = drain(&load, &cluster.url, &cluster.leaf_urls[2]);
         wait_status(&load, "a copy joins", Duration::from_secs(60), |s| {
             copies_on(s, &drained).1 > 0
         });
