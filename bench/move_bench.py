@@ -168,17 +168,21 @@ def main():
         started = time.perf_counter()
         new_leaf = cluster.add_leaf()
 
+        share = args.shards // 3  # the new leaf's third of the copies of `events`
+
         def settled(status):
             leaf = next((l for l in status["leaves"] if l["url"] == new_leaf), None)
             events = next(c for c in status["collections"] if c["name"] == "events")
-            return leaf is not None and leaf.get("copies", 0) > 0 and events["joining"] == 0
+            on_new = sum(1 for copies in events["shards"] if new_leaf in copies)
+            return leaf is not None and on_new >= share and events["joining"] == 0
         status = cluster.wait(settled)
         move_s = time.perf_counter() - started
         phase[0] = "after"
         samples["after"] = []
         running[0] = False
         thread.join()
-        copies = next(l for l in status["leaves"] if l["url"] == new_leaf)["copies"]
+        copies = sum(1 for c in next(c for c in status["collections"] if c["name"] == "events")["shards"]
+                     if new_leaf in c)
         moved = copied_bytes(new_leaf)
         count = cluster.sql("SELECT COUNT(*), COUNT(DISTINCT _id) FROM events")[0]
         assert count == [args.docs, args.docs], count
