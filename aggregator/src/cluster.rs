@@ -551,17 +551,17 @@ impl Cluster {
         let draining: HashSet<String> = placed
             .map(|p| p.drains.list().into_iter().map(|(id, _)| id).collect())
             .unwrap_or_default();
-        let copies = |id: &str| -> usize {
-            placed.map_or(0, |p| {
-                p.placements
-                    .list()
-                    .iter()
-                    .map(|(_, placement)| placement.shards_on(id).len())
-                    .sum()
-            })
-        };
+        // Copies per leaf id, counted once over every placement.
+        let mut held: HashMap<String, usize> = HashMap::new();
+        for (_, placement) in placed.map(|p| p.placements.list()).unwrap_or_default() {
+            for copies in &placement.shards {
+                for copy in &copies.copies {
+                    *held.entry(copy.leaf.clone()).or_default() += 1;
+                }
+            }
+        }
         join_all(self.leaves().into_iter().map(|(id, leaf)| {
-            let copies = id.as_deref().map(copies);
+            let copies = id.as_deref().map(|id| held.get(id).copied().unwrap_or(0));
             let draining = id.as_ref().is_some_and(|id| draining.contains(id));
             async move {
                 let answer = leaf

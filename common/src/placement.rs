@@ -340,6 +340,20 @@ mod tests {
         }
     }
 
+    /// Marks every joining copy ready, as the joining leaves would.
+    fn all_ready(placement: &mut Placement) {
+        for shard in 0..placement.shards.len() as u32 {
+            let joining: Vec<String> = placement
+                .writers(shard)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            for leaf in joining {
+                placement.mark_ready(shard, &leaf);
+            }
+        }
+    }
+
     /// Runs the controller and marks every joining copy ready, until stable.
     fn settle(placement: &mut Placement, replication: u32, view: &LeafView) -> usize {
         let mut steps = 0;
@@ -350,16 +364,7 @@ mod tests {
             };
             *placement = next;
             steps += 1;
-            for shard in 0..placement.shards.len() as u32 {
-                for leaf in placement
-                    .writers(shard)
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-                {
-                    placement.mark_ready(shard, &leaf);
-                }
-            }
+            all_ready(placement);
             assert!(steps < 100, "the controller does not settle");
         }
     }
@@ -437,15 +442,8 @@ mod tests {
             placement = next;
             for shard in 0..8 {
                 assert!(placement.readers(shard).len() >= 2, "a shard lost a copy");
-                for leaf in placement
-                    .writers(shard)
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-                {
-                    placement.mark_ready(shard, &leaf);
-                }
             }
+            all_ready(&mut placement);
             steps += 1;
             assert!(steps < 50);
         }

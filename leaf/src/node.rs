@@ -109,16 +109,20 @@ impl Leaf {
         placement: &Placement,
         mine: &std::collections::BTreeMap<u32, CopyState>,
     ) -> Result<()> {
-        let state = self.collection_state(collection);
-        let shards: std::collections::BTreeSet<u32> = mine.keys().copied().collect();
         // Incarnation 0 (system collections) is served on any shard.
-        if placement.incarnation == 0
-            || placement.incarnation < state.held
-            || (placement.incarnation == state.held && state.placed.as_ref() == Some(&shards))
-        {
+        let recorded = placement.incarnation == 0
+            || self.with_collection_state(collection, |state| {
+                placement.incarnation < state.held
+                    || (placement.incarnation == state.held
+                        && state
+                            .placed
+                            .as_ref()
+                            .is_some_and(|placed| placed.iter().eq(mine.keys())))
+            });
+        if recorded {
             return Ok(());
         }
-        let shards: Vec<u32> = shards.into_iter().collect();
+        let shards: Vec<u32> = mine.keys().copied().collect();
         self.create_collection(collection, placement.incarnation, &shards)
             .await
     }

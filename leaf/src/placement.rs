@@ -122,12 +122,20 @@ impl Follower {
         let current = |p: &Placement| {
             p.incarnation > incarnation || (p.incarnation == incarnation && p.epoch >= epoch)
         };
-        self.placements
-            .wait_until(CATCH_UP, |cache| {
-                cache.get(collection).is_some_and(|p| current(&p))
-            })
-            .await;
-        match self.placement(collection) {
+        // Puts and fragments ask on every call: the cache read once when it
+        // is current, as it almost always is.
+        let known = match self.placement(collection) {
+            Some(p) if current(&p) => Some(p),
+            _ => {
+                self.placements
+                    .wait_until(CATCH_UP, |cache| {
+                        cache.get(collection).is_some_and(|p| current(&p))
+                    })
+                    .await;
+                self.placement(collection)
+            }
+        };
+        match known {
             Some(p) if p.incarnation == incarnation && p.epoch >= epoch => Ok(p),
             Some(p) if p.incarnation > incarnation => Err(LeafError::Gone(format!(
                 "collection `{collection}` was created again since (incarnation {} replaces \

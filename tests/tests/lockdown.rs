@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use altdb_common::cluster_auth::{self, ClusterSecret};
 use altdb_common::rpc::{
-    put_batch, CollectionRequest, FragmentItem, FragmentTicket, LeafApi, LeafClient, PutHeader,
-    TicketShard, ACTION_DROP_COLLECTION,
+    put_batch, CollectionRequest, CopyShardRequest, FragmentItem, FragmentTicket, LeafApi,
+    LeafClient, PutHeader, TicketShard, ACTION_COPY_SHARD, ACTION_DROP_COLLECTION,
 };
 use altdb_tests::{Cluster, ClusterOptions};
 use futures::StreamExt;
@@ -29,6 +29,11 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
     let victim = cluster.dir.path().join("victim");
     std::fs::create_dir_all(&victim)?;
     std::fs::write(victim.join("keep.txt"), "precious")?;
+    cluster.create_collection(json!({"name": "events", "num_shards": 1}))?;
+    let incarnation = cluster.incarnation("events")?;
+    // Without etcd no leaf is drained (leaves are not placed by a controller).
+    let drain = cluster.post_json("/v1/cluster/leaves/x/drain", &json!({}))?;
+    assert_eq!(drain.status, 400, "{}", drain.body);
     let runtime = tokio::runtime::Runtime::new()?;
     let _context = runtime.enter();
     let leaf = leaf_client(&cluster, 0)?;
@@ -54,7 +59,31 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
         };
         let put = runtime.block_on(leaf.put(&header, put_batch(&[])?));
         assert!(put.expect_err(name).is_invalid_argument(), "{name}");
+        let copy = runtime.block_on(leaf.action::<_, serde_json::Value>(
+            ACTION_COPY_SHARD,
+            &CopyShardRequest {
+                collection: name.to_string(),
+                incarnation: 1,
+                shard: 0,
+                epoch: 1,
+                after: None,
+            },
+        ));
+        assert!(copy.expect_err(name).is_invalid_argument(), "{name}");
     }
+    // A leaf that follows no placement hands no shard out to be copied.
+    let copy = runtime.block_on(leaf.action::<_, serde_json::Value>(
+        ACTION_COPY_SHARD,
+        &CopyShardRequest {
+            collection: "events".into(),
+            incarnation,
+            shard: 0,
+            epoch: 1,
+            after: None,
+        },
+    ));
+    let error = copy.expect_err("copy from a static leaf");
+    assert!(error.to_string().contains("metastore"), "{error}");
     assert_eq!(
         std::fs::read_to_string(victim.join("keep.txt"))?,
         "precious"

@@ -276,6 +276,30 @@ fn shards_move_onto_a_new_leaf_and_off_drained_ones_while_writes_and_queries_go_
         }
         std::thread::sleep(Duration::from_secs(2));
 
+        // Draining takes the admin's key and a registered leaf.
+        let path = format!(
+            "/v1/cluster/leaves/{}/drain",
+            cluster.leaf_urls[1].trim_start_matches("http://")
+        );
+        let anonymous = cluster
+            .request_as(None, reqwest::Method::POST, &path, None)
+            .unwrap();
+        assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+        let reader = cluster
+            .post_json("/v1/keys", &json!({"name": "reader", "role": "read-only"}))
+            .unwrap();
+        let reader = reader.body["key"].as_str().unwrap().to_string();
+        let refused = cluster
+            .request_as(Some(&reader), reqwest::Method::POST, &path, None)
+            .unwrap();
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        for unknown in ["no-such-leaf", "..%2F..%2Fcontroller"] {
+            let answer = cluster
+                .post_json(&format!("/v1/cluster/leaves/{unknown}/drain"), &json!({}))
+                .unwrap();
+            assert_eq!(answer.status, 404, "{unknown}: {}", answer.body);
+        }
+
         // Leaf 1 is drained, then killed: nothing is lost.
         load.moving.store(true, Ordering::SeqCst);
         let drained = drain(&load, &cluster.url, &cluster.leaf_urls[1]);
