@@ -15,9 +15,10 @@
 //! | `/v1/lambdas/..` | Query Lambdas ([`crate::lambdas`]) |
 //! | `/v1/orgs/self/..` | Rockset-compatible endpoints ([`crate::rockset`]) |
 //! | `GET /`, `/console/..` | the web console's static files ([`crate::console`]) |
-//! | `GET /healthz` | liveness |
+//! | `GET /livez`, `GET /healthz` | liveness: the process answers |
+//! | `GET /readyz` | readiness: metastore readable, every shard has a copy on a leaf that answers ([`altdb_common::probes`]) |
 //!
-//! Every other route (the console's files and `/healthz` are public) runs
+//! Every other route (the console's files and the probes are public) runs
 //! [`authenticate`] first, and each handler checks the
 //! privilege it needs on the collection it touches ([`Principal::require`]).
 
@@ -72,7 +73,11 @@ pub struct AppState {
 }
 
 /// Builds the router.
-pub fn router(state: AppState, max_write_bytes: usize) -> Router {
+pub fn router(
+    state: AppState,
+    max_write_bytes: usize,
+    readiness: Arc<altdb_common::probes::Readiness>,
+) -> Router {
     let protected = Router::new()
         .route("/v1/query", post(query))
         .route("/v1/cluster", get(cluster_status))
@@ -99,7 +104,7 @@ pub fn router(state: AppState, max_write_bytes: usize) -> Router {
             authenticate,
         ));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(altdb_common::probes::routes(readiness))
         .merge(crate::console::routes())
         .merge(protected)
         .layer(DefaultBodyLimit::max(max_write_bytes))

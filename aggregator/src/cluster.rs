@@ -546,6 +546,44 @@ impl Cluster {
         missed
     }
 
+    /// The shards of `specs` with no ready copy on a leaf that answers now
+    /// (for `/readyz`), named, at most [`MAX_NAMED`] of them and a count of
+    /// the rest.
+    pub async fn uncovered(&self, specs: &[CollectionSpec]) -> Vec<String> {
+        const MAX_NAMED: usize = 10;
+        let answering: HashSet<String> = self
+            .status()
+            .await
+            .into_iter()
+            .filter(|leaf| leaf.healthy)
+            .map(|leaf| leaf.url)
+            .collect();
+        let mut uncovered = Vec::new();
+        for spec in specs {
+            for shard in 0..spec.num_shards {
+                let copies = self.replica_urls(spec, shard);
+                if !copies.iter().any(|url| answering.contains(url)) {
+                    uncovered.push(format!(
+                        "shard {shard} of `{}` has no ready copy on a leaf that answers \
+                         (copies: {})",
+                        spec.name,
+                        if copies.is_empty() {
+                            "none placed".to_string()
+                        } else {
+                            copies.join(", ")
+                        }
+                    ));
+                }
+            }
+        }
+        if uncovered.len() > MAX_NAMED {
+            let more = uncovered.len() - MAX_NAMED;
+            uncovered.truncate(MAX_NAMED);
+            uncovered.push(format!("and {more} more shards"));
+        }
+        uncovered
+    }
+
     pub async fn status(&self) -> Vec<LeafStatus> {
         let placed = self.placed_state();
         let draining: HashSet<String> = placed

@@ -86,6 +86,10 @@ pub struct AggregatorConfig {
     pub allowed_source_properties: Vec<String>,
     /// Directories whose files source secrets may reference (`{"file": ..}`).
     pub allowed_secret_dirs: Vec<String>,
+    /// On SIGTERM, how long the role may take to finish what it is doing
+    /// (seconds): in-flight requests, hand-offs, flushes. Keep it below the
+    /// supervisor's own (Kubernetes' `terminationGracePeriodSeconds`).
+    pub shutdown_grace_secs: u64,
 }
 
 /// Statements that run at once by default: two per core (at least 4). More do
@@ -129,6 +133,7 @@ impl Default for AggregatorConfig {
             allowed_kafka_brokers: Vec::new(),
             allowed_source_properties: Vec::new(),
             allowed_secret_dirs: Vec::new(),
+            shutdown_grace_secs: 25,
         }
     }
 }

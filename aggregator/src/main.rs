@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -27,6 +27,7 @@ use altdb_common::metastore::membership::LEAVES;
 use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, MetastoreUrl};
 use altdb_common::metrics::Metrics;
+use altdb_common::probes::{within, Readiness};
 
 /// mimalloc: ingest and queries allocate many small, short-lived values
 /// (JSON values, strings, Arrow buffers), which the system allocator serves slowly.
@@ -113,6 +114,10 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     query_memory_mb: Option<usize>,
+    /// On SIGTERM, seconds to finish running statements (default 25).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_grace_secs: Option<u64>,
 }
 
 /// The metastore `config` names: the file in the data directory, or etcd.
@@ -230,6 +235,38 @@ async fn main() -> anyhow::Result<()> {
         engine = engine.with_executor(executor.handle().clone());
     }
     let metrics = Arc::new(Metrics::default());
+    // Ready while the metastore can be read and every shard of every
+    // collection has a copy on a leaf that answers.
+    let readiness = Readiness::new();
+    {
+        let store = metastore.clone();
+        readiness.add(
+            "metastore",
+            Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move {
+                    match store.get(altdb_common::placement::CONTROLLER).await {
+                        Ok(_) => Vec::new(),
+                        Err(error) => vec![format!("cannot read the metastore: {error}")],
+                    }
+                })
+            }),
+        );
+        let (catalog, cluster) = (catalog.clone(), cluster.clone());
+        readiness.add(
+            "leaves",
+            Arc::new(move || {
+                let (catalog, cluster) = (catalog.clone(), cluster.clone());
+                Box::pin(async move {
+                    match catalog.list().await {
+                        Ok(specs) => cluster.uncovered(&specs).await,
+                        Err(error) => vec![format!("cannot list collections: {error}")],
+                    }
+                })
+            }),
+        );
+    }
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         catalog,
         cluster,
@@ -297,7 +334,12 @@ async fn main() -> anyhow::Result<()> {
             metrics: state.metrics.clone(),
             keys: state.auth.keys.clone(),
         };
-        tokio::spawn(altdb_aggregator::postgres::serve(listener, door, tls));
+        tokio::spawn(altdb_aggregator::postgres::serve(
+            listener,
+            door,
+            tls,
+            stop_rx.clone(),
+        ));
     }
     if let Some(address) = config.flight_sql_address()? {
         let listener = tokio::net::TcpListener::bind(address)
@@ -316,16 +358,21 @@ async fn main() -> anyhow::Result<()> {
             keys: state.auth.keys.clone(),
         });
         let server = tonic::transport::Server::builder().add_service(service);
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
         match tls {
             Some(files) => {
                 files.watch();
                 let incoming =
                     altdb_common::tls::TlsListener::new(listener, files)?.into_incoming();
-                tokio::spawn(server.serve_with_incoming(incoming));
+                tokio::spawn(server.serve_with_incoming_shutdown(incoming, stopped));
             }
             None => {
-                tokio::spawn(server.serve_with_incoming(
+                tokio::spawn(server.serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped,
                 ));
             }
         }
@@ -340,14 +387,41 @@ async fn main() -> anyhow::Result<()> {
         authentication = state.auth.keys.enforced(),
         "aggregator ready"
     );
-    altdb_common::tls::serve(
+    let admission = state.admission.clone();
+    let mut stop_serving = stop_rx.clone();
+    let mut server = tokio::spawn(altdb_common::tls::serve(
         listener,
         tls,
-        router(state, config.max_write_bytes),
-        altdb_common::shutdown::signal(),
-    )
-    .await?;
+        router(state, config.max_write_bytes, readiness.clone()),
+        async move {
+            let _ = stop_serving.changed().await;
+        },
+    ));
+    tokio::select! {
+        _ = altdb_common::shutdown::signal() => {}
+        served = &mut server => {
+            served??;
+            anyhow::bail!("the HTTP server stopped");
+        }
+    }
+    // Not ready from now on; no new connection on any door; running
+    // statements (HTTP, Postgres, Flight SQL) finish within the grace period.
+    readiness.stop();
+    let deadline = Instant::now() + Duration::from_secs(config.shutdown_grace_secs);
+    let left = || deadline.saturating_duration_since(Instant::now());
+    tracing::info!(
+        running = admission.running(),
+        "shutting down: finishing running statements"
+    );
+    let _ = stopping.send(true);
     let _ = stop_controller.send(true);
+    within(left(), "running statements", async {
+        while admission.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    within(left(), "open HTTP connections", server).await;
     if let Some(executor) = executor {
         executor.shutdown_background();
     }

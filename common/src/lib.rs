@@ -26,6 +26,7 @@
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 //! - [`metastore`]: the cluster's shared state (a file, or etcd) and watch caches of it.
 //! - [`files`]: JSON state files replaced atomically, owner-only.
+//! - [`probes`]: `/livez` and `/readyz`, and the shutdown grace period.
 
 pub mod api;
 pub mod cluster_auth;
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod names;
 pub mod placement;
 pub mod plan;
+pub mod probes;
 pub mod random;
 pub mod routing;
 pub mod rpc;

@@ -53,6 +53,10 @@ pub struct LeafConfig {
     /// How long a copy moved away stays on disk before it is dropped
     /// (seconds): queries that started on it finish first.
     pub drop_grace_secs: u64,
+    /// On SIGTERM, how long the role may take to finish what it is doing
+    /// (seconds): in-flight requests, hand-offs, flushes. Keep it below the
+    /// supervisor's own (Kubernetes' `terminationGracePeriodSeconds`).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for LeafConfig {
@@ -75,6 +79,7 @@ impl Default for LeafConfig {
             leaf_id: String::new(),
             tls_ca_file: None,
             drop_grace_secs: 30,
+            shutdown_grace_secs: 25,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The leaf's plain HTTP routes, served on the Flight port next to the gRPC
-//! service: `GET /metrics` (Prometheus) and `GET /healthz`.
+//! service: `GET /metrics` (Prometheus) and the probes `GET /livez`, `GET /readyz`
+//! (ready: shards recovered, and with a metastore registered and not fenced)
+//! and `GET /healthz` (as `/livez`).
 
 use std::sync::Arc;
 
@@ -9,13 +11,14 @@ use axum::routing::get;
 use axum::Router;
 
 use altdb_common::metrics;
+use altdb_common::probes::{self, Readiness};
 
 use crate::node::Leaf;
 
 /// The routes, to be combined with the Flight service.
-pub fn router(leaf: Arc<Leaf>) -> Router {
+pub fn router(leaf: Arc<Leaf>, readiness: Arc<Readiness>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(probes::routes(readiness))
         .route("/metrics", get(render_metrics))
         .with_state(leaf)
 }

@@ -1,11 +1,13 @@
 //! `altdb-leaf`: stores shards and runs plan fragments.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use altdb_common::metastore::etcd::EtcdMetastore;
 use altdb_common::metastore::membership::{LeafMember, Registration};
 use altdb_common::metastore::MetastoreUrl;
+use altdb_common::probes::{within, Readiness};
 use anyhow::Context;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use clap::Parser;
@@ -88,6 +90,11 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drop_grace_secs: Option<u64>,
+    /// On SIGTERM, seconds to finish in-flight work and hand off a drained
+    /// leaf's copies (default 25).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_grace_secs: Option<u64>,
 }
 
 #[tokio::main]
@@ -123,7 +130,10 @@ async fn main() -> anyhow::Result<()> {
             .spawn(move || leaf.rebuild_outdated_indexes(&stop))?;
     }
 
-    // Every Flight call must carry the cluster secret; `/healthz` and `/metrics`
+    // Ready once the shards are open (they are, here) and, with a metastore,
+    // while the leaf is registered and not fenced.
+    let readiness = Readiness::new();
+    // Every Flight call must carry the cluster secret; the probes and `/metrics`
     // (plain HTTP below) stay open to probes and scrapers.
     let service = InterceptedService::new(
         FlightServiceServer::new(LeafService::new(leaf.clone(), config.max_put_bytes))
@@ -136,9 +146,10 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), tls = tls.is_some(), "leaf ready");
     let mut server_stop = stop_rx.clone();
-    // Plain HTTP/1.1 (`/metrics`, `/healthz`) shares the port with Flight's gRPC.
+    // Plain HTTP/1.1 (`/metrics`, the probes) shares the port with Flight's gRPC.
     let routes =
-        tonic::service::Routes::from(altdb_leaf::http::router(leaf.clone())).add_service(service);
+        tonic::service::Routes::from(altdb_leaf::http::router(leaf.clone(), readiness.clone()))
+            .add_service(service);
     let builder = tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(routes);
@@ -182,20 +193,44 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             leaf.follow(follower.clone());
-            tokio::spawn(follower.run(leaf.clone(), stop_rx.clone()));
-            Some(registration)
+            tokio::spawn(follower.clone().run(leaf.clone(), stop_rx.clone()));
+            let checked = follower.clone();
+            readiness.add(
+                "metastore lease",
+                Arc::new(move || {
+                    let reasons = checked.unready_reasons();
+                    Box::pin(async move { reasons })
+                }),
+            );
+            Some((registration, follower))
         }
     };
 
     altdb_common::shutdown::signal().await;
-    tracing::info!("shutting down: deregistering, stopping the sealer, the merger and the server");
-    if let Some(registration) = registration {
+    // Not ready from now on: supervisors and load balancers stop sending work.
+    readiness.stop();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let deadline = Instant::now() + grace;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    if let Some((registration, follower)) = registration {
+        // A leaf being drained stays until its copies are elsewhere.
+        within(
+            left(),
+            "handing off the copies of a drained leaf",
+            follower.hand_off(),
+        )
+        .await;
+        tracing::info!("shutting down: deregistering");
         registration.deregister().await;
     }
+    tracing::info!(
+        "shutting down: finishing in-flight requests, stopping the sealer and the merger"
+    );
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), sealer).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), merger).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    within(left(), "in-flight requests", server).await;
+    within(left(), "the sealer", sealer).await;
+    within(left(), "the merger", merger).await;
+    // Whatever the time: what was acknowledged is flushed before the exit.
     tokio::task::spawn_blocking(move || leaf.flush()).await??;
     tracing::info!("leaf stopped");
     Ok(())

@@ -112,6 +112,52 @@ impl Follower {
         self.placements.get(collection)
     }
 
+    /// Why this leaf should not be sent work now (for `/readyz`).
+    pub fn unready_reasons(&self) -> Vec<String> {
+        match self.fenced() {
+            Ok(()) => Vec::new(),
+            Err(error) => vec![error.to_string()],
+        }
+    }
+
+    /// Shard copies the placements put on this leaf (ready or joining).
+    pub fn copies_held(&self) -> usize {
+        self.placements
+            .list()
+            .iter()
+            .map(|(_, placement)| placement.shards_on(&self.id).len())
+            .sum()
+    }
+
+    /// Whether an operator asked for this leaf to be drained.
+    pub async fn is_draining(&self) -> bool {
+        let key = format!("{}{}", altdb_common::placement::DRAINS, self.id);
+        matches!(self.store.get(&key).await, Ok(Some(_)))
+    }
+
+    /// On shutdown: if the leaf is being drained, waits until its copies
+    /// have moved to other leaves (the caller bounds the wait), so that a
+    /// drained leaf stopped early does not take the last copy of a shard
+    /// with it.
+    pub async fn hand_off(&self) {
+        if !self.is_draining().await {
+            return;
+        }
+        let mut logged = None;
+        loop {
+            let held = self.copies_held();
+            if held == 0 {
+                tracing::info!("drained: every copy has moved to other leaves");
+                return;
+            }
+            if logged != Some(held) {
+                tracing::info!(copies = held, "draining: waiting for copies to move away");
+                logged = Some(held);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The placement once the leaf's view is at `epoch` or later.
     async fn placement_at(
         &self,

@@ -21,6 +21,7 @@ use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::DocLimits;
 use altdb_common::metrics::{self, Metrics};
+use altdb_common::probes::Readiness;
 use altdb_common::rpc::PutRow;
 
 use crate::catalog::CatalogClient;
@@ -44,9 +45,14 @@ pub struct WriteApi {
 }
 
 /// The routes. Writes come from the aggregator (or another altdb process) only:
-/// they must carry the cluster secret. `/healthz` and `/metrics` stay open to
-/// probes and scrapers.
-pub fn router(api: WriteApi, max_write_bytes: usize, secret: ClusterSecret) -> Router {
+/// they must carry the cluster secret. The probes (`/livez`, `/readyz`,
+/// `/healthz`) and `/metrics` stay open to supervisors and scrapers.
+pub fn router(
+    api: WriteApi,
+    max_write_bytes: usize,
+    secret: ClusterSecret,
+    readiness: Arc<Readiness>,
+) -> Router {
     Router::new()
         .route("/v1/collections/{name}/docs", post(write_docs))
         .layer(axum::middleware::from_fn(
@@ -62,7 +68,7 @@ pub fn router(api: WriteApi, max_write_bytes: usize, secret: ClusterSecret) -> R
                 }
             },
         ))
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(altdb_common::probes::routes(readiness))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_write_bytes))
         .with_state(api)

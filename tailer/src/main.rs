@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,6 +13,7 @@ use altdb_common::document::DocLimits;
 use altdb_common::metastore::etcd::EtcdMetastore;
 use altdb_common::metastore::MetastoreUrl;
 use altdb_common::metrics::Metrics;
+use altdb_common::probes::{within, Readiness};
 use altdb_tailer::catalog::CatalogClient;
 use altdb_tailer::http::{router, WriteApi};
 use altdb_tailer::pusher::Pusher;
@@ -68,6 +69,11 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ordinal: Option<u32>,
+    /// On SIGTERM, seconds to finish in-flight writes and stop the sources
+    /// (default 25).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_grace_secs: Option<u64>,
 }
 
 #[tokio::main]
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         altdb_common::tls::HTTP1,
     )?;
     let ca = altdb_common::tls::read_ca(config.tls_ca_file.as_deref())?;
+    let readiness = Readiness::new();
     let (catalog, pusher) = match MetastoreUrl::parse(&config.metastore)? {
         MetastoreUrl::File => {
             let catalog = CatalogClient::new(
@@ -112,6 +119,19 @@ async fn main() -> anyhow::Result<()> {
                     .context("cannot reach the etcd metastore")?,
             );
             tracing::info!(?endpoints, %prefix, "collection specs, leaves and placements from etcd");
+            let asked = store.clone();
+            readiness.add(
+                "metastore",
+                Arc::new(move || {
+                    let asked = asked.clone();
+                    Box::pin(async move {
+                        match asked.get(altdb_common::placement::CONTROLLER).await {
+                            Ok(_) => Vec::new(),
+                            Err(error) => vec![format!("cannot read etcd: {error}")],
+                        }
+                    })
+                }),
+            );
             let catalog = CatalogClient::from_metastore(store.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!(e.to_string()))?;
@@ -122,6 +142,22 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let catalog = Arc::new(catalog);
+    if matches!(MetastoreUrl::parse(&config.metastore)?, MetastoreUrl::File) {
+        // Specs come from the aggregator: ready while it answers.
+        let asked = catalog.clone();
+        readiness.add(
+            "aggregator",
+            Arc::new(move || {
+                let asked = asked.clone();
+                Box::pin(async move {
+                    match asked.all().await {
+                        Ok(_) => Vec::new(),
+                        Err(error) => vec![format!("cannot read collection specs: {error}")],
+                    }
+                })
+            }),
+        );
+    }
     let limits = DocLimits {
         max_bytes: config.max_document_bytes,
         max_depth: config.max_nesting_depth,
@@ -163,16 +199,32 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, leaves = ?config.leaves, https = tls.is_some(), "tailer ready");
-    altdb_common::tls::serve(
+    let (stopping, mut stop_serving) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(altdb_common::tls::serve(
         listener,
         tls,
-        router(api, config.max_write_bytes, secret),
-        altdb_common::shutdown::signal(),
-    )
-    .await?;
-    tracing::info!("stopping sources");
+        router(api, config.max_write_bytes, secret, readiness.clone()),
+        async move {
+            let _ = stop_serving.changed().await;
+        },
+    ));
+    tokio::select! {
+        _ = altdb_common::shutdown::signal() => {}
+        served = &mut server => {
+            served??;
+            anyhow::bail!("the HTTP server stopped");
+        }
+    }
+    // Not ready from now on; writes in flight are finished (each is answered
+    // once the leaves stored it), sources stop after their batch in flight.
+    readiness.stop();
+    let deadline = Instant::now() + Duration::from_secs(config.shutdown_grace_secs);
+    let left = || deadline.saturating_duration_since(Instant::now());
+    tracing::info!("shutting down: finishing in-flight writes, stopping sources");
+    let _ = stopping.send(true);
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), sources).await;
+    within(left(), "in-flight writes", server).await;
+    within(left(), "the sources", sources).await;
     tracing::info!("tailer stopped");
     Ok(())
 }

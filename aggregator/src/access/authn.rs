@@ -1,6 +1,7 @@
 //! Authentication of HTTP requests, and the audit log.
 //!
-//! Every route but `/healthz` runs [`authenticate`] first: it puts the request's
+//! Every route but the probes (`/livez`, `/readyz`, `/healthz`) and the
+//! console's files runs [`authenticate`] first: it puts the request's
 //! [`Principal`] into the request's extensions or answers 401. The audit log is
 //! one line per authentication failure, refused privilege, key and role change
 //! and collection creation or deletion, under the tracing target `altdb::audit`,

@@ -73,14 +73,24 @@ pub struct Door {
 /// more are closed at once, with a warning in the log.
 pub const MAX_CONNECTIONS: usize = 512;
 
-/// Serves the door on `listener` until the process stops; TLS when `tls` is
+/// Serves the door on `listener` until `stop` flips (then it takes no new
+/// connection; open ones go on until the process exits); TLS when `tls` is
 /// given (clients ask with `sslmode=require`).
-pub async fn serve(listener: tokio::net::TcpListener, door: Door, tls: Option<Arc<TlsFiles>>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    door: Door,
+    tls: Option<Arc<TlsFiles>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let manager = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(Handlers::new(door, manager));
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (socket, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (socket, _) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "postgres door: cannot accept a connection");
