@@ -6,7 +6,7 @@
         with the default values and with every file in helm/altdb/examples/, and
         validates each rendered manifest against the Kubernetes schemas
         (kubernetes-validate, offline, strict: unknown fields are errors).
-    python3 tests/helm/chart.py render [--values FILE].. [--set-json JSON]
+    python3 tests/helm/chart.py render [--values FILE].. [--set-json JSON] [--decode-secrets]
         prints the rendered manifests as one JSON list (the end-to-end test
         tests/tests/helm_chart.rs starts a cluster from them).
 """
@@ -136,6 +136,8 @@ def main():
     render_cmd = sub.add_parser("render")
     render_cmd.add_argument("--values", action="append", default=[])
     render_cmd.add_argument("--set-json", action="append", default=[])
+    render_cmd.add_argument("--decode-secrets", action="store_true",
+                            help="give Secrets' data as stringData (for tests)")
     args = parser.parse_args()
     if args.command == "check":
         check()
@@ -145,7 +147,14 @@ def main():
             deep_merge(values, yaml.safe_load(pathlib.Path(path).read_text()) or {})
         for text in args.set_json:
             deep_merge(values, json.loads(text))
-        json.dump(render(values), sys.stdout)
+        docs = render(values)
+        if args.decode_secrets:
+            import base64
+            for doc in docs:
+                if doc["kind"] == "Secret":
+                    doc["stringData"] = {k: base64.b64decode(v).decode()
+                                         for k, v in doc.pop("data", {}).items()}
+        json.dump(docs, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ pub struct Process {
 }
 
 impl Process {
-    fn start(
+    /// Starts `binary` (one of the altdb binaries in [`bin_dir`]) with its
+    /// output appended to `log`.
+    pub fn start(
         name: &str,
         binary: &'static str,
         args: Vec<String>,
