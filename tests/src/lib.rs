@@ -142,6 +142,14 @@ impl Process {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.terminate_within(Duration::from_secs(30))
+    }
+
+    /// SIGTERM and wait up to `limit` for the exit (then SIGKILL, and an error).
+    pub fn terminate_within(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("process is not running")?;
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -151,9 +159,9 @@ impl Process {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
-            if started.elapsed() > Duration::from_secs(30) {
+            if started.elapsed() > limit {
                 let _ = child.kill();
-                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+                bail!("{} did not stop within {limit:?} of SIGTERM", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -35,7 +35,12 @@ fn render(values: &Value) -> anyhow::Result<Vec<Value>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let output = Command::new("python3")
         .arg(root.join("tests/helm/chart.py"))
-        .args(["render", "--decode-secrets", "--set-json", &values.to_string()])
+        .args([
+            "render",
+            "--decode-secrets",
+            "--set-json",
+            &values.to_string(),
+        ])
         .output()
         .context("cannot run python3 tests/helm/chart.py (scripts/setup.sh --test)")?;
     if !output.status.success() {
@@ -147,10 +152,8 @@ fn the_chart_renders_a_config_the_binaries_run() -> anyhow::Result<()> {
 
     // Addresses inside the cluster → loopback: the user's etcd, every
     // Service (to its first pod) and every pod of a headless Service.
-    let mut addresses: Vec<(String, String)> = vec![(
-        "etcd.infra.svc:2379".to_string(),
-        etcd.address.clone(),
-    )];
+    let mut addresses: Vec<(String, String)> =
+        vec![("etcd.infra.svc:2379".to_string(), etcd.address.clone())];
     for service in docs.iter().filter(|d| d["kind"] == "Service") {
         let name = service["metadata"]["name"].as_str().context("name")?;
         let chosen: Vec<&Pod> = pods
@@ -183,18 +186,27 @@ fn the_chart_renders_a_config_the_binaries_run() -> anyhow::Result<()> {
             let local = root.join(volume_name);
             std::fs::create_dir_all(&local)?;
             paths.push((
-                mount["mountPath"].as_str().context("mountPath")?.to_string(),
+                mount["mountPath"]
+                    .as_str()
+                    .context("mountPath")?
+                    .to_string(),
                 local.display().to_string(),
             ));
             let volume = pod.volumes.iter().find(|v| v["name"] == volume_name);
             let data: Option<&Value> = match volume {
                 Some(v) if v.get("configMap").is_some() => Some(
-                    &named(&docs, "ConfigMap", v["configMap"]["name"].as_str().unwrap_or(""))?
-                        ["data"],
+                    &named(
+                        &docs,
+                        "ConfigMap",
+                        v["configMap"]["name"].as_str().unwrap_or(""),
+                    )?["data"],
                 ),
                 Some(v) if v.get("secret").is_some() => Some(
-                    &named(&docs, "Secret", v["secret"]["secretName"].as_str().unwrap_or(""))?
-                        ["stringData"],
+                    &named(
+                        &docs,
+                        "Secret",
+                        v["secret"]["secretName"].as_str().unwrap_or(""),
+                    )?["stringData"],
                 ),
                 // emptyDir, or the claim of the StatefulSet's volumeClaimTemplates.
                 _ => None,
@@ -270,7 +282,10 @@ fn the_chart_renders_a_config_the_binaries_run() -> anyhow::Result<()> {
         for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
             let get = &pod.container[probe]["httpGet"];
             let port = pod.ports[get["port"].as_str().context("named probe port")?];
-            let url = format!("http://127.0.0.1:{port}{}", get["path"].as_str().unwrap_or(""));
+            let url = format!(
+                "http://127.0.0.1:{port}{}",
+                get["path"].as_str().unwrap_or("")
+            );
             loop {
                 let answer = http.get(&url).send();
                 if answer.as_ref().is_ok_and(|a| a.status().is_success()) {
@@ -297,7 +312,9 @@ fn the_chart_renders_a_config_the_binaries_run() -> anyhow::Result<()> {
         .find(|(from, _)| from == &format!("altdb-aggregator.{NAMESPACE}.svc:7700"))
         .map(|(_, to)| format!("http://{to}"))
         .context("the aggregator Service")?;
-    let key = secrets.get("admin-key").context("the generated admin key")?;
+    let key = secrets
+        .get("admin-key")
+        .context("the generated admin key")?;
     let call = |method: reqwest::Method, path: &str, body: Value| -> anyhow::Result<Value> {
         let answer = http
             .request(method, format!("{aggregator}{path}"))
