@@ -114,7 +114,9 @@ def check():
     for values, expected in [
         ({"etcd": {"enabled": False}}, "set etcd.endpoints"),
         ({"auth": {"clusterSecret": "short"}}, "at least 32 characters"),
-        ({"etcd": {"replicas": 2}}, "1, 3 or 5"),
+        ({"etcd": {"replicas": 2}}, "replicas"),
+        ({"leaf": {"replicas": "three"}}, "replicas"),
+        ({"leaf": {"replica": 3}}, "replica"),
     ]:
         try:
             render(values)
