@@ -547,10 +547,8 @@ impl Cluster {
     }
 
     /// The shards of `specs` with no ready copy on a leaf that answers now
-    /// (for `/readyz`), named, at most [`MAX_NAMED`] of them and a count of
-    /// the rest.
+    /// (for `/readyz`), each named with its copies.
     pub async fn uncovered(&self, specs: &[CollectionSpec]) -> Vec<String> {
-        const MAX_NAMED: usize = 10;
         let answering: HashSet<String> = self
             .status()
             .await
@@ -575,11 +573,6 @@ impl Cluster {
                     ));
                 }
             }
-        }
-        if uncovered.len() > MAX_NAMED {
-            let more = uncovered.len() - MAX_NAMED;
-            uncovered.truncate(MAX_NAMED);
-            uncovered.push(format!("and {more} more shards"));
         }
         uncovered
     }

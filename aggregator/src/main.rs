@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -28,6 +28,7 @@ use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, MetastoreUrl};
 use altdb_common::metrics::Metrics;
 use altdb_common::probes::{within, Readiness};
+use altdb_common::shutdown::{serve_until_signal, Deadline};
 
 /// mimalloc: ingest and queries allocate many small, short-lived values
 /// (JSON values, strings, Arrow buffers), which the system allocator serves slowly.
@@ -236,7 +237,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     // Ready while the metastore can be read and every shard of every
-    // collection has a copy on a leaf that answers.
+    // collection has a copy on a leaf that answers. `/readyz` is public: its
+    // reasons name no collection, leaf or endpoint (the log does).
     let readiness = Readiness::new();
     {
         let store = metastore.clone();
@@ -247,7 +249,10 @@ async fn main() -> anyhow::Result<()> {
                 Box::pin(async move {
                     match store.get(altdb_common::placement::CONTROLLER).await {
                         Ok(_) => Vec::new(),
-                        Err(error) => vec![format!("cannot read the metastore: {error}")],
+                        Err(error) => {
+                            tracing::warn!(%error, "not ready: cannot read the metastore");
+                            vec!["cannot read the metastore".to_string()]
+                        }
                     }
                 })
             }),
@@ -258,10 +263,23 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(move || {
                 let (catalog, cluster) = (catalog.clone(), cluster.clone());
                 Box::pin(async move {
-                    match catalog.list().await {
-                        Ok(specs) => cluster.uncovered(&specs).await,
-                        Err(error) => vec![format!("cannot list collections: {error}")],
+                    let specs = match catalog.list().await {
+                        Ok(specs) => specs,
+                        Err(error) => {
+                            tracing::warn!(%error, "not ready: cannot list collections");
+                            return vec!["cannot list collections".to_string()];
+                        }
+                    };
+                    let uncovered = cluster.uncovered(&specs).await;
+                    if uncovered.is_empty() {
+                        return Vec::new();
                     }
+                    tracing::warn!(shards = %uncovered.join("; "), "not ready");
+                    vec![format!(
+                        "{} of the collections' shards have no ready copy on a leaf that \
+                         answers (GET /v1/cluster shows the leaves)",
+                        uncovered.len()
+                    )]
                 })
             }),
         );
@@ -388,40 +406,30 @@ async fn main() -> anyhow::Result<()> {
         "aggregator ready"
     );
     let admission = state.admission.clone();
-    let mut stop_serving = stop_rx.clone();
-    let mut server = tokio::spawn(altdb_common::tls::serve(
+    let server = serve_until_signal(
         listener,
         tls,
         router(state, config.max_write_bytes, readiness.clone()),
-        async move {
-            let _ = stop_serving.changed().await;
-        },
-    ));
-    tokio::select! {
-        _ = altdb_common::shutdown::signal() => {}
-        served = &mut server => {
-            served??;
-            anyhow::bail!("the HTTP server stopped");
-        }
-    }
+        &readiness,
+        stop_rx.clone(),
+    )
+    .await?;
     // Not ready from now on; no new connection on any door; running
     // statements (HTTP, Postgres, Flight SQL) finish within the grace period.
-    readiness.stop();
-    let deadline = Instant::now() + Duration::from_secs(config.shutdown_grace_secs);
-    let left = || deadline.saturating_duration_since(Instant::now());
+    let deadline = Deadline::after(Duration::from_secs(config.shutdown_grace_secs));
     tracing::info!(
         running = admission.running(),
         "shutting down: finishing running statements"
     );
     let _ = stopping.send(true);
     let _ = stop_controller.send(true);
-    within(left(), "running statements", async {
+    within(deadline.left(), "running statements", async {
         while admission.running() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    within(left(), "open HTTP connections", server).await;
+    within(deadline.left(), "open HTTP connections", server).await;
     if let Some(executor) = executor {
         executor.shutdown_background();
     }

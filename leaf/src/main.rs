@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use altdb_common::metastore::etcd::EtcdMetastore;
 use altdb_common::metastore::membership::{LeafMember, Registration};
 use altdb_common::metastore::MetastoreUrl;
 use altdb_common::probes::{within, Readiness};
+use altdb_common::shutdown::Deadline;
 use anyhow::Context;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use clap::Parser;
@@ -175,6 +176,20 @@ async fn main() -> anyhow::Result<()> {
     let registration = match MetastoreUrl::parse(&config.metastore)? {
         MetastoreUrl::File => None,
         MetastoreUrl::Etcd { endpoints, prefix } => {
+            // Not ready until registered and following the placements.
+            let following: Arc<std::sync::OnceLock<Arc<altdb_leaf::placement::Follower>>> =
+                Arc::default();
+            let checked = following.clone();
+            readiness.add(
+                "metastore lease",
+                Arc::new(move || {
+                    let reasons = match checked.get() {
+                        Some(follower) => follower.unready_reasons(),
+                        None => vec!["not registered in the metastore yet".to_string()],
+                    };
+                    Box::pin(async move { reasons })
+                }),
+            );
             let store = EtcdMetastore::connect(&endpoints, &prefix)
                 .await
                 .context("cannot reach the etcd metastore")?;
@@ -194,14 +209,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             leaf.follow(follower.clone());
             tokio::spawn(follower.clone().run(leaf.clone(), stop_rx.clone()));
-            let checked = follower.clone();
-            readiness.add(
-                "metastore lease",
-                Arc::new(move || {
-                    let reasons = checked.unready_reasons();
-                    Box::pin(async move { reasons })
-                }),
-            );
+            let _ = following.set(follower.clone());
             Some((registration, follower))
         }
     };
@@ -210,8 +218,8 @@ async fn main() -> anyhow::Result<()> {
     // Not ready from now on: supervisors and load balancers stop sending work.
     readiness.stop();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let deadline = Instant::now() + grace;
-    let left = || deadline.saturating_duration_since(Instant::now());
+    let deadline = Deadline::after(grace);
+    let left = || deadline.left();
     if let Some((registration, follower)) = registration {
         // A leaf being drained stays until its copies are elsewhere.
         within(

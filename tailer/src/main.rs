@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -14,6 +14,7 @@ use altdb_common::metastore::etcd::EtcdMetastore;
 use altdb_common::metastore::MetastoreUrl;
 use altdb_common::metrics::Metrics;
 use altdb_common::probes::{within, Readiness};
+use altdb_common::shutdown::{serve_until_signal, Deadline};
 use altdb_tailer::catalog::CatalogClient;
 use altdb_tailer::http::{router, WriteApi};
 use altdb_tailer::pusher::Pusher;
@@ -199,32 +200,23 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, leaves = ?config.leaves, https = tls.is_some(), "tailer ready");
-    let (stopping, mut stop_serving) = tokio::sync::watch::channel(false);
-    let mut server = tokio::spawn(altdb_common::tls::serve(
+    let (stopping, stop_serving) = tokio::sync::watch::channel(false);
+    let server = serve_until_signal(
         listener,
         tls,
         router(api, config.max_write_bytes, secret, readiness.clone()),
-        async move {
-            let _ = stop_serving.changed().await;
-        },
-    ));
-    tokio::select! {
-        _ = altdb_common::shutdown::signal() => {}
-        served = &mut server => {
-            served??;
-            anyhow::bail!("the HTTP server stopped");
-        }
-    }
+        &readiness,
+        stop_serving,
+    )
+    .await?;
     // Not ready from now on; writes in flight are finished (each is answered
     // once the leaves stored it), sources stop after their batch in flight.
-    readiness.stop();
-    let deadline = Instant::now() + Duration::from_secs(config.shutdown_grace_secs);
-    let left = || deadline.saturating_duration_since(Instant::now());
+    let deadline = Deadline::after(Duration::from_secs(config.shutdown_grace_secs));
     tracing::info!("shutting down: finishing in-flight writes, stopping sources");
     let _ = stopping.send(true);
     let _ = stop_tx.send(true);
-    within(left(), "in-flight writes", server).await;
-    within(left(), "the sources", sources).await;
+    within(deadline.left(), "in-flight writes", server).await;
+    within(deadline.left(), "the sources", sources).await;
     tracing::info!("tailer stopped");
     Ok(())
 }
