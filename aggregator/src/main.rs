@@ -27,7 +27,7 @@ use altdb_common::metastore::membership::LEAVES;
 use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, MetastoreUrl};
 use altdb_common::metrics::Metrics;
-use altdb_common::probes::{within, Readiness};
+use altdb_common::probes::{self, Readiness};
 use altdb_common::shutdown::{serve_until_signal, Deadline};
 
 /// mimalloc: ingest and queries allocate many small, short-lived values
@@ -241,22 +241,7 @@ async fn main() -> anyhow::Result<()> {
     // reasons name no collection, leaf or endpoint (the log does).
     let readiness = Readiness::new();
     {
-        let store = metastore.clone();
-        readiness.add(
-            "metastore",
-            Arc::new(move || {
-                let store = store.clone();
-                Box::pin(async move {
-                    match store.get(altdb_common::placement::CONTROLLER).await {
-                        Ok(_) => Vec::new(),
-                        Err(error) => {
-                            tracing::warn!(%error, "not ready: cannot read the metastore");
-                            vec!["cannot read the metastore".to_string()]
-                        }
-                    }
-                })
-            }),
-        );
+        readiness.add("metastore", probes::metastore_readable(metastore.clone()));
         let (catalog, cluster) = (catalog.clone(), cluster.clone());
         readiness.add(
             "leaves",
@@ -274,7 +259,11 @@ async fn main() -> anyhow::Result<()> {
                     if uncovered.is_empty() {
                         return Vec::new();
                     }
-                    tracing::warn!(shards = %uncovered.join("; "), "not ready");
+                    tracing::warn!(
+                        uncovered = uncovered.len(),
+                        first = %uncovered[..uncovered.len().min(10)].join("; "),
+                        "not ready: shards without a copy on a leaf that answers"
+                    );
                     vec![format!(
                         "{} of the collections' shards have no ready copy on a leaf that \
                          answers (GET /v1/cluster shows the leaves)",
@@ -423,13 +412,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = stopping.send(true);
     let _ = stop_controller.send(true);
-    within(deadline.left(), "running statements", async {
-        while admission.running() > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    within(deadline.left(), "open HTTP connections", server).await;
+    deadline
+        .within("running statements", async {
+            while admission.running() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    deadline.within("open HTTP connections", server).await;
     if let Some(executor) = executor {
         executor.shutdown_background();
     }

@@ -26,7 +26,8 @@
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 //! - [`metastore`]: the cluster's shared state (a file, or etcd) and watch caches of it.
 //! - [`files`]: JSON state files replaced atomically, owner-only.
-//! - [`probes`]: `/livez` and `/readyz`, and the shutdown grace period.
+//! - [`probes`]: `/livez` and `/readyz`.
+//! - [`shutdown`]: the signal, the HTTP server until then, the grace period's deadline.
 
 pub mod api;
 pub mod cluster_auth;

@@ -42,7 +42,7 @@ impl Readiness {
     }
 
     /// Checks taking longer than `timeout` count as failed.
-    pub fn with_check_timeout(timeout: Duration) -> Arc<Self> {
+    fn with_check_timeout(timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             stopping: AtomicBool::new(false),
             checks: Mutex::new(Vec::new()),
@@ -64,7 +64,7 @@ impl Readiness {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_stopping(&self) -> bool {
+    fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
 
@@ -115,6 +115,23 @@ pub fn routes<S: Clone + Send + Sync + 'static>(readiness: Arc<Readiness>) -> Ro
         )
 }
 
+/// Ready while `store` can be read. The error goes to the log, not to the
+/// answer: `/readyz` is public and the error may name endpoints.
+pub fn metastore_readable(store: Arc<dyn crate::metastore::Metastore>) -> Check {
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            match store.get(crate::placement::CONTROLLER).await {
+                Ok(_) => Vec::new(),
+                Err(error) => {
+                    tracing::warn!(%error, "not ready: cannot read the metastore");
+                    vec!["cannot read the metastore".to_string()]
+                }
+            }
+        })
+    })
+}
+
 fn ready_answer(reasons: Vec<String>) -> Response {
     if reasons.is_empty() {
         (StatusCode::OK, Json(serde_json::json!({"ready": true}))).into_response()
@@ -124,24 +141,6 @@ fn ready_answer(reasons: Vec<String>) -> Response {
             Json(serde_json::json!({"ready": false, "reasons": reasons})),
         )
             .into_response()
-    }
-}
-
-/// Runs `work` for at most `grace`; says so if it had to be cut short.
-pub async fn within<T>(
-    grace: Duration,
-    what: &str,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    match tokio::time::timeout(grace, work).await {
-        Ok(done) => Some(done),
-        Err(_) => {
-            tracing::warn!(
-                "{what} did not finish within the {} s shutdown grace period; stopping anyway",
-                grace.as_secs()
-            );
-            None
-        }
     }
 }
 
@@ -197,6 +196,8 @@ mod tests {
                 Box::pin(async { Vec::new() })
             }),
         );
+        // A burst of probes at once (the route is public): one evaluation.
+        futures::future::join_all((0..100).map(|_| readiness.reasons())).await;
         for _ in 0..10 {
             readiness.reasons().await;
         }

@@ -36,6 +36,24 @@ impl Deadline {
     pub fn left(&self) -> std::time::Duration {
         self.0.saturating_duration_since(std::time::Instant::now())
     }
+
+    /// Runs `work` until the deadline at the latest; says so if it had to be
+    /// cut short.
+    pub async fn within<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.left(), work).await {
+            Ok(done) => Some(done),
+            Err(_) => {
+                tracing::warn!(
+                    "{what} did not finish within the shutdown grace period; stopping anyway"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// A role's HTTP server, asked to stop.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use altdb_common::metastore::etcd::EtcdMetastore;
 use altdb_common::metastore::membership::{LeafMember, Registration};
 use altdb_common::metastore::MetastoreUrl;
-use altdb_common::probes::{within, Readiness};
+use altdb_common::probes::Readiness;
 use altdb_common::shutdown::Deadline;
 use anyhow::Context;
 use arrow_flight::flight_service_server::FlightServiceServer;
@@ -217,17 +217,15 @@ async fn main() -> anyhow::Result<()> {
     altdb_common::shutdown::signal().await;
     // Not ready from now on: supervisors and load balancers stop sending work.
     readiness.stop();
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let deadline = Deadline::after(grace);
-    let left = || deadline.left();
+    let deadline = Deadline::after(Duration::from_secs(config.shutdown_grace_secs));
     if let Some((registration, follower)) = registration {
         // A leaf being drained stays until its copies are elsewhere.
-        within(
-            left(),
-            "handing off the copies of a drained leaf",
-            follower.hand_off(),
-        )
-        .await;
+        deadline
+            .within(
+                "handing off the copies of a drained leaf",
+                follower.hand_off(),
+            )
+            .await;
         tracing::info!("shutting down: deregistering");
         registration.deregister().await;
     }
@@ -235,9 +233,9 @@ async fn main() -> anyhow::Result<()> {
         "shutting down: finishing in-flight requests, stopping the sealer and the merger"
     );
     let _ = stop_tx.send(true);
-    within(left(), "in-flight requests", server).await;
-    within(left(), "the sealer", sealer).await;
-    within(left(), "the merger", merger).await;
+    deadline.within("in-flight requests", server).await;
+    deadline.within("the sealer", sealer).await;
+    deadline.within("the merger", merger).await;
     // Whatever the time: what was acknowledged is flushed before the exit.
     tokio::task::spawn_blocking(move || leaf.flush()).await??;
     tracing::info!("leaf stopped");

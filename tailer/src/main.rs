@@ -13,7 +13,7 @@ use altdb_common::document::DocLimits;
 use altdb_common::metastore::etcd::EtcdMetastore;
 use altdb_common::metastore::MetastoreUrl;
 use altdb_common::metrics::Metrics;
-use altdb_common::probes::{within, Readiness};
+use altdb_common::probes::{self, Readiness};
 use altdb_common::shutdown::{serve_until_signal, Deadline};
 use altdb_tailer::catalog::CatalogClient;
 use altdb_tailer::http::{router, WriteApi};
@@ -104,6 +104,21 @@ async fn main() -> anyhow::Result<()> {
                     Duration::from_secs(10),
                 )?,
             );
+            let catalog = Arc::new(catalog);
+            // Specs come from the aggregator: ready while it answers.
+            let asked = catalog.clone();
+            readiness.add(
+                "aggregator",
+                Arc::new(move || {
+                    let asked = asked.clone();
+                    Box::pin(async move {
+                        match asked.all().await {
+                            Ok(_) => Vec::new(),
+                            Err(error) => vec![format!("cannot read collection specs: {error}")],
+                        }
+                    })
+                }),
+            );
             let pusher = Pusher::new(
                 &config.leaves,
                 config.push_batch_rows,
@@ -120,45 +135,18 @@ async fn main() -> anyhow::Result<()> {
                     .context("cannot reach the etcd metastore")?,
             );
             tracing::info!(?endpoints, %prefix, "collection specs, leaves and placements from etcd");
-            let asked = store.clone();
-            readiness.add(
-                "metastore",
-                Arc::new(move || {
-                    let asked = asked.clone();
-                    Box::pin(async move {
-                        match asked.get(altdb_common::placement::CONTROLLER).await {
-                            Ok(_) => Vec::new(),
-                            Err(error) => vec![format!("cannot read etcd: {error}")],
-                        }
-                    })
-                }),
+            readiness.add("metastore", probes::metastore_readable(store.clone()));
+            let catalog = Arc::new(
+                CatalogClient::from_metastore(store.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.to_string()))?,
             );
-            let catalog = CatalogClient::from_metastore(store.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             let pusher = Pusher::placed(store, config.push_batch_rows, &secret, ca.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             (catalog, pusher)
         }
     };
-    let catalog = Arc::new(catalog);
-    if matches!(MetastoreUrl::parse(&config.metastore)?, MetastoreUrl::File) {
-        // Specs come from the aggregator: ready while it answers.
-        let asked = catalog.clone();
-        readiness.add(
-            "aggregator",
-            Arc::new(move || {
-                let asked = asked.clone();
-                Box::pin(async move {
-                    match asked.all().await {
-                        Ok(_) => Vec::new(),
-                        Err(error) => vec![format!("cannot read collection specs: {error}")],
-                    }
-                })
-            }),
-        );
-    }
     let limits = DocLimits {
         max_bytes: config.max_document_bytes,
         max_depth: config.max_nesting_depth,
@@ -215,8 +203,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing in-flight writes, stopping sources");
     let _ = stopping.send(true);
     let _ = stop_tx.send(true);
-    within(deadline.left(), "in-flight writes", server).await;
-    within(deadline.left(), "the sources", sources).await;
+    deadline.within("in-flight writes", server).await;
+    deadline.within("the sources", sources).await;
     tracing::info!("tailer stopped");
     Ok(())
 }
