@@ -33,6 +33,8 @@ pub struct Cluster {
     /// costs one query a deadline rather than every query; a probe clears it
     /// once the leaf answers again.
     suspects: Arc<Mutex<HashSet<String>>>,
+    /// The leaves' usual answer times, for hedged reads.
+    pub hedging: Arc<crate::hedging::Hedging>,
 }
 
 #[derive(Debug)]
@@ -133,6 +135,7 @@ impl Cluster {
         Self {
             layout: Arc::new(Layout::Static(leaves)),
             suspects: Arc::default(),
+            hedging: Arc::default(),
         }
     }
 
@@ -158,6 +161,7 @@ impl Cluster {
         Ok(Self {
             layout: Arc::new(Layout::Placed(placed)),
             suspects: Arc::default(),
+            hedging: Arc::default(),
         })
     }
 

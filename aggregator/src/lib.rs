@@ -23,6 +23,7 @@ pub mod controller;
 pub mod error;
 pub mod files;
 pub mod flight_sql;
+pub mod hedging;
 pub mod lambdas;
 pub mod postgres;
 pub mod query;

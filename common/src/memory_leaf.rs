@@ -20,6 +20,7 @@ use crate::rpc::{
 pub struct MemoryLeaf {
     url: String,
     down: AtomicBool,
+    stalled: AtomicBool,
     /// Every put it stored: its header and its rows.
     pub puts: Mutex<Vec<(PutHeader, RecordBatch)>>,
     /// Every fragment ticket it was asked to run.
@@ -35,6 +36,7 @@ impl MemoryLeaf {
         Self {
             url: url.to_string(),
             down: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             puts: Mutex::default(),
             tickets: Mutex::default(),
             rows,
@@ -54,6 +56,11 @@ impl MemoryLeaf {
     /// From now on every call fails as a leaf that cannot be reached does.
     pub fn go_down(&self) {
         self.down.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on calls are taken but never answered (a hung leaf).
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     fn reachable(&self) -> Result<(), RpcError> {
@@ -88,6 +95,9 @@ impl LeafApi for MemoryLeaf {
 
     async fn action_body(&self, name: &str, _body: Vec<u8>) -> Result<Bytes, RpcError> {
         self.reachable()?;
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         match (name, &self.stats) {
             (ACTION_COLLECTION_STATS, Some(stats)) => Ok(serde_json::to_vec(stats)?.into()),
             (ACTION_HEALTH, _) => Ok(Bytes::from_static(b"{}")),
@@ -106,6 +116,9 @@ impl LeafApi for MemoryLeaf {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(ticket.clone());
+        if self.stalled.load(Ordering::SeqCst) {
+            return Ok(futures::stream::pending().boxed());
+        }
         let rows_scanned = self.rows.iter().map(|b| b.num_rows() as u64).sum();
         let items: Vec<Result<FragmentItem, RpcError>> = self
             .rows

@@ -113,3 +113,46 @@ fn leaves_answer_for_their_shards_and_replicas_for_a_lost_leaf() -> anyhow::Resu
     check_answers(&cluster, 6)?;
     Ok(())
 }
+
+#[test]
+fn a_hung_copy_is_hedged_around_and_then_asked_last() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        leaves: 3,
+        ..ClusterOptions::default()
+    })?;
+    cluster.create_collection(json!({
+        "name": "r", "num_shards": 6, "replication": 2, "id_field": "id",
+        "text_fields": ["body"]
+    }))?;
+    let docs: Vec<Value> = (0..300)
+        .map(|i| json!({"id": i, "a": i, "g": i % 7, "body": format!("word{} filler", i % 10)}))
+        .collect();
+    cluster.write_docs("r", &docs, 100)?;
+    // Planned once with every leaf up: later statements reuse the fields.
+    check_answers(&cluster, 6)?;
+
+    // Leaf 1 hangs (not dead: its connections stay open). Shards it is asked
+    // first for are also asked of their other copy after its usual time;
+    // every answer is whole.
+    cluster.leaves[1].signal("STOP")?;
+    let mut hedged = 0;
+    for _ in 0..3 {
+        for (sql, expected) in statements() {
+            let answer = cluster.query(sql)?;
+            assert_eq!(answer.status, 200, "{sql}: {}", answer.body);
+            assert_eq!(answer.body["rows"], json!(expected), "{sql}");
+            hedged += answer.body["stats"]["hedged"].as_u64().unwrap_or(0);
+        }
+    }
+    assert!(hedged >= 1, "no fragment was hedged while leaf 1 hung");
+    // Past the fragment deadline the hung leaf is suspected and asked last:
+    // statements no longer need a hedge.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let answer = cluster.query("SELECT COUNT(*), SUM(a) FROM r")?;
+    assert_eq!(answer.body["stats"]["hedged"], json!(0), "{}", answer.body);
+    assert_eq!(answer.body["rows"][0][0], json!(300));
+
+    cluster.leaves[1].signal("CONT")?;
+    check_answers(&cluster, 6)?;
+    Ok(())
+}

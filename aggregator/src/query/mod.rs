@@ -98,6 +98,9 @@ pub struct Stats {
     pub rows_scanned: u64,
     pub shards_queried: u64,
     pub shards_responded: u64,
+    /// Fragments also sent to another copy of their shards because the copy
+    /// asked first was slower than usual ([`crate::hedging`]).
+    pub hedged: u64,
     /// Rows beyond `max_result_rows`, or beyond `max_result_bytes` of JSON, were
     /// not returned.
     pub truncated: bool,
@@ -759,6 +762,7 @@ impl Answer {
             rows_scanned: self.stats.rows_scanned.load(Ordering::Relaxed),
             shards_queried: self.stats.shards_queried.load(Ordering::Relaxed),
             shards_responded: self.stats.shards_responded.load(Ordering::Relaxed),
+            hedged: self.stats.hedged.load(Ordering::Relaxed),
             truncated,
             freshness_ms: freshness_ms(&self.stats, &self.specs),
             scan: *self.stats.scan.lock().unwrap_or_else(|p| p.into_inner()),

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -39,13 +40,15 @@ use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{StreamExt, TryStreamExt};
 
 use altdb_common::collection::CollectionSpec;
 use altdb_common::routing::shards_for_filter;
 use altdb_common::rpc::{
-    keep_oldest, FragmentItem, FragmentMetrics, FragmentProfile, FragmentTicket, RpcError,
-    ScanCounts, ScanSpec, TicketShard,
+    deadline, keep_oldest, FragmentItem, FragmentMetrics, FragmentProfile, FragmentTicket,
+    RpcError, ScanCounts, ScanSpec, SharedLeaf, TicketShard,
 };
 
 use crate::cluster::{Cluster, CollectionFields};
@@ -56,6 +59,8 @@ pub struct QueryStats {
     pub rows_scanned: AtomicU64,
     pub shards_queried: AtomicU64,
     pub shards_responded: AtomicU64,
+    /// Fragments also sent to another copy (hedged reads).
+    pub hedged: AtomicU64,
     /// Per source, the oldest freshness over the shards that answered.
     pub source_as_of_us: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
     /// How the leaves read their shards, summed.
@@ -485,27 +490,9 @@ async fn open_fragments(
     let mut refreshed = false;
     loop {
         let epoch = target.cluster.epoch(&target.collection);
-        let mut not_owner = false;
-        for leaf in target.cluster.replicas(&target.collection, shards[0]) {
-            let ticket = FragmentTicket {
-                collection: target.collection.name.clone(),
-                incarnation: target.collection.incarnation,
-                shards: shards
-                    .iter()
-                    .map(|&shard| TicketShard {
-                        shard,
-                        fields_fingerprint: target
-                            .remembered
-                            .as_ref()
-                            .map(|fields| fields.fingerprint(leaf.url(), shard)),
-                    })
-                    .collect(),
-                profile: target.profile,
-                epoch,
-                plan: plan.clone(),
-            };
-            match leaf.fragment(&ticket).await {
-                Ok(stream) => {
+        let not_owner =
+            match ask_copies(&target, &plan, &shards, epoch, &stats, &mut failures).await? {
+                Asked::Answered(leaf, stream) => {
                     // Counted here: a consumer that has rows enough (a merge under a
                     // LIMIT) may stop before the leaf's metrics.
                     stats
@@ -517,19 +504,8 @@ async fn open_fragments(
                         .map_err(move |error| rpc_to_datafusion(error, &collection, &shards))
                         .boxed());
                 }
-                Err(error) if error.is_not_owner() => {
-                    not_owner = true;
-                    failures.push(format!("{}: {error}", leaf.url()));
-                }
-                Err(error) if error.is_unavailable() => {
-                    target.cluster.suspect(&leaf);
-                    failures.push(format!("{}: {error}", leaf.url()));
-                }
-                Err(error) => {
-                    return Err(rpc_to_datafusion(error, &target.collection.name, &shards))
-                }
-            }
-        }
+                Asked::NotAnswered { not_owner } => not_owner,
+            };
         if not_owner
             && !refreshed
             && target
@@ -566,6 +542,159 @@ async fn open_fragments(
             failures.join("; "),
         ));
     }
+}
+
+/// What asking the copies of a group of shards gave.
+enum Asked {
+    /// A copy answered: its stream, from its first item.
+    Answered(
+        SharedLeaf,
+        BoxStream<'static, Result<FragmentItem, RpcError>>,
+    ),
+    /// No copy answered (why is in the failures); some said the placement moved on.
+    NotAnswered { not_owner: bool },
+}
+
+/// A copy asked: when it sent its first item (or failed), and its stream.
+type Asking = BoxFuture<
+    'static,
+    (
+        SharedLeaf,
+        Duration,
+        Result<BoxStream<'static, Result<FragmentItem, RpcError>>, RpcError>,
+    ),
+>;
+
+/// Asks `leaf` for the fragment and waits for its first item (rows, or the
+/// metrics of an empty answer): the moment hedging measures.
+fn ask(leaf: SharedLeaf, ticket: FragmentTicket) -> Asking {
+    Box::pin(async move {
+        let started = Instant::now();
+        let answer = async {
+            let mut stream = leaf.fragment(&ticket).await?;
+            let first = stream.next().await;
+            Ok(futures::stream::iter(first).chain(stream).boxed())
+        }
+        .await;
+        (leaf, started.elapsed(), answer)
+    })
+}
+
+/// Asks the copies of `shards` (which share them) in order, hedged
+/// ([`crate::hedging`]): a copy failing or refusing passes to the next at
+/// once; one slower than its usual time has the next asked beside it; the
+/// first to answer serves the shards and the others are dropped.
+async fn ask_copies(
+    target: &Arc<ScanTarget>,
+    plan: &Bytes,
+    shards: &[u32],
+    epoch: u64,
+    stats: &QueryStats,
+    failures: &mut Vec<String>,
+) -> DfResult<Asked> {
+    let cluster = &target.cluster;
+    let ticket = |leaf: &SharedLeaf| FragmentTicket {
+        collection: target.collection.name.clone(),
+        incarnation: target.collection.incarnation,
+        shards: shards
+            .iter()
+            .map(|&shard| TicketShard {
+                shard,
+                fields_fingerprint: target
+                    .remembered
+                    .as_ref()
+                    .map(|fields| fields.fingerprint(leaf.url(), shard)),
+            })
+            .collect(),
+        profile: target.profile,
+        epoch,
+        plan: plan.clone(),
+    };
+    cluster.hedging.asked();
+    let mut copies = cluster.replicas(&target.collection, shards[0]).into_iter();
+    let mut asking: FuturesUnordered<Asking> = FuturesUnordered::new();
+    // The copies asked that have not answered; the last one's usual time is
+    // what the next hedge waits for.
+    let mut waiting: Vec<SharedLeaf> = Vec::new();
+    let mut may_hedge = true;
+    let mut not_owner = false;
+    loop {
+        if asking.is_empty() {
+            let Some(leaf) = copies.next() else {
+                return Ok(Asked::NotAnswered { not_owner });
+            };
+            asking.push(ask(leaf.clone(), ticket(&leaf)));
+            waiting.push(leaf);
+        }
+        let hedge_after = match waiting.last() {
+            Some(leaf) if may_hedge && copies.len() > 0 => cluster.hedging.delay(leaf.url()),
+            _ => deadline::FRAGMENT_START,
+        };
+        tokio::select! {
+            Some((leaf, elapsed, answer)) = asking.next() => {
+                waiting.retain(|asked| asked.url() != leaf.url());
+                match answer {
+                Ok(stream) => {
+                    cluster.hedging.answered(leaf.url(), elapsed);
+                    settle_losers(cluster.clone(), asking, waiting);
+                    return Ok(Asked::Answered(leaf, stream));
+                }
+                Err(error) if error.is_not_owner() => {
+                    not_owner = true;
+                    failures.push(format!("{}: {error}", leaf.url()));
+                }
+                Err(error) if error.is_unavailable() => {
+                    cluster.suspect(&leaf);
+                    failures.push(format!("{}: {error}", leaf.url()));
+                }
+                Err(error) => {
+                    return Err(rpc_to_datafusion(error, &target.collection.name, shards))
+                }
+                }
+            },
+            _ = tokio::time::sleep(hedge_after), if may_hedge && copies.len() > 0 => {
+                if cluster.hedging.try_hedge() {
+                    let leaf = copies.next().expect("a copy is left");
+                    asking.push(ask(leaf.clone(), ticket(&leaf)));
+                    waiting.push(leaf);
+                    stats.hedged.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // Out of budget: this request waits for the copies asked.
+                    may_hedge = false;
+                }
+            }
+        }
+    }
+}
+
+/// The copies that lost a hedged race are followed a while in the
+/// background: one that answers has its time remembered, one that fails or
+/// stays silent past the fragment deadline is suspected (asked last until it
+/// answers a health probe), so a stalled copy stops costing queries a hedge.
+fn settle_losers(
+    cluster: Cluster,
+    mut asking: FuturesUnordered<Asking>,
+    mut waiting: Vec<SharedLeaf>,
+) {
+    if asking.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(deadline::FRAGMENT_START, async {
+            while let Some((leaf, elapsed, answer)) = asking.next().await {
+                waiting.retain(|asked| asked.url() != leaf.url());
+                match answer {
+                    Ok(_) => cluster.hedging.answered(leaf.url(), elapsed),
+                    Err(error) if error.is_unavailable() => cluster.suspect(&leaf),
+                    Err(_) => {}
+                }
+            }
+        })
+        .await;
+        for silent in waiting {
+            cluster.suspect(&silent);
+        }
+    });
 }
 
 fn unavailable(collection: &str, shards: &[u32], detail: String) -> DataFusionError {
@@ -740,6 +869,31 @@ mod tests {
             "{error}"
         );
         assert_eq!(stats.shards_responded.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hung_copy_is_hedged_then_suspected_and_asked_last() {
+        let leaves = [
+            leaf("http://a", 1),
+            leaf("http://b", 2),
+            leaf("http://c", 3),
+        ];
+        let target = target(&leaves, 2);
+        // Shards 1 and 4 are asked of b first; b takes the call and hangs.
+        leaves[1].stall();
+        let (items, stats, by) = open(&target, vec![1, 4]).await;
+        assert_eq!(values(&items.unwrap()), vec![3], "c answered for b");
+        assert_eq!(by, "http://c");
+        assert_eq!(stats.hedged.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.shards_responded.load(Ordering::Relaxed), 2);
+        // The losing call is followed in the background: silent past the
+        // fragment deadline, b is suspected and the next request asks c first.
+        tokio::time::sleep(deadline::FRAGMENT_START + Duration::from_millis(200)).await;
+        let (items, stats, by) = open(&target, vec![1, 4]).await;
+        assert_eq!(values(&items.unwrap()), vec![3]);
+        assert_eq!(by, "http://c");
+        assert_eq!(stats.hedged.load(Ordering::Relaxed), 0);
+        assert_eq!(leaves[1].tickets.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
