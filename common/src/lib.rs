@@ -26,6 +26,7 @@
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 //! - [`metastore`]: the cluster's shared state (a file, or etcd) and watch caches of it.
 //! - [`files`]: JSON state files replaced atomically, owner-only.
+//! - [`versions`]: the hybrid clock that orders versions of a document on every copy.
 //! - [`probes`]: `/livez` and `/readyz`.
 //! - [`shutdown`]: the signal, the HTTP server until then, the grace period's deadline.
 
@@ -60,6 +61,7 @@ pub mod sql_guard;
 pub mod telemetry;
 pub mod tls;
 pub mod transform;
+pub mod versions;
 
 pub use error::{Error, Result};
 

@@ -88,6 +88,13 @@ pub struct PutHeader {
     /// shard's copies. 0 without a metastore.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub epoch: u64,
+    /// The version of the batch's documents, the same on every copy: a copy
+    /// keeps, per `_id`, the highest version it was sent, so copies converge
+    /// whatever order writes reach them in. The tailer gives each batch one
+    /// from a hybrid clock ([`crate::versions`]). 0: unordered (the latest
+    /// arrival wins), as writers before versions sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -186,6 +193,9 @@ pub struct CopyShardPage {
 pub struct CopiedDoc {
     pub id: String,
     pub event_time_us: i64,
+    /// Its [`PutHeader::version`] (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
     /// The document's JSON text as stored.
     pub doc: Box<serde_json::value::RawValue>,
 }

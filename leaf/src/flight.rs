@@ -214,6 +214,7 @@ impl FlightService for LeafService {
                     incarnation: header.incarnation,
                     shard: header.shard,
                     epoch: header.epoch,
+                    version: header.version,
                 },
                 meta,
                 header.sources,

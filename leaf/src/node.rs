@@ -24,14 +24,16 @@ use crate::store::{CollectionMeta, Store};
 
 type ShardKey = (String, u32);
 
-/// Where a put goes: a shard of a collection's incarnation, and the placement
-/// epoch its writer knows (0 without a metastore).
+/// Where a put goes: a shard of a collection's incarnation, the placement
+/// epoch its writer knows (0 without a metastore), and the version of its
+/// documents (`PutHeader::version`).
 #[derive(Debug, Clone)]
 pub struct WriteTo {
     pub collection: String,
     pub incarnation: u64,
     pub shard: u32,
     pub epoch: u64,
+    pub version: u64,
 }
 
 /// All shards of all collections on this leaf.
@@ -179,6 +181,7 @@ impl Leaf {
                     Ok(CopiedDoc {
                         id: doc.id,
                         event_time_us: doc.event_time_us,
+                        version: doc.version,
                         doc: serde_json::value::RawValue::from_string(text)?,
                     })
                 })
@@ -328,6 +331,7 @@ impl Leaf {
             incarnation,
             shard,
             epoch,
+            version,
         } = to;
         // Held until the rows are stored (see `placement`: a copy starting
         // waits for writes checked against an older placement).
@@ -353,7 +357,8 @@ impl Leaf {
             state.serve(&collection, incarnation, shard)
         })?;
         let shard = self.shard_or_create(&collection, shard);
-        let ack = tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs)).await?;
+        let ack = tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs, version))
+            .await?;
         self.metrics.observe(
             "altdb_leaf_write_duration_seconds",
             "Time to store a pushed batch durably (RocksDB WAL) and make it queryable.",

@@ -418,6 +418,7 @@ async fn copy_once(
             text_fields: page.text_fields.clone(),
             max_fields: page.max_fields,
         };
+        let versions: Vec<u64> = page.docs.iter().map(|doc| doc.version).collect();
         let rows: Vec<PutRow> = page
             .docs
             .into_iter()
@@ -433,7 +434,8 @@ async fn copy_once(
             .collect();
         let (target, page_meta) = (target.clone(), meta.clone());
         docs +=
-            tokio::task::spawn_blocking(move || target.write_copied(&page_meta, rows)).await??;
+            tokio::task::spawn_blocking(move || target.write_copied(&page_meta, rows, &versions))
+                .await??;
         match page.next {
             Some(next) => request.after = Some(next),
             None => break,
@@ -449,7 +451,7 @@ async fn copy_once(
             as_of_us: None,
         })
         .collect();
-    tokio::task::spawn_blocking(move || target.write(&meta, &sources, Vec::new())).await??;
+    tokio::task::spawn_blocking(move || target.write(&meta, &sources, Vec::new(), 0)).await??;
     mark_ready(follower, collection, incarnation, shard).await?;
     Ok(Copied {
         docs,

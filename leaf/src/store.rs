@@ -3,7 +3,7 @@
 //! One key space, prefixed by record kind:
 //!
 //! ```text
-//!  d \0 collection \0 shard(be32) \0 _id          → seq(le64) event_time(le64) document JSON
+//!  d \0 collection \0 shard(be32) \0 _id          → seq(le64) event_time(le64) [0xff version(le64)] document JSON
 //!  w \0 collection \0 shard(be32) \0 source       → position(le64)       source watermark
 //!  m \0 collection \0 shard(be32) \0 segment(be64) → SegmentMeta JSON    sealed-segment manifest
 //!  r \0 collection \0 shard(be32)                  → ""                  shards held here
@@ -39,7 +39,37 @@ pub struct StoredDoc {
     pub id: String,
     pub seq: u64,
     pub event_time_us: i64,
+    /// The version its writer gave it (`PutHeader::version`; 0: none).
+    pub version: u64,
     pub json: Vec<u8>,
+}
+
+/// Marks a stored document's version; a document's JSON never starts with it
+/// (documents written before versions have none).
+const VERSION_MARK: u8 = 0xff;
+
+/// The version in a stored document's value, and where its JSON starts.
+fn version_of(value: &[u8]) -> (u64, usize) {
+    match value.get(16) {
+        Some(&VERSION_MARK) => (
+            u64::from_le_bytes(value[17..25].try_into().expect("8 bytes")),
+            25,
+        ),
+        _ => (0, 16),
+    }
+}
+
+impl StoredDoc {
+    fn decode(id: String, value: &[u8]) -> Self {
+        let (version, json) = version_of(value);
+        Self {
+            id,
+            seq: u64::from_le_bytes(value[..8].try_into().expect("8 bytes")),
+            event_time_us: i64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
+            version,
+            json: value[json..].to_vec(),
+        }
+    }
 }
 
 /// The leaf's RocksDB handle.
@@ -92,10 +122,14 @@ pub struct ShardWrite<'a> {
 }
 
 impl ShardWrite<'_> {
-    pub fn put_doc(&mut self, id: &str, seq: u64, event_time_us: i64, json: &[u8]) {
-        let mut value = Vec::with_capacity(16 + json.len());
+    pub fn put_doc(&mut self, id: &str, seq: u64, event_time_us: i64, version: u64, json: &[u8]) {
+        let mut value = Vec::with_capacity(25 + json.len());
         value.extend_from_slice(&seq.to_le_bytes());
         value.extend_from_slice(&event_time_us.to_le_bytes());
+        if version > 0 {
+            value.push(VERSION_MARK);
+            value.extend_from_slice(&version.to_le_bytes());
+        }
         value.extend_from_slice(json);
         self.batch.put(
             shard_key(b'd', self.collection, self.shard, id.as_bytes()),
@@ -216,15 +250,23 @@ impl Store {
         let mut docs = Vec::new();
         for (id, value) in ids.iter().zip(self.db.multi_get(keys)) {
             if let Some(value) = value? {
-                docs.push(StoredDoc {
-                    id: id.clone(),
-                    seq: u64::from_le_bytes(value[..8].try_into().expect("8 bytes")),
-                    event_time_us: i64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
-                    json: value[16..].to_vec(),
-                });
+                docs.push(StoredDoc::decode(id.clone(), &value));
             }
         }
         Ok(docs)
+    }
+
+    /// The stored versions of the documents with these `_id`s (`None`: not stored).
+    pub fn versions(&self, collection: &str, shard: u32, ids: &[&str]) -> Result<Vec<Option<u64>>> {
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| shard_key(b'd', collection, shard, id.as_bytes()))
+            .collect();
+        self.db
+            .multi_get(keys)
+            .into_iter()
+            .map(|value| Ok(value?.map(|value| version_of(&value).0)))
+            .collect()
     }
 
     /// Every document of a shard, in `_id` order.
@@ -237,12 +279,10 @@ impl Store {
         let skip = prefix.len();
         self.scan_prefix(prefix).map(move |item| {
             let (key, value) = item?;
-            Ok(StoredDoc {
-                id: String::from_utf8_lossy(&key[skip..]).into_owned(),
-                seq: u64::from_le_bytes(value[..8].try_into().expect("8 bytes")),
-                event_time_us: i64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
-                json: value[16..].to_vec(),
-            })
+            Ok(StoredDoc::decode(
+                String::from_utf8_lossy(&key[skip..]).into_owned(),
+                &value,
+            ))
         })
     }
 
@@ -276,12 +316,10 @@ impl Store {
                 return Ok((docs, next));
             }
             bytes += key.len() + value.len();
-            docs.push(StoredDoc {
-                id: String::from_utf8_lossy(&key[skip..]).into_owned(),
-                seq: u64::from_le_bytes(value[..8].try_into().expect("8 bytes")),
-                event_time_us: i64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
-                json: value[16..].to_vec(),
-            });
+            docs.push(StoredDoc::decode(
+                String::from_utf8_lossy(&key[skip..]).into_owned(),
+                &value,
+            ));
         }
         Ok((docs, None))
     }
@@ -371,19 +409,33 @@ mod tests {
         let store = Store::open(dir.path(), false).unwrap();
         let mut write = store.shard_write("events", 1);
         write.register_shard(&CollectionMeta::default()).unwrap();
-        write.put_doc("a", 1, 10, br#"{"x":1}"#);
-        write.put_doc("b", 2, 20, br#"{"x":2}"#);
+        write.put_doc("a", 1, 10, 0, br#"{"x":1}"#);
+        write.put_doc("b", 2, 20, 7, br#"{"x":2}"#);
         write.put_watermark("datagen", 7);
         store.commit(write).unwrap();
         let mut other = store.shard_write("events", 2);
         other.register_shard(&CollectionMeta::default()).unwrap();
-        other.put_doc("c", 1, 30, b"{}");
+        other.put_doc("c", 1, 30, 0, b"{}");
         store.commit(other).unwrap();
 
         let docs: Vec<_> = store.docs("events", 1).map(Result::unwrap).collect();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].id, "b");
         assert_eq!(docs[1].event_time_us, 20);
+        // Versioned and unversioned documents read back whole.
+        assert_eq!(
+            (docs[0].version, docs[0].json.as_slice()),
+            (0, &br#"{"x":1}"#[..])
+        );
+        assert_eq!(
+            (docs[1].version, docs[1].json.as_slice()),
+            (7, &br#"{"x":2}"#[..])
+        );
+        let got = store.get_docs("events", 1, &["b".into()]).unwrap();
+        assert_eq!(
+            (got[0].version, got[0].json.as_slice()),
+            (7, &br#"{"x":2}"#[..])
+        );
         assert_eq!(
             store.watermarks("events", 1).unwrap(),
             vec![("datagen".into(), 7)]

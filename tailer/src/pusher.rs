@@ -16,6 +16,7 @@ use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
     put_batch, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark, PUT_BATCH_BYTES,
 };
+use altdb_common::versions::VersionClock;
 
 use crate::error::{Result, TailerError};
 
@@ -24,6 +25,8 @@ use crate::error::{Result, TailerError};
 pub struct Pusher {
     layout: Arc<Layout>,
     batch_rows: usize,
+    /// Gives every batch its version before it goes to the shard's copies.
+    versions: Arc<VersionClock>,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,7 @@ impl Pusher {
         Self {
             layout: Arc::new(Layout::Static(leaves)),
             batch_rows: batch_rows.max(1),
+            versions: Arc::default(),
         }
     }
 
@@ -98,6 +102,7 @@ impl Pusher {
                     .map_err(unavailable)?,
             }),
             batch_rows: batch_rows.max(1),
+            versions: Arc::default(),
         })
     }
 
@@ -238,6 +243,8 @@ impl Pusher {
                 text_fields: spec.text_fields.clone(),
                 max_fields: Some(spec.max_fields),
                 epoch: 0,
+                // The same on every copy, and on a retry of this chunk.
+                version: self.versions.next(),
             };
             let refs: Vec<&PutRow> = chunk.iter().map(|(_, row)| *row).collect();
             let batch = put_batch(&refs).map_err(PushError::Encode)?;

@@ -482,6 +482,7 @@ fn tickets() {
                     incarnation,
                     shard,
                     epoch: 0,
+                    version: 0,
                 },
                 Default::default(),
                 Vec::new(),

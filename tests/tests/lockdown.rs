@@ -56,6 +56,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             text_fields: Vec::new(),
             max_fields: None,
             epoch: 0,
+            version: 0,
         };
         let put = runtime.block_on(leaf.put(&header, put_batch(&[])?));
         assert!(put.expect_err(name).is_invalid_argument(), "{name}");
@@ -253,6 +254,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
         text_fields: Vec::new(),
         max_fields: None,
         epoch: 0,
+        version: 0,
     };
     match runtime.block_on(stranger.put(&header, put_batch(&[])?)) {
         Err(altdb_common::rpc::RpcError::Status(status)) => refused(status),
@@ -487,6 +489,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
         text_fields: Vec::new(),
         max_fields: None,
         epoch: 0,
+        version: 0,
     };
     let refs: Vec<&altdb_common::rpc::PutRow> = rows.iter().collect();
     let error = runtime
@@ -640,6 +643,7 @@ fn put_one(
         text_fields: Vec::new(),
         max_fields: None,
         epoch: 0,
+        version: 0,
     };
     runtime.block_on(leaf.put(&header, put_batch(&[&row]).expect("a batch")))
 }

@@ -156,3 +156,72 @@ fn a_hung_copy_is_hedged_around_and_then_asked_last() -> anyhow::Result<()> {
     check_answers(&cluster, 6)?;
     Ok(())
 }
+
+/// `SELECT _id, w, n` of collection `u`, whichever copies answer.
+fn upserted(cluster: &Cluster) -> anyhow::Result<Vec<Vec<Value>>> {
+    cluster.rows("SELECT _id, w, n FROM u ORDER BY _id")
+}
+
+#[test]
+fn copies_of_concurrently_upserted_documents_end_equal() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        leaves: 2,
+        ..ClusterOptions::default()
+    })?;
+    // Every shard on both leaves.
+    cluster.create_collection(json!({"name": "u", "num_shards": 4, "replication": 2}))?;
+    // Writers upsert the same 100 `_id`s at once, each with its own rising
+    // `n`: their batches reach the two copies of a shard in either order.
+    const WRITERS: u64 = 4;
+    const ROUNDS: u64 = 100;
+    let last: Vec<u64> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let cluster = &cluster;
+                scope.spawn(move || {
+                    for n in 1..=ROUNDS {
+                        let docs: Vec<Value> = (0..100)
+                            .map(|i| json!({"_id": format!("id{i:03}"), "w": w, "n": n}))
+                            .collect();
+                        cluster.write_docs("u", &docs, 100).expect("write");
+                    }
+                    ROUNDS
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    cluster.wait_until(
+        "SELECT COUNT(*) FROM u",
+        std::time::Duration::from_secs(30),
+        |n| n == 100,
+    );
+    // Each copy read alone: leaf 1 down, then leaf 0 down.
+    cluster.leaves[1].kill9();
+    let on_leaf_0 = upserted(&cluster)?;
+    cluster.leaves[1].restart()?;
+    // Serving again (its shards open) before the other copy goes.
+    let ready = format!("{}/readyz", cluster.leaf_urls[1]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leaf 1 did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    cluster.leaves[0].kill9();
+    let on_leaf_1 = upserted(&cluster)?;
+    assert_eq!(on_leaf_0.len(), 100);
+    assert_eq!(on_leaf_0, on_leaf_1, "the copies differ");
+    // And each document is a writer's last version of it: a writer's later
+    // write is newer than its earlier ones.
+    for row in &on_leaf_0 {
+        let (w, n) = (row[1].as_u64().unwrap(), row[2].as_u64().unwrap());
+        assert_eq!(
+            n, last[w as usize],
+            "{row:?} is not writer {w}'s last version"
+        );
+    }
+    Ok(())
+}

@@ -232,7 +232,9 @@ mod tests {
                 doc_json: format!(r#"{{"qty": {i}, "name": "n{i}"}}"#),
             })
             .collect();
-        shard.write(&CollectionMeta::default(), &[], docs).unwrap();
+        shard
+            .write(&CollectionMeta::default(), &[], docs, 0)
+            .unwrap();
         let output = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, true),
             Field::new("qty", DataType::Int64, true),

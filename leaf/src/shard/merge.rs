@@ -202,7 +202,7 @@ mod tests {
             let docs = (0..size)
                 .map(|i| doc(&format!("s{n}-{i}"), None, r#"{"v":1}"#))
                 .collect();
-            shard.write(&meta, &[], docs).unwrap();
+            shard.write(&meta, &[], docs, 0).unwrap();
             assert!(shard.seal_if_due(seal, false).unwrap());
         }
         let sealed = shard.snapshot().sealed;
@@ -242,7 +242,7 @@ mod tests {
                     )
                 })
                 .collect();
-            shard.write(&meta, &[], docs).unwrap();
+            shard.write(&meta, &[], docs, 0).unwrap();
             assert!(shard.seal_if_due(seal, false).unwrap());
         }
         // Upserts into sealed segments: one row of segment 1 changes, one moves types.
@@ -254,6 +254,7 @@ mod tests {
                     doc("d1", None, r#"{"v":100}"#),
                     doc("d9", None, r#"{"v":"text"}"#),
                 ],
+                0,
             )
             .unwrap();
         let before = live_values(&shard);
@@ -289,7 +290,7 @@ mod tests {
 
         // An upsert after the merge deletes from the merged segment.
         shard
-            .write(&meta, &[], vec![doc("d2", None, r#"{"v":7}"#)])
+            .write(&meta, &[], vec![doc("d2", None, r#"{"v":7}"#)], 0)
             .unwrap();
         let after = live_values(&shard);
         assert_eq!(

@@ -107,7 +107,7 @@ mod tests {
                 doc_json: format!(r#"{{"v": {i}}}"#),
             })
             .collect();
-        shard.write(&meta, &[], docs).unwrap();
+        shard.write(&meta, &[], docs, 0).unwrap();
         let policy = SealPolicy {
             max_rows: 1,
             max_age_secs: 3600,
@@ -124,7 +124,7 @@ mod tests {
         );
         // An upsert of `d` deletes d's sealed row, not the row d arrived at.
         shard
-            .write(&meta, &[], vec![doc("d", None, r#"{"v": 9}"#)])
+            .write(&meta, &[], vec![doc("d", None, r#"{"v": 9}"#)], 0)
             .unwrap();
         let snapshot = shard.snapshot();
         assert_eq!(snapshot.sealed[0].deletes.len(), 1);

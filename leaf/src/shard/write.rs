@@ -1,7 +1,7 @@
 //! Writing a put batch: rows and watermarks in one RocksDB batch, then the
 //! mutable segment.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -33,21 +33,35 @@ impl Shard {
     /// Rows at or below the watermark of their source were stored by an earlier
     /// delivery and are skipped, which makes a source replay exactly-once. The
     /// watermarks the batch advances are written in the same RocksDB batch as its rows.
+    ///
+    /// `version` orders the batch's documents against other versions of the
+    /// same `_id`s (the writer gave it before sending the batch to every copy,
+    /// `PutHeader::version`): a document is skipped when this copy holds a
+    /// newer version of it, so copies end equal whatever order writes reach
+    /// them in. Rows of one batch apply in order; a batch of version 0 (a
+    /// writer that gives none) always applies: the latest arrival wins.
     pub fn write(
         &self,
         meta: &CollectionMeta,
         sources: &[SourceMark],
         docs: Vec<PutRow>,
+        version: u64,
     ) -> Result<PutAck> {
-        self.store_rows(meta, sources, docs, false)
+        let versions = vec![version; docs.len()];
+        self.store_rows(meta, sources, docs, &versions, false)
     }
 
-    /// Stores documents copied from another copy of the shard, except those
-    /// whose `_id` this copy holds already: a joining copy takes writes while
-    /// it copies, and what it was sent since is as new as the copy, or newer.
-    /// Blocking. The number stored.
-    pub fn write_copied(&self, meta: &CollectionMeta, docs: Vec<PutRow>) -> Result<u64> {
-        Ok(self.store_rows(meta, &[], docs, true)?.written)
+    /// Stores documents copied from another copy of the shard, with their
+    /// versions, except those whose `_id` this copy holds at that version or a
+    /// newer one: a joining copy takes writes while it copies, and what it was
+    /// sent since is as new as the copy, or newer. Blocking. The number stored.
+    pub fn write_copied(
+        &self,
+        meta: &CollectionMeta,
+        docs: Vec<PutRow>,
+        versions: &[u64],
+    ) -> Result<u64> {
+        Ok(self.store_rows(meta, &[], docs, versions, true)?.written)
     }
 
     fn store_rows(
@@ -55,8 +69,10 @@ impl Shard {
         meta: &CollectionMeta,
         sources: &[SourceMark],
         docs: Vec<PutRow>,
+        versions: &[u64],
         copied: bool,
     ) -> Result<PutAck> {
+        debug_assert_eq!(docs.len(), versions.len());
         let parsed = docs.iter().map(parse_row).collect::<Result<Vec<_>>>()?;
         if let Some(bad) = docs.iter().find(|d| {
             d.position
@@ -79,6 +95,22 @@ impl Shard {
         if !state.registered || state.meta != *meta {
             write.register_shard(meta)?;
         }
+        // The versions held of the batch's `_id`s this copy has (upserts);
+        // new `_id`s, the common case of a stream, cost no read.
+        let held: Vec<&str> = docs
+            .iter()
+            .map(|d| d.id.as_str())
+            .filter(|id| state.keys.contains_key(*id))
+            .collect();
+        let mut held: HashMap<String, u64> = if held.is_empty() {
+            HashMap::new()
+        } else {
+            let versions = self.store.versions(&self.collection, self.shard, &held)?;
+            held.iter()
+                .zip(versions)
+                .filter_map(|(id, version)| Some((id.to_string(), version?)))
+                .collect()
+        };
         let mut accepted = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
         let mut rejected = Vec::new();
@@ -87,7 +119,17 @@ impl Shard {
             added: HashSet::new(),
         });
         for (index, (doc, mut row)) in docs.iter().zip(parsed).enumerate() {
-            if copied && state.keys.contains_key(&row.id) {
+            let version = versions[index];
+            let newer_held = held.get(&row.id).is_some_and(|&holds| {
+                // A copied document the copy has at its version was written
+                // here as well; a write older than what is held lost the race.
+                if copied {
+                    holds >= version
+                } else {
+                    version > 0 && holds > version
+                }
+            });
+            if newer_held {
                 skipped += 1;
                 continue;
             }
@@ -110,7 +152,14 @@ impl Shard {
             }
             row.seq = state.next_seq;
             state.next_seq += 1;
-            write.put_doc(&row.id, row.seq, row.event_time_us, doc.doc_json.as_bytes());
+            write.put_doc(
+                &row.id,
+                row.seq,
+                row.event_time_us,
+                version,
+                doc.doc_json.as_bytes(),
+            );
+            held.insert(row.id.clone(), version);
             accepted.push(row);
         }
         for (mark, new) in sources.iter().zip(after.iter_mut()) {
@@ -223,7 +272,7 @@ mod tests {
             offset: 7,
         });
         let sources = [mark("p0", Some(40)), mark("p1", None)];
-        let ack = shard.write(&meta, &sources, vec![from_b]).unwrap();
+        let ack = shard.write(&meta, &sources, vec![from_b], 0).unwrap();
         assert_eq!(ack.written, 1);
         assert_eq!(shard.watermark("p0"), Some(40));
         assert_eq!(shard.watermark("p1"), Some(7));
@@ -233,6 +282,7 @@ mod tests {
                 &meta,
                 &[mark("p0", Some(30))],
                 vec![doc("y", Some(40), "{}")],
+                0,
             )
             .unwrap();
         assert_eq!((ack.written, ack.skipped), (0, 1));
@@ -242,7 +292,7 @@ mod tests {
             source: 5,
             offset: 1,
         });
-        let err = shard.write(&meta, &sources, vec![bad]).unwrap_err();
+        let err = shard.write(&meta, &sources, vec![bad], 0).unwrap_err();
         assert!(err.to_string().contains("source #5"), "{err}");
     }
 
@@ -261,6 +311,7 @@ mod tests {
                     doc("a", Some(1), r#"{"v":1}"#),
                     doc("b", Some(2), r#"{"v":2}"#),
                 ],
+                0,
             )
             .unwrap();
         assert_eq!(ack.written, 2);
@@ -273,6 +324,7 @@ mod tests {
                     doc("a", Some(1), r#"{"v":1}"#),
                     doc("c", Some(3), r#"{"v":"x"}"#),
                 ],
+                0,
             )
             .unwrap();
         assert_eq!((ack.written, ack.skipped), (1, 1));
@@ -287,6 +339,7 @@ mod tests {
                 &meta,
                 &[],
                 vec![doc("a", None, r#"{"v":10}"#), doc("d", None, "{}")],
+                0,
             )
             .unwrap();
         assert_eq!(live_ids(&shard), ["a", "b", "c", "d"]);
@@ -307,5 +360,96 @@ mod tests {
             .find(|r| r.id == "a")
             .unwrap();
         assert_eq!(a.get("v"), Some(&serde_json::json!(10)));
+    }
+
+    #[test]
+    fn copies_converge_on_the_highest_version_whatever_the_order() {
+        let meta = CollectionMeta::default();
+        let writes = [
+            (5, doc("a", None, r#"{"v": 5}"#)),
+            (3, doc("a", None, r#"{"v": 3}"#)),
+            (9, doc("b", None, r#"{"v": 9}"#)),
+            (7, doc("b", None, r#"{"v": 7}"#)),
+        ];
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (first, second) = (new_shard(one.path()), new_shard(two.path()));
+        for (version, row) in writes.iter() {
+            first
+                .write(&meta, &[], vec![row.clone()], *version)
+                .unwrap();
+        }
+        for (version, row) in writes.iter().rev() {
+            second
+                .write(&meta, &[], vec![row.clone()], *version)
+                .unwrap();
+        }
+        let expected = vec![
+            ("a".to_string(), serde_json::json!(5)),
+            ("b".to_string(), serde_json::json!(9)),
+        ];
+        assert_eq!(live_values(&first), expected);
+        assert_eq!(live_values(&second), expected);
+        // An older write is counted as skipped; an unversioned one always applies.
+        let ack = first
+            .write(&meta, &[], vec![doc("a", None, r#"{"v": 1}"#)], 4)
+            .unwrap();
+        assert_eq!((ack.written, ack.skipped), (0, 1));
+        // Once sealed, the versions held still decide.
+        first
+            .seal_if_due(
+                SealPolicy {
+                    max_rows: 1,
+                    max_age_secs: 1,
+                },
+                true,
+            )
+            .unwrap();
+        let ack = first
+            .write(&meta, &[], vec![doc("b", None, r#"{"v": 8}"#)], 8)
+            .unwrap();
+        assert_eq!(ack.skipped, 1);
+        first
+            .write(&meta, &[], vec![doc("b", None, r#"{"v": 0}"#)], 0)
+            .unwrap();
+        assert_eq!(
+            live_values(&first)[1],
+            ("b".to_string(), serde_json::json!(0))
+        );
+    }
+
+    #[test]
+    fn copied_documents_repair_older_versions_only() {
+        let meta = CollectionMeta::default();
+        let dir = tempfile::tempdir().unwrap();
+        let shard = new_shard(dir.path());
+        shard
+            .write(
+                &meta,
+                &[],
+                vec![doc("a", None, r#"{"v": 1}"#), doc("b", None, r#"{"v": 6}"#)],
+                6,
+            )
+            .unwrap();
+        // The source copy has a newer `a`, an older `b` and an unknown `c`.
+        let stored = shard
+            .write_copied(
+                &meta,
+                vec![
+                    doc("a", None, r#"{"v": 2}"#),
+                    doc("b", None, r#"{"v": 5}"#),
+                    doc("c", None, r#"{"v": 3}"#),
+                ],
+                &[8, 5, 3],
+            )
+            .unwrap();
+        assert_eq!(stored, 2);
+        assert_eq!(
+            live_values(&shard),
+            vec![
+                ("a".to_string(), serde_json::json!(2)),
+                ("b".to_string(), serde_json::json!(6)),
+                ("c".to_string(), serde_json::json!(3)),
+            ]
+        );
     }
 }

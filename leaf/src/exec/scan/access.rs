@@ -259,7 +259,9 @@ mod tests {
                 ),
             })
             .collect();
-        shard.write(&CollectionMeta::default(), &[], docs).unwrap();
+        shard
+            .write(&CollectionMeta::default(), &[], docs, 0)
+            .unwrap();
         let policy = SealPolicy {
             max_rows: 1,
             max_age_secs: 3600,
@@ -375,6 +377,7 @@ mod tests {
                     position: None,
                     doc_json: r#"{"user": "moved"}"#.into(),
                 }],
+                0,
             )
             .unwrap();
         assert_eq!(

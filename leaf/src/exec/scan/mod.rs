@@ -654,7 +654,9 @@ mod tests {
                     }
                 })
                 .collect();
-            shard.write(&CollectionMeta::default(), &[], docs).unwrap();
+            shard
+                .write(&CollectionMeta::default(), &[], docs, 0)
+                .unwrap();
             assert!(shard.seal_if_due(policy, true).unwrap());
         }
         let spec = ScanSpec {
