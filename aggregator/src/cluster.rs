@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 
 use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
@@ -14,7 +16,7 @@ use altdb_common::metastore::{Metastore, MetastoreError, Precondition};
 use altdb_common::placement::{Placement, DRAINS, PLACEMENTS};
 use altdb_common::routing::replicas_for_shard;
 use altdb_common::rpc::{
-    CollectionRequest, CollectionStats, CreateCollectionRequest, LeafClient, SharedLeaf,
+    deadline, CollectionRequest, CollectionStats, CreateCollectionRequest, LeafClient, SharedLeaf,
     ACTION_COLLECTION_STATS, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH,
 };
 use altdb_common::schema::FieldSet;
@@ -69,6 +71,16 @@ impl Placed {
             .collect()
     }
 }
+
+/// A call to a leaf under way: the leaf, how long its answer took, the answer.
+pub type Answering<T> = futures::future::BoxFuture<
+    'static,
+    (
+        SharedLeaf,
+        Duration,
+        std::result::Result<T, altdb_common::rpc::RpcError>,
+    ),
+>;
 
 /// How often a suspect leaf is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -311,6 +323,40 @@ impl Cluster {
         });
     }
 
+    /// Calls to leaves that lost a race (a hedged read, or stats no longer
+    /// waited for) are followed in the background: one that answers has its
+    /// time remembered (`record`: a fragment's first answer), one that fails
+    /// or stays silent past the fragment deadline is suspected (asked last
+    /// until it answers a health probe), so a hung copy stops costing queries.
+    pub fn follow_stragglers<T: Send + 'static>(
+        &self,
+        mut asking: FuturesUnordered<Answering<T>>,
+        mut waiting: Vec<SharedLeaf>,
+        record: bool,
+    ) {
+        if asking.is_empty() {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(deadline::FRAGMENT_START, async {
+                while let Some((leaf, elapsed, answer)) = asking.next().await {
+                    waiting.retain(|asked| asked.url() != leaf.url());
+                    match answer {
+                        Ok(_) if record => cluster.hedging.answered(leaf.url(), elapsed),
+                        Ok(_) => {}
+                        Err(error) if error.is_unavailable() => cluster.suspect(&leaf),
+                        Err(_) => {}
+                    }
+                }
+            })
+            .await;
+            for silent in waiting {
+                cluster.suspect(&silent);
+            }
+        });
+    }
+
     /// The URLs of the leaves holding each shard of `spec` (ready copies), by
     /// shard, in placement order.
     pub fn placement(&self, spec: &CollectionSpec) -> Vec<Vec<String>> {
@@ -357,22 +403,50 @@ impl Cluster {
             if round.is_empty() || (!stats.is_empty() && uncovered(&reachable).is_empty()) {
                 continue;
             }
-            let answers =
-                join_all(round.iter().map(|leaf| {
-                    leaf.action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
-                }))
-                .await;
-            for (leaf, answer) in round.into_iter().zip(answers) {
-                match answer {
-                    Ok(answer) => {
-                        reachable.insert(leaf.url().to_string());
-                        stats.push((leaf.url().to_string(), answer));
-                    }
-                    Err(error) => {
-                        if error.is_unavailable() {
-                            self.suspect(&leaf);
+            let mut asking: FuturesUnordered<Answering<CollectionStats>> = round
+                .iter()
+                .map(|leaf| {
+                    let (leaf, request) = (leaf.clone(), request.clone());
+                    Box::pin(async move {
+                        let started = std::time::Instant::now();
+                        let answer = leaf
+                            .action::<_, CollectionStats>(ACTION_COLLECTION_STATS, &request)
+                            .await;
+                        (leaf, started.elapsed(), answer)
+                    }) as Answering<CollectionStats>
+                })
+                .collect();
+            let mut waiting = round;
+            loop {
+                // Once every shard has an answer, a leaf slower than its
+                // usual time is not waited for (a hedge: its shards' fields
+                // came from their other copies).
+                let covered = uncovered(&reachable).is_empty();
+                let grace = waiting
+                    .iter()
+                    .map(|leaf| self.hedging.delay(leaf.url()))
+                    .max()
+                    .unwrap_or_default();
+                tokio::select! {
+                    answered = asking.next() => {
+                        let Some((leaf, _, answer)) = answered else { break };
+                        waiting.retain(|asked| asked.url() != leaf.url());
+                        match answer {
+                            Ok(answer) => {
+                                reachable.insert(leaf.url().to_string());
+                                stats.push((leaf.url().to_string(), answer));
+                            }
+                            Err(error) => {
+                                if error.is_unavailable() {
+                                    self.suspect(&leaf);
+                                }
+                                silent.push(format!("leaf {} did not answer: {error}", leaf.url()));
+                            }
                         }
-                        silent.push(format!("leaf {} did not answer: {error}", leaf.url()));
+                    }
+                    _ = tokio::time::sleep(grace), if covered && self.hedging.enabled() => {
+                        self.follow_stragglers(asking, waiting, false);
+                        break;
                     }
                 }
             }
@@ -614,5 +688,39 @@ impl Cluster {
             }
         }))
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use altdb_common::memory_leaf::MemoryLeaf;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn stats_do_not_wait_for_a_hung_copy_once_every_shard_answered() {
+        let leaves: Vec<Arc<MemoryLeaf>> = ["http://a", "http://b", "http://c"]
+            .into_iter()
+            .map(|url| Arc::new(MemoryLeaf::new(url, Vec::new()).with_stats(Default::default())))
+            .collect();
+        let cluster =
+            Cluster::with_leaves(leaves.iter().map(|l| l.clone() as SharedLeaf).collect());
+        let spec: CollectionSpec = serde_json::from_value(serde_json::json!({
+            "name": "events", "num_shards": 3, "replication": 2,
+        }))
+        .unwrap();
+        // b takes the call and never answers (the memory leaf has no deadline):
+        // a and c hold a copy of every shard between them.
+        leaves[1].stall();
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), cluster.collection_stats(&spec))
+                .await
+                .expect("stats waited for the hung leaf");
+        assert!(answered.is_ok(), "{answered:?}");
+        // Without hedging, it is waited for.
+        cluster.hedging.enable(false);
+        let waited =
+            tokio::time::timeout(Duration::from_millis(500), cluster.collection_stats(&spec)).await;
+        assert!(waited.is_err());
     }
 }

@@ -33,6 +33,9 @@ pub struct AggregatorConfig {
     /// With an etcd metastore: a leaf unregistered this long (seconds) has
     /// its shard copies re-created on other leaves from the surviving copies.
     pub replace_leaf_after_secs: u64,
+    /// Hedged reads: a shard's next copy is also asked when the first is
+    /// slower than its usual time (`crate::hedging`). On by default.
+    pub hedged_reads: bool,
     /// HTTP address of a tailer; writes sent to the aggregator are forwarded there.
     pub tailer_url: String,
     pub query_timeout_secs: u64,
@@ -107,6 +110,7 @@ impl Default for AggregatorConfig {
             data_dir: PathBuf::from("altdb-data/aggregator"),
             metastore: String::new(),
             replace_leaf_after_secs: 300,
+            hedged_reads: true,
             leaves: vec![
                 "http://127.0.0.1:7801".into(),
                 "http://127.0.0.1:7802".into(),

@@ -33,6 +33,7 @@ pub const HEDGE_BURST: f64 = 10.0;
 pub struct Hedging {
     first_answers: Mutex<HashMap<String, VecDeque<Duration>>>,
     budget: Mutex<f64>,
+    enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Hedging {
@@ -40,11 +41,21 @@ impl Default for Hedging {
         Self {
             first_answers: Mutex::default(),
             budget: Mutex::new(HEDGE_BURST),
+            enabled: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
 
 impl Hedging {
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns hedging on or off (the aggregator's `hedged_reads`).
+    pub fn enable(&self, on: bool) {
+        self.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The leaf at `url` sent a fragment's first answer `elapsed` after it was asked.
     pub fn answered(&self, url: &str, elapsed: Duration) {
         let mut leaves = self.first_answers.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,6 +86,9 @@ impl Hedging {
 
     /// Whether a hedge may be sent now (it is then spent).
     pub fn try_hedge(&self) -> bool {
+        if !self.enabled() {
+            return false;
+        }
         let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
         if *budget >= 1.0 {
             *budget -= 1.0;
@@ -120,5 +134,9 @@ mod tests {
         }
         // The burst saved at start, then one per ten requests.
         assert!((100..=111).contains(&hedged), "{hedged}");
+        // Turned off (`hedged_reads = false`), none.
+        hedging.enable(false);
+        (0..100).for_each(|_| hedging.asked());
+        assert!(!hedging.try_hedge());
     }
 }

@@ -202,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
         Cluster::new(&config.leaves, &secret, ca.as_deref())
     }
     .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    cluster.hedging.enable(config.hedged_reads);
     let (stop_controller, controller_stop) = tokio::sync::watch::channel(false);
     if placed {
         tokio::spawn(altdb_aggregator::controller::run(

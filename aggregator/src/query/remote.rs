@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -40,7 +40,6 @@ use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{StreamExt, TryStreamExt};
 
@@ -51,7 +50,7 @@ use altdb_common::rpc::{
     RpcError, ScanCounts, ScanSpec, SharedLeaf, TicketShard,
 };
 
-use crate::cluster::{Cluster, CollectionFields};
+use crate::cluster::{Answering, Cluster, CollectionFields};
 
 /// Counters of one query, reported in its response.
 #[derive(Debug, Default)]
@@ -556,14 +555,7 @@ enum Asked {
 }
 
 /// A copy asked: when it sent its first item (or failed), and its stream.
-type Asking = BoxFuture<
-    'static,
-    (
-        SharedLeaf,
-        Duration,
-        Result<BoxStream<'static, Result<FragmentItem, RpcError>>, RpcError>,
-    ),
->;
+type Asking = Answering<BoxStream<'static, Result<FragmentItem, RpcError>>>;
 
 /// Asks `leaf` for the fragment and waits for its first item (rows, or the
 /// metrics of an empty answer): the moment hedging measures.
@@ -636,7 +628,7 @@ async fn ask_copies(
                 match answer {
                 Ok(stream) => {
                     cluster.hedging.answered(leaf.url(), elapsed);
-                    settle_losers(cluster.clone(), asking, waiting);
+                    cluster.follow_stragglers(asking, waiting, true);
                     return Ok(Asked::Answered(leaf, stream));
                 }
                 Err(error) if error.is_not_owner() => {
@@ -665,36 +657,6 @@ async fn ask_copies(
             }
         }
     }
-}
-
-/// The copies that lost a hedged race are followed a while in the
-/// background: one that answers has its time remembered, one that fails or
-/// stays silent past the fragment deadline is suspected (asked last until it
-/// answers a health probe), so a stalled copy stops costing queries a hedge.
-fn settle_losers(
-    cluster: Cluster,
-    mut asking: FuturesUnordered<Asking>,
-    mut waiting: Vec<SharedLeaf>,
-) {
-    if asking.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(deadline::FRAGMENT_START, async {
-            while let Some((leaf, elapsed, answer)) = asking.next().await {
-                waiting.retain(|asked| asked.url() != leaf.url());
-                match answer {
-                    Ok(_) => cluster.hedging.answered(leaf.url(), elapsed),
-                    Err(error) if error.is_unavailable() => cluster.suspect(&leaf),
-                    Err(_) => {}
-                }
-            }
-        })
-        .await;
-        for silent in waiting {
-            cluster.suspect(&silent);
-        }
-    });
 }
 
 fn unavailable(collection: &str, shards: &[u32], detail: String) -> DataFusionError {
@@ -888,7 +850,7 @@ mod tests {
         assert_eq!(stats.shards_responded.load(Ordering::Relaxed), 2);
         // The losing call is followed in the background: silent past the
         // fragment deadline, b is suspected and the next request asks c first.
-        tokio::time::sleep(deadline::FRAGMENT_START + Duration::from_millis(200)).await;
+        tokio::time::sleep(deadline::FRAGMENT_START + std::time::Duration::from_millis(200)).await;
         let (items, stats, by) = open(&target, vec![1, 4]).await;
         assert_eq!(values(&items.unwrap()), vec![3]);
         assert_eq!(by, "http://c");
