@@ -46,6 +46,8 @@ def run(conn, rng, seconds):
         ms = (time.perf_counter() - t) * 1000
         assert status == 200, (sql, body)
         samples.append((t - started, ms, body["stats"].get("hedged", 0)))
+        if ms > 1000 and os.environ.get("HEDGE_BENCH_DEBUG"):
+            print(f"slow: {ms:.0f} ms {sql} {body['stats']}", file=sys.stderr)
     return samples
 
 

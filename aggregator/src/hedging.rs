@@ -5,9 +5,11 @@
 //! then costs a query about its p95, not its stall.
 //!
 //! Hedges are budgeted: each fragment request earns [`HEDGE_SHARE`] of a
-//! hedge (at most [`HEDGE_BURST`] saved), so hedging adds at most about 10 %
-//! more fragments whatever happens — a cluster that is slow everywhere is not
-//! made slower by asking everything twice.
+//! hedge (at most [`HEDGE_BURST`] saved), so hedging adds about 10 % more
+//! fragments at most — a cluster that is slow everywhere is not made slower
+//! by asking everything twice. Out of budget, a request still asks the next
+//! copy when the first stalls ([`Hedging::stall`]: ten times its usual time):
+//! a hung copy costs each query about that until it is suspected.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -23,6 +25,8 @@ const MIN_SAMPLES: usize = 16;
 const DEFAULT_DELAY: Duration = Duration::from_millis(50);
 /// Never hedge sooner than this (answers within it are never slow).
 const MIN_DELAY: Duration = Duration::from_millis(5);
+/// A stall is at least this long ([`Hedging::stall`]).
+const STALL_MIN: Duration = Duration::from_millis(100);
 /// Hedges earned per fragment request ...
 pub const HEDGE_SHARE: f64 = 0.1;
 /// ... and saved at most.
@@ -78,6 +82,14 @@ impl Hedging {
         p95.clamp(MIN_DELAY, deadline::FRAGMENT_START)
     }
 
+    /// How long a copy may be silent before the next one is asked even with
+    /// no hedge budget left: ten times its usual time, at least 100 ms — a
+    /// stall, not a slow answer, so rare in a healthy cluster whatever the
+    /// budget.
+    pub fn stall(&self, url: &str) -> Duration {
+        (self.delay(url) * 10).clamp(STALL_MIN, deadline::FRAGMENT_START)
+    }
+
     /// A fragment request was made: it earns a share of a hedge.
     pub fn asked(&self) {
         let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +131,8 @@ mod tests {
             hedging.answered("stalled", Duration::from_secs(600));
         }
         assert_eq!(hedging.delay("fast"), MIN_DELAY);
+        assert_eq!(hedging.stall("fast"), STALL_MIN);
+        assert_eq!(hedging.stall("a"), Duration::from_millis(950));
         assert_eq!(hedging.delay("stalled"), deadline::FRAGMENT_START);
     }
 

@@ -608,7 +608,9 @@ async fn ask_copies(
     // The copies asked that have not answered; the last one's usual time is
     // what the next hedge waits for.
     let mut waiting: Vec<SharedLeaf> = Vec::new();
-    let mut may_hedge = true;
+    // Out of hedge budget, a request still hedges a copy that stalls far
+    // beyond its usual time (`Hedging::stall`).
+    let mut out_of_budget = false;
     let mut not_owner = false;
     loop {
         if asking.is_empty() {
@@ -618,9 +620,11 @@ async fn ask_copies(
             asking.push(ask(leaf.clone(), ticket(&leaf)));
             waiting.push(leaf);
         }
+        let may_hedge = cluster.hedging.enabled() && copies.len() > 0;
         let hedge_after = match waiting.last() {
-            Some(leaf) if may_hedge && copies.len() > 0 => cluster.hedging.delay(leaf.url()),
-            _ => deadline::FRAGMENT_START,
+            Some(leaf) if out_of_budget => cluster.hedging.stall(leaf.url()),
+            Some(leaf) => cluster.hedging.delay(leaf.url()),
+            None => deadline::FRAGMENT_START,
         };
         tokio::select! {
             Some((leaf, elapsed, answer)) = asking.next() => {
@@ -644,15 +648,15 @@ async fn ask_copies(
                 }
                 }
             },
-            _ = tokio::time::sleep(hedge_after), if may_hedge && copies.len() > 0 => {
-                if cluster.hedging.try_hedge() {
+            _ = tokio::time::sleep(hedge_after), if may_hedge => {
+                if out_of_budget || cluster.hedging.try_hedge() {
                     let leaf = copies.next().expect("a copy is left");
                     asking.push(ask(leaf.clone(), ticket(&leaf)));
                     waiting.push(leaf);
                     stats.hedged.fetch_add(1, Ordering::Relaxed);
+                    out_of_budget = false;
                 } else {
-                    // Out of budget: this request waits for the copies asked.
-                    may_hedge = false;
+                    out_of_budget = true;
                 }
             }
         }
