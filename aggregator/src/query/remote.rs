@@ -608,6 +608,8 @@ async fn ask_copies(
     // The copies asked that have not answered; the last one's usual time is
     // what the next hedge waits for.
     let mut waiting: Vec<SharedLeaf> = Vec::new();
+    // When each copy was asked.
+    let mut asked_at: Vec<(String, Instant)> = Vec::new();
     // Out of hedge budget, a request still hedges a copy that stalls far
     // beyond its usual time (`Hedging::stall`).
     let mut out_of_budget = false;
@@ -618,6 +620,7 @@ async fn ask_copies(
                 return Ok(Asked::NotAnswered { not_owner });
             };
             asking.push(ask(leaf.clone(), ticket(&leaf)));
+            asked_at.push((leaf.url().to_string(), Instant::now()));
             waiting.push(leaf);
         }
         let may_hedge = cluster.hedging.enabled() && copies.len() > 0;
@@ -632,6 +635,16 @@ async fn ask_copies(
                 match answer {
                 Ok(stream) => {
                     cluster.hedging.answered(leaf.url(), elapsed);
+                    // A loser silent past its stall time is hung, not slow:
+                    // asked last from now on (a health probe clears it).
+                    for loser in &waiting {
+                        let stalled = asked_at.iter().any(|(url, at)| {
+                            url == loser.url() && at.elapsed() >= cluster.hedging.stall(url)
+                        });
+                        if stalled {
+                            cluster.suspect(loser);
+                        }
+                    }
                     cluster.follow_stragglers(asking, waiting, true);
                     return Ok(Asked::Answered(leaf, stream));
                 }
@@ -652,6 +665,7 @@ async fn ask_copies(
                 if out_of_budget || cluster.hedging.try_hedge() {
                     let leaf = copies.next().expect("a copy is left");
                     asking.push(ask(leaf.clone(), ticket(&leaf)));
+                    asked_at.push((leaf.url().to_string(), Instant::now()));
                     waiting.push(leaf);
                     stats.hedged.fetch_add(1, Ordering::Relaxed);
                     out_of_budget = false;
