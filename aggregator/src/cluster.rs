@@ -273,6 +273,24 @@ impl Cluster {
         leaves
     }
 
+    /// The ready copy of `shard` on `leaf` (its id or URL), if it has one.
+    pub fn copy_on(&self, spec: &CollectionSpec, shard: u32, leaf: &str) -> Option<SharedLeaf> {
+        match &*self.layout {
+            Layout::Static(_) => self
+                .read_copies(spec, shard)
+                .into_iter()
+                .find(|(url, _)| url == leaf)
+                .and_then(|(_, client)| client),
+            Layout::Placed(placed) => {
+                let placement = self.placement_of(spec)?;
+                placement.readers(shard).into_iter().find_map(|id| {
+                    let client = placed.leaves.client(id)?;
+                    (id == leaf || client.url() == leaf).then_some(client)
+                })
+            }
+        }
+    }
+
     /// [`Self::replicas`] by URL, in placement order.
     pub fn replica_urls(&self, spec: &CollectionSpec, shard: u32) -> Vec<String> {
         self.read_copies(spec, shard)

@@ -24,6 +24,13 @@ pub struct CollectionSpec {
     /// Copies of each shard, on distinct leaves.
     #[serde(default = "default_replication")]
     pub replication: u32,
+    /// Copies of a shard that must store a write before it is acknowledged
+    /// (a cluster with a metastore; without one every copy must). Default
+    /// [`CollectionSpec::write_quorum`]: a majority, and both copies with
+    /// replication 2. A ready copy that missed an acknowledged write serves no
+    /// reads until it has caught up from a copy that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_quorum: Option<u32>,
     /// Dotted path of the field that holds the document id; else `_id`, else derived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_field: Option<String>,
@@ -430,6 +437,7 @@ impl CollectionSpec {
             name: DLQ_COLLECTION.to_string(),
             num_shards: 2,
             replication: 1,
+            write_quorum: None,
             id_field: None,
             event_time_field: None,
             text_fields: vec!["error".to_string()],
@@ -438,6 +446,19 @@ impl CollectionSpec {
             max_fields: DEFAULT_MAX_FIELDS,
             incarnation: 0,
         }
+    }
+
+    /// Copies of a shard that must store a write before it is acknowledged:
+    /// `write_quorum` if set, else a majority of `replication` (all of them
+    /// when that is 1 or 2).
+    pub fn write_quorum(&self) -> u32 {
+        self.write_quorum
+            .unwrap_or(if self.replication <= 2 {
+                self.replication
+            } else {
+                self.replication / 2 + 1
+            })
+            .max(1)
     }
 
     /// Whether altdb manages this collection itself (its name starts with `_`).
@@ -458,6 +479,14 @@ impl CollectionSpec {
             return Err(Error::InvalidConfig(
                 "replication must be at least 1".to_string(),
             ));
+        }
+        if let Some(quorum) = self.write_quorum {
+            if quorum == 0 || quorum > self.replication {
+                return Err(Error::InvalidConfig(format!(
+                    "write_quorum must be between 1 and replication ({}), got {quorum}",
+                    self.replication
+                )));
+            }
         }
         if self.max_fields == 0 || self.max_fields > MAX_MAX_FIELDS {
             return Err(Error::InvalidConfig(format!(
@@ -577,6 +606,26 @@ mod tests {
         assert_eq!(spec.num_shards, 4);
         assert_eq!(spec.replication, 1);
         assert!(spec.sources.is_empty());
+        assert_eq!(spec.write_quorum(), 1);
+    }
+
+    #[test]
+    fn the_write_quorum_is_a_majority_and_both_of_two_copies() {
+        let quorum = |json: &str| spec(json).map(|s| s.write_quorum());
+        assert_eq!(quorum(r#"{"name":"c","replication":2}"#).unwrap(), 2);
+        assert_eq!(quorum(r#"{"name":"c","replication":3}"#).unwrap(), 2);
+        assert_eq!(quorum(r#"{"name":"c","replication":5}"#).unwrap(), 3);
+        assert_eq!(
+            quorum(r#"{"name":"c","replication":2,"write_quorum":1}"#).unwrap(),
+            1
+        );
+        let err = quorum(r#"{"name":"c","replication":2,"write_quorum":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("write_quorum must be between 1 and replication (2)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -55,6 +55,21 @@ pub struct ShardPlacement {
 pub struct ShardCopy {
     pub leaf: String,
     pub state: CopyState,
+    /// A joining copy that is copying now: the shard epoch its copy began at
+    /// ([`Placement::begin_sync`]). A write this copy missed since resets it
+    /// ([`Placement::mark_behind`]), so the copy cannot turn ready without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syncing: Option<u64>,
+}
+
+impl ShardCopy {
+    pub fn new(leaf: String, state: CopyState) -> Self {
+        Self {
+            leaf,
+            state,
+            syncing: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,10 +100,7 @@ impl Placement {
                     epoch: 1,
                     copies: belongs
                         .into_iter()
-                        .map(|leaf| ShardCopy {
-                            leaf,
-                            state: CopyState::Ready,
-                        })
+                        .map(|leaf| ShardCopy::new(leaf, CopyState::Ready))
                         .collect(),
                 })
                 .collect(),
@@ -135,23 +147,72 @@ impl Placement {
             .collect()
     }
 
-    /// Marks `leaf`'s joining copy of `shard` ready; false if it is not joining.
-    pub fn mark_ready(&mut self, shard: u32, leaf: &str) -> bool {
+    /// The copy of `shard` on `leaf`, to change: the shard's epoch and the
+    /// placement's grow when `change` says it changed the copy.
+    fn change_copy(
+        &mut self,
+        shard: u32,
+        leaf: &str,
+        change: impl FnOnce(&mut ShardCopy, u64) -> bool,
+    ) -> bool {
         let epoch = self.epoch + 1;
         let Some(placement) = self.shards.get_mut(shard as usize) else {
             return false;
         };
-        let Some(copy) = placement
-            .copies
-            .iter_mut()
-            .find(|c| c.leaf == leaf && c.state == CopyState::Joining)
-        else {
+        let Some(copy) = placement.copies.iter_mut().find(|c| c.leaf == leaf) else {
             return false;
         };
-        copy.state = CopyState::Ready;
+        if !change(copy, epoch) {
+            return false;
+        }
         placement.epoch = epoch;
         self.epoch = epoch;
         true
+    }
+
+    /// `leaf`'s joining copy of `shard` begins copying: the epoch it is
+    /// copying at (also the shard's new epoch, so every write accepted from
+    /// now on was made knowing it), or `None` if the copy is not joining.
+    pub fn begin_sync(&mut self, shard: u32, leaf: &str) -> Option<u64> {
+        let mut began = None;
+        self.change_copy(shard, leaf, |copy, epoch| {
+            if copy.state != CopyState::Joining {
+                return false;
+            }
+            copy.syncing = Some(epoch);
+            began = Some(epoch);
+            true
+        });
+        began
+    }
+
+    /// Marks `leaf`'s joining copy of `shard` ready if it is still copying
+    /// since `since` (no write it missed was acknowledged meanwhile); false
+    /// otherwise.
+    pub fn mark_ready(&mut self, shard: u32, leaf: &str, since: u64) -> bool {
+        self.change_copy(shard, leaf, |copy, _| {
+            if copy.state != CopyState::Joining || copy.syncing != Some(since) {
+                return false;
+            }
+            copy.state = CopyState::Ready;
+            copy.syncing = None;
+            true
+        })
+    }
+
+    /// A write was acknowledged without `leaf`'s copy of `shard`: the copy
+    /// serves no reads until it has copied what it missed from a ready copy
+    /// (a copy in progress starts over). False if there was nothing to change
+    /// (no such copy, or joining and not copying: it will copy the write).
+    pub fn mark_behind(&mut self, shard: u32, leaf: &str) -> bool {
+        self.change_copy(shard, leaf, |copy, _| {
+            if copy.state == CopyState::Joining && copy.syncing.is_none() {
+                return false;
+            }
+            copy.state = CopyState::Joining;
+            copy.syncing = None;
+            true
+        })
     }
 }
 
@@ -243,7 +304,9 @@ impl LeafView {
 /// The next placement of `collection` towards where its shards belong, or
 /// `None` when nothing is to change now. Per shard, one change at a time:
 ///
-/// 1. a joining copy on a leaf that is gone or draining is removed;
+/// 1. a joining copy on a leaf that is gone for good (not known) or draining
+///    is removed — one whose leaf is down for now (a copy that missed writes
+///    while it was) waits for it, as a ready copy would;
 /// 2. while a copy joins, nothing else changes;
 /// 3. a leaf where the shard belongs ([`assign`] over the eligible leaves)
 ///    that is live and lacks a copy gets a joining
@@ -272,7 +335,7 @@ pub fn plan_step(
         let before = copies.copies.clone();
         copies.copies.retain(|c| {
             c.state == CopyState::Ready
-                || (view.live.contains(&c.leaf) && !view.draining.contains(&c.leaf))
+                || (view.known.contains(&c.leaf) && !view.draining.contains(&c.leaf))
         });
         let joining = copies.copies.iter().any(|c| c.state == CopyState::Joining);
         let belongs = &assigned[shard];
@@ -286,10 +349,9 @@ pub fn plan_step(
             });
             if let (Some(target), true, true) = (target, has_source, *joins > 0) {
                 *joins -= 1;
-                copies.copies.push(ShardCopy {
-                    leaf: target.clone(),
-                    state: CopyState::Joining,
-                });
+                copies
+                    .copies
+                    .push(ShardCopy::new(target.clone(), CopyState::Joining));
             } else {
                 let ready = copies
                     .copies
@@ -349,7 +411,9 @@ mod tests {
                 .map(str::to_string)
                 .collect();
             for leaf in joining {
-                placement.mark_ready(shard, &leaf);
+                if let Some(since) = placement.begin_sync(shard, &leaf) {
+                    assert!(placement.mark_ready(shard, &leaf, since));
+                }
             }
         }
     }
@@ -470,6 +534,41 @@ mod tests {
         lost.known.remove("leaf-1");
         settle(&mut single, 1, &lost);
         assert!(single.shards.iter().all(|s| s.copies.len() == 1));
+    }
+
+    #[test]
+    fn a_copy_that_missed_a_write_serves_again_only_after_a_copy_that_missed_none() {
+        let mut placement = Placement::initial("c", 1, 2, 3, &leaves(3));
+        let epoch = placement.shards[0].epoch;
+        // A write acknowledged without leaf-3: it reads no more.
+        assert!(placement.mark_behind(0, "leaf-3"));
+        assert!(placement.shards[0].epoch > epoch);
+        let mut readers = placement.readers(0);
+        readers.sort();
+        assert_eq!(readers, vec!["leaf-1", "leaf-2"]);
+        assert_eq!(placement.writers(0).len(), 3);
+        // Down, it misses more writes: nothing more to record.
+        assert!(!placement.mark_behind(0, "leaf-3"));
+        // It copies; a write it misses meanwhile makes it start over.
+        let first = placement.begin_sync(0, "leaf-3").unwrap();
+        assert_eq!(placement.shards[0].epoch, first);
+        assert!(placement.mark_behind(0, "leaf-3"));
+        assert!(!placement.mark_ready(0, "leaf-3", first));
+        let second = placement.begin_sync(0, "leaf-3").unwrap();
+        assert!(second > first);
+        assert!(placement.mark_ready(0, "leaf-3", second));
+        assert_eq!(placement.readers(0).len(), 3);
+        // A ready copy does not begin a copy; the other shard never changed.
+        assert_eq!(placement.begin_sync(0, "leaf-3"), None);
+        assert_eq!(placement.shards[1].epoch, epoch);
+        // Down for now, its joining copy waits for it; gone for good, it goes.
+        assert!(placement.mark_behind(0, "leaf-3"));
+        let mut down = view(&leaves(3), &[]);
+        down.live.remove("leaf-3");
+        assert_eq!(plan_step("c", &placement, 3, &down, &mut 4), None);
+        down.known.remove("leaf-3");
+        let next = plan_step("c", &placement, 3, &down, &mut 4).unwrap();
+        assert!(next.shards_on("leaf-3").keys().all(|&shard| shard == 1));
     }
 
     #[test]

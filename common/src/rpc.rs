@@ -44,6 +44,12 @@ pub const ACTION_CREATE_COLLECTION: &str = "create_collection";
 /// A page of a shard's documents, for a joining copy ([`CopyShardRequest`] →
 /// [`CopyShardPage`]).
 pub const ACTION_COPY_SHARD: &str = "copy_shard";
+/// Digests of consecutive `_id` ranges of a ready copy, to find what another
+/// copy lacks ([`ShardDigestsRequest`] → [`ShardDigests`]).
+pub const ACTION_SHARD_DIGESTS: &str = "shard_digests";
+/// The documents of one `_id` range of a ready copy newer than the asker's
+/// ([`RangeDocsRequest`] → [`CopyShardPage`]).
+pub const ACTION_RANGE_DOCS: &str = "range_docs";
 
 /// Column of a put batch: document id.
 pub const PUT_ID: &str = "_id";
@@ -171,6 +177,48 @@ pub struct CopyShardRequest {
     pub epoch: u64,
     #[serde(default)]
     pub after: Option<String>,
+}
+
+/// Body of [`ACTION_SHARD_DIGESTS`]: the next ranges after `after` (by
+/// `_id`), from a ready copy, once it knows placement `epoch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardDigestsRequest {
+    pub collection: String,
+    pub incarnation: u64,
+    pub shard: u32,
+    pub epoch: u64,
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// Consecutive `_id` ranges of a copy with their digests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardDigests {
+    pub ranges: Vec<crate::versions::IdRange>,
+    /// The copy's source watermarks, on the first page (as [`CopyShardPage`]).
+    #[serde(default)]
+    pub watermarks: BTreeMap<String, u64>,
+    pub text_fields: Vec<String>,
+    #[serde(default)]
+    pub max_fields: Option<u32>,
+    /// The `_id` to ask after for the next ranges; `None` after the last.
+    pub next: Option<String>,
+}
+
+/// Body of [`ACTION_RANGE_DOCS`]: the documents in (`after`, `last`] other
+/// than those `held` names at the same or a newer version (every one when
+/// `held` is `None`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RangeDocsRequest {
+    pub collection: String,
+    pub incarnation: u64,
+    pub shard: u32,
+    pub epoch: u64,
+    #[serde(default)]
+    pub after: Option<String>,
+    pub last: String,
+    #[serde(default)]
+    pub held: Option<Vec<(String, u64)>>,
 }
 
 /// One page of a shard's documents, in `_id` order.

@@ -15,6 +15,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 /// Low bits that tell writers apart.
 pub const NODE_BITS: u32 = 10;
 
@@ -63,6 +65,34 @@ impl VersionClock {
             }
         }
     }
+}
+
+/// What a copy holds of a range of a shard's `_id`s, in a few bytes: two
+/// copies holding the same `_id`s at the same versions have the same digest,
+/// whatever order they stored them in (a sum of per-document hashes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDigest {
+    pub docs: u64,
+    pub hash: u64,
+}
+
+impl RangeDigest {
+    pub fn add(&mut self, id: &str, version: u64) {
+        let mut bytes = Vec::with_capacity(id.len() + 9);
+        bytes.extend_from_slice(id.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&version.to_le_bytes());
+        self.docs += 1;
+        self.hash = self.hash.wrapping_add(xxhash_rust::xxh3::xxh3_64(&bytes));
+    }
+}
+
+/// One range of a shard's `_id`s: those after the previous range's `last`
+/// (or the start) up to and including `last`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub last: String,
+    pub digest: RangeDigest,
 }
 
 #[cfg(test)]

@@ -53,6 +53,10 @@ pub struct LeafConfig {
     /// How long a copy moved away stays on disk before it is dropped
     /// (seconds): queries that started on it finish first.
     pub drop_grace_secs: u64,
+    /// Seconds between anti-entropy passes: each ready copy on this leaf
+    /// compares itself with the shard's other ready copies and stores what
+    /// they hold newer (`altdb_leaf::repair`; 0: never).
+    pub anti_entropy_secs: u64,
     /// On SIGTERM, how long the role may take to finish what it is doing
     /// (seconds): in-flight requests, hand-offs, flushes. Keep it below the
     /// supervisor's own (Kubernetes' `terminationGracePeriodSeconds`).
@@ -79,6 +83,7 @@ impl Default for LeafConfig {
             leaf_id: String::new(),
             tls_ca_file: None,
             drop_grace_secs: 30,
+            anti_entropy_secs: 600,
             shutdown_grace_secs: 25,
         }
     }

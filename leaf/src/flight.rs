@@ -18,8 +18,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use altdb_common::rpc::{
     metadata_message, put_rows, CollectionRequest, CopyShardRequest, CreateCollectionRequest,
-    FragmentMetrics, FragmentTicket, PutHeader, WatermarksRequest, ACTION_COLLECTION_STATS,
-    ACTION_COPY_SHARD, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH,
+    FragmentMetrics, FragmentTicket, PutHeader, RangeDocsRequest, ShardDigestsRequest,
+    WatermarksRequest, ACTION_COLLECTION_STATS, ACTION_COPY_SHARD, ACTION_CREATE_COLLECTION,
+    ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_RANGE_DOCS, ACTION_SHARD_DIGESTS,
     ACTION_WATERMARKS,
 };
 
@@ -276,14 +277,29 @@ impl FlightService for LeafService {
             ACTION_COPY_SHARD => {
                 let request: CopyShardRequest = parse_body(&action.body)?;
                 checked_name(&request.collection)?;
-                let follower = self.leaf.follower().ok_or_else(|| {
-                    Status::failed_precondition(
-                        "this leaf follows no metastore placement; shard copies move only in a \
-                         cluster with an etcd metastore",
-                    )
-                })?;
-                let page = follower
+                let page = self
+                    .follower()?
                     .copy_page(&self.leaf, request)
+                    .await
+                    .map_err(Status::from)?;
+                serde_json::to_vec(&page).map_err(|e| Status::internal(e.to_string()))?
+            }
+            ACTION_SHARD_DIGESTS => {
+                let request: ShardDigestsRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
+                let digests = self
+                    .follower()?
+                    .shard_digests(&self.leaf, request)
+                    .await
+                    .map_err(Status::from)?;
+                serde_json::to_vec(&digests).map_err(|e| Status::internal(e.to_string()))?
+            }
+            ACTION_RANGE_DOCS => {
+                let request: RangeDocsRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
+                let page = self
+                    .follower()?
+                    .range_docs(&self.leaf, request)
                     .await
                     .map_err(Status::from)?;
                 serde_json::to_vec(&page).map_err(|e| Status::internal(e.to_string()))?
@@ -317,6 +333,8 @@ impl FlightService for LeafService {
             ACTION_DROP_COLLECTION,
             ACTION_CREATE_COLLECTION,
             ACTION_COPY_SHARD,
+            ACTION_SHARD_DIGESTS,
+            ACTION_RANGE_DOCS,
         ]
         .map(|name| {
             Ok(ActionType {
@@ -325,6 +343,19 @@ impl FlightService for LeafService {
             })
         });
         Ok(Response::new(futures::stream::iter(actions).boxed()))
+    }
+}
+
+impl LeafService {
+    /// The placement this leaf follows: copies compare and copy only in a
+    /// cluster with a metastore.
+    fn follower(&self) -> Result<&Arc<crate::placement::Follower>, Status> {
+        self.leaf.follower().ok_or_else(|| {
+            Status::failed_precondition(
+                "this leaf follows no metastore placement; shard copies move and compare only \
+                 in a cluster with an etcd metastore",
+            )
+        })
     }
 }
 

@@ -24,6 +24,7 @@ pub mod http;
 pub mod incarnation;
 pub mod node;
 pub mod placement;
+pub mod repair;
 pub mod segment;
 pub mod shard;
 pub mod store;

@@ -91,6 +91,11 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drop_grace_secs: Option<u64>,
+    /// Seconds between comparisons of this leaf's copies with the other
+    /// copies of their shards, repairing differences (default 600; 0: never).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anti_entropy_secs: Option<u64>,
     /// On SIGTERM, seconds to finish in-flight work and hand off a drained
     /// leaf's copies (default 25).
     #[arg(long)]
@@ -209,6 +214,14 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             leaf.follow(follower.clone());
             tokio::spawn(follower.clone().run(leaf.clone(), stop_rx.clone()));
+            if config.anti_entropy_secs > 0 {
+                tokio::spawn(altdb_leaf::repair::run_anti_entropy(
+                    leaf.clone(),
+                    follower.clone(),
+                    Duration::from_secs(config.anti_entropy_secs),
+                    stop_rx.clone(),
+                ));
+            }
             let _ = following.set(follower.clone());
             Some((registration, follower))
         }

@@ -9,9 +9,10 @@ use altdb_common::health::LoopHealth;
 use altdb_common::metrics::Metrics;
 use altdb_common::placement::{CopyState, Placement};
 use altdb_common::rpc::{
-    CollectionStats, CopiedDoc, CopyShardPage, CopyShardRequest, PutAck, PutRow, SourceMark,
-    Watermarks,
+    CollectionStats, CopiedDoc, CopyShardPage, CopyShardRequest, PutAck, PutRow, RangeDocsRequest,
+    ShardDigests, ShardDigestsRequest, SourceMark, Watermarks,
 };
+use altdb_common::versions::RangeDigest;
 use tokio::sync::watch;
 
 use crate::config::LeafConfig;
@@ -20,7 +21,7 @@ use crate::exec::fragment::KeptFragments;
 use crate::incarnation::{CollectionState, Creation};
 use crate::placement::{Follower, COPY_PAGE_BYTES};
 use crate::shard::{MergePolicy, SealPolicy, Shard};
-use crate::store::{CollectionMeta, Store};
+use crate::store::{CollectionMeta, RangeCut, Store, StoredDoc};
 
 type ShardKey = (String, u32);
 
@@ -172,19 +173,7 @@ impl Leaf {
             let meta = store.collection_meta(collection)?;
             let docs = docs
                 .into_iter()
-                .map(|doc| {
-                    let text = String::from_utf8(doc.json).map_err(|e| {
-                        crate::error::LeafError::Segment(format!(
-                            "stored document is not UTF-8: {e}"
-                        ))
-                    })?;
-                    Ok(CopiedDoc {
-                        id: doc.id,
-                        event_time_us: doc.event_time_us,
-                        version: doc.version,
-                        doc: serde_json::value::RawValue::from_string(text)?,
-                    })
-                })
+                .map(copied_doc)
                 .collect::<Result<Vec<_>>>()?;
             Ok(CopyShardPage {
                 docs,
@@ -192,6 +181,84 @@ impl Leaf {
                 text_fields: meta.text_fields,
                 max_fields: meta.max_fields,
                 next,
+            })
+        })
+        .await?
+    }
+
+    /// The `_id`s and versions this leaf holds in one range of a shard, and
+    /// their digest.
+    pub async fn range_versions(
+        self: &Arc<Self>,
+        collection: &str,
+        shard: u32,
+        after: Option<String>,
+        last: String,
+    ) -> Result<(RangeDigest, Vec<(String, u64)>)> {
+        let (store, collection) = (self.store.clone(), collection.to_string());
+        tokio::task::spawn_blocking(move || {
+            store.range_versions(&collection, shard, after.as_deref(), &last)
+        })
+        .await?
+    }
+
+    /// Range digests of `request.shard` for another copy (the caller checked
+    /// the placement).
+    pub async fn shard_digests(
+        self: &Arc<Self>,
+        request: ShardDigestsRequest,
+    ) -> Result<ShardDigests> {
+        self.with_collection_state(&request.collection, |state| {
+            state.serve(&request.collection, request.incarnation, request.shard)
+        })?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = &this.store;
+            let (collection, shard) = (&request.collection, request.shard);
+            let watermarks = match request.after {
+                None => store.watermarks(collection, shard)?.into_iter().collect(),
+                Some(_) => Default::default(),
+            };
+            let (ranges, next) =
+                store.digest_ranges(collection, shard, request.after.as_deref(), DIGEST_CUT)?;
+            let meta = store.collection_meta(collection)?;
+            Ok(ShardDigests {
+                ranges,
+                watermarks,
+                text_fields: meta.text_fields,
+                max_fields: meta.max_fields,
+                next,
+            })
+        })
+        .await?
+    }
+
+    /// The documents of one `_id` range of `request.shard` newer than those
+    /// the asker holds (the caller checked the placement).
+    pub async fn range_docs(self: &Arc<Self>, request: RangeDocsRequest) -> Result<CopyShardPage> {
+        self.with_collection_state(&request.collection, |state| {
+            state.serve(&request.collection, request.incarnation, request.shard)
+        })?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let held: Option<HashMap<&str, u64>> = request
+                .held
+                .as_ref()
+                .map(|held| held.iter().map(|(id, v)| (id.as_str(), *v)).collect());
+            let docs = this.store.range_docs(
+                &request.collection,
+                request.shard,
+                request.after.as_deref(),
+                &request.last,
+                held.as_ref(),
+            )?;
+            let meta = this.store.collection_meta(&request.collection)?;
+            Ok(CopyShardPage {
+                docs: docs.into_iter().map(copied_doc).collect::<Result<_>>()?,
+                watermarks: Default::default(),
+                text_fields: meta.text_fields,
+                max_fields: meta.max_fields,
+                next: None,
             })
         })
         .await?
@@ -347,7 +414,7 @@ impl Leaf {
                 if mine.get(&shard) == Some(&CopyState::Joining) {
                     follower
                         .begin_join(self, &collection, &placement, shard)
-                        .await?;
+                        .await;
                 }
                 Some(gate)
             }
@@ -551,4 +618,26 @@ fn shard_dir(segments_dir: &std::path::Path, collection: &str, shard: u32) -> Pa
     segments_dir
         .join(collection)
         .join(format!("shard-{shard:04}"))
+}
+
+/// How a copy is cut into ranges to compare: a range holds at most this many
+/// documents or bytes of them, so what one differing range sends stays
+/// small; a reply holds at most this many ranges.
+const DIGEST_CUT: RangeCut = RangeCut {
+    docs: 1000,
+    bytes: 4 << 20,
+    max_ranges: 64,
+};
+
+/// A stored document as sent to another copy.
+fn copied_doc(doc: StoredDoc) -> Result<CopiedDoc> {
+    let text = String::from_utf8(doc.json).map_err(|e| {
+        crate::error::LeafError::Segment(format!("stored document is not UTF-8: {e}"))
+    })?;
+    Ok(CopiedDoc {
+        id: doc.id,
+        event_time_us: doc.event_time_us,
+        version: doc.version,
+        doc: serde_json::value::RawValue::from_string(text)?,
+    })
 }

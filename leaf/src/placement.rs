@@ -32,10 +32,14 @@ use altdb_common::metastore::membership::{Fence, LeafDirectory};
 use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, Precondition};
 use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
-use altdb_common::rpc::{CopyShardPage, CopyShardRequest, PutRow, SourceMark, ACTION_COPY_SHARD};
+use altdb_common::rpc::{
+    CopyShardPage, CopyShardRequest, PutRow, RangeDocsRequest, ShardDigests, ShardDigestsRequest,
+    SharedLeaf, SourceMark, ACTION_COPY_SHARD,
+};
 use tokio::sync::watch;
 
 use crate::error::{LeafError, Result};
+use crate::shard::Shard;
 use crate::store::CollectionMeta;
 use crate::Leaf;
 
@@ -54,9 +58,11 @@ pub struct Follower {
     /// Shared by writes from check to commit; exclusive for an instant when a
     /// copy starts or a copy is dropped.
     pub gate: tokio::sync::RwLock<()>,
-    /// Joins (collection, incarnation, shard, epoch of the join) this process
-    /// has begun: what the leaf held of the shard before was dropped.
-    joins: tokio::sync::Mutex<HashSet<(String, u64, u32, u64)>>,
+    /// Joins (collection, incarnation, shard) this process has seen begin,
+    /// and whether the leaf held documents of the shard then (a copy that
+    /// fell behind: it compares ranges and fetches what differs; else it
+    /// copies every page).
+    joins: tokio::sync::Mutex<HashMap<(String, u64, u32), bool>>,
     grace: Duration,
 }
 
@@ -110,6 +116,16 @@ impl Follower {
 
     pub fn placement(&self, collection: &str) -> Option<Placement> {
         self.placements.get(collection)
+    }
+
+    /// Every collection's placement.
+    pub fn placements(&self) -> Vec<(String, Placement)> {
+        self.placements.list()
+    }
+
+    /// A client of a registered leaf.
+    pub fn client(&self, leaf: &str) -> Option<SharedLeaf> {
+        self.leaves.client(leaf)
     }
 
     /// Why this leaf should not be sent work now (for `/readyz`).
@@ -221,26 +237,30 @@ impl Follower {
     }
 
     /// Before this process stores anything in a joining copy of `shard` (a
-    /// put, or the copy's first page), whatever the leaf held of the shard is
-    /// dropped: it may be an older copy that missed writes (one moved away
-    /// and back, or a join abandoned while this leaf was down). Once per join
-    /// and process, so nothing stored since the join began is dropped.
+    /// put, or its copy beginning), records whether the leaf held documents
+    /// of it: what it holds stays (documents are versioned, so copying what
+    /// is newer elsewhere makes it current) and tells how to copy. Once per
+    /// join and process; true if it held some.
     pub async fn begin_join(
         &self,
         leaf: &Arc<Leaf>,
         collection: &str,
         placement: &Placement,
         shard: u32,
-    ) -> Result<()> {
-        let epoch = placement.shards.get(shard as usize).map_or(0, |s| s.epoch);
-        let key = (collection.to_string(), placement.incarnation, shard, epoch);
-        let mut joins = self.joins.lock().await;
-        if joins.contains(&key) {
-            return Ok(());
-        }
-        leaf.drop_shard(collection, shard).await?;
-        joins.insert(key);
-        Ok(())
+    ) -> bool {
+        let key = (collection.to_string(), placement.incarnation, shard);
+        *self.joins.lock().await.entry(key).or_insert_with(|| {
+            leaf.shard(collection, shard)
+                .is_some_and(|s| s.stats().docs > 0)
+        })
+    }
+
+    /// The join of `shard` ended (its copy is ready).
+    async fn end_join(&self, collection: &str, incarnation: u64, shard: u32) {
+        self.joins
+            .lock()
+            .await
+            .remove(&(collection.to_string(), incarnation, shard));
     }
 
     /// Whether a fragment made with placement `epoch` may read `shard` here.
@@ -346,10 +366,13 @@ async fn copy_in(
         }
         attempt += 1;
         match copy_once(follower, leaf, collection, incarnation, shard).await {
-            Ok(copied) => {
-                tracing::info!(%collection, shard, docs = copied.docs, bytes = copied.bytes,
-                    elapsed_s = copied.elapsed.as_secs_f64(),
-                    mb_per_s = copied.bytes as f64 / 1e6 / copied.elapsed.as_secs_f64().max(1e-3),
+            Ok(Some(copied)) => {
+                follower.end_join(collection, incarnation, shard).await;
+                let seconds = copied.elapsed.as_secs_f64().max(1e-3);
+                tracing::info!(%collection, shard, how = copied.how, docs = copied.docs,
+                    compared = copied.compared, bytes = copied.bytes, elapsed_s = seconds,
+                    docs_per_s = copied.docs as f64 / seconds,
+                    mb_per_s = copied.bytes as f64 / 1e6 / seconds,
                     "copied a shard; its copy is ready");
                 leaf.metrics().add(
                     "altdb_leaf_copied_bytes_total",
@@ -359,6 +382,11 @@ async fn copy_in(
                 );
                 return;
             }
+            // A write this copy missed was acknowledged while it copied: it
+            // compares again, fetching only what differs.
+            Ok(None) => {
+                tracing::info!(%collection, shard, attempt, "a write missed while copying; copying what differs again");
+            }
             Err(error) => {
                 tracing::warn!(%collection, shard, attempt, %error, "copying a shard failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -367,83 +395,164 @@ async fn copy_in(
     }
 }
 
+/// What copying a shard took.
 struct Copied {
+    /// `pages`: every document; `ranges`: those that differ.
+    how: &'static str,
     docs: u64,
+    compared: u64,
     bytes: u64,
     elapsed: Duration,
 }
 
+/// One copy of `shard` from a ready copy: `None` if the copy may not turn
+/// ready (a write it missed meanwhile, or no longer joining).
 async fn copy_once(
     follower: &Follower,
     leaf: &Arc<Leaf>,
     collection: &str,
     incarnation: u64,
     shard: u32,
-) -> Result<Copied> {
+) -> Result<Option<Copied>> {
     let started = Instant::now();
     let placement = follower
         .placement(collection)
         .ok_or_else(|| LeafError::NotHeld(format!("`{collection}` has no placement")))?;
-    let epoch = placement.shards.get(shard as usize).map_or(0, |s| s.epoch);
     let source = placement
         .readers(shard)
         .into_iter()
+        .filter(|leaf| *leaf != follower.id)
         .find_map(|leaf| follower.leaves.client(leaf))
         .ok_or_else(|| {
             LeafError::NotHeld(format!(
                 "no ready copy of shard {shard} of `{collection}` is registered to copy from"
             ))
         })?;
-    follower
+    let held_docs = follower
         .begin_join(leaf, collection, &placement, shard)
-        .await?;
-    let target = leaf.shard_or_create(collection, shard);
-    let mut request = CopyShardRequest {
+        .await;
+    let Some(since) = begin_sync(follower, collection, incarnation, shard).await? else {
+        return Ok(None);
+    };
+    let from = CopySource {
+        leaf: source,
         collection: collection.to_string(),
         incarnation,
         shard,
-        epoch,
+        epoch: since,
+    };
+    let target = leaf.shard_or_create(collection, shard);
+    let copied = if held_docs {
+        let synced = crate::repair::pull_differences(leaf, &from, &target).await?;
+        crate::repair::record(leaf, "catch_up", &synced);
+        Copied {
+            how: "ranges",
+            docs: synced.repaired,
+            compared: synced.compared,
+            bytes: synced.bytes,
+            elapsed: started.elapsed(),
+        }
+    } else {
+        let (docs, bytes) = copy_pages(&from, &target).await?;
+        Copied {
+            how: "pages",
+            docs,
+            compared: docs,
+            bytes,
+            elapsed: started.elapsed(),
+        }
+    };
+    if !mark_ready(follower, collection, incarnation, shard, since).await? {
+        return Ok(None);
+    }
+    Ok(Some(copied))
+}
+
+/// A ready copy to copy from, at the epoch this copy began copying.
+pub struct CopySource {
+    pub leaf: SharedLeaf,
+    pub collection: String,
+    pub incarnation: u64,
+    pub shard: u32,
+    pub epoch: u64,
+}
+
+/// Copies every page of the source's copy into `target`; the documents
+/// stored and their bytes.
+async fn copy_pages(from: &CopySource, target: &Arc<Shard>) -> Result<(u64, u64)> {
+    let mut request = CopyShardRequest {
+        collection: from.collection.clone(),
+        incarnation: from.incarnation,
+        shard: from.shard,
+        epoch: from.epoch,
         after: None,
     };
     let (mut docs, mut bytes) = (0, 0);
-    let mut marks: Option<BTreeMap<String, u64>> = None;
+    let mut marks = None;
     let mut meta;
     loop {
-        let page: CopyShardPage = source
+        let page: CopyShardPage = from
+            .leaf
             .action(ACTION_COPY_SHARD, &request)
             .await
-            .map_err(|e| LeafError::NotHeld(format!("copying from {}: {e}", source.url())))?;
+            .map_err(|e| LeafError::NotHeld(format!("copying from {}: {e}", from.leaf.url())))?;
         marks.get_or_insert_with(|| page.watermarks.clone());
         meta = CollectionMeta {
             text_fields: page.text_fields.clone(),
             max_fields: page.max_fields,
         };
-        let versions: Vec<u64> = page.docs.iter().map(|doc| doc.version).collect();
-        let rows: Vec<PutRow> = page
-            .docs
-            .into_iter()
-            .map(|doc| {
-                bytes += doc.doc.get().len() as u64;
-                PutRow {
-                    id: doc.id,
-                    event_time_us: doc.event_time_us,
-                    position: None,
-                    doc_json: doc.doc.get().to_string(),
-                }
-            })
-            .collect();
-        let (target, page_meta) = (target.clone(), meta.clone());
-        docs +=
-            tokio::task::spawn_blocking(move || target.write_copied(&page_meta, rows, &versions))
-                .await??;
-        match page.next {
+        let next = page.next.clone();
+        let (stored, page_bytes) = store_copied(target, page).await?;
+        docs += stored;
+        bytes += page_bytes;
+        match next {
             Some(next) => request.after = Some(next),
             None => break,
         }
     }
-    // Every row at or below the source's watermarks is here now.
+    raise_watermarks(target, meta, marks.unwrap_or_default()).await?;
+    Ok((docs, bytes))
+}
+
+/// Stores a page's documents where this copy holds no newer version; the
+/// number stored and the page's document bytes.
+pub async fn store_copied(target: &Arc<Shard>, page: CopyShardPage) -> Result<(u64, u64)> {
+    let meta = CollectionMeta {
+        text_fields: page.text_fields,
+        max_fields: page.max_fields,
+    };
+    let versions: Vec<u64> = page.docs.iter().map(|doc| doc.version).collect();
+    let mut bytes = 0;
+    let rows: Vec<PutRow> = page
+        .docs
+        .into_iter()
+        .map(|doc| {
+            bytes += doc.doc.get().len() as u64;
+            PutRow {
+                id: doc.id,
+                event_time_us: doc.event_time_us,
+                position: None,
+                doc_json: doc.doc.get().to_string(),
+            }
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok((0, 0));
+    }
+    let target = target.clone();
+    let stored =
+        tokio::task::spawn_blocking(move || target.write_copied(&meta, rows, &versions)).await??;
+    Ok((stored, bytes))
+}
+
+/// Every row at or below the source's watermarks (read before its first
+/// page) is here now: this copy's watermarks rise to them.
+pub async fn raise_watermarks(
+    target: &Arc<Shard>,
+    meta: CollectionMeta,
+    marks: BTreeMap<String, u64>,
+) -> Result<()> {
     let sources: Vec<SourceMark> = marks
-        .unwrap_or_default()
         .into_iter()
         .map(|(source, position)| SourceMark {
             source,
@@ -451,34 +560,38 @@ async fn copy_once(
             as_of_us: None,
         })
         .collect();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let target = target.clone();
     tokio::task::spawn_blocking(move || target.write(&meta, &sources, Vec::new(), 0)).await??;
-    mark_ready(follower, collection, incarnation, shard).await?;
-    Ok(Copied {
-        docs,
-        bytes,
-        elapsed: started.elapsed(),
-    })
+    Ok(())
 }
 
-/// Flips this leaf's joining copy of `shard` to ready, in a transaction on
-/// the placement as read (a concurrent change makes it read again).
-async fn mark_ready(
+/// Changes the placement of `collection` with `change`, in a transaction on
+/// the placement as read (a concurrent change makes it read again); what
+/// `change` returned, `None` if the placement is gone or of another
+/// incarnation. Once written, waits for this leaf's view to hold it.
+async fn change_placement<T>(
     follower: &Follower,
     collection: &str,
     incarnation: u64,
-    shard: u32,
-) -> Result<()> {
+    change: impl Fn(&mut Placement) -> Option<T>,
+) -> Result<Option<T>> {
     let key = format!("{PLACEMENTS}{collection}");
     let unavailable =
         |e: altdb_common::metastore::MetastoreError| LeafError::NotHeld(e.to_string());
     loop {
         let Some(entry) = follower.store.get(&key).await.map_err(unavailable)? else {
-            return Ok(());
+            return Ok(None);
         };
         let mut placement: Placement = serde_json::from_str(&entry.value)?;
-        if placement.incarnation != incarnation || !placement.mark_ready(shard, &follower.id) {
-            return Ok(());
+        if placement.incarnation != incarnation {
+            return Ok(None);
         }
+        let Some(changed) = change(&mut placement) else {
+            return Ok(None);
+        };
         let value = serde_json::to_string(&placement)?;
         if let Some(at) = follower
             .store
@@ -487,32 +600,118 @@ async fn mark_ready(
             .map_err(unavailable)?
         {
             follower.placements.caught_up(at, CATCH_UP).await;
-            return Ok(());
+            return Ok(Some(changed));
         }
     }
 }
 
+/// Records that this leaf's joining copy of `shard` begins copying: the
+/// epoch it copies at, `None` if it is not joining.
+async fn begin_sync(
+    follower: &Follower,
+    collection: &str,
+    incarnation: u64,
+    shard: u32,
+) -> Result<Option<u64>> {
+    change_placement(follower, collection, incarnation, |p| {
+        p.begin_sync(shard, &follower.id)
+    })
+    .await
+}
+
+/// Flips this leaf's joining copy of `shard` to ready, unless a write it
+/// missed was acknowledged since it began copying at `since`.
+async fn mark_ready(
+    follower: &Follower,
+    collection: &str,
+    incarnation: u64,
+    shard: u32,
+    since: u64,
+) -> Result<bool> {
+    Ok(change_placement(follower, collection, incarnation, |p| {
+        p.mark_ready(shard, &follower.id, since).then_some(())
+    })
+    .await?
+    .is_some())
+}
+
 impl Follower {
+    /// Whether this leaf may serve its copy of `shard` to another copy
+    /// (`first`: the first call of a copy, which waits for every write
+    /// checked against an older view).
+    async fn check_source(
+        &self,
+        collection: &str,
+        incarnation: u64,
+        shard: u32,
+        epoch: u64,
+        first: bool,
+    ) -> Result<()> {
+        self.fenced()?;
+        let placement = self.placement_at(collection, incarnation, epoch).await?;
+        if placement.copy_on(shard, &self.id) != Some(CopyState::Ready) {
+            return Err(LeafError::NotOwner(format!(
+                "leaf {} has no ready copy of shard {shard} of `{collection}` to copy from",
+                self.id
+            )));
+        }
+        if first {
+            // Writes checked against an older view finish before the copy starts.
+            drop(self.gate.write().await);
+        }
+        Ok(())
+    }
+
     /// A page of `shard` for a joining copy elsewhere.
     pub async fn copy_page(
         &self,
         leaf: &Arc<Leaf>,
         request: CopyShardRequest,
     ) -> Result<CopyShardPage> {
-        self.fenced()?;
-        let placement = self
-            .placement_at(&request.collection, request.incarnation, request.epoch)
-            .await?;
-        if placement.copy_on(request.shard, &self.id) != Some(CopyState::Ready) {
-            return Err(LeafError::NotOwner(format!(
-                "leaf {} has no ready copy of shard {} of `{}` to copy from",
-                self.id, request.shard, request.collection
-            )));
-        }
-        if request.after.is_none() {
-            // Writes checked against an older view finish before the copy starts.
-            drop(self.gate.write().await);
-        }
+        let first = request.after.is_none();
+        self.check_source(
+            &request.collection,
+            request.incarnation,
+            request.shard,
+            request.epoch,
+            first,
+        )
+        .await?;
         leaf.copy_page(request).await
+    }
+
+    /// Range digests of `shard` for another copy comparing with this one.
+    pub async fn shard_digests(
+        &self,
+        leaf: &Arc<Leaf>,
+        request: ShardDigestsRequest,
+    ) -> Result<ShardDigests> {
+        let first = request.after.is_none();
+        self.check_source(
+            &request.collection,
+            request.incarnation,
+            request.shard,
+            request.epoch,
+            first,
+        )
+        .await?;
+        leaf.shard_digests(request).await
+    }
+
+    /// The documents of one range of `shard` another copy lacks.
+    pub async fn range_docs(
+        &self,
+        leaf: &Arc<Leaf>,
+        request: RangeDocsRequest,
+    ) -> Result<CopyShardPage> {
+        self.check_source(
+            &request.collection,
+            request.incarnation,
+            request.shard,
+            request.epoch,
+            false,
+        )
+        .await?;
+        leaf.range_docs(request).await
     }
 }

@@ -18,6 +18,8 @@ use std::path::Path;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
+use altdb_common::versions::{IdRange, RangeDigest};
+
 use crate::error::Result;
 use crate::incarnation::CollectionState;
 use crate::segment::SegmentMeta;
@@ -70,6 +72,14 @@ impl StoredDoc {
             json: value[json..].to_vec(),
         }
     }
+}
+
+/// How [`Store::digest_ranges`] cuts a shard into ranges.
+#[derive(Debug, Clone, Copy)]
+pub struct RangeCut {
+    pub docs: usize,
+    pub bytes: usize,
+    pub max_ranges: usize,
 }
 
 /// The leaf's RocksDB handle.
@@ -286,15 +296,14 @@ impl Store {
         })
     }
 
-    /// The shard's documents after `after` (by `_id`), about `max_bytes` of
-    /// them (at least one), and the `_id` to continue after if more remain.
-    pub fn docs_page(
+    /// The shard's documents after `after` (by `_id`, exclusive) as raw
+    /// `(_id, value)` entries, in `_id` order.
+    fn entries_after(
         &self,
         collection: &str,
         shard: u32,
         after: Option<&str>,
-        max_bytes: usize,
-    ) -> Result<(Vec<StoredDoc>, Option<String>)> {
+    ) -> impl Iterator<Item = Result<(String, Box<[u8]>)>> + '_ {
         let prefix = shard_key(b'd', collection, shard, b"");
         let skip = prefix.len();
         let mut start = prefix.clone();
@@ -304,24 +313,127 @@ impl Store {
         }
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(prefix_end(&prefix));
+        self.db
+            .iterator_opt(IteratorMode::From(&start, Direction::Forward), options)
+            .map(move |item| {
+                let (key, value) = item?;
+                Ok((String::from_utf8_lossy(&key[skip..]).into_owned(), value))
+            })
+    }
+
+    /// The shard's documents after `after` (by `_id`), about `max_bytes` of
+    /// them (at least one), and the `_id` to continue after if more remain.
+    pub fn docs_page(
+        &self,
+        collection: &str,
+        shard: u32,
+        after: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredDoc>, Option<String>)> {
         let mut docs = Vec::new();
         let mut bytes = 0;
-        for item in self
-            .db
-            .iterator_opt(IteratorMode::From(&start, Direction::Forward), options)
-        {
-            let (key, value) = item?;
+        for item in self.entries_after(collection, shard, after) {
+            let (id, value) = item?;
             if bytes >= max_bytes {
                 let next = docs.last().map(|d: &StoredDoc| d.id.clone());
                 return Ok((docs, next));
             }
-            bytes += key.len() + value.len();
-            docs.push(StoredDoc::decode(
-                String::from_utf8_lossy(&key[skip..]).into_owned(),
-                &value,
-            ));
+            bytes += id.len() + value.len();
+            docs.push(StoredDoc::decode(id, &value));
         }
         Ok((docs, None))
+    }
+
+    /// The shard's documents after `after` cut into consecutive `_id` ranges
+    /// of `range_docs` documents or about `range_bytes` each, with the
+    /// [`RangeDigest`] of each; at most `max_ranges` of them, and the `_id` to
+    /// continue after if more remain.
+    pub fn digest_ranges(
+        &self,
+        collection: &str,
+        shard: u32,
+        after: Option<&str>,
+        cut: RangeCut,
+    ) -> Result<(Vec<IdRange>, Option<String>)> {
+        let mut ranges = Vec::new();
+        let mut current = RangeDigest::default();
+        let mut bytes = 0;
+        let mut last = String::new();
+        for item in self.entries_after(collection, shard, after) {
+            let (id, value) = item?;
+            if current.docs as usize >= cut.docs || bytes >= cut.bytes {
+                ranges.push(IdRange {
+                    last: std::mem::take(&mut last),
+                    digest: std::mem::take(&mut current),
+                });
+                bytes = 0;
+                if ranges.len() >= cut.max_ranges {
+                    let next = ranges.last().map(|r: &IdRange| r.last.clone());
+                    return Ok((ranges, next));
+                }
+            }
+            current.add(&id, version_of(&value).0);
+            bytes += id.len() + value.len();
+            last = id;
+        }
+        if current.docs > 0 {
+            ranges.push(IdRange {
+                last,
+                digest: current,
+            });
+        }
+        Ok((ranges, None))
+    }
+
+    /// The `_id`s and versions of the shard's documents in the range
+    /// (`after`, `last`] and their digest.
+    pub fn range_versions(
+        &self,
+        collection: &str,
+        shard: u32,
+        after: Option<&str>,
+        last: &str,
+    ) -> Result<(RangeDigest, Vec<(String, u64)>)> {
+        let mut digest = RangeDigest::default();
+        let mut held = Vec::new();
+        for item in self.entries_after(collection, shard, after) {
+            let (id, value) = item?;
+            if id.as_str() > last {
+                break;
+            }
+            let version = version_of(&value).0;
+            digest.add(&id, version);
+            held.push((id, version));
+        }
+        Ok((digest, held))
+    }
+
+    /// The shard's documents in the range (`after`, `last`] except those
+    /// `held` names at the same or a newer version (all of them when `held`
+    /// is `None`).
+    pub fn range_docs(
+        &self,
+        collection: &str,
+        shard: u32,
+        after: Option<&str>,
+        last: &str,
+        held: Option<&std::collections::HashMap<&str, u64>>,
+    ) -> Result<Vec<StoredDoc>> {
+        let mut docs = Vec::new();
+        for item in self.entries_after(collection, shard, after) {
+            let (id, value) = item?;
+            if id.as_str() > last {
+                break;
+            }
+            let version = version_of(&value).0;
+            let has = held.and_then(|held| held.get(id.as_str()));
+            // Unversioned documents are told apart by nothing: sent.
+            if has.is_some_and(|&has| has >= version && version > 0) {
+                continue;
+            }
+            docs.push(StoredDoc::decode(id, &value));
+        }
+        Ok(docs)
     }
 
     /// Removes every record of one shard (a copy moved away).

@@ -10,8 +10,8 @@ use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::metastore::membership::LeafDirectory;
 use altdb_common::metastore::watched::Watched;
-use altdb_common::metastore::Metastore;
-use altdb_common::placement::{Placement, PLACEMENTS};
+use altdb_common::metastore::{Metastore, Precondition};
+use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
     put_batch, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark, PUT_BATCH_BYTES,
@@ -37,6 +37,8 @@ enum Layout {
     Placed {
         leaves: LeafDirectory,
         placements: Watched<Placement>,
+        /// Where a copy that missed an acknowledged write is marked behind.
+        store: Arc<dyn Metastore>,
     },
 }
 
@@ -97,9 +99,10 @@ impl Pusher {
                 leaves: LeafDirectory::start(store.clone(), secret, ca_pem)
                     .await
                     .map_err(unavailable)?,
-                placements: Watched::start(store, PLACEMENTS)
+                placements: Watched::start(store.clone(), PLACEMENTS)
                     .await
                     .map_err(unavailable)?,
+                store,
             }),
             batch_rows: batch_rows.max(1),
             versions: Arc::default(),
@@ -111,7 +114,9 @@ impl Pusher {
     pub fn leaves(&self, spec: &CollectionSpec) -> Vec<SharedLeaf> {
         match &*self.layout {
             Layout::Static(leaves) => leaves.clone(),
-            Layout::Placed { leaves, placements } => placements
+            Layout::Placed {
+                leaves, placements, ..
+            } => placements
                 .get(&spec.name)
                 .filter(|p| p.incarnation == spec.incarnation)
                 .map(|p| {
@@ -124,22 +129,29 @@ impl Pusher {
         }
     }
 
-    /// The placement epoch and the copies of `shard` that take writes.
+    /// The copies of `shard` that take writes, and the placement they were
+    /// read from.
     async fn writers(
         &self,
         spec: &CollectionSpec,
         shard: u32,
         newer_than: Option<u64>,
-    ) -> std::result::Result<(u64, Vec<SharedLeaf>), PushError> {
+    ) -> std::result::Result<Writers, PushError> {
         match &*self.layout {
-            Layout::Static(leaves) => Ok((
-                0,
-                replicas_for_shard(shard, leaves.len(), spec.replication)
+            Layout::Static(leaves) => Ok(Writers {
+                placement: None,
+                copies: replicas_for_shard(shard, leaves.len(), spec.replication)
                     .into_iter()
-                    .map(|i| leaves[i].clone())
+                    .map(|i| WriteCopy {
+                        leaf: leaves[i].url().to_string(),
+                        ready: true,
+                        client: Some(leaves[i].clone()),
+                    })
                     .collect(),
-            )),
-            Layout::Placed { leaves, placements } => {
+            }),
+            Layout::Placed {
+                leaves, placements, ..
+            } => {
                 let current = |p: &Placement| {
                     p.incarnation > spec.incarnation
                         || (p.incarnation == spec.incarnation
@@ -154,13 +166,81 @@ impl Pusher {
                     .get(&spec.name)
                     .filter(|p| p.incarnation == spec.incarnation)
                     .ok_or_else(|| PushError::NotPlaced(spec.name.clone()))?;
-                let mut copies = Vec::new();
-                for id in placement.writers(shard) {
-                    copies.push(leaves.client(id).ok_or_else(|| PushError::NotRegistered {
+                let copies = placement
+                    .writers(shard)
+                    .into_iter()
+                    .map(|id| WriteCopy {
                         leaf: id.to_string(),
-                    })?);
-                }
-                Ok((placement.epoch, copies))
+                        ready: placement.copy_on(shard, id) == Some(CopyState::Ready),
+                        // Not registered: down, it misses this write.
+                        client: leaves.client(id),
+                    })
+                    .collect();
+                Ok(Writers {
+                    placement: Some(placement),
+                    copies,
+                })
+            }
+        }
+    }
+
+    /// Records in the placement that the copies of `shard` on `leaves` missed
+    /// an acknowledged write (`seen`: the placement the write was made with),
+    /// before it is acknowledged: they serve no reads until they catch up.
+    async fn mark_behind(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        seen: &Placement,
+        leaves: &[String],
+    ) -> std::result::Result<(), PushError> {
+        let Layout::Placed {
+            placements, store, ..
+        } = &*self.layout
+        else {
+            return Ok(());
+        };
+        // Copies already behind and not copying yet will copy this write: no
+        // change, no transaction (a leaf down misses every write).
+        let mut view = seen.clone();
+        if !leaves.iter().fold(false, |changed, leaf| {
+            view.mark_behind(shard, leaf) || changed
+        }) {
+            return Ok(());
+        }
+        let key = format!("{PLACEMENTS}{}", spec.name);
+        let failed = |e: altdb_common::metastore::MetastoreError| PushError::NotMarked {
+            shard,
+            error: e.to_string(),
+        };
+        loop {
+            let Some(entry) = store.get(&key).await.map_err(failed)? else {
+                return Err(PushError::NotPlaced(spec.name.clone()));
+            };
+            let mut placement: Placement =
+                serde_json::from_str(&entry.value).map_err(|e| PushError::NotMarked {
+                    shard,
+                    error: format!("the placement cannot be read: {e}"),
+                })?;
+            if placement.incarnation != spec.incarnation {
+                return Err(PushError::NotPlaced(spec.name.clone()));
+            }
+            let changed = leaves.iter().fold(false, |changed, leaf| {
+                placement.mark_behind(shard, leaf) || changed
+            });
+            if !changed {
+                return Ok(());
+            }
+            let value = serde_json::to_string(&placement).expect("a placement serializes");
+            if let Some(at) = store
+                .put(&key, &value, Precondition::At(entry.revision))
+                .await
+                .map_err(failed)?
+            {
+                tracing::warn!(collection = %spec.name, shard, copies = ?leaves,
+                    "copies missed an acknowledged write; they serve no reads until they catch up");
+                placements.caught_up(at, PLACEMENT_WAIT).await;
+                return Ok(());
             }
         }
     }
@@ -248,15 +328,20 @@ impl Pusher {
             };
             let refs: Vec<&PutRow> = chunk.iter().map(|(_, row)| *row).collect();
             let batch = put_batch(&refs).map_err(PushError::Encode)?;
-            let (mut epoch, mut copies) = self.writers(spec, shard, None).await?;
+            let mut writers = self.writers(spec, shard, None).await?;
             // A copy saying the placement moved on: the chunk goes once more to
             // every copy the newer placement names (a copy that stored it
             // already stores the same rows again).
             for attempt in 0..2 {
-                header.epoch = epoch;
-                let results = join_all(copies.iter().map(|client| {
+                header.epoch = writers.placement.as_ref().map_or(0, |p| p.epoch);
+                let results = join_all(writers.copies.iter().map(|copy| {
                     let (batch, header) = (batch.clone(), &header);
                     async move {
+                        let Some(client) = &copy.client else {
+                            return Err(PushError::NotRegistered {
+                                leaf: copy.leaf.clone(),
+                            });
+                        };
                         client
                             .put(header, batch)
                             .await
@@ -271,22 +356,71 @@ impl Pusher {
                     |r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()),
                 );
                 if stale && attempt == 0 {
-                    (epoch, copies) = self.writers(spec, shard, Some(epoch)).await?;
+                    let epoch = header.epoch;
+                    writers = self.writers(spec, shard, Some(epoch)).await?;
                     continue;
                 }
-                // A row any copy refused is reported refused.
-                for result in results {
-                    for refused in result?.rejected {
-                        if let Some((index, _)) = chunk.get(refused.row as usize) {
-                            rejected.insert(*index, refused.reason);
+                let mut missed = Vec::new();
+                let mut failures = Vec::new();
+                let mut stored_ready = 0;
+                for (copy, result) in writers.copies.iter().zip(results) {
+                    match result {
+                        Ok(ack) => {
+                            stored_ready += u32::from(copy.ready);
+                            // A row any copy refused is reported refused.
+                            for refused in ack.rejected {
+                                if let Some((index, _)) = chunk.get(refused.row as usize) {
+                                    rejected.insert(*index, refused.reason);
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            missed.push(copy.leaf.clone());
+                            failures.push(error);
                         }
                     }
+                }
+                let Some(placement) = &writers.placement else {
+                    // Without a metastore, no copy can be marked behind:
+                    // every copy must store the write.
+                    if let Some(error) = failures.into_iter().next() {
+                        return Err(error);
+                    }
+                    break;
+                };
+                let needed = spec.write_quorum();
+                if stored_ready < needed {
+                    return Err(PushError::NoQuorum {
+                        shard,
+                        stored: stored_ready,
+                        needed,
+                        copies: writers.copies.iter().filter(|c| c.ready).count(),
+                        failures: failures.iter().map(ToString::to_string).collect(),
+                    });
+                }
+                if !missed.is_empty() {
+                    self.mark_behind(spec, shard, placement, &missed).await?;
                 }
                 break;
             }
         }
         Ok(rejected)
     }
+}
+
+/// The copies of a shard a write goes to.
+struct Writers {
+    /// The placement they were read from (`None` without a metastore).
+    placement: Option<Placement>,
+    copies: Vec<WriteCopy>,
+}
+
+struct WriteCopy {
+    leaf: String,
+    /// Serves reads: counts towards the write quorum.
+    ready: bool,
+    /// `None`: the leaf is not registered now (down).
+    client: Option<SharedLeaf>,
 }
 
 /// Rows cut into puts of at most `max_rows` rows and about `max_bytes` of
@@ -324,6 +458,23 @@ pub enum PushError {
     NotPlaced(String),
     #[error("leaf {leaf} holds a copy but is not registered in the metastore (down?)")]
     NotRegistered { leaf: String },
+    #[error(
+        "shard {shard}: stored on {stored} of its {copies} ready copies, {needed} needed \
+         (the collection's write_quorum): not acknowledged, retry once its copies are back \
+         ({})", failures.join("; ")
+    )]
+    NoQuorum {
+        shard: u32,
+        stored: u32,
+        needed: u32,
+        copies: usize,
+        failures: Vec<String>,
+    },
+    #[error(
+        "shard {shard}: a copy missed the write and cannot be marked behind in the metastore \
+         ({error}): not acknowledged, retry"
+    )]
+    NotMarked { shard: u32, error: String },
 }
 
 #[cfg(test)]

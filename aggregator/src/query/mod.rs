@@ -83,11 +83,19 @@ pub struct QueryOptions {
     /// `false` makes leaves scan every segment instead of using their indexes
     /// (to compare; answers are the same).
     pub use_index: bool,
+    /// Reads only the copies on this leaf (its id, or its URL): every shard
+    /// with a ready copy there is read from it, the others are not read at
+    /// all (`stats.shards_queried` says how many were). To compare the copies
+    /// of a shard; never for answers.
+    pub only_leaf: Option<String>,
 }
 
 impl Default for QueryOptions {
     fn default() -> Self {
-        Self { use_index: true }
+        Self {
+            use_index: true,
+            only_leaf: None,
+        }
     }
 }
 
@@ -397,6 +405,7 @@ impl QueryEngine {
             use_index: true,
             profile: false,
             remembered_fields: true,
+            only_leaf: None,
         };
         let (context, provider) = self.context(&specs, stats, tables, principal)?;
         let plan = read_only_plan(&context, &provider, sql)
@@ -529,6 +538,7 @@ impl QueryEngine {
             use_index: query.options.use_index,
             profile,
             remembered_fields,
+            only_leaf: query.options.only_leaf.as_deref().map(Arc::from),
         };
         let failed = |error| Failed {
             error,
@@ -536,8 +546,12 @@ impl QueryEngine {
             stale: false,
         };
         let specs = self.catalog.list().await.map_err(failed)?;
-        // EXPLAIN shows how a statement is planned now, so it is always planned.
-        let key = (remembered_fields && !lower.trim_start().starts_with("explain")).then(|| {
+        // EXPLAIN shows how a statement is planned now, so it is always
+        // planned; so is one reading the copies of one leaf.
+        let key = (remembered_fields
+            && query.options.only_leaf.is_none()
+            && !lower.trim_start().starts_with("explain"))
+        .then(|| {
             PlanKey::new(
                 sql,
                 query.options.use_index,
@@ -583,7 +597,7 @@ impl QueryEngine {
                 }
                 None => {
                     let (context, provider) = self
-                        .context(&specs, stats.clone(), tables, principal)
+                        .context(&specs, stats.clone(), tables.clone(), principal)
                         .map_err(|e| DataFusionError::External(Box::new(e)))?;
                     attempt.provider = Some(provider.clone());
                     let logical = read_only_plan(&context, &provider, sql).await?;

@@ -115,6 +115,23 @@ pub struct ScanTarget {
     /// its shard's fingerprint, for the leaf to refuse it if they changed since.
     /// `None`: planned with fields just fetched, run whatever the shard has.
     pub remembered: Option<Arc<CollectionFields>>,
+    /// Read only the copies on this leaf (id or URL); shards without one
+    /// there are not read.
+    pub only_leaf: Option<Arc<str>>,
+}
+
+impl ScanTarget {
+    /// The copies of `shard` to ask, preferred first.
+    fn copies(&self, shard: u32) -> Vec<SharedLeaf> {
+        match &self.only_leaf {
+            Some(leaf) => self
+                .cluster
+                .copy_on(&self.collection, shard, leaf)
+                .into_iter()
+                .collect(),
+            None => self.cluster.replicas(&self.collection, shard),
+        }
+    }
 }
 
 /// A leaf refused a fragment because its shard's fields changed since the
@@ -357,10 +374,13 @@ fn pinned_shards(fragment: &Arc<dyn ExecutionPlan>, num_shards: u32) -> Option<B
 /// same replicas, in the same order, so a group fails over as one), in the
 /// order of the leaves; each shard alone when profiling.
 fn plan_requests(target: &ScanTarget, pinned: Option<&BTreeSet<u32>>) -> Vec<Vec<u32>> {
-    let shards: Vec<u32> = match pinned {
+    let mut shards: Vec<u32> = match pinned {
         Some(pinned) => pinned.iter().copied().collect(),
         None => (0..target.collection.num_shards).collect(),
     };
+    if target.only_leaf.is_some() {
+        shards.retain(|&shard| !target.copies(shard).is_empty());
+    }
     if target.profile {
         return shards.into_iter().map(|shard| vec![shard]).collect();
     }
@@ -603,7 +623,7 @@ async fn ask_copies(
         plan: plan.clone(),
     };
     cluster.hedging.asked();
-    let mut copies = cluster.replicas(&target.collection, shards[0]).into_iter();
+    let mut copies = target.copies(shards[0]).into_iter();
     let mut asking: FuturesUnordered<Asking> = FuturesUnordered::new();
     // The copies asked that have not answered; the last one's usual time is
     // what the next hedge waits for.
@@ -762,6 +782,7 @@ mod tests {
             cluster: Cluster::with_leaves(shared),
             profile: false,
             remembered: None,
+            only_leaf: None,
         })
     }
 

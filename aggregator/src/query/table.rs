@@ -188,7 +188,7 @@ impl SchemaProvider for CollectionSchemaProvider {
             fields,
             remembered,
             self.cluster.clone(),
-            self.options,
+            self.options.clone(),
         ));
         match dead_letters {
             Some(DlqScope::Only(resources)) => Ok(Some(dead_letters_of(table, &resources)?)),
@@ -202,7 +202,7 @@ impl SchemaProvider for CollectionSchemaProvider {
 }
 
 /// How the collections of one statement are read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TableOptions {
     /// Collections expose `_score` (the statement searches).
     pub scored: bool,
@@ -213,6 +213,8 @@ pub struct TableOptions {
     /// Plan with the fields remembered from an earlier statement when there are
     /// some (fragments then carry their fingerprints, see [`super::fields`]).
     pub remembered_fields: bool,
+    /// Read only the copies on this leaf (`QueryOptions::only_leaf`).
+    pub only_leaf: Option<Arc<str>>,
 }
 
 /// One collection, with the schema merged from every leaf at planning time.
@@ -246,6 +248,7 @@ impl CollectionTable {
                 cluster,
                 profile: options.profile,
                 remembered: remembered.then(|| fields.clone()),
+                only_leaf: options.only_leaf.clone(),
             }),
             fields,
             schema,
