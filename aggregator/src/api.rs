@@ -297,6 +297,7 @@ async fn cluster_status(
             serde_json::json!({
                 "name": spec.name,
                 "replication": spec.replication,
+                "write_quorum": spec.write_quorum(),
                 "shards": state.cluster.placement(&spec),
                 "placement_epoch": state.cluster.epoch(&spec),
                 "joining": state.cluster.joining(&spec),

@@ -459,9 +459,9 @@ pub enum PushError {
     #[error("leaf {leaf} holds a copy but is not registered in the metastore (down?)")]
     NotRegistered { leaf: String },
     #[error(
-        "shard {shard}: stored on {stored} of its {copies} ready copies, {needed} needed \
-         (the collection's write_quorum): not acknowledged, retry once its copies are back \
-         ({})", failures.join("; ")
+        "stored on {stored} of its {copies} ready copies, {needed} needed (the collection's \
+         write_quorum): not acknowledged, retry once its copies are back ({})",
+        failures.join("; ")
     )]
     NoQuorum {
         shard: u32,
@@ -471,8 +471,8 @@ pub enum PushError {
         failures: Vec<String>,
     },
     #[error(
-        "shard {shard}: a copy missed the write and cannot be marked behind in the metastore \
-         ({error}): not acknowledged, retry"
+        "a copy of shard {shard} missed the write and cannot be marked behind in the \
+         metastore ({error}): not acknowledged, retry"
     )]
     NotMarked { shard: u32, error: String },
 }
