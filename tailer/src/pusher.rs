@@ -225,10 +225,7 @@ impl Pusher {
             if placement.incarnation != spec.incarnation {
                 return Err(PushError::NotPlaced(spec.name.clone()));
             }
-            let changed = leaves.iter().fold(false, |changed, leaf| {
-                placement.mark_behind(shard, leaf) || changed
-            });
-            if !changed {
+            if !mark_all_behind(&mut placement, shard, leaves) {
                 return Ok(());
             }
             let value = serde_json::to_string(&placement).expect("a placement serializes");
@@ -406,6 +403,15 @@ impl Pusher {
         }
         Ok(rejected)
     }
+}
+
+/// Marks every one of `leaves`' copies of `shard` behind; whether any changed.
+fn mark_all_behind(placement: &mut Placement, shard: u32, leaves: &[String]) -> bool {
+    let mut changed = false;
+    for leaf in leaves {
+        changed |= placement.mark_behind(shard, leaf);
+    }
+    changed
 }
 
 /// The copies of a shard a write goes to.
