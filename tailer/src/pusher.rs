@@ -203,9 +203,7 @@ impl Pusher {
         // Copies already behind and not copying yet will copy this write: no
         // change, no transaction (a leaf down misses every write).
         let mut view = seen.clone();
-        if !leaves.iter().fold(false, |changed, leaf| {
-            view.mark_behind(shard, leaf) || changed
-        }) {
+        if !mark_all_behind(&mut view, shard, leaves) {
             return Ok(());
         }
         let key = format!("{PLACEMENTS}{}", spec.name);
