@@ -45,16 +45,18 @@ fn wait_all_ready(cluster: &Cluster, collection: &str, timeout: Duration) -> Dur
     }
 }
 
+/// Rows of a query, each a row of JSON values.
+type Rows = Vec<Vec<Value>>;
+
+/// Per shard, each copy's leaf and rows.
+type CopiesByShard = BTreeMap<u32, Vec<(String, Rows)>>;
+
 /// Each shard's copies read alone (`only_leaf`), as `(leaf, rows)`; rows are
 /// `SELECT <columns> ... ORDER BY _id` of the shard's documents on that leaf.
-fn copies_by_shard(
-    cluster: &Cluster,
-    collection: &str,
-    columns: &str,
-) -> BTreeMap<u32, Vec<(String, Vec<Vec<Value>>)>> {
+fn copies_by_shard(cluster: &Cluster, collection: &str, columns: &str) -> CopiesByShard {
     let entry = placement(cluster, collection);
     let num_shards = entry["shards"].as_array().unwrap().len() as u32;
-    let mut by_shard: BTreeMap<u32, Vec<(String, Vec<Vec<Value>>)>> = BTreeMap::new();
+    let mut by_shard = CopiesByShard::new();
     for (shard, copies) in entry["shards"].as_array().unwrap().iter().enumerate() {
         for leaf in copies.as_array().unwrap() {
             let leaf = leaf.as_str().unwrap().to_string();
