@@ -137,7 +137,8 @@ impl Leader<'_> {
             .iter()
             .flat_map(|(_, p)| p.shards.iter())
             .flat_map(|s| s.copies.iter())
-            .filter(|c| c.state == CopyState::Joining)
+            // A copy behind on a leaf that is down copies nothing now.
+            .filter(|c| c.state == CopyState::Joining && view.live.contains(&c.leaf))
             .count();
         let mut joins = MAX_JOINS.saturating_sub(joining);
         let specs = match self.catalog.list().await {
