@@ -215,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
             leaf.follow(follower.clone());
             tokio::spawn(follower.clone().run(leaf.clone(), stop_rx.clone()));
             if config.anti_entropy_secs > 0 {
-                tokio::spawn(altdb_leaf::repair::run_anti_entropy(
+                tokio::spawn(altdb_leaf::placement::run_anti_entropy(
                     leaf.clone(),
                     follower.clone(),
                     Duration::from_secs(config.anti_entropy_secs),

@@ -23,7 +23,7 @@
 //! (a transaction on the placement), and copies moved away are dropped after a
 //! grace period.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,12 +33,13 @@ use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, Precondition};
 use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
 use altdb_common::rpc::{
-    CopyShardPage, CopyShardRequest, PutRow, RangeDocsRequest, ShardDigests, ShardDigestsRequest,
-    SharedLeaf, SourceMark, ACTION_COPY_SHARD,
+    CopyShardPage, CopyShardRequest, RangeDocsRequest, ShardDigests, ShardDigestsRequest,
+    SharedLeaf, ACTION_COPY_SHARD,
 };
 use tokio::sync::watch;
 
 use crate::error::{LeafError, Result};
+use crate::repair::{self, raise_watermarks, store_copied, CopySource};
 use crate::shard::Shard;
 use crate::store::CollectionMeta;
 use crate::Leaf;
@@ -443,8 +444,8 @@ async fn copy_once(
     };
     let target = leaf.shard_or_create(collection, shard);
     let copied = if held_docs {
-        let synced = crate::repair::pull_differences(leaf, &from, &target).await?;
-        crate::repair::record(leaf, "catch_up", &synced);
+        let synced = repair::pull_differences(leaf, &from, &target).await?;
+        repair::record(leaf, "catch_up", &synced);
         Copied {
             how: "ranges",
             docs: synced.repaired,
@@ -466,15 +467,6 @@ async fn copy_once(
         return Ok(None);
     }
     Ok(Some(copied))
-}
-
-/// A ready copy to copy from, at the epoch this copy began copying.
-pub struct CopySource {
-    pub leaf: SharedLeaf,
-    pub collection: String,
-    pub incarnation: u64,
-    pub shard: u32,
-    pub epoch: u64,
 }
 
 /// Copies every page of the source's copy into `target`; the documents
@@ -512,60 +504,6 @@ async fn copy_pages(from: &CopySource, target: &Arc<Shard>) -> Result<(u64, u64)
     }
     raise_watermarks(target, meta, marks.unwrap_or_default()).await?;
     Ok((docs, bytes))
-}
-
-/// Stores a page's documents where this copy holds no newer version; the
-/// number stored and the page's document bytes.
-pub async fn store_copied(target: &Arc<Shard>, page: CopyShardPage) -> Result<(u64, u64)> {
-    let meta = CollectionMeta {
-        text_fields: page.text_fields,
-        max_fields: page.max_fields,
-    };
-    let versions: Vec<u64> = page.docs.iter().map(|doc| doc.version).collect();
-    let mut bytes = 0;
-    let rows: Vec<PutRow> = page
-        .docs
-        .into_iter()
-        .map(|doc| {
-            bytes += doc.doc.get().len() as u64;
-            PutRow {
-                id: doc.id,
-                event_time_us: doc.event_time_us,
-                position: None,
-                doc_json: doc.doc.get().to_string(),
-            }
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok((0, 0));
-    }
-    let target = target.clone();
-    let stored =
-        tokio::task::spawn_blocking(move || target.write_copied(&meta, rows, &versions)).await??;
-    Ok((stored, bytes))
-}
-
-/// Every row at or below the source's watermarks (read before its first
-/// page) is here now: this copy's watermarks rise to them.
-pub async fn raise_watermarks(
-    target: &Arc<Shard>,
-    meta: CollectionMeta,
-    marks: BTreeMap<String, u64>,
-) -> Result<()> {
-    let sources: Vec<SourceMark> = marks
-        .into_iter()
-        .map(|(source, position)| SourceMark {
-            source,
-            through: Some(position),
-            as_of_us: None,
-        })
-        .collect();
-    if sources.is_empty() {
-        return Ok(());
-    }
-    let target = target.clone();
-    tokio::task::spawn_blocking(move || target.write(&meta, &sources, Vec::new(), 0)).await??;
-    Ok(())
 }
 
 /// Changes the placement of `collection` with `change`, in a transaction on
@@ -713,5 +651,76 @@ impl Follower {
         )
         .await?;
         leaf.range_docs(request).await
+    }
+}
+
+/// Every `interval` (and once `interval` after start), each ready copy of
+/// this leaf pulls from each other ready copy what differs, until
+/// `shutdown` flips.
+pub async fn run_anti_entropy(
+    leaf: Arc<Leaf>,
+    follower: Arc<Follower>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let started = Instant::now();
+        let mut total = repair::Synced::default();
+        for (collection, placement) in follower.placements() {
+            for (shard, state) in placement.shards_on(&follower.id) {
+                if state != CopyState::Ready || *shutdown.borrow() {
+                    continue;
+                }
+                let Some(target) = leaf.shard(&collection, shard) else {
+                    continue;
+                };
+                for peer in placement.readers(shard) {
+                    if peer == follower.id {
+                        continue;
+                    }
+                    let Some(client) = follower.client(peer) else {
+                        continue;
+                    };
+                    let from = CopySource {
+                        leaf: client,
+                        collection: collection.clone(),
+                        incarnation: placement.incarnation,
+                        shard,
+                        epoch: placement.epoch,
+                    };
+                    match repair::pull_differences(&leaf, &from, &target).await {
+                        Ok(synced) => {
+                            total.compared += synced.compared;
+                            total.ranges += synced.ranges;
+                            total.differing_ranges += synced.differing_ranges;
+                            total.repaired += synced.repaired;
+                            total.bytes += synced.bytes;
+                            if synced.repaired > 0 {
+                                tracing::warn!(%collection, shard, %peer,
+                                    repaired = synced.repaired,
+                                    "anti-entropy: this copy lacked documents another copy holds; repaired");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::info!(%collection, shard, %peer, %error,
+                                "anti-entropy: cannot compare with a copy now")
+                        }
+                    }
+                }
+            }
+        }
+        repair::record(&leaf, "anti_entropy", &total);
+        tracing::info!(
+            compared = total.compared,
+            ranges = total.ranges,
+            differing_ranges = total.differing_ranges,
+            repaired = total.repaired,
+            elapsed_s = started.elapsed().as_secs_f64(),
+            "anti-entropy pass done"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //!   the other copies) catches up this way before it serves reads again
 //!   (`placement::copy_in`): it holds most documents already, so it fetches
 //!   what it missed, not the shard;
-//! - anti-entropy ([`run_anti_entropy`]): every so often each ready copy
+//! - anti-entropy (`placement::run_anti_entropy`): every so often each ready copy
 //!   pulls from each other ready copy what differs, so copies that drifted
 //!   (a write that reached some copies and was never acknowledged, a bug)
 //!   converge, and `altdb_leaf_repaired_docs_total` says how many documents
@@ -22,18 +22,16 @@
 //! (`Shard::write_copied`), so pulling in both directions converges and
 //! never undoes a write that raced the comparison.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use altdb_common::placement::CopyState;
 use altdb_common::rpc::{
-    CopyShardPage, RangeDocsRequest, ShardDigests, ShardDigestsRequest, ACTION_RANGE_DOCS,
-    ACTION_SHARD_DIGESTS,
+    CopyShardPage, PutRow, RangeDocsRequest, ShardDigests, ShardDigestsRequest, SharedLeaf,
+    SourceMark, ACTION_RANGE_DOCS, ACTION_SHARD_DIGESTS,
 };
-use tokio::sync::watch;
 
 use crate::error::{LeafError, Result};
-use crate::placement::{raise_watermarks, store_copied, CopySource, Follower};
 use crate::shard::Shard;
 use crate::store::CollectionMeta;
 use crate::Leaf;
@@ -143,75 +141,67 @@ pub async fn pull_differences(
     Ok(synced)
 }
 
-/// Every `interval` (and once `interval` after start), each ready copy of
-/// this leaf pulls from each other ready copy what differs, until
-/// `shutdown` flips.
-pub async fn run_anti_entropy(
-    leaf: Arc<Leaf>,
-    follower: Arc<Follower>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-        let started = Instant::now();
-        let mut total = Synced::default();
-        for (collection, placement) in follower.placements() {
-            for (shard, state) in placement.shards_on(&follower.id) {
-                if state != CopyState::Ready || *shutdown.borrow() {
-                    continue;
-                }
-                let Some(target) = leaf.shard(&collection, shard) else {
-                    continue;
-                };
-                for peer in placement.readers(shard) {
-                    if peer == follower.id {
-                        continue;
-                    }
-                    let Some(client) = follower.client(peer) else {
-                        continue;
-                    };
-                    let from = CopySource {
-                        leaf: client,
-                        collection: collection.clone(),
-                        incarnation: placement.incarnation,
-                        shard,
-                        epoch: placement.epoch,
-                    };
-                    match pull_differences(&leaf, &from, &target).await {
-                        Ok(synced) => {
-                            total.compared += synced.compared;
-                            total.ranges += synced.ranges;
-                            total.differing_ranges += synced.differing_ranges;
-                            total.repaired += synced.repaired;
-                            total.bytes += synced.bytes;
-                            if synced.repaired > 0 {
-                                tracing::warn!(%collection, shard, %peer,
-                                    repaired = synced.repaired,
-                                    "anti-entropy: this copy lacked documents another copy holds; repaired");
-                            }
-                        }
-                        Err(error) => {
-                            tracing::info!(%collection, shard, %peer, %error,
-                                "anti-entropy: cannot compare with a copy now")
-                        }
-                    }
-                }
+/// A ready copy to copy from, at the epoch this copy began copying.
+pub struct CopySource {
+    pub leaf: SharedLeaf,
+    pub collection: String,
+    pub incarnation: u64,
+    pub shard: u32,
+    pub epoch: u64,
+}
+
+/// Stores a page's documents where this copy holds no newer version; the
+/// number stored and the page's document bytes.
+pub async fn store_copied(target: &Arc<Shard>, page: CopyShardPage) -> Result<(u64, u64)> {
+    let meta = CollectionMeta {
+        text_fields: page.text_fields,
+        max_fields: page.max_fields,
+    };
+    let versions: Vec<u64> = page.docs.iter().map(|doc| doc.version).collect();
+    let mut bytes = 0;
+    let rows: Vec<PutRow> = page
+        .docs
+        .into_iter()
+        .map(|doc| {
+            bytes += doc.doc.get().len() as u64;
+            PutRow {
+                id: doc.id,
+                event_time_us: doc.event_time_us,
+                position: None,
+                doc_json: doc.doc.get().to_string(),
             }
-        }
-        record(&leaf, "anti_entropy", &total);
-        tracing::info!(
-            compared = total.compared,
-            ranges = total.ranges,
-            differing_ranges = total.differing_ranges,
-            repaired = total.repaired,
-            elapsed_s = started.elapsed().as_secs_f64(),
-            "anti-entropy pass done"
-        );
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok((0, 0));
     }
+    let target = target.clone();
+    let stored =
+        tokio::task::spawn_blocking(move || target.write_copied(&meta, rows, &versions)).await??;
+    Ok((stored, bytes))
+}
+
+/// Every row at or below the source's watermarks (read before its first
+/// page) is here now: this copy's watermarks rise to them.
+pub async fn raise_watermarks(
+    target: &Arc<Shard>,
+    meta: CollectionMeta,
+    marks: BTreeMap<String, u64>,
+) -> Result<()> {
+    let sources: Vec<SourceMark> = marks
+        .into_iter()
+        .map(|(source, position)| SourceMark {
+            source,
+            through: Some(position),
+            as_of_us: None,
+        })
+        .collect();
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || target.write(&meta, &sources, Vec::new(), 0)).await??;
+    Ok(())
 }
 
 /// Adds what a comparison did to the leaf's metrics (`why`: `catch_up` or
