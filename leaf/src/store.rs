@@ -560,4 +560,72 @@ mod tests {
         assert_eq!(store.docs("events", 1).count(), 0);
         assert!(store.shards().unwrap().is_empty());
     }
+
+    #[test]
+    fn copies_compare_by_range_digests_and_send_only_what_is_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Store::open(&dir.path().join("a"), false).unwrap(),
+            Store::open(&dir.path().join("b"), false).unwrap(),
+        );
+        let fill = |store: &Store, docs: &[(&str, u64)]| {
+            let mut write = store.shard_write("c", 0);
+            for (seq, (id, version)) in docs.iter().enumerate() {
+                write.put_doc(
+                    id,
+                    seq as u64,
+                    0,
+                    *version,
+                    format!("{{\"v\":{version}}}").as_bytes(),
+                );
+            }
+            store.commit(write).unwrap();
+        };
+        let ids: Vec<String> = (0..25).map(|i| format!("d{i:02}")).collect();
+        let same: Vec<(&str, u64)> = ids.iter().map(|id| (id.as_str(), 5)).collect();
+        fill(&a, &same);
+        fill(&b, &same);
+        // `a` holds d07 newer and d30 that `b` lacks; `b` holds d20 newer.
+        fill(&a, &[("d07", 9), ("d30", 1)]);
+        fill(&b, &[("d20", 8)]);
+
+        let cut = RangeCut {
+            docs: 10,
+            bytes: usize::MAX,
+            max_ranges: 2,
+        };
+        let (first, next) = a.digest_ranges("c", 0, None, cut).unwrap();
+        assert_eq!(
+            first.iter().map(|r| r.last.as_str()).collect::<Vec<_>>(),
+            vec!["d09", "d19"]
+        );
+        assert_eq!(next.as_deref(), Some("d19"));
+        let (rest, next) = a.digest_ranges("c", 0, Some("d19"), cut).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!((rest[0].last.as_str(), rest[0].digest.docs), ("d30", 6));
+        assert_eq!(next, None);
+
+        // `b` over the same bounds: the ranges with d07 and d20/d30 differ.
+        let mut lower: Option<String> = None;
+        let mut differ = Vec::new();
+        for range in first.iter().chain(&rest) {
+            let (digest, held) = b
+                .range_versions("c", 0, lower.as_deref(), &range.last)
+                .unwrap();
+            if digest != range.digest {
+                let held: std::collections::HashMap<&str, u64> =
+                    held.iter().map(|(id, v)| (id.as_str(), *v)).collect();
+                let newer = a
+                    .range_docs("c", 0, lower.as_deref(), &range.last, Some(&held))
+                    .unwrap();
+                differ.extend(newer.into_iter().map(|d| (d.id, d.version)));
+            }
+            lower = Some(range.last.clone());
+        }
+        // d20 is older on `a`: not sent.
+        assert_eq!(differ, vec![("d07".to_string(), 9), ("d30".to_string(), 1)]);
+        // Equal ranges digest equal.
+        let (digest, _) = b.range_versions("c", 0, Some("d09"), "d19").unwrap();
+        assert_eq!(digest, first[1].digest);
+    }
 }
