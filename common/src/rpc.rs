@@ -167,26 +167,32 @@ pub struct CreateCollectionRequest {
     pub shards: Vec<u32>,
 }
 
-/// Body of [`ACTION_COPY_SHARD`]: the next page of a shard's documents after
-/// `after` (by `_id`), from a ready copy, once it knows placement `epoch`.
+/// A ready copy of a shard another copy reads from: served once the leaf
+/// knows placement `epoch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CopyShardRequest {
+pub struct CopyOf {
     pub collection: String,
     pub incarnation: u64,
     pub shard: u32,
     pub epoch: u64,
+}
+
+/// Body of [`ACTION_COPY_SHARD`]: the next page of a shard's documents after
+/// `after` (by `_id`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyShardRequest {
+    #[serde(flatten)]
+    pub of: CopyOf,
     #[serde(default)]
     pub after: Option<String>,
 }
 
 /// Body of [`ACTION_SHARD_DIGESTS`]: the next ranges after `after` (by
-/// `_id`), from a ready copy, once it knows placement `epoch`.
+/// `_id`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardDigestsRequest {
-    pub collection: String,
-    pub incarnation: u64,
-    pub shard: u32,
-    pub epoch: u64,
+    #[serde(flatten)]
+    pub of: CopyOf,
     #[serde(default)]
     pub after: Option<String>,
 }
@@ -210,10 +216,8 @@ pub struct ShardDigests {
 /// `held` is `None`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RangeDocsRequest {
-    pub collection: String,
-    pub incarnation: u64,
-    pub shard: u32,
-    pub epoch: u64,
+    #[serde(flatten)]
+    pub of: CopyOf,
     #[serde(default)]
     pub after: Option<String>,
     pub last: String,

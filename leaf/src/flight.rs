@@ -276,7 +276,7 @@ impl FlightService for LeafService {
             }
             ACTION_COPY_SHARD => {
                 let request: CopyShardRequest = parse_body(&action.body)?;
-                checked_name(&request.collection)?;
+                checked_name(&request.of.collection)?;
                 let page = self
                     .follower()?
                     .copy_page(&self.leaf, request)
@@ -286,7 +286,7 @@ impl FlightService for LeafService {
             }
             ACTION_SHARD_DIGESTS => {
                 let request: ShardDigestsRequest = parse_body(&action.body)?;
-                checked_name(&request.collection)?;
+                checked_name(&request.of.collection)?;
                 let digests = self
                     .follower()?
                     .shard_digests(&self.leaf, request)
@@ -296,7 +296,7 @@ impl FlightService for LeafService {
             }
             ACTION_RANGE_DOCS => {
                 let request: RangeDocsRequest = parse_body(&action.body)?;
-                checked_name(&request.collection)?;
+                checked_name(&request.of.collection)?;
                 let page = self
                     .follower()?
                     .range_docs(&self.leaf, request)

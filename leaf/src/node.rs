@@ -9,8 +9,8 @@ use altdb_common::health::LoopHealth;
 use altdb_common::metrics::Metrics;
 use altdb_common::placement::{CopyState, Placement};
 use altdb_common::rpc::{
-    CollectionStats, CopiedDoc, CopyShardPage, CopyShardRequest, PutAck, PutRow, RangeDocsRequest,
-    ShardDigests, ShardDigestsRequest, SourceMark, Watermarks,
+    CollectionStats, CopiedDoc, CopyOf, CopyShardPage, CopyShardRequest, PutAck, PutRow,
+    RangeDocsRequest, ShardDigests, ShardDigestsRequest, SourceMark, Watermarks,
 };
 use altdb_common::versions::RangeDigest;
 use tokio::sync::watch;
@@ -154,16 +154,21 @@ impl Leaf {
         .await?
     }
 
+    /// Whether this leaf holds the incarnation and shard another copy reads.
+    fn serve_copy(&self, of: &CopyOf) -> Result<()> {
+        self.with_collection_state(&of.collection, |state| {
+            state.serve(&of.collection, of.incarnation, of.shard)
+        })
+    }
+
     /// A page of `request.shard`'s documents for a joining copy elsewhere
     /// (the caller checked the placement).
     pub async fn copy_page(self: &Arc<Self>, request: CopyShardRequest) -> Result<CopyShardPage> {
-        self.with_collection_state(&request.collection, |state| {
-            state.serve(&request.collection, request.incarnation, request.shard)
-        })?;
+        self.serve_copy(&request.of)?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let store = &this.store;
-            let (collection, shard) = (&request.collection, request.shard);
+            let (collection, shard) = (&request.of.collection, request.of.shard);
             let watermarks = match request.after {
                 None => store.watermarks(collection, shard)?.into_iter().collect(),
                 Some(_) => Default::default(),
@@ -208,13 +213,11 @@ impl Leaf {
         self: &Arc<Self>,
         request: ShardDigestsRequest,
     ) -> Result<ShardDigests> {
-        self.with_collection_state(&request.collection, |state| {
-            state.serve(&request.collection, request.incarnation, request.shard)
-        })?;
+        self.serve_copy(&request.of)?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let store = &this.store;
-            let (collection, shard) = (&request.collection, request.shard);
+            let (collection, shard) = (&request.of.collection, request.of.shard);
             let watermarks = match request.after {
                 None => store.watermarks(collection, shard)?.into_iter().collect(),
                 Some(_) => Default::default(),
@@ -236,9 +239,7 @@ impl Leaf {
     /// The documents of one `_id` range of `request.shard` newer than those
     /// the asker holds (the caller checked the placement).
     pub async fn range_docs(self: &Arc<Self>, request: RangeDocsRequest) -> Result<CopyShardPage> {
-        self.with_collection_state(&request.collection, |state| {
-            state.serve(&request.collection, request.incarnation, request.shard)
-        })?;
+        self.serve_copy(&request.of)?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let held: Option<HashMap<&str, u64>> = request
@@ -246,13 +247,13 @@ impl Leaf {
                 .as_ref()
                 .map(|held| held.iter().map(|(id, v)| (id.as_str(), *v)).collect());
             let docs = this.store.range_docs(
-                &request.collection,
-                request.shard,
+                &request.of.collection,
+                request.of.shard,
                 request.after.as_deref(),
                 &request.last,
                 held.as_ref(),
             )?;
-            let meta = this.store.collection_meta(&request.collection)?;
+            let meta = this.store.collection_meta(&request.of.collection)?;
             Ok(CopyShardPage {
                 docs: docs.into_iter().map(copied_doc).collect::<Result<_>>()?,
                 watermarks: Default::default(),

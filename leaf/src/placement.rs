@@ -33,7 +33,7 @@ use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, Precondition};
 use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
 use altdb_common::rpc::{
-    CopyShardPage, CopyShardRequest, RangeDocsRequest, ShardDigests, ShardDigestsRequest,
+    CopyOf, CopyShardPage, CopyShardRequest, RangeDocsRequest, ShardDigests, ShardDigestsRequest,
     SharedLeaf, ACTION_COPY_SHARD,
 };
 use tokio::sync::watch;
@@ -437,10 +437,12 @@ async fn copy_once(
     };
     let from = CopySource {
         leaf: source,
-        collection: collection.to_string(),
-        incarnation,
-        shard,
-        epoch: since,
+        of: CopyOf {
+            collection: collection.to_string(),
+            incarnation,
+            shard,
+            epoch: since,
+        },
     };
     let target = leaf.shard_or_create(collection, shard);
     let copied = if held_docs {
@@ -473,10 +475,7 @@ async fn copy_once(
 /// stored and their bytes.
 async fn copy_pages(from: &CopySource, target: &Arc<Shard>) -> Result<(u64, u64)> {
     let mut request = CopyShardRequest {
-        collection: from.collection.clone(),
-        incarnation: from.incarnation,
-        shard: from.shard,
-        epoch: from.epoch,
+        of: from.of.clone(),
         after: None,
     };
     let (mut docs, mut bytes) = (0, 0);
@@ -574,23 +573,18 @@ async fn mark_ready(
 }
 
 impl Follower {
-    /// Whether this leaf may serve its copy of `shard` to another copy
-    /// (`first`: the first call of a copy, which waits for every write
-    /// checked against an older view).
-    async fn check_source(
-        &self,
-        collection: &str,
-        incarnation: u64,
-        shard: u32,
-        epoch: u64,
-        first: bool,
-    ) -> Result<()> {
+    /// Whether this leaf may serve its copy to another copy (`first`: the
+    /// first call of a copy, which waits for every write checked against an
+    /// older view).
+    async fn check_source(&self, of: &CopyOf, first: bool) -> Result<()> {
         self.fenced()?;
-        let placement = self.placement_at(collection, incarnation, epoch).await?;
-        if placement.copy_on(shard, &self.id) != Some(CopyState::Ready) {
+        let placement = self
+            .placement_at(&of.collection, of.incarnation, of.epoch)
+            .await?;
+        if placement.copy_on(of.shard, &self.id) != Some(CopyState::Ready) {
             return Err(LeafError::NotOwner(format!(
-                "leaf {} has no ready copy of shard {shard} of `{collection}` to copy from",
-                self.id
+                "leaf {} has no ready copy of shard {} of `{}` to copy from",
+                self.id, of.shard, of.collection
             )));
         }
         if first {
@@ -606,15 +600,8 @@ impl Follower {
         leaf: &Arc<Leaf>,
         request: CopyShardRequest,
     ) -> Result<CopyShardPage> {
-        let first = request.after.is_none();
-        self.check_source(
-            &request.collection,
-            request.incarnation,
-            request.shard,
-            request.epoch,
-            first,
-        )
-        .await?;
+        self.check_source(&request.of, request.after.is_none())
+            .await?;
         leaf.copy_page(request).await
     }
 
@@ -624,15 +611,8 @@ impl Follower {
         leaf: &Arc<Leaf>,
         request: ShardDigestsRequest,
     ) -> Result<ShardDigests> {
-        let first = request.after.is_none();
-        self.check_source(
-            &request.collection,
-            request.incarnation,
-            request.shard,
-            request.epoch,
-            first,
-        )
-        .await?;
+        self.check_source(&request.of, request.after.is_none())
+            .await?;
         leaf.shard_digests(request).await
     }
 
@@ -642,14 +622,7 @@ impl Follower {
         leaf: &Arc<Leaf>,
         request: RangeDocsRequest,
     ) -> Result<CopyShardPage> {
-        self.check_source(
-            &request.collection,
-            request.incarnation,
-            request.shard,
-            request.epoch,
-            false,
-        )
-        .await?;
+        self.check_source(&request.of, false).await?;
         leaf.range_docs(request).await
     }
 }
@@ -687,10 +660,12 @@ pub async fn run_anti_entropy(
                     };
                     let from = CopySource {
                         leaf: client,
-                        collection: collection.clone(),
-                        incarnation: placement.incarnation,
-                        shard,
-                        epoch: placement.epoch,
+                        of: CopyOf {
+                            collection: collection.clone(),
+                            incarnation: placement.incarnation,
+                            shard,
+                            epoch: placement.epoch,
+                        },
                     };
                     match repair::pull_differences(&leaf, &from, &target).await {
                         Ok(synced) => {

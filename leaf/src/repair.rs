@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use altdb_common::rpc::{
-    CopyShardPage, PutRow, RangeDocsRequest, ShardDigests, ShardDigestsRequest, SharedLeaf,
+    CopyOf, CopyShardPage, PutRow, RangeDocsRequest, ShardDigests, ShardDigestsRequest, SharedLeaf,
     SourceMark, ACTION_RANGE_DOCS, ACTION_SHARD_DIGESTS,
 };
 
@@ -63,10 +63,7 @@ pub async fn pull_differences(
 ) -> Result<Synced> {
     let mut synced = Synced::default();
     let mut request = ShardDigestsRequest {
-        collection: from.collection.clone(),
-        incarnation: from.incarnation,
-        shard: from.shard,
-        epoch: from.epoch,
+        of: from.of.clone(),
         after: None,
     };
     let failed = |e: altdb_common::rpc::RpcError| {
@@ -96,8 +93,8 @@ pub async fn pull_differences(
             synced.compared += range.digest.docs;
             let (own, held) = leaf
                 .range_versions(
-                    &from.collection,
-                    from.shard,
+                    &from.of.collection,
+                    from.of.shard,
                     lower.clone(),
                     range.last.clone(),
                 )
@@ -105,10 +102,7 @@ pub async fn pull_differences(
             if own != range.digest {
                 synced.differing_ranges += 1;
                 let request = RangeDocsRequest {
-                    collection: from.collection.clone(),
-                    incarnation: from.incarnation,
-                    shard: from.shard,
-                    epoch: from.epoch,
+                    of: from.of.clone(),
                     after: lower.clone(),
                     last: range.last.clone(),
                     held: (held.len() <= MAX_HELD_SENT).then_some(held),
@@ -126,7 +120,7 @@ pub async fn pull_differences(
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
-            tracing::info!(collection = %from.collection, shard = from.shard,
+            tracing::info!(collection = %from.of.collection, shard = from.of.shard,
                 compared = synced.compared, differing_ranges = synced.differing_ranges,
                 repaired = synced.repaired, "comparing with another copy");
         }
@@ -141,13 +135,11 @@ pub async fn pull_differences(
     Ok(synced)
 }
 
-/// A ready copy to copy from, at the epoch this copy began copying.
+/// A ready copy to copy from (at the epoch this copy began copying), and
+/// its leaf.
 pub struct CopySource {
     pub leaf: SharedLeaf,
-    pub collection: String,
-    pub incarnation: u64,
-    pub shard: u32,
-    pub epoch: u64,
+    pub of: CopyOf,
 }
 
 /// Stores a page's documents where this copy holds no newer version; the

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use altdb_common::cluster_auth::{self, ClusterSecret};
 use altdb_common::rpc::{
-    put_batch, CollectionRequest, CopyShardRequest, FragmentItem, FragmentTicket, LeafApi,
-    LeafClient, PutHeader, TicketShard, ACTION_COPY_SHARD, ACTION_DROP_COLLECTION,
+    put_batch, CollectionRequest, CopyOf, CopyShardRequest, FragmentItem, FragmentTicket, LeafApi,
+    LeafClient, PutHeader, RangeDocsRequest, ShardDigestsRequest, TicketShard, ACTION_COPY_SHARD,
+    ACTION_DROP_COLLECTION, ACTION_RANGE_DOCS, ACTION_SHARD_DIGESTS,
 };
 use altdb_tests::{Cluster, ClusterOptions};
 use futures::StreamExt;
@@ -60,26 +61,49 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
         };
         let put = runtime.block_on(leaf.put(&header, put_batch(&[])?));
         assert!(put.expect_err(name).is_invalid_argument(), "{name}");
+        let of = CopyOf {
+            collection: name.to_string(),
+            incarnation: 1,
+            shard: 0,
+            epoch: 1,
+        };
         let copy = runtime.block_on(leaf.action::<_, serde_json::Value>(
             ACTION_COPY_SHARD,
             &CopyShardRequest {
-                collection: name.to_string(),
-                incarnation: 1,
-                shard: 0,
-                epoch: 1,
+                of: of.clone(),
                 after: None,
             },
         ));
         assert!(copy.expect_err(name).is_invalid_argument(), "{name}");
+        let digests = runtime.block_on(leaf.action::<_, serde_json::Value>(
+            ACTION_SHARD_DIGESTS,
+            &ShardDigestsRequest {
+                of: of.clone(),
+                after: None,
+            },
+        ));
+        assert!(digests.expect_err(name).is_invalid_argument(), "{name}");
+        let docs = runtime.block_on(leaf.action::<_, serde_json::Value>(
+            ACTION_RANGE_DOCS,
+            &RangeDocsRequest {
+                of,
+                after: None,
+                last: "z".into(),
+                held: None,
+            },
+        ));
+        assert!(docs.expect_err(name).is_invalid_argument(), "{name}");
     }
     // A leaf that follows no placement hands no shard out to be copied.
     let copy = runtime.block_on(leaf.action::<_, serde_json::Value>(
         ACTION_COPY_SHARD,
         &CopyShardRequest {
-            collection: "events".into(),
-            incarnation,
-            shard: 0,
-            epoch: 1,
+            of: CopyOf {
+                collection: "events".into(),
+                incarnation,
+                shard: 0,
+                epoch: 1,
+            },
             after: None,
         },
     ));
