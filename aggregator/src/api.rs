@@ -301,6 +301,7 @@ async fn cluster_status(
                 "shards": state.cluster.placement(&spec),
                 "placement_epoch": state.cluster.epoch(&spec),
                 "joining": state.cluster.joining(&spec),
+                "behind": state.cluster.behind(&spec),
             })
         })
         .collect();

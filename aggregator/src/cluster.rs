@@ -208,6 +208,26 @@ impl Cluster {
         })
     }
 
+    /// The copies of `spec` that missed acknowledged writes and have not
+    /// caught up: shard, leaf and for how long (seconds).
+    pub fn behind(&self, spec: &CollectionSpec) -> Vec<serde_json::Value> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.placement_of(spec).map_or_else(Vec::new, |p| {
+            p.behind()
+                .into_iter()
+                .map(|(shard, leaf, since)| {
+                    serde_json::json!({
+                        "shard": shard,
+                        "leaf": leaf,
+                        "behind_secs": now_ms.saturating_sub(since) as f64 / 1000.0,
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// Waits until `spec`'s placement is newer than `epoch` (a leaf said the
     /// caller's was stale); whether it is.
     pub async fn placement_after(&self, spec: &CollectionSpec, epoch: u64) -> bool {

@@ -60,6 +60,10 @@ pub struct ShardCopy {
     /// ([`Placement::mark_behind`]), so the copy cannot turn ready without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syncing: Option<u64>,
+    /// When (Unix milliseconds) this copy first missed an acknowledged write
+    /// since it was last ready: how long it has been behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind_since_ms: Option<u64>,
 }
 
 impl ShardCopy {
@@ -68,6 +72,7 @@ impl ShardCopy {
             leaf,
             state,
             syncing: None,
+            behind_since_ms: None,
         }
     }
 }
@@ -196,23 +201,40 @@ impl Placement {
             }
             copy.state = CopyState::Ready;
             copy.syncing = None;
+            copy.behind_since_ms = None;
             true
         })
     }
 
     /// A write was acknowledged without `leaf`'s copy of `shard`: the copy
     /// serves no reads until it has copied what it missed from a ready copy
-    /// (a copy in progress starts over). False if there was nothing to change
-    /// (no such copy, or joining and not copying: it will copy the write).
-    pub fn mark_behind(&mut self, shard: u32, leaf: &str) -> bool {
+    /// (a copy in progress starts over); `now_ms`: the time (Unix ms). False
+    /// if there was nothing to change (no such copy, or joining and not
+    /// copying: it will copy the write).
+    pub fn mark_behind(&mut self, shard: u32, leaf: &str, now_ms: u64) -> bool {
         self.change_copy(shard, leaf, |copy, _| {
             if copy.state == CopyState::Joining && copy.syncing.is_none() {
                 return false;
             }
             copy.state = CopyState::Joining;
             copy.syncing = None;
+            copy.behind_since_ms.get_or_insert(now_ms);
             true
         })
+    }
+
+    /// Copies that missed acknowledged writes and have not caught up yet:
+    /// `(shard, leaf, behind since, Unix ms)`.
+    pub fn behind(&self) -> Vec<(u32, &str, u64)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, s)| {
+                s.copies
+                    .iter()
+                    .filter_map(move |c| Some((shard as u32, c.leaf.as_str(), c.behind_since_ms?)))
+            })
+            .collect()
     }
 }
 
@@ -541,28 +563,30 @@ mod tests {
         let mut placement = Placement::initial("c", 1, 2, 3, &leaves(3));
         let epoch = placement.shards[0].epoch;
         // A write acknowledged without leaf-3: it reads no more.
-        assert!(placement.mark_behind(0, "leaf-3"));
+        assert!(placement.mark_behind(0, "leaf-3", 1000));
         assert!(placement.shards[0].epoch > epoch);
         let mut readers = placement.readers(0);
         readers.sort();
         assert_eq!(readers, vec!["leaf-1", "leaf-2"]);
         assert_eq!(placement.writers(0).len(), 3);
         // Down, it misses more writes: nothing more to record.
-        assert!(!placement.mark_behind(0, "leaf-3"));
+        assert!(!placement.mark_behind(0, "leaf-3", 1000));
         // It copies; a write it misses meanwhile makes it start over.
         let first = placement.begin_sync(0, "leaf-3").unwrap();
         assert_eq!(placement.shards[0].epoch, first);
-        assert!(placement.mark_behind(0, "leaf-3"));
+        assert!(placement.mark_behind(0, "leaf-3", 1000));
         assert!(!placement.mark_ready(0, "leaf-3", first));
         let second = placement.begin_sync(0, "leaf-3").unwrap();
         assert!(second > first);
+        assert_eq!(placement.behind(), vec![(0, "leaf-3", 1000)]);
         assert!(placement.mark_ready(0, "leaf-3", second));
+        assert!(placement.behind().is_empty());
         assert_eq!(placement.readers(0).len(), 3);
         // A ready copy does not begin a copy; the other shard never changed.
         assert_eq!(placement.begin_sync(0, "leaf-3"), None);
         assert_eq!(placement.shards[1].epoch, epoch);
         // Down for now, its joining copy waits for it; gone for good, it goes.
-        assert!(placement.mark_behind(0, "leaf-3"));
+        assert!(placement.mark_behind(0, "leaf-3", 1000));
         let mut down = view(&leaves(3), &[]);
         down.live.remove("leaf-3");
         assert_eq!(plan_step("c", &placement, 3, &down, &mut 4), None);

@@ -405,9 +405,12 @@ impl Pusher {
 
 /// Marks every one of `leaves`' copies of `shard` behind; whether any changed.
 fn mark_all_behind(placement: &mut Placement, shard: u32, leaves: &[String]) -> bool {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let mut changed = false;
     for leaf in leaves {
-        changed |= placement.mark_behind(shard, leaf);
+        changed |= placement.mark_behind(shard, leaf, now_ms);
     }
     changed
 }

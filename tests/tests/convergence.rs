@@ -161,6 +161,16 @@ fn three_copies_take_writes_with_one_down_refuse_them_with_two_and_end_equal() {
         .unwrap();
     let entry = placement(&cluster, "triple");
     assert_eq!(entry["joining"], 4, "{entry:#}");
+    // Each of its copies is reported behind, and since when.
+    let down = cluster.leaf_urls[2].trim_start_matches("http://");
+    let behind = entry["behind"].as_array().unwrap();
+    assert_eq!(behind.len(), 4, "{entry:#}");
+    assert!(
+        behind
+            .iter()
+            .all(|b| b["leaf"] == down && b["behind_secs"].as_f64().unwrap() < 60.0),
+        "{entry:#}"
+    );
     assert_eq!(
         cluster
             .rows("SELECT COUNT(*), SUM(v), SUM(n) FROM triple")
@@ -197,6 +207,7 @@ fn three_copies_take_writes_with_one_down_refuse_them_with_two_and_end_equal() {
     cluster.leaves[2].restart().unwrap();
     let took = wait_all_ready(&cluster, "triple", Duration::from_secs(60));
     eprintln!("behind copies caught up {took:?} after their leaves restarted");
+    assert_eq!(placement(&cluster, "triple")["behind"], json!([]));
     let started = Instant::now();
     let rows = loop {
         let held = copies_by_shard(&cluster, "triple", "_id, n, v");
