@@ -9,6 +9,7 @@
 //! | `GET /v1/collections/{name}` | spec, schema as SQL columns, document count, shards |
 //! | `DELETE /v1/collections/{name}` | drop data everywhere, then the spec |
 //! | `POST /v1/collections/{name}/docs` | NDJSON or JSON array, forwarded to a tailer |
+//! | `DELETE /v1/collections/{name}/docs` | `[{"_id": ..}, ..]`, forwarded to a tailer |
 //! | `GET /v1/cluster` | leaf health; where each shard's copies live; leaves registered in the metastore |
 //! | `GET /metrics` | Prometheus metrics, incl. per-partition lag and freshness |
 //! | `/v1/keys`, `/v1/roles` | API keys and roles ([`crate::access::routes`]) |
@@ -94,7 +95,10 @@ pub fn router(
             "/v1/collections/{name}",
             get(describe_collection).delete(delete_collection),
         )
-        .route("/v1/collections/{name}/docs", post(write_docs))
+        .route(
+            "/v1/collections/{name}/docs",
+            post(write_docs).delete(delete_docs),
+        )
         .merge(crate::access::routes::routes())
         .merge(crate::lambdas::routes())
         .merge(crate::rockset::routes())
@@ -592,7 +596,41 @@ async fn write_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (status, bytes) = forward_write(&state, &principal, &name, &headers, body).await?;
+    let (status, bytes) = forward_write(
+        &state,
+        &principal,
+        &name,
+        &headers,
+        body,
+        reqwest::Method::POST,
+    )
+    .await?;
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/collections/{name}/docs`: `[{"_id": ..}, ..]`, forwarded to a
+/// tailer like a write (it needs the write privilege).
+async fn delete_docs(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let (status, bytes) = forward_write(
+        &state,
+        &principal,
+        &name,
+        &headers,
+        body,
+        reqwest::Method::DELETE,
+    )
+    .await?;
     Ok((
         status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -609,6 +647,7 @@ pub(crate) async fn forward_write(
     name: &str,
     headers: &HeaderMap,
     body: Bytes,
+    method: reqwest::Method,
 ) -> Result<(StatusCode, Bytes)> {
     principal.require(Action::Write, name)?;
     if CollectionSpec::is_system(name) {
@@ -627,7 +666,7 @@ pub(crate) async fn forward_write(
     let url = format!("{}/v1/collections/{name}/docs", state.tailer_url);
     let mut request = state
         .http
-        .post(&url)
+        .request(method, &url)
         .header(altdb_common::api::SPEC_HEADER, spec_json)
         .body(body);
     for header in [

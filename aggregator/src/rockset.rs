@@ -188,8 +188,15 @@ async fn add_documents(
         axum::http::header::CONTENT_TYPE,
         "application/x-ndjson".parse().expect("valid header"),
     )]);
-    let (status, bytes) =
-        forward_write(&state, &principal, &collection, &headers, ndjson.into()).await?;
+    let (status, bytes) = forward_write(
+        &state,
+        &principal,
+        &collection,
+        &headers,
+        ndjson.into(),
+        reqwest::Method::POST,
+    )
+    .await?;
     if !status.is_success() {
         return Ok((
             status,

@@ -38,6 +38,30 @@ pub struct RejectedDoc {
     pub reason: String,
 }
 
+/// The answer to `DELETE /v1/collections/{name}/docs`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    /// Documents deleted (held by some copy of their shard).
+    pub deleted: usize,
+    /// `_id`s no copy held (their deletion is recorded all the same, so a
+    /// write of an older version arriving later stays deleted).
+    pub not_found: usize,
+    /// One per element of the request, in order.
+    pub results: Vec<DeleteResult>,
+}
+
+/// What became of one `_id` of a delete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeleteResult {
+    /// The `_id` as sent (`null` if the element had none).
+    #[serde(rename = "_id")]
+    pub id: Option<String>,
+    /// `deleted`, `not_found` or `error`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Response of `POST /v1/collections/{name}/docs`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WriteResponse {

@@ -66,6 +66,10 @@ fn is_zero(value: &u64) -> bool {
     *value == 0
 }
 
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 fn default_num_shards() -> u32 {
     4
 }
@@ -292,6 +296,18 @@ pub enum RecordFormat {
     Json,
 }
 
+/// What a Kafka record with a key and no value (a tombstone) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaDeletes {
+    /// It is no document: it goes to `_dlq`.
+    #[default]
+    DeadLetters,
+    /// It deletes the document whose `_id` is the record's key (a compacted
+    /// topic's deletes).
+    Tombstones,
+}
+
 /// `{"type":"kafka","brokers":..,"topic":..}` in a collection's `sources`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +325,9 @@ pub struct KafkaSource {
     /// Add `_meta.kafka` (partition, offset, timestamp, key, headers) to every document.
     #[serde(default = "default_true")]
     pub include_metadata: bool,
+    /// `tombstones`: a record with a key and no value deletes `_id = key`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub deletes: KafkaDeletes,
     /// librdkafka settings passed through (e.g. `security.protocol`, `sasl.*`;
     /// secrets inline or as references, see [`crate::secrets`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

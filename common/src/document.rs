@@ -172,7 +172,8 @@ fn key<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     twins.next().is_none().then_some(value)
 }
 
-fn id_from_value(value: &Value) -> Option<String> {
+/// A document id as JSON gives it: a string, or an integer as its digits.
+pub fn id_from_value(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),

@@ -131,6 +131,10 @@ pub struct PutAck {
     /// Rows not stored, by index in the put, and why (the rest of the put is).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected: Vec<RejectedRow>,
+    /// Delete rows, by index in the put, whose `_id` this copy did not hold
+    /// (their tombstone is stored all the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<u32>,
 }
 
 /// A row of a put the leaf refused.
@@ -248,8 +252,11 @@ pub struct CopiedDoc {
     /// Its [`PutHeader::version`] (0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u64,
-    /// The document's JSON text as stored.
+    /// The document's JSON text as stored (`null` for a tombstone).
     pub doc: Box<serde_json::value::RawValue>,
+    /// A tombstone: the `_id` was deleted at this version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// Highest stored position per source, per shard held by the leaf.
@@ -550,7 +557,8 @@ pub fn put_schema() -> SchemaRef {
         Field::new(PUT_EVENT_TIME, DataType::Int64, false),
         Field::new(PUT_SOURCE, DataType::UInt32, true),
         Field::new(PUT_POSITION, DataType::UInt64, true),
-        Field::new(PUT_DOC, DataType::Utf8, false),
+        // Null: the row deletes its `_id`.
+        Field::new(PUT_DOC, DataType::Utf8, true),
     ]))
 }
 
@@ -560,7 +568,10 @@ pub struct PutRow {
     pub id: String,
     pub event_time_us: i64,
     pub position: Option<RowPosition>,
+    /// The document (empty for a delete).
     pub doc_json: String,
+    /// The row deletes the document with this `_id` (a versioned tombstone).
+    pub delete: bool,
 }
 
 /// Where a record sits in its source.
@@ -577,7 +588,10 @@ pub fn put_batch(rows: &[&PutRow]) -> Result<RecordBatch> {
     let times = Int64Array::from_iter_values(rows.iter().map(|r| r.event_time_us));
     let sources = UInt32Array::from_iter(rows.iter().map(|r| r.position.map(|p| p.source)));
     let positions = UInt64Array::from_iter(rows.iter().map(|r| r.position.map(|p| p.offset)));
-    let docs = StringArray::from_iter_values(rows.iter().map(|r| r.doc_json.as_str()));
+    let docs = StringArray::from_iter(
+        rows.iter()
+            .map(|r| (!r.delete).then_some(r.doc_json.as_str())),
+    );
     Ok(RecordBatch::try_new(
         put_schema(),
         vec![
@@ -611,7 +625,12 @@ pub fn put_rows(batch: &RecordBatch) -> Result<Vec<PutRow>> {
                 source: sources.value(i),
                 offset: positions.value(i),
             }),
-            doc_json: docs.value(i).to_string(),
+            doc_json: if docs.is_null(i) {
+                String::new()
+            } else {
+                docs.value(i).to_string()
+            },
+            delete: docs.is_null(i),
         })
         .collect())
 }

@@ -632,13 +632,18 @@ const DIGEST_CUT: RangeCut = RangeCut {
 
 /// A stored document as sent to another copy.
 fn copied_doc(doc: StoredDoc) -> Result<CopiedDoc> {
-    let text = String::from_utf8(doc.json).map_err(|e| {
-        crate::error::LeafError::Segment(format!("stored document is not UTF-8: {e}"))
-    })?;
+    let text = if doc.deleted {
+        "null".to_string()
+    } else {
+        String::from_utf8(doc.json).map_err(|e| {
+            crate::error::LeafError::Segment(format!("stored document is not UTF-8: {e}"))
+        })?
+    };
     Ok(CopiedDoc {
         id: doc.id,
         event_time_us: doc.event_time_us,
         version: doc.version,
         doc: serde_json::value::RawValue::from_string(text)?,
+        deleted: doc.deleted,
     })
 }

@@ -160,7 +160,12 @@ pub async fn store_copied(target: &Arc<Shard>, page: CopyShardPage) -> Result<(u
                 id: doc.id,
                 event_time_us: doc.event_time_us,
                 position: None,
-                doc_json: doc.doc.get().to_string(),
+                doc_json: if doc.deleted {
+                    String::new()
+                } else {
+                    doc.doc.get().to_string()
+                },
+                delete: doc.deleted,
             }
         })
         .collect();

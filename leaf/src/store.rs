@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  d \0 collection \0 shard(be32) \0 _id          → seq(le64) event_time(le64) [0xff version(le64)] document JSON
+//!                                                   or seq(le64) event_time(le64) 0xfe version(le64)  tombstone
 //!  w \0 collection \0 shard(be32) \0 source       → position(le64)       source watermark
 //!  m \0 collection \0 shard(be32) \0 segment(be64) → SegmentMeta JSON    sealed-segment manifest
 //!  r \0 collection \0 shard(be32)                  → ""                  shards held here
@@ -44,21 +45,30 @@ pub struct StoredDoc {
     /// The version its writer gave it (`PutHeader::version`; 0: none).
     pub version: u64,
     pub json: Vec<u8>,
+    /// A tombstone: the `_id` was deleted at `version` (no JSON).
+    pub deleted: bool,
 }
 
 /// Marks a stored document's version; a document's JSON never starts with it
 /// (documents written before versions have none).
 const VERSION_MARK: u8 = 0xff;
+/// Marks a tombstone: the `_id` deleted at the version that follows. Kept,
+/// so that a write or copy of an older version never brings it back.
+const TOMBSTONE_MARK: u8 = 0xfe;
 
 /// The version in a stored document's value, and where its JSON starts.
 fn version_of(value: &[u8]) -> (u64, usize) {
     match value.get(16) {
-        Some(&VERSION_MARK) => (
+        Some(&VERSION_MARK | &TOMBSTONE_MARK) => (
             u64::from_le_bytes(value[17..25].try_into().expect("8 bytes")),
             25,
         ),
         _ => (0, 16),
     }
+}
+
+fn is_tombstone(value: &[u8]) -> bool {
+    value.get(16) == Some(&TOMBSTONE_MARK)
 }
 
 impl StoredDoc {
@@ -70,6 +80,7 @@ impl StoredDoc {
             event_time_us: i64::from_le_bytes(value[8..16].try_into().expect("8 bytes")),
             version,
             json: value[json..].to_vec(),
+            deleted: is_tombstone(value),
         }
     }
 }
@@ -141,6 +152,19 @@ impl ShardWrite<'_> {
             value.extend_from_slice(&version.to_le_bytes());
         }
         value.extend_from_slice(json);
+        self.batch.put(
+            shard_key(b'd', self.collection, self.shard, id.as_bytes()),
+            value,
+        );
+    }
+
+    /// Deletes `id` at `version`: a tombstone replaces the document.
+    pub fn put_tombstone(&mut self, id: &str, seq: u64, event_time_us: i64, version: u64) {
+        let mut value = Vec::with_capacity(25);
+        value.extend_from_slice(&seq.to_le_bytes());
+        value.extend_from_slice(&event_time_us.to_le_bytes());
+        value.push(TOMBSTONE_MARK);
+        value.extend_from_slice(&version.to_le_bytes());
         self.batch.put(
             shard_key(b'd', self.collection, self.shard, id.as_bytes()),
             value,
@@ -251,7 +275,8 @@ impl Store {
             .map(|item| item.map_err(Into::into))
     }
 
-    /// The documents with these `_id`s that exist, in the order asked.
+    /// The documents with these `_id`s that exist (not deleted), in the
+    /// order asked.
     pub fn get_docs(&self, collection: &str, shard: u32, ids: &[String]) -> Result<Vec<StoredDoc>> {
         let keys: Vec<Vec<u8>> = ids
             .iter()
@@ -260,13 +285,16 @@ impl Store {
         let mut docs = Vec::new();
         for (id, value) in ids.iter().zip(self.db.multi_get(keys)) {
             if let Some(value) = value? {
-                docs.push(StoredDoc::decode(id.clone(), &value));
+                if !is_tombstone(&value) {
+                    docs.push(StoredDoc::decode(id.clone(), &value));
+                }
             }
         }
         Ok(docs)
     }
 
-    /// The stored versions of the documents with these `_id`s (`None`: not stored).
+    /// The stored versions of the documents with these `_id`s, tombstones
+    /// included (`None`: never stored).
     pub fn versions(&self, collection: &str, shard: u32, ids: &[&str]) -> Result<Vec<Option<u64>>> {
         let keys: Vec<Vec<u8>> = ids
             .iter()
@@ -279,7 +307,7 @@ impl Store {
             .collect()
     }
 
-    /// Every document of a shard, in `_id` order.
+    /// Every document of a shard, tombstones included, in `_id` order.
     pub fn docs(
         &self,
         collection: &str,

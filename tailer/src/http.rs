@@ -1,4 +1,5 @@
-//! The HTTP write API: `POST /v1/collections/{name}/docs` with NDJSON or a JSON array.
+//! The HTTP write API: `POST /v1/collections/{name}/docs` with NDJSON or a JSON
+//! array; `DELETE` on the same path with `[{"_id": ..}, ..]`.
 //!
 //! Every element is parsed and validated on its own: bad ones are reported with
 //! their index and reason, good ones are stored. A 200 means every accepted
@@ -16,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
 
-use altdb_common::api::{RejectedDoc, WriteResponse, SPEC_HEADER};
+use altdb_common::api::{DeleteResponse, DeleteResult, RejectedDoc, WriteResponse, SPEC_HEADER};
 use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::DocLimits;
@@ -54,7 +55,10 @@ pub fn router(
     readiness: Arc<Readiness>,
 ) -> Router {
     Router::new()
-        .route("/v1/collections/{name}/docs", post(write_docs))
+        .route(
+            "/v1/collections/{name}/docs",
+            post(write_docs).delete(delete_docs),
+        )
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let checked = secret.check_http(request.headers());
@@ -267,14 +271,9 @@ async fn metrics(State(api): State<WriteApi>) -> Response {
         .into_response()
 }
 
-async fn write_docs(
-    State(api): State<WriteApi>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let started = std::time::Instant::now();
-    if CollectionSpec::is_system(&name) {
+/// The spec of the collection a write or delete goes to.
+async fn written_spec(api: &WriteApi, name: &str, headers: &HeaderMap) -> Result<CollectionSpec> {
+    if CollectionSpec::is_system(name) {
         return Err(TailerError::InvalidRequest(format!(
             "`{name}` is a system collection: altdb writes it, clients only read it"
         )));
@@ -285,15 +284,123 @@ async fn write_docs(
         .get(SPEC_HEADER)
         .and_then(|v| serde_json::from_slice::<CollectionSpec>(v.as_bytes()).ok())
         .filter(|spec| spec.name == name);
-    let spec = match forwarded {
+    match forwarded {
         Some(spec) => {
             spec.validate().map_err(|e| {
                 TailerError::InvalidRequest(format!("invalid {SPEC_HEADER} header: {e}"))
             })?;
-            spec
+            Ok(spec)
         }
-        None => api.catalog.get(&name).await?,
+        None => api.catalog.get(name).await,
+    }
+}
+
+/// Most `_id`s one delete request may name.
+pub const MAX_DELETE_IDS: usize = 100_000;
+
+/// `DELETE /v1/collections/{name}/docs` with `[{"_id": ..}, ..]`: each `_id`
+/// is deleted on every copy of its shard (a versioned tombstone, ordered
+/// against writes like an upsert), and the answer says per element whether
+/// it was deleted, not found, or why not.
+async fn delete_docs(
+    State(api): State<WriteApi>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let spec = written_spec(&api, &name, &headers).await?;
+    let body = decoded_body(&headers, body, api.max_write_bytes)?;
+    let elements: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+        TailerError::InvalidRequest(format!(
+            "a delete takes a JSON array of objects with an `_id`, like [{{\"_id\": \"a\"}}]: {e}"
+        ))
+    })?;
+    if elements.len() > MAX_DELETE_IDS {
+        return Err(TailerError::InvalidRequest(format!(
+            "{} elements in one delete; send at most {MAX_DELETE_IDS} per request",
+            elements.len()
+        )));
+    }
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut results: Vec<DeleteResult> = Vec::with_capacity(elements.len());
+    let mut rows = Vec::new();
+    let mut indexes = Vec::new();
+    for (index, element) in elements.iter().enumerate() {
+        let id = element
+            .as_object()
+            .and_then(|o| o.get("_id"))
+            .and_then(altdb_common::document::id_from_value);
+        match id {
+            Some(id) if !id.is_empty() => {
+                indexes.push(index);
+                rows.push(PutRow {
+                    id: id.clone(),
+                    event_time_us: now_us,
+                    position: None,
+                    doc_json: String::new(),
+                    delete: true,
+                });
+                results.push(DeleteResult {
+                    id: Some(id),
+                    status: "deleted".into(),
+                    reason: None,
+                });
+            }
+            _ => results.push(DeleteResult {
+                id: None,
+                status: "error".into(),
+                reason: Some(format!(
+                    "element {index} is not an object with a string or integer `_id`"
+                )),
+            }),
+        }
+    }
+    let outcome = api.pusher.push(&spec, &[], &rows).await;
+    for (position, (index, row)) in indexes.into_iter().zip(&rows).enumerate() {
+        let result = &mut results[index];
+        let failed = (!outcome.failed_shards.is_empty())
+            .then(|| Pusher::shard_of(&spec, row))
+            .and_then(|shard| Some((shard, outcome.failed_shards.get(&shard)?)));
+        if let Some((shard, reason)) = failed {
+            result.status = "error".into();
+            result.reason = Some(format!(
+                "not deleted: shard {shard} is unavailable ({reason}); retry this delete"
+            ));
+        } else if let Some(reason) = outcome.rejected.get(&position) {
+            result.status = "error".into();
+            result.reason = Some(reason.clone());
+        } else if outcome.missing.contains(&position) {
+            result.status = "not_found".into();
+        }
+    }
+    let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+    let response = DeleteResponse {
+        deleted: count("deleted"),
+        not_found: count("not_found"),
+        results,
     };
+    api.metrics.add(
+        "altdb_tailer_http_deleted_total",
+        "Documents deleted through the HTTP delete API.",
+        &[("collection", name.as_str())],
+        response.deleted as f64,
+    );
+    let status = if outcome.failed_shards.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+async fn write_docs(
+    State(api): State<WriteApi>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let started = std::time::Instant::now();
+    let spec = written_spec(&api, &name, &headers).await?;
     let body = decoded_body(&headers, body, api.max_write_bytes)?;
     let elements = split_body(&body)?;
     let now_us = chrono::Utc::now().timestamp_micros();

@@ -53,6 +53,8 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 pub struct PushOutcome {
     pub failed_shards: BTreeMap<u32, PushError>,
     pub rejected: BTreeMap<usize, String>,
+    /// Delete rows (by index) whose `_id` no copy that stored the delete held.
+    pub missing: std::collections::BTreeSet<usize>,
 }
 
 impl Pusher {
@@ -276,7 +278,10 @@ impl Pusher {
         let mut outcome = PushOutcome::default();
         for (shard, result) in join_all(pushes).await {
             match result {
-                Ok(rejected) => outcome.rejected.extend(rejected),
+                Ok(done) => {
+                    outcome.rejected.extend(done.rejected);
+                    outcome.missing.extend(done.missing);
+                }
                 Err(error) => {
                     outcome.failed_shards.insert(shard, error);
                 }
@@ -291,7 +296,7 @@ impl Pusher {
         shard: u32,
         sources: &[SourceMark],
         rows: Vec<(usize, &PutRow)>,
-    ) -> Result<BTreeMap<usize, String>, PushError> {
+    ) -> Result<ShardDone, PushError> {
         // Rows refer to sources by index, so every chunk names them all; only the
         // last chunk carries the marks, which hold once every row is stored.
         let positions_only: Vec<SourceMark> = sources
@@ -305,6 +310,7 @@ impl Pusher {
         let chunks = put_chunks(&rows, self.batch_rows, PUT_BATCH_BYTES);
         let last = chunks.len() - 1;
         let mut rejected = BTreeMap::new();
+        let mut missing = Vec::new();
         for (i, chunk) in chunks.into_iter().enumerate() {
             let mut header = PutHeader {
                 collection: spec.name.clone(),
@@ -327,6 +333,8 @@ impl Pusher {
             // A copy saying the placement moved on: the chunk goes once more to
             // every copy the newer placement names (a copy that stored it
             // already stores the same rows again).
+            // Deletes of `_id`s no copy that stored the chunk held.
+            let mut missing_everywhere: Option<std::collections::BTreeSet<u32>> = None;
             for attempt in 0..2 {
                 header.epoch = writers.placement.as_ref().map_or(0, |p| p.epoch);
                 let results = join_all(writers.copies.iter().map(|copy| {
@@ -358,10 +366,16 @@ impl Pusher {
                 let mut missed = Vec::new();
                 let mut failures = Vec::new();
                 let mut stored_ready = 0;
+                missing_everywhere = None;
                 for (copy, result) in writers.copies.iter().zip(results) {
                     match result {
                         Ok(ack) => {
                             stored_ready += u32::from(copy.ready);
+                            let here = ack.missing.into_iter().collect();
+                            missing_everywhere = Some(match missing_everywhere {
+                                None => here,
+                                Some(before) => before.intersection(&here).copied().collect(),
+                            });
                             // A row any copy refused is reported refused.
                             for refused in ack.rejected {
                                 if let Some((index, _)) = chunk.get(refused.row as usize) {
@@ -398,9 +412,22 @@ impl Pusher {
                 }
                 break;
             }
+            for row in missing_everywhere.take().into_iter().flatten() {
+                if let Some((index, _)) = chunk.get(row as usize) {
+                    missing.push(*index);
+                }
+            }
         }
-        Ok(rejected)
+        Ok(ShardDone { rejected, missing })
     }
+}
+
+/// What a shard's copies said of the rows they stored.
+struct ShardDone {
+    /// Rows refused, by index in the push, and why.
+    rejected: BTreeMap<usize, String>,
+    /// Delete rows whose `_id` no copy held.
+    missing: Vec<usize>,
 }
 
 /// Marks every one of `leaves`' copies of `shard` behind; whether any changed.
@@ -506,6 +533,7 @@ mod tests {
                 event_time_us: i as i64,
                 position: None,
                 doc_json: format!("{{\"n\": {i}}}"),
+                delete: false,
             })
             .collect()
     }

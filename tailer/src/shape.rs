@@ -171,6 +171,7 @@ impl Shaper {
                 event_time_us: doc.event_time_us,
                 position: None,
                 doc_json: Value::Object(doc.body).to_string(),
+                delete: false,
             }),
             Err(error) => Shaped::Rejected {
                 reason: error.into(),

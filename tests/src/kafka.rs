@@ -353,9 +353,20 @@ impl TrackingProducer {
 
     /// Queues one record, tagged for [`Self::landed`]; retries while the queue is full.
     pub fn send(&self, topic: &str, key: &str, payload: &[u8], tag: u64) -> anyhow::Result<()> {
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(tag))
-            .key(key)
-            .payload(payload);
+        self.send_record(
+            BaseRecord::with_opaque_to(topic, Box::new(tag))
+                .key(key)
+                .payload(payload),
+        )
+    }
+
+    /// Queues a tombstone: a record with `key` and no value.
+    pub fn send_tombstone(&self, topic: &str, key: &str, tag: u64) -> anyhow::Result<()> {
+        self.send_record(BaseRecord::<str, [u8], _>::with_opaque_to(topic, Box::new(tag)).key(key))
+    }
+
+    fn send_record(&self, record: BaseRecord<'_, str, [u8], Box<u64>>) -> anyhow::Result<()> {
+        let mut record = record;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

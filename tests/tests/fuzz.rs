@@ -474,6 +474,7 @@ fn tickets() {
                     event_time_us: 1_767_225_600_000_000 + i as i64,
                     position: None,
                     doc_json: event.to_string(),
+                    delete: false,
                 })
                 .collect();
             leaf.write(

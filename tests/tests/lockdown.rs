@@ -503,6 +503,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
             event_time_us: 0,
             position: None,
             doc_json: format!("{{\"pad\": \"{}\"}}", "x".repeat(32 << 10)),
+            delete: false,
         })
         .collect();
     let header = PutHeader {
@@ -658,6 +659,7 @@ fn put_one(
         event_time_us: 0,
         position: None,
         doc_json: "{\"stale\": true}".into(),
+        delete: false,
     };
     let header = PutHeader {
         collection: collection.into(),

@@ -230,6 +230,7 @@ mod tests {
                 event_time_us: 1,
                 position: None,
                 doc_json: format!(r#"{{"qty": {i}, "name": "n{i}"}}"#),
+                delete: false,
             })
             .collect();
         shard

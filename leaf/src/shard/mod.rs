@@ -68,6 +68,9 @@ struct ShardState {
     next_seq: u64,
     next_segment_id: u64,
     keys: HashMap<String, Location>,
+    /// Deleted `_id`s and the version of their tombstone (a write or copy of
+    /// an older version must not bring them back).
+    tombstones: HashMap<String, u64>,
     mutable: MutableSegment,
     sealed: Vec<SealedEntry>,
     watermarks: HashMap<String, u64>,
@@ -102,6 +105,7 @@ impl Shard {
                 next_seq: 1,
                 next_segment_id: 1,
                 keys: HashMap::new(),
+                tombstones: HashMap::new(),
                 mutable: MutableSegment::default(),
                 sealed: Vec::new(),
                 watermarks: HashMap::new(),
@@ -239,7 +243,19 @@ impl ShardState {
         );
         let id = row.id.clone();
         let position = self.mutable.push(Arc::new(row));
-        match self.keys.insert(id, Location::Mutable(position)) {
+        let was = self.keys.insert(id, Location::Mutable(position));
+        self.retire(was);
+    }
+
+    /// Removes the document with `id` (deleted).
+    fn remove(&mut self, id: &str) {
+        let was = self.keys.remove(id);
+        self.retire(was);
+    }
+
+    /// The row a document's current version was in is no longer read.
+    fn retire(&mut self, was: Option<Location>) {
+        match was {
             Some(Location::Mutable(old)) => self.mutable.remove(old),
             Some(Location::Sealed { segment, row }) => {
                 if let Some(entry) = self
@@ -266,6 +282,7 @@ pub(crate) mod tests {
             event_time_us: 5,
             position: pos.map(|offset| RowPosition { source: 0, offset }),
             doc_json: json.into(),
+            delete: false,
         }
     }
 

@@ -104,6 +104,10 @@ impl Shard {
         for doc in self.store.docs(&self.collection, self.shard) {
             let doc = doc?;
             state.next_seq = state.next_seq.max(doc.seq + 1);
+            if doc.deleted {
+                state.tombstones.insert(doc.id, doc.version);
+                continue;
+            }
             state.max_event_time_us = Some(
                 state
                     .max_event_time_us

@@ -105,6 +105,7 @@ mod tests {
                 event_time_us: 50 - 10 * i as i64,
                 position: None,
                 doc_json: format!(r#"{{"v": {i}}}"#),
+                delete: false,
             })
             .collect();
         shard.write(&meta, &[], docs, 0).unwrap();

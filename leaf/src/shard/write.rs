@@ -73,7 +73,10 @@ impl Shard {
         copied: bool,
     ) -> Result<PutAck> {
         debug_assert_eq!(docs.len(), versions.len());
-        let parsed = docs.iter().map(parse_row).collect::<Result<Vec<_>>>()?;
+        let parsed = docs
+            .iter()
+            .map(|doc| (!doc.delete).then(|| parse_row(doc)).transpose())
+            .collect::<Result<Vec<_>>>()?;
         if let Some(bad) = docs.iter().find(|d| {
             d.position
                 .is_some_and(|p| p.source as usize >= sources.len())
@@ -111,6 +114,15 @@ impl Shard {
                 .filter_map(|(id, version)| Some((id.to_string(), version?)))
                 .collect()
         };
+        // Deleted `_id`s hold their tombstone's version.
+        for doc in &docs {
+            if let Some(&version) = state.tombstones.get(&doc.id) {
+                held.entry(doc.id.clone()).or_insert(version);
+            }
+        }
+        // Whether each `_id` the batch touched is live after its rows so far.
+        let mut live: HashMap<&str, bool> = HashMap::new();
+        let mut missing = Vec::new();
         let mut accepted = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
         let mut rejected = Vec::new();
@@ -118,9 +130,9 @@ impl Shard {
             max: max as usize,
             added: HashSet::new(),
         });
-        for (index, (doc, mut row)) in docs.iter().zip(parsed).enumerate() {
+        for (index, (doc, row)) in docs.iter().zip(parsed).enumerate() {
             let version = versions[index];
-            let newer_held = held.get(&row.id).is_some_and(|&holds| {
+            let newer_held = held.get(&doc.id).is_some_and(|&holds| {
                 // A copied document the copy has at its version was written
                 // here as well; a write older than what is held lost the race.
                 if copied {
@@ -141,6 +153,26 @@ impl Shard {
                 }
                 after[source] = Some(after[source].map_or(offset, |m| m.max(offset)));
             }
+            let was_live = *live
+                .entry(doc.id.as_str())
+                .or_insert_with(|| state.keys.contains_key(&doc.id));
+            let Some(mut row) = row else {
+                // A delete: its tombstone is stored whether or not the `_id`
+                // was, so an older write arriving later cannot bring it back.
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                write.put_tombstone(&doc.id, seq, doc.event_time_us, version);
+                held.insert(doc.id.clone(), version);
+                live.insert(doc.id.as_str(), false);
+                if !was_live {
+                    missing.push(index as u32);
+                }
+                accepted.push(Change::Delete {
+                    id: doc.id.clone(),
+                    version,
+                });
+                continue;
+            };
             if let Some(limit) = &mut limit {
                 if let Err(reason) = limit.admit(&state.fields, &row, &self.collection) {
                     rejected.push(RejectedRow {
@@ -160,7 +192,8 @@ impl Shard {
                 doc.doc_json.as_bytes(),
             );
             held.insert(row.id.clone(), version);
-            accepted.push(row);
+            live.insert(doc.id.as_str(), true);
+            accepted.push(Change::Put(row));
         }
         for (mark, new) in sources.iter().zip(after.iter_mut()) {
             if let Some(through) = mark.through {
@@ -186,6 +219,7 @@ impl Shard {
                 written: 0,
                 skipped,
                 rejected,
+                missing,
             });
         }
         for (source, mark) in &advanced {
@@ -198,15 +232,31 @@ impl Shard {
             state.watermarks.insert(source.to_string(), mark);
         }
         let written = accepted.len() as u64;
-        for row in accepted {
-            state.apply(row);
+        for change in accepted {
+            match change {
+                Change::Put(row) => {
+                    state.tombstones.remove(&row.id);
+                    state.apply(row);
+                }
+                Change::Delete { id, version } => {
+                    state.remove(&id);
+                    state.tombstones.insert(id, version);
+                }
+            }
         }
         Ok(PutAck {
             written,
             skipped,
             rejected,
+            missing,
         })
     }
+}
+
+/// A row of a put as it changes the shard once stored.
+enum Change {
+    Put(FlatRow),
+    Delete { id: String, version: u64 },
 }
 
 /// The field limit of one put: the shard's fields, plus those the put's earlier
@@ -450,6 +500,107 @@ mod tests {
                 ("b".to_string(), serde_json::json!(6)),
                 ("c".to_string(), serde_json::json!(3)),
             ]
+        );
+    }
+
+    fn delete(id: &str) -> PutRow {
+        PutRow {
+            id: id.into(),
+            event_time_us: 5,
+            position: None,
+            doc_json: String::new(),
+            delete: true,
+        }
+    }
+
+    #[test]
+    fn deletes_are_versioned_tombstones_kept_through_sealing_recovery_and_copies() {
+        let meta = CollectionMeta::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
+        let seg_dir = dir.path().join("segments");
+        let shard = Shard::new("c", 0, seg_dir.clone(), store.clone());
+        shard
+            .write(
+                &meta,
+                &[],
+                vec![doc("a", None, r#"{"v": 1}"#), doc("b", None, r#"{"v": 2}"#)],
+                5,
+            )
+            .unwrap();
+        // `zz` was never stored: reported missing, its tombstone kept anyway.
+        let ack = shard
+            .write(&meta, &[], vec![delete("a"), delete("zz")], 7)
+            .unwrap();
+        assert_eq!((ack.written, ack.missing.clone()), (2, vec![1]));
+        assert_eq!(live_ids(&shard), ["b"]);
+        assert_eq!(shard.stats().docs, 1);
+        // An older write of a deleted `_id` stays deleted; a newer one is live.
+        let ack = shard
+            .write(&meta, &[], vec![doc("a", None, r#"{"v": 6}"#)], 6)
+            .unwrap();
+        assert_eq!((ack.written, ack.skipped), (0, 1));
+        let ack = shard
+            .write(&meta, &[], vec![doc("zz", None, r#"{"v": 3}"#)], 3)
+            .unwrap();
+        assert_eq!(ack.skipped, 1);
+        shard
+            .write(&meta, &[], vec![doc("a", None, r#"{"v": 8}"#)], 8)
+            .unwrap();
+        // Put and delete of one `_id` in one batch apply in order.
+        let ack = shard
+            .write(
+                &meta,
+                &[],
+                vec![doc("c", None, r#"{"v": 9}"#), delete("c")],
+                9,
+            )
+            .unwrap();
+        assert!(ack.missing.is_empty());
+        // A sealed document deleted, then everything recovered from disk.
+        shard
+            .seal_if_due(
+                SealPolicy {
+                    max_rows: 1,
+                    max_age_secs: 1,
+                },
+                true,
+            )
+            .unwrap();
+        shard.write(&meta, &[], vec![delete("b")], 10).unwrap();
+        assert_eq!(live_ids(&shard), ["a"]);
+        drop(shard);
+        let recovered = Shard::recover("c", 0, seg_dir, store.clone()).unwrap();
+        assert_eq!(
+            live_values(&recovered),
+            vec![("a".into(), serde_json::json!(8))]
+        );
+        let ack = recovered
+            .write(&meta, &[], vec![doc("b", None, r#"{"v": 4}"#)], 4)
+            .unwrap();
+        assert_eq!(ack.skipped, 1);
+        // Tombstones travel with copies and win over older documents there.
+        let copied = recovered
+            .write_copied(
+                &meta,
+                vec![delete("a"), doc("b", None, r#"{"v": 1}"#)],
+                &[11, 6],
+            )
+            .unwrap();
+        assert_eq!(copied, 1);
+        assert!(live_ids(&recovered).is_empty());
+        let docs: Vec<_> = store.docs("c", 0).map(Result::unwrap).collect();
+        assert!(
+            docs.iter().all(|d| d.deleted),
+            "{:?}",
+            docs.iter().map(|d| &d.id).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            recovered
+                .documents(&["a".into(), "b".into()])
+                .unwrap()
+                .len(),
+            0
         );
     }
 }

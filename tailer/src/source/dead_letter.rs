@@ -53,6 +53,7 @@ pub fn dead_letter(letter: DeadLetter<'_>) -> PutRow {
         event_time_us: letter.now_us,
         position: None,
         doc_json: doc.to_string(),
+        delete: false,
     }
 }
 

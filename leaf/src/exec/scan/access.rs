@@ -257,6 +257,7 @@ mod tests {
                     i % 1000,
                     if i % 10 == 0 { "err" } else { "ok" }
                 ),
+                delete: false,
             })
             .collect();
         shard
@@ -376,6 +377,7 @@ mod tests {
                     event_time_us: 7_000,
                     position: None,
                     doc_json: r#"{"user": "moved"}"#.into(),
+                    delete: false,
                 }],
                 0,
             )

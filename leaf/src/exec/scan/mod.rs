@@ -651,6 +651,7 @@ mod tests {
                         event_time_us: n,
                         position: None,
                         doc_json: format!(r#"{{"n": {n}}}"#),
+                        delete: false,
                     }
                 })
                 .collect();

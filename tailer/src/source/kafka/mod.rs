@@ -36,7 +36,7 @@ use serde_json::{json, Map, Value};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use altdb_common::collection::{CollectionSpec, KafkaSource, StartFrom};
+use altdb_common::collection::{CollectionSpec, KafkaDeletes, KafkaSource, StartFrom};
 use altdb_common::rpc::{PutRow, RowPosition, SourceMark};
 
 mod rebalance;
@@ -305,7 +305,8 @@ struct Read {
     offset: i64,
     key: Option<Vec<u8>>,
     timestamp_us: Option<i64>,
-    record: Record,
+    /// `None`: a tombstone that deletes `_id = key` (`deletes: tombstones`).
+    record: Option<Record>,
 }
 
 /// Records read since the last flush.
@@ -597,7 +598,16 @@ impl ConsumeLoop {
         self.pending.bytes += payload.len();
         self.pending.oldest.get_or_insert_with(Instant::now);
         self.pending.records += 1;
-        match self.decode(message, timestamp_us.unwrap_or(now_us)) {
+        let tombstone = self.kafka.deletes == KafkaDeletes::Tombstones
+            && message.payload().is_none()
+            && message.key().is_some_and(|key| !key.is_empty());
+        let decoded = if tombstone {
+            Ok(None)
+        } else {
+            self.decode(message, timestamp_us.unwrap_or(now_us))
+                .map(Some)
+        };
+        match decoded {
             Ok(record) => self.pending.rows.push(Read {
                 partition,
                 offset,
@@ -720,8 +730,25 @@ impl ConsumeLoop {
                 ((partition, offset, key, timestamp_us), record)
             })
             .unzip();
-        let shaped = self.handle.block_on(self.shaper.shape(records));
-        for ((partition, offset, key, timestamp_us), outcome) in reads.into_iter().zip(shaped) {
+        let is_record: Vec<bool> = records.iter().map(Option::is_some).collect();
+        let mut shaped = self
+            .handle
+            .block_on(self.shaper.shape(records.into_iter().flatten().collect()))
+            .into_iter();
+        for ((partition, offset, key, timestamp_us), is_record) in reads.into_iter().zip(is_record)
+        {
+            let outcome = match is_record {
+                true => shaped.next().expect("one outcome per record"),
+                // A tombstone: a delete of the record's key, in its place
+                // among the partition's records.
+                false => Shaped::Row(PutRow {
+                    id: String::from_utf8_lossy(key.as_deref().unwrap_or_default()).into_owned(),
+                    event_time_us: timestamp_us.unwrap_or(now_us),
+                    position: None,
+                    doc_json: String::new(),
+                    delete: true,
+                }),
+            };
             let mut row = match outcome {
                 Shaped::Row(row) => row,
                 Shaped::Filtered => {

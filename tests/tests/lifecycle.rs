@@ -1,0 +1,226 @@
+//! Deleting documents by `_id`: over HTTP with replication 2 while a copy is
+//! killed (the copy catches up on the deletes: it never serves a deleted
+//! document again), and through Kafka tombstones.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use altdb_common::routing::shard_for_id;
+use altdb_tests::etcd::Etcd;
+use altdb_tests::kafka::{Broker, TrackingProducer};
+use altdb_tests::{Cluster, ClusterOptions};
+
+fn delete(cluster: &Cluster, collection: &str, ids: &[String]) -> (u16, Value) {
+    let body: Vec<Value> = ids.iter().map(|id| json!({"_id": id})).collect();
+    let answer = cluster
+        .request_as(
+            Some(&cluster.admin_key),
+            reqwest::Method::DELETE,
+            &format!("/v1/collections/{collection}/docs"),
+            Some(&json!(body)),
+        )
+        .unwrap();
+    (answer.status, answer.body)
+}
+
+/// The `_id`s each leaf's copies hold (read alone), per shard.
+fn ids_per_copy(cluster: &Cluster, collection: &str) -> Vec<(String, Vec<String>)> {
+    let status = cluster.get("/v1/cluster").unwrap();
+    let entry = status.body["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == collection)
+        .unwrap()
+        .clone();
+    let shards = entry["shards"].as_array().unwrap();
+    let mut copies = Vec::new();
+    for (shard, leaves) in shards.iter().enumerate() {
+        for leaf in leaves.as_array().unwrap() {
+            let answer = cluster
+                .post_json(
+                    "/v1/query",
+                    &json!({"sql": format!("SELECT _id FROM {collection} ORDER BY _id"),
+                            "options": {"only_leaf": leaf}}),
+                )
+                .unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let ids: Vec<String> = answer.body["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r[0].as_str().unwrap().to_string())
+                .filter(|id| shard_for_id(id, shards.len() as u32) == shard as u32)
+                .collect();
+            copies.push((format!("{leaf} shard {shard}"), ids));
+        }
+    }
+    copies
+}
+
+#[test]
+fn deletes_reach_every_copy_even_one_killed_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path()).unwrap();
+    let mut cluster = Cluster::start(ClusterOptions {
+        leaves: 3,
+        metastore: Some(etcd.metastore_url("deletes")),
+        env: vec![("ALTDB_ANTI_ENTROPY_SECS".into(), "0".into())],
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    cluster
+        .create_collection(json!({"name": "users", "num_shards": 4, "replication": 2,
+                                  "write_quorum": 1}))
+        .unwrap();
+    let docs: Vec<Value> = (0..1000)
+        .map(|i| json!({"_id": format!("u{i:04}"), "n": i}))
+        .collect();
+    cluster.write_docs("users", &docs, 500).unwrap();
+
+    // Deletes while leaf 1 is down: acknowledged by the copies left.
+    cluster.leaves[1].kill9();
+    let mut ids: Vec<String> = (0..300).map(|i| format!("u{i:04}")).collect();
+    ids.push("never-written".into());
+    let (status, body) = delete(&cluster, "users", &ids);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["deleted"].as_u64(), body["not_found"].as_u64()),
+        (Some(300), Some(1)),
+        "{body}"
+    );
+    assert_eq!(
+        body["results"][0],
+        json!({"_id": "u0000", "status": "deleted"})
+    );
+    assert_eq!(body["results"][300]["status"], "not_found");
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM users").unwrap(), 700);
+    // Bad elements are named; the rest is deleted.
+    let answer = cluster
+        .request_as(
+            Some(&cluster.admin_key),
+            reqwest::Method::DELETE,
+            "/v1/collections/users/docs",
+            Some(&json!([{"_id": "u0300"}, {"id": "x"}, 7])),
+        )
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["results"][1]["status"], "error");
+    assert!(answer.body["results"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("`_id`"));
+
+    // The killed copy comes back and catches up on the deletes: no copy
+    // serves a deleted document.
+    cluster.leaves[1].restart().unwrap();
+    let started = Instant::now();
+    loop {
+        let status = cluster.get("/v1/cluster").unwrap();
+        let users = status.body["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "users")
+            .unwrap()
+            .clone();
+        if users["joining"] == 0
+            && users["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s.as_array().unwrap().len() == 2)
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{users:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (copy, ids) in ids_per_copy(&cluster, "users") {
+        assert!(
+            ids.iter().all(|id| id.as_str() > "u0300"),
+            "{copy} serves deleted documents: {:?}",
+            ids.iter()
+                .filter(|id| id.as_str() <= "u0300")
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+    }
+    let total: usize = ids_per_copy(&cluster, "users")
+        .iter()
+        .map(|(_, ids)| ids.len())
+        .sum();
+    assert_eq!(total, 2 * 699);
+    // A deleted `_id` written again is live again (a newer version).
+    cluster
+        .write_docs("users", &[json!({"_id": "u0001", "n": -1})], 1)
+        .unwrap();
+    assert_eq!(
+        cluster
+            .rows("SELECT _id, n FROM users WHERE _id = 'u0001'")
+            .unwrap(),
+        vec![vec![json!("u0001"), json!(-1)]]
+    );
+}
+
+#[test]
+fn kafka_tombstones_delete_documents_when_the_source_says_so() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let broker = Broker::start(cluster.dir.path().join("kafka.log")).unwrap();
+    for topic in ["compacted", "plain"] {
+        broker.create_topic(topic, 2).unwrap();
+    }
+    cluster
+        .create_collection(json!({
+            "name": "accounts",
+            "sources": [{"type": "kafka", "brokers": broker.address, "topic": "compacted",
+                         "deletes": "tombstones"}],
+        }))
+        .unwrap();
+    cluster
+        .create_collection(json!({
+            "name": "plain",
+            "sources": [{"type": "kafka", "brokers": broker.address, "topic": "plain"}],
+        }))
+        .unwrap();
+    let producer = TrackingProducer::new(&broker).unwrap();
+    for topic in ["compacted", "plain"] {
+        for i in 0..100u64 {
+            let key = format!("a{i:03}");
+            let payload = json!({"_id": key, "balance": i}).to_string();
+            producer.send(topic, &key, payload.as_bytes(), i).unwrap();
+        }
+        // Tombstones for the first 40 keys, then the 10th key written anew.
+        for i in 0..40u64 {
+            producer
+                .send_tombstone(topic, &format!("a{i:03}"), 1000 + i)
+                .unwrap();
+        }
+        let payload = json!({"_id": "a010", "balance": -10}).to_string();
+        producer
+            .send(topic, "a010", payload.as_bytes(), 2000)
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    let count = cluster.wait_until(
+        "SELECT COUNT(*) FROM accounts",
+        Duration::from_secs(60),
+        |n| n == 61,
+    );
+    assert_eq!(count, 61);
+    assert_eq!(
+        cluster
+            .rows("SELECT MIN(_id), SUM(balance) FROM accounts")
+            .unwrap(),
+        vec![vec![json!("a010"), json!((40..100).sum::<i64>() - 10)]]
+    );
+    // Without the setting, tombstones are no documents: dead letters.
+    let dead = cluster.wait_until(
+        "SELECT COUNT(*) FROM _dlq WHERE collection = 'plain'",
+        Duration::from_secs(60),
+        |n| n == 40,
+    );
+    assert_eq!(dead, 40);
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM plain").unwrap(), 100);
+}
