@@ -823,6 +823,7 @@ impl LeafApi for LeafClient {
                 ack.written += part.written;
                 ack.skipped += part.skipped;
                 ack.rejected.extend(part.rejected);
+                ack.missing.extend(part.missing);
             }
             Ok(ack)
         })
