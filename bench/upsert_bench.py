@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""What versioned upserts cost: HTTP ingest of new `_id`s against rewriting
-the same `_id`s, on 2 leaves with replication 2 (each write goes to both
-copies, and each copy reads the version it holds of every `_id` it already
-has), with DuckDB's INSERT OR REPLACE on a primary key as the peer on the same
-documents.
+"""What versioned upserts and deletes cost: HTTP ingest of new `_id`s against
+rewriting the same `_id`s, then deleting half of them by `_id`
+(`DELETE /v1/collections/u/docs`), on 2 leaves with replication 2 (each write
+goes to both copies, and each copy reads the version it holds of every `_id`
+it already has), with DuckDB's INSERT OR REPLACE on a primary key and
+`DELETE .. WHERE _id IN (..)` as the peer on the same documents.
 
     cargo build --release --bins
     python3 bench/upsert_bench.py [--docs 200000]
@@ -35,7 +36,16 @@ def ingest(url, rows):
     return len(rows) / (time.perf_counter() - started)
 
 
-def duckdb_rates(first, second):
+def delete(url, ids):
+    started = time.perf_counter()
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start:start + BATCH]
+        status, answer = http("DELETE", url + "/v1/collections/u/docs", [{"_id": i} for i in chunk])
+        assert status == 200 and answer["deleted"] == len(chunk), str(answer)[:300]
+    return len(ids) / (time.perf_counter() - started)
+
+
+def duckdb_rates(first, second, deleted):
     import duckdb
     import pandas as pd
     con = duckdb.connect()
@@ -49,6 +59,13 @@ def duckdb_rates(first, second):
             con.execute("INSERT OR REPLACE INTO t SELECT _id, round, a, s FROM chunk")
         rates.append(len(rows) / (time.perf_counter() - started))
     assert con.execute("SELECT COUNT(*), MIN(round) FROM t").fetchone() == (len(first), 1)
+    frame = pd.DataFrame({"_id": deleted})
+    started = time.perf_counter()
+    for start in range(0, len(frame), BATCH):
+        chunk = frame.iloc[start:start + BATCH]  # noqa: F841 (read by DuckDB)
+        con.execute("DELETE FROM t WHERE _id IN (SELECT _id FROM chunk)")
+    rates.append(len(deleted) / (time.perf_counter() - started))
+    assert con.execute("SELECT COUNT(*) FROM t").fetchone() == (len(first) - len(deleted),)
     return rates
 
 
@@ -73,11 +90,16 @@ def main():
             time.sleep(0.1)
         else:
             raise SystemExit(f"upserts not all visible: {body}")
-        duck_new, duck_upsert = duckdb_rates(first, second)
+        deleted = [f"u{i}" for i in range(0, args.docs, 2)]
+        delete_rate = delete(url, deleted)
+        status, body = http("POST", url + "/v1/query", {"sql": "SELECT COUNT(*) FROM u"})
+        assert body["rows"][0][0] == args.docs - len(deleted), body
+        duck_new, duck_upsert, duck_delete = duckdb_rates(first, second, deleted)
         print(f"{args.docs} docs, 2 leaves, replication 2, batches of {BATCH} over HTTP")
         print(f"{'':<22} {'altdb docs/s':>14} {'DuckDB rows/s':>14} {'altdb/DuckDB':>13}")
         print(f"{'new _ids':<22} {new_rate:>14,.0f} {duck_new:>14,.0f} {new_rate / duck_new:>12.2f}x")
         print(f"{'same _ids (upserts)':<22} {upsert_rate:>14,.0f} {duck_upsert:>14,.0f} {upsert_rate / duck_upsert:>12.2f}x")
+        print(f"{'deletes by _id':<22} {delete_rate:>14,.0f} {duck_delete:>14,.0f} {delete_rate / duck_delete:>12.2f}x")
         print(f"upserts / new: altdb {upsert_rate / new_rate:.2f}, DuckDB {duck_upsert / duck_new:.2f}")
     finally:
         stop(procs)
