@@ -31,6 +31,12 @@ pub struct CollectionSpec {
     /// reads until it has caught up from a copy that has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_quorum: Option<u32>,
+    /// How long documents are kept, by `_event_time` (`"30d"`, `"12h"`,
+    /// `"90m"`, `"45s"`, `"2w"`): older ones are invisible to queries at once
+    /// and removed from the leaves soon after; arriving ones already older
+    /// are dropped. `None`: kept for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
     /// Dotted path of the field that holds the document id; else `_id`, else derived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_field: Option<String>,
@@ -457,6 +463,7 @@ impl CollectionSpec {
             num_shards: 2,
             replication: 1,
             write_quorum: None,
+            retention: None,
             id_field: None,
             event_time_field: None,
             text_fields: vec!["error".to_string()],
@@ -478,6 +485,17 @@ impl CollectionSpec {
                 self.replication / 2 + 1
             })
             .max(1)
+    }
+
+    /// How long documents are kept ([`CollectionSpec::retention`]).
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        self.retention.as_deref().and_then(parse_duration)
+    }
+
+    /// The oldest `_event_time` (microseconds) kept at `now_us`.
+    pub fn retention_cutoff_us(&self, now_us: i64) -> Option<i64> {
+        self.retention()
+            .map(|d| now_us.saturating_sub(d.as_micros().min(i64::MAX as u128) as i64))
     }
 
     /// Whether altdb manages this collection itself (its name starts with `_`).
@@ -505,6 +523,17 @@ impl CollectionSpec {
                     "write_quorum must be between 1 and replication ({}), got {quorum}",
                     self.replication
                 )));
+            }
+        }
+        if let Some(text) = &self.retention {
+            match parse_duration(text) {
+                Some(d) if d.as_secs() >= 1 => {}
+                _ => {
+                    return Err(Error::InvalidConfig(format!(
+                        "retention must be a duration of at least 1s like \"30d\", \"12h\", \
+                         \"90m\" or \"2w\", got {text:?}"
+                    )))
+                }
             }
         }
         if self.max_fields == 0 || self.max_fields > MAX_MAX_FIELDS {
@@ -541,6 +570,23 @@ impl CollectionSpec {
         }
         Ok(())
     }
+}
+
+/// A duration like `30d`, `12h`, `90m`, `45s`, `2w` (a number and a unit).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(number.checked_mul(seconds)?))
 }
 
 /// Collection names are SQL identifiers that need no quoting.
@@ -626,6 +672,24 @@ mod tests {
         assert_eq!(spec.replication, 1);
         assert!(spec.sources.is_empty());
         assert_eq!(spec.write_quorum(), 1);
+    }
+
+    #[test]
+    fn retention_is_a_duration_with_a_unit() {
+        let retention = |json: &str| spec(json).map(|s| s.retention());
+        assert_eq!(
+            retention(r#"{"name":"c","retention":"30d"}"#).unwrap(),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(retention(r#"{"name":"c"}"#).unwrap(), None);
+        for bad in ["30", "0s", "d", "-1d", "1y"] {
+            let err = retention(&format!(r#"{{"name":"c","retention":"{bad}"}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("retention must be a duration"), "{bad}: {err}");
+        }
+        let spec = spec(r#"{"name":"c","retention":"1h"}"#).unwrap();
+        assert_eq!(spec.retention_cutoff_us(7_200_000_000), Some(3_600_000_000));
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct PutHeader {
     /// refused ([`PutAck::rejected`]). `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fields: Option<u32>,
+    /// The collection's retention, seconds: rows with an older `_event_time`
+    /// are dropped on arrival, and the leaf removes its rows as they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_secs: Option<u64>,
     /// The placement epoch the writer knows (`crate::placement`); a leaf
     /// following a metastore refuses a put older than the last change of the
     /// shard's copies. 0 without a metastore.
@@ -211,6 +215,8 @@ pub struct ShardDigests {
     pub text_fields: Vec<String>,
     #[serde(default)]
     pub max_fields: Option<u32>,
+    #[serde(default)]
+    pub retention_secs: Option<u64>,
     /// The `_id` to ask after for the next ranges; `None` after the last.
     pub next: Option<String>,
 }
@@ -240,6 +246,8 @@ pub struct CopyShardPage {
     pub text_fields: Vec<String>,
     #[serde(default)]
     pub max_fields: Option<u32>,
+    #[serde(default)]
+    pub retention_secs: Option<u64>,
     /// The `_id` to ask after for the next page; `None` on the last.
     pub next: Option<String>,
 }
@@ -347,6 +355,9 @@ pub struct FragmentTicket {
     pub profile: bool,
     /// The placement epoch the reader knows (0 without a metastore).
     pub epoch: u64,
+    /// Rows with an older `_event_time` (microseconds) are expired by the
+    /// collection's retention when the fragment is sent: no scan returns them.
+    pub min_event_time_us: Option<i64>,
     pub plan: Bytes,
 }
 
@@ -371,6 +382,8 @@ struct TicketHeader {
     profile: bool,
     #[serde(default)]
     epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_event_time_us: Option<i64>,
 }
 
 impl FragmentTicket {
@@ -382,6 +395,7 @@ impl FragmentTicket {
             shards: self.shards.clone(),
             profile: self.profile,
             epoch: self.epoch,
+            min_event_time_us: self.min_event_time_us,
         })
         .expect("ticket header serializes");
         let mut out = Vec::with_capacity(4 + header.len() + self.plan.len());
@@ -410,6 +424,7 @@ impl FragmentTicket {
             shards: header.shards,
             profile: header.profile,
             epoch: header.epoch,
+            min_event_time_us: header.min_event_time_us,
             plan: bytes.slice(4 + len..),
         })
     }
@@ -954,6 +969,7 @@ mod tests {
             ],
             profile: false,
             epoch: 3,
+            min_event_time_us: Some(-5),
             plan: Bytes::from_static(b"\x01\x02plan"),
         };
         assert_eq!(FragmentTicket::decode(&ticket.encode()).unwrap(), ticket);

@@ -206,6 +206,7 @@ impl FlightService for LeafService {
         let meta = CollectionMeta {
             text_fields: header.text_fields.clone(),
             max_fields: header.max_fields,
+            retention_secs: header.retention_secs,
         };
         let ack = self
             .leaf

@@ -185,6 +185,7 @@ impl Leaf {
                 watermarks,
                 text_fields: meta.text_fields,
                 max_fields: meta.max_fields,
+                retention_secs: meta.retention_secs,
                 next,
             })
         })
@@ -230,6 +231,7 @@ impl Leaf {
                 watermarks,
                 text_fields: meta.text_fields,
                 max_fields: meta.max_fields,
+                retention_secs: meta.retention_secs,
                 next,
             })
         })
@@ -259,6 +261,7 @@ impl Leaf {
                 watermarks: Default::default(),
                 text_fields: meta.text_fields,
                 max_fields: meta.max_fields,
+                retention_secs: meta.retention_secs,
                 next: None,
             })
         })
@@ -528,8 +531,30 @@ impl Leaf {
             for shard in self.all_shards() {
                 let policy = self.seal_policy;
                 let started = Instant::now();
+                let sealing = shard.clone();
                 let sealed =
-                    tokio::task::spawn_blocking(move || shard.seal_if_due(policy, false)).await;
+                    tokio::task::spawn_blocking(move || sealing.seal_if_due(policy, false)).await;
+                // Segments the retention expired go as the sealer passes.
+                match tokio::task::spawn_blocking(move || shard.expire()).await {
+                    Ok(Ok(expired)) if expired.segments > 0 => {
+                        self.metrics.add(
+                            "altdb_leaf_retention_reclaimed_bytes_total",
+                            "Bytes of sealed segments dropped because the collection's \
+                             retention expired every row in them.",
+                            &[],
+                            expired.bytes as f64,
+                        );
+                        self.metrics.add(
+                            "altdb_leaf_retention_expired_docs_total",
+                            "Documents removed because the collection's retention expired them.",
+                            &[],
+                            expired.docs as f64,
+                        );
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => health.failed(&self.metrics, &error),
+                    Err(error) => health.failed(&self.metrics, &error),
+                }
                 match sealed {
                     Ok(Err(error)) => health.failed(&self.metrics, &error),
                     Err(error) => health.failed(&self.metrics, &error),

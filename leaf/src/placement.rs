@@ -491,6 +491,7 @@ async fn copy_pages(from: &CopySource, target: &Arc<Shard>) -> Result<(u64, u64)
         meta = CollectionMeta {
             text_fields: page.text_fields.clone(),
             max_fields: page.max_fields,
+            retention_secs: page.retention_secs,
         };
         let next = page.next.clone();
         let (stored, page_bytes) = store_copied(target, page).await?;

@@ -84,6 +84,7 @@ pub async fn pull_differences(
                 CollectionMeta {
                     text_fields: digests.text_fields.clone(),
                     max_fields: digests.max_fields,
+                    retention_secs: digests.retention_secs,
                 },
                 digests.watermarks.clone(),
             ));
@@ -148,6 +149,7 @@ pub async fn store_copied(target: &Arc<Shard>, page: CopyShardPage) -> Result<(u
     let meta = CollectionMeta {
         text_fields: page.text_fields,
         max_fields: page.max_fields,
+        retention_secs: page.retention_secs,
     };
     let versions: Vec<u64> = page.docs.iter().map(|doc| doc.version).collect();
     let mut bytes = 0;

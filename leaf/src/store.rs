@@ -35,6 +35,9 @@ pub struct CollectionMeta {
     /// Distinct fields a shard may hold (`None`: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fields: Option<u32>,
+    /// Seconds documents are kept by `_event_time` (`None`: for ever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_secs: Option<u64>,
 }
 
 /// A stored document as read back.
@@ -156,6 +159,13 @@ impl ShardWrite<'_> {
             shard_key(b'd', self.collection, self.shard, id.as_bytes()),
             value,
         );
+    }
+
+    /// Removes `id`'s row (expired: no tombstone is needed, an older write
+    /// arriving later is expired too).
+    pub fn delete_doc(&mut self, id: &str) {
+        self.batch
+            .delete(shard_key(b'd', self.collection, self.shard, id.as_bytes()));
     }
 
     /// Deletes `id` at `version`: a tombstone replaces the document.

@@ -323,6 +323,7 @@ impl Pusher {
                 },
                 text_fields: spec.text_fields.clone(),
                 max_fields: Some(spec.max_fields),
+                retention_secs: spec.retention().map(|d| d.as_secs()),
                 epoch: 0,
                 // The same on every copy, and on a retry of this chunk.
                 version: self.versions.next(),

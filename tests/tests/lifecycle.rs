@@ -224,3 +224,134 @@ fn kafka_tombstones_delete_documents_when_the_source_says_so() {
     assert_eq!(dead, 40);
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM plain").unwrap(), 100);
 }
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn retention_hides_expired_documents_at_once_then_reclaims_their_segments() {
+    let cluster = Cluster::start(ClusterOptions {
+        leaves: 1,
+        seal_rows: 500,
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    cluster
+        .create_collection(
+            json!({"name": "metrics", "num_shards": 1, "retention": "6s",
+                                  "event_time_field": "ts"}),
+        )
+        .unwrap();
+    let bad = cluster
+        .post_json(
+            "/v1/collections",
+            &json!({"name": "m2", "retention": "6 parsecs"}),
+        )
+        .unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("retention must be a duration"));
+
+    // 500 documents 3 s old: kept for now, and sealed (seal_rows 500).
+    let written_at = now_ms();
+    let old: Vec<Value> = (0..500)
+        .map(|i| json!({"_id": format!("old{i}"), "ts": written_at - 3_000, "v": 1}))
+        .collect();
+    cluster.write_docs("metrics", &old, 500).unwrap();
+    let segments = cluster.dir.path().join("leaf-0");
+    let started = Instant::now();
+    while dir_bytes(&segments.join("segments")) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never sealed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Fresh ones, and ones older than the retention: refused, saying why.
+    let fresh: Vec<Value> = (0..100)
+        .map(|i| json!({"_id": format!("new{i}"), "ts": now_ms(), "v": 2}))
+        .collect();
+    cluster.write_docs("metrics", &fresh, 100).unwrap();
+    let late = cluster
+        .post_raw(
+            "/v1/collections/metrics/docs",
+            format!("{}\n", json!({"_id": "late", "ts": now_ms() - 60_000})),
+        )
+        .unwrap();
+    assert_eq!(late.body["written"], 0, "{}", late.body);
+    assert!(
+        late.body["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("older than collection `metrics` keeps"),
+        "{}",
+        late.body
+    );
+    let sealed_bytes = dir_bytes(&segments.join("segments"));
+    assert!(
+        written_at - 3_000 + 6_000 > now_ms(),
+        "the test ran too slowly"
+    );
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM metrics").unwrap(), 600);
+
+    // Once the old ones are 6 s old, no query sees them — whatever reads them.
+    while now_ms() < written_at - 3_000 + 6_100 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for sql in [
+        "SELECT COUNT(*) FROM metrics",
+        "SELECT COUNT(*) FROM metrics WHERE v = 1",
+        "SELECT COUNT(*) FROM (SELECT _id FROM metrics ORDER BY _event_time LIMIT 1000) t",
+        "SELECT COUNT(*) FROM metrics WHERE _id IN ('old1', 'old2', 'new1')",
+    ] {
+        let expected = if sql.contains("IN (") {
+            1
+        } else if sql.contains("v = 1") {
+            0
+        } else {
+            100
+        };
+        assert_eq!(cluster.scalar(sql).unwrap(), expected, "{sql}");
+    }
+    // Their segment is dropped soon after: disk usage falls.
+    let started = Instant::now();
+    loop {
+        let metrics = cluster
+            .get_text(&format!("{}/metrics", cluster.leaf_urls[0]))
+            .unwrap();
+        let reclaimed: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("altdb_leaf_retention_reclaimed_bytes_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if reclaimed > 0.0 {
+            let now_bytes = dir_bytes(&segments.join("segments"));
+            eprintln!("reclaimed {reclaimed} bytes; segments {sealed_bytes} -> {now_bytes} bytes");
+            assert!(now_bytes < sealed_bytes, "{now_bytes} >= {sealed_bytes}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no segment dropped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM metrics").unwrap(), 100);
+}

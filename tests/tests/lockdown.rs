@@ -56,6 +56,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             sources: Vec::new(),
             text_fields: Vec::new(),
             max_fields: None,
+            retention_secs: None,
             epoch: 0,
             version: 0,
         };
@@ -147,6 +148,7 @@ fn a_leaf_runs_only_altdb_operators_and_reads_no_files() -> anyhow::Result<()> {
         }],
         profile: false,
         epoch: 0,
+        min_event_time_us: None,
         plan: datafusion_proto::bytes::physical_plan_to_bytes(plan)?,
     };
     let leaf = leaf_client(&cluster, 0)?;
@@ -277,6 +279,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
         sources: Vec::new(),
         text_fields: Vec::new(),
         max_fields: None,
+        retention_secs: None,
         epoch: 0,
         version: 0,
     };
@@ -513,6 +516,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
         sources: Vec::new(),
         text_fields: Vec::new(),
         max_fields: None,
+        retention_secs: None,
         epoch: 0,
         version: 0,
     };
@@ -668,6 +672,7 @@ fn put_one(
         sources: Vec::new(),
         text_fields: Vec::new(),
         max_fields: None,
+        retention_secs: None,
         epoch: 0,
         version: 0,
     };

@@ -605,6 +605,10 @@ async fn ask_copies(
     failures: &mut Vec<String>,
 ) -> DfResult<Asked> {
     let cluster = &target.cluster;
+    // Retention is applied as of now, whenever the plan was made.
+    let min_event_time_us = target
+        .collection
+        .retention_cutoff_us(chrono::Utc::now().timestamp_micros());
     let ticket = |leaf: &SharedLeaf| FragmentTicket {
         collection: target.collection.name.clone(),
         incarnation: target.collection.incarnation,
@@ -620,6 +624,7 @@ async fn ask_copies(
             .collect(),
         profile: target.profile,
         epoch,
+        min_event_time_us,
         plan: plan.clone(),
     };
     cluster.hedging.asked();

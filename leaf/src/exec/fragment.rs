@@ -282,6 +282,10 @@ pub fn run_fragment(
     } else {
         kept.plan(ticket, shards)?
     };
+    let plan = match ticket.min_event_time_us {
+        Some(cutoff) => crate::exec::rewrite::hide_expired(plan, cutoff)?,
+        None => plan,
+    };
     let task = Arc::new(execution_context(scans.clone()));
     let schema = plan.schema();
     let profiled = ticket.profile.then(|| plan.clone());

@@ -48,6 +48,56 @@ pub fn fit_to_shard(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionP
     absorb_filters(plan)
 }
 
+/// Hides the rows a collection's retention expired: every scan's rows with
+/// `_event_time` before `min_event_time_us` are dropped right above it (the
+/// scan reads `_event_time` for that if the fragment did not). Applied to
+/// each run of a fragment, kept or not: the cutoff moves with the clock.
+pub fn hide_expired(
+    plan: Arc<dyn ExecutionPlan>,
+    min_event_time_us: i64,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::BinaryExpr;
+    plan.transform_up(|node| {
+        let Some(scan) = node.downcast_ref::<LocalScanExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let columns = scan.schema().fields().len();
+        let (scan, at) = scan.with_event_time();
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan);
+        let time_type = scan.schema().field(at).data_type().clone();
+        let tz = match &time_type {
+            arrow::datatypes::DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        let kept: Arc<dyn datafusion::physical_expr::PhysicalExpr> = Arc::new(BinaryExpr::new(
+            Arc::new(Column::new(altdb_common::columns::EVENT_TIME_COLUMN, at)),
+            Operator::GtEq,
+            lit(ScalarValue::TimestampMicrosecond(
+                Some(min_event_time_us),
+                tz,
+            )),
+        ));
+        let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(kept, scan)?);
+        if filtered.schema().fields().len() == columns {
+            return Ok(Transformed::yes(filtered));
+        }
+        // Back to the columns the plan above reads.
+        let schema = filtered.schema();
+        let projection: Vec<ProjectionExpr> = (0..columns)
+            .map(|i| {
+                let name = schema.field(i).name().clone();
+                ProjectionExpr::new(Arc::new(Column::new(&name, i)), name)
+            })
+            .collect();
+        Ok(Transformed::yes(Arc::new(ProjectionExec::try_new(
+            projection, filtered,
+        )?)))
+    })
+    .map(|t| t.data)
+}
+
 /// Rewrites each `FilterExec` right above a `LocalScanExec` with `rewrite`
 /// (`None` keeps it).
 fn rewrite_filtered_scans(

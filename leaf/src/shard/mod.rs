@@ -11,12 +11,15 @@
 //! | `seal` | the mutable segment into a sealed segment (Parquet + tantivy) |
 //! | `merge` | runs of small sealed segments into one |
 //! | `recover` | the shard rebuilt from RocksDB and the segment manifest; outdated indexes |
+//! | `expire` | sealed segments the collection's retention expired, dropped |
 
+mod expire;
 mod merge;
 mod recover;
 mod seal;
 mod write;
 
+pub use expire::Expired;
 pub use merge::MergePolicy;
 pub use seal::SealPolicy;
 

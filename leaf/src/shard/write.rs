@@ -120,6 +120,8 @@ impl Shard {
                 held.entry(doc.id.clone()).or_insert(version);
             }
         }
+        // Documents whose `_event_time` the collection's retention expired.
+        let expired_before = meta.retention_secs.map(|secs| retention_cutoff_us(secs));
         // Whether each `_id` the batch touched is live after its rows so far.
         let mut live: HashMap<&str, bool> = HashMap::new();
         let mut missing = Vec::new();
@@ -173,6 +175,21 @@ impl Shard {
                 });
                 continue;
             };
+            if expired_before.is_some_and(|cutoff| row.event_time_us < cutoff) {
+                if !copied {
+                    rejected.push(RejectedRow {
+                        row: index as u32,
+                        reason: format!(
+                            "document `{}` has an _event_time older than collection `{}` \
+                             keeps (retention {} s): not stored",
+                            row.id,
+                            self.collection,
+                            meta.retention_secs.unwrap_or_default()
+                        ),
+                    });
+                }
+                continue;
+            }
             if let Some(limit) = &mut limit {
                 if let Err(reason) = limit.admit(&state.fields, &row, &self.collection) {
                     rejected.push(RejectedRow {
@@ -251,6 +268,14 @@ impl Shard {
             missing,
         })
     }
+}
+
+/// The oldest `_event_time` (microseconds) a retention of `secs` keeps now.
+pub fn retention_cutoff_us(secs: u64) -> i64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    now_us.saturating_sub(i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX))
 }
 
 /// A row of a put as it changes the shard once stored.

@@ -121,6 +121,37 @@ impl LocalScanExec {
         }
     }
 
+    /// The same scan also reading `_event_time` (appended if it does not
+    /// read it yet; the columns it reads keep their positions), and the
+    /// position of `_event_time`.
+    pub fn with_event_time(&self) -> (Self, usize) {
+        if let Some(at) = self
+            .spec
+            .columns
+            .iter()
+            .position(|(name, _)| name == altdb_common::columns::EVENT_TIME_COLUMN)
+        {
+            return (self.clone_with(self.spec.clone()), at);
+        }
+        let mut spec = self.spec.clone();
+        spec.columns.push((
+            altdb_common::columns::EVENT_TIME_COLUMN.to_string(),
+            FieldType::Timestamp,
+        ));
+        let at = spec.columns.len() - 1;
+        (self.clone_with(spec), at)
+    }
+
+    fn clone_with(&self, spec: ScanSpec) -> Self {
+        Self {
+            predicate: self.predicate.clone(),
+            time_split: self.time_split.clone(),
+            filter: self.filter.clone(),
+            top_k: self.top_k.clone(),
+            ..Self::new(spec, self.shard.clone())
+        }
+    }
+
     /// Whether a filter above was translated for the segment indexes.
     pub fn has_index_predicate(&self) -> bool {
         self.predicate.is_some()
