@@ -121,7 +121,7 @@ impl Shard {
             }
         }
         // Documents whose `_event_time` the collection's retention expired.
-        let expired_before = meta.retention_secs.map(|secs| retention_cutoff_us(secs));
+        let expired_before = meta.retention_secs.map(retention_cutoff_us);
         // Whether each `_id` the batch touched is live after its rows so far.
         let mut live: HashMap<&str, bool> = HashMap::new();
         let mut missing = Vec::new();
