@@ -10,6 +10,7 @@
 //! | `DELETE /v1/collections/{name}` | drop data everywhere, then the spec |
 //! | `POST /v1/collections/{name}/docs` | NDJSON or JSON array, forwarded to a tailer |
 //! | `DELETE /v1/collections/{name}/docs` | `[{"_id": ..}, ..]`, forwarded to a tailer |
+//! | `PATCH /v1/collections/{name}` | change `retention` or `write_quorum` |
 //! | `GET /v1/cluster` | leaf health; where each shard's copies live; leaves registered in the metastore |
 //! | `GET /metrics` | Prometheus metrics, incl. per-partition lag and freshness |
 //! | `/v1/keys`, `/v1/roles` | API keys and roles ([`crate::access::routes`]) |
@@ -93,7 +94,9 @@ pub fn router(
         )
         .route(
             "/v1/collections/{name}",
-            get(describe_collection).delete(delete_collection),
+            get(describe_collection)
+                .patch(change_collection)
+                .delete(delete_collection),
         )
         .route(
             "/v1/collections/{name}/docs",
@@ -535,6 +538,60 @@ async fn describe_collection(
         "shards": shards,
     }))
     .into_response())
+}
+
+/// `PATCH /v1/collections/{name}` with the settings to change: `retention`
+/// (a duration, or `null` to keep documents for ever) and `write_quorum`.
+/// Other settings fix where data lives or how it was shaped, so they are
+/// refused with the reason. The spec as stored comes back.
+async fn change_collection(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(client): Extension<Client>,
+    Path(name): Path<String>,
+    Json(changes): Json<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response> {
+    principal.require(Action::ManageCollections, &name)?;
+    if CollectionSpec::is_system(&name) {
+        return Err(AggregatorError::InvalidRequest(format!(
+            "`{name}` is a system collection; its settings are altdb's"
+        )));
+    }
+    for key in changes.keys() {
+        if !matches!(key.as_str(), "retention" | "write_quorum") {
+            return Err(AggregatorError::InvalidRequest(format!(
+                "`{key}` cannot be changed on an existing collection; only `retention` and \
+                 `write_quorum` can (create the collection again for the others)"
+            )));
+        }
+    }
+    let described = serde_json::Value::Object(changes.clone()).to_string();
+    let apply = |spec: &mut CollectionSpec| -> Result<()> {
+        for (key, value) in &changes {
+            let bad =
+                |e: serde_json::Error| AggregatorError::InvalidRequest(format!("`{key}`: {e}"));
+            match key.as_str() {
+                "retention" => {
+                    spec.retention = serde_json::from_value(value.clone()).map_err(bad)?
+                }
+                _ => spec.write_quorum = serde_json::from_value(value.clone()).map_err(bad)?,
+            }
+        }
+        Ok(())
+    };
+    let spec = state
+        .catalog
+        .update(&name, &apply)
+        .await?
+        .ok_or_else(|| AggregatorError::CollectionNotFound(name.clone()))?;
+    audit(
+        "collection_changed",
+        &principal.name,
+        client,
+        "ok",
+        &format!("collection {name}: {described}"),
+    );
+    Ok(Json(shown(&principal, spec)).into_response())
 }
 
 async fn delete_collection(

@@ -16,6 +16,9 @@ use altdb_common::metastore::{Metastore, MetastoreError, Precondition};
 
 use crate::error::{AggregatorError, Result};
 
+/// A change of a collection's spec ([`Catalog::update`]).
+pub type SpecChange<'c> = dyn for<'a> Fn(&'a mut CollectionSpec) -> Result<()> + Send + Sync + 'c;
+
 /// Where collection specs live.
 #[async_trait]
 pub trait Catalog: Send + Sync + std::fmt::Debug {
@@ -27,6 +30,10 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     async fn create(&self, spec: CollectionSpec) -> Result<CollectionSpec>;
     /// Removes a collection; returns whether it existed.
     async fn delete(&self, name: &str) -> Result<bool>;
+    /// Changes a collection's spec with `change` (its incarnation stays),
+    /// conditional on the spec read: a concurrent change makes it read again.
+    /// The spec as stored; `None` if there is no such collection.
+    async fn update(&self, name: &str, change: &SpecChange<'_>) -> Result<Option<CollectionSpec>>;
 }
 
 /// A new incarnation: the time in microseconds, and above every incarnation
@@ -122,6 +129,32 @@ impl Catalog for MetaCatalog {
         };
         self.specs.caught_up(revision, READ_OWN_WRITE).await;
         Ok(spec)
+    }
+
+    async fn update(&self, name: &str, change: &SpecChange<'_>) -> Result<Option<CollectionSpec>> {
+        let key = format!("{PREFIX}{name}");
+        loop {
+            let Some(entry) = self.store.get(&key).await.map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let mut spec: CollectionSpec = serde_json::from_str(&entry.value)
+                .map_err(|e| AggregatorError::Internal(format!("stored spec of `{name}`: {e}")))?;
+            let incarnation = spec.incarnation;
+            change(&mut spec)?;
+            spec.incarnation = incarnation;
+            spec.validate()
+                .map_err(|e| AggregatorError::InvalidRequest(e.to_string()))?;
+            let value = crate::files::to_json(&spec)?;
+            let written = self
+                .store
+                .put(&key, &value, Precondition::At(entry.revision))
+                .await
+                .map_err(unavailable)?;
+            if let Some(revision) = written {
+                self.specs.caught_up(revision, READ_OWN_WRITE).await;
+                return Ok(Some(spec));
+            }
+        }
     }
 
     async fn delete(&self, name: &str) -> Result<bool> {

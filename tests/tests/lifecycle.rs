@@ -272,10 +272,10 @@ fn retention_hides_expired_documents_at_once_then_reclaims_their_segments() {
         .unwrap()
         .contains("retention must be a duration"));
 
-    // 500 documents 3 s old: kept for now, and sealed (seal_rows 500).
+    // 500 documents 2 s old: kept for now, and sealed (seal_rows 500).
     let written_at = now_ms();
     let old: Vec<Value> = (0..500)
-        .map(|i| json!({"_id": format!("old{i}"), "ts": written_at - 3_000, "v": 1}))
+        .map(|i| json!({"_id": format!("old{i}"), "ts": written_at - 2_000, "v": 1}))
         .collect();
     cluster.write_docs("metrics", &old, 500).unwrap();
     let segments = cluster.dir.path().join("leaf-0");
@@ -306,13 +306,13 @@ fn retention_hides_expired_documents_at_once_then_reclaims_their_segments() {
     );
     let sealed_bytes = dir_bytes(&segments.join("segments"));
     assert!(
-        written_at - 3_000 + 6_000 > now_ms(),
+        written_at - 2_000 + 6_000 > now_ms(),
         "the test ran too slowly"
     );
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM metrics").unwrap(), 600);
 
     // Once the old ones are 6 s old, no query sees them — whatever reads them.
-    while now_ms() < written_at - 3_000 + 6_100 {
+    while now_ms() < written_at - 2_000 + 6_100 {
         std::thread::sleep(Duration::from_millis(50));
     }
     for sql in [
@@ -354,4 +354,35 @@ fn retention_hides_expired_documents_at_once_then_reclaims_their_segments() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(cluster.scalar("SELECT COUNT(*) FROM metrics").unwrap(), 100);
+
+    // Retention changes later; what fixes where data lives does not.
+    let patch = |body: Value| {
+        cluster
+            .request_as(
+                Some(&cluster.admin_key),
+                reqwest::Method::PATCH,
+                "/v1/collections/metrics",
+                Some(&body),
+            )
+            .unwrap()
+    };
+    let changed = patch(json!({"retention": "30d"}));
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_eq!(changed.body["retention"], "30d");
+    let refused = patch(json!({"num_shards": 8}));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`num_shards` cannot be changed"));
+    let refused = patch(json!({"retention": "soon"}));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    // 30 days keep what 6 s did not: a document 1 minute old is taken now.
+    let answer = cluster
+        .post_raw(
+            "/v1/collections/metrics/docs",
+            format!("{}\n", json!({"_id": "late", "ts": now_ms() - 60_000})),
+        )
+        .unwrap();
+    assert_eq!(answer.body["written"], 1, "{}", answer.body);
 }
