@@ -653,7 +653,7 @@ async fn write_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (status, bytes) = forward_write(
+    forwarded(
         &state,
         &principal,
         &name,
@@ -661,13 +661,7 @@ async fn write_docs(
         body,
         reqwest::Method::POST,
     )
-    .await?;
-    Ok((
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        bytes,
-    )
-        .into_response())
+    .await
 }
 
 /// `DELETE /v1/collections/{name}/docs`: `[{"_id": ..}, ..]`, forwarded to a
@@ -679,7 +673,7 @@ async fn delete_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (status, bytes) = forward_write(
+    forwarded(
         &state,
         &principal,
         &name,
@@ -687,7 +681,19 @@ async fn delete_docs(
         body,
         reqwest::Method::DELETE,
     )
-    .await?;
+    .await
+}
+
+/// A write or delete forwarded to a tailer, its answer passed on.
+async fn forwarded(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    method: reqwest::Method,
+) -> Result<Response> {
+    let (status, bytes) = forward_write(state, principal, name, headers, body, method).await?;
     Ok((
         status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
