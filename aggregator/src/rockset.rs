@@ -27,7 +27,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use altdb_common::api::WriteResponse;
+use altdb_common::api::{DeleteResponse, WriteResponse};
 
 use crate::access::{Action, Principal};
 use crate::api::{forward_write, json_body, run_json, AppState};
@@ -232,13 +232,54 @@ async fn add_documents(
     Ok((StatusCode::OK, Json(json!({ "data": data }))).into_response())
 }
 
-async fn delete_documents(Path((ws, _collection)): Path<(String, String)>) -> Result<Response> {
+/// Rockset's delete: `{"data": [{"_id": ..}, ..]}` → per document
+/// `DELETED` (also for an `_id` no copy held: it is deleted all the same) or
+/// `ERROR` with the reason.
+async fn delete_documents(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((ws, collection)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response> {
     workspace(&ws)?;
-    Err(AggregatorError::InvalidRequest(
-        "deleting documents by _id is not built yet in altdb; it is planned with the data \
-         lifecycle work (deletes, patches, retention)"
-            .into(),
-    ))
+    let request: DocumentsRequest = json_body(&body)?;
+    let ids =
+        serde_json::to_vec(&request.data).map_err(|e| AggregatorError::Internal(e.to_string()))?;
+    let headers = HeaderMap::from_iter([(
+        axum::http::header::CONTENT_TYPE,
+        "application/json".parse().expect("valid header"),
+    )]);
+    let (status, bytes) = forward_write(
+        &state,
+        &principal,
+        &collection,
+        &headers,
+        ids.into(),
+        reqwest::Method::DELETE,
+    )
+    .await?;
+    let Ok(deleted) = serde_json::from_slice::<DeleteResponse>(&bytes) else {
+        return Ok((
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response());
+    };
+    let data: Vec<Value> = deleted
+        .results
+        .into_iter()
+        .map(|result| match result.status.as_str() {
+            "error" => json!({
+                "_collection": collection, "_id": result.id, "status": "ERROR",
+                "error": {"type": "InvalidInput", "message": result.reason},
+            }),
+            _ => json!({
+                "_collection": collection, "_id": result.id, "status": "DELETED", "error": null,
+            }),
+        })
+        .collect();
+    Ok((status, Json(json!({ "data": data }))).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -330,6 +330,7 @@ fn rockset_queries_and_writes_keep_their_shape() {
     assert_eq!(data[1]["status"], "ERROR");
     assert!(data[1]["error"]["message"].as_str().is_some());
     assert_eq!(data[2]["status"], "ADDED");
+    let added = data[0]["_id"].clone();
     assert_eq!(
         cluster
             .scalar("SELECT COUNT(*) FROM orders WHERE customer = 'c9'")
@@ -337,7 +338,34 @@ fn rockset_queries_and_writes_keep_their_shape() {
         2
     );
 
-    // Another workspace, and deletes, are refused with what to do.
+    // Deletes: per-document status too.
+    let answer = cluster
+        .request_as(
+            Some(&cluster.admin_key),
+            reqwest::Method::DELETE,
+            "/v1/orgs/self/ws/commons/collections/orders/docs",
+            Some(&json!({"data": [{"_id": added}, {"_id": "never"}, {"no_id": 1}]})),
+        )
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let statuses: Vec<&Value> = answer.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["status"])
+        .collect();
+    assert_eq!(
+        statuses,
+        [&json!("DELETED"), &json!("DELETED"), &json!("ERROR")]
+    );
+    assert_eq!(
+        cluster
+            .scalar("SELECT COUNT(*) FROM orders WHERE customer = 'c9'")
+            .unwrap(),
+        1
+    );
+
+    // Another workspace is refused with what to do.
     let (status, body) = post(
         &cluster,
         "/v1/orgs/self/ws/prod/collections/orders/docs",
