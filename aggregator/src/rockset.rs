@@ -5,7 +5,7 @@
 //! | `POST /v1/orgs/self/queries` | `{"sql": {"query", "parameters"?, "default_row_limit"?}}` |
 //! | `DELETE /v1/orgs/self/queries/{id}` | cancel a running statement by its `query_id` |
 //! | `POST /v1/orgs/self/ws/{ws}/collections/{c}/docs` | `{"data": [docs]}` |
-//! | `DELETE /v1/orgs/self/ws/{ws}/collections/{c}/docs` | refused: deletes are not built yet |
+//! | `DELETE /v1/orgs/self/ws/{ws}/collections/{c}/docs` | `{"data": [{"_id": ..}]}`, forwarded as a delete by `_id` |
 //! | `POST /v1/orgs/self/ws/{ws}/lambdas` | `{"name", "sql": {"query", "default_parameters"?}}` |
 //! | `POST /v1/orgs/self/ws/{ws}/lambdas/{l}/versions` | a new version, same body without name |
 //! | `POST /v1/orgs/self/ws/{ws}/lambdas/{l}/versions/{v}` | run a version |
