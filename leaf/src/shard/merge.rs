@@ -71,7 +71,7 @@ impl Shard {
     /// A crash before the old segments leave the manifest leaves both, and
     /// recovery keeps one version of each document.
     pub fn merge_if_due(&self, policy: MergePolicy) -> Result<bool> {
-        let (run, id, text_fields) = {
+        let (run, id, text_fields, expired_before) = {
             let mut state = self.lock();
             let picked = pick_merge(&state.sealed, policy);
             if picked.is_empty() {
@@ -80,7 +80,11 @@ impl Shard {
             let run: Vec<SealedEntry> = picked.iter().map(|&i| state.sealed[i].clone()).collect();
             let id = state.next_segment_id;
             state.next_segment_id += 1;
-            (run, id, state.meta.text_fields.clone())
+            let expired_before = state
+                .meta
+                .retention_secs
+                .map(super::write::retention_cutoff_us);
+            (run, id, state.meta.text_fields.clone(), expired_before)
         };
         // The live rows of the run as of the deletes taken above: (id, segment, row).
         let mut members: Vec<(String, u64, u32)> = Vec::new();
@@ -100,6 +104,8 @@ impl Shard {
         // Documents come from RocksDB a chunk at a time, in the run's order;
         // those deleted meanwhile are gone from it.
         let mut placed: Vec<(String, u64, u32)> = Vec::with_capacity(members.len());
+        // Documents the retention expired are not carried over: they go.
+        let mut expired: Vec<(String, u64, u32)> = Vec::new();
         let chunks = members.chunks(MERGE_CHUNK_ROWS).map(|chunk| {
             let ids: Vec<String> = chunk.iter().map(|(doc, _, _)| doc.clone()).collect();
             let mut current: HashMap<String, FlatRow> = self
@@ -110,6 +116,10 @@ impl Shard {
             let mut rows = Vec::with_capacity(chunk.len());
             for (doc, segment, row) in chunk {
                 if let Some(flat) = current.remove(doc) {
+                    if expired_before.is_some_and(|cutoff| flat.event_time_us < cutoff) {
+                        expired.push((doc.clone(), *segment, *row));
+                        continue;
+                    }
                     rows.push(Arc::new(flat));
                     placed.push((doc.clone(), *segment, *row));
                 }
@@ -140,6 +150,25 @@ impl Shard {
                     (doc.as_str(), was)
                 }),
             );
+            if !expired.is_empty() {
+                let mut write = self.store.shard_write(&self.collection, self.shard);
+                let mut gone = Vec::new();
+                for (doc, segment, row) in &expired {
+                    let was = Location::Sealed {
+                        segment: *segment,
+                        row: *row,
+                    };
+                    // Rewritten since (a newer version elsewhere): it stays.
+                    if state.keys.get(doc) == Some(&was) {
+                        write.delete_doc(doc);
+                        gone.push(doc);
+                    }
+                }
+                self.store.commit(write)?;
+                for doc in gone {
+                    state.keys.remove(doc);
+                }
+            }
             let first = state
                 .sealed
                 .iter()
@@ -303,5 +332,40 @@ mod tests {
         let recovered = Shard::recover("c", 0, seg_dir, store).unwrap();
         assert_eq!(live_values(&recovered), after);
         assert_eq!(recovered.snapshot().sealed.len(), 1);
+    }
+
+    #[test]
+    fn merging_drops_what_the_retention_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), false).unwrap());
+        let shard = Shard::new("c", 0, dir.path().join("segments"), store.clone());
+        let meta = CollectionMeta {
+            retention_secs: Some(2),
+            ..CollectionMeta::default()
+        };
+        let now_us = super::super::write::retention_cutoff_us(0);
+        let seal = SealPolicy {
+            max_rows: 1,
+            max_age_secs: 3600,
+        };
+        // Three segments, each with one document about to expire and one not.
+        for batch in 0..3 {
+            let mut old = doc(&format!("old{batch}"), None, "{}");
+            old.event_time_us = now_us - 1_500_000;
+            let mut new = doc(&format!("new{batch}"), None, "{}");
+            new.event_time_us = now_us + 60_000_000;
+            shard.write(&meta, &[], vec![old, new], 0).unwrap();
+            assert!(shard.seal_if_due(seal, false).unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let policy = MergePolicy {
+            min_segments: 3,
+            max_rows: 100,
+        };
+        assert!(shard.merge_if_due(policy).unwrap());
+        assert_eq!(live_ids(&shard), ["new0", "new1", "new2"]);
+        assert_eq!(shard.stats().docs, 3);
+        let stored: Vec<String> = store.docs("c", 0).map(|d| d.unwrap().id).collect();
+        assert_eq!(stored, ["new0", "new1", "new2"]);
     }
 }
