@@ -195,6 +195,21 @@ pub struct CopyShardRequest {
     pub after: Option<String>,
 }
 
+/// A collection's settings a leaf needs to store and index its shards (the
+/// leaf keeps them per collection; copies of a shard hand them on).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardSettings {
+    /// Fields that also get full-text indexing.
+    #[serde(default)]
+    pub text_fields: Vec<String>,
+    /// Distinct fields a shard may hold (`None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fields: Option<u32>,
+    /// Seconds documents are kept by `_event_time` (`None`: for ever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_secs: Option<u64>,
+}
+
 /// Body of [`ACTION_SHARD_DIGESTS`]: the next ranges after `after` (by
 /// `_id`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,11 +227,9 @@ pub struct ShardDigests {
     /// The copy's source watermarks, on the first page (as [`CopyShardPage`]).
     #[serde(default)]
     pub watermarks: BTreeMap<String, u64>,
-    pub text_fields: Vec<String>,
-    #[serde(default)]
-    pub max_fields: Option<u32>,
-    #[serde(default)]
-    pub retention_secs: Option<u64>,
+    /// The source copy's settings of the collection.
+    #[serde(flatten)]
+    pub settings: ShardSettings,
     /// The `_id` to ask after for the next ranges; `None` after the last.
     pub next: Option<String>,
 }
@@ -243,11 +256,9 @@ pub struct CopyShardPage {
     /// them is stored there, so it is in this copy's pages or written since.
     #[serde(default)]
     pub watermarks: BTreeMap<String, u64>,
-    pub text_fields: Vec<String>,
-    #[serde(default)]
-    pub max_fields: Option<u32>,
-    #[serde(default)]
-    pub retention_secs: Option<u64>,
+    /// The source copy's settings of the collection.
+    #[serde(flatten)]
+    pub settings: ShardSettings,
     /// The `_id` to ask after for the next page; `None` on the last.
     pub next: Option<String>,
 }

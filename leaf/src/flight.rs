@@ -298,6 +298,16 @@ impl FlightService for LeafService {
             ACTION_RANGE_DOCS => {
                 let request: RangeDocsRequest = parse_body(&action.body)?;
                 checked_name(&request.of.collection)?;
+                if request
+                    .held
+                    .as_ref()
+                    .is_some_and(|held| held.len() > MAX_HELD_IDS)
+                {
+                    return Err(Status::invalid_argument(format!(
+                        "a range request may name at most {MAX_HELD_IDS} held `_id`s; send \
+                         none to get every document of the range"
+                    )));
+                }
                 let page = self
                     .follower()?
                     .range_docs(&self.leaf, request)
@@ -359,6 +369,10 @@ impl LeafService {
         })
     }
 }
+
+/// Most `(_id, version)` pairs a range request may name (a copy sends at
+/// most a few thousand: `repair::MAX_HELD_SENT`).
+const MAX_HELD_IDS: usize = 100_000;
 
 /// Refuses a collection name that cannot be stored: names become directory names
 /// and key prefixes, so `..` or `/etc` must never reach storage.

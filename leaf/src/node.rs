@@ -169,10 +169,7 @@ impl Leaf {
         tokio::task::spawn_blocking(move || {
             let store = &this.store;
             let (collection, shard) = (&request.of.collection, request.of.shard);
-            let watermarks = match request.after {
-                None => store.watermarks(collection, shard)?.into_iter().collect(),
-                Some(_) => Default::default(),
-            };
+            let watermarks = first_page_watermarks(store, collection, shard, &request.after)?;
             let (docs, next) =
                 store.docs_page(collection, shard, request.after.as_deref(), COPY_PAGE_BYTES)?;
             let meta = store.collection_meta(collection)?;
@@ -183,9 +180,7 @@ impl Leaf {
             Ok(CopyShardPage {
                 docs,
                 watermarks,
-                text_fields: meta.text_fields,
-                max_fields: meta.max_fields,
-                retention_secs: meta.retention_secs,
+                settings: meta,
                 next,
             })
         })
@@ -219,19 +214,14 @@ impl Leaf {
         tokio::task::spawn_blocking(move || {
             let store = &this.store;
             let (collection, shard) = (&request.of.collection, request.of.shard);
-            let watermarks = match request.after {
-                None => store.watermarks(collection, shard)?.into_iter().collect(),
-                Some(_) => Default::default(),
-            };
+            let watermarks = first_page_watermarks(store, collection, shard, &request.after)?;
             let (ranges, next) =
                 store.digest_ranges(collection, shard, request.after.as_deref(), DIGEST_CUT)?;
             let meta = store.collection_meta(collection)?;
             Ok(ShardDigests {
                 ranges,
                 watermarks,
-                text_fields: meta.text_fields,
-                max_fields: meta.max_fields,
-                retention_secs: meta.retention_secs,
+                settings: meta,
                 next,
             })
         })
@@ -259,9 +249,7 @@ impl Leaf {
             Ok(CopyShardPage {
                 docs: docs.into_iter().map(copied_doc).collect::<Result<_>>()?,
                 watermarks: Default::default(),
-                text_fields: meta.text_fields,
-                max_fields: meta.max_fields,
-                retention_secs: meta.retention_secs,
+                settings: meta,
                 next: None,
             })
         })
@@ -670,5 +658,19 @@ fn copied_doc(doc: StoredDoc) -> Result<CopiedDoc> {
         version: doc.version,
         doc: serde_json::value::RawValue::from_string(text)?,
         deleted: doc.deleted,
+    })
+}
+
+/// A copy's source watermarks, sent with its first page (`after` is `None`)
+/// only: every row at or below them is in the pages that follow.
+fn first_page_watermarks(
+    store: &Store,
+    collection: &str,
+    shard: u32,
+    after: &Option<String>,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    Ok(match after {
+        None => store.watermarks(collection, shard)?.into_iter().collect(),
+        Some(_) => Default::default(),
     })
 }

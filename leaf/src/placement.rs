@@ -41,7 +41,6 @@ use tokio::sync::watch;
 use crate::error::{LeafError, Result};
 use crate::repair::{self, raise_watermarks, store_copied, CopySource};
 use crate::shard::Shard;
-use crate::store::CollectionMeta;
 use crate::Leaf;
 
 /// How long a call with a newer placement than the leaf's waits for it.
@@ -488,11 +487,7 @@ async fn copy_pages(from: &CopySource, target: &Arc<Shard>) -> Result<(u64, u64)
             .await
             .map_err(|e| LeafError::NotHeld(format!("copying from {}: {e}", from.leaf.url())))?;
         marks.get_or_insert_with(|| page.watermarks.clone());
-        meta = CollectionMeta {
-            text_fields: page.text_fields.clone(),
-            max_fields: page.max_fields,
-            retention_secs: page.retention_secs,
-        };
+        meta = page.settings.clone();
         let next = page.next.clone();
         let (stored, page_bytes) = store_copied(target, page).await?;
         docs += stored;

@@ -80,14 +80,7 @@ pub async fn pull_differences(
             .await
             .map_err(failed)?;
         if first.is_none() {
-            first = Some((
-                CollectionMeta {
-                    text_fields: digests.text_fields.clone(),
-                    max_fields: digests.max_fields,
-                    retention_secs: digests.retention_secs,
-                },
-                digests.watermarks.clone(),
-            ));
+            first = Some((digests.settings.clone(), digests.watermarks.clone()));
         }
         for range in digests.ranges {
             synced.ranges += 1;
@@ -146,11 +139,7 @@ pub struct CopySource {
 /// Stores a page's documents where this copy holds no newer version; the
 /// number stored and the page's document bytes.
 pub async fn store_copied(target: &Arc<Shard>, page: CopyShardPage) -> Result<(u64, u64)> {
-    let meta = CollectionMeta {
-        text_fields: page.text_fields,
-        max_fields: page.max_fields,
-        retention_secs: page.retention_secs,
-    };
+    let meta = page.settings;
     let versions: Vec<u64> = page.docs.iter().map(|doc| doc.version).collect();
     let mut bytes = 0;
     let rows: Vec<PutRow> = page

@@ -17,7 +17,6 @@
 use std::path::Path;
 
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
 
 use altdb_common::versions::{IdRange, RangeDigest};
 
@@ -28,17 +27,9 @@ use crate::segment::SegmentMeta;
 /// A raw RocksDB entry.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
-/// Per-collection settings the leaf needs to store and index (sent with every write).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CollectionMeta {
-    pub text_fields: Vec<String>,
-    /// Distinct fields a shard may hold (`None`: no limit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_fields: Option<u32>,
-    /// Seconds documents are kept by `_event_time` (`None`: for ever).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_secs: Option<u64>,
-}
+/// Per-collection settings the leaf needs to store and index (sent with
+/// every write, kept under `c\0<collection>`).
+pub type CollectionMeta = altdb_common::rpc::ShardSettings;
 
 /// A stored document as read back.
 pub struct StoredDoc {

@@ -358,10 +358,7 @@ async fn delete_docs(
     let outcome = api.pusher.push(&spec, &[], &rows).await;
     for (position, (index, row)) in indexes.into_iter().zip(&rows).enumerate() {
         let result = &mut results[index];
-        let failed = (!outcome.failed_shards.is_empty())
-            .then(|| Pusher::shard_of(&spec, row))
-            .and_then(|shard| Some((shard, outcome.failed_shards.get(&shard)?)));
-        if let Some((shard, reason)) = failed {
+        if let Some((shard, reason)) = outcome.failure_of(&spec, row) {
             result.status = "error".into();
             result.reason = Some(format!(
                 "not deleted: shard {shard} is unavailable ({reason}); retry this delete"
@@ -418,11 +415,7 @@ async fn write_docs(
             });
             continue;
         }
-        // The shard is only worked out again when some shard failed.
-        let failed = (!outcome.failed_shards.is_empty())
-            .then(|| Pusher::shard_of(&spec, &row))
-            .and_then(|shard| Some((shard, outcome.failed_shards.get(&shard)?)));
-        match failed {
+        match outcome.failure_of(&spec, &row) {
             None => response.ids.push(row.id),
             Some((shard, reason)) => errors.push(RejectedDoc {
                 index,

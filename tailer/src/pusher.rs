@@ -57,6 +57,18 @@ pub struct PushOutcome {
     pub missing: std::collections::BTreeSet<usize>,
 }
 
+impl PushOutcome {
+    /// The shard of `row` and why it failed, if it did (the shard is only
+    /// worked out when some shard failed).
+    pub fn failure_of(&self, spec: &CollectionSpec, row: &PutRow) -> Option<(u32, &PushError)> {
+        if self.failed_shards.is_empty() {
+            return None;
+        }
+        let shard = Pusher::shard_of(spec, row);
+        Some((shard, self.failed_shards.get(&shard)?))
+    }
+}
+
 impl Pusher {
     /// Pushes to the leaves at `urls`; `ca_pem`: the CA of `https://` leaves.
     pub fn new(

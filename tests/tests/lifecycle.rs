@@ -366,6 +366,45 @@ fn retention_hides_expired_documents_at_once_then_reclaims_their_segments() {
             )
             .unwrap()
     };
+    // Only a key that manages collections changes one; only a writer deletes.
+    let reader = cluster
+        .post_json("/v1/keys", &json!({"name": "reader", "role": "read-only"}))
+        .unwrap();
+    let reader = reader.body["key"].as_str().unwrap().to_string();
+    let as_reader = |method: reqwest::Method, path: &str, body: Value| {
+        cluster
+            .request_as(Some(&reader), method, path, Some(&body))
+            .unwrap()
+    };
+    let refused = as_reader(
+        reqwest::Method::PATCH,
+        "/v1/collections/metrics",
+        json!({"retention": "1s"}),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let refused = as_reader(
+        reqwest::Method::DELETE,
+        "/v1/collections/metrics/docs",
+        json!([{"_id": "new1"}]),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // A delete of more `_id`s than one request may name is refused whole.
+    let flood: Vec<Value> = (0..100_001).map(|i| json!({"_id": i})).collect();
+    let answer = cluster
+        .request_as(
+            Some(&cluster.admin_key),
+            reqwest::Method::DELETE,
+            "/v1/collections/metrics/docs",
+            Some(&json!(flood)),
+        )
+        .unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 100000"));
+    assert_eq!(cluster.scalar("SELECT COUNT(*) FROM metrics").unwrap(), 100);
+
     let changed = patch(json!({"retention": "30d"}));
     assert_eq!(changed.status, 200, "{}", changed.body);
     assert_eq!(changed.body["retention"], "30d");

@@ -110,6 +110,26 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
     ));
     let error = copy.expect_err("copy from a static leaf");
     assert!(error.to_string().contains("metastore"), "{error}");
+    // A range request naming more held `_id`s than any copy sends is refused
+    // before anything is read.
+    let held: Vec<(String, u64)> = (0..100_001).map(|i| (format!("d{i}"), 1)).collect();
+    let flood = runtime.block_on(leaf.action::<_, serde_json::Value>(
+        ACTION_RANGE_DOCS,
+        &RangeDocsRequest {
+            of: CopyOf {
+                collection: "events".into(),
+                incarnation,
+                shard: 0,
+                epoch: 1,
+            },
+            after: None,
+            last: "z".into(),
+            held: Some(held),
+        },
+    ));
+    let error = flood.expect_err("a flood of held ids");
+    assert!(error.is_invalid_argument(), "{error}");
+    assert!(error.to_string().contains("at most 100000"), "{error}");
     assert_eq!(
         std::fs::read_to_string(victim.join("keep.txt"))?,
         "precious"
