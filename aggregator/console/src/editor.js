@@ -77,7 +77,13 @@ export function createEditor(parent, { doc, run, label, onChange = () => {} }) {
   });
   return {
     view,
-    text: () => view.state.doc.toString(),
+    // The text as typed: edits the editor has not read from the page yet (it
+    // reads them on the next animation frame) are read first, so a Run
+    // clicked right after a paste runs the pasted SQL, not the one before.
+    text: () => {
+      view.observer?.forceFlush?.();
+      return view.state.doc.toString();
+    },
     setText(text) {
       view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: text } });
     },

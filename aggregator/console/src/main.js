@@ -12,7 +12,12 @@ const main = document.getElementById("main");
 const login = document.getElementById("login");
 let timer = null;
 
+// The route() call that rendered the page shown now.
+let shown = null;
+
 function route() {
+  const visit = {};
+  shown = visit;
   clearInterval(timer);
   timer = null;
   const [section = "query", ...rest] = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
@@ -25,7 +30,12 @@ function route() {
     query: () => queryPage(main),
     collections: () => (name ? collectionPage(main, name) : collectionsPage(main)),
     lambdas: () => (name ? lambdaPage(main, name) : lambdasPage(main)),
-    cluster: async () => { timer = await clusterPage(main); },
+    cluster: async () => {
+      const refresh = await clusterPage(main);
+      // Left before the page loaded: its refresh must not outlive it.
+      if (shown === visit) timer = refresh;
+      else clearInterval(refresh);
+    },
   };
   const page = pages[section] ?? pages.query;
   document.title = `${name ?? section[0].toUpperCase() + section.slice(1)} · altdb`;
