@@ -100,7 +100,7 @@ pub fn router(
         )
         .route(
             "/v1/collections/{name}/docs",
-            post(write_docs).delete(delete_docs),
+            post(write_docs).delete(delete_docs).patch(patch_docs),
         )
         .merge(crate::access::routes::routes())
         .merge(crate::lambdas::routes())
@@ -684,7 +684,27 @@ async fn delete_docs(
     .await
 }
 
-/// A write or delete forwarded to a tailer, its answer passed on.
+/// `PATCH /v1/collections/{name}/docs`: `[{"_id": .., "patch": [ops]}, ..]`,
+/// forwarded to a tailer like a write (it needs the write privilege).
+async fn patch_docs(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    forwarded(
+        &state,
+        &principal,
+        &name,
+        &headers,
+        body,
+        reqwest::Method::PATCH,
+    )
+    .await
+}
+
+/// A write, delete or patch forwarded to a tailer, its answer passed on.
 async fn forwarded(
     state: &AppState,
     principal: &Principal,

@@ -6,6 +6,7 @@
 //! | `DELETE /v1/orgs/self/queries/{id}` | cancel a running statement by its `query_id` |
 //! | `POST /v1/orgs/self/ws/{ws}/collections/{c}/docs` | `{"data": [docs]}` |
 //! | `DELETE /v1/orgs/self/ws/{ws}/collections/{c}/docs` | `{"data": [{"_id": ..}]}`, forwarded as a delete by `_id` |
+//! | `PATCH /v1/orgs/self/ws/{ws}/collections/{c}/docs` | `{"data": [{"_id": .., "patch": [ops]}]}`, forwarded as a patch by `_id` |
 //! | `POST /v1/orgs/self/ws/{ws}/lambdas` | `{"name", "sql": {"query", "default_parameters"?}}` |
 //! | `POST /v1/orgs/self/ws/{ws}/lambdas/{l}/versions` | a new version, same body without name |
 //! | `POST /v1/orgs/self/ws/{ws}/lambdas/{l}/versions/{v}` | run a version |
@@ -27,7 +28,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use altdb_common::api::{DeleteResponse, WriteResponse};
+use altdb_common::api::{DocResult, WriteResponse};
 
 use crate::access::{Action, Principal};
 use crate::api::{forward_write, json_body, run_json, AppState};
@@ -48,7 +49,9 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/v1/orgs/self/ws/{ws}/collections/{collection}/docs",
-            post(add_documents).delete(delete_documents),
+            post(add_documents)
+                .delete(delete_documents)
+                .patch(patch_documents),
         )
         .route("/v1/orgs/self/ws/{ws}/lambdas", post(create_lambda))
         .route(
@@ -241,24 +244,42 @@ async fn delete_documents(
     Path((ws, collection)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response> {
-    workspace(&ws)?;
-    let request: DocumentsRequest = json_body(&body)?;
-    let ids =
+    by_id(&state, &principal, &ws, &collection, &body, reqwest::Method::DELETE).await
+}
+
+/// Rockset's patch: `{"data": [{"_id": .., "patch": [ops]}, ..]}` (JSON Patch
+/// and `INCREMENT`) → per document `PATCHED`, or `ERROR` with the reason
+/// (`NotFound` for an `_id` no copy held).
+async fn patch_documents(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((ws, collection)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response> {
+    by_id(&state, &principal, &ws, &collection, &body, reqwest::Method::PATCH).await
+}
+
+/// A delete or patch by `_id` forwarded to a tailer, its answer in Rockset's shape.
+async fn by_id(
+    state: &AppState,
+    principal: &Principal,
+    ws: &str,
+    collection: &str,
+    body: &[u8],
+    method: reqwest::Method,
+) -> Result<Response> {
+    workspace(ws)?;
+    let request: DocumentsRequest = json_body(body)?;
+    let elements =
         serde_json::to_vec(&request.data).map_err(|e| AggregatorError::Internal(e.to_string()))?;
     let headers = HeaderMap::from_iter([(
         axum::http::header::CONTENT_TYPE,
         "application/json".parse().expect("valid header"),
     )]);
-    let (status, bytes) = forward_write(
-        &state,
-        &principal,
-        &collection,
-        &headers,
-        ids.into(),
-        reqwest::Method::DELETE,
-    )
-    .await?;
-    let Ok(deleted) = serde_json::from_slice::<DeleteResponse>(&bytes) else {
+    let patch = method == reqwest::Method::PATCH;
+    let (status, bytes) =
+        forward_write(state, principal, collection, &headers, elements.into(), method).await?;
+    let Ok(answer) = serde_json::from_slice::<DocResults>(&bytes) else {
         return Ok((
             status,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -266,7 +287,7 @@ async fn delete_documents(
         )
             .into_response());
     };
-    let data: Vec<Value> = deleted
+    let data: Vec<Value> = answer
         .results
         .into_iter()
         .map(|result| match result.status.as_str() {
@@ -274,12 +295,23 @@ async fn delete_documents(
                 "_collection": collection, "_id": result.id, "status": "ERROR",
                 "error": {"type": "InvalidInput", "message": result.reason},
             }),
+            "not_found" if patch => json!({
+                "_collection": collection, "_id": result.id, "status": "ERROR",
+                "error": {"type": "NotFound", "message": "no document has this _id"},
+            }),
             _ => json!({
-                "_collection": collection, "_id": result.id, "status": "DELETED", "error": null,
+                "_collection": collection, "_id": result.id,
+                "status": if patch { "PATCHED" } else { "DELETED" }, "error": null,
             }),
         })
         .collect();
     Ok((status, Json(json!({ "data": data }))).into_response())
+}
+
+/// The per-document results of a tailer's delete or patch answer.
+#[derive(Deserialize)]
+struct DocResults {
+    results: Vec<DocResult>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,16 +47,27 @@ pub struct DeleteResponse {
     /// write of an older version arriving later stays deleted).
     pub not_found: usize,
     /// One per element of the request, in order.
-    pub results: Vec<DeleteResult>,
+    pub results: Vec<DocResult>,
 }
 
-/// What became of one `_id` of a delete.
+/// The answer to `PATCH /v1/collections/{name}/docs`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PatchResponse {
+    /// Documents patched (every operation of their patch applied).
+    pub patched: usize,
+    /// `_id`s no copy held: nothing to patch.
+    pub not_found: usize,
+    /// One per element of the request, in order.
+    pub results: Vec<DocResult>,
+}
+
+/// What became of one `_id` of a delete or a patch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeleteResult {
+pub struct DocResult {
     /// The `_id` as sent (`null` if the element had none).
     #[serde(rename = "_id")]
     pub id: Option<String>,
-    /// `deleted`, `not_found` or `error`.
+    /// `deleted` (or `patched`), `not_found` or `error`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -26,6 +26,7 @@
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 //! - [`metastore`]: the cluster's shared state (a file, or etcd) and watch caches of it.
 //! - [`files`]: JSON state files replaced atomically, owner-only.
+//! - [`patch`]: JSON Patch (and `increment`) applied to one document, all or nothing.
 //! - [`versions`]: the hybrid clock that orders versions of a document on every copy.
 //! - [`probes`]: `/livez` and `/readyz`.
 //! - [`shutdown`]: the signal, the HTTP server until then, the grace period's deadline.
@@ -46,6 +47,7 @@ pub mod memory_leaf;
 pub mod metastore;
 pub mod metrics;
 pub mod names;
+pub mod patch;
 pub mod placement;
 pub mod plan;
 pub mod probes;

@@ -72,7 +72,7 @@ pub const MAX_PUT_BYTES: usize = 256 << 20;
 pub const PUT_BATCH_BYTES: usize = 32 << 20;
 
 /// Carried in the DoPut descriptor: where the batch goes and what source it came from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PutHeader {
     pub collection: String,
     /// The collection's incarnation ([`crate::collection::CollectionSpec::incarnation`]).
@@ -105,6 +105,13 @@ pub struct PutHeader {
     /// arrival wins), as writers before versions sent.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u64,
+    /// The rows are patches, not documents: each row's JSON is an array of
+    /// operations ([`crate::patch`]) for the document with its `_id`. The copy
+    /// sent it applies each to the document it holds, all or nothing, stores
+    /// the results (in [`PutAck::patched`]) with a version newer than the
+    /// documents had, and the writer sends them on to the other copies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patch: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -139,6 +146,30 @@ pub struct PutAck {
     /// (their tombstone is stored all the same).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<u32>,
+    /// A patch put ([`PutHeader::patch`]): the documents as patched and stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patched: Option<PatchedDocs>,
+}
+
+/// The documents a patch put changed, as the copy that applied it stored
+/// them: the writer sends them to the shard's other copies with `version`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PatchedDocs {
+    /// The version of every one of them: newer than any they replaced.
+    pub version: u64,
+    /// One per patched `_id` (a document patched by several rows of the put
+    /// once, as the last left it).
+    pub docs: Vec<PatchedDoc>,
+    /// Rows of the put, by index, that were applied.
+    pub rows: Vec<u32>,
+}
+
+/// A patched document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PatchedDoc {
+    pub id: String,
+    pub event_time_us: i64,
+    pub doc_json: String,
 }
 
 /// A row of a put the leaf refused.
@@ -850,6 +881,7 @@ impl LeafApi for LeafClient {
                 ack.skipped += part.skipped;
                 ack.rejected.extend(part.rejected);
                 ack.missing.extend(part.missing);
+                ack.patched = part.patched.or(ack.patched);
             }
             Ok(ack)
         })

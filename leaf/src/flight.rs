@@ -217,6 +217,7 @@ impl FlightService for LeafService {
                     shard: header.shard,
                     epoch: header.epoch,
                     version: header.version,
+                    patch: header.patch,
                 },
                 meta,
                 header.sources,

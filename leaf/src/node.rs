@@ -16,7 +16,7 @@ use altdb_common::versions::RangeDigest;
 use tokio::sync::watch;
 
 use crate::config::LeafConfig;
-use crate::error::Result;
+use crate::error::{LeafError, Result};
 use crate::exec::fragment::KeptFragments;
 use crate::incarnation::{CollectionState, Creation};
 use crate::placement::{Follower, COPY_PAGE_BYTES};
@@ -35,6 +35,8 @@ pub struct WriteTo {
     pub shard: u32,
     pub epoch: u64,
     pub version: u64,
+    /// The rows are patches ([`Shard::patch`]).
+    pub patch: bool,
 }
 
 /// All shards of all collections on this leaf.
@@ -391,6 +393,7 @@ impl Leaf {
             shard,
             epoch,
             version,
+            patch,
         } = to;
         // Held until the rows are stored (see `placement`: a copy starting
         // waits for writes checked against an older placement).
@@ -404,6 +407,14 @@ impl Leaf {
                 self.follow_placement(&collection, &placement, &mine)
                     .await?;
                 if mine.get(&shard) == Some(&CopyState::Joining) {
+                    if patch {
+                        // A copy catching up may lack the document's latest
+                        // version: patches are applied by ready copies.
+                        return Err(LeafError::NotOwner(format!(
+                            "this copy of shard {shard} of `{collection}` is catching up and \
+                             applies no patches; a ready copy does"
+                        )));
+                    }
                     follower
                         .begin_join(self, &collection, &placement, shard)
                         .await;
@@ -416,8 +427,14 @@ impl Leaf {
             state.serve(&collection, incarnation, shard)
         })?;
         let shard = self.shard_or_create(&collection, shard);
-        let ack = tokio::task::spawn_blocking(move || shard.write(&meta, &sources, docs, version))
-            .await?;
+        let ack = tokio::task::spawn_blocking(move || {
+            if patch {
+                shard.patch(&meta, docs, version)
+            } else {
+                shard.write(&meta, &sources, docs, version)
+            }
+        })
+        .await?;
         self.metrics.observe(
             "altdb_leaf_write_duration_seconds",
             "Time to store a pushed batch durably (RocksDB WAL) and make it queryable.",

@@ -17,7 +17,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
 
-use altdb_common::api::{DeleteResponse, DeleteResult, RejectedDoc, WriteResponse, SPEC_HEADER};
+use altdb_common::api::{
+    DeleteResponse, DocResult, PatchResponse, RejectedDoc, WriteResponse, SPEC_HEADER,
+};
 use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
 use altdb_common::document::DocLimits;
@@ -27,7 +29,7 @@ use altdb_common::rpc::PutRow;
 
 use crate::catalog::CatalogClient;
 use crate::error::{Result, TailerError};
-use crate::pusher::Pusher;
+use crate::pusher::{PushOutcome, Pusher};
 use crate::shape::{Record, RecordError, Shaped, Shaper};
 
 /// Shared state of the write API.
@@ -57,7 +59,7 @@ pub fn router(
     Router::new()
         .route(
             "/v1/collections/{name}/docs",
-            post(write_docs).delete(delete_docs),
+            post(write_docs).delete(delete_docs).patch(patch_docs),
         )
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
@@ -322,7 +324,7 @@ async fn delete_docs(
         )));
     }
     let now_us = chrono::Utc::now().timestamp_micros();
-    let mut results: Vec<DeleteResult> = Vec::with_capacity(elements.len());
+    let mut results: Vec<DocResult> = Vec::with_capacity(elements.len());
     let mut rows = Vec::new();
     let mut indexes = Vec::new();
     for (index, element) in elements.iter().enumerate() {
@@ -340,13 +342,13 @@ async fn delete_docs(
                     doc_json: String::new(),
                     delete: true,
                 });
-                results.push(DeleteResult {
+                results.push(DocResult {
                     id: Some(id),
                     status: "deleted".into(),
                     reason: None,
                 });
             }
-            _ => results.push(DeleteResult {
+            _ => results.push(DocResult {
                 id: None,
                 status: "error".into(),
                 reason: Some(format!(
@@ -356,20 +358,7 @@ async fn delete_docs(
         }
     }
     let outcome = api.pusher.push(&spec, &[], &rows).await;
-    for (position, (index, row)) in indexes.into_iter().zip(&rows).enumerate() {
-        let result = &mut results[index];
-        if let Some((shard, reason)) = outcome.failure_of(&spec, row) {
-            result.status = "error".into();
-            result.reason = Some(format!(
-                "not deleted: shard {shard} is unavailable ({reason}); retry this delete"
-            ));
-        } else if let Some(reason) = outcome.rejected.get(&position) {
-            result.status = "error".into();
-            result.reason = Some(reason.clone());
-        } else if outcome.missing.contains(&position) {
-            result.status = "not_found".into();
-        }
-    }
+    settle(&spec, &outcome, &indexes, &rows, &mut results, "delete");
     let count = |status: &str| results.iter().filter(|r| r.status == status).count();
     let response = DeleteResponse {
         deleted: count("deleted"),
@@ -381,6 +370,123 @@ async fn delete_docs(
         "Documents deleted through the HTTP delete API.",
         &[("collection", name.as_str())],
         response.deleted as f64,
+    );
+    let status = if outcome.failed_shards.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+/// Marks in `results` (by `indexes`, one per row pushed) the rows a push
+/// did not carry out: their shard failed, a leaf refused them (`error`), or
+/// their `_id` was not held (`not_found`).
+fn settle(
+    spec: &CollectionSpec,
+    outcome: &PushOutcome,
+    indexes: &[usize],
+    rows: &[PutRow],
+    results: &mut [DocResult],
+    verb: &str,
+) {
+    for (position, (&index, row)) in indexes.iter().zip(rows).enumerate() {
+        let result = &mut results[index];
+        if let Some((shard, reason)) = outcome.failure_of(spec, row) {
+            result.status = "error".into();
+            result.reason = Some(format!(
+                "not done: shard {shard} is unavailable ({reason}); retry this {verb}"
+            ));
+        } else if let Some(reason) = outcome.rejected.get(&position) {
+            result.status = "error".into();
+            result.reason = Some(reason.clone());
+        } else if outcome.missing.contains(&position) {
+            result.status = "not_found".into();
+        }
+    }
+}
+
+/// Most documents one patch request may change.
+pub const MAX_PATCH_DOCS: usize = 10_000;
+
+/// `PATCH /v1/collections/{name}/docs` with `[{"_id": .., "patch": [ops]}, ..]`:
+/// JSON Patch operations (and `increment`) applied to each document by a copy
+/// of its shard that holds it, all or nothing per document; the result is
+/// stored on every copy like a write. The answer says per element whether it
+/// was patched, not found, or why not (a failed `test`, a bad path).
+async fn patch_docs(
+    State(api): State<WriteApi>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let spec = written_spec(&api, &name, &headers).await?;
+    let body = decoded_body(&headers, body, api.max_write_bytes)?;
+    let usage = "a patch takes a JSON array of objects with an `_id` and a `patch` (an array of \
+                 operations), like [{\"_id\": \"a\", \"patch\": [{\"op\": \"replace\", \
+                 \"path\": \"/n\", \"value\": 1}]}]";
+    let elements: Vec<serde_json::Value> = serde_json::from_slice(&body)
+        .map_err(|e| TailerError::InvalidRequest(format!("{usage}: {e}")))?;
+    if elements.len() > MAX_PATCH_DOCS {
+        return Err(TailerError::InvalidRequest(format!(
+            "{} elements in one patch; send at most {MAX_PATCH_DOCS} per request",
+            elements.len()
+        )));
+    }
+    let mut results: Vec<DocResult> = Vec::with_capacity(elements.len());
+    let mut rows = Vec::new();
+    let mut indexes = Vec::new();
+    for (index, element) in elements.iter().enumerate() {
+        let object = element.as_object();
+        let id = object
+            .and_then(|o| o.get("_id"))
+            .and_then(altdb_common::document::id_from_value)
+            .filter(|id| !id.is_empty());
+        let ops = object.and_then(|o| o.get("patch")).map(|ops| {
+            altdb_common::patch::parse(ops).map(|_| ops.to_string())
+        });
+        let (id, ops) = match (id, ops) {
+            (Some(id), Some(Ok(ops))) => (id, ops),
+            (id, ops) => {
+                let reason = match ops {
+                    Some(Err(error)) => format!("element {index}: {error}"),
+                    _ => format!("element {index}: {usage}"),
+                };
+                results.push(DocResult {
+                    id,
+                    status: "error".into(),
+                    reason: Some(reason),
+                });
+                continue;
+            }
+        };
+        indexes.push(index);
+        rows.push(PutRow {
+            id: id.clone(),
+            event_time_us: 0,
+            position: None,
+            doc_json: ops,
+            delete: false,
+        });
+        results.push(DocResult {
+            id: Some(id),
+            status: "patched".into(),
+            reason: None,
+        });
+    }
+    let outcome = api.pusher.patch(&spec, &rows).await;
+    settle(&spec, &outcome, &indexes, &rows, &mut results, "patch");
+    let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+    let response = PatchResponse {
+        patched: count("patched"),
+        not_found: count("not_found"),
+        results,
+    };
+    api.metrics.add(
+        "altdb_tailer_http_patched_total",
+        "Documents patched through the HTTP patch API.",
+        &[("collection", name.as_str())],
+        response.patched as f64,
     );
     let status = if outcome.failed_shards.is_empty() {
         StatusCode::OK

@@ -14,8 +14,10 @@ use altdb_common::metastore::{Metastore, Precondition};
 use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
-    put_batch, LeafClient, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark, PUT_BATCH_BYTES,
+    put_batch, LeafClient, PutAck, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark,
+    PUT_BATCH_BYTES,
 };
+use arrow::record_batch::RecordBatch;
 use altdb_common::versions::VersionClock;
 
 use crate::error::{Result, TailerError};
@@ -321,121 +323,284 @@ impl Pusher {
             .collect();
         let chunks = put_chunks(&rows, self.batch_rows, PUT_BATCH_BYTES);
         let last = chunks.len() - 1;
-        let mut rejected = BTreeMap::new();
-        let mut missing = Vec::new();
+        let mut done = ShardDone::default();
         for (i, chunk) in chunks.into_iter().enumerate() {
             let mut header = PutHeader {
-                collection: spec.name.clone(),
-                incarnation: spec.incarnation,
-                shard,
                 sources: if i == last {
                     sources.to_vec()
                 } else {
                     positions_only.clone()
                 },
-                text_fields: spec.text_fields.clone(),
-                max_fields: Some(spec.max_fields),
-                retention_secs: spec.retention().map(|d| d.as_secs()),
-                epoch: 0,
                 // The same on every copy, and on a retry of this chunk.
                 version: self.versions.next(),
+                ..put_header(spec, shard)
             };
             let refs: Vec<&PutRow> = chunk.iter().map(|(_, row)| *row).collect();
             let batch = put_batch(&refs).map_err(PushError::Encode)?;
-            let mut writers = self.writers(spec, shard, None).await?;
-            // A copy saying the placement moved on: the chunk goes once more to
-            // every copy the newer placement names (a copy that stored it
-            // already stores the same rows again).
+            let acks = self
+                .replicate(spec, shard, &mut header, &batch, None)
+                .await?;
             // Deletes of `_id`s no copy that stored the chunk held.
             let mut missing_everywhere: Option<std::collections::BTreeSet<u32>> = None;
-            for attempt in 0..2 {
-                header.epoch = writers.placement.as_ref().map_or(0, |p| p.epoch);
-                let results = join_all(writers.copies.iter().map(|copy| {
-                    let (batch, header) = (batch.clone(), &header);
-                    async move {
-                        let Some(client) = &copy.client else {
-                            return Err(PushError::NotRegistered {
-                                leaf: copy.leaf.clone(),
-                            });
-                        };
-                        client
-                            .put(header, batch)
-                            .await
-                            .map_err(|error| PushError::Leaf {
-                                url: client.url().to_string(),
-                                error,
-                            })
-                    }
-                }))
-                .await;
-                let stale = results.iter().any(
-                    |r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()),
-                );
-                if stale && attempt == 0 {
-                    let epoch = header.epoch;
-                    writers = self.writers(spec, shard, Some(epoch)).await?;
-                    continue;
-                }
-                let mut missed = Vec::new();
-                let mut failures = Vec::new();
-                let mut stored_ready = 0;
-                missing_everywhere = None;
-                for (copy, result) in writers.copies.iter().zip(results) {
-                    match result {
-                        Ok(ack) => {
-                            stored_ready += u32::from(copy.ready);
-                            let here = ack.missing.into_iter().collect();
-                            missing_everywhere = Some(match missing_everywhere {
-                                None => here,
-                                Some(before) => before.intersection(&here).copied().collect(),
-                            });
-                            // A row any copy refused is reported refused.
-                            for refused in ack.rejected {
-                                if let Some((index, _)) = chunk.get(refused.row as usize) {
-                                    rejected.insert(*index, refused.reason);
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            missed.push(copy.leaf.clone());
-                            failures.push(error);
-                        }
+            for ack in acks {
+                let here = ack.missing.into_iter().collect();
+                missing_everywhere = Some(match missing_everywhere {
+                    None => here,
+                    Some(before) => before.intersection(&here).copied().collect(),
+                });
+                // A row any copy refused is reported refused.
+                for refused in ack.rejected {
+                    if let Some((index, _)) = chunk.get(refused.row as usize) {
+                        done.rejected.insert(*index, refused.reason);
                     }
                 }
-                let Some(placement) = &writers.placement else {
-                    // Without a metastore, no copy can be marked behind:
-                    // every copy must store the write.
-                    if let Some(error) = failures.into_iter().next() {
-                        return Err(error);
-                    }
-                    break;
-                };
-                let needed = spec.write_quorum();
-                if stored_ready < needed {
-                    return Err(PushError::NoQuorum {
-                        shard,
-                        stored: stored_ready,
-                        needed,
-                        copies: writers.copies.iter().filter(|c| c.ready).count(),
-                        failures: failures.iter().map(ToString::to_string).collect(),
-                    });
-                }
-                if !missed.is_empty() {
-                    self.mark_behind(spec, shard, placement, &missed).await?;
-                }
-                break;
             }
-            for row in missing_everywhere.take().into_iter().flatten() {
+            for row in missing_everywhere.into_iter().flatten() {
                 if let Some((index, _)) = chunk.get(row as usize) {
-                    missing.push(*index);
+                    done.missing.push(*index);
                 }
             }
         }
-        Ok(ShardDone { rejected, missing })
+        Ok(done)
+    }
+
+    /// Applies patches by `_id` (each row's JSON is an array of operations,
+    /// [`altdb_common::patch`]): a ready copy of each shard applies them to
+    /// the documents it holds, all or nothing per row, and the documents it
+    /// stored go to the shard's other copies as versioned writes, acknowledged
+    /// like any write (the write quorum, copies that missed them marked
+    /// behind). Rows whose `_id` no copy holds are [`PushOutcome::missing`];
+    /// rows whose patch does not apply are [`PushOutcome::rejected`].
+    pub async fn patch(&self, spec: &CollectionSpec, rows: &[PutRow]) -> PushOutcome {
+        let mut by_shard: BTreeMap<u32, Vec<(usize, &PutRow)>> = BTreeMap::new();
+        for (index, row) in rows.iter().enumerate() {
+            by_shard
+                .entry(Self::shard_of(spec, row))
+                .or_default()
+                .push((index, row));
+        }
+        let patches = by_shard.into_iter().map(|(shard, rows)| async move {
+            (shard, self.patch_shard(spec, shard, rows).await)
+        });
+        let mut outcome = PushOutcome::default();
+        for (shard, result) in join_all(patches).await {
+            match result {
+                Ok(done) => {
+                    outcome.rejected.extend(done.rejected);
+                    outcome.missing.extend(done.missing);
+                }
+                Err(error) => {
+                    outcome.failed_shards.insert(shard, error);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn patch_shard(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        rows: Vec<(usize, &PutRow)>,
+    ) -> Result<ShardDone, PushError> {
+        let mut done = ShardDone::default();
+        for chunk in put_chunks(&rows, self.batch_rows, PUT_BATCH_BYTES) {
+            let refs: Vec<&PutRow> = chunk.iter().map(|(_, row)| *row).collect();
+            let batch = put_batch(&refs).map_err(PushError::Encode)?;
+            let mut header = PutHeader {
+                version: self.versions.next(),
+                patch: true,
+                ..put_header(spec, shard)
+            };
+            let (ack, applied_on) = self.apply_patches(spec, shard, &mut header, batch).await?;
+            for refused in ack.rejected {
+                if let Some((index, _)) = chunk.get(refused.row as usize) {
+                    done.rejected.insert(*index, refused.reason);
+                }
+            }
+            for row in ack.missing {
+                if let Some((index, _)) = chunk.get(row as usize) {
+                    done.missing.push(*index);
+                }
+            }
+            let Some(patched) = ack.patched.filter(|p| !p.docs.is_empty()) else {
+                continue;
+            };
+            let results: Vec<PutRow> = patched
+                .docs
+                .into_iter()
+                .map(|doc| PutRow {
+                    id: doc.id,
+                    event_time_us: doc.event_time_us,
+                    position: None,
+                    doc_json: doc.doc_json,
+                    delete: false,
+                })
+                .collect();
+            let refs: Vec<&PutRow> = results.iter().collect();
+            let batch = put_batch(&refs).map_err(PushError::Encode)?;
+            let mut header = PutHeader {
+                version: patched.version,
+                ..put_header(spec, shard)
+            };
+            self.replicate(spec, shard, &mut header, &batch, Some(&applied_on))
+                .await?;
+        }
+        Ok(done)
+    }
+
+    /// Sends a put of patches to the first ready copy of `shard` that
+    /// answers: its ack and the copy (a copy unreachable or catching up
+    /// passes them to the next).
+    async fn apply_patches(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        header: &mut PutHeader,
+        batch: RecordBatch,
+    ) -> Result<(PutAck, String), PushError> {
+        let mut writers = self.writers(spec, shard, None).await?;
+        let mut failures = Vec::new();
+        for attempt in 0..2 {
+            header.epoch = writers.placement.as_ref().map_or(0, |p| p.epoch);
+            let mut stale = false;
+            for copy in writers.copies.iter().filter(|c| c.ready) {
+                let Some(client) = &copy.client else {
+                    failures.push(format!("leaf {} is not registered (down?)", copy.leaf));
+                    continue;
+                };
+                match client.put(header, batch.clone()).await {
+                    Ok(ack) => return Ok((ack, copy.leaf.clone())),
+                    Err(error) if error.is_not_owner() => {
+                        stale = true;
+                        failures.push(format!("leaf {}: {error}", client.url()));
+                    }
+                    Err(error) if error.is_unavailable() => {
+                        failures.push(format!("leaf {}: {error}", client.url()));
+                    }
+                    Err(error) => {
+                        return Err(PushError::Leaf {
+                            url: client.url().to_string(),
+                            error,
+                        })
+                    }
+                }
+            }
+            if !(stale && attempt == 0) {
+                break;
+            }
+            writers = self.writers(spec, shard, Some(header.epoch)).await?;
+        }
+        Err(PushError::NoPatcher { shard, failures })
+    }
+
+    /// Sends a put to every copy of `shard` that takes writes and returns the
+    /// acks of those that stored it, once enough did (the collection's write
+    /// quorum; every copy without a metastore) and the copies that missed it
+    /// are marked behind. `stored_on`: a copy that stored it already (the
+    /// one that applied patches), counted and not sent to again. A copy
+    /// saying the placement moved on: the put goes once more to every copy
+    /// the newer placement names (a copy that stored it stores the same rows
+    /// again).
+    async fn replicate(
+        &self,
+        spec: &CollectionSpec,
+        shard: u32,
+        header: &mut PutHeader,
+        batch: &RecordBatch,
+        stored_on: Option<&str>,
+    ) -> Result<Vec<PutAck>, PushError> {
+        let mut writers = self.writers(spec, shard, None).await?;
+        for attempt in 0..2 {
+            header.epoch = writers.placement.as_ref().map_or(0, |p| p.epoch);
+            let results = join_all(writers.copies.iter().map(|copy| {
+                let header = &*header;
+                async move {
+                    if stored_on == Some(copy.leaf.as_str()) {
+                        return Ok(None);
+                    }
+                    let Some(client) = &copy.client else {
+                        return Err(PushError::NotRegistered {
+                            leaf: copy.leaf.clone(),
+                        });
+                    };
+                    client
+                        .put(header, batch.clone())
+                        .await
+                        .map(Some)
+                        .map_err(|error| PushError::Leaf {
+                            url: client.url().to_string(),
+                            error,
+                        })
+                }
+            }))
+            .await;
+            let stale = results.iter().any(
+                |r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()),
+            );
+            if stale && attempt == 0 {
+                writers = self.writers(spec, shard, Some(header.epoch)).await?;
+                continue;
+            }
+            let mut acks = Vec::new();
+            let mut missed = Vec::new();
+            let mut failures = Vec::new();
+            let mut stored_ready = 0;
+            for (copy, result) in writers.copies.iter().zip(results) {
+                match result {
+                    Ok(ack) => {
+                        stored_ready += u32::from(copy.ready);
+                        acks.extend(ack);
+                    }
+                    Err(error) => {
+                        missed.push(copy.leaf.clone());
+                        failures.push(error);
+                    }
+                }
+            }
+            let Some(placement) = &writers.placement else {
+                // Without a metastore, no copy can be marked behind: every
+                // copy must store the write.
+                return match failures.into_iter().next() {
+                    Some(error) => Err(error),
+                    None => Ok(acks),
+                };
+            };
+            let needed = spec.write_quorum();
+            if stored_ready < needed {
+                return Err(PushError::NoQuorum {
+                    shard,
+                    stored: stored_ready,
+                    needed,
+                    copies: writers.copies.iter().filter(|c| c.ready).count(),
+                    failures: failures.iter().map(ToString::to_string).collect(),
+                });
+            }
+            if !missed.is_empty() {
+                self.mark_behind(spec, shard, placement, &missed).await?;
+            }
+            return Ok(acks);
+        }
+        unreachable!("the second attempt returns")
+    }
+}
+
+/// The header of a put to `shard` of `spec`: the collection's settings the
+/// leaf keeps; the caller sets the version, sources and kind.
+fn put_header(spec: &CollectionSpec, shard: u32) -> PutHeader {
+    PutHeader {
+        collection: spec.name.clone(),
+        incarnation: spec.incarnation,
+        shard,
+        text_fields: spec.text_fields.clone(),
+        max_fields: Some(spec.max_fields),
+        retention_secs: spec.retention().map(|d| d.as_secs()),
+        ..PutHeader::default()
     }
 }
 
 /// What a shard's copies said of the rows they stored.
+#[derive(Default)]
 struct ShardDone {
     /// Rows refused, by index in the push, and why.
     rejected: BTreeMap<usize, String>,
@@ -522,6 +687,11 @@ pub enum PushError {
          metastore ({error}): not acknowledged, retry"
     )]
     NotMarked { shard: u32, error: String },
+    #[error(
+        "no ready copy of shard {shard} could apply the patches ({}): nothing changed, retry",
+        failures.join("; ")
+    )]
+    NoPatcher { shard: u32, failures: Vec<String> },
 }
 
 #[cfg(test)]

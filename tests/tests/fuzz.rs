@@ -484,6 +484,7 @@ fn tickets() {
                     shard,
                     epoch: 0,
                     version: 0,
+                    patch: false,
                 },
                 Default::default(),
                 Vec::new(),

@@ -59,6 +59,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             retention_secs: None,
             epoch: 0,
             version: 0,
+            patch: false,
         };
         let put = runtime.block_on(leaf.put(&header, put_batch(&[])?));
         assert!(put.expect_err(name).is_invalid_argument(), "{name}");
@@ -302,6 +303,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
         retention_secs: None,
         epoch: 0,
         version: 0,
+        patch: false,
     };
     match runtime.block_on(stranger.put(&header, put_batch(&[])?)) {
         Err(altdb_common::rpc::RpcError::Status(status)) => refused(status),
@@ -539,6 +541,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
         retention_secs: None,
         epoch: 0,
         version: 0,
+        patch: false,
     };
     let refs: Vec<&altdb_common::rpc::PutRow> = rows.iter().collect();
     let error = runtime
@@ -695,6 +698,7 @@ fn put_one(
         retention_secs: None,
         epoch: 0,
         version: 0,
+        patch: false,
     };
     runtime.block_on(leaf.put(&header, put_batch(&[&row]).expect("a batch")))
 }

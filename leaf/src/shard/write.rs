@@ -6,13 +6,14 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use altdb_common::document::flatten;
-use altdb_common::rpc::{PutAck, PutRow, RejectedRow, RowPosition, SourceMark};
+use altdb_common::patch::{self, PatchOp};
+use altdb_common::rpc::{PatchedDoc, PatchedDocs, PutAck, PutRow, RejectedRow, RowPosition, SourceMark};
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
 use crate::store::CollectionMeta;
 
-use super::Shard;
+use super::{Shard, ShardState};
 
 fn parse_row(doc: &PutRow) -> Result<FlatRow> {
     let body: serde_json::Map<String, Value> =
@@ -64,8 +65,145 @@ impl Shard {
         Ok(self.store_rows(meta, &[], docs, versions, true)?.written)
     }
 
+    /// Applies a put of patches ([`PutHeader::patch`]): each row's JSON is
+    /// the operations for the document with its `_id`, applied to what this
+    /// copy holds, all or nothing per row, in row order, under the shard's
+    /// lock (a concurrent write or patch of the same `_id` comes before or
+    /// after, never between). The results are stored with one version newer
+    /// than `version` and than every document they replace, and returned
+    /// ([`PutAck::patched`]) for the shard's other copies. Rows whose `_id`
+    /// this copy does not hold are [`PutAck::missing`]; rows whose patch does
+    /// not apply are [`PutAck::rejected`] with the reason. Blocking.
+    ///
+    /// [`PutHeader::patch`]: altdb_common::rpc::PutHeader::patch
+    pub fn patch(&self, meta: &CollectionMeta, rows: Vec<PutRow>, version: u64) -> Result<PutAck> {
+        let ops: Vec<std::result::Result<Vec<PatchOp>, String>> = rows
+            .iter()
+            .map(|row| {
+                let value: Value = serde_json::from_str(&row.doc_json).map_err(|e| {
+                    format!("the patch of `{}` is not JSON: {e}", row.id)
+                })?;
+                patch::parse(&value).map_err(|e| e.0)
+            })
+            .collect();
+        let mut state = self.lock();
+        let mut ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let held = self.store.get_docs(&self.collection, self.shard, &ids)?;
+        let newest = held.iter().map(|d| d.version).max().unwrap_or(0);
+        let mut current: HashMap<String, (i64, serde_json::Map<String, Value>)> = HashMap::new();
+        for doc in held {
+            let body = serde_json::from_slice::<Value>(&doc.json)
+                .ok()
+                .and_then(|v| match v {
+                    Value::Object(map) => Some(map),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    LeafError::Segment(format!("stored document `{}` is not a JSON object", doc.id))
+                })?;
+            current.insert(doc.id, (doc.event_time_us, body));
+        }
+        let mut ack = PutAck::default();
+        let mut applied = Vec::new();
+        let mut changed: Vec<String> = Vec::new();
+        for (index, (row, ops)) in rows.iter().zip(ops).enumerate() {
+            let ops = match ops {
+                Ok(ops) => ops,
+                Err(reason) => {
+                    ack.rejected.push(RejectedRow {
+                        row: index as u32,
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            let Some((_, doc)) = current.get_mut(&row.id) else {
+                ack.missing.push(index as u32);
+                continue;
+            };
+            match patch::apply(doc, &ops) {
+                Ok(()) => {
+                    applied.push(index as u32);
+                    if !changed.contains(&row.id) {
+                        changed.push(row.id.clone());
+                    }
+                }
+                Err(error) => ack.rejected.push(RejectedRow {
+                    row: index as u32,
+                    reason: format!("`{}` not patched: {error}", row.id),
+                }),
+            }
+        }
+        if changed.is_empty() {
+            return Ok(ack);
+        }
+        let version = version.max(newest.saturating_add(1));
+        let docs: Vec<PatchedDoc> = changed
+            .into_iter()
+            .map(|id| {
+                let (event_time_us, body) = current.remove(&id).expect("a patched document");
+                PatchedDoc {
+                    id,
+                    event_time_us,
+                    doc_json: Value::Object(body).to_string(),
+                }
+            })
+            .collect();
+        let puts: Vec<PutRow> = docs
+            .iter()
+            .map(|doc| PutRow {
+                id: doc.id.clone(),
+                event_time_us: doc.event_time_us,
+                position: None,
+                doc_json: doc.doc_json.clone(),
+                delete: false,
+            })
+            .collect();
+        let versions = vec![version; puts.len()];
+        let stored = self.store_locked(&mut state, meta, &[], puts, &versions, false)?;
+        // A result the shard refused (over `max_fields`, expired) is refused
+        // for every row that patched its document.
+        let mut refused = HashMap::new();
+        for rejection in stored.rejected {
+            refused.insert(docs[rejection.row as usize].id.clone(), rejection.reason);
+        }
+        let (kept, dropped): (Vec<u32>, Vec<u32>) = applied
+            .into_iter()
+            .partition(|&row| !refused.contains_key(&rows[row as usize].id));
+        for row in dropped {
+            let reason = refused[&rows[row as usize].id].clone();
+            ack.rejected.push(RejectedRow { row, reason });
+        }
+        ack.rejected.sort_by_key(|r| r.row);
+        ack.written = stored.written;
+        ack.patched = Some(PatchedDocs {
+            version,
+            docs: docs
+                .into_iter()
+                .filter(|doc| !refused.contains_key(&doc.id))
+                .collect(),
+            rows: kept,
+        });
+        Ok(ack)
+    }
+
     fn store_rows(
         &self,
+        meta: &CollectionMeta,
+        sources: &[SourceMark],
+        docs: Vec<PutRow>,
+        versions: &[u64],
+        copied: bool,
+    ) -> Result<PutAck> {
+        let mut state = self.lock();
+        self.store_locked(&mut state, meta, sources, docs, versions, copied)
+    }
+
+    fn store_locked(
+        &self,
+        state: &mut ShardState,
         meta: &CollectionMeta,
         sources: &[SourceMark],
         docs: Vec<PutRow>,
@@ -88,7 +226,6 @@ impl Shard {
                 sources.len()
             )));
         }
-        let mut state = self.lock();
         let before: Vec<Option<u64>> = sources
             .iter()
             .map(|m| state.watermarks.get(&m.source).copied())
@@ -237,6 +374,7 @@ impl Shard {
                 skipped,
                 rejected,
                 missing,
+                patched: None,
             });
         }
         for (source, mark) in &advanced {
@@ -266,6 +404,7 @@ impl Shard {
             skipped,
             rejected,
             missing,
+            patched: None,
         })
     }
 }
@@ -627,5 +766,61 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn patches_apply_in_order_all_or_nothing_with_a_newer_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = new_shard(dir.path());
+        let meta = CollectionMeta::default();
+        shard
+            .write(
+                &meta,
+                &[],
+                vec![doc("a", None, r#"{"n": 1, "tags": ["x"]}"#), doc("b", None, r#"{"n": 5}"#)],
+                40,
+            )
+            .unwrap();
+        let patch = |id: &str, ops: &str| PutRow {
+            doc_json: ops.into(),
+            ..doc(id, None, "")
+        };
+        // The tailer's version (10) is older than what `a` and `b` hold (40):
+        // the results get a newer one, so every copy keeps them.
+        let ack = shard
+            .patch(
+                &meta,
+                vec![
+                    patch("a", r#"[{"op": "increment", "path": "/n", "value": 2}]"#),
+                    patch("a", r#"[{"op": "add", "path": "/tags/-", "value": "y"}]"#),
+                    patch("b", r#"[{"op": "test", "path": "/n", "value": 6}, {"op": "remove", "path": "/n"}]"#),
+                    patch("zz", r#"[{"op": "remove", "path": "/n"}]"#),
+                    patch("a", r#"{"op": "remove"}"#),
+                ],
+                10,
+            )
+            .unwrap();
+        let patched = ack.patched.unwrap();
+        assert_eq!(patched.version, 41);
+        assert_eq!(patched.rows, [0, 1]);
+        assert_eq!(patched.docs.len(), 1);
+        assert_eq!(
+            serde_json::from_str::<Value>(&patched.docs[0].doc_json).unwrap(),
+            serde_json::json!({"n": 3, "tags": ["x", "y"]})
+        );
+        assert_eq!(ack.missing, [3]);
+        let reasons: Vec<(u32, &str)> =
+            ack.rejected.iter().map(|r| (r.row, r.reason.as_str())).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].0 == 2 && reasons[0].1.contains("test failed"), "{reasons:?}");
+        assert!(reasons[1].0 == 4 && reasons[1].1.contains("array of operations"), "{reasons:?}");
+        // Stored with its version: an older write loses to it, and `b` is unchanged.
+        let held = shard.documents(&["a".into(), "b".into()]).unwrap();
+        assert_eq!(held[0].fields, [("n".to_string(), serde_json::json!(3)), ("tags".to_string(), serde_json::json!(["x", "y"]))]);
+        assert_eq!(held[1].fields, [("n".to_string(), serde_json::json!(5))]);
+        let ack = shard
+            .write(&meta, &[], vec![doc("a", None, r#"{"n": 0}"#)], 40)
+            .unwrap();
+        assert_eq!(ack.skipped, 1);
     }
 }
