@@ -102,6 +102,7 @@ pub fn router(
             "/v1/collections/{name}/docs",
             post(write_docs).delete(delete_docs).patch(patch_docs),
         )
+        .route("/v1/collections/{name}/fences/check", post(check_fence))
         .merge(crate::access::routes::routes())
         .merge(crate::lambdas::routes())
         .merge(crate::rockset::routes())
@@ -682,6 +683,43 @@ async fn delete_docs(
         reqwest::Method::DELETE,
     )
     .await
+}
+
+/// The body of `POST /v1/collections/{name}/fences/check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FenceCheck {
+    fence: crate::fences::FenceArg,
+}
+
+/// `POST /v1/collections/{name}/fences/check` with `{"fence": <token>}`:
+/// whether every copy a query may read holds what the fence names now
+/// (`visible`), and if not, which copies lack what (`pending`). Answers at
+/// once; a query with `"options": {"fence": ..}` waits instead.
+async fn check_fence(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    principal.require_read(&name)?;
+    let request: FenceCheck = json_body(&body)?;
+    let fence = request.fence.fence()?;
+    if fence.collection != name {
+        return Err(AggregatorError::InvalidRequest(format!(
+            "the fence is of collection `{}`, not `{name}`: check it at \
+             /v1/collections/{}/fences/check",
+            fence.collection, fence.collection
+        )));
+    }
+    let pending = crate::fences::Fences::new(state.catalog.clone(), state.cluster.clone())
+        .check(&fence)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "visible": pending.is_empty(),
+        "pending": pending,
+    }))
+    .into_response())
 }
 
 /// `PATCH /v1/collections/{name}/docs`: `[{"_id": .., "patch": [ops]}, ..]`,

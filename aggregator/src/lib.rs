@@ -21,6 +21,7 @@ pub mod config;
 pub mod console;
 pub mod controller;
 pub mod error;
+pub mod fences;
 pub mod files;
 pub mod flight_sql;
 pub mod hedging;

@@ -232,7 +232,12 @@ async fn add_documents(
             }
         })
         .collect();
-    Ok((StatusCode::OK, Json(json!({ "data": data }))).into_response())
+    // Rockset's `last_offset` is what a read-your-writes fence is here.
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "data": data, "last_offset": written.fence })),
+    )
+        .into_response())
 }
 
 /// Rockset's delete: `{"data": [{"_id": ..}, ..]}` → per document

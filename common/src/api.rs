@@ -48,6 +48,11 @@ pub struct DeleteResponse {
     pub not_found: usize,
     /// One per element of the request, in order.
     pub results: Vec<DocResult>,
+    /// A read-your-writes fence for what was stored: a query with
+    /// `"options": {"fence": <it>}` answers once it sees all of it, through
+    /// any aggregator (absent when nothing was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<String>,
 }
 
 /// The answer to `PATCH /v1/collections/{name}/docs`.
@@ -59,6 +64,11 @@ pub struct PatchResponse {
     pub not_found: usize,
     /// One per element of the request, in order.
     pub results: Vec<DocResult>,
+    /// A read-your-writes fence for what was stored: a query with
+    /// `"options": {"fence": <it>}` answers once it sees all of it, through
+    /// any aggregator (absent when nothing was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<String>,
 }
 
 /// What became of one `_id` of a delete or a patch.
@@ -85,4 +95,9 @@ pub struct WriteResponse {
     /// Elements the collection's ingest transform filtered out (not errors).
     #[serde(default)]
     pub filtered: usize,
+    /// A read-your-writes fence for what was stored: a query with
+    /// `"options": {"fence": <it>}` answers once it sees all of it, through
+    /// any aggregator (absent when nothing was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<String>,
 }

@@ -26,6 +26,7 @@
 //! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
 //! - [`metastore`]: the cluster's shared state (a file, or etcd) and watch caches of it.
 //! - [`files`]: JSON state files replaced atomically, owner-only.
+//! - [`fence`]: read-your-writes fences: what a write reached, as a token a query waits for.
 //! - [`patch`]: JSON Patch (and `increment`) applied to one document, all or nothing.
 //! - [`versions`]: the hybrid clock that orders versions of a document on every copy.
 //! - [`probes`]: `/livez` and `/readyz`.
@@ -38,6 +39,7 @@ pub mod columns;
 pub mod config;
 pub mod document;
 pub mod error;
+pub mod fence;
 pub mod files;
 pub mod geo;
 pub mod health;

@@ -364,6 +364,7 @@ async fn delete_docs(
         deleted: count("deleted"),
         not_found: count("not_found"),
         results,
+        fence: fence_token(&outcome),
     };
     api.metrics.add(
         "altdb_tailer_http_deleted_total",
@@ -404,6 +405,11 @@ fn settle(
             result.status = "not_found".into();
         }
     }
+}
+
+/// The token of the fence of what a push stored (`None`: nothing).
+fn fence_token(outcome: &PushOutcome) -> Option<String> {
+    (!outcome.fence.versions.is_empty()).then(|| outcome.fence.token())
 }
 
 /// Most documents one patch request may change.
@@ -481,6 +487,7 @@ async fn patch_docs(
         patched: count("patched"),
         not_found: count("not_found"),
         results,
+        fence: fence_token(&outcome),
     };
     api.metrics.add(
         "altdb_tailer_http_patched_total",
@@ -533,6 +540,7 @@ async fn write_docs(
     }
     errors.sort_by_key(|e| e.index);
     response.written = response.ids.len();
+    response.fence = fence_token(&outcome);
     response.filtered = filtered;
     let labels = [("collection", name.as_str())];
     api.metrics.observe(

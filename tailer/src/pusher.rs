@@ -8,6 +8,7 @@ use futures::future::join_all;
 
 use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
+use altdb_common::fence::Fence;
 use altdb_common::metastore::membership::LeafDirectory;
 use altdb_common::metastore::watched::Watched;
 use altdb_common::metastore::{Metastore, Precondition};
@@ -57,6 +58,10 @@ pub struct PushOutcome {
     pub rejected: BTreeMap<usize, String>,
     /// Delete rows (by index) whose `_id` no copy that stored the delete held.
     pub missing: std::collections::BTreeSet<usize>,
+    /// What the push reached, for a read-your-writes fence: per shard that
+    /// stored rows, the highest version they were stored with, and the
+    /// placement's revision once copies that missed them were marked behind.
+    pub fence: Fence,
 }
 
 impl PushOutcome {
@@ -289,17 +294,41 @@ impl Pusher {
             let result = self.push_shard(spec, shard, sources, rows).await;
             (shard, result)
         });
-        let mut outcome = PushOutcome::default();
-        for (shard, result) in join_all(pushes).await {
+        self.outcome(spec, join_all(pushes).await)
+    }
+
+    /// The outcome of a push (or patch) from each shard's.
+    fn outcome(
+        &self,
+        spec: &CollectionSpec,
+        shards: Vec<(u32, Result<ShardDone, PushError>)>,
+    ) -> PushOutcome {
+        let mut outcome = PushOutcome {
+            fence: Fence {
+                collection: spec.name.clone(),
+                incarnation: Some(spec.incarnation),
+                ..Fence::default()
+            },
+            ..PushOutcome::default()
+        };
+        for (shard, result) in shards {
             match result {
                 Ok(done) => {
                     outcome.rejected.extend(done.rejected);
                     outcome.missing.extend(done.missing);
+                    if let Some(version) = done.version {
+                        outcome.fence.versions.insert(shard, version);
+                    }
                 }
                 Err(error) => {
                     outcome.failed_shards.insert(shard, error);
                 }
             }
+        }
+        // Read after every copy that missed a write was marked behind (and
+        // the watch saw it): a reader at this revision reads none of them.
+        if let Layout::Placed { placements, .. } = &*self.layout {
+            outcome.fence.revision = placements.revision();
         }
         outcome
     }
@@ -340,6 +369,9 @@ impl Pusher {
             let acks = self
                 .replicate(spec, shard, &mut header, &batch, None)
                 .await?;
+            if acks.iter().any(|ack| ack.written + ack.skipped > 0) {
+                done.version = done.version.max(Some(header.version));
+            }
             // Deletes of `_id`s no copy that stored the chunk held.
             let mut missing_everywhere: Option<std::collections::BTreeSet<u32>> = None;
             for ack in acks {
@@ -382,19 +414,7 @@ impl Pusher {
         let patches = by_shard.into_iter().map(|(shard, rows)| async move {
             (shard, self.patch_shard(spec, shard, rows).await)
         });
-        let mut outcome = PushOutcome::default();
-        for (shard, result) in join_all(patches).await {
-            match result {
-                Ok(done) => {
-                    outcome.rejected.extend(done.rejected);
-                    outcome.missing.extend(done.missing);
-                }
-                Err(error) => {
-                    outcome.failed_shards.insert(shard, error);
-                }
-            }
-        }
-        outcome
+        self.outcome(spec, join_all(patches).await)
     }
 
     async fn patch_shard(
@@ -445,6 +465,7 @@ impl Pusher {
             };
             self.replicate(spec, shard, &mut header, &batch, Some(&applied_on))
                 .await?;
+            done.version = done.version.max(Some(patched.version));
         }
         Ok(done)
     }
@@ -606,6 +627,8 @@ struct ShardDone {
     rejected: BTreeMap<usize, String>,
     /// Delete rows whose `_id` no copy held.
     missing: Vec<usize>,
+    /// The highest version rows were stored with (none stored: `None`).
+    version: Option<u64>,
 }
 
 /// Marks every one of `leaves`' copies of `shard` behind; whether any changed.

@@ -524,3 +524,127 @@ fn retention_hides_expired_documents_at_once_then_reclaims_their_segments() {
         .unwrap();
     assert_eq!(answer.body["written"], 1, "{}", answer.body);
 }
+
+#[test]
+fn fences_make_a_write_visible_through_another_aggregator_even_as_copies_fall_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path()).unwrap();
+    let mut cluster = Cluster::start(ClusterOptions {
+        leaves: 3,
+        metastore: Some(etcd.metastore_url("fences")),
+        env: vec![("ALTDB_ANTI_ENTROPY_SECS".into(), "0".into())],
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    let (_second, b) = cluster.start_aggregator("aggregator-b").unwrap();
+    cluster
+        .create_collection(json!({"name": "orders", "num_shards": 4, "replication": 2,
+                                  "write_quorum": 1}))
+        .unwrap();
+    let http = cluster.client();
+    let query_b = |sql: &str, options: Value| {
+        let response = http
+            .post(format!("{b}/v1/query"))
+            .json(&json!({"sql": sql, "options": options}))
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let write = |cluster: &Cluster, i: usize| -> String {
+        let answer = cluster
+            .post_json(
+                "/v1/collections/orders/docs",
+                &json!([{"_id": format!("o{i:03}"), "n": i}]),
+            )
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body["fence"].as_str().expect("a fence").to_string()
+    };
+    // B waits for B's view of the data to hold each write made through A.
+    for i in 0..30 {
+        if i == 10 {
+            // Leaf 1 misses writes: its copies are marked behind.
+            cluster.leaves[1].kill9();
+        }
+        if i == 20 {
+            // Back, catching up while writes go on: it must not be read
+            // before it holds them.
+            cluster.leaves[1].restart().unwrap();
+        }
+        let fence = write(&cluster, i);
+        let (status, body) = query_b(
+            "SELECT COUNT(*), MAX(n) FROM orders",
+            json!({"fence": fence}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["rows"][0], json!([i + 1, i]), "write {i}: {body}");
+        assert!(body["stats"]["fence_wait_ms"].as_f64().is_some(), "{body}");
+    }
+    // Deletes and patches answer with fences too, and several fences merge.
+    let deleted = cluster
+        .request_as(
+            Some(&cluster.admin_key),
+            reqwest::Method::DELETE,
+            "/v1/collections/orders/docs",
+            Some(&json!([{"_id": "o000"}])),
+        )
+        .unwrap();
+    let patched = cluster
+        .request_as(
+            Some(&cluster.admin_key),
+            reqwest::Method::PATCH,
+            "/v1/collections/orders/docs",
+            Some(&json!([{"_id": "o001", "patch": [{"op": "replace", "path": "/n", "value": 100}]}])),
+        )
+        .unwrap();
+    let fences = json!([deleted.body["fence"], patched.body["fence"]]);
+    assert!(fences[0].is_string() && fences[1].is_string(), "{fences}");
+    let (status, body) = query_b("SELECT COUNT(*), MAX(n) FROM orders", json!({"fence": fences}));
+    assert_eq!((status, &body["rows"][0]), (200, &json!([29, 100])), "{body}");
+
+    // Checking a fence answers at once.
+    let check = |fence: Value| {
+        let response = http
+            .post(format!("{b}/v1/collections/orders/fences/check"))
+            .json(&json!({"fence": fence}))
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let (status, body) = check(patched.body["fence"].clone());
+    assert_eq!((status, &body["visible"]), (200, &json!(true)), "{body}");
+    // A fence no copy holds yet: pending, named; a query waiting for it
+    // gives up at its timeout and says why.
+    let ahead = json!({"collection": "orders", "versions": {"2": u64::MAX}});
+    let (status, body) = check(ahead.clone());
+    assert_eq!((status, &body["visible"]), (200, &json!(false)), "{body}");
+    assert_eq!(body["pending"][0]["shard"], 2, "{body}");
+    assert!(body["pending"][0]["leaf"].is_string(), "{body}");
+    let (status, body) = query_b(
+        "SELECT COUNT(*) FROM orders",
+        json!({"fence": ahead, "fence_timeout_ms": 300}),
+    );
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not reached within 300 ms"), "{body}");
+    assert!(message.contains("shard 2"), "{body}");
+    // Hostile fences are refused with the reason.
+    for (fence, why) in [
+        (json!("f1.not-base64!"), "not a fence token"),
+        (json!("orders"), "starts with `f1.`"),
+        (json!({"collection": "orders", "versions": {"9": 1}}), "has 4 shards"),
+        (json!({"collection": "orders", "incarnation": 12345, "versions": {"0": 1}}),
+         "dropped and created again"),
+        (json!({"collection": "other", "versions": {"0": 1}}), "not `orders`"),
+    ] {
+        let (status, body) = check(fence.clone());
+        assert_eq!(status / 100, 4, "{fence}: {body}");
+        assert!(body.to_string().contains(why), "{fence}: {body}");
+    }
+}

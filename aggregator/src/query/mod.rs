@@ -59,6 +59,7 @@ use altdb_common::search::SEARCH_FUNCTION;
 use crate::access::Principal;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
+use crate::fences::{self, FenceArgs, Fences};
 use crate::error::{AggregatorError, Result};
 use distribute::DistributeFragments;
 use fields::FieldsCache;
@@ -88,6 +89,12 @@ pub struct QueryOptions {
     /// all (`stats.shards_queried` says how many were). To compare the copies
     /// of a shard; never for answers.
     pub only_leaf: Option<String>,
+    /// Read-your-writes: the fence (or fences) a write answered with; the
+    /// statement runs once every copy it may read holds what they name
+    /// ([`crate::fences`]), waiting at most `fence_timeout_ms`.
+    pub fence: Option<FenceArgs>,
+    /// How long to wait for `fence` (10,000 by default, at most 60,000).
+    pub fence_timeout_ms: Option<u64>,
 }
 
 impl Default for QueryOptions {
@@ -95,6 +102,8 @@ impl Default for QueryOptions {
         Self {
             use_index: true,
             only_leaf: None,
+            fence: None,
+            fence_timeout_ms: None,
         }
     }
 }
@@ -115,6 +124,9 @@ pub struct Stats {
     /// Data freshness: everything the streaming sources of the queried collections
     /// produced more than this long ago is in the answer (null without such sources).
     pub freshness_ms: Option<f64>,
+    /// How long the statement waited for its fence to be reached (`options.fence`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence_wait_ms: Option<f64>,
     /// How the leaves read: sealed segments pruned by `_event_time`, read through
     /// the index or scanned, and rows fetched by `_id`.
     pub scan: ScanCounts,
@@ -358,6 +370,24 @@ impl QueryEngine {
     /// With an executor ([`Self::with_executor`]) the statement runs there; a
     /// caller that drops the answer (or goes away, or times out) cancels it.
     pub async fn run(&self, query: Query, principal: &Principal) -> Result<Answer> {
+        let fence_wait = match &query.options.fence {
+            Some(args) => {
+                let fences = args.fences()?;
+                for fence in &fences {
+                    principal.require_read(&fence.collection)?;
+                }
+                let timeout = query
+                    .options
+                    .fence_timeout_ms
+                    .map_or(fences::DEFAULT_TIMEOUT, Duration::from_millis);
+                Some(
+                    Fences::new(self.catalog.clone(), self.cluster.clone())
+                        .wait(&fences, timeout)
+                        .await?,
+                )
+            }
+            None => None,
+        };
         let (head_tx, head_rx) = oneshot::channel();
         let (batches_tx, batches_rx) = mpsc::channel(2);
         let engine = self.clone();
@@ -389,6 +419,7 @@ impl QueryEngine {
             stats: head.stats,
             specs: head.specs,
             started: head.started,
+            fence_wait,
             _task: task,
             held: Vec::new(),
         })
@@ -735,6 +766,8 @@ pub struct Answer {
     stats: Arc<QueryStats>,
     specs: Arc<Vec<CollectionSpec>>,
     started: Instant,
+    /// How long the statement waited for its fence.
+    fence_wait: Option<Duration>,
     /// The statement's task, aborted when the answer is dropped.
     _task: AbortOnDrop<()>,
     /// Kept as long as the answer is (an admission turn).
@@ -779,6 +812,7 @@ impl Answer {
             hedged: self.stats.hedged.load(Ordering::Relaxed),
             truncated,
             freshness_ms: freshness_ms(&self.stats, &self.specs),
+            fence_wait_ms: self.fence_wait.map(|d| d.as_secs_f64() * 1000.0),
             scan: *self.stats.scan.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }

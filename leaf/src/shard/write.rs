@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use altdb_common::document::flatten;
+use altdb_common::fence::VERSION_MARK;
 use altdb_common::patch::{self, PatchOp};
 use altdb_common::rpc::{PatchedDoc, PatchedDocs, PutAck, PutRow, RejectedRow, RowPosition, SourceMark};
 use altdb_common::schema::{FieldSet, FlatRow};
@@ -263,6 +264,8 @@ impl Shard {
         let mut live: HashMap<&str, bool> = HashMap::new();
         let mut missing = Vec::new();
         let mut accepted = Vec::with_capacity(parsed.len());
+        // The version of each accepted row.
+        let mut kept_versions = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
         let mut rejected = Vec::new();
         let mut limit = meta.max_fields.filter(|_| !copied).map(|max| FieldLimit {
@@ -310,6 +313,7 @@ impl Shard {
                     id: doc.id.clone(),
                     version,
                 });
+                kept_versions.push(version);
                 continue;
             };
             if expired_before.is_some_and(|cutoff| row.event_time_us < cutoff) {
@@ -348,6 +352,7 @@ impl Shard {
             held.insert(row.id.clone(), version);
             live.insert(doc.id.as_str(), true);
             accepted.push(Change::Put(row));
+            kept_versions.push(version);
         }
         for (mark, new) in sources.iter().zip(after.iter_mut()) {
             if let Some(through) = mark.through {
@@ -377,6 +382,15 @@ impl Shard {
                 patched: None,
             });
         }
+        // The highest version stored, for read-your-writes fences.
+        let stored_version = kept_versions
+            .iter()
+            .copied()
+            .max()
+            .filter(|&v| state.watermarks.get(VERSION_MARK).is_none_or(|&held| v > held));
+        if let Some(version) = stored_version {
+            write.put_watermark(VERSION_MARK, version);
+        }
         for (source, mark) in &advanced {
             write.put_watermark(source, *mark);
         }
@@ -385,6 +399,9 @@ impl Shard {
         state.meta = meta.clone();
         for (source, mark) in advanced {
             state.watermarks.insert(source.to_string(), mark);
+        }
+        if let Some(version) = stored_version {
+            state.watermarks.insert(VERSION_MARK.to_string(), version);
         }
         let written = accepted.len() as u64;
         for change in accepted {
