@@ -284,24 +284,49 @@ fn kafka_tombstones_delete_documents_when_the_source_says_so() {
         }))
         .unwrap();
     let producer = TrackingProducer::new(&broker).unwrap();
-    for topic in ["compacted", "plain"] {
+    // Tags: 10,000 apart per topic.
+    for (t, topic) in [(0, "compacted"), (10_000, "plain")] {
         for i in 0..100u64 {
             let key = format!("a{i:03}");
             let payload = json!({"_id": key, "balance": i}).to_string();
-            producer.send(topic, &key, payload.as_bytes(), i).unwrap();
+            producer.send(topic, &key, payload.as_bytes(), t + i).unwrap();
         }
         // Tombstones for the first 40 keys, then the 10th key written anew.
         for i in 0..40u64 {
             producer
-                .send_tombstone(topic, &format!("a{i:03}"), 1000 + i)
+                .send_tombstone(topic, &format!("a{i:03}"), t + 1000 + i)
                 .unwrap();
         }
         let payload = json!({"_id": "a010", "balance": -10}).to_string();
         producer
-            .send(topic, "a010", payload.as_bytes(), 2000)
+            .send(topic, "a010", payload.as_bytes(), t + 2000)
             .unwrap();
     }
     producer.flush().unwrap();
+    // A fence of the offsets the producer was acknowledged: the query waits
+    // until the tailer stored them (no polling).
+    let mut positions = serde_json::Map::new();
+    for tag in (0..100).chain(1000..1040).chain([2000]) {
+        let (partition, offset) = producer.landed(tag).expect("acknowledged");
+        let source = format!("kafka:accounts:compacted:{partition}");
+        let held = positions.get(&source).and_then(Value::as_i64).unwrap_or(-1);
+        positions.insert(source, json!(held.max(offset)));
+    }
+    let answer = cluster
+        .post_json(
+            "/v1/query",
+            &json!({"sql": "SELECT COUNT(*), SUM(balance) FROM accounts",
+                    "options": {"fence": {"collection": "accounts", "positions": positions},
+                                "fence_timeout_ms": 60000}}),
+        )
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.body["rows"][0],
+        json!([61, (40..100).sum::<i64>() - 10]),
+        "{}",
+        answer.body
+    );
     let count = cluster.wait_until(
         "SELECT COUNT(*) FROM accounts",
         Duration::from_secs(60),
