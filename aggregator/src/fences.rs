@@ -148,7 +148,11 @@ impl Fences {
                      fence_timeout_ms",
                     timeout.min(MAX_TIMEOUT).as_millis(),
                     shown.join("; "),
-                    if pending.len() > shown.len() { "; .." } else { "" }
+                    if pending.len() > shown.len() {
+                        "; .."
+                    } else {
+                        ""
+                    }
                 )));
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
@@ -187,7 +191,12 @@ impl Fences {
 
     /// One look at the copies: what of `fence` they lack. `catch_up`: how long
     /// to wait for this aggregator's placement to reach the write's.
-    async fn pending(&self, fence: &Fence, spec: &CollectionSpec, catch_up: Duration) -> Vec<Pending> {
+    async fn pending(
+        &self,
+        fence: &Fence,
+        spec: &CollectionSpec,
+        catch_up: Duration,
+    ) -> Vec<Pending> {
         let pending = |shard: Option<u32>, leaf: Option<String>, reason: String| Pending {
             collection: fence.collection.clone(),
             shard,
@@ -219,11 +228,7 @@ impl Fences {
         for &shard in &shards {
             let copies = self.cluster.replicas(spec, shard);
             if copies.is_empty() {
-                unread.push(pending(
-                    Some(shard),
-                    None,
-                    "no copy serves reads".into(),
-                ));
+                unread.push(pending(Some(shard), None, "no copy serves reads".into()));
             }
             for leaf in copies {
                 leaves

@@ -249,7 +249,15 @@ async fn delete_documents(
     Path((ws, collection)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response> {
-    by_id(&state, &principal, &ws, &collection, &body, reqwest::Method::DELETE).await
+    by_id(
+        &state,
+        &principal,
+        &ws,
+        &collection,
+        &body,
+        reqwest::Method::DELETE,
+    )
+    .await
 }
 
 /// Rockset's patch: `{"data": [{"_id": .., "patch": [ops]}, ..]}` (JSON Patch
@@ -261,7 +269,15 @@ async fn patch_documents(
     Path((ws, collection)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response> {
-    by_id(&state, &principal, &ws, &collection, &body, reqwest::Method::PATCH).await
+    by_id(
+        &state,
+        &principal,
+        &ws,
+        &collection,
+        &body,
+        reqwest::Method::PATCH,
+    )
+    .await
 }
 
 /// A delete or patch by `_id` forwarded to a tailer, its answer in Rockset's shape.
@@ -282,8 +298,15 @@ async fn by_id(
         "application/json".parse().expect("valid header"),
     )]);
     let patch = method == reqwest::Method::PATCH;
-    let (status, bytes) =
-        forward_write(state, principal, collection, &headers, elements.into(), method).await?;
+    let (status, bytes) = forward_write(
+        state,
+        principal,
+        collection,
+        &headers,
+        elements.into(),
+        method,
+    )
+    .await?;
     let Ok(answer) = serde_json::from_slice::<DocResults>(&bytes) else {
         return Ok((
             status,

@@ -172,7 +172,9 @@ mod tests {
             versions: (0..=MAX_FENCE_ENTRIES as u32).map(|s| (s, 1)).collect(),
             ..Fence::default()
         };
-        assert!(Fence::from_token(&too_many.token()).unwrap_err().contains("at most"));
+        assert!(Fence::from_token(&too_many.token())
+            .unwrap_err()
+            .contains("at most"));
     }
 
     #[test]
@@ -183,14 +185,24 @@ mod tests {
             positions: BTreeMap::from([("p".into(), 5)]),
             ..Fence::default()
         };
-        let marks = |v: u64, p: u64| BTreeMap::from([(VERSION_MARK.to_string(), v), ("p".into(), p)]);
-        assert!(fence.unmet_on(1, &marks(9, 5)).unwrap().contains("the write's is 10"));
-        assert!(fence.unmet_on(1, &marks(10, 4)).unwrap().contains("through 4"));
+        let marks =
+            |v: u64, p: u64| BTreeMap::from([(VERSION_MARK.to_string(), v), ("p".into(), p)]);
+        assert!(fence
+            .unmet_on(1, &marks(9, 5))
+            .unwrap()
+            .contains("the write's is 10"));
+        assert!(fence
+            .unmet_on(1, &marks(10, 4))
+            .unwrap()
+            .contains("through 4"));
         assert_eq!(fence.unmet_on(1, &marks(11, 5)), None);
         // Shard 0 was not written: only the positions matter there.
         assert_eq!(fence.unmet_on(0, &BTreeMap::from([("p".into(), 5)])), None);
         assert_eq!(fence.shards(), None);
-        let mut merged = Fence { positions: BTreeMap::new(), ..fence.clone() };
+        let mut merged = Fence {
+            positions: BTreeMap::new(),
+            ..fence.clone()
+        };
         assert_eq!(merged.shards(), Some(vec![1]));
         merged.merge(&Fence {
             collection: "c".into(),

@@ -245,8 +245,7 @@ fn json_equal(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
@@ -293,12 +292,8 @@ fn pointer(path: &str) -> Result<Vec<String>, String> {
 fn target<'a>(doc: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value, String> {
     let mut at = doc;
     for (depth, token) in tokens.iter().enumerate() {
-        at = parent_slot(at, token, false)?.ok_or_else(|| {
-            format!(
-                "there is no value at \"/{}\"",
-                tokens[..=depth].join("/")
-            )
-        })?;
+        at = parent_slot(at, token, false)?
+            .ok_or_else(|| format!("there is no value at \"/{}\"", tokens[..=depth].join("/")))?;
     }
     Ok(at)
 }
@@ -444,10 +439,13 @@ mod tests {
         );
         // Escapes: ~1 is '/', ~0 is '~'.
         assert_eq!(
-            patched(json!({"a/b": 1, "m~n": 2}), json!([
-                {"op": "replace", "path": "/a~1b", "value": 5},
-                {"op": "remove", "path": "/m~0n"},
-            ]))
+            patched(
+                json!({"a/b": 1, "m~n": 2}),
+                json!([
+                    {"op": "replace", "path": "/a~1b", "value": 5},
+                    {"op": "remove", "path": "/m~0n"},
+                ])
+            )
             .unwrap(),
             json!({"a/b": 5})
         );
@@ -457,23 +455,35 @@ mod tests {
     fn increment_adds_or_sets_and_keeps_integers() {
         let doc = json!({"n": 41, "f": 1.5, "s": "x", "o": {}});
         assert_eq!(
-            patched(doc.clone(), json!([
-                {"op": "INCREMENT", "path": "/n", "value": 1},
-                {"op": "increment", "path": "/f", "value": 1},
-                {"op": "increment", "path": "/o/new", "value": -2},
-            ]))
+            patched(
+                doc.clone(),
+                json!([
+                    {"op": "INCREMENT", "path": "/n", "value": 1},
+                    {"op": "increment", "path": "/f", "value": 1},
+                    {"op": "increment", "path": "/o/new", "value": -2},
+                ])
+            )
             .unwrap(),
             json!({"n": 42, "f": 2.5, "s": "x", "o": {"new": -2}})
         );
-        let error = patched(doc.clone(), json!([{"op": "increment", "path": "/s", "value": 1}]))
-            .unwrap_err();
+        let error = patched(
+            doc.clone(),
+            json!([{"op": "increment", "path": "/s", "value": 1}]),
+        )
+        .unwrap_err();
         assert!(error.contains("not a number to increment"), "{error}");
-        let error = patched(doc, json!([{"op": "increment", "path": "/n", "value": "1"}]))
-            .unwrap_err();
+        let error = patched(
+            doc,
+            json!([{"op": "increment", "path": "/n", "value": "1"}]),
+        )
+        .unwrap_err();
         assert!(error.contains("takes a number"), "{error}");
         assert_eq!(
-            patched(json!({"n": i64::MAX}), json!([{"op": "increment", "path": "/n", "value": 1}]))
-                .unwrap(),
+            patched(
+                json!({"n": i64::MAX}),
+                json!([{"op": "increment", "path": "/n", "value": 1}])
+            )
+            .unwrap(),
             json!({"n": i64::MAX as f64 + 1.0})
         );
     }
@@ -496,12 +506,30 @@ mod tests {
         );
         assert_eq!(Value::Object(map), doc);
         for (patch, expected) in [
-            (json!([{"op": "remove", "path": "/x"}]), "there is no value at \"/x\""),
-            (json!([{"op": "replace", "path": "/x/y", "value": 1}]), "there is no value at \"/x\""),
-            (json!([{"op": "add", "path": "/b/5", "value": 1}]), "past the end"),
-            (json!([{"op": "add", "path": "/a/q", "value": 1}]), "a number, which has no members"),
-            (json!([{"op": "move", "from": "/b", "path": "/b/0"}]), "into itself"),
-            (json!([{"op": "add", "path": "/b/01", "value": 1}]), "not an array index"),
+            (
+                json!([{"op": "remove", "path": "/x"}]),
+                "there is no value at \"/x\"",
+            ),
+            (
+                json!([{"op": "replace", "path": "/x/y", "value": 1}]),
+                "there is no value at \"/x\"",
+            ),
+            (
+                json!([{"op": "add", "path": "/b/5", "value": 1}]),
+                "past the end",
+            ),
+            (
+                json!([{"op": "add", "path": "/a/q", "value": 1}]),
+                "a number, which has no members",
+            ),
+            (
+                json!([{"op": "move", "from": "/b", "path": "/b/0"}]),
+                "into itself",
+            ),
+            (
+                json!([{"op": "add", "path": "/b/01", "value": 1}]),
+                "not an array index",
+            ),
         ] {
             let error = patched(doc.clone(), patch.clone()).unwrap_err();
             assert!(error.contains(expected), "{patch}: {error}");
@@ -512,18 +540,42 @@ mod tests {
     fn malformed_patches_are_refused_before_any_document_is_read() {
         for (patch, expected) in [
             (json!({"op": "add"}), "an array of operations"),
-            (json!([{"op": "merge", "path": "/a"}]), "operation 0 is not an operation"),
-            (json!([{"op": "add", "path": "/a"}]), "operation 0 is not an operation"),
-            (json!([{"op": "add", "path": "a", "value": 1}]), "not a JSON Pointer"),
-            (json!([{"op": "add", "path": "/a~2", "value": 1}]), "'~' not followed"),
-            (json!([{"op": "replace", "path": "", "value": {}}]), "the whole document"),
-            (json!([{"op": "replace", "path": "/_id", "value": "b"}]), "`_id` cannot be patched"),
-            (json!([{"op": "move", "from": "/_event_time", "path": "/t"}]), "`_event_time` cannot"),
+            (
+                json!([{"op": "merge", "path": "/a"}]),
+                "operation 0 is not an operation",
+            ),
+            (
+                json!([{"op": "add", "path": "/a"}]),
+                "operation 0 is not an operation",
+            ),
+            (
+                json!([{"op": "add", "path": "a", "value": 1}]),
+                "not a JSON Pointer",
+            ),
+            (
+                json!([{"op": "add", "path": "/a~2", "value": 1}]),
+                "'~' not followed",
+            ),
+            (
+                json!([{"op": "replace", "path": "", "value": {}}]),
+                "the whole document",
+            ),
+            (
+                json!([{"op": "replace", "path": "/_id", "value": "b"}]),
+                "`_id` cannot be patched",
+            ),
+            (
+                json!([{"op": "move", "from": "/_event_time", "path": "/t"}]),
+                "`_event_time` cannot",
+            ),
         ] {
             let error = parse(&patch).unwrap_err().0;
             assert!(error.contains(expected), "{patch}: {error}");
         }
-        let many = Value::Array(vec![json!({"op": "test", "path": "/a", "value": 1}); MAX_PATCH_OPS + 1]);
+        let many = Value::Array(vec![
+            json!({"op": "test", "path": "/a", "value": 1});
+            MAX_PATCH_OPS + 1
+        ]);
         assert!(parse(&many).unwrap_err().0.contains("at most 1000"));
     }
 }

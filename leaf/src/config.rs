@@ -57,6 +57,11 @@ pub struct LeafConfig {
     /// compares itself with the shard's other ready copies and stores what
     /// they hold newer (`altdb_leaf::repair`; 0: never).
     pub anti_entropy_secs: u64,
+    /// How long the tombstone of a delete is kept (seconds; 0: for ever): a
+    /// write of the deleted `_id` older than the delete that arrives later
+    /// than this is stored again. Tombstones cost a few dozen bytes each on
+    /// disk and in memory.
+    pub tombstone_grace_secs: u64,
     /// On SIGTERM, how long the role may take to finish what it is doing
     /// (seconds): in-flight requests, hand-offs, flushes. Keep it below the
     /// supervisor's own (Kubernetes' `terminationGracePeriodSeconds`).
@@ -84,6 +89,7 @@ impl Default for LeafConfig {
             tls_ca_file: None,
             drop_grace_secs: 30,
             anti_entropy_secs: 600,
+            tombstone_grace_secs: 7 * 24 * 3600,
             shutdown_grace_secs: 25,
         }
     }

@@ -96,6 +96,11 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     anti_entropy_secs: Option<u64>,
+    /// Seconds a delete's tombstone is kept (default 604800, 7 days; 0: for
+    /// ever): an older write of the `_id` arriving later is stored again.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tombstone_grace_secs: Option<u64>,
     /// On SIGTERM, seconds to finish in-flight work and hand off a drained
     /// leaf's copies (default 25).
     #[arg(long)]
@@ -127,6 +132,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sealer = tokio::spawn(leaf.clone().run_sealer(stop_rx.clone()));
+    if config.tombstone_grace_secs > 0 {
+        tokio::spawn(leaf.clone().run_tombstone_forgetting(
+            Duration::from_secs(config.tombstone_grace_secs),
+            stop_rx.clone(),
+        ));
+    }
     let merger = tokio::spawn(leaf.clone().run_merger(stop_rx.clone()));
     // A thread of its own: it may run for long, and must not hold up shutdown.
     {

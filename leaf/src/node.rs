@@ -523,6 +523,41 @@ impl Leaf {
         .await?
     }
 
+    /// Forgets, once a minute, the tombstones of deletes older than `grace`
+    /// ([`Shard::forget_tombstones`]) until `shutdown` flips.
+    pub async fn run_tombstone_forgetting(
+        self: Arc<Self>,
+        grace: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let health = LoopHealth::new("tombstones");
+        let every = grace.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            health.passed(&self.metrics);
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            for shard in self.all_shards() {
+                match tokio::task::spawn_blocking(move || shard.forget_tombstones(grace)).await {
+                    Ok(Ok(forgotten)) => {
+                        health.succeeded(&self.metrics);
+                        if forgotten > 0 {
+                            self.metrics.add(
+                                "altdb_leaf_tombstones_forgotten_total",
+                                "Tombstones of deletes older than tombstone_grace_secs removed.",
+                                &[],
+                                forgotten as f64,
+                            );
+                        }
+                    }
+                    Ok(Err(error)) => health.failed(&self.metrics, &error),
+                    Err(error) => health.failed(&self.metrics, &error),
+                }
+            }
+        }
+    }
+
     /// Seals due mutable segments until `shutdown` flips, then seals nothing more:
     /// unsealed rows are safe in RocksDB and return on restart.
     pub async fn run_sealer(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {

@@ -448,9 +448,9 @@ async fn patch_docs(
             .and_then(|o| o.get("_id"))
             .and_then(altdb_common::document::id_from_value)
             .filter(|id| !id.is_empty());
-        let ops = object.and_then(|o| o.get("patch")).map(|ops| {
-            altdb_common::patch::parse(ops).map(|_| ops.to_string())
-        });
+        let ops = object
+            .and_then(|o| o.get("patch"))
+            .map(|ops| altdb_common::patch::parse(ops).map(|_| ops.to_string()));
         let (id, ops) = match (id, ops) {
             (Some(id), Some(Ok(ops))) => (id, ops),
             (id, ops) => {

@@ -18,8 +18,8 @@ use altdb_common::rpc::{
     put_batch, LeafClient, PutAck, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark,
     PUT_BATCH_BYTES,
 };
-use arrow::record_batch::RecordBatch;
 use altdb_common::versions::VersionClock;
+use arrow::record_batch::RecordBatch;
 
 use crate::error::{Result, TailerError};
 
@@ -411,9 +411,9 @@ impl Pusher {
                 .or_default()
                 .push((index, row));
         }
-        let patches = by_shard.into_iter().map(|(shard, rows)| async move {
-            (shard, self.patch_shard(spec, shard, rows).await)
-        });
+        let patches = by_shard
+            .into_iter()
+            .map(|(shard, rows)| async move { (shard, self.patch_shard(spec, shard, rows).await) });
         self.outcome(spec, join_all(patches).await)
     }
 
@@ -556,9 +556,9 @@ impl Pusher {
                 }
             }))
             .await;
-            let stale = results.iter().any(
-                |r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()),
-            );
+            let stale = results
+                .iter()
+                .any(|r| matches!(r, Err(PushError::Leaf { error, .. }) if error.is_not_owner()));
             if stale && attempt == 0 {
                 writers = self.writers(spec, shard, Some(header.epoch)).await?;
                 continue;

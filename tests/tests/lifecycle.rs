@@ -144,10 +144,12 @@ fn deletes_and_patches_reach_every_copy_even_one_killed_meanwhile() {
 
     // Patches while leaf 1 is down, all or nothing per document.
     let patches: Vec<Value> = (400..600)
-        .map(|i| json!({"_id": format!("u{i:04}"), "patch": [
-            {"op": "increment", "path": "/n", "value": 1000},
-            {"op": "add", "path": "/tags", "value": ["patched"]},
-        ]}))
+        .map(|i| {
+            json!({"_id": format!("u{i:04}"), "patch": [
+                {"op": "increment", "path": "/n", "value": 1000},
+                {"op": "add", "path": "/tags", "value": ["patched"]},
+            ]})
+        })
         .chain([
             json!({"_id": "u0600", "patch": [
                 {"op": "replace", "path": "/n", "value": -5},
@@ -165,18 +167,37 @@ fn deletes_and_patches_reach_every_copy_even_one_killed_meanwhile() {
         (Some(200), Some(1)),
         "{body}"
     );
-    assert_eq!(body["results"][0], json!({"_id": "u0400", "status": "patched"}));
-    let reason = |i: usize| body["results"][i]["reason"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        body["results"][0],
+        json!({"_id": "u0400", "status": "patched"})
+    );
+    let reason = |i: usize| {
+        body["results"][i]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     assert_eq!(body["results"][200]["status"], "error");
     assert!(reason(200).contains("test failed"), "{}", reason(200));
     assert_eq!(body["results"][201]["status"], "not_found");
-    assert!(reason(202).contains("`_id` cannot be patched"), "{}", reason(202));
-    assert!(reason(203).contains("an array of operations"), "{}", reason(203));
+    assert!(
+        reason(202).contains("`_id` cannot be patched"),
+        "{}",
+        reason(202)
+    );
+    assert!(
+        reason(203).contains("an array of operations"),
+        "{}",
+        reason(203)
+    );
     assert_eq!(
         cluster
             .rows("SELECT n, tags FROM users WHERE _id IN ('u0400', 'u0600') ORDER BY _id")
             .unwrap(),
-        vec![vec![json!(1400), json!(["patched"])], vec![json!(600), Value::Null]]
+        vec![
+            vec![json!(1400), json!(["patched"])],
+            vec![json!(600), Value::Null]
+        ]
     );
     // Concurrent increments of the same documents from 4 writers: each
     // applied once, none lost.
@@ -185,8 +206,10 @@ fn deletes_and_patches_reach_every_copy_even_one_killed_meanwhile() {
             scope.spawn(|| {
                 for _ in 0..10 {
                     let body: Vec<Value> = (700..720)
-                        .map(|i| json!({"_id": format!("u{i:04}"), "patch": [
-                            {"op": "increment", "path": "/hits", "value": 1}]}))
+                        .map(|i| {
+                            json!({"_id": format!("u{i:04}"), "patch": [
+                            {"op": "increment", "path": "/hits", "value": 1}]})
+                        })
                         .collect();
                     let (status, answer) = patch(&cluster, "users", &json!(body));
                     assert_eq!(status, 200, "{answer}");
@@ -247,7 +270,11 @@ fn deletes_and_patches_reach_every_copy_even_one_killed_meanwhile() {
         for row in rows {
             let i: i64 = row[0].as_str().unwrap()[1..].parse().unwrap();
             let n = if (400..600).contains(&i) { i + 1000 } else { i };
-            let hits = if (700..720).contains(&i) { json!(40) } else { Value::Null };
+            let hits = if (700..720).contains(&i) {
+                json!(40)
+            } else {
+                Value::Null
+            };
             assert_eq!((&row[1], &row[2]), (&json!(n), &hits), "{copy}: {row}");
         }
     }
@@ -289,7 +316,9 @@ fn kafka_tombstones_delete_documents_when_the_source_says_so() {
         for i in 0..100u64 {
             let key = format!("a{i:03}");
             let payload = json!({"_id": key, "balance": i}).to_string();
-            producer.send(topic, &key, payload.as_bytes(), t + i).unwrap();
+            producer
+                .send(topic, &key, payload.as_bytes(), t + i)
+                .unwrap();
         }
         // Tombstones for the first 40 keys, then the 10th key written anew.
         for i in 0..40u64 {
@@ -622,13 +651,22 @@ fn fences_make_a_write_visible_through_another_aggregator_even_as_copies_fall_be
             Some(&cluster.admin_key),
             reqwest::Method::PATCH,
             "/v1/collections/orders/docs",
-            Some(&json!([{"_id": "o001", "patch": [{"op": "replace", "path": "/n", "value": 100}]}])),
+            Some(
+                &json!([{"_id": "o001", "patch": [{"op": "replace", "path": "/n", "value": 100}]}]),
+            ),
         )
         .unwrap();
     let fences = json!([deleted.body["fence"], patched.body["fence"]]);
     assert!(fences[0].is_string() && fences[1].is_string(), "{fences}");
-    let (status, body) = query_b("SELECT COUNT(*), MAX(n) FROM orders", json!({"fence": fences}));
-    assert_eq!((status, &body["rows"][0]), (200, &json!([29, 100])), "{body}");
+    let (status, body) = query_b(
+        "SELECT COUNT(*), MAX(n) FROM orders",
+        json!({"fence": fences}),
+    );
+    assert_eq!(
+        (status, &body["rows"][0]),
+        (200, &json!([29, 100])),
+        "{body}"
+    );
 
     // Checking a fence answers at once.
     let check = |fence: Value| {
@@ -663,10 +701,18 @@ fn fences_make_a_write_visible_through_another_aggregator_even_as_copies_fall_be
     for (fence, why) in [
         (json!("f1.not-base64!"), "not a fence token"),
         (json!("orders"), "starts with `f1.`"),
-        (json!({"collection": "orders", "versions": {"9": 1}}), "has 4 shards"),
-        (json!({"collection": "orders", "incarnation": 12345, "versions": {"0": 1}}),
-         "dropped and created again"),
-        (json!({"collection": "other", "versions": {"0": 1}}), "not `orders`"),
+        (
+            json!({"collection": "orders", "versions": {"9": 1}}),
+            "has 4 shards",
+        ),
+        (
+            json!({"collection": "orders", "incarnation": 12345, "versions": {"0": 1}}),
+            "dropped and created again",
+        ),
+        (
+            json!({"collection": "other", "versions": {"0": 1}}),
+            "not `orders`",
+        ),
     ] {
         let (status, body) = check(fence.clone());
         assert_eq!(status / 100, 4, "{fence}: {body}");

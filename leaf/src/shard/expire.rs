@@ -1,10 +1,14 @@
-//! Retention: sealed segments whose rows are all older than the collection
+//! Retention, and forgetting old tombstones.
+//!
+//! Sealed segments whose rows are all older than the collection
 //! keeps are dropped whole, with the RocksDB rows of the documents whose
 //! current version they hold. (Queries stop seeing expired rows at once, by a
 //! filter on every scan: `exec::rewrite::hide_expired`; documents arriving
 //! already expired are refused in `write`.)
 
 use std::sync::Arc;
+
+use altdb_common::versions::NODE_BITS;
 
 use crate::error::Result;
 use crate::segment::SealedSegment;
@@ -89,4 +93,37 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+impl Shard {
+    /// Forgets the tombstones of deletes older than `grace` (by their
+    /// version's clock, [`altdb_common::versions`]): their RocksDB rows and
+    /// the versions held in memory go. A write of a deleted `_id` older than
+    /// its delete that arrives later than `grace` after it is stored again.
+    /// Blocking; the number forgotten.
+    pub fn forget_tombstones(&self, grace: std::time::Duration) -> Result<u64> {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let before = now_us.saturating_sub(grace.as_micros() as u64) << NODE_BITS;
+        let mut state = self.lock();
+        let old: Vec<String> = state
+            .tombstones
+            .iter()
+            .filter(|(_, &version)| version < before)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut write = self.store.shard_write(&self.collection, self.shard);
+        for id in &old {
+            write.delete_doc(id);
+        }
+        self.store.commit(write)?;
+        for id in &old {
+            state.tombstones.remove(id);
+        }
+        Ok(old.len() as u64)
+    }
 }

@@ -8,7 +8,9 @@ use serde_json::Value;
 use altdb_common::document::flatten;
 use altdb_common::fence::VERSION_MARK;
 use altdb_common::patch::{self, PatchOp};
-use altdb_common::rpc::{PatchedDoc, PatchedDocs, PutAck, PutRow, RejectedRow, RowPosition, SourceMark};
+use altdb_common::rpc::{
+    PatchedDoc, PatchedDocs, PutAck, PutRow, RejectedRow, RowPosition, SourceMark,
+};
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
@@ -81,9 +83,8 @@ impl Shard {
         let ops: Vec<std::result::Result<Vec<PatchOp>, String>> = rows
             .iter()
             .map(|row| {
-                let value: Value = serde_json::from_str(&row.doc_json).map_err(|e| {
-                    format!("the patch of `{}` is not JSON: {e}", row.id)
-                })?;
+                let value: Value = serde_json::from_str(&row.doc_json)
+                    .map_err(|e| format!("the patch of `{}` is not JSON: {e}", row.id))?;
                 patch::parse(&value).map_err(|e| e.0)
             })
             .collect();
@@ -383,11 +384,12 @@ impl Shard {
             });
         }
         // The highest version stored, for read-your-writes fences.
-        let stored_version = kept_versions
-            .iter()
-            .copied()
-            .max()
-            .filter(|&v| state.watermarks.get(VERSION_MARK).is_none_or(|&held| v > held));
+        let stored_version = kept_versions.iter().copied().max().filter(|&v| {
+            state
+                .watermarks
+                .get(VERSION_MARK)
+                .is_none_or(|&held| v > held)
+        });
         if let Some(version) = stored_version {
             write.put_watermark(VERSION_MARK, version);
         }
@@ -794,7 +796,10 @@ mod tests {
             .write(
                 &meta,
                 &[],
-                vec![doc("a", None, r#"{"n": 1, "tags": ["x"]}"#), doc("b", None, r#"{"n": 5}"#)],
+                vec![
+                    doc("a", None, r#"{"n": 1, "tags": ["x"]}"#),
+                    doc("b", None, r#"{"n": 5}"#),
+                ],
                 40,
             )
             .unwrap();
@@ -826,18 +831,68 @@ mod tests {
             serde_json::json!({"n": 3, "tags": ["x", "y"]})
         );
         assert_eq!(ack.missing, [3]);
-        let reasons: Vec<(u32, &str)> =
-            ack.rejected.iter().map(|r| (r.row, r.reason.as_str())).collect();
+        let reasons: Vec<(u32, &str)> = ack
+            .rejected
+            .iter()
+            .map(|r| (r.row, r.reason.as_str()))
+            .collect();
         assert_eq!(reasons.len(), 2, "{reasons:?}");
-        assert!(reasons[0].0 == 2 && reasons[0].1.contains("test failed"), "{reasons:?}");
-        assert!(reasons[1].0 == 4 && reasons[1].1.contains("array of operations"), "{reasons:?}");
+        assert!(
+            reasons[0].0 == 2 && reasons[0].1.contains("test failed"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].0 == 4 && reasons[1].1.contains("array of operations"),
+            "{reasons:?}"
+        );
         // Stored with its version: an older write loses to it, and `b` is unchanged.
         let held = shard.documents(&["a".into(), "b".into()]).unwrap();
-        assert_eq!(held[0].fields, [("n".to_string(), serde_json::json!(3)), ("tags".to_string(), serde_json::json!(["x", "y"]))]);
+        assert_eq!(
+            held[0].fields,
+            [
+                ("n".to_string(), serde_json::json!(3)),
+                ("tags".to_string(), serde_json::json!(["x", "y"]))
+            ]
+        );
         assert_eq!(held[1].fields, [("n".to_string(), serde_json::json!(5))]);
         let ack = shard
             .write(&meta, &[], vec![doc("a", None, r#"{"n": 0}"#)], 40)
             .unwrap();
         assert_eq!(ack.skipped, 1);
+    }
+
+    #[test]
+    fn tombstones_older_than_the_grace_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = new_shard(dir.path());
+        let meta = CollectionMeta::default();
+        let clock = altdb_common::versions::VersionClock::default();
+        // `a` written and deleted long ago (versions 1 and 2), `b` now.
+        shard
+            .write(&meta, &[], vec![doc("a", None, "{}")], 1)
+            .unwrap();
+        shard.write(&meta, &[], vec![delete("a")], 2).unwrap();
+        shard
+            .write(&meta, &[], vec![doc("b", None, "{}")], clock.next())
+            .unwrap();
+        shard
+            .write(&meta, &[], vec![delete("b")], clock.next())
+            .unwrap();
+        let forgotten = shard
+            .forget_tombstones(std::time::Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(forgotten, 1);
+        let held = |id: &str| shard.store.versions("c", 0, &[id]).unwrap()[0];
+        assert_eq!((held("a"), held("b").is_some()), (None, true));
+        // `b`'s tombstone still keeps an older write out; `a` takes one again.
+        let ack = shard
+            .write(&meta, &[], vec![doc("b", None, "{}")], 2)
+            .unwrap();
+        assert_eq!(ack.skipped, 1);
+        let ack = shard
+            .write(&meta, &[], vec![doc("a", None, "{}")], 0)
+            .unwrap();
+        assert_eq!(ack.written, 1);
+        assert_eq!(live_ids(&shard), ["a"]);
     }
 }
