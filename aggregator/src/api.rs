@@ -100,7 +100,7 @@ pub fn router(
         )
         .route(
             "/v1/collections/{name}/docs",
-            post(write_docs).delete(delete_docs).patch(patch_docs),
+            post(docs).delete(docs).patch(docs),
         )
         .route("/v1/collections/{name}/fences/check", post(check_fence))
         .merge(crate::access::routes::routes())
@@ -542,7 +542,8 @@ async fn describe_collection(
 }
 
 /// `PATCH /v1/collections/{name}` with the settings to change: `retention`
-/// (a duration, or `null` to keep documents for ever) and `write_quorum`.
+/// (a duration, or `null` to keep documents for ever), `late_events` and
+/// `write_quorum`.
 /// Other settings fix where data lives or how it was shaped, so they are
 /// refused with the reason. The spec as stored comes back.
 async fn change_collection(
@@ -559,10 +560,11 @@ async fn change_collection(
         )));
     }
     for key in changes.keys() {
-        if !matches!(key.as_str(), "retention" | "write_quorum") {
+        if !matches!(key.as_str(), "retention" | "late_events" | "write_quorum") {
             return Err(AggregatorError::InvalidRequest(format!(
-                "`{key}` cannot be changed on an existing collection; only `retention` and \
-                 `write_quorum` can (create the collection again for the others)"
+                "`{key}` cannot be changed on an existing collection; only `retention`, \
+                 `late_events` and `write_quorum` can (create the collection again for the \
+                 others)"
             )));
         }
     }
@@ -574,6 +576,9 @@ async fn change_collection(
             match key.as_str() {
                 "retention" => {
                     spec.retention = serde_json::from_value(value.clone()).map_err(bad)?
+                }
+                "late_events" => {
+                    spec.late_events = serde_json::from_value(value.clone()).map_err(bad)?
                 }
                 _ => spec.write_quorum = serde_json::from_value(value.clone()).map_err(bad)?,
             }
@@ -646,43 +651,27 @@ async fn delete_collection(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Forwards a write to the tailer, which parses, routes and pushes to leaves.
-async fn write_docs(
+/// `POST /v1/collections/{name}/docs` (a write: NDJSON or a JSON array),
+/// `DELETE` (`[{"_id": ..}, ..]`) and `PATCH` (`[{"_id": .., "patch": [ops]}]`):
+/// forwarded to a tailer, which parses, routes and pushes to the leaves, its
+/// answer passed on. All three need the write privilege.
+async fn docs(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
+    method: axum::http::Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    forwarded(
-        &state,
-        &principal,
-        &name,
-        &headers,
-        body,
-        reqwest::Method::POST,
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
+        .map_err(|e| AggregatorError::Internal(e.to_string()))?;
+    let (status, bytes) = forward_write(&state, &principal, &name, &headers, body, method).await?;
+    Ok((
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
     )
-    .await
-}
-
-/// `DELETE /v1/collections/{name}/docs`: `[{"_id": ..}, ..]`, forwarded to a
-/// tailer like a write (it needs the write privilege).
-async fn delete_docs(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    forwarded(
-        &state,
-        &principal,
-        &name,
-        &headers,
-        body,
-        reqwest::Method::DELETE,
-    )
-    .await
+        .into_response())
 }
 
 /// The body of `POST /v1/collections/{name}/fences/check`.
@@ -720,44 +709,6 @@ async fn check_fence(
         "pending": pending,
     }))
     .into_response())
-}
-
-/// `PATCH /v1/collections/{name}/docs`: `[{"_id": .., "patch": [ops]}, ..]`,
-/// forwarded to a tailer like a write (it needs the write privilege).
-async fn patch_docs(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    forwarded(
-        &state,
-        &principal,
-        &name,
-        &headers,
-        body,
-        reqwest::Method::PATCH,
-    )
-    .await
-}
-
-/// A write, delete or patch forwarded to a tailer, its answer passed on.
-async fn forwarded(
-    state: &AppState,
-    principal: &Principal,
-    name: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-    method: reqwest::Method,
-) -> Result<Response> {
-    let (status, bytes) = forward_write(state, principal, name, headers, body, method).await?;
-    Ok((
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        bytes,
-    )
-        .into_response())
 }
 
 /// Sends a write to a tailer (with the collection's spec): its status and JSON

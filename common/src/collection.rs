@@ -37,6 +37,11 @@ pub struct CollectionSpec {
     /// are dropped. `None`: kept for ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<String>,
+    /// What a source does with a record older than the retention keeps (a
+    /// late event): `dead_letter` it to `_dlq` with the reason (the default),
+    /// or `drop` it, counted. HTTP writes refuse such documents either way.
+    #[serde(default, skip_serializing_if = "LateEvents::is_default")]
+    pub late_events: LateEvents,
     /// Dotted path of the field that holds the document id; else `_id`, else derived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_field: Option<String>,
@@ -438,6 +443,21 @@ impl SourceSpec {
     }
 }
 
+/// What a source does with a late event ([`CollectionSpec::late_events`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateEvents {
+    #[default]
+    DeadLetter,
+    Drop,
+}
+
+impl LateEvents {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl CollectionSpec {
     /// The spec as API responses show it: secrets of its sources' client
     /// settings replaced by [`REDACTED`] (see [`crate::secrets`]).
@@ -464,6 +484,7 @@ impl CollectionSpec {
             replication: 1,
             write_quorum: None,
             retention: None,
+            late_events: LateEvents::DeadLetter,
             id_field: None,
             event_time_field: None,
             text_fields: vec!["error".to_string()],

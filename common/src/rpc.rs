@@ -177,6 +177,11 @@ pub struct PatchedDoc {
 pub struct RejectedRow {
     pub row: u32,
     pub reason: String,
+    /// Refused for arriving older than the collection's retention keeps (a
+    /// late event: a source drops or dead-letters it by the collection's
+    /// `late_events`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// Body of collection-scoped actions.

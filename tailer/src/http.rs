@@ -359,23 +359,22 @@ async fn delete_docs(
     }
     let outcome = api.pusher.push(&spec, &[], &rows).await;
     settle(&spec, &outcome, &indexes, &rows, &mut results, "delete");
-    let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+    let (status, deleted, not_found) = tally(
+        &api,
+        &name,
+        &outcome,
+        &results,
+        "deleted",
+        (
+            "altdb_tailer_http_deleted_total",
+            "Documents deleted through the HTTP delete API.",
+        ),
+    );
     let response = DeleteResponse {
-        deleted: count("deleted"),
-        not_found: count("not_found"),
+        deleted,
+        not_found,
         results,
         fence: fence_token(&outcome),
-    };
-    api.metrics.add(
-        "altdb_tailer_http_deleted_total",
-        "Documents deleted through the HTTP delete API.",
-        &[("collection", name.as_str())],
-        response.deleted as f64,
-    );
-    let status = if outcome.failed_shards.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
     };
     Ok((status, Json(response)).into_response())
 }
@@ -405,6 +404,33 @@ fn settle(
             result.status = "not_found".into();
         }
     }
+}
+
+/// How many of a delete's or patch's `results` were `done` (counted in
+/// `metric`: name and help) and `not_found`, and the answer's status (503
+/// when a shard was unavailable: those elements are to be retried).
+fn tally(
+    api: &WriteApi,
+    collection: &str,
+    outcome: &PushOutcome,
+    results: &[DocResult],
+    done: &str,
+    metric: (&'static str, &'static str),
+) -> (StatusCode, usize, usize) {
+    let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+    let (done, not_found) = (count(done), count("not_found"));
+    api.metrics.add(
+        metric.0,
+        metric.1,
+        &[("collection", collection)],
+        done as f64,
+    );
+    let status = if outcome.failed_shards.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, done, not_found)
 }
 
 /// The token of the fence of what a push stored (`None`: nothing).
@@ -482,23 +508,22 @@ async fn patch_docs(
     }
     let outcome = api.pusher.patch(&spec, &rows).await;
     settle(&spec, &outcome, &indexes, &rows, &mut results, "patch");
-    let count = |status: &str| results.iter().filter(|r| r.status == status).count();
+    let (status, patched, not_found) = tally(
+        &api,
+        &name,
+        &outcome,
+        &results,
+        "patched",
+        (
+            "altdb_tailer_http_patched_total",
+            "Documents patched through the HTTP patch API.",
+        ),
+    );
     let response = PatchResponse {
-        patched: count("patched"),
-        not_found: count("not_found"),
+        patched,
+        not_found,
         results,
         fence: fence_token(&outcome),
-    };
-    api.metrics.add(
-        "altdb_tailer_http_patched_total",
-        "Documents patched through the HTTP patch API.",
-        &[("collection", name.as_str())],
-        response.patched as f64,
-    );
-    let status = if outcome.failed_shards.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
     };
     Ok((status, Json(response)).into_response())
 }
@@ -540,6 +565,15 @@ async fn write_docs(
     }
     errors.sort_by_key(|e| e.index);
     response.written = response.ids.len();
+    if !outcome.late.is_empty() {
+        api.metrics.add(
+            "altdb_tailer_late_events_total",
+            "Source records older than their collection's retention keeps, by what became of \
+             them (the collection's late_events).",
+            &[("collection", name.as_str()), ("outcome", "refused")],
+            outcome.late.len() as f64,
+        );
+    }
     response.fence = fence_token(&outcome);
     response.filtered = filtered;
     let labels = [("collection", name.as_str())];

@@ -58,6 +58,9 @@ pub struct PushOutcome {
     pub rejected: BTreeMap<usize, String>,
     /// Delete rows (by index) whose `_id` no copy that stored the delete held.
     pub missing: std::collections::BTreeSet<usize>,
+    /// Rejected rows (by index) refused as late events: older than the
+    /// collection's retention keeps.
+    pub late: std::collections::BTreeSet<usize>,
     /// What the push reached, for a read-your-writes fence: per shard that
     /// stored rows, the highest version they were stored with, and the
     /// placement's revision once copies that missed them were marked behind.
@@ -316,6 +319,7 @@ impl Pusher {
                 Ok(done) => {
                     outcome.rejected.extend(done.rejected);
                     outcome.missing.extend(done.missing);
+                    outcome.late.extend(done.late);
                     if let Some(version) = done.version {
                         outcome.fence.versions.insert(shard, version);
                     }
@@ -383,6 +387,9 @@ impl Pusher {
                 // A row any copy refused is reported refused.
                 for refused in ack.rejected {
                     if let Some((index, _)) = chunk.get(refused.row as usize) {
+                        if refused.late {
+                            done.late.push(*index);
+                        }
                         done.rejected.insert(*index, refused.reason);
                     }
                 }
@@ -629,6 +636,8 @@ struct ShardDone {
     missing: Vec<usize>,
     /// The highest version rows were stored with (none stored: `None`).
     version: Option<u64>,
+    /// Rows refused as late events.
+    late: Vec<usize>,
 }
 
 /// Marks every one of `leaves`' copies of `shard` behind; whether any changed.

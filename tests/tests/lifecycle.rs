@@ -719,3 +719,95 @@ fn fences_make_a_write_visible_through_another_aggregator_even_as_copies_fall_be
         assert!(body.to_string().contains(why), "{fence}: {body}");
     }
 }
+
+#[test]
+fn late_events_from_a_source_are_dead_lettered_or_dropped_as_the_collection_says() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let broker = Broker::start(cluster.dir.path().join("kafka.log")).unwrap();
+    for (topic, late_events) in [("late_dlq", "dead_letter"), ("late_drop", "drop")] {
+        broker.create_topic(topic, 1).unwrap();
+        cluster
+            .create_collection(json!({
+                "name": topic, "retention": "1h", "event_time_field": "ts",
+                "late_events": late_events,
+                "sources": [{"type": "kafka", "brokers": broker.address, "topic": topic}],
+            }))
+            .unwrap();
+    }
+    let producer = TrackingProducer::new(&broker).unwrap();
+    for (t, topic) in [(0, "late_dlq"), (100, "late_drop")] {
+        for i in 0..10u64 {
+            // Every other record two hours old: late for a retention of 1 h.
+            let ts = now_ms() - if i % 2 == 0 { 0 } else { 2 * 3600 * 1000 };
+            let payload = json!({"_id": format!("e{i}"), "ts": ts}).to_string();
+            producer
+                .send(topic, &format!("e{i}"), payload.as_bytes(), t + i)
+                .unwrap();
+        }
+    }
+    producer.flush().unwrap();
+    for (t, topic) in [(0, "late_dlq"), (100, "late_drop")] {
+        let (_, offset) = producer.landed(t + 9).unwrap();
+        let answer = cluster
+            .post_json(
+                "/v1/query",
+                &json!({"sql": format!("SELECT COUNT(*) FROM {topic}"),
+                        "options": {"fence": {"collection": topic,
+                                              "positions": {format!("kafka:{topic}:{topic}:0"): offset}},
+                                    "fence_timeout_ms": 60000}}),
+            )
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["rows"][0][0], 5, "{topic}: {}", answer.body);
+    }
+    // Dead letters are written before the flush's rows are acknowledged.
+    let letters = cluster
+        .rows("SELECT collection, COUNT(*), MIN(error) FROM _dlq GROUP BY 1")
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0][..2], [json!("late_dlq"), json!(5)]);
+    assert!(
+        letters[0][2]
+            .as_str()
+            .unwrap()
+            .contains("older than collection `late_dlq` keeps"),
+        "{letters:?}"
+    );
+    let metrics = cluster
+        .get_text(&format!("{}/metrics", cluster.tailer_urls[0]))
+        .unwrap();
+    for line in [
+        r#"altdb_tailer_late_events_total{collection="late_dlq",outcome="dead_letter"} 5.0"#,
+        r#"altdb_tailer_late_events_total{collection="late_drop",outcome="dropped"} 5.0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+    // The setting changes later; a value it does not know is refused.
+    let patch = |body: Value| {
+        cluster
+            .request_as(
+                Some(&cluster.admin_key),
+                reqwest::Method::PATCH,
+                "/v1/collections/late_dlq",
+                Some(&body),
+            )
+            .unwrap()
+    };
+    let changed = patch(json!({"late_events": "drop"}));
+    assert_eq!(
+        (changed.status, &changed.body["late_events"]),
+        (200, &json!("drop")),
+        "{}",
+        changed.body
+    );
+    let refused = patch(json!({"late_events": "keep"}));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.to_string().contains("dead_letter"),
+        "{}",
+        refused.body
+    );
+}

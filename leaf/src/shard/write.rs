@@ -117,6 +117,7 @@ impl Shard {
                     ack.rejected.push(RejectedRow {
                         row: index as u32,
                         reason,
+                        late: false,
                     });
                     continue;
                 }
@@ -135,6 +136,7 @@ impl Shard {
                 Err(error) => ack.rejected.push(RejectedRow {
                     row: index as u32,
                     reason: format!("`{}` not patched: {error}", row.id),
+                    late: false,
                 }),
             }
         }
@@ -176,7 +178,11 @@ impl Shard {
             .partition(|&row| !refused.contains_key(&rows[row as usize].id));
         for row in dropped {
             let reason = refused[&rows[row as usize].id].clone();
-            ack.rejected.push(RejectedRow { row, reason });
+            ack.rejected.push(RejectedRow {
+                row,
+                reason,
+                late: false,
+            });
         }
         ack.rejected.sort_by_key(|r| r.row);
         ack.written = stored.written;
@@ -328,6 +334,7 @@ impl Shard {
                             self.collection,
                             meta.retention_secs.unwrap_or_default()
                         ),
+                        late: true,
                     });
                 }
                 continue;
@@ -337,6 +344,7 @@ impl Shard {
                     rejected.push(RejectedRow {
                         row: index as u32,
                         reason,
+                        late: false,
                     });
                     continue;
                 }

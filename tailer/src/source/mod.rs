@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use altdb_common::collection::{CollectionSpec, SourceSpec, DLQ_COLLECTION};
+use altdb_common::collection::{CollectionSpec, LateEvents, SourceSpec, DLQ_COLLECTION};
 use altdb_common::document::DocLimits;
 use altdb_common::metrics::Metrics;
 use altdb_common::rpc::{PutRow, SourceMark, Watermarks, WatermarksRequest, ACTION_WATERMARKS};
@@ -244,27 +244,48 @@ async fn push_once(
         return Err(DeliveryError::Rows { shard, error });
     }
     let now_us = chrono::Utc::now().timestamp_micros();
-    refused.extend(outcome.rejected.into_iter().filter_map(|(index, reason)| {
-        let row = flush.rows.get(index)?;
-        let position = row.position?;
-        Some(dead_letter::dead_letter(dead_letter::DeadLetter {
-            collection: &spec.name,
-            source: flush
-                .marks
-                .get(position.source as usize)
-                .map_or(source_id, |mark| mark.source.as_str()),
-            position: Some(position.offset),
-            origin: serde_json::Map::from_iter([(
-                "refused_by".to_string(),
-                serde_json::Value::from("leaf"),
-            )]),
-            key: None,
-            payload: Some(row.doc_json.as_bytes()),
-            error: &reason,
-            timestamp_us: Some(row.event_time_us),
-            now_us,
-        }))
-    }));
+    if !outcome.late.is_empty() {
+        let dropped = spec.late_events == LateEvents::Drop;
+        context.metrics.add(
+            "altdb_tailer_late_events_total",
+            "Source records older than their collection's retention keeps, by what became of \
+             them (the collection's late_events).",
+            &[
+                ("collection", spec.name.as_str()),
+                ("outcome", if dropped { "dropped" } else { "dead_letter" }),
+            ],
+            outcome.late.len() as f64,
+        );
+    }
+    let late = &outcome.late;
+    let dropped = |index: &usize| spec.late_events == LateEvents::Drop && late.contains(index);
+    refused.extend(
+        outcome
+            .rejected
+            .iter()
+            .filter(|(index, _)| !dropped(index))
+            .filter_map(|(&index, reason)| {
+                let row = flush.rows.get(index)?;
+                let position = row.position?;
+                Some(dead_letter::dead_letter(dead_letter::DeadLetter {
+                    collection: &spec.name,
+                    source: flush
+                        .marks
+                        .get(position.source as usize)
+                        .map_or(source_id, |mark| mark.source.as_str()),
+                    position: Some(position.offset),
+                    origin: serde_json::Map::from_iter([(
+                        "refused_by".to_string(),
+                        serde_json::Value::from("leaf"),
+                    )]),
+                    key: None,
+                    payload: Some(row.doc_json.as_bytes()),
+                    error: reason,
+                    timestamp_us: Some(row.event_time_us),
+                    now_us,
+                }))
+            }),
+    );
     push_dead_letters(context, refused).await?;
     refused.clear();
     Ok(())
