@@ -590,6 +590,11 @@ async fn change_collection(
         .update(&name, &apply)
         .await?
         .ok_or_else(|| AggregatorError::CollectionNotFound(name.clone()))?;
+    // The leaves take a new retention at once (expired segments go without
+    // waiting for a write); one that missed it takes it with the next write.
+    for missed in state.cluster.push_settings(&spec).await {
+        tracing::warn!(collection = %name, %missed, "settings not applied yet");
+    }
     audit(
         "collection_changed",
         &principal.name,

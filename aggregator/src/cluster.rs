@@ -16,7 +16,8 @@ use altdb_common::metastore::{Metastore, MetastoreError, Precondition};
 use altdb_common::placement::{Placement, DRAINS, PLACEMENTS};
 use altdb_common::routing::replicas_for_shard;
 use altdb_common::rpc::{
-    deadline, CollectionRequest, CollectionStats, CreateCollectionRequest, LeafClient, SharedLeaf,
+    deadline, CollectionRequest, CollectionSettingsRequest, CollectionStats,
+    CreateCollectionRequest, LeafClient, ShardSettings, SharedLeaf, ACTION_COLLECTION_SETTINGS,
     ACTION_COLLECTION_STATS, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH,
 };
 use altdb_common::schema::FieldSet;
@@ -626,6 +627,29 @@ impl Cluster {
     /// placement); returns the leaves that did not (their data of it is
     /// invisible to every later incarnation, and dropped when the name is
     /// created again).
+    /// Sends `spec`'s settings to every leaf, which applies them to the
+    /// shards it holds at once; the leaves that did not take them (they do
+    /// with the collection's next write).
+    pub async fn push_settings(&self, spec: &CollectionSpec) -> Vec<String> {
+        let request = CollectionSettingsRequest {
+            collection: spec.name.clone(),
+            incarnation: spec.incarnation,
+            settings: ShardSettings::of(spec),
+        };
+        join_all(self.leaves().into_iter().map(|(_, leaf)| {
+            let request = &request;
+            async move {
+                leaf.action::<_, serde_json::Value>(ACTION_COLLECTION_SETTINGS, request)
+                    .await
+                    .map_err(|e| format!("leaf {}: {e}", leaf.url()))
+            }
+        }))
+        .await
+        .into_iter()
+        .filter_map(|a| a.err())
+        .collect()
+    }
+
     pub async fn drop_collection(&self, spec: &CollectionSpec) -> Vec<String> {
         let request = CollectionRequest {
             collection: spec.name.clone(),

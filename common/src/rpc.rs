@@ -50,6 +50,10 @@ pub const ACTION_SHARD_DIGESTS: &str = "shard_digests";
 /// The documents of one `_id` range of a ready copy newer than the asker's
 /// ([`RangeDocsRequest`] → [`CopyShardPage`]).
 pub const ACTION_RANGE_DOCS: &str = "range_docs";
+/// DoAction: a collection's settings changed ([`CollectionSettingsRequest`]);
+/// the leaf applies them to the shards it holds at once (retention: expired
+/// segments go without waiting for the next write).
+pub const ACTION_COLLECTION_SETTINGS: &str = "collection_settings";
 
 /// Column of a put batch: document id.
 pub const PUT_ID: &str = "_id";
@@ -244,6 +248,26 @@ pub struct ShardSettings {
     /// Seconds documents are kept by `_event_time` (`None`: for ever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_secs: Option<u64>,
+}
+
+impl ShardSettings {
+    /// The settings of `spec` a leaf keeps.
+    pub fn of(spec: &crate::collection::CollectionSpec) -> Self {
+        Self {
+            text_fields: spec.text_fields.clone(),
+            max_fields: Some(spec.max_fields),
+            retention_secs: spec.retention().map(|d| d.as_secs()),
+        }
+    }
+}
+
+/// Body of [`ACTION_COLLECTION_SETTINGS`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectionSettingsRequest {
+    pub collection: String,
+    pub incarnation: u64,
+    #[serde(flatten)]
+    pub settings: ShardSettings,
 }
 
 /// Body of [`ACTION_SHARD_DIGESTS`]: the next ranges after `after` (by

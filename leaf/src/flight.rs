@@ -17,11 +17,11 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use altdb_common::rpc::{
-    metadata_message, put_rows, CollectionRequest, CopyShardRequest, CreateCollectionRequest,
-    FragmentMetrics, FragmentTicket, PutHeader, RangeDocsRequest, ShardDigestsRequest,
-    WatermarksRequest, ACTION_COLLECTION_STATS, ACTION_COPY_SHARD, ACTION_CREATE_COLLECTION,
-    ACTION_DROP_COLLECTION, ACTION_HEALTH, ACTION_RANGE_DOCS, ACTION_SHARD_DIGESTS,
-    ACTION_WATERMARKS,
+    metadata_message, put_rows, CollectionRequest, CollectionSettingsRequest, CopyShardRequest,
+    CreateCollectionRequest, FragmentMetrics, FragmentTicket, PutHeader, RangeDocsRequest,
+    ShardDigestsRequest, WatermarksRequest, ACTION_COLLECTION_SETTINGS, ACTION_COLLECTION_STATS,
+    ACTION_COPY_SHARD, ACTION_CREATE_COLLECTION, ACTION_DROP_COLLECTION, ACTION_HEALTH,
+    ACTION_RANGE_DOCS, ACTION_SHARD_DIGESTS, ACTION_WATERMARKS,
 };
 
 use crate::error::LeafError;
@@ -316,6 +316,15 @@ impl FlightService for LeafService {
                     .map_err(Status::from)?;
                 serde_json::to_vec(&page).map_err(|e| Status::internal(e.to_string()))?
             }
+            ACTION_COLLECTION_SETTINGS => {
+                let request: CollectionSettingsRequest = parse_body(&action.body)?;
+                checked_name(&request.collection)?;
+                self.leaf
+                    .set_settings(&request.collection, request.incarnation, request.settings)
+                    .await
+                    .map_err(Status::from)?;
+                b"{}".to_vec()
+            }
             ACTION_CREATE_COLLECTION => {
                 let request: CreateCollectionRequest = parse_body(&action.body)?;
                 checked_name(&request.collection)?;
@@ -347,6 +356,7 @@ impl FlightService for LeafService {
             ACTION_COPY_SHARD,
             ACTION_SHARD_DIGESTS,
             ACTION_RANGE_DOCS,
+            ACTION_COLLECTION_SETTINGS,
         ]
         .map(|name| {
             Ok(ActionType {

@@ -477,6 +477,26 @@ impl Leaf {
             .collect()
     }
 
+    /// Applies a collection's changed settings to the shards of `incarnation`
+    /// this leaf holds (none if it holds another).
+    pub async fn set_settings(
+        &self,
+        collection: &str,
+        incarnation: u64,
+        settings: CollectionMeta,
+    ) -> Result<()> {
+        if !self.with_collection_state(collection, |state| state.holds(incarnation)) {
+            return Ok(());
+        }
+        let shards = self.shards_of(collection);
+        tokio::task::spawn_blocking(move || {
+            shards
+                .iter()
+                .try_for_each(|shard| shard.set_settings(&settings))
+        })
+        .await?
+    }
+
     /// Deletes `incarnation` of a collection: its rows, segments and watermarks
     /// go (unless the leaf holds a newer one), and calls for it are refused from
     /// now on.

@@ -15,8 +15,8 @@ use altdb_common::metastore::{Metastore, Precondition};
 use altdb_common::placement::{CopyState, Placement, PLACEMENTS};
 use altdb_common::routing::{replicas_for_shard, shard_for_id};
 use altdb_common::rpc::{
-    put_batch, LeafClient, PutAck, PutHeader, PutRow, RpcError, SharedLeaf, SourceMark,
-    PUT_BATCH_BYTES,
+    put_batch, LeafClient, PutAck, PutHeader, PutRow, RpcError, ShardSettings, SharedLeaf,
+    SourceMark, PUT_BATCH_BYTES,
 };
 use altdb_common::versions::VersionClock;
 use arrow::record_batch::RecordBatch;
@@ -616,13 +616,18 @@ impl Pusher {
 /// The header of a put to `shard` of `spec`: the collection's settings the
 /// leaf keeps; the caller sets the version, sources and kind.
 fn put_header(spec: &CollectionSpec, shard: u32) -> PutHeader {
+    let ShardSettings {
+        text_fields,
+        max_fields,
+        retention_secs,
+    } = ShardSettings::of(spec);
     PutHeader {
         collection: spec.name.clone(),
         incarnation: spec.incarnation,
         shard,
-        text_fields: spec.text_fields.clone(),
-        max_fields: Some(spec.max_fields),
-        retention_secs: spec.retention().map(|d| d.as_secs()),
+        text_fields,
+        max_fields,
+        retention_secs,
         ..PutHeader::default()
     }
 }

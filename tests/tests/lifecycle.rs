@@ -577,6 +577,48 @@ fn retention_hides_expired_documents_at_once_then_reclaims_their_segments() {
         )
         .unwrap();
     assert_eq!(answer.body["written"], 1, "{}", answer.body);
+
+    // A shorter retention takes effect on the leaves without a write: the
+    // segment of 500 fresh documents is dropped once they are 2 s old.
+    let reclaimed = || -> f64 {
+        cluster
+            .get_text(&format!("{}/metrics", cluster.leaf_urls[0]))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("altdb_leaf_retention_reclaimed_bytes_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let batch: Vec<Value> = (0..500)
+        .map(|i| json!({"_id": format!("batch{i}"), "ts": now_ms(), "v": 3}))
+        .collect();
+    let unsealed = dir_bytes(&segments.join("segments"));
+    cluster.write_docs("metrics", &batch, 500).unwrap();
+    let started = Instant::now();
+    while dir_bytes(&segments.join("segments")) <= unsealed {
+        assert!(started.elapsed() < Duration::from_secs(20), "never sealed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = reclaimed();
+    let sealed = dir_bytes(&segments.join("segments"));
+    let changed = patch(json!({"retention": "2s"}));
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let started = Instant::now();
+    while reclaimed() <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the new retention dropped no segment"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(dir_bytes(&segments.join("segments")) < sealed);
+    assert_eq!(
+        cluster
+            .scalar("SELECT COUNT(*) FROM metrics WHERE v = 3")
+            .unwrap(),
+        0
+    );
 }
 
 #[test]

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use altdb_common::cluster_auth::{self, ClusterSecret};
 use altdb_common::rpc::{
-    put_batch, CollectionRequest, CopyOf, CopyShardRequest, FragmentItem, FragmentTicket, LeafApi,
-    LeafClient, PutHeader, RangeDocsRequest, ShardDigestsRequest, TicketShard, ACTION_COPY_SHARD,
+    put_batch, CollectionRequest, CollectionSettingsRequest, CopyOf, CopyShardRequest,
+    FragmentItem, FragmentTicket, LeafApi, LeafClient, PutHeader, RangeDocsRequest,
+    ShardDigestsRequest, TicketShard, ACTION_COLLECTION_SETTINGS, ACTION_COPY_SHARD,
     ACTION_DROP_COLLECTION, ACTION_RANGE_DOCS, ACTION_SHARD_DIGESTS,
 };
 use altdb_tests::{Cluster, ClusterOptions};
@@ -95,6 +96,15 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             },
         ));
         assert!(docs.expect_err(name).is_invalid_argument(), "{name}");
+        let settings = runtime.block_on(leaf.action::<_, serde_json::Value>(
+            ACTION_COLLECTION_SETTINGS,
+            &CollectionSettingsRequest {
+                collection: name.to_string(),
+                incarnation: 0,
+                settings: Default::default(),
+            },
+        ));
+        assert!(settings.expect_err(name).is_invalid_argument(), "{name}");
     }
     // A leaf that follows no placement hands no shard out to be copied.
     let copy = runtime.block_on(leaf.action::<_, serde_json::Value>(

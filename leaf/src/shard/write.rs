@@ -197,6 +197,21 @@ impl Shard {
         Ok(ack)
     }
 
+    /// Takes the collection's `meta` (its settings changed) without waiting
+    /// for a write. Blocking.
+    pub fn set_settings(&self, meta: &CollectionMeta) -> Result<()> {
+        let mut state = self.lock();
+        if state.registered && state.meta == *meta {
+            return Ok(());
+        }
+        let mut write = self.store.shard_write(&self.collection, self.shard);
+        write.register_shard(meta)?;
+        self.store.commit(write)?;
+        state.registered = true;
+        state.meta = meta.clone();
+        Ok(())
+    }
+
     fn store_rows(
         &self,
         meta: &CollectionMeta,
