@@ -9,7 +9,7 @@ use crate::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
 use crate::schema::FieldType;
 
 /// Limits on what a single document may be.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DocLimits {
     /// Largest accepted document, in bytes of its JSON text.
     pub max_bytes: usize,
@@ -136,7 +136,8 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-fn object_depth(object: &Map<String, Value>) -> usize {
+/// How deeply `object` nests objects and arrays (1: no nesting).
+pub fn object_depth(object: &Map<String, Value>) -> usize {
     1 + object.values().map(value_depth).max().unwrap_or(0)
 }
 

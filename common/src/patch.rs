@@ -107,6 +107,12 @@ pub fn parse(patch: &Value) -> Result<Vec<PatchOp>, PatchError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    check(&ops)?;
+    Ok(ops)
+}
+
+/// What [`parse`] checks of operations without the document.
+pub fn check(ops: &[PatchOp]) -> Result<(), PatchError> {
     for (i, op) in ops.iter().enumerate() {
         let mut paths = vec![op.path()];
         if let PatchOp::Move { from, .. } | PatchOp::Copy { from, .. } = op {
@@ -148,11 +154,12 @@ pub fn parse(patch: &Value) -> Result<Vec<PatchOp>, PatchError> {
             }
         }
     }
-    Ok(ops)
+    Ok(())
 }
 
 /// Applies `ops` to `doc`, all or nothing: on an error `doc` is unchanged.
 pub fn apply(doc: &mut Map<String, Value>, ops: &[PatchOp]) -> Result<(), PatchError> {
+    check(ops)?;
     let mut patched = Value::Object(std::mem::take(doc));
     let original = patched.clone();
     let result = ops
@@ -572,6 +579,16 @@ mod tests {
             let error = parse(&patch).unwrap_err().0;
             assert!(error.contains(expected), "{patch}: {error}");
         }
+        // Operations made without `parse` are checked as well.
+        let mut doc = Map::new();
+        let whole = [PatchOp::Replace {
+            path: String::new(),
+            value: json!(1),
+        }];
+        assert!(apply(&mut doc, &whole)
+            .unwrap_err()
+            .0
+            .contains("the whole document"));
         let many = Value::Array(vec![
             json!({"op": "test", "path": "/a", "value": 1});
             MAX_PATCH_OPS + 1

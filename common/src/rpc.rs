@@ -116,6 +116,10 @@ pub struct PutHeader {
     /// documents had, and the writer sends them on to the other copies.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub patch: bool,
+    /// With `patch`: how large and deep a patched document may become (the
+    /// writer's limits on documents; a larger result refuses its row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc_limits: Option<crate::document::DocLimits>,
 }
 
 fn is_zero(n: &u64) -> bool {

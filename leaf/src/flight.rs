@@ -218,6 +218,7 @@ impl FlightService for LeafService {
                     epoch: header.epoch,
                     version: header.version,
                     patch: header.patch,
+                    doc_limits: header.doc_limits,
                 },
                 meta,
                 header.sources,

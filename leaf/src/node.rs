@@ -37,6 +37,8 @@ pub struct WriteTo {
     pub version: u64,
     /// The rows are patches ([`Shard::patch`]).
     pub patch: bool,
+    /// With `patch`: how large and deep a patched document may become.
+    pub doc_limits: Option<altdb_common::document::DocLimits>,
 }
 
 /// All shards of all collections on this leaf.
@@ -394,6 +396,7 @@ impl Leaf {
             epoch,
             version,
             patch,
+            doc_limits,
         } = to;
         // Held until the rows are stored (see `placement`: a copy starting
         // waits for writes checked against an older placement).
@@ -429,7 +432,7 @@ impl Leaf {
         let shard = self.shard_or_create(&collection, shard);
         let ack = tokio::task::spawn_blocking(move || {
             if patch {
-                shard.patch(&meta, docs, version)
+                shard.patch(&meta, docs, version, doc_limits)
             } else {
                 shard.write(&meta, &sources, docs, version)
             }

@@ -506,7 +506,7 @@ async fn patch_docs(
             reason: None,
         });
     }
-    let outcome = api.pusher.patch(&spec, &rows).await;
+    let outcome = api.pusher.patch(&spec, &rows, api.limits).await;
     settle(&spec, &outcome, &indexes, &rows, &mut results, "patch");
     let (status, patched, not_found) = tally(
         &api,

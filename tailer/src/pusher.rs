@@ -8,6 +8,7 @@ use futures::future::join_all;
 
 use altdb_common::cluster_auth::ClusterSecret;
 use altdb_common::collection::CollectionSpec;
+use altdb_common::document::DocLimits;
 use altdb_common::fence::Fence;
 use altdb_common::metastore::membership::LeafDirectory;
 use altdb_common::metastore::watched::Watched;
@@ -410,7 +411,13 @@ impl Pusher {
     /// like any write (the write quorum, copies that missed them marked
     /// behind). Rows whose `_id` no copy holds are [`PushOutcome::missing`];
     /// rows whose patch does not apply are [`PushOutcome::rejected`].
-    pub async fn patch(&self, spec: &CollectionSpec, rows: &[PutRow]) -> PushOutcome {
+    /// `limits`: how large and deep a patched document may become.
+    pub async fn patch(
+        &self,
+        spec: &CollectionSpec,
+        rows: &[PutRow],
+        limits: DocLimits,
+    ) -> PushOutcome {
         let mut by_shard: BTreeMap<u32, Vec<(usize, &PutRow)>> = BTreeMap::new();
         for (index, row) in rows.iter().enumerate() {
             by_shard
@@ -418,9 +425,9 @@ impl Pusher {
                 .or_default()
                 .push((index, row));
         }
-        let patches = by_shard
-            .into_iter()
-            .map(|(shard, rows)| async move { (shard, self.patch_shard(spec, shard, rows).await) });
+        let patches = by_shard.into_iter().map(|(shard, rows)| async move {
+            (shard, self.patch_shard(spec, shard, rows, limits).await)
+        });
         self.outcome(spec, join_all(patches).await)
     }
 
@@ -429,6 +436,7 @@ impl Pusher {
         spec: &CollectionSpec,
         shard: u32,
         rows: Vec<(usize, &PutRow)>,
+        limits: DocLimits,
     ) -> Result<ShardDone, PushError> {
         let mut done = ShardDone::default();
         for chunk in put_chunks(&rows, self.batch_rows, PUT_BATCH_BYTES) {
@@ -437,6 +445,7 @@ impl Pusher {
             let mut header = PutHeader {
                 version: self.versions.next(),
                 patch: true,
+                doc_limits: Some(limits),
                 ..put_header(spec, shard)
             };
             let (ack, applied_on) = self.apply_patches(spec, shard, &mut header, batch).await?;

@@ -485,6 +485,7 @@ fn tickets() {
                     epoch: 0,
                     version: 0,
                     patch: false,
+                    doc_limits: None,
                 },
                 Default::default(),
                 Vec::new(),

@@ -61,6 +61,7 @@ fn a_leaf_refuses_collection_names_that_are_paths() -> anyhow::Result<()> {
             epoch: 0,
             version: 0,
             patch: false,
+            doc_limits: None,
         };
         let put = runtime.block_on(leaf.put(&header, put_batch(&[])?));
         assert!(put.expect_err(name).is_invalid_argument(), "{name}");
@@ -314,6 +315,7 @@ fn internal_calls_need_the_cluster_secret() -> anyhow::Result<()> {
         epoch: 0,
         version: 0,
         patch: false,
+        doc_limits: None,
     };
     match runtime.block_on(stranger.put(&header, put_batch(&[])?)) {
         Err(altdb_common::rpc::RpcError::Status(status)) => refused(status),
@@ -552,6 +554,7 @@ fn a_leaf_refuses_writes_larger_than_its_limit() -> anyhow::Result<()> {
         epoch: 0,
         version: 0,
         patch: false,
+        doc_limits: None,
     };
     let refs: Vec<&altdb_common::rpc::PutRow> = rows.iter().collect();
     let error = runtime
@@ -709,6 +712,7 @@ fn put_one(
         epoch: 0,
         version: 0,
         patch: false,
+        doc_limits: None,
     };
     runtime.block_on(leaf.put(&header, put_batch(&[&row]).expect("a batch")))
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use altdb_common::document::flatten;
+use altdb_common::document::{flatten, object_depth, DocLimits};
 use altdb_common::fence::VERSION_MARK;
 use altdb_common::patch::{self, PatchOp};
 use altdb_common::rpc::{
@@ -79,7 +79,16 @@ impl Shard {
     /// not apply are [`PutAck::rejected`] with the reason. Blocking.
     ///
     /// [`PutHeader::patch`]: altdb_common::rpc::PutHeader::patch
-    pub fn patch(&self, meta: &CollectionMeta, rows: Vec<PutRow>, version: u64) -> Result<PutAck> {
+    ///
+    /// `limits`: how large and deep a patched document may become (a larger
+    /// result refuses the row that made it so).
+    pub fn patch(
+        &self,
+        meta: &CollectionMeta,
+        rows: Vec<PutRow>,
+        version: u64,
+        limits: Option<DocLimits>,
+    ) -> Result<PutAck> {
         let ops: Vec<std::result::Result<Vec<PatchOp>, String>> = rows
             .iter()
             .map(|row| {
@@ -126,7 +135,17 @@ impl Shard {
                 ack.missing.push(index as u32);
                 continue;
             };
-            match patch::apply(doc, &ops) {
+            let before = limits.map(|_| doc.clone());
+            let applied_ok = patch::apply(doc, &ops).and_then(|()| match limits {
+                Some(limits) => within(doc, &limits),
+                None => Ok(()),
+            });
+            if applied_ok.is_err() {
+                if let Some(before) = before {
+                    *doc = before;
+                }
+            }
+            match applied_ok {
                 Ok(()) => {
                     applied.push(index as u32);
                     if !changed.contains(&row.id) {
@@ -449,6 +468,28 @@ impl Shard {
             patched: None,
         })
     }
+}
+
+/// Whether a patched document stays within the writer's limits on documents.
+fn within(
+    doc: &serde_json::Map<String, Value>,
+    limits: &DocLimits,
+) -> std::result::Result<(), patch::PatchError> {
+    let bytes = serde_json::to_vec(doc).map_or(usize::MAX, |json| json.len());
+    if bytes > limits.max_bytes {
+        return Err(patch::PatchError(format!(
+            "the patched document would be {bytes} bytes, more than the {} a document may be",
+            limits.max_bytes
+        )));
+    }
+    let depth = object_depth(doc);
+    if depth > limits.max_depth {
+        return Err(patch::PatchError(format!(
+            "the patched document would nest {depth} deep, more than the {} a document may",
+            limits.max_depth
+        )));
+    }
+    Ok(())
 }
 
 /// The oldest `_event_time` (microseconds) a retention of `secs` keeps now.
@@ -843,6 +884,7 @@ mod tests {
                     patch("a", r#"{"op": "remove"}"#),
                 ],
                 10,
+                None,
             )
             .unwrap();
         let patched = ack.patched.unwrap();
@@ -882,6 +924,30 @@ mod tests {
             .write(&meta, &[], vec![doc("a", None, r#"{"n": 0}"#)], 40)
             .unwrap();
         assert_eq!(ack.skipped, 1);
+        // A result past the writer's limits on documents is refused, unchanged.
+        let limits = DocLimits {
+            max_bytes: 64,
+            max_depth: 3,
+        };
+        let ack = shard
+            .patch(
+                &meta,
+                vec![
+                    patch("b", r#"[{"op": "add", "path": "/s", "value": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]"#),
+                    patch("b", r#"[{"op": "add", "path": "/d", "value": {"e": {"f": {"g": 1}}}}]"#),
+                    patch("b", r#"[{"op": "add", "path": "/ok", "value": 1}]"#),
+                ],
+                50,
+                Some(limits),
+            )
+            .unwrap();
+        let reasons: Vec<&str> = ack.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert!(reasons[0].contains("more than the 64"), "{reasons:?}");
+        assert!(reasons[1].contains("nest 4 deep"), "{reasons:?}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&ack.patched.unwrap().docs[0].doc_json).unwrap(),
+            serde_json::json!({"n": 5, "ok": 1})
+        );
     }
 
     #[test]
