@@ -486,6 +486,13 @@ pub struct RunRequest {
     /// Rockset's row limit (rows returned at most), accepted as is.
     #[serde(default)]
     pub default_row_limit: Option<usize>,
+    /// Read-your-writes: run once the copies hold these fences
+    /// ([`crate::fences`]), as `options.fence` of a query.
+    #[serde(default)]
+    pub fence: Option<crate::fences::FenceArgs>,
+    /// How long to wait for `fence` (milliseconds).
+    #[serde(default)]
+    pub fence_timeout_ms: Option<u64>,
 }
 
 /// Runs a version: the request's parameters over its defaults.
@@ -510,7 +517,11 @@ pub async fn run(
     let parameters: Vec<Parameter> = parameters.into_values().collect();
     let query = Query {
         sql: version.sql.clone(),
-        options: QueryOptions::default(),
+        options: QueryOptions {
+            fence: request.fence,
+            fence_timeout_ms: request.fence_timeout_ms,
+            ..QueryOptions::default()
+        },
         params: params::named(&parameters)?,
     };
     let result = run_json(state, query, None, principal).await;

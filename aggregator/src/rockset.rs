@@ -445,6 +445,7 @@ fn run_request(body: &[u8]) -> Result<RunRequest> {
     Ok(RunRequest {
         parameters: body.parameters,
         default_row_limit: body.default_row_limit,
+        ..RunRequest::default()
     })
 }
 

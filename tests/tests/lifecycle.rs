@@ -659,6 +659,14 @@ fn fences_make_a_write_visible_through_another_aggregator_even_as_copies_fall_be
         assert_eq!(answer.status, 200, "{}", answer.body);
         answer.body["fence"].as_str().expect("a fence").to_string()
     };
+    // A Query Lambda, run through B with fences below.
+    let lambda = cluster
+        .post_json(
+            "/v1/lambdas",
+            &json!({"name": "orders_count", "sql": "SELECT COUNT(*) FROM orders"}),
+        )
+        .unwrap();
+    assert_eq!(lambda.status / 100, 2, "{}", lambda.body);
     // B waits for B's view of the data to hold each write made through A.
     for i in 0..30 {
         if i == 10 {
@@ -679,6 +687,16 @@ fn fences_make_a_write_visible_through_another_aggregator_even_as_copies_fall_be
         assert_eq!(body["rows"][0], json!([i + 1, i]), "write {i}: {body}");
         assert!(body["stats"]["fence_wait_ms"].as_f64().is_some(), "{body}");
     }
+    // A lambda run waits for a fence too.
+    let fence = write(&cluster, 30);
+    let response = http
+        .post(format!("{b}/v1/lambdas/orders_count/versions/1"))
+        .json(&json!({"fence": fence}))
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().unwrap();
+    assert_eq!((status, &body["rows"][0]), (200, &json!([31])), "{body}");
     // Deletes and patches answer with fences too, and several fences merge.
     let deleted = cluster
         .request_as(
@@ -706,7 +724,7 @@ fn fences_make_a_write_visible_through_another_aggregator_even_as_copies_fall_be
     );
     assert_eq!(
         (status, &body["rows"][0]),
-        (200, &json!([29, 100])),
+        (200, &json!([30, 100])),
         "{body}"
     );
 
