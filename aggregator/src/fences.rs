@@ -28,6 +28,8 @@ use crate::error::{AggregatorError, Result};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a query may wait for a fence.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fence's collection may take to reach this aggregator's catalog.
+const CATALOG_LAG: Duration = Duration::from_secs(2);
 
 /// A fence as a request gives it: the token a write answered with, or the
 /// fence itself as JSON (for source positions a client knows, e.g. the
@@ -128,7 +130,19 @@ impl Fences {
         let mut pause = Duration::from_millis(2);
         let mut specs = Vec::with_capacity(fences.len());
         for fence in fences {
-            specs.push(self.spec(fence).await?);
+            // A collection created just before the write may reach this
+            // aggregator's catalog a moment after the fence does (a watch
+            // round trip; one that does not exist is said so within 2 s).
+            let known_by = deadline.min(started + CATALOG_LAG);
+            let spec = loop {
+                match self.spec(fence).await {
+                    Err(AggregatorError::CollectionNotFound(_)) if Instant::now() < known_by => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => break other?,
+                }
+            };
+            specs.push(spec);
         }
         loop {
             let mut pending = Vec::new();
