@@ -50,8 +50,8 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/orgs/self/ws/{ws}/collections/{collection}/docs",
             post(add_documents)
-                .delete(delete_documents)
-                .patch(patch_documents),
+                .delete(documents_by_id)
+                .patch(documents_by_id),
         )
         .route("/v1/orgs/self/ws/{ws}/lambdas", post(create_lambda))
         .route(
@@ -240,44 +240,24 @@ async fn add_documents(
         .into_response())
 }
 
-/// Rockset's delete: `{"data": [{"_id": ..}, ..]}` → per document
+/// Rockset's delete, `{"data": [{"_id": ..}, ..]}` → per document
 /// `DELETED` (also for an `_id` no copy held: it is deleted all the same) or
-/// `ERROR` with the reason.
-async fn delete_documents(
+/// `ERROR` with the reason; and patch, `{"data": [{"_id": .., "patch":
+/// [ops]}, ..]}` (JSON Patch and `INCREMENT`) → per document `PATCHED`, or
+/// `ERROR` with the reason (`NotFound` for an `_id` no copy held).
+async fn documents_by_id(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path((ws, collection)): Path<(String, String)>,
+    method: axum::http::Method,
     body: Bytes,
 ) -> Result<Response> {
-    by_id(
-        &state,
-        &principal,
-        &ws,
-        &collection,
-        &body,
-        reqwest::Method::DELETE,
-    )
-    .await
-}
-
-/// Rockset's patch: `{"data": [{"_id": .., "patch": [ops]}, ..]}` (JSON Patch
-/// and `INCREMENT`) → per document `PATCHED`, or `ERROR` with the reason
-/// (`NotFound` for an `_id` no copy held).
-async fn patch_documents(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path((ws, collection)): Path<(String, String)>,
-    body: Bytes,
-) -> Result<Response> {
-    by_id(
-        &state,
-        &principal,
-        &ws,
-        &collection,
-        &body,
-        reqwest::Method::PATCH,
-    )
-    .await
+    let method = if method == axum::http::Method::PATCH {
+        reqwest::Method::PATCH
+    } else {
+        reqwest::Method::DELETE
+    };
+    by_id(&state, &principal, &ws, &collection, &body, method).await
 }
 
 /// A delete or patch by `_id` forwarded to a tailer, its answer in Rockset's shape.

@@ -365,6 +365,37 @@ fn rockset_queries_and_writes_keep_their_shape() {
         1
     );
 
+    // Patches: JSON Patch and INCREMENT, per-document status; the write
+    // answered with its fence as `last_offset`.
+    assert!(body_last_offset_is_a_fence(&cluster), "no last_offset");
+    let remaining = data[2]["_id"].clone();
+    let answer = cluster
+        .request_as(
+            Some(&cluster.admin_key),
+            reqwest::Method::PATCH,
+            "/v1/orgs/self/ws/commons/collections/orders/docs",
+            Some(&json!({"data": [
+                {"_id": remaining, "patch": [{"op": "INCREMENT", "path": "/amount", "value": 40}]},
+                {"_id": "never", "patch": [{"op": "ADD", "path": "/x", "value": 1}]},
+                {"_id": remaining, "patch": [{"op": "TEST", "path": "/amount", "value": 0}]},
+            ]})),
+        )
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let data = answer.body["data"].as_array().unwrap();
+    assert_eq!(data[0]["status"], "PATCHED", "{}", answer.body);
+    assert_eq!(
+        (&data[1]["status"], &data[1]["error"]["type"]),
+        (&json!("ERROR"), &json!("NotFound"))
+    );
+    assert_eq!(data[2]["status"], "ERROR", "{}", answer.body);
+    assert_eq!(
+        cluster
+            .scalar("SELECT SUM(amount) FROM orders WHERE customer = 'c9'")
+            .unwrap(),
+        42
+    );
+
     // Another workspace is refused with what to do.
     let (status, body) = post(
         &cluster,
@@ -376,4 +407,17 @@ fn rockset_queries_and_writes_keep_their_shape() {
         .as_str()
         .unwrap()
         .contains("commons"));
+}
+
+/// Whether a Rockset write answers with its fence as `last_offset`.
+fn body_last_offset_is_a_fence(cluster: &Cluster) -> bool {
+    let (status, body) = post(
+        cluster,
+        "/v1/orgs/self/ws/commons/collections/orders/docs",
+        json!({"data": [{"id": 102, "customer": "c8", "amount": 0}]}),
+    );
+    status == 200
+        && body["last_offset"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("f1."))
 }
