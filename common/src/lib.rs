@@ -28,6 +28,7 @@
 //! - [`files`]: JSON state files replaced atomically, owner-only.
 //! - [`fence`]: read-your-writes fences: what a write reached, as a token a query waits for.
 //! - [`patch`]: JSON Patch (and `increment`) applied to one document, all or nothing.
+//! - [`rollup`]: rollups' SQL taken apart into a per-record projection, dimensions and measures; merging.
 //! - [`versions`]: the hybrid clock that orders versions of a document on every copy.
 //! - [`probes`]: `/livez` and `/readyz`.
 //! - [`shutdown`]: the signal, the HTTP server until then, the grace period's deadline.
@@ -54,6 +55,7 @@ pub mod placement;
 pub mod plan;
 pub mod probes;
 pub mod random;
+pub mod rollup;
 pub mod routing;
 pub mod rpc;
 pub mod schema;
