@@ -58,6 +58,13 @@ pub struct CollectionSpec {
     /// included): `SELECT ... FROM _input [WHERE ...]`, see [`crate::transform`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<String>,
+    /// The collection is a rollup of what its sources send: `SELECT <time
+    /// bucket> AS _event_time, <dimensions>, COUNT(*)|SUM|MIN|MAX(..) AS
+    /// <name>, .. FROM _input GROUP BY ..` ([`crate::rollup`]); one document
+    /// per group, updated in place as records arrive. Not with `transform` or
+    /// `id_field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollup: Option<String>,
     /// Distinct fields (flattened paths) a shard of the collection may hold; a
     /// document that would add more is refused with the reason (HTTP) or goes to
     /// `_dlq` (sources), so keys made of data (`{"user_123": ..}`) cannot grow
@@ -490,6 +497,7 @@ impl CollectionSpec {
             text_fields: vec!["error".to_string()],
             sources: Vec::new(),
             transform: None,
+            rollup: None,
             max_fields: DEFAULT_MAX_FIELDS,
             incarnation: 0,
         }
@@ -588,6 +596,20 @@ impl CollectionSpec {
         }
         if let Some(sql) = &self.transform {
             crate::transform::IngestTransform::compile(sql)?;
+        }
+        if let Some(sql) = &self.rollup {
+            if self.transform.is_some()
+                || self.id_field.is_some()
+                || self.event_time_field.is_some()
+            {
+                return Err(Error::InvalidConfig(
+                    "a rollup gives its documents their `_id` (its groups) and `_event_time` \
+                     (its time bucket): leave out transform, id_field and event_time_field"
+                        .into(),
+                ));
+            }
+            let rollup = crate::rollup::Rollup::parse(sql).map_err(Error::InvalidConfig)?;
+            crate::transform::IngestTransform::compile(&rollup.per_record)?;
         }
         Ok(())
     }

@@ -97,6 +97,9 @@ pub struct PutHeader {
     /// are dropped on arrival, and the leaf removes its rows as they expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_secs: Option<u64>,
+    /// The collection's rollup measures ([`ShardSettings::rollup`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollup: Vec<crate::rollup::Measure>,
     /// The placement epoch the writer knows (`crate::placement`); a leaf
     /// following a metastore refuses a put older than the last change of the
     /// shard's copies. 0 without a metastore.
@@ -252,6 +255,10 @@ pub struct ShardSettings {
     /// Seconds documents are kept by `_event_time` (`None`: for ever).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_secs: Option<u64>,
+    /// A rollup's measures: an arriving document is merged into the one its
+    /// `_id` holds ([`crate::rollup::merge`]) instead of replacing it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollup: Vec<crate::rollup::Measure>,
 }
 
 impl ShardSettings {
@@ -261,6 +268,12 @@ impl ShardSettings {
             text_fields: spec.text_fields.clone(),
             max_fields: Some(spec.max_fields),
             retention_secs: spec.retention().map(|d| d.as_secs()),
+            rollup: spec
+                .rollup
+                .as_deref()
+                .and_then(|sql| crate::rollup::Rollup::parse(sql).ok())
+                .map(|rollup| rollup.measures)
+                .unwrap_or_default(),
         }
     }
 }

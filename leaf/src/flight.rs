@@ -207,6 +207,7 @@ impl FlightService for LeafService {
             text_fields: header.text_fields.clone(),
             max_fields: header.max_fields,
             retention_secs: header.retention_secs,
+            rollup: header.rollup.clone(),
         };
         let ack = self
             .leaf

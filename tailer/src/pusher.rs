@@ -629,6 +629,7 @@ fn put_header(spec: &CollectionSpec, shard: u32) -> PutHeader {
         text_fields,
         max_fields,
         retention_secs,
+        rollup,
     } = ShardSettings::of(spec);
     PutHeader {
         collection: spec.name.clone(),
@@ -637,6 +638,7 @@ fn put_header(spec: &CollectionSpec, shard: u32) -> PutHeader {
         text_fields,
         max_fields,
         retention_secs,
+        rollup,
         ..PutHeader::default()
     }
 }

@@ -7,7 +7,9 @@
 use serde_json::{Map, Value};
 
 use altdb_common::collection::CollectionSpec;
+use altdb_common::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
 use altdb_common::document::{prepare, DocLimits, DocumentError, IdentityRules};
+use altdb_common::rollup::Rollup;
 use altdb_common::rpc::PutRow;
 use altdb_common::transform::{IngestTransform, TransformError};
 
@@ -70,22 +72,38 @@ pub struct Shaper {
     event_time_field: Option<String>,
     limits: DocLimits,
     transform: Option<IngestTransform>,
+    /// A rollup's dimensions: a document's `_id` is a hash of their values.
+    dimensions: Option<Vec<String>>,
 }
 
 impl Shaper {
     /// Fails if the collection's transform does not compile (it was checked when the
     /// collection was created, so only a newer, stricter tailer would refuse it).
     pub fn new(spec: &CollectionSpec, limits: DocLimits) -> Result<Self, TransformError> {
-        let transform = spec
-            .transform
+        let rollup = spec
+            .rollup
             .as_deref()
-            .map(IngestTransform::compile)
-            .transpose()?;
+            .map(Rollup::parse)
+            .transpose()
+            .map_err(TransformError::Plan)?;
+        let transform = match &rollup {
+            // Its per-record projection is the transform.
+            Some(rollup) => Some(IngestTransform::compile(&rollup.per_record)?),
+            None => spec
+                .transform
+                .as_deref()
+                .map(IngestTransform::compile)
+                .transpose()?,
+        };
         Ok(Self {
             id_field: spec.id_field.clone(),
-            event_time_field: spec.event_time_field.clone(),
+            event_time_field: match &rollup {
+                Some(_) => Some(EVENT_TIME_COLUMN.to_string()),
+                None => spec.event_time_field.clone(),
+            },
             limits,
             transform,
+            dimensions: rollup.map(|r| r.dimensions),
         })
     }
 
@@ -146,7 +164,23 @@ impl Shaper {
     }
 
     /// Identity, time and limits of one (transformed) record.
-    fn finish(&self, record: Record) -> Shaped {
+    fn finish(&self, mut record: Record) -> Shaped {
+        if let (Some(dimensions), Value::Object(map)) = (&self.dimensions, &mut record.value) {
+            // One document per group of a rollup.
+            let key: Vec<&Value> = dimensions
+                .iter()
+                .map(|d| map.get(d).unwrap_or(&Value::Null))
+                .collect();
+            let id = format!(
+                "{:016x}",
+                xxhash_rust::xxh3::xxh3_64(
+                    Value::from(key.into_iter().cloned().collect::<Vec<_>>())
+                        .to_string()
+                        .as_bytes()
+                )
+            );
+            map.insert(ID_COLUMN.to_string(), Value::String(id));
+        }
         let rules = IdentityRules {
             id_field: self.id_field.as_deref(),
             event_time_field: self.event_time_field.as_deref(),

@@ -8,6 +8,7 @@ use serde_json::Value;
 use altdb_common::document::{flatten, object_depth, DocLimits};
 use altdb_common::fence::VERSION_MARK;
 use altdb_common::patch::{self, PatchOp};
+use altdb_common::rollup;
 use altdb_common::rpc::{
     PatchedDoc, PatchedDocs, PutAck, PutRow, RejectedRow, RowPosition, SourceMark,
 };
@@ -309,6 +310,26 @@ impl Shard {
         let mut kept_versions = Vec::with_capacity(parsed.len());
         let mut skipped = 0;
         let mut rejected = Vec::new();
+        // A rollup's writes merge into its groups' documents: those held are
+        // read once for the batch, and a group the batch updates twice is
+        // merged twice (`merged`).
+        let rolling = !meta.rollup.is_empty() && !copied;
+        let mut groups: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
+        let mut merged: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
+        if rolling {
+            let mut ids: Vec<String> = docs
+                .iter()
+                .filter(|d| !d.delete && state.keys.contains_key(&d.id))
+                .map(|d| d.id.clone())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for stored in self.store.get_docs(&self.collection, self.shard, &ids)? {
+                if let Ok(Value::Object(map)) = serde_json::from_slice(&stored.json) {
+                    groups.insert(stored.id, map);
+                }
+            }
+        }
         let mut limit = meta.max_fields.filter(|_| !copied).map(|max| FieldLimit {
             max: max as usize,
             added: HashSet::new(),
@@ -324,7 +345,9 @@ impl Shard {
                     version > 0 && holds > version
                 }
             });
-            if newer_held {
+            // A rollup's documents merge whatever their order (each record
+            // counts once by its source position, checked below).
+            if newer_held && !rolling {
                 skipped += 1;
                 continue;
             }
@@ -383,6 +406,26 @@ impl Shard {
                     continue;
                 }
             }
+            let mut json = std::borrow::Cow::Borrowed(doc.doc_json.as_str());
+            let mut version = version;
+            if rolling {
+                // The group's document so far, with this record merged in.
+                let incoming = match serde_json::from_str::<Value>(&doc.doc_json) {
+                    Ok(Value::Object(map)) => map,
+                    _ => unreachable!("parse_row took it as an object"),
+                };
+                let group = match merged.remove(&doc.id).or_else(|| groups.remove(&doc.id)) {
+                    Some(mut group) => {
+                        rollup::merge(&mut group, &incoming, &meta.rollup);
+                        group
+                    }
+                    None => incoming,
+                };
+                row.fields = flatten(&group);
+                json = std::borrow::Cow::Owned(Value::Object(group.clone()).to_string());
+                merged.insert(doc.id.clone(), group);
+                version = version.max(held.get(&doc.id).copied().unwrap_or(0));
+            }
             row.seq = state.next_seq;
             state.next_seq += 1;
             write.put_doc(
@@ -390,7 +433,7 @@ impl Shard {
                 row.seq,
                 row.event_time_us,
                 version,
-                doc.doc_json.as_bytes(),
+                json.as_bytes(),
             );
             held.insert(row.id.clone(), version);
             live.insert(doc.id.as_str(), true);
@@ -983,5 +1026,63 @@ mod tests {
             .unwrap();
         assert_eq!(ack.written, 1);
         assert_eq!(live_ids(&shard), ["a"]);
+    }
+
+    #[test]
+    fn a_rollup_merges_each_record_once_into_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = new_shard(dir.path());
+        let meta = CollectionMeta {
+            rollup: altdb_common::rollup::Rollup::parse(
+                "SELECT _event_time, kind, COUNT(*) AS n, SUM(a) AS s, MAX(a) AS top \
+                 FROM _input GROUP BY 1, 2",
+            )
+            .unwrap()
+            .measures,
+            ..CollectionMeta::default()
+        };
+        let record = |group: &str, a: i64, offset: u64| {
+            doc(
+                group,
+                Some(offset),
+                &format!(r#"{{"kind": "{group}", "n": 1, "s": {a}, "top": {a}}}"#),
+            )
+        };
+        let sources = [mark("p0", None)];
+        // Two records of `x` in one batch, one of `y`; versions out of order.
+        shard
+            .write(
+                &meta,
+                &sources,
+                vec![record("x", 5, 1), record("y", 1, 2), record("x", 7, 3)],
+                20,
+            )
+            .unwrap();
+        shard
+            .write(&meta, &sources, vec![record("x", -1, 4)], 10)
+            .unwrap();
+        // A replay of offsets 3 and 4 (and one new record) counts only the new one.
+        let ack = shard
+            .write(
+                &meta,
+                &sources,
+                vec![record("x", 7, 3), record("x", -1, 4), record("x", 2, 5)],
+                30,
+            )
+            .unwrap();
+        assert_eq!((ack.written, ack.skipped), (1, 2));
+        let held = shard.documents(&["x".into(), "y".into()]).unwrap();
+        let fields = |i: usize| -> serde_json::Value {
+            serde_json::Value::Object(held[i].fields.iter().cloned().collect())
+        };
+        assert_eq!(
+            fields(0),
+            serde_json::json!({"kind": "x", "n": 4, "s": 13, "top": 7})
+        );
+        assert_eq!(
+            fields(1),
+            serde_json::json!({"kind": "y", "n": 1, "s": 1, "top": 1})
+        );
+        assert_eq!(live_ids(&shard), ["x", "y"]);
     }
 }
