@@ -117,7 +117,18 @@ impl Shaper {
         let mut inputs: Vec<(usize, Map<String, Value>, Record)> = Vec::new();
         for (i, mut record) in records.into_iter().enumerate() {
             match std::mem::take(&mut record.value) {
-                Value::Object(map) if record.raw_len <= self.limits.max_bytes => {
+                Value::Object(mut map) if record.raw_len <= self.limits.max_bytes => {
+                    if self.dimensions.is_some() && !map.contains_key(EVENT_TIME_COLUMN) {
+                        // A rollup buckets records by their time.
+                        let time = chrono::DateTime::from_timestamp_micros(record.default_time_us)
+                            .unwrap_or_default();
+                        map.insert(
+                            EVENT_TIME_COLUMN.to_string(),
+                            Value::String(
+                                time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                            ),
+                        );
+                    }
                     outcomes.push(None);
                     inputs.push((i, map, record));
                 }
@@ -166,6 +177,16 @@ impl Shaper {
     /// Identity, time and limits of one (transformed) record.
     fn finish(&self, mut record: Record) -> Shaped {
         if let (Some(dimensions), Value::Object(map)) = (&self.dimensions, &mut record.value) {
+            // The transform's time bucket has no zone: it is UTC.
+            if let Some(Value::String(bucket)) = map.get_mut(EVENT_TIME_COLUMN) {
+                if let Ok(naive) =
+                    chrono::NaiveDateTime::parse_from_str(bucket, "%Y-%m-%dT%H:%M:%S%.f")
+                {
+                    *bucket = naive
+                        .and_utc()
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                }
+            }
             // One document per group of a rollup.
             let key: Vec<&Value> = dimensions
                 .iter()
@@ -298,5 +319,46 @@ mod tests {
         }
         assert!(matches!(out[2], Shaped::Filtered));
         assert!(matches!(out[3], Shaped::Rejected { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_rollup_gives_each_record_its_group_id_and_per_record_measures() {
+        let mut spec = spec(None);
+        spec.rollup = Some(
+            "SELECT date_trunc('minute', _event_time) AS _event_time, kind, COUNT(*) AS n, \
+             SUM(a) AS total FROM _input GROUP BY 1, 2"
+                .into(),
+        );
+        let shaper = Shaper::new(&spec, DocLimits::default()).unwrap();
+        let at = |second: i64, kind: &str, a: i64, n: u64| Record {
+            default_time_us: 1_763_800_000_000_000 + second * 1_000_000,
+            ..record(json!({"kind": kind, "a": a}), n)
+        };
+        let shaped = shaper
+            .shape(vec![
+                at(1, "x", 5, 1),
+                at(2, "x", 7, 2),
+                at(3, "y", 1, 3),
+                at(90, "x", 1, 4),
+            ])
+            .await;
+        let rows: Vec<PutRow> = shaped
+            .into_iter()
+            .map(|s| match s {
+                Shaped::Row(row) => row,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Same minute and kind, same group; another kind or minute, another.
+        assert_eq!(rows[0].id, rows[1].id);
+        assert_ne!(rows[0].id, rows[2].id);
+        assert_ne!(rows[0].id, rows[3].id);
+        let doc: Value = serde_json::from_str(&rows[0].doc_json).unwrap();
+        assert_eq!(
+            (&doc["n"], &doc["total"], &doc["kind"]),
+            (&json!(1), &json!(5), &json!("x"))
+        );
+        assert_eq!(rows[0].event_time_us, rows[1].event_time_us);
+        assert_eq!(rows[0].event_time_us % 60_000_000, 0);
     }
 }
