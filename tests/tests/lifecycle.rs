@@ -871,3 +871,65 @@ fn late_events_from_a_source_are_dead_lettered_or_dropped_as_the_collection_says
         refused.body
     );
 }
+
+#[test]
+fn a_rollup_of_a_kafka_stream_equals_group_by_over_the_raw_stream_through_kills() {
+    let (mut cluster, broker) = altdb_tests::kafka::events_cluster(
+        ClusterOptions {
+            leaves: 2,
+            ..ClusterOptions::default()
+        },
+        "clicks",
+        4,
+    )
+    .unwrap();
+    cluster
+        .create_collection(json!({
+            "name": "per_kind", "num_shards": 2,
+            "sources": [{"type": "kafka", "brokers": broker.address, "topic": "clicks"}],
+            "rollup": "SELECT date_trunc('minute', _event_time) AS _event_time, kind, \
+                       COUNT(*) AS n, SUM(amount) AS total, MIN(amount) AS low, \
+                       MAX(amount) AS high FROM _input GROUP BY 1, 2",
+        }))
+        .unwrap();
+    let producer = TrackingProducer::new(&broker).unwrap();
+    let mut produced = altdb_tests::kafka::Produced::default();
+    producer.produce("clicks", 0..3000, &mut produced).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // kill -9 of the tailer and of a leaf while records are consumed.
+    cluster.tailers[0].kill9();
+    cluster.leaves[1].kill9();
+    producer.produce("clicks", 3000..6000, &mut produced).unwrap();
+    cluster.leaves[1].restart().unwrap();
+    cluster.tailers[0].restart().unwrap();
+    producer.produce("clicks", 6000..9000, &mut produced).unwrap();
+    let good = produced.good as i64;
+    assert_eq!(
+        cluster.wait_until("SELECT COUNT(*) FROM events", Duration::from_secs(90), |n| n == good),
+        good
+    );
+    assert_eq!(
+        cluster.wait_until(
+            "SELECT CAST(SUM(n) AS BIGINT) FROM per_kind",
+            Duration::from_secs(90),
+            |n| n == good
+        ),
+        good
+    );
+    let raw = cluster
+        .rows(
+            "SELECT kind, COUNT(*), SUM(amount), MIN(amount), MAX(amount) FROM events \
+             GROUP BY kind ORDER BY kind",
+        )
+        .unwrap();
+    let rolled = cluster
+        .rows(
+            "SELECT kind, SUM(n), SUM(total), MIN(low), MAX(high) FROM per_kind \
+             GROUP BY kind ORDER BY kind",
+        )
+        .unwrap();
+    assert_eq!(rolled, raw);
+    // One document per (minute, kind): a few, against thousands of records.
+    let groups = cluster.scalar("SELECT COUNT(*) FROM per_kind").unwrap();
+    assert!((3..=30).contains(&groups), "{groups} groups");
+}
