@@ -899,13 +899,21 @@ fn a_rollup_of_a_kafka_stream_equals_group_by_over_the_raw_stream_through_kills(
     // kill -9 of the tailer and of a leaf while records are consumed.
     cluster.tailers[0].kill9();
     cluster.leaves[1].kill9();
-    producer.produce("clicks", 3000..6000, &mut produced).unwrap();
+    producer
+        .produce("clicks", 3000..6000, &mut produced)
+        .unwrap();
     cluster.leaves[1].restart().unwrap();
     cluster.tailers[0].restart().unwrap();
-    producer.produce("clicks", 6000..9000, &mut produced).unwrap();
+    producer
+        .produce("clicks", 6000..9000, &mut produced)
+        .unwrap();
     let good = produced.good as i64;
     assert_eq!(
-        cluster.wait_until("SELECT COUNT(*) FROM events", Duration::from_secs(90), |n| n == good),
+        cluster.wait_until(
+            "SELECT COUNT(*) FROM events",
+            Duration::from_secs(90),
+            |n| n == good
+        ),
         good
     );
     assert_eq!(
