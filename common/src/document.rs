@@ -125,7 +125,8 @@ pub fn prepare(
     })
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, in words ("a number").
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::columns::{EVENT_TIME_COLUMN, ID_COLUMN};
+use crate::document::json_kind;
 
 /// Most operations one document's patch may hold.
 pub const MAX_PATCH_OPS: usize = 1_000;
@@ -328,7 +329,7 @@ fn parent_slot<'a>(
         }
         other => Err(format!(
             "\"{token}\" names a member of {}, which has none",
-            kind(other)
+            json_kind(other)
         )),
     }
 }
@@ -343,17 +344,6 @@ fn array_index(token: &str, len: usize) -> Result<usize, String> {
     token
         .parse::<usize>()
         .map_err(|_| format!("\"{token}\" is not an array index (an array's members are 0, 1, ..)"))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// RFC 6902 `add`: sets an object's field, or inserts into an array (`-`
@@ -379,7 +369,7 @@ fn add(doc: &mut Value, tokens: &[String], value: Value) -> Result<(), String> {
         }
         other => Err(format!(
             "\"{last}\" cannot be added to {}, which has no members",
-            kind(other)
+            json_kind(other)
         )),
     }
 }
@@ -404,7 +394,7 @@ fn remove(doc: &mut Value, tokens: &[String]) -> Result<Value, String> {
         }
         other => Err(format!(
             "\"{last}\" names a member of {}, which has none",
-            kind(other)
+            json_kind(other)
         )),
     }
 }

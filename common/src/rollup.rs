@@ -63,6 +63,7 @@ impl Rollup {
         let usage = "a rollup is `SELECT <time bucket> AS _event_time, <dimensions>, \
                      COUNT(*)|SUM(x)|MIN(x)|MAX(x) AS <name>, .. FROM _input GROUP BY \
                      <the bucket and dimensions>`";
+        crate::sql_guard::check_parse_cost(sql)?;
         let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
             .map_err(|e| format!("the rollup does not parse: {e}"))?;
         if statements.len() != 1 {
@@ -352,6 +353,10 @@ mod tests {
             ),
             ("DELETE FROM _input", "a SELECT"),
             ("SELECT (", "does not parse"),
+            (
+                &format!("SELECT {}1{} AS n", "(".repeat(500), ")".repeat(500)),
+                "recursion limit",
+            ),
         ] {
             let error = Rollup::parse(sql).unwrap_err();
             assert!(error.contains(why), "{sql}: {error}");

@@ -297,6 +297,30 @@ async fn written_spec(api: &WriteApi, name: &str, headers: &HeaderMap) -> Result
     }
 }
 
+/// The collection and elements of a delete or patch request (`verb`): a
+/// JSON array (`usage` says of what) of at most `max` elements.
+async fn by_id_request(
+    api: &WriteApi,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    verb: &str,
+    usage: &str,
+    max: usize,
+) -> Result<(CollectionSpec, Vec<serde_json::Value>)> {
+    let spec = written_spec(api, name, headers).await?;
+    let body = decoded_body(headers, body, api.max_write_bytes)?;
+    let elements: Vec<serde_json::Value> = serde_json::from_slice(&body)
+        .map_err(|e| TailerError::InvalidRequest(format!("{usage}: {e}")))?;
+    if elements.len() > max {
+        return Err(TailerError::InvalidRequest(format!(
+            "{} elements in one {verb}; send at most {max} per request",
+            elements.len()
+        )));
+    }
+    Ok((spec, elements))
+}
+
 /// Most `_id`s one delete request may name.
 pub const MAX_DELETE_IDS: usize = 100_000;
 
@@ -310,19 +334,16 @@ async fn delete_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let spec = written_spec(&api, &name, &headers).await?;
-    let body = decoded_body(&headers, body, api.max_write_bytes)?;
-    let elements: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
-        TailerError::InvalidRequest(format!(
-            "a delete takes a JSON array of objects with an `_id`, like [{{\"_id\": \"a\"}}]: {e}"
-        ))
-    })?;
-    if elements.len() > MAX_DELETE_IDS {
-        return Err(TailerError::InvalidRequest(format!(
-            "{} elements in one delete; send at most {MAX_DELETE_IDS} per request",
-            elements.len()
-        )));
-    }
+    let (spec, elements) = by_id_request(
+        &api,
+        &name,
+        &headers,
+        body,
+        "delete",
+        "a delete takes a JSON array of objects with an `_id`, like [{\"_id\": \"a\"}]",
+        MAX_DELETE_IDS,
+    )
+    .await?;
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut results: Vec<DocResult> = Vec::with_capacity(elements.len());
     let mut rows = Vec::new();
@@ -452,19 +473,11 @@ async fn patch_docs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let spec = written_spec(&api, &name, &headers).await?;
-    let body = decoded_body(&headers, body, api.max_write_bytes)?;
     let usage = "a patch takes a JSON array of objects with an `_id` and a `patch` (an array of \
                  operations), like [{\"_id\": \"a\", \"patch\": [{\"op\": \"replace\", \
                  \"path\": \"/n\", \"value\": 1}]}]";
-    let elements: Vec<serde_json::Value> = serde_json::from_slice(&body)
-        .map_err(|e| TailerError::InvalidRequest(format!("{usage}: {e}")))?;
-    if elements.len() > MAX_PATCH_DOCS {
-        return Err(TailerError::InvalidRequest(format!(
-            "{} elements in one patch; send at most {MAX_PATCH_DOCS} per request",
-            elements.len()
-        )));
-    }
+    let (spec, elements) =
+        by_id_request(&api, &name, &headers, body, "patch", usage, MAX_PATCH_DOCS).await?;
     let mut results: Vec<DocResult> = Vec::with_capacity(elements.len());
     let mut rows = Vec::new();
     let mut indexes = Vec::new();

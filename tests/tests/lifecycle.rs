@@ -199,6 +199,13 @@ fn deletes_and_patches_reach_every_copy_even_one_killed_meanwhile() {
             vec![json!(600), Value::Null]
         ]
     );
+    // More documents than one patch may change: refused whole, saying so.
+    let flood: Vec<Value> = (0..10_001)
+        .map(|i| json!({"_id": format!("u{i}"), "patch": [{"op": "remove", "path": "/n"}]}))
+        .collect();
+    let (status, body) = patch(&cluster, "users", &json!(flood));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("send at most 10000"), "{body}");
     // Concurrent increments of the same documents from 4 writers: each
     // applied once, none lost.
     std::thread::scope(|scope| {
