@@ -23,7 +23,8 @@
 //! - [`source_policy`]: the operator's allow-lists for what sources may reach.
 //! - [`sql_guard`]: refuses SQL the parser would take exponential time for.
 //! - [`transform`]: ingest transforms (`SELECT .. FROM _input`) run by the tailers.
-//! - [`search`], [`geo`]: the SQL functions altdb adds ([`register_functions`]).
+//! - [`search`], [`geo`], [`sketch`]: the SQL functions altdb adds ([`register_functions`]);
+//!   [`sketch`] also keeps rollups' distinct-count and quantile sketches.
 //! - [`metastore`]: the cluster's shared state (a file, or etcd) and watch caches of it.
 //! - [`files`]: JSON state files replaced atomically, owner-only.
 //! - [`fence`]: read-your-writes fences: what a write reached, as a token a query waits for.
@@ -62,6 +63,7 @@ pub mod schema;
 pub mod search;
 pub mod secrets;
 pub mod shutdown;
+pub mod sketch;
 pub mod source_policy;
 pub mod sql_guard;
 pub mod telemetry;
@@ -71,7 +73,7 @@ pub mod versions;
 
 pub use error::{Error, Result};
 
-/// Registers altdb's SQL functions (`search`, `geo_*`) in a session; every
+/// Registers altdb's SQL functions (`search`, `geo_*`, `sketch_*`) in a session; every
 /// session that plans, checks or runs SQL needs them.
 pub fn register_functions(context: &datafusion::prelude::SessionContext) {
     for udf in [
@@ -82,6 +84,8 @@ pub fn register_functions(context: &datafusion::prelude::SessionContext) {
     ] {
         context.register_udf(udf.as_ref().clone());
     }
+    context.register_udaf(sketch::distinct_udaf());
+    context.register_udaf(sketch::quantile_udaf());
     // Names users bring from DuckDB and ClickHouse: `strlen` (length in bytes, used
     // by ClickBench) and `regexp_matches` (whether a pattern matches anywhere).
     let octet_length = datafusion::functions::string::octet_length();

@@ -2,11 +2,13 @@
 //!
 //! A rollup is declared with SQL over `_input` that groups by a time bucket
 //! (output as `_event_time`) and dimensions and computes `COUNT`, `SUM`, `MIN`
-//! and `MAX` measures:
+//! and `MAX` measures, and sketches: `COUNT(DISTINCT x)` (or
+//! `APPROX_DISTINCT(x)`) and `QUANTILES(x)` ([`crate::sketch`]):
 //!
 //! ```sql
 //! SELECT date_trunc('minute', _event_time) AS _event_time, kind,
-//!        COUNT(*) AS n, SUM(amount) AS total, MAX(amount) AS top
+//!        COUNT(*) AS n, SUM(amount) AS total, MAX(amount) AS top,
+//!        COUNT(DISTINCT user) AS users, QUANTILES(latency_ms) AS latency
 //! FROM _input GROUP BY 1, 2
 //! ```
 //!
@@ -18,8 +20,8 @@
 //! group's document merges each arriving document into ([`merge`]).
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem, SetExpr,
-    Statement, Value as SqlValue,
+    DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    SelectItem, SetExpr, Statement, Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::columns::EVENT_TIME_COLUMN;
+use crate::sketch::{self, SketchKind};
 
 /// How a measure combines the values of a group's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +41,21 @@ pub enum MeasureKind {
     Sum,
     Min,
     Max,
+    /// `COUNT(DISTINCT x)`: a distinct-count sketch of the values.
+    Distinct,
+    /// `QUANTILES(x)`: a quantile sketch of the (numeric) values.
+    Quantiles,
+}
+
+impl MeasureKind {
+    /// The sketch this measure keeps, if it keeps one.
+    pub fn sketch(self) -> Option<SketchKind> {
+        match self {
+            Self::Distinct => Some(SketchKind::Distinct),
+            Self::Quantiles => Some(SketchKind::Quantiles),
+            Self::Count | Self::Sum | Self::Min | Self::Max => None,
+        }
+    }
 }
 
 /// One measure of a rollup: an output column and how it combines.
@@ -61,8 +79,8 @@ impl Rollup {
     /// Takes a rollup's SQL apart, or says what to fix.
     pub fn parse(sql: &str) -> Result<Self, String> {
         let usage = "a rollup is `SELECT <time bucket> AS _event_time, <dimensions>, \
-                     COUNT(*)|SUM(x)|MIN(x)|MAX(x) AS <name>, .. FROM _input GROUP BY \
-                     <the bucket and dimensions>`";
+                     COUNT(*)|SUM(x)|MIN(x)|MAX(x)|COUNT(DISTINCT x)|QUANTILES(x) AS <name>, .. \
+                     FROM _input GROUP BY <the bucket and dimensions>`";
         crate::sql_guard::check_parse_cost(sql)?;
         let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
             .map_err(|e| format!("the rollup does not parse: {e}"))?;
@@ -157,8 +175,16 @@ fn measure(expr: &Expr) -> Result<Option<(MeasureKind, Expr)>, String> {
     let Expr::Function(function) = expr else {
         return Ok(None);
     };
+    let distinct = matches!(
+        &function.args,
+        FunctionArguments::List(list)
+            if list.duplicate_treatment == Some(DuplicateTreatment::Distinct)
+    );
     let kind = match function.name.to_string().to_ascii_lowercase().as_str() {
+        "count" if distinct => MeasureKind::Distinct,
         "count" => MeasureKind::Count,
+        "approx_distinct" => MeasureKind::Distinct,
+        "quantiles" => MeasureKind::Quantiles,
         "sum" => MeasureKind::Sum,
         "min" => MeasureKind::Min,
         "max" => MeasureKind::Max,
@@ -168,31 +194,31 @@ fn measure(expr: &Expr) -> Result<Option<(MeasureKind, Expr)>, String> {
                  querying the rollup (an average of averages is not the average)"
             ))
         }
-        "stddev"
-        | "variance"
-        | "median"
-        | "approx_distinct"
-        | "approx_percentile_cont"
-        | "approx_median"
-        | "array_agg"
-        | "string_agg"
-        | "first_value"
-        | "last_value" => {
+        "median" | "approx_median" | "approx_percentile_cont" | "percentile_cont" => {
             return Err(format!(
-                "`{expr}` is not a rollup measure: COUNT, SUM, MIN and MAX are"
+                "`{expr}`: keep `QUANTILES(x) AS <name>` as the measure and ask any quantile \
+                 when querying the rollup: `sketch_quantile(<name>, 0.5)`"
+            ))
+        }
+        "stddev" | "variance" | "array_agg" | "string_agg" | "first_value" | "last_value" => {
+            return Err(format!(
+                "`{expr}` is not a rollup measure: COUNT, SUM, MIN, MAX, COUNT(DISTINCT) and \
+                 QUANTILES are"
             ))
         }
         _ => return Ok(None),
     };
+    if (distinct && kind != MeasureKind::Distinct)
+        || function.filter.is_some()
+        || function.over.is_some()
+    {
+        return Err(format!(
+            "`{expr}`: DISTINCT (but in COUNT), FILTER and OVER are not rollup measures"
+        ));
+    }
     let FunctionArguments::List(list) = &function.args else {
         return Err(format!("`{expr}`: one argument"));
     };
-    if list.duplicate_treatment.is_some() || function.filter.is_some() || function.over.is_some() {
-        return Err(format!(
-            "`{expr}`: DISTINCT, FILTER and OVER are not rollup measures (COUNT(DISTINCT) \
-             needs a sketch, not supported yet)"
-        ));
-    }
     let [FunctionArg::Unnamed(arg)] = list.args.as_slice() else {
         return Err(format!("`{expr}`: one argument"));
     };
@@ -213,15 +239,31 @@ fn measure(expr: &Expr) -> Result<Option<(MeasureKind, Expr)>, String> {
     Ok(Some((kind, per_record)))
 }
 
-/// Merges what `incoming` (one record's document, or several merged)
-/// contributes into `held`, the group's document: counts and sums add, mins
-/// and maxes keep the extreme; a measure missing or null on one side takes the
-/// other's.
+/// A group's document before its first record merges in: the record's
+/// dimensions (and other fields) without its measures.
+pub fn start(incoming: &Map<String, Value>, measures: &[Measure]) -> Map<String, Value> {
+    let mut group = incoming.clone();
+    for measure in measures {
+        group.remove(&measure.name);
+    }
+    group
+}
+
+/// Merges what `incoming`, one record's document, contributes into `held`,
+/// the group's document: counts and sums add, mins and maxes keep the
+/// extreme, sketches take the record's value in; a measure missing or null
+/// on one side takes the other's.
 pub fn merge(held: &mut Map<String, Value>, incoming: &Map<String, Value>, measures: &[Measure]) {
     for Measure { name, kind } in measures {
         let Some(new) = incoming.get(name).filter(|v| !v.is_null()) else {
             continue;
         };
+        if let Some(sketch) = kind.sketch() {
+            if let Some(merged) = sketch::add(sketch, held.get(name), new) {
+                held.insert(name.clone(), merged);
+            }
+            continue;
+        }
         let merged = match held.get(name).filter(|v| !v.is_null()) {
             None => new.clone(),
             Some(old) => combine(*kind, old, new),
@@ -252,6 +294,8 @@ fn combine(kind: MeasureKind, old: &Value, new: &Value) -> Value {
                     .map_or(Value::Null, Value::Number)
             }
         },
+        // Sketches merge in `sketch::add`, never here.
+        MeasureKind::Distinct | MeasureKind::Quantiles => new.clone(),
         MeasureKind::Min | MeasureKind::Max => {
             let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
             let keep_new = if kind == MeasureKind::Min {
@@ -328,15 +372,19 @@ mod tests {
                 "at least one measure",
             ),
             (
-                "SELECT _event_time, COUNT(DISTINCT u) AS n FROM _input GROUP BY 1",
-                "needs a sketch",
+                "SELECT _event_time, SUM(DISTINCT u) AS n FROM _input GROUP BY 1",
+                "DISTINCT (but in COUNT)",
+            ),
+            (
+                "SELECT _event_time, approx_percentile_cont(a, 0.9) AS n FROM _input GROUP BY 1",
+                "sketch_quantile(<name>, 0.5)",
             ),
             (
                 "SELECT _event_time, AVG(a) AS n FROM _input GROUP BY 1",
                 "divide them when querying",
             ),
             (
-                "SELECT _event_time, median(a) AS n FROM _input GROUP BY 1",
+                "SELECT _event_time, stddev(a) AS n FROM _input GROUP BY 1",
                 "not a rollup measure",
             ),
             (
@@ -360,6 +408,52 @@ mod tests {
         ] {
             let error = Rollup::parse(sql).unwrap_err();
             assert!(error.contains(why), "{sql}: {error}");
+        }
+    }
+
+    #[test]
+    fn sketch_measures_keep_each_records_value_and_merge_into_sketches() {
+        let rollup = Rollup::parse(
+            "SELECT _event_time, COUNT(DISTINCT user) AS users, approx_distinct(ip) AS ips, \
+             quantiles(latency_ms) AS latency, COUNT(ALL user) AS n FROM _input GROUP BY 1",
+        )
+        .unwrap();
+        let kinds: Vec<MeasureKind> = rollup.measures.iter().map(|m| m.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                MeasureKind::Distinct,
+                MeasureKind::Distinct,
+                MeasureKind::Quantiles,
+                MeasureKind::Count
+            ]
+        );
+        assert_eq!(
+            rollup.per_record,
+            "SELECT _event_time, user AS users, ip AS ips, latency_ms AS latency, \
+             CASE WHEN (user) IS NULL THEN 0 ELSE 1 END AS n FROM _input"
+        );
+        let records = [
+            json!({"_event_time": "t", "users": "ann", "ips": "1.2.3.4", "latency": 10, "n": 1}),
+            json!({"_event_time": "t", "users": "bob", "ips": "1.2.3.4", "latency": 30, "n": 1}),
+            json!({"_event_time": "t", "users": "ann", "ips": null, "latency": "slow", "n": 1}),
+        ];
+        let mut group = None;
+        for record in &records {
+            let Value::Object(record) = record else {
+                unreachable!()
+            };
+            let held = group.get_or_insert_with(|| start(record, &rollup.measures));
+            merge(held, record, &rollup.measures);
+        }
+        let group = group.unwrap();
+        assert_eq!(group["_event_time"], "t");
+        assert_eq!(group["n"], 3);
+        for (name, prefix) in [("users", "hll:"), ("ips", "hll:"), ("latency", "tdigest:")] {
+            assert!(
+                group[name].as_str().unwrap().starts_with(prefix),
+                "{group:?}"
+            );
         }
     }
 

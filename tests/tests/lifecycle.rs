@@ -896,7 +896,8 @@ fn a_rollup_of_a_kafka_stream_equals_group_by_over_the_raw_stream_through_kills(
             "sources": [{"type": "kafka", "brokers": broker.address, "topic": "clicks"}],
             "rollup": "SELECT date_trunc('minute', _event_time) AS _event_time, kind, \
                        COUNT(*) AS n, SUM(amount) AS total, MIN(amount) AS low, \
-                       MAX(amount) AS high FROM _input GROUP BY 1, 2",
+                       MAX(amount) AS high, COUNT(DISTINCT user) AS users, \
+                       QUANTILES(amount) AS amounts FROM _input GROUP BY 1, 2",
         }))
         .unwrap();
     let producer = TrackingProducer::new(&broker).unwrap();
@@ -944,6 +945,41 @@ fn a_rollup_of_a_kafka_stream_equals_group_by_over_the_raw_stream_through_kills(
         )
         .unwrap();
     assert_eq!(rolled, raw);
+    // Sketches: distinct users and the median amount, per kind and over all
+    // kinds (merged across minutes, kinds and leaves), within their error.
+    let raw = cluster
+        .rows(
+            "SELECT kind, COUNT(DISTINCT user), median(amount) FROM events \
+             GROUP BY kind ORDER BY kind",
+        )
+        .unwrap();
+    let rolled = cluster
+        .rows(
+            "SELECT kind, sketch_distinct(users), sketch_quantile(amounts, 0.5) FROM per_kind \
+             GROUP BY kind ORDER BY kind",
+        )
+        .unwrap();
+    assert_eq!(rolled.len(), raw.len());
+    for (rolled, raw) in rolled.iter().zip(&raw) {
+        assert_eq!(rolled[0], raw[0]);
+        let (estimate, exact) = (rolled[1].as_f64().unwrap(), raw[1].as_f64().unwrap());
+        assert!(
+            (estimate - exact).abs() <= exact * 0.05,
+            "{rolled:?} against {raw:?}"
+        );
+        let (estimate, exact) = (rolled[2].as_f64().unwrap(), raw[2].as_f64().unwrap());
+        assert!(
+            (estimate - exact).abs() <= 0.5,
+            "{rolled:?} against {raw:?}"
+        );
+    }
+    let users = cluster
+        .scalar("SELECT sketch_distinct(users) FROM per_kind")
+        .unwrap();
+    assert!(
+        (947..=1047).contains(&users),
+        "{users} distinct users, 997 sent"
+    );
     // One document per (minute, kind): a few, against thousands of records.
     let groups = cluster.scalar("SELECT COUNT(*) FROM per_kind").unwrap();
     assert!((3..=30).contains(&groups), "{groups} groups");

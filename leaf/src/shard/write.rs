@@ -414,13 +414,11 @@ impl Shard {
                     Ok(Value::Object(map)) => map,
                     _ => unreachable!("parse_row took it as an object"),
                 };
-                let group = match merged.remove(&doc.id).or_else(|| groups.remove(&doc.id)) {
-                    Some(mut group) => {
-                        rollup::merge(&mut group, &incoming, &meta.rollup);
-                        group
-                    }
-                    None => incoming,
-                };
+                let mut group = merged
+                    .remove(&doc.id)
+                    .or_else(|| groups.remove(&doc.id))
+                    .unwrap_or_else(|| rollup::start(&incoming, &meta.rollup));
+                rollup::merge(&mut group, &incoming, &meta.rollup);
                 row.fields = flatten(&group);
                 json = std::borrow::Cow::Owned(Value::Object(group.clone()).to_string());
                 merged.insert(doc.id.clone(), group);
