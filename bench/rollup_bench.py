@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """What a rollup saves: the same ~1 KB events posted over HTTP to a raw
-collection and to a rollup of it (per minute of their `ts` and kind: COUNT,
-SUM, MIN, MAX; the events span 10 minutes),
-then the per-kind totals asked of each, with DuckDB's GROUP BY over the raw
-events in memory as the peer. Reports ingest rates, documents and bytes
-stored, and query p50 for each.
+collection, to a rollup of it (per minute of their `ts` and kind: COUNT,
+SUM, MIN, MAX; the events span 10 minutes) and to a rollup with sketches as
+well (COUNT(DISTINCT user), QUANTILES(amount)), then the per-kind totals,
+distinct users and 99th percentile asked of each, with DuckDB's GROUP BY over
+the raw events in memory as the peer. Reports ingest rates, documents and
+bytes stored, query p50 for each and the sketches' error.
 
     cargo build --release --bins
     python3 bench/rollup_bench.py [--docs 200000]
@@ -24,6 +25,7 @@ BATCH = 5_000
 KINDS = ["view", "click", "buy", "share"]
 ROLLUP = ("SELECT date_trunc('minute', to_timestamp_micros(ts)) AS _event_time, kind, COUNT(*) AS n, "
           "SUM(amount) AS total, MIN(amount) AS low, MAX(amount) AS high FROM _input GROUP BY 1, 2")
+SKETCHED = ROLLUP.replace(" FROM _input", ", COUNT(DISTINCT user) AS users, QUANTILES(amount) AS amounts FROM _input")
 
 
 def events(count, start_us):
@@ -60,12 +62,14 @@ def main():
     url, procs = start_cluster(args.bin_dir, work, leaves=2)
     try:
         for spec in ({"name": "raw", "num_shards": 4, "id_field": "id", "event_time_field": "ts"},
-                     {"name": "per_minute", "num_shards": 4, "rollup": ROLLUP}):
+                     {"name": "per_minute", "num_shards": 4, "rollup": ROLLUP},
+                     {"name": "sketched", "num_shards": 4, "rollup": SKETCHED}):
             status, body = http("POST", url + "/v1/collections", spec)
             assert status == 201, body
         rows = list(events(args.docs, time.time_ns() // 1000 - args.docs * 3_000))
         raw_rate = post(url, "raw", rows)
         rollup_rate = post(url, "per_minute", rows)
+        sketched_rate = post(url, "sketched", rows)
 
         def sql(q):
             status, answer = http("POST", url + "/v1/query", {"sql": q})
@@ -78,12 +82,20 @@ def main():
                     "GROUP BY kind ORDER BY kind")
         for _ in range(600):
             if sql("SELECT COUNT(*) FROM raw")[0][0] == args.docs and \
-                    sql("SELECT SUM(n) FROM per_minute")[0][0] == args.docs:
+                    sql("SELECT SUM(n) FROM per_minute")[0][0] == args.docs and \
+                    sql("SELECT SUM(n) FROM sketched")[0][0] == args.docs:
                 break
             time.sleep(0.1)
         assert sql(raw_q) == sql(rollup_q), (sql(raw_q), sql(rollup_q))
         groups = sql("SELECT COUNT(*) FROM per_minute")[0][0]
         raw_ms, rollup_ms = p50(lambda: sql(raw_q)), p50(lambda: sql(rollup_q))
+        raw_sk = ("SELECT kind, COUNT(DISTINCT user), approx_percentile_cont(amount, 0.99) FROM raw "
+                  "GROUP BY kind ORDER BY kind")
+        rollup_sk = ("SELECT kind, sketch_distinct(users), sketch_quantile(amounts, 0.99) FROM sketched "
+                     "GROUP BY kind ORDER BY kind")
+        exact, estimated = sql(raw_sk), sql(rollup_sk)
+        distinct_error = max(abs(e[1] - x[1]) / x[1] for e, x in zip(estimated, exact))
+        raw_sk_ms, rollup_sk_ms = p50(lambda: sql(raw_sk)), p50(lambda: sql(rollup_sk))
 
         import duckdb
         import pandas as pd
@@ -93,17 +105,29 @@ def main():
         duck_ms = p50(lambda: con.execute(
             "SELECT kind, COUNT(*), SUM(amount), MIN(amount), MAX(amount) FROM t GROUP BY kind ORDER BY kind"
         ).fetchall())
+        duck_sk = ("SELECT kind, COUNT(DISTINCT user), quantile_cont(amount, 0.99) FROM t "
+                   "GROUP BY kind ORDER BY kind")
+        duck_exact = con.execute(duck_sk).fetchall()
+        quantile_error = max(abs(e[2] - x[2]) for e, x in zip(estimated, duck_exact))
+        duck_sk_ms = p50(lambda: con.execute(duck_sk).fetchall())
         time.sleep(12)  # both sealed (seal_interval_secs 10)
         sizes = {name: sum(dir_bytes(os.path.join(work, f"leaf-{i}", "segments", name)) for i in range(2))
-                 for name in ("raw", "per_minute")}
+                 for name in ("raw", "per_minute", "sketched")}
         print(f"{args.docs} events (~1 KB), 2 leaves, 4 shards, batches of {BATCH} over HTTP; "
               f"{groups} rollup documents (minute x kind)")
-        print(f"ingest: raw {raw_rate:,.0f} docs/s, rollup {rollup_rate:,.0f} docs/s")
+        print(f"ingest: raw {raw_rate:,.0f} docs/s, rollup {rollup_rate:,.0f} docs/s, "
+              f"rollup with sketches {sketched_rate:,.0f} docs/s")
         print(f"stored documents: raw {args.docs:,}, rollup {groups:,} ({args.docs / groups:,.0f}x fewer); "
-              f"sealed segments: raw {sizes['raw'] / 1e6:,.1f} MB, rollup {sizes['per_minute'] / 1e3:,.1f} KB")
+              f"sealed segments: raw {sizes['raw'] / 1e6:,.1f} MB, rollup {sizes['per_minute'] / 1e3:,.1f} KB, "
+              f"with sketches {sizes['sketched'] / 1e3:,.1f} KB")
         print(f"per-kind totals p50: raw {raw_ms:.1f} ms, rollup {rollup_ms:.1f} ms "
               f"({raw_ms / rollup_ms:.1f}x faster), DuckDB over the raw events {duck_ms:.1f} ms "
               f"(rollup/DuckDB {rollup_ms / duck_ms:.2f})")
+        print(f"per-kind distinct users and p99 amount p50: raw (COUNT(DISTINCT), approx_percentile_cont) "
+              f"{raw_sk_ms:.1f} ms, rollup sketches {rollup_sk_ms:.1f} ms ({raw_sk_ms / rollup_sk_ms:.1f}x faster), "
+              f"DuckDB (exact) {duck_sk_ms:.1f} ms (rollup/DuckDB {rollup_sk_ms / duck_sk_ms:.2f}); "
+              f"error: distinct users at most {distinct_error * 100:.2f} %, p99 at most {quantile_error:.2f} "
+              f"(amounts 0..250)")
     finally:
         stop(procs)
 

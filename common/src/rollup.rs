@@ -17,7 +17,10 @@
 //! _input`: one document per record, which keeps its source position and so
 //! exactly-once ingest), the dimensions (a document's `_id` is a hash of
 //! their values: one per group) and the measures, which the leaf holding a
-//! group's document merges each arriving document into ([`merge`]).
+//! group's document merges each arriving document into ([`Group`]).
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 
 use datafusion::sql::sqlparser::ast::{
     DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
@@ -29,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::columns::EVENT_TIME_COLUMN;
-use crate::sketch::{self, SketchKind};
+use crate::sketch::{Sketch, SketchKind};
 
 /// How a measure combines the values of a group's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,36 +242,68 @@ fn measure(expr: &Expr) -> Result<Option<(MeasureKind, Expr)>, String> {
     Ok(Some((kind, per_record)))
 }
 
-/// A group's document before its first record merges in: the record's
-/// dimensions (and other fields) without its measures.
-pub fn start(incoming: &Map<String, Value>, measures: &[Measure]) -> Map<String, Value> {
-    let mut group = incoming.clone();
-    for measure in measures {
-        group.remove(&measure.name);
-    }
-    group
+/// A group's document while records merge into it: counts and sums add,
+/// mins and maxes keep the extreme, sketches take the record's value in (kept
+/// decoded until [`Group::into_doc`], so a batch that updates a group a
+/// thousand times decodes and encodes its sketches once); a measure missing
+/// or null on one side takes the other's.
+#[derive(Debug)]
+pub struct Group {
+    doc: Map<String, Value>,
+    sketches: HashMap<String, Sketch>,
 }
 
-/// Merges what `incoming`, one record's document, contributes into `held`,
-/// the group's document: counts and sums add, mins and maxes keep the
-/// extreme, sketches take the record's value in; a measure missing or null
-/// on one side takes the other's.
-pub fn merge(held: &mut Map<String, Value>, incoming: &Map<String, Value>, measures: &[Measure]) {
-    for Measure { name, kind } in measures {
-        let Some(new) = incoming.get(name).filter(|v| !v.is_null()) else {
-            continue;
-        };
-        if let Some(sketch) = kind.sketch() {
-            if let Some(merged) = sketch::add(sketch, held.get(name), new) {
-                held.insert(name.clone(), merged);
-            }
-            continue;
+impl Group {
+    /// A group as stored.
+    pub fn stored(doc: Map<String, Value>) -> Self {
+        Self {
+            doc,
+            sketches: HashMap::new(),
         }
-        let merged = match held.get(name).filter(|v| !v.is_null()) {
-            None => new.clone(),
-            Some(old) => combine(*kind, old, new),
-        };
-        held.insert(name.clone(), merged);
+    }
+
+    /// A group before its first record merges in: the record's dimensions
+    /// (and other fields) without its measures.
+    pub fn start(incoming: &Map<String, Value>, measures: &[Measure]) -> Self {
+        let mut doc = incoming.clone();
+        for measure in measures {
+            doc.remove(&measure.name);
+        }
+        Self::stored(doc)
+    }
+
+    /// Merges what `incoming`, one record's document, contributes.
+    pub fn merge(&mut self, incoming: &Map<String, Value>, measures: &[Measure]) {
+        for Measure { name, kind } in measures {
+            let Some(new) = incoming.get(name).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            if let Some(kind) = kind.sketch() {
+                let sketch = match self.sketches.entry(name.clone()) {
+                    Entry::Occupied(held) => held.into_mut(),
+                    Entry::Vacant(slot) => match Sketch::held(kind, self.doc.get(name)) {
+                        Some(held) => slot.insert(held),
+                        None if Sketch::takes(kind, new) => slot.insert(Sketch::new(kind)),
+                        None => continue,
+                    },
+                };
+                sketch.add(new);
+                continue;
+            }
+            let merged = match self.doc.get(name).filter(|v| !v.is_null()) {
+                None => new.clone(),
+                Some(old) => combine(*kind, old, new),
+            };
+            self.doc.insert(name.clone(), merged);
+        }
+    }
+
+    /// The group's document, its sketches encoded.
+    pub fn into_doc(mut self) -> Map<String, Value> {
+        for (name, mut sketch) in self.sketches {
+            self.doc.insert(name, Value::String(sketch.encode()));
+        }
+        self.doc
     }
 }
 
@@ -294,7 +329,7 @@ fn combine(kind: MeasureKind, old: &Value, new: &Value) -> Value {
                     .map_or(Value::Null, Value::Number)
             }
         },
-        // Sketches merge in `sketch::add`, never here.
+        // Sketches merge in `Group::merge`, never here.
         MeasureKind::Distinct | MeasureKind::Quantiles => new.clone(),
         MeasureKind::Min | MeasureKind::Max => {
             let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
@@ -438,15 +473,24 @@ mod tests {
             json!({"_event_time": "t", "users": "bob", "ips": "1.2.3.4", "latency": 30, "n": 1}),
             json!({"_event_time": "t", "users": "ann", "ips": null, "latency": "slow", "n": 1}),
         ];
-        let mut group = None;
+        let mut group: Option<Group> = None;
         for record in &records {
             let Value::Object(record) = record else {
                 unreachable!()
             };
-            let held = group.get_or_insert_with(|| start(record, &rollup.measures));
-            merge(held, record, &rollup.measures);
+            let held = group.get_or_insert_with(|| Group::start(record, &rollup.measures));
+            held.merge(record, &rollup.measures);
         }
-        let group = group.unwrap();
+        let group = group.unwrap().into_doc();
+        // Stored and merged into again, it is read back.
+        let mut again = Group::stored(group.clone());
+        let Value::Object(fourth) = json!({"users": "cy", "latency": 20, "n": 1}) else {
+            unreachable!()
+        };
+        again.merge(&fourth, &rollup.measures);
+        let again = again.into_doc();
+        assert_eq!(again["n"], 4);
+        assert_ne!(again["users"], group["users"]);
         assert_eq!(group["_event_time"], "t");
         assert_eq!(group["n"], 3);
         for (name, prefix) in [("users", "hll:"), ("ips", "hll:"), ("latency", "tdigest:")] {
@@ -472,14 +516,15 @@ mod tests {
             map
         };
         let values = [json!(5), json!(-2), json!(7.5), Value::Null, json!(3)];
-        let mut forward = Map::new();
+        let mut forward = Group::stored(Map::new());
         for v in &values {
-            merge(&mut forward, &record(v.clone()), &measures);
+            forward.merge(&record(v.clone()), &measures);
         }
-        let mut backward = Map::new();
+        let mut backward = Group::stored(Map::new());
         for v in values.iter().rev() {
-            merge(&mut backward, &record(v.clone()), &measures);
+            backward.merge(&record(v.clone()), &measures);
         }
+        let (forward, backward) = (forward.into_doc(), backward.into_doc());
         assert_eq!(forward, backward);
         assert_eq!(
             Value::Object(forward),

@@ -256,7 +256,7 @@ pub struct ShardSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_secs: Option<u64>,
     /// A rollup's measures: an arriving document is merged into the one its
-    /// `_id` holds ([`crate::rollup::merge`]) instead of replacing it.
+    /// `_id` holds ([`crate::rollup::Group`]) instead of replacing it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollup: Vec<crate::rollup::Measure>,
 }

@@ -70,62 +70,63 @@ impl SketchKind {
     }
 }
 
-/// The stored sketch `held` (if it is one of this kind) with `value` added;
-/// `None` when `value` adds nothing and nothing is held. Nulls add nothing,
-/// nor do values that are not finite numbers to a quantile sketch. A `held`
-/// value that is not a sketch of this kind (a patch replaced it) is
-/// started over.
-pub fn add(kind: SketchKind, held: Option<&Value>, value: &Value) -> Option<Value> {
-    let held = held
-        .and_then(|v| v.as_str())
-        .and_then(|s| decode(kind, s).ok());
-    let sketch = match (kind, value) {
-        (_, Value::Null) => held?,
-        (SketchKind::Distinct, value) => {
-            let mut hll = match held {
-                Some(Decoded::Distinct(hll)) => hll,
-                _ => HllSketch::new(HLL_LG_K, HllType::Hll4).expect("a valid lg_k"),
-            };
-            update_distinct(&mut hll, value);
-            Decoded::Distinct(hll)
-        }
-        (SketchKind::Quantiles, value) => {
-            let number = value.as_f64().filter(|n| n.is_finite());
-            let mut digest = match held {
-                Some(Decoded::Quantiles(digest)) => digest,
-                _ if number.is_none() => return None,
-                _ => TDigestMut::new(TDIGEST_K).expect("a valid k"),
-            };
-            if let Some(number) = number {
-                digest.update(number);
-            }
-            Decoded::Quantiles(digest)
-        }
-    };
-    Some(Value::String(sketch.encode()))
-}
-
-/// Adds one value to a distinct-count sketch: strings by their text, other
-/// values by their JSON (so `"1"` and `1` are two values).
-fn update_distinct(hll: &mut HllSketch, value: &Value) {
-    match value {
-        Value::String(s) => hll.update(s.as_str()),
-        other => hll.update((0xA1u8, other.to_string())),
-    }
-}
-
-/// A sketch read back.
+/// A group's sketch, decoded: records' values are added to it and it is
+/// encoded once for storing ([`Sketch::encode`]).
 #[derive(Debug)]
-enum Decoded {
+pub enum Sketch {
     Distinct(HllSketch),
     Quantiles(TDigestMut),
 }
 
-impl Decoded {
-    fn encode(self) -> String {
+impl Sketch {
+    /// An empty sketch of `kind`.
+    pub fn new(kind: SketchKind) -> Self {
+        match kind {
+            SketchKind::Distinct => {
+                Self::Distinct(HllSketch::new(HLL_LG_K, HllType::Hll4).expect("a valid lg_k"))
+            }
+            SketchKind::Quantiles => {
+                Self::Quantiles(TDigestMut::new(TDIGEST_K).expect("a valid k"))
+            }
+        }
+    }
+
+    /// The sketch a group's document holds, if `held` is one of this kind (a
+    /// patch may have put something else there: the sketch starts over).
+    pub fn held(kind: SketchKind, held: Option<&Value>) -> Option<Self> {
+        decode(kind, held?.as_str()?).ok()
+    }
+
+    /// Whether `value` adds to a sketch of `kind`: nulls do not, nor do
+    /// values that are not finite numbers to a quantile sketch.
+    pub fn takes(kind: SketchKind, value: &Value) -> bool {
+        match kind {
+            SketchKind::Distinct => !value.is_null(),
+            SketchKind::Quantiles => value.as_f64().is_some_and(f64::is_finite),
+        }
+    }
+
+    /// Adds a record's value: a distinct-count sketch takes strings by their
+    /// text and other values by their JSON (so `"1"` and `1` are two values).
+    pub fn add(&mut self, value: &Value) {
+        match (self, value) {
+            (_, Value::Null) => {}
+            (Self::Distinct(hll), Value::String(s)) => hll.update(s.as_str()),
+            (Self::Distinct(hll), other) => hll.update((0xA1u8, other.to_string())),
+            (Self::Quantiles(digest), value) => {
+                if let Some(number) = value.as_f64() {
+                    digest.update(number);
+                }
+            }
+        }
+    }
+
+    /// The sketch as it is stored: its kind's prefix and its serialization
+    /// in base64.
+    pub fn encode(&mut self) -> String {
         let (kind, bytes) = match self {
             Self::Distinct(hll) => (SketchKind::Distinct, hll.serialize()),
-            Self::Quantiles(mut digest) => (SketchKind::Quantiles, digest.serialize()),
+            Self::Quantiles(digest) => (SketchKind::Quantiles, digest.serialize()),
         };
         let mut text = String::from(kind.prefix());
         STANDARD.encode_string(bytes, &mut text);
@@ -136,7 +137,7 @@ impl Decoded {
 /// Reads a stored sketch of `kind`, or says why it is not one. Sketches are
 /// read from query input (any string column may be handed to the SQL
 /// functions), so a malformed one is an error, never a panic.
-fn decode(kind: SketchKind, text: &str) -> Result<Decoded, String> {
+fn decode(kind: SketchKind, text: &str) -> Result<Sketch, String> {
     let not_one = || {
         let preview: String = text.chars().take(24).collect();
         format!(
@@ -152,8 +153,8 @@ fn decode(kind: SketchKind, text: &str) -> Result<Decoded, String> {
     // The library checks what it reads; a panic on a crafted image would take
     // the query's thread with it, so it is caught as well.
     let decoded = std::panic::catch_unwind(|| match kind {
-        SketchKind::Distinct => HllSketch::deserialize(&bytes).map(Decoded::Distinct),
-        SketchKind::Quantiles => TDigestMut::deserialize(&bytes).map(Decoded::Quantiles),
+        SketchKind::Distinct => HllSketch::deserialize(&bytes).map(Sketch::Distinct),
+        SketchKind::Quantiles => TDigestMut::deserialize(&bytes).map(Sketch::Quantiles),
     });
     match decoded {
         Ok(Ok(decoded)) => Ok(decoded),
@@ -266,7 +267,7 @@ impl AggregateUDFImpl for SketchFunction {
 }
 
 /// The stored sketches of one argument column, nulls skipped.
-fn sketches(kind: SketchKind, column: &ArrayRef) -> DfResult<Vec<Decoded>> {
+fn sketches(kind: SketchKind, column: &ArrayRef) -> DfResult<Vec<Sketch>> {
     let strings = datafusion::arrow::compute::cast(column, &DataType::Utf8)?;
     let mut decoded = Vec::new();
     for text in strings.as_string::<i32>().iter().flatten() {
@@ -294,7 +295,7 @@ struct DistinctAccumulator {
 impl Accumulator for DistinctAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         for sketch in sketches(SketchKind::Distinct, &values[0])? {
-            if let Decoded::Distinct(hll) = sketch {
+            if let Sketch::Distinct(hll) = sketch {
                 self.union.update(&hll);
             }
         }
@@ -336,7 +337,7 @@ struct QuantileAccumulator {
 impl Accumulator for QuantileAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         for sketch in sketches(SketchKind::Quantiles, &values[0])? {
-            if let Decoded::Quantiles(digest) = sketch {
+            if let Sketch::Quantiles(digest) = sketch {
                 self.digest.merge(&digest);
             }
         }
@@ -374,18 +375,21 @@ mod tests {
 
     use super::*;
 
+    /// What a group's measure holds after `values` (`None`: nothing taken).
     fn fold(kind: SketchKind, values: impl IntoIterator<Item = Value>) -> Option<Value> {
-        let mut held = None;
+        let mut sketch: Option<Sketch> = None;
         for value in values {
-            held = add(kind, held.as_ref(), &value).or(held);
+            if Sketch::takes(kind, &value) {
+                sketch.get_or_insert_with(|| Sketch::new(kind)).add(&value);
+            }
         }
-        held
+        sketch.map(|mut s| Value::String(s.encode()))
     }
 
     fn estimate(held: &Value) -> f64 {
         match decode(SketchKind::Distinct, held.as_str().unwrap()).unwrap() {
-            Decoded::Distinct(hll) => hll.estimate(),
-            Decoded::Quantiles(_) => unreachable!(),
+            Sketch::Distinct(hll) => hll.estimate(),
+            Sketch::Quantiles(_) => unreachable!(),
         }
     }
 
@@ -418,20 +422,19 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_add_keeps_what_is_held_and_a_non_sketch_starts_over() {
-        assert_eq!(add(SketchKind::Distinct, None, &Value::Null), None);
-        assert_eq!(add(SketchKind::Quantiles, None, &json!("fast")), None);
-        let one = add(SketchKind::Quantiles, None, &json!(3)).unwrap();
-        assert_eq!(
-            add(SketchKind::Quantiles, Some(&one), &json!("x")),
-            Some(one.clone())
-        );
-        // A value a patch put where the sketch was is replaced by a new one.
-        let fresh = add(SketchKind::Quantiles, Some(&json!("patched")), &json!(3)).unwrap();
-        assert_eq!(fresh, one);
-        // A distinct sketch is not a quantile sketch.
-        let hll = add(SketchKind::Distinct, None, &json!(3)).unwrap();
-        assert!(decode(SketchKind::Quantiles, hll.as_str().unwrap()).is_err());
+    fn what_a_sketch_takes_and_what_is_not_one() {
+        assert!(!Sketch::takes(SketchKind::Distinct, &Value::Null));
+        assert!(Sketch::takes(SketchKind::Distinct, &json!({"a": 1})));
+        assert!(!Sketch::takes(SketchKind::Quantiles, &json!("fast")));
+        assert!(Sketch::takes(SketchKind::Quantiles, &json!(2.5)));
+        let digest = fold(SketchKind::Quantiles, [json!(3)]).unwrap();
+        assert!(Sketch::held(SketchKind::Quantiles, Some(&digest)).is_some());
+        // A value a patch put where the sketch was is not one, nor is a
+        // sketch of the other kind.
+        assert!(Sketch::held(SketchKind::Quantiles, Some(&json!("patched"))).is_none());
+        let hll = fold(SketchKind::Distinct, [json!(3)]).unwrap();
+        assert!(Sketch::held(SketchKind::Quantiles, Some(&hll)).is_none());
+        assert!(Sketch::held(SketchKind::Distinct, Some(&json!(7))).is_none());
     }
 
     #[test]
@@ -465,7 +468,7 @@ mod tests {
                 }
                 let text = format!("{}{}", kind.prefix(), STANDARD.encode(&bytes));
                 // Decoding either works or says why; estimating what decoded works.
-                if let Ok(Decoded::Distinct(hll)) = decode(kind, &text) {
+                if let Ok(Sketch::Distinct(hll)) = decode(kind, &text) {
                     let _ = hll.estimate();
                 }
             }

@@ -311,11 +311,13 @@ impl Shard {
         let mut skipped = 0;
         let mut rejected = Vec::new();
         // A rollup's writes merge into its groups' documents: those held are
-        // read once for the batch, and a group the batch updates twice is
-        // merged twice (`merged`).
+        // read once for the batch, the batch's records merge into them
+        // (`pending`, in the order the batch first touched them), and each
+        // group the batch updated is stored once, after its last record.
         let rolling = !meta.rollup.is_empty() && !copied;
         let mut groups: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
-        let mut merged: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
+        let mut pending: Vec<Option<PendingGroup>> = Vec::new();
+        let mut pending_at: HashMap<&str, usize> = HashMap::new();
         if rolling {
             let mut ids: Vec<String> = docs
                 .iter()
@@ -368,6 +370,13 @@ impl Shard {
                 let seq = state.next_seq;
                 state.next_seq += 1;
                 write.put_tombstone(&doc.id, seq, doc.event_time_us, version);
+                if rolling {
+                    // The group is gone: records after the delete start it anew.
+                    groups.remove(&doc.id);
+                    if let Some(at) = pending_at.remove(doc.id.as_str()) {
+                        pending[at] = None;
+                    }
+                }
                 held.insert(doc.id.clone(), version);
                 live.insert(doc.id.as_str(), false);
                 if !was_live {
@@ -406,24 +415,37 @@ impl Shard {
                     continue;
                 }
             }
-            let mut json = std::borrow::Cow::Borrowed(doc.doc_json.as_str());
-            let mut version = version;
             if rolling {
-                // The group's document so far, with this record merged in.
+                // Merged into the group's document, stored after the loop.
                 let incoming = match serde_json::from_str::<Value>(&doc.doc_json) {
                     Ok(Value::Object(map)) => map,
                     _ => unreachable!("parse_row took it as an object"),
                 };
-                let mut group = merged
-                    .remove(&doc.id)
-                    .or_else(|| groups.remove(&doc.id))
-                    .unwrap_or_else(|| rollup::start(&incoming, &meta.rollup));
-                rollup::merge(&mut group, &incoming, &meta.rollup);
-                row.fields = flatten(&group);
-                json = std::borrow::Cow::Owned(Value::Object(group.clone()).to_string());
-                merged.insert(doc.id.clone(), group);
-                version = version.max(held.get(&doc.id).copied().unwrap_or(0));
+                let at = *pending_at.entry(doc.id.as_str()).or_insert_with(|| {
+                    let group = match groups.remove(&doc.id) {
+                        Some(stored) => rollup::Group::stored(stored),
+                        None => rollup::Group::start(&incoming, &meta.rollup),
+                    };
+                    pending.push(Some(PendingGroup {
+                        group,
+                        row: None,
+                        version: 0,
+                    }));
+                    pending.len() - 1
+                });
+                let entry = pending[at]
+                    .as_mut()
+                    .expect("a pending group is not removed twice");
+                entry.group.merge(&incoming, &meta.rollup);
+                entry.version = entry
+                    .version
+                    .max(version)
+                    .max(held.get(&doc.id).copied().unwrap_or(0));
+                entry.row = Some(row);
+                live.insert(doc.id.as_str(), true);
+                continue;
             }
+            let json = doc.doc_json.as_str();
             row.seq = state.next_seq;
             state.next_seq += 1;
             write.put_doc(
@@ -435,6 +457,29 @@ impl Shard {
             );
             held.insert(row.id.clone(), version);
             live.insert(doc.id.as_str(), true);
+            accepted.push(Change::Put(row));
+            kept_versions.push(version);
+        }
+        for PendingGroup {
+            group,
+            row,
+            version,
+        } in pending.into_iter().flatten()
+        {
+            let mut row = row.expect("a pending group merged a record");
+            let doc = group.into_doc();
+            row.fields = flatten(&doc);
+            row.seq = state.next_seq;
+            state.next_seq += 1;
+            let json = Value::Object(doc).to_string();
+            write.put_doc(
+                &row.id,
+                row.seq,
+                row.event_time_us,
+                version,
+                json.as_bytes(),
+            );
+            held.insert(row.id.clone(), version);
             accepted.push(Change::Put(row));
             kept_versions.push(version);
         }
@@ -539,6 +584,14 @@ pub fn retention_cutoff_us(secs: u64) -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     now_us.saturating_sub(i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX))
+}
+
+/// A rollup group a put merges records into, stored after its last one.
+struct PendingGroup {
+    group: rollup::Group,
+    /// The last record's row (its `_id`, bucket time), given the group's fields.
+    row: Option<FlatRow>,
+    version: u64,
 }
 
 /// A row of a put as it changes the shard once stored.
@@ -1048,7 +1101,8 @@ mod tests {
         };
         let sources = [mark("p0", None)];
         // Two records of `x` in one batch, one of `y`; versions out of order.
-        shard
+        // Each group the batch touched is stored once.
+        let ack = shard
             .write(
                 &meta,
                 &sources,
@@ -1056,6 +1110,7 @@ mod tests {
                 20,
             )
             .unwrap();
+        assert_eq!(ack.written, 2);
         shard
             .write(&meta, &sources, vec![record("x", -1, 4)], 10)
             .unwrap();
@@ -1082,5 +1137,27 @@ mod tests {
             serde_json::json!({"kind": "y", "n": 1, "s": 1, "top": 1})
         );
         assert_eq!(live_ids(&shard), ["x", "y"]);
+        // A group deleted within a batch counts only the records after the
+        // delete; one deleted after its records is gone.
+        shard
+            .write(
+                &meta,
+                &sources,
+                vec![
+                    record("y", 3, 6),
+                    delete("y"),
+                    record("y", 4, 7),
+                    record("x", 1, 8),
+                    delete("x"),
+                ],
+                40,
+            )
+            .unwrap();
+        let held = shard.documents(&["y".into()]).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(held[0].fields.iter().cloned().collect()),
+            serde_json::json!({"kind": "y", "n": 1, "s": 4, "top": 4})
+        );
+        assert_eq!(live_ids(&shard), ["y"]);
     }
 }
