@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""The fixed cost of a query: `SELECT COUNT(*)` and needle queries on a small
+`hits` collection (2 leaves, 4 shards, sealed), p50/p99 over many runs, each
+statement run the same way over and over (kept plans) and with a literal that
+changes on every call. DuckDB over the same rows in memory is the peer.
+
+With --perf SECONDS, `perf record` samples the aggregator and the leaves while
+COUNT(*) runs in a loop and the hottest symbols of each are printed (where the
+time goes).
+
+    cargo build --release --bins
+    python3 bench/fixed_cost.py [--hits 100000] [--runs 500] [--perf 10]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import datagen  # noqa: E402
+from cluster import default_bin_dir, http, start_cluster, stop  # noqa: E402
+
+
+def percentile(samples, p):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hits", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--perf", type=float, default=0, help="seconds of perf record during COUNT(*)")
+    parser.add_argument("--bin-dir", default=default_bin_dir())
+    args = parser.parse_args()
+    cache = os.environ.get("ALTDB_BENCH_CACHE", os.path.expanduser("~/.cache/altdb-bench"))
+    os.makedirs(cache, exist_ok=True)
+    hits_path = os.path.join(cache, f"hits-{args.hits}-v1.ndjson")  # the suite's rows (same seed)
+    if not os.path.exists(hits_path):
+        with open(hits_path + ".tmp", "w") as f:
+            for row in datagen.hits(1, args.hits):
+                f.write(json.dumps(row) + "\n")
+        os.replace(hits_path + ".tmp", hits_path)
+    work = tempfile.mkdtemp(prefix="altdb-fixed-cost-bench-")
+    url, procs = start_cluster(args.bin_dir, work, leaves=2)
+    try:
+        status, body = http("POST", url + "/v1/collections", {
+            "name": "hits", "num_shards": 4, "id_field": "WatchID", "event_time_field": "EventTime"})
+        assert status == 201, body
+        rows = []
+        with open(hits_path, "rb") as f:
+            chunk = []
+            for line in f:
+                chunk.append(line)
+                if len(chunk) == 5000:
+                    status, answer = http("POST", url + "/v1/collections/hits/docs", b"".join(chunk))
+                    assert status == 200, answer
+                    chunk = []
+            if chunk:
+                status, answer = http("POST", url + "/v1/collections/hits/docs", b"".join(chunk))
+                assert status == 200, answer
+        with open(hits_path) as f:
+            for line, _ in zip(f, range(args.hits)):
+                rows.append(json.loads(line))
+        watch_ids = [r["WatchID"] for r in rows[:1000]]
+        users = [r["UserID"] for r in rows[:1000]]
+        time.sleep(12)  # sealed (seal_interval_secs 10)
+
+        # One keep-alive connection, like a dashboard's driver.
+        import http.client
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+
+        def sql(q):
+            conn.request("POST", "/v1/query", json.dumps({"sql": q}), {"content-type": "application/json"})
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200, body
+            return json.loads(body)["rows"]
+
+        assert sql("SELECT COUNT(*) FROM hits")[0][0] == args.hits
+
+        def timed(make_sql):
+            for i in range(20):
+                sql(make_sql(i))
+            samples = []
+            for i in range(args.runs):
+                q = make_sql(i)
+                started = time.perf_counter()
+                sql(q)
+                samples.append((time.perf_counter() - started) * 1000)
+            return statistics.median(samples), percentile(samples, 99)
+
+        import duckdb
+        import pandas as pd
+        con = duckdb.connect()
+        frame = pd.DataFrame(rows)  # noqa: F841 (read by DuckDB)
+        con.execute("CREATE TABLE hits AS SELECT * FROM frame")
+
+        def duck(make_sql):
+            samples = []
+            for i in range(args.runs):
+                q = make_sql(i)
+                started = time.perf_counter()
+                con.execute(q).fetchall()
+                samples.append((time.perf_counter() - started) * 1000)
+            return statistics.median(samples)
+
+        cases = [
+            ("count", lambda i: "SELECT COUNT(*) FROM hits"),
+            ("needle, same literal", lambda i: f'SELECT "URL", "Title" FROM hits WHERE "WatchID" = {watch_ids[0]}'),
+            ("needle, new literal each call", lambda i: f'SELECT "URL", "Title" FROM hits WHERE "WatchID" = {watch_ids[i % 1000]}'),
+            ("needle by user, new literal", lambda i: f'SELECT COUNT(*), MIN("EventTime") FROM hits WHERE "UserID" = {users[i % 1000]}'),
+        ]
+        print(f"{args.hits:,} hits rows, 2 leaves, 4 shards, sealed; {args.runs} runs after 20 warm-up runs; "
+              "one keep-alive HTTP connection")
+        print("| query | altdb p50 ms | altdb p99 ms | DuckDB p50 ms | altdb/DuckDB |")
+        print("|---|---|---|---|---|")
+        for name, make in cases:
+            p50, p99 = timed(make)
+            d = duck(make)
+            print(f"| {name} | {p50:.2f} | {p99:.2f} | {d:.2f} | {p50 / d:.1f} |")
+
+        if args.perf:
+            names = ["leaf-0", "leaf-1", "aggregator"]
+            pids = [p.pid for p in procs[:3]]
+            out = os.path.join(work, "perf.data")
+            record = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", out, "-p",
+                                       ",".join(map(str, pids)), "--", "sleep", str(args.perf)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + args.perf
+            n = 0
+            while time.monotonic() < deadline:
+                sql("SELECT COUNT(*) FROM hits")
+                n += 1
+            record.wait()
+            print(f"perf: {n} COUNT(*) in {args.perf:.0f} s")
+            for name, pid in zip(names, pids):
+                report = subprocess.run(["perf", "report", "-i", out, "--pid", str(pid), "--no-children",
+                                         "--percent-limit", "1.5", "--stdio", "-g", "none", "--sort", "sym"],
+                                        capture_output=True, text=True).stdout
+                print(f"--- {name} (pid {pid})")
+                print("\n".join(l for l in report.splitlines() if l and not l.startswith("#"))[:3000])
+    finally:
+        stop(procs)
+
+
+if __name__ == "__main__":
+    main()
