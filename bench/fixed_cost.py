@@ -34,7 +34,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hits", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=500)
-    parser.add_argument("--perf", type=float, default=0, help="seconds of perf record during COUNT(*)")
+    parser.add_argument("--perf", type=float, default=0, help="seconds of perf record during --perf-case")
+    parser.add_argument("--perf-case", default="count", help="which query to profile (a case name's first word)")
+    parser.add_argument("--perf-children", action="store_true",
+                        help="report inclusive time (where it is spent from; DWARF call graphs, the aggregator only)")
     parser.add_argument("--bin-dir", default=default_bin_dir())
     args = parser.parse_args()
     cache = os.environ.get("ALTDB_BENCH_CACHE", os.path.expanduser("~/.cache/altdb-bench"))
@@ -71,9 +74,9 @@ def main():
         time.sleep(12)  # sealed (seal_interval_secs 10)
 
         # One keep-alive connection, like a dashboard's driver.
-        import http.client
+        import http.client as httpclient
         host, port = url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port))
+        conn = httpclient.HTTPConnection(host, int(port))
 
         def sql(q):
             conn.request("POST", "/v1/query", json.dumps({"sql": q}), {"content-type": "application/json"})
@@ -129,22 +132,27 @@ def main():
             names = ["leaf-0", "leaf-1", "aggregator"]
             pids = [p.pid for p in procs[:3]]
             out = os.path.join(work, "perf.data")
-            record = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", out, "-p",
+            if args.perf_children:
+                names, pids = names[2:], pids[2:]
+            graph = ["--call-graph", "dwarf,32768", "-F", "299"] if args.perf_children else ["-g", "-F", "999"]
+            record = subprocess.Popen(["perf", "record", *graph, "-o", out, "-p",
                                        ",".join(map(str, pids)), "--", "sleep", str(args.perf)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            name, make = next(c for c in cases if c[0].startswith(args.perf_case))
             deadline = time.monotonic() + args.perf
             n = 0
             while time.monotonic() < deadline:
-                sql("SELECT COUNT(*) FROM hits")
+                sql(make(n))
                 n += 1
             record.wait()
-            print(f"perf: {n} COUNT(*) in {args.perf:.0f} s")
+            print(f"perf: {n} runs of `{name}` in {args.perf:.0f} s")
             for name, pid in zip(names, pids):
-                report = subprocess.run(["perf", "report", "-i", out, "--pid", str(pid), "--no-children",
+                report = subprocess.run(["perf", "report", "-i", out, "--pid", str(pid),
+                                         "--children" if args.perf_children else "--no-children",
                                          "--percent-limit", "1.5", "--stdio", "-g", "none", "--sort", "sym"],
                                         capture_output=True, text=True).stdout
                 print(f"--- {name} (pid {pid})")
-                print("\n".join(l for l in report.splitlines() if l and not l.startswith("#"))[:3000])
+                print("\n".join(l for l in report.splitlines() if l and not l.startswith("#"))[:6000])
     finally:
         stop(procs)
 

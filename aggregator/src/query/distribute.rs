@@ -74,9 +74,12 @@ impl PhysicalOptimizerRule for DistributeFragments {
             if !is_shard_local(&node, shards) {
                 return Ok(Transformed::no(node));
             }
+            // The fragment has the properties its RemoteFragmentExec showed
+            // (that node copies them), so the operator's own stay valid:
+            // recomputing them (a filter's statistics) is a tenth of planning.
             let grown = node.clone().replace_children(
                 vec![remote.fragment.clone()],
-                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
             )?;
             match RemoteFragmentExec::try_new(grown, remote.target.clone()) {
                 Ok(absorbed) => Ok(Transformed::yes(Arc::new(absorbed) as Arc<dyn ExecutionPlan>)),

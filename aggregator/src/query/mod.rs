@@ -24,6 +24,7 @@ pub mod params;
 pub mod pg_catalog;
 pub mod plans;
 pub mod remote;
+pub mod shapes;
 pub mod statement;
 pub mod table;
 
@@ -130,6 +131,29 @@ pub struct Stats {
     /// How the leaves read: sealed segments pruned by `_event_time`, read through
     /// the index or scanned, and rows fetched by `_id`.
     pub scan: ScanCounts,
+    /// Where its plan came from: `planned`, `kept` (the plan of the same
+    /// statement) or `kept_for_shape` (the plan of one that differed only in
+    /// the values it compares, [`shapes`]).
+    pub plan: &'static str,
+}
+
+/// Where a statement's plan came from ([`Stats::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PlanSource {
+    Planned = 0,
+    Kept = 1,
+    KeptForShape = 2,
+}
+
+impl PlanSource {
+    fn name(source: u8) -> &'static str {
+        match source {
+            1 => "kept",
+            2 => "kept_for_shape",
+            _ => "planned",
+        }
+    }
 }
 
 /// The answer to `POST /v1/query`.
@@ -278,16 +302,17 @@ impl QueryEngine {
         }
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog("datafusion".to_string(), Arc::new(catalog));
-        let mut state = SessionStateBuilder::new_from_existing(SessionState::clone(&self.base))
-            .with_runtime_env(self.runtime()?)
-            .build();
+        // A clone of the base state, not a rebuild: building a state registers
+        // every function anew, a tenth of a short statement's planning. The
+        // statement runs with a runtime of its own ([`Self::task_context`]).
+        let mut state = SessionState::clone(&self.base);
         state.register_catalog_list(Arc::new(catalogs));
         state.config_mut().set_extension(stats);
         Ok((SessionContext::new_with_state(state), provider))
     }
 
-    /// The task context a kept plan runs in: the base state's, with the
-    /// statement's counters.
+    /// The task context a statement runs in: the base state's, with the
+    /// statement's counters and a runtime of its own ([`Self::runtime`]).
     fn task_context(&self, stats: Arc<QueryStats>) -> Result<Arc<TaskContext>> {
         Ok(Arc::new(altdb_common::plan::execution_context(
             self.base.session_id().to_string(),
@@ -590,9 +615,24 @@ impl QueryEngine {
                 query.params.fingerprint(),
             )
         });
+        // Its shape's plan with its values, when it compares values.
+        let shape = key
+            .as_ref()
+            .and_then(|key| shapes::Shape::of(sql).map(|shape| (key.shaped(&shape), shape)));
         let kept = key
             .as_ref()
-            .and_then(|key| self.plans.get(key, &specs, &self.fields));
+            .and_then(|key| self.plans.get(key, &specs, &self.fields))
+            .map(|kept| (kept, PlanSource::Kept))
+            .or_else(|| {
+                let (key, shape) = shape.as_ref()?;
+                let kept = self
+                    .plans
+                    .get_shaped(key, &specs, &self.fields, &shape.values)?;
+                Some((kept, PlanSource::KeptForShape))
+            });
+        if let Some((_, source)) = &kept {
+            stats.plan.store(*source as u8, Ordering::Relaxed);
+        }
         let mut attempt = Attempt {
             schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
             class: "select",
@@ -607,12 +647,13 @@ impl QueryEngine {
             started,
             profile,
             key: key.clone(),
+            shape_key: shape.as_ref().map(|(key, _)| key.clone()),
             provider: None,
             kept_collections: Vec::new(),
         };
         let planned = async {
             let (plan, task) = match kept {
-                Some((plan, collections)) => {
+                Some(((plan, collections), _)) => {
                     // A kept plan skips the schema provider that checks access
                     // when planning; its collections are checked here instead.
                     for collection in &collections {
@@ -642,7 +683,14 @@ impl QueryEngine {
                     if let Some(key) = &key {
                         self.plans.put(key.clone(), &specs, &logical, &plan);
                     }
-                    (plan, context.task_ctx())
+                    if let Some((key, shape)) = &shape {
+                        self.plans
+                            .put_shaped(key.clone(), &specs, &logical, &plan, shape);
+                    }
+                    let task = self
+                        .task_context(stats.clone())
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    (plan, task)
                 }
             };
             let schema: SchemaRef = plan.schema();
@@ -665,7 +713,7 @@ impl QueryEngine {
     /// What an attempt's error means: the plan is not kept; which collections
     /// it planned with remembered fields (to plan again with fresh ones).
     fn failure(&self, attempt: &Attempt, error: DataFusionError) -> Failed {
-        if let Some(key) = &attempt.key {
+        for key in attempt.key.iter().chain(&attempt.shape_key) {
             self.plans.forget(key);
         }
         let stale = matches!(
@@ -814,6 +862,7 @@ impl Answer {
             freshness_ms: freshness_ms(&self.stats, &self.specs),
             fence_wait_ms: self.fence_wait.map(|d| d.as_secs_f64() * 1000.0),
             scan: *self.stats.scan.lock().unwrap_or_else(|p| p.into_inner()),
+            plan: PlanSource::name(self.stats.plan.load(Ordering::Relaxed)),
         }
     }
 }
@@ -840,6 +889,8 @@ struct Attempt {
     started: Instant,
     profile: bool,
     key: Option<PlanKey>,
+    /// The key of its shape's plan ([`shapes`]), if it compares values.
+    shape_key: Option<PlanKey>,
     /// The schema provider it was planned with (none: a kept plan).
     provider: Option<Arc<CollectionSchemaProvider>>,
     /// The collections of a kept plan.

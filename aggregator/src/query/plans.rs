@@ -15,6 +15,10 @@
 //!         refusing a fragment, make a new one and the plan is dropped)
 //! ```
 //!
+//! A statement's plan is also kept for its *shape* (its SQL without the values
+//! it compares, [`super::shapes`]), so the next statement that differs only in
+//! those values runs it with its own.
+//!
 //! Only deterministic statements are kept: one calling a function that is not
 //! immutable (`now()`, `random()`) is planned every time, because the optimizer
 //! folds such values into the plan. Each run starts from DataFusion's
@@ -35,6 +39,7 @@ use altdb_common::lru::{plan_weight, LruMap};
 
 use super::fields::FieldsCache;
 use super::remote::RemoteFragmentExec;
+use super::shapes::{Shape, Template};
 use crate::access::DlqScope;
 use crate::cluster::CollectionFields;
 
@@ -48,6 +53,8 @@ const MAX_PLAN_BYTES: usize = 64 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlanKey {
     sql: String,
+    /// `sql` is a statement's shape ([`super::shapes`]), not its text.
+    shaped: bool,
     use_index: bool,
     dead_letters: String,
     /// The values of its parameters, which the plan holds as literals.
@@ -58,9 +65,19 @@ impl PlanKey {
     pub fn new(sql: &str, use_index: bool, dead_letters: DlqScope, params: String) -> Self {
         Self {
             sql: sql.to_string(),
+            shaped: false,
             use_index,
             dead_letters: dead_letters.fingerprint(),
             params,
+        }
+    }
+
+    /// The key of the statements of this one's shape.
+    pub fn shaped(&self, shape: &Shape) -> Self {
+        Self {
+            sql: shape.key.clone(),
+            shaped: true,
+            ..self.clone()
         }
     }
 }
@@ -72,6 +89,8 @@ struct CachedPlan {
     plan: Arc<dyn ExecutionPlan>,
     specs: Vec<CollectionSpec>,
     fields: Vec<(String, Arc<CollectionFields>)>,
+    /// Where the values of a shape's plan go.
+    template: Option<Template>,
 }
 
 /// Plans of deterministic statements planned with remembered fields.
@@ -98,6 +117,30 @@ impl PlanCache {
         specs: &[CollectionSpec],
         fields: &FieldsCache,
     ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>)> {
+        self.get_with(key, specs, fields)
+            .map(|(plan, collections, _)| (plan, collections))
+    }
+
+    /// [`Self::get`] for the shape of a statement: the plan kept for its shape
+    /// with the statement's `values` in it.
+    pub fn get_shaped(
+        &self,
+        key: &PlanKey,
+        specs: &[CollectionSpec],
+        fields: &FieldsCache,
+        values: &[String],
+    ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>)> {
+        let (plan, collections, template) = self.get_with(key, specs, fields)?;
+        let plan = template?.bind(plan, values)?;
+        Some((plan, collections))
+    }
+
+    fn get_with(
+        &self,
+        key: &PlanKey,
+        specs: &[CollectionSpec],
+        fields: &FieldsCache,
+    ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>, Option<Template>)> {
         let mut entries = self.lock();
         let cached = entries.get(key)?;
         let current = cached.specs == specs
@@ -116,7 +159,7 @@ impl PlanCache {
             return None;
         };
         let collections = cached.fields.iter().map(|(c, _)| c.clone()).collect();
-        Some((plan, collections))
+        Some((plan, collections, cached.template.clone()))
     }
 
     /// Keeps `plan` of a statement whose logical plan was `logical`, if it can be
@@ -127,6 +170,32 @@ impl PlanCache {
         specs: &[CollectionSpec],
         logical: &LogicalPlan,
         plan: &Arc<dyn ExecutionPlan>,
+    ) {
+        self.put_with(key, specs, logical, plan, None);
+    }
+
+    /// Keeps `plan` for the statements of its shape (`key` from
+    /// [`PlanKey::shaped`]) if its values can be put back into it ([`Template`]).
+    pub fn put_shaped(
+        &self,
+        key: PlanKey,
+        specs: &[CollectionSpec],
+        logical: &LogicalPlan,
+        plan: &Arc<dyn ExecutionPlan>,
+        shape: &Shape,
+    ) {
+        if let Some(template) = Template::find(plan, &shape.values) {
+            self.put_with(key, specs, logical, plan, Some(template));
+        }
+    }
+
+    fn put_with(
+        &self,
+        key: PlanKey,
+        specs: &[CollectionSpec],
+        logical: &LogicalPlan,
+        plan: &Arc<dyn ExecutionPlan>,
+        template: Option<Template>,
     ) {
         if !is_deterministic(logical) {
             return;
@@ -141,6 +210,7 @@ impl PlanCache {
                 plan: plan.clone(),
                 specs: specs.to_vec(),
                 fields,
+                template,
             },
             weight,
         );

@@ -66,6 +66,8 @@ pub struct QueryStats {
     pub scan: std::sync::Mutex<ScanCounts>,
     /// How each shard's fragment ran, when the statement profiles.
     pub profiles: std::sync::Mutex<Vec<ShardProfile>>,
+    /// Where the plan came from (`super::PlanSource` as a number).
+    pub plan: std::sync::atomic::AtomicU8,
 }
 
 /// One shard's fragment as its leaf ran it (`EXPLAIN ANALYZE`).
