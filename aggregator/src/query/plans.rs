@@ -82,6 +82,9 @@ impl PlanKey {
     }
 }
 
+/// A kept plan, fresh to run, and the collections it reads.
+pub type Kept = (Arc<dyn ExecutionPlan>, Vec<String>);
+
 /// A kept plan, the catalog it was planned against and the fields of each
 /// collection it reads.
 #[derive(Debug)]
@@ -116,9 +119,8 @@ impl PlanCache {
         key: &PlanKey,
         specs: &[CollectionSpec],
         fields: &FieldsCache,
-    ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>)> {
-        self.get_with(key, specs, fields)
-            .map(|(plan, collections, _)| (plan, collections))
+    ) -> Option<Kept> {
+        self.get_with(key, specs, fields).map(|(kept, _)| kept)
     }
 
     /// [`Self::get`] for the shape of a statement: the plan kept for its shape
@@ -129,8 +131,8 @@ impl PlanCache {
         specs: &[CollectionSpec],
         fields: &FieldsCache,
         values: &[String],
-    ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>)> {
-        let (plan, collections, template) = self.get_with(key, specs, fields)?;
+    ) -> Option<Kept> {
+        let ((plan, collections), template) = self.get_with(key, specs, fields)?;
         let plan = template?.bind(plan, values)?;
         Some((plan, collections))
     }
@@ -140,7 +142,7 @@ impl PlanCache {
         key: &PlanKey,
         specs: &[CollectionSpec],
         fields: &FieldsCache,
-    ) -> Option<(Arc<dyn ExecutionPlan>, Vec<String>, Option<Template>)> {
+    ) -> Option<(Kept, Option<Template>)> {
         let mut entries = self.lock();
         let cached = entries.get(key)?;
         let current = cached.specs == specs
@@ -159,7 +161,7 @@ impl PlanCache {
             return None;
         };
         let collections = cached.fields.iter().map(|(c, _)| c.clone()).collect();
-        Some((plan, collections, cached.template.clone()))
+        Some(((plan, collections), cached.template.clone()))
     }
 
     /// Keeps `plan` of a statement whose logical plan was `logical`, if it can be
