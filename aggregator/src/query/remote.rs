@@ -291,6 +291,19 @@ impl RemoteFragmentExec {
             context.task_ctx()
         });
         physical_plan_from_bytes_with_extension_codec(&encoded, context, &ScanCodec)?;
+        Ok(Self::encoded(fragment, target, encoded))
+    }
+
+    /// This fragment with other literal values in its filters (a kept plan run
+    /// for another statement of its shape): encoded again, and routed again
+    /// by its `_id` filter; it decodes like the fragment it replaces, which
+    /// [`Self::try_new`] checked.
+    pub fn with_values(&self, fragment: Arc<dyn ExecutionPlan>) -> DfResult<Self> {
+        let encoded = physical_plan_to_bytes_with_extension_codec(fragment.clone(), &ScanCodec)?;
+        Ok(Self::encoded(fragment, self.target.clone(), encoded))
+    }
+
+    fn encoded(fragment: Arc<dyn ExecutionPlan>, target: Arc<ScanTarget>, encoded: Bytes) -> Self {
         let properties = Arc::new(
             fragment
                 .properties()
@@ -300,7 +313,7 @@ impl RemoteFragmentExec {
         );
         let shards = pinned_shards(&fragment, target.collection.num_shards);
         let requests = Arc::new(plan_requests(&target, shards.as_ref()));
-        Ok(Self {
+        Self {
             fragment,
             target,
             shards,
@@ -308,7 +321,7 @@ impl RemoteFragmentExec {
             encoded,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
-        })
+        }
     }
 }
 

@@ -204,7 +204,7 @@ fn bind_plan(
     plan.transform_up(|node| {
         if let Some(remote) = node.downcast_ref::<RemoteFragmentExec>() {
             let fragment = bind_plan(remote.fragment.clone(), planned, values)?;
-            let rebuilt = RemoteFragmentExec::try_new(fragment, remote.target.clone())?;
+            let rebuilt = remote.with_values(fragment)?;
             return Ok(Transformed::yes(Arc::new(rebuilt) as Arc<dyn ExecutionPlan>));
         }
         let Some(filter) = node.downcast_ref::<FilterExec>() else {
