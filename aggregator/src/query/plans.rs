@@ -186,7 +186,7 @@ impl PlanCache {
         plan: &Arc<dyn ExecutionPlan>,
         shape: &Shape,
     ) {
-        if let Some(template) = Template::find(plan, &shape.values) {
+        if let Some(template) = Template::find(plan, shape) {
             self.put_with(key, specs, logical, plan, Some(template));
         }
     }

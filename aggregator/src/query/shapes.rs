@@ -6,14 +6,15 @@
 //! operator) taken out; statements of one shape differ only in those values.
 //! The first of a shape is planned as usual; if each of its compared values
 //! shows up exactly once in the physical plan, as a literal in a filter (on
-//! the aggregator or in a leaf fragment), the plan is kept as a [`Template`]
-//! of the shape. The next statement of that shape takes the kept plan with its
-//! values put where the first one's were, cast to the types the planner gave
-//! them, and each fragment rebuilt (so a `_id` filter is routed to its new
-//! shards). Anything else — a value folded into another by the optimizer, a
-//! value the planner turned into another type (a timestamp), one used twice,
-//! one that does not cast (`'abc'` where a number was) — is planned from
-//! scratch, as before.
+//! the aggregator or in a leaf fragment) whose value is the written value cast
+//! to the literal's type (`'2026-12-01'` compared with a timestamp is a
+//! timestamp literal), the plan is kept as a [`Template`] of the shape. The
+//! next statement of that shape takes the kept plan with its values cast the
+//! same way and put where the first one's were, and each fragment rebuilt (so
+//! a `_id` filter is routed to its new shards). Anything else — a value folded
+//! into another by the optimizer, one used twice, one that does not cast
+//! (`'abc'` or `2.5` where an integer was) — is planned from scratch, as
+//! before.
 //!
 //! What the other literals of a statement (`LIMIT 10`, `date_trunc('hour',
 //! ..)`, `IN (..)` lists) hold stays in its shape: they often decide the plan.
@@ -45,6 +46,8 @@ pub struct Shape {
     pub key: String,
     /// The values, in order, as written (a string without its quotes).
     pub values: Vec<String>,
+    /// Whether each value was written as a number (else as a string).
+    pub numbers: Vec<bool>,
 }
 
 impl Shape {
@@ -53,6 +56,7 @@ impl Shape {
         let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().ok()?;
         let mut key = String::with_capacity(sql.len());
         let mut values = Vec::new();
+        let mut numbers = Vec::new();
         let mut previous: Option<&Token> = None;
         for token in &tokens {
             let compared = previous.is_some_and(is_comparison);
@@ -60,10 +64,12 @@ impl Shape {
                 Token::Number(text, false) if compared && values.len() < MAX_VALUES => {
                     key.push_str("?n");
                     values.push(text.clone());
+                    numbers.push(true);
                 }
                 Token::SingleQuotedString(text) if compared && values.len() < MAX_VALUES => {
                     key.push_str("?s");
                     values.push(text.clone());
+                    numbers.push(false);
                 }
                 other => key.push_str(&other.to_string()),
             }
@@ -71,7 +77,11 @@ impl Shape {
                 previous = Some(token);
             }
         }
-        (!values.is_empty()).then_some(Self { key, values })
+        (!values.is_empty()).then_some(Self {
+            key,
+            values,
+            numbers,
+        })
     }
 }
 
@@ -91,41 +101,47 @@ fn is_comparison(token: &Token) -> bool {
 /// A kept plan of a shape: where the planned statement's values went.
 #[derive(Debug, Clone)]
 pub struct Template {
-    /// The values the plan was made with, as [`Literal::value`]s show them.
-    planned: Vec<String>,
-    /// The type the planner gave each value.
-    types: Vec<DataType>,
+    /// The literals the plan was made with, one per compared value.
+    planned: Vec<ScalarValue>,
 }
 
 impl Template {
-    /// The template of `plan`, planned from a statement with `values`: each
-    /// must be found exactly once, as a literal of a filter's predicate, and
-    /// no two may be equal.
-    pub fn find(plan: &Arc<dyn ExecutionPlan>, values: &[String]) -> Option<Self> {
+    /// The template of `plan`, planned from a statement of `shape`: each
+    /// compared value must be found exactly once, as a literal of a filter's
+    /// predicate (the literal whose value is the written value cast to the
+    /// literal's type, as the planner cast it), and no two may be equal.
+    pub fn find(plan: &Arc<dyn ExecutionPlan>, shape: &Shape) -> Option<Self> {
+        let values = &shape.values;
         let mut sorted: Vec<&String> = values.iter().collect();
         sorted.sort_unstable();
         if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
             return None;
         }
-        let mut found: Vec<Vec<(DataType, bool)>> = vec![Vec::new(); values.len()];
+        let mut found: Vec<Vec<(ScalarValue, bool)>> = vec![Vec::new(); values.len()];
         visit_literals(plan, &mut |literal, in_filter| {
-            if let Some(text) = canonical(literal.value()) {
-                if let Some(slot) = values.iter().position(|v| *v == text) {
-                    found[slot].push((literal.value().data_type(), in_filter));
+            let value = literal.value();
+            if value.is_null() {
+                return;
+            }
+            for (slot, text) in values.iter().enumerate() {
+                if cast(text, &value.data_type()).as_ref() == Some(value) {
+                    found[slot].push((value.clone(), in_filter));
                 }
             }
         });
-        let mut types = Vec::with_capacity(values.len());
-        for places in found {
+        let mut planned = Vec::with_capacity(values.len());
+        for (slot, places) in found.into_iter().enumerate() {
             match places.as_slice() {
-                [(data_type, true)] => types.push(data_type.clone()),
+                // A number the planner made a string (compared with a string
+                // column) was parsed as a number first: `05` is `'5'` there,
+                // which a cast of the text `05` would not be.
+                [(value, true)] if !(shape.numbers[slot] && is_string(&value.data_type())) => {
+                    planned.push(value.clone())
+                }
                 _ => return None,
             }
         }
-        Some(Self {
-            planned: values.to_vec(),
-            types,
-        })
+        Some(Self { planned })
     }
 
     /// The kept plan with `values` where the planned ones were; `None` if one
@@ -139,39 +155,28 @@ impl Template {
             return None;
         }
         let mut replacements = Vec::with_capacity(values.len());
-        for (value, data_type) in values.iter().zip(&self.types) {
-            let scalar = ScalarValue::try_from_string(value.clone(), data_type).ok()?;
-            // A cast that changes the value (a fraction to an integer) would
-            // run another statement than the one asked.
-            if canonical(&scalar).as_deref() != Some(value.as_str()) {
-                return None;
-            }
-            replacements.push(scalar);
+        for (text, planned) in values.iter().zip(&self.planned) {
+            replacements.push(cast(text, &planned.data_type())?);
         }
         bind_plan(plan, &self.planned, &replacements).ok()
     }
 }
 
-/// How a literal's value reads in SQL, for integers and strings (other types
-/// are not matched: their text is not what the statement wrote).
-fn canonical(value: &ScalarValue) -> Option<String> {
-    if value.is_null() {
-        return None;
-    }
-    match value.data_type() {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => Some(value.to_string()),
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
-            value.try_as_str().flatten().map(str::to_string)
-        }
-        _ => None,
-    }
+/// A written value as the planner makes it a literal of `data_type` (the cast
+/// its type coercion inserts, folded). A cast that would lose what was
+/// written — a fraction into an integer, an integer out of range, text that
+/// is no date — fails: Arrow's cast is checked.
+fn cast(text: &str, data_type: &DataType) -> Option<ScalarValue> {
+    ScalarValue::try_from_string(text.to_string(), data_type)
+        .ok()
+        .filter(|value| !value.is_null())
+}
+
+fn is_string(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+    )
 }
 
 /// Calls `f` with every literal of every operator's expressions, fragments'
@@ -194,11 +199,11 @@ fn visit_literals(plan: &Arc<dyn ExecutionPlan>, f: &mut dyn FnMut(&Literal, boo
     });
 }
 
-/// `plan` with each filter literal whose value reads as `planned[i]` replaced
+/// `plan` with each filter literal whose value is `planned[i]` replaced
 /// by `values[i]`, and each fragment rebuilt around its new filters.
 fn bind_plan(
     plan: Arc<dyn ExecutionPlan>,
-    planned: &[String],
+    planned: &[ScalarValue],
     values: &[ScalarValue],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
@@ -213,8 +218,7 @@ fn bind_plan(
         let predicate = filter.predicate().clone().transform_up(|e| {
             let replacement = e
                 .downcast_ref::<Literal>()
-                .and_then(|literal| canonical(literal.value()))
-                .and_then(|text| planned.iter().position(|p| *p == text));
+                .and_then(|literal| planned.iter().position(|p| p == literal.value()));
             Ok(match replacement {
                 Some(slot) => Transformed::yes(
                     Arc::new(Literal::new(values[slot].clone())) as Arc<dyn PhysicalExpr>
@@ -274,7 +278,7 @@ mod tests {
         let first = "SELECT a, b FROM t WHERE a >= 2 AND b = 'x' ORDER BY a";
         let shape = Shape::of(first).unwrap();
         let kept = plan(&context, first).await;
-        let template = Template::find(&kept, &shape.values).unwrap();
+        let template = Template::find(&kept, &shape).unwrap();
         for next in [
             "SELECT a, b FROM t WHERE a >= 1 AND b = 'x' ORDER BY a",
             "SELECT a, b FROM t WHERE a >= 3 AND b = 'y' ORDER BY a",
@@ -294,8 +298,53 @@ mod tests {
             .bind(kept.clone(), &["1.5".to_string(), "x".to_string()])
             .is_none());
         assert!(template
-            .bind(kept.clone(), &["007".to_string(), "x".to_string()])
+            .bind(kept.clone(), &["many".to_string(), "x".to_string()])
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn floats_and_timestamps_written_as_strings_are_kept_too() {
+        let context = context().await;
+        context
+            .sql(
+                "CREATE TABLE u (a BIGINT, ts TIMESTAMP) AS VALUES \
+                 (1, CAST('2026-12-01T10:00:00' AS TIMESTAMP)), \
+                 (2, CAST('2026-12-02T10:00:00' AS TIMESTAMP)), \
+                 (3, CAST('2026-12-03T10:00:00' AS TIMESTAMP))",
+            )
+            .await
+            .unwrap();
+        for (first, nexts) in [
+            (
+                "SELECT a FROM t WHERE c > 1 ORDER BY a",
+                vec![
+                    "SELECT a FROM t WHERE c > 2.5 ORDER BY a",
+                    "SELECT a FROM t WHERE c > 0 ORDER BY a",
+                ],
+            ),
+            (
+                "SELECT a FROM u WHERE ts >= '2026-12-02' ORDER BY a",
+                vec![
+                    "SELECT a FROM u WHERE ts >= '2026-12-01T12:00:00' ORDER BY a",
+                    "SELECT a FROM u WHERE ts >= '2026-12-04' ORDER BY a",
+                ],
+            ),
+        ] {
+            let shape = Shape::of(first).unwrap();
+            let kept = plan(&context, first).await;
+            let template = Template::find(&kept, &shape).expect(first);
+            for next in nexts {
+                let values = Shape::of(next).unwrap();
+                let bound = template.bind(kept.clone(), &values.values).unwrap();
+                assert_eq!(
+                    run(&context, bound).await,
+                    run(&context, plan(&context, next).await).await,
+                    "{next}"
+                );
+            }
+            let nonsense = vec!["not a value".to_string()];
+            assert!(template.bind(kept.clone(), &nonsense).is_none(), "{first}");
+        }
     }
 
     #[tokio::test]
@@ -307,14 +356,12 @@ mod tests {
             "SELECT a FROM t WHERE a = 2 AND b <> '2'",
             // Folded by the optimizer into another value.
             "SELECT a FROM t WHERE a = 1 + 2",
-            // Turned into another type.
-            "SELECT a FROM t WHERE c > 1",
             // Also outside the filter.
             "SELECT a, a = 2 AS two FROM t WHERE a = 2",
         ] {
             let shape = Shape::of(sql).unwrap();
             let kept = plan(&context, sql).await;
-            assert!(Template::find(&kept, &shape.values).is_none(), "{sql}");
+            assert!(Template::find(&kept, &shape).is_none(), "{sql}");
         }
     }
 
