@@ -22,12 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import datagen  # noqa: E402
-from cluster import default_bin_dir, http, start_cluster, stop  # noqa: E402
-
-
-def percentile(samples, p):
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+from cluster import default_bin_dir, http, percentile, start_cluster, stop  # noqa: E402
 
 
 def main():
@@ -96,7 +91,7 @@ def main():
                 started = time.perf_counter()
                 sql(q)
                 samples.append((time.perf_counter() - started) * 1000)
-            return statistics.median(samples), percentile(samples, 99)
+            return statistics.median(samples), percentile(samples, 0.99)
 
         import duckdb
         import pandas as pd

@@ -615,21 +615,22 @@ impl QueryEngine {
                 query.params.fingerprint(),
             )
         });
-        // Its shape's plan with its values, when it compares values.
-        let shape = key
+        let exact = key
             .as_ref()
-            .and_then(|key| shapes::Shape::of(sql).map(|shape| (key.shaped(&shape), shape)));
-        let kept = key
-            .as_ref()
-            .and_then(|key| self.plans.get(key, &specs, &self.fields))
-            .map(|kept| (kept, PlanSource::Kept))
-            .or_else(|| {
-                let (key, shape) = shape.as_ref()?;
-                let kept = self
-                    .plans
-                    .get_shaped(key, &specs, &self.fields, &shape.values)?;
-                Some((kept, PlanSource::KeptForShape))
-            });
+            .and_then(|key| self.plans.get(key, &specs, &self.fields));
+        // Else its shape's plan with its values, when it compares values
+        // (the shape is taken only then: an exact hit needs none).
+        let shape = match (&key, &exact) {
+            (Some(key), None) => shapes::Shape::of(sql).map(|shape| (key.shaped(&shape), shape)),
+            _ => None,
+        };
+        let kept = exact.map(|kept| (kept, PlanSource::Kept)).or_else(|| {
+            let (key, shape) = shape.as_ref()?;
+            let kept = self
+                .plans
+                .get_shaped(key, &specs, &self.fields, &shape.values)?;
+            Some((kept, PlanSource::KeptForShape))
+        });
         if let Some((_, source)) = &kept {
             stats.plan.store(*source as u8, Ordering::Relaxed);
         }

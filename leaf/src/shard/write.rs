@@ -15,7 +15,7 @@ use altdb_common::rpc::{
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::{LeafError, Result};
-use crate::store::CollectionMeta;
+use crate::store::{CollectionMeta, ShardWrite};
 
 use super::{Shard, ShardState};
 
@@ -445,17 +445,14 @@ impl Shard {
                 live.insert(doc.id.as_str(), true);
                 continue;
             }
-            let json = doc.doc_json.as_str();
-            row.seq = state.next_seq;
-            state.next_seq += 1;
-            write.put_doc(
-                &row.id,
-                row.seq,
-                row.event_time_us,
+            put_row(
+                state,
+                &mut write,
+                &mut held,
+                &mut row,
                 version,
-                json.as_bytes(),
+                &doc.doc_json,
             );
-            held.insert(row.id.clone(), version);
             live.insert(doc.id.as_str(), true);
             accepted.push(Change::Put(row));
             kept_versions.push(version);
@@ -469,17 +466,8 @@ impl Shard {
             let mut row = row.expect("a pending group merged a record");
             let doc = group.into_doc();
             row.fields = flatten(&doc);
-            row.seq = state.next_seq;
-            state.next_seq += 1;
             let json = Value::Object(doc).to_string();
-            write.put_doc(
-                &row.id,
-                row.seq,
-                row.event_time_us,
-                version,
-                json.as_bytes(),
-            );
-            held.insert(row.id.clone(), version);
+            put_row(state, &mut write, &mut held, &mut row, version, &json);
             accepted.push(Change::Put(row));
             kept_versions.push(version);
         }
@@ -584,6 +572,28 @@ pub fn retention_cutoff_us(secs: u64) -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     now_us.saturating_sub(i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX))
+}
+
+/// Gives `row` the shard's next sequence number and puts it, its document
+/// `json` at `version`, into the put's batch.
+fn put_row(
+    state: &mut ShardState,
+    write: &mut ShardWrite<'_>,
+    held: &mut HashMap<String, u64>,
+    row: &mut FlatRow,
+    version: u64,
+    json: &str,
+) {
+    row.seq = state.next_seq;
+    state.next_seq += 1;
+    write.put_doc(
+        &row.id,
+        row.seq,
+        row.event_time_us,
+        version,
+        json.as_bytes(),
+    );
+    held.insert(row.id.clone(), version);
 }
 
 /// A rollup group a put merges records into, stored after its last one.
