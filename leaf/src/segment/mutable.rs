@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, FieldRef};
+use arrow::error::ArrowError;
 
 use altdb_common::schema::FlatRow;
 
@@ -19,9 +20,10 @@ pub struct MutableChunk {
     pub index: u64,
     /// Changes whenever a row of the chunk is removed.
     pub version: u64,
-    /// No row will be appended to the chunk any more, so its columns can be cached.
+    /// No row will be appended to the chunk any more.
     pub complete: bool,
-    pub rows: Vec<Arc<FlatRow>>,
+    /// Shared by the snapshots of a complete chunk until a row of it is removed.
+    pub rows: Arc<[Arc<FlatRow>]>,
 }
 
 /// Rows appended since the last seal. A row's *position* is global and never reused,
@@ -34,6 +36,10 @@ pub struct MutableSegment {
     oldest: Option<Instant>,
     /// Chunk → removals so far (absent: none).
     versions: HashMap<u64, u64>,
+    /// The live rows of complete chunks as last snapshotted, by chunk: a
+    /// snapshot takes them whole while their version holds, instead of
+    /// collecting every row of the segment again.
+    views: HashMap<u64, (u64, Arc<[Arc<FlatRow>]>)>,
 }
 
 impl MutableSegment {
@@ -88,24 +94,47 @@ impl MutableSegment {
             .collect()
     }
 
-    /// The live rows by chunk of positions, for a query.
-    pub fn chunks(&self) -> Vec<MutableChunk> {
+    /// The live rows by chunk of positions, for a query. Complete chunks are
+    /// shared with the previous snapshot while no row of theirs was removed, so
+    /// a snapshot costs about the rows of the last chunk, not of the segment.
+    pub fn chunks(&mut self) -> Vec<MutableChunk> {
         let end = self.end();
-        let mut chunks: Vec<MutableChunk> = Vec::new();
-        for (i, row) in self.rows.iter().enumerate() {
-            let position = self.base + i as u64;
-            let index = position / CHUNK_POSITIONS;
-            if chunks.last().is_none_or(|c| c.index != index) {
-                chunks.push(MutableChunk {
-                    index,
-                    version: self.versions.get(&index).copied().unwrap_or(0),
-                    complete: (index + 1) * CHUNK_POSITIONS <= end,
-                    rows: Vec::new(),
-                });
-            }
-            if let (Some(row), Some(chunk)) = (row, chunks.last_mut()) {
-                chunk.rows.push(row.clone());
-            }
+        if end == self.base {
+            return Vec::new();
+        }
+        let (first, last) = (self.base / CHUNK_POSITIONS, (end - 1) / CHUNK_POSITIONS);
+        let mut chunks = Vec::with_capacity((last - first + 1) as usize);
+        for index in first..=last {
+            let version = self.versions.get(&index).copied().unwrap_or(0);
+            let complete = (index + 1) * CHUNK_POSITIONS <= end;
+            let view = self
+                .views
+                .get(&index)
+                .filter(|(v, _)| complete && *v == version)
+                .map(|(_, rows)| rows.clone());
+            let rows = match view {
+                Some(rows) => rows,
+                None => {
+                    let from = (index * CHUNK_POSITIONS).max(self.base) - self.base;
+                    let to = ((index + 1) * CHUNK_POSITIONS).min(end) - self.base;
+                    let rows: Arc<[Arc<FlatRow>]> = self
+                        .rows
+                        .range(from as usize..to as usize)
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    if complete {
+                        self.views.insert(index, (version, rows.clone()));
+                    }
+                    rows
+                }
+            };
+            chunks.push(MutableChunk {
+                index,
+                version,
+                complete,
+                rows,
+            });
         }
         chunks
     }
@@ -115,6 +144,8 @@ impl MutableSegment {
         // The chunk that `end` cuts loses rows from its front: a new version.
         *self.versions.entry(end / CHUNK_POSITIONS).or_default() += 1;
         self.versions
+            .retain(|&chunk, _| chunk >= end / CHUNK_POSITIONS);
+        self.views
             .retain(|&chunk, _| chunk >= end / CHUNK_POSITIONS);
         while self.base < end {
             match self.rows.pop_front() {
@@ -132,36 +163,62 @@ impl MutableSegment {
     }
 }
 
-/// Columns of complete chunks already converted to Arrow, shared by the queries of a
-/// shard: the mutable segment is converted once per chunk, column and type instead
-/// of once per query.
+/// Columns of chunks already converted to Arrow, shared by the queries of a
+/// shard: the mutable segment is converted once per chunk, column and type
+/// instead of once per query. The last chunk, still taking rows, is converted
+/// as it grows: only the rows appended since the last query are.
 #[derive(Debug, Default)]
 pub struct ColumnCache {
     entries: Mutex<CachedColumns>,
 }
 
-/// (chunk, column, type) → (chunk version, converted column).
-type CachedColumns = HashMap<(u64, String, DataType), (u64, ArrayRef)>;
+/// (chunk, column, type) → the column as converted.
+type CachedColumns = HashMap<(u64, String, DataType), CachedColumn>;
+
+#[derive(Debug)]
+struct CachedColumn {
+    /// The chunk's version it was converted at.
+    version: u64,
+    /// Of the chunk's first `array.len()` live rows.
+    array: ArrayRef,
+}
 
 impl ColumnCache {
-    /// The column of a chunk, converted by `build` unless cached for this version.
-    pub fn get_or_build<E>(
+    /// The column of a chunk's rows: cached, extended by the rows `build`
+    /// converts from the given offset on, or built by it whole (offset 0).
+    pub fn get_or_build<E: From<ArrowError>>(
         &self,
         chunk: &MutableChunk,
         field: &FieldRef,
-        build: impl FnOnce() -> Result<ArrayRef, E>,
+        build: impl FnOnce(usize) -> Result<ArrayRef, E>,
     ) -> Result<ArrayRef, E> {
-        if !chunk.complete {
-            return build();
-        }
         let key = (chunk.index, field.name().clone(), field.data_type().clone());
-        if let Some((version, array)) = self.lock().get(&key) {
-            if *version == chunk.version {
-                return Ok(array.clone());
+        // At one version, a chunk's rows only grow at the end: what is cached
+        // is a prefix of them (or, for an older snapshot, they of it).
+        let rows = chunk.rows.len();
+        let cached = self
+            .lock()
+            .get(&key)
+            .filter(|cached| cached.version == chunk.version)
+            .map(|cached| cached.array.clone());
+        let array = match cached {
+            Some(array) if array.len() >= rows => return Ok(array.slice(0, rows)),
+            Some(prefix) => {
+                let rest = build(prefix.len())?;
+                arrow::compute::concat(&[prefix.as_ref(), rest.as_ref()])?
             }
+            None => build(0)?,
+        };
+        let mut entries = self.lock();
+        // Another query may have cached more of the chunk meanwhile.
+        let longer = entries.get(&key).is_some_and(|cached| {
+            cached.version == chunk.version && cached.array.len() > array.len()
+        });
+        if !longer {
+            let version = chunk.version;
+            let array = array.clone();
+            entries.insert(key, CachedColumn { version, array });
         }
-        let array = build()?;
-        self.lock().insert(key, (chunk.version, array.clone()));
         Ok(array)
     }
 
@@ -207,44 +264,95 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_versioned_by_removals_and_cached_when_complete() {
+    fn complete_chunks_are_shared_by_snapshots_until_a_row_is_removed() {
         let mut segment = MutableSegment::default();
         for seq in 0..CHUNK_POSITIONS + 3 {
             segment.push(row(seq));
         }
-        let chunks = segment.chunks();
-        assert_eq!(chunks.len(), 2);
-        assert!(chunks[0].complete && !chunks[1].complete);
-        assert_eq!(chunks[0].rows.len() as u64, CHUNK_POSITIONS);
-        let field: FieldRef = Arc::new(arrow::datatypes::Field::new("x", DataType::Int64, true));
-        let cache = ColumnCache::default();
-        let builds = std::cell::Cell::new(0);
-        let read = |chunk: &MutableChunk| {
-            cache
-                .get_or_build::<()>(chunk, &field, || {
-                    builds.set(builds.get() + 1);
-                    Ok(Arc::new(arrow::array::Int64Array::from(vec![
-                        chunk.rows.len() as i64,
-                    ])))
-                })
-                .unwrap()
-        };
-        read(&chunks[0]);
-        read(&chunks[0]);
-        read(&chunks[1]);
-        read(&chunks[1]);
-        assert_eq!(
-            builds.get(),
-            3,
-            "complete chunks are built once, the tail every time"
-        );
+        let first = segment.chunks();
+        assert_eq!(first.len(), 2);
+        assert!(first[0].complete && !first[1].complete);
+        assert_eq!(first[0].rows.len() as u64, CHUNK_POSITIONS);
+        segment.push(row(0));
+        let second = segment.chunks();
+        assert!(Arc::ptr_eq(&first[0].rows, &second[0].rows));
+        assert_eq!((first[1].rows.len(), second[1].rows.len()), (3, 4));
         segment.remove(5);
-        let chunks = segment.chunks();
-        assert_eq!(chunks[0].rows.len() as u64, CHUNK_POSITIONS - 1);
-        let array = read(&chunks[0]);
-        assert_eq!(builds.get(), 4, "a removal invalidates the chunk");
-        assert_eq!(array.len(), 1);
+        let third = segment.chunks();
+        assert!(!Arc::ptr_eq(&second[0].rows, &third[0].rows));
+        assert_eq!(third[0].rows.len() as u64, CHUNK_POSITIONS - 1);
+        assert!(third[0].rows.iter().all(|r| r.seq != 5));
         segment.truncate_front(10);
-        assert_ne!(segment.chunks()[0].version, chunks[0].version);
+        let fourth = segment.chunks();
+        assert_ne!(fourth[0].version, third[0].version);
+        assert_eq!(fourth[0].rows.len() as u64, CHUNK_POSITIONS - 10);
+        assert_eq!(fourth[0].rows[0].seq, 10);
+    }
+
+    /// A column cache over rows whose `x` is their `seq`, counting the rows it
+    /// converts.
+    struct Cached {
+        cache: ColumnCache,
+        field: FieldRef,
+        converted: std::cell::Cell<usize>,
+    }
+
+    impl Cached {
+        fn new() -> Self {
+            Self {
+                cache: ColumnCache::default(),
+                field: Arc::new(arrow::datatypes::Field::new("x", DataType::UInt64, true)),
+                converted: std::cell::Cell::new(0),
+            }
+        }
+
+        fn read(&self, chunk: &MutableChunk) -> Vec<u64> {
+            let array = self
+                .cache
+                .get_or_build::<ArrowError>(chunk, &self.field, |from| {
+                    self.converted
+                        .set(self.converted.get() + chunk.rows.len() - from);
+                    let values = chunk.rows[from..].iter().map(|r| r.seq);
+                    Ok(Arc::new(arrow::array::UInt64Array::from_iter_values(
+                        values,
+                    )))
+                })
+                .unwrap();
+            let array = array
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .unwrap();
+            array.values().to_vec()
+        }
+    }
+
+    #[test]
+    fn columns_are_converted_once_and_the_last_chunk_as_it_grows() {
+        let mut segment = MutableSegment::default();
+        for seq in 0..CHUNK_POSITIONS + 3 {
+            segment.push(row(seq));
+        }
+        let cached = Cached::new();
+        let chunks = segment.chunks();
+        cached.read(&chunks[0]);
+        cached.read(&chunks[0]);
+        assert_eq!(cached.read(&chunks[1]), [8192, 8193, 8194]);
+        assert_eq!(cached.converted.get() as u64, CHUNK_POSITIONS + 3);
+        // Two more rows: only they are converted.
+        segment.push(row(CHUNK_POSITIONS + 3));
+        segment.push(row(CHUNK_POSITIONS + 4));
+        let grown = segment.chunks();
+        assert_eq!(cached.read(&grown[1]), [8192, 8193, 8194, 8195, 8196]);
+        assert_eq!(cached.converted.get() as u64, CHUNK_POSITIONS + 5);
+        // A snapshot taken before sees its own rows.
+        assert_eq!(cached.read(&chunks[1]), [8192, 8193, 8194]);
+        assert_eq!(cached.converted.get() as u64, CHUNK_POSITIONS + 5);
+        // A removal: the chunk is converted again, without the row.
+        segment.remove(8193);
+        let removed = segment.chunks();
+        assert_eq!(cached.read(&removed[1]), [8192, 8194, 8195, 8196]);
+        assert_eq!(cached.converted.get() as u64, CHUNK_POSITIONS + 9);
+        assert_eq!(cached.read(&removed[0]).len() as u64, CHUNK_POSITIONS);
+        assert_eq!(cached.converted.get() as u64, CHUNK_POSITIONS + 9);
     }
 }

@@ -127,7 +127,7 @@ impl Shard {
 
     /// A consistent view for a query.
     pub fn snapshot(&self) -> ShardSnapshot {
-        let state = self.lock();
+        let mut state = self.lock();
         ShardSnapshot {
             fields: state.fields.clone(),
             mutable: state.mutable.chunks(),
@@ -308,7 +308,7 @@ pub(crate) mod tests {
         let mut ids: Vec<String> = snapshot
             .mutable
             .iter()
-            .flat_map(|c| &c.rows)
+            .flat_map(|c| c.rows.iter())
             .map(|r| r.id.clone())
             .collect();
         for entry in &snapshot.sealed {
@@ -329,7 +329,7 @@ pub(crate) mod tests {
         let mut out: Vec<(String, serde_json::Value)> = snapshot
             .mutable
             .iter()
-            .flat_map(|c| &c.rows)
+            .flat_map(|c| c.rows.iter())
             .map(|r| (r.id.clone(), r.get("v").cloned().unwrap_or_default()))
             .collect();
         for entry in &snapshot.sealed {

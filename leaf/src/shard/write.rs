@@ -757,7 +757,7 @@ mod tests {
         let a = snapshot
             .mutable
             .iter()
-            .flat_map(|c| &c.rows)
+            .flat_map(|c| c.rows.iter())
             .find(|r| r.id == "a")
             .unwrap();
         assert_eq!(a.get("v"), Some(&serde_json::json!(10)));

@@ -381,21 +381,23 @@ impl ScanJob {
             if chunk.rows.is_empty() {
                 continue;
             }
-            let rows: Vec<&FlatRow> = chunk.rows.iter().map(Arc::as_ref).collect();
-            self.metrics.add_rows_scanned(rows.len() as u64);
+            let count = chunk.rows.len();
+            self.metrics.add_rows_scanned(count as u64);
             self.metrics
-                .record(Access::Memory, None, rows.len() as u64, rows.len() as u64);
+                .record(Access::Memory, None, count as u64, count as u64);
             let columns = local
                 .fields()
                 .iter()
                 .map(|field| {
-                    snapshot
-                        .column_cache
-                        .get_or_build(chunk, field, || build_column(field, &rows))
+                    snapshot.column_cache.get_or_build(chunk, field, |from| {
+                        let rows: Vec<&FlatRow> =
+                            chunk.rows[from..].iter().map(Arc::as_ref).collect();
+                        build_column(field, &rows)
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+            let options = RecordBatchOptions::new().with_row_count(Some(count));
             let batch = RecordBatch::try_new_with_options(local.clone(), columns, &options)?;
             if !self.emitter.emit_scored(batch, produced, None, false)? {
                 return Ok(());
