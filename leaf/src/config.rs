@@ -26,6 +26,9 @@ pub struct LeafConfig {
     /// Merged segments hold at most this many rows; segments of half as many or
     /// more are left alone.
     pub merge_max_rows: u64,
+    /// Memory for decoded columns of sealed segments, in MiB, shared by the
+    /// leaf's shards (0: every read decodes the segment's pages).
+    pub decoded_cache_mb: usize,
     /// Largest write (DoPut stream) accepted, in bytes; tailers send at most
     /// 32 MiB at a time.
     pub max_put_bytes: usize,
@@ -78,6 +81,7 @@ impl Default for LeafConfig {
             sync_writes: true,
             merge_min_segments: 4,
             merge_max_rows: 500_000,
+            decoded_cache_mb: 1024,
             max_put_bytes: altdb_common::rpc::MAX_PUT_BYTES,
             cluster_secret: String::new(),
             cluster_secret_file: None,

@@ -71,6 +71,10 @@ struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     merge_max_rows: Option<u64>,
+    /// MiB of memory for decoded columns of sealed segments (default 1024; 0: none).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decoded_cache_mb: Option<usize>,
     /// etcd://host:2379[,..][/prefix]: register this leaf there.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,7 @@ use crate::error::{LeafError, Result};
 use crate::exec::fragment::KeptFragments;
 use crate::incarnation::{CollectionState, Creation};
 use crate::placement::{Follower, COPY_PAGE_BYTES};
+use crate::segment::DecodedColumns;
 use crate::shard::{MergePolicy, SealPolicy, Shard};
 use crate::store::{CollectionMeta, RangeCut, Store, StoredDoc};
 
@@ -50,6 +51,8 @@ pub struct Leaf {
     collections: RwLock<HashMap<String, CollectionState>>,
     seal_policy: SealPolicy,
     merge_policy: MergePolicy,
+    /// Decoded columns of every shard's sealed segments, within one budget.
+    decoded: Arc<DecodedColumns>,
     fragments: KeptFragments,
     metrics: Metrics,
     /// The placement this leaf follows, in a cluster with a metastore.
@@ -73,10 +76,12 @@ impl Leaf {
             config.sync_writes,
         )?);
         let segments_dir = config.data_dir.join("segments");
+        let decoded = Arc::new(DecodedColumns::new(config.decoded_cache_mb << 20));
         let mut shards = HashMap::new();
         for (collection, shard) in store.shards()? {
             let dir = shard_dir(&segments_dir, &collection, shard);
-            let recovered = Shard::recover(&collection, shard, dir, store.clone())?;
+            let recovered = Shard::recover(&collection, shard, dir, store.clone())?
+                .with_decoded(decoded.clone());
             shards.insert((collection, shard), Arc::new(recovered));
         }
         let collections = store.collection_states()?.into_iter().collect();
@@ -93,6 +98,7 @@ impl Leaf {
                 min_segments: config.merge_min_segments,
                 max_rows: config.merge_max_rows,
             },
+            decoded,
             fragments: KeptFragments::default(),
             metrics: Metrics::default(),
             follower: OnceLock::new(),
@@ -349,12 +355,15 @@ impl Leaf {
         shards
             .entry((collection.to_string(), shard))
             .or_insert_with(|| {
-                Arc::new(Shard::new(
-                    collection,
-                    shard,
-                    shard_dir(&self.segments_dir, collection, shard),
-                    self.store.clone(),
-                ))
+                Arc::new(
+                    Shard::new(
+                        collection,
+                        shard,
+                        shard_dir(&self.segments_dir, collection, shard),
+                        self.store.clone(),
+                    )
+                    .with_decoded(self.decoded.clone()),
+                )
             })
             .clone()
     }

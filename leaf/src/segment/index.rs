@@ -446,6 +446,12 @@ impl SegmentIndex {
         )
     }
 
+    /// How many rows hold `term` (rows deleted from the segment included): one
+    /// lookup in the term dictionary.
+    pub fn doc_freq(&self, term: &Term) -> Option<u64> {
+        self.reader.searcher().doc_freq(term).ok()
+    }
+
     /// Whether some row holds a value of `column` too long to be a term.
     pub fn has_long(&self, column: &str) -> bool {
         self.reader

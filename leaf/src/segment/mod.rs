@@ -6,12 +6,14 @@
 //!                 ▼
 //!   SealedSegment = data.parquet (columnar, min/max stats) + index/ (tantivy, every field)
 //!                   + DeleteSet (rows replaced or deleted since sealing)
+//!                   columns read are kept decoded in memory (DecodedColumns, a byte budget per leaf)
 //! ```
 //!
 //! Sealed segments are derived data: RocksDB holds every document, so a segment
 //! whose files are missing or damaged is dropped and its rows reappear in the
 //! mutable segment on restart.
 
+pub mod decoded;
 pub mod index;
 pub mod keys;
 pub mod mutable;
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use altdb_common::schema::FieldSet;
 
+pub use decoded::DecodedColumns;
 pub use mutable::{ColumnCache, MutableChunk, MutableSegment};
 pub use sealed::SealedSegment;
 

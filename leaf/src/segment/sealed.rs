@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt64Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array, UInt64Array};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -27,7 +27,7 @@ use altdb_common::columns::{is_reserved_column, EVENT_TIME_COLUMN, ID_COLUMN, SE
 use altdb_common::schema::{rows_to_batch, FieldSet, FlatRow};
 
 use super::index::{self, IndexBuilder, SegmentIndex};
-use super::{DeleteSet, SegmentMeta};
+use super::{DecodedColumns, DeleteSet, SegmentMeta};
 use crate::error::{LeafError, Result};
 
 const DATA_FILE: &str = "data.parquet";
@@ -38,6 +38,9 @@ pub const BATCH_ROWS: usize = 8192;
 pub const PAGE_ROWS: usize = 4096;
 /// Largest dictionary page of a column chunk (parquet's default is 1 MiB).
 const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
+/// A read of at least 1/this of a segment's rows decodes its columns whole
+/// and keeps them (see [`DecodedColumns`]); fewer are read from their pages.
+const DECODE_WHOLE_MIN_FRACTION: usize = 16;
 
 /// Why a sealed segment's index cannot answer; the scan reads the data instead.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -386,6 +389,7 @@ impl SealedSegment {
         self.scan(
             &[ID_COLUMN.to_string(), SEQ_COLUMN.to_string()],
             &DeleteSet::default(),
+            &DecodedColumns::new(0),
             |batch| {
                 let ids = batch.column(0).as_string::<i32>();
                 let seqs = batch
@@ -521,6 +525,78 @@ impl SealedSegment {
         Ok(Some(pages))
     }
 
+    /// The file's fields among `columns`, in file order.
+    fn file_fields(&self, columns: &[String]) -> Result<Vec<arrow::datatypes::FieldRef>> {
+        let metadata = self.metadata()?;
+        let schema = metadata.schema();
+        Ok(schema
+            .fields()
+            .iter()
+            .filter(|f| columns.iter().any(|c| c == f.name()))
+            .cloned()
+            .collect())
+    }
+
+    /// Every row of `columns` (those the segment has, in its own types and
+    /// file order) as kept in `decoded`, if all are; `None` when some is not
+    /// or no column is asked for.
+    fn kept(&self, columns: &[String], decoded: &DecodedColumns) -> Result<Option<RecordBatch>> {
+        if !decoded.enabled() {
+            return Ok(None);
+        }
+        let fields = self.file_fields(columns)?;
+        let mut arrays = Vec::with_capacity(fields.len());
+        for field in &fields {
+            match decoded.get(&self.dir, field.name()) {
+                Some(array) => arrays.push(array),
+                None => return Ok(None),
+            }
+        }
+        self.whole_batch(fields, arrays)
+    }
+
+    /// Every row of `columns` as [`Self::kept`], decoding (and keeping) those
+    /// not kept yet; `None` when the cache is off or no column is asked for.
+    fn decoded(&self, columns: &[String], decoded: &DecodedColumns) -> Result<Option<RecordBatch>> {
+        if !decoded.enabled() {
+            return Ok(None);
+        }
+        let fields = self.file_fields(columns)?;
+        let mut arrays = Vec::with_capacity(fields.len());
+        for field in &fields {
+            if let Some(array) = decoded.get(&self.dir, field.name()) {
+                arrays.push(array);
+                continue;
+            }
+            let (reader, _) = self.reader(std::slice::from_ref(field.name()), None, None)?;
+            let parts = reader
+                .map(|batch| batch.map(|b| b.column(0).clone()))
+                .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+            let parts: Vec<&dyn Array> = parts.iter().map(AsRef::as_ref).collect();
+            let array = match parts.as_slice() {
+                [] => arrow::array::new_empty_array(field.data_type()),
+                parts => arrow::compute::concat(parts)?,
+            };
+            decoded.insert(&self.dir, field.name(), array.clone());
+            arrays.push(array);
+        }
+        self.whole_batch(fields, arrays)
+    }
+
+    fn whole_batch(
+        &self,
+        fields: Vec<arrow::datatypes::FieldRef>,
+        arrays: Vec<ArrayRef>,
+    ) -> Result<Option<RecordBatch>> {
+        if fields.is_empty() || arrays.iter().any(|a| a.len() as u64 != self.meta.rows) {
+            return Ok(None);
+        }
+        Ok(Some(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            arrays,
+        )?))
+    }
+
     /// A reader of `columns` (those the segment has, in its own types), of the
     /// `row_groups` or all, of the rows in `selection` (counted within those row
     /// groups) or all; with no column asked for (COUNT(*)) it reads the
@@ -562,9 +638,10 @@ impl SealedSegment {
         &self,
         columns: &[String],
         deletes: &DeleteSet,
+        decoded: &DecodedColumns,
         emit: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64> {
-        self.scan_range(columns, deletes, None, emit)
+        self.scan_range(columns, deletes, decoded, None, emit)
     }
 
     /// [`Self::scan`] of one row group (see [`Self::row_groups`]).
@@ -572,6 +649,7 @@ impl SealedSegment {
         &self,
         columns: &[String],
         deletes: &DeleteSet,
+        decoded: &DecodedColumns,
         row_group: usize,
         emit: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64> {
@@ -581,7 +659,7 @@ impl SealedSegment {
                 self.meta.id
             ))
         })?;
-        self.scan_range(columns, deletes, Some((row_group, rows)), emit)
+        self.scan_range(columns, deletes, decoded, Some((row_group, rows)), emit)
     }
 
     /// Scans the whole file, or one row group and the rows it holds.
@@ -589,6 +667,7 @@ impl SealedSegment {
         &self,
         columns: &[String],
         deletes: &DeleteSet,
+        decoded: &DecodedColumns,
         row_group: Option<(usize, Range<usize>)>,
         mut emit: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64> {
@@ -601,6 +680,24 @@ impl SealedSegment {
             .any(|name| self.meta.fields.fields.contains_key(name) || is_reserved_column(name))
         {
             return Ok(self.count_rows(rows, deletes, emit));
+        }
+        if let Some(whole) = self.decoded(columns, decoded)? {
+            let mut offset = rows.start;
+            while offset < rows.end {
+                let end = (offset + BATCH_ROWS).min(rows.end);
+                let mut batch = whole.slice(offset, end - offset);
+                if !deletes.is_empty() {
+                    let keep: BooleanArray = (offset..end)
+                        .map(|row| Some(!deletes.contains(row)))
+                        .collect();
+                    batch = filter_record_batch(&batch, &keep)?;
+                }
+                offset = end;
+                if batch.num_rows() > 0 && !emit(batch) {
+                    break;
+                }
+            }
+            return Ok((offset - rows.start) as u64);
         }
         let (reader, count_only) = self.reader(columns, row_groups, None)?;
         let mut offset = rows.start;
@@ -660,10 +757,28 @@ impl SealedSegment {
         &self,
         columns: &[String],
         rows: &[u32],
+        decoded: &DecodedColumns,
         mut emit: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
+        }
+        // A selection touching most pages is worth decoding the columns whole
+        // (kept for the next reads); a few rows are read from their pages
+        // unless the columns are kept already.
+        let decode = rows.len() * DECODE_WHOLE_MIN_FRACTION >= self.meta.rows as usize;
+        let whole = match decode {
+            true => self.decoded(columns, decoded)?,
+            false => self.kept(columns, decoded)?,
+        };
+        if let Some(whole) = whole {
+            for part in rows.chunks(BATCH_ROWS) {
+                let indices = UInt32Array::from(part.to_vec());
+                if !emit(arrow::compute::take_record_batch(&whole, &indices)?) {
+                    break;
+                }
+            }
+            return Ok(rows.len() as u64);
         }
         // Row groups without a selected row are not read at all; the selection
         // counts rows within the row groups that are.
@@ -761,21 +876,27 @@ mod tests {
         assert_eq!(segment.meta.rows, 20_000);
         assert_eq!(segment.meta.max_event_time_us, 199_990);
 
+        let off = DecodedColumns::new(0);
         let mut deletes = DeleteSet::with_rows(20_000);
         deletes.insert(0);
         deletes.insert(19_999);
         let mut seen = 0;
         let read = segment
-            .scan(&["n".to_string(), "missing".to_string()], &deletes, |b| {
-                assert_eq!(b.num_columns(), 1);
-                seen += b.num_rows();
-                true
-            })
+            .scan(
+                &["n".to_string(), "missing".to_string()],
+                &deletes,
+                &off,
+                |b| {
+                    assert_eq!(b.num_columns(), 1);
+                    seen += b.num_rows();
+                    true
+                },
+            )
             .unwrap();
         assert_eq!((read, seen), (20_000, 19_998));
         let mut counted = 0;
         segment
-            .scan(&[], &DeleteSet::default(), |b| {
+            .scan(&[], &DeleteSet::default(), &off, |b| {
                 counted += b.num_rows();
                 true
             })
@@ -794,6 +915,65 @@ mod tests {
         let back = reopened.read_rows().unwrap();
         assert_eq!(back[3], *rows[3]);
         assert_eq!(reopened.ids_and_seqs().unwrap()[5], ("d5".to_string(), 5));
+    }
+
+    /// Reads through kept decoded columns give what reads of the pages give:
+    /// whole scans with deletes, row groups, and selections large (decoded
+    /// and kept) and small (from their pages until the columns are kept).
+    #[test]
+    fn decoded_columns_read_as_the_pages_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<_> = (0..20_000)
+            .map(|i| {
+                row(
+                    i,
+                    json!({"n": i, "s": format!("v{}", i % 7), "x": (i % 3 == 0).then_some(i)}),
+                )
+            })
+            .collect();
+        let segment = SealedSegment::write(dir.path().join("s1"), 1, &rows, &[]).unwrap();
+        let columns = ["n".to_string(), "s".to_string(), "x".to_string()];
+        let mut deletes = DeleteSet::with_rows(20_000);
+        for row in [0, 5, 8191, 8192, 19_999] {
+            deletes.insert(row);
+        }
+        let collect = |read: &dyn Fn(&mut dyn FnMut(RecordBatch) -> bool) -> Result<u64>| {
+            let mut batches = Vec::new();
+            let read = read(&mut |b| {
+                batches.push(b);
+                true
+            })
+            .unwrap();
+            let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+            (read, batch)
+        };
+        let off = DecodedColumns::new(0);
+        let kept = DecodedColumns::new(64 << 20);
+        for cache in [&off, &kept, &kept] {
+            let scanned = collect(&|emit| segment.scan(&columns, &deletes, cache, emit));
+            let expected = collect(&|emit| segment.scan(&columns, &deletes, &off, emit));
+            assert_eq!(scanned, expected);
+            assert_eq!(scanned.1.num_rows(), 19_995);
+            let group = collect(&|emit| segment.scan_row_group(&columns, &deletes, cache, 0, emit));
+            assert_eq!(
+                group,
+                collect(&|emit| segment.scan_row_group(&columns, &deletes, &off, 0, emit))
+            );
+            for selected in [
+                (0..20_000).step_by(3).collect::<Vec<u32>>(),
+                vec![3, 4097, 19_000],
+            ] {
+                let read = collect(&|emit| segment.scan_rows(&columns, &selected, cache, emit));
+                assert_eq!(
+                    read,
+                    collect(&|emit| segment.scan_rows(&columns, &selected, &off, emit))
+                );
+                assert_eq!(read.1.num_rows(), selected.len());
+            }
+        }
+        let stats = kept.stats();
+        assert_eq!(stats.columns, 3, "{stats:?}");
+        assert!(stats.hits > 0 && stats.bytes > 0);
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl Shard {
             state.sealed.retain(|e| e.segment.meta.id != id);
             // Its files go when the last query reading it lets go of it.
             segment.retire();
+            self.decoded.forget(&segment.dir);
             drop(state);
             self.store
                 .delete_segment_meta(&self.collection, self.shard, id)?;

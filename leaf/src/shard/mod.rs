@@ -34,7 +34,9 @@ use altdb_common::rpc::{ShardStats, SourceProgress};
 use altdb_common::schema::{FieldSet, FlatRow};
 
 use crate::error::Result;
-use crate::segment::{ColumnCache, DeleteSet, MutableChunk, MutableSegment, SealedSegment};
+use crate::segment::{
+    ColumnCache, DecodedColumns, DeleteSet, MutableChunk, MutableSegment, SealedSegment,
+};
 use crate::store::{CollectionMeta, Store};
 
 /// Where the current version of a document lives.
@@ -90,6 +92,8 @@ pub struct Shard {
     store: Arc<Store>,
     state: Mutex<ShardState>,
     column_cache: Arc<ColumnCache>,
+    /// The leaf's decoded columns of sealed segments (none kept by default).
+    decoded: Arc<DecodedColumns>,
 }
 
 impl Shard {
@@ -116,7 +120,19 @@ impl Shard {
                 max_event_time_us: None,
             }),
             column_cache: Arc::new(ColumnCache::default()),
+            decoded: Arc::new(DecodedColumns::new(0)),
         }
+    }
+
+    /// The shard reading its sealed segments through the leaf's decoded columns.
+    pub fn with_decoded(mut self, decoded: Arc<DecodedColumns>) -> Self {
+        self.decoded = decoded;
+        self
+    }
+
+    /// The leaf's decoded columns of sealed segments.
+    pub fn decoded(&self) -> &DecodedColumns {
+        &self.decoded
     }
 
     fn lock(&self) -> MutexGuard<'_, ShardState> {

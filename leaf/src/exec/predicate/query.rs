@@ -171,7 +171,23 @@ impl IndexPredicate {
             IndexPredicate::And(children) => {
                 let mut queries = Vec::new();
                 let mut all_exact = true;
-                for child in children {
+                // When term lookups among the conditions already select few
+                // rows, the conditions that enumerate terms (ranges, prefixes,
+                // searches) are left to the filter: walking half a dictionary
+                // to intersect it with a few dozen rows costs more than
+                // filtering them.
+                let estimates: Vec<Option<u64>> =
+                    children.iter().map(|c| c.estimate(index, fields)).collect();
+                let narrow = estimates
+                    .iter()
+                    .flatten()
+                    .min()
+                    .is_some_and(|&rows| rows * NARROW_FRACTION <= index.num_docs());
+                for (child, estimate) in children.iter().zip(&estimates) {
+                    if narrow && estimate.is_none() {
+                        all_exact = false;
+                        continue;
+                    }
                     match child.build(index, fields) {
                         Built::All { exact } => all_exact &= exact,
                         Built::Query { query, exact } => {
@@ -251,6 +267,50 @@ impl IndexPredicate {
                 },
             },
             IndexPredicate::Opaque => Built::opaque(),
+        }
+    }
+}
+
+/// An AND is narrowed by its term lookups alone when they select at most
+/// 1/this of a segment's rows (as a scan reads a segment whose index selects
+/// more than 1/8 of it).
+const NARROW_FRACTION: u64 = 8;
+
+impl IndexPredicate {
+    /// At most how many rows of the segment this selects, when term
+    /// lookups tell (equalities and `IN` lists, and their AND/OR); `None` for
+    /// what enumerates terms or cannot be looked up.
+    fn estimate(&self, index: &SegmentIndex, fields: &FieldSet) -> Option<u64> {
+        let lookup = |name: &str, value: &Scalar| -> Option<u64> {
+            if !matches!(name, ID_COLUMN | EVENT_TIME_COLUMN)
+                && fields
+                    .fields
+                    .get(name)
+                    .is_none_or(|t| *t == FieldType::Null)
+            {
+                return Some(0);
+            }
+            let column = index.column(name).filter(|c| c.kind == value.kind())?;
+            match value {
+                Scalar::F64(v) if *v == 0.0 => None,
+                Scalar::Str(s) if s.len() > term_limit(name) => None,
+                _ => index.doc_freq(&value.term(&column)),
+            }
+        };
+        match self {
+            IndexPredicate::Eq(name, value) => lookup(name, value),
+            IndexPredicate::In(name, values) if values.len() <= TERM_LOOKUPS_MAX => {
+                values.iter().map(|v| lookup(name, v)).sum::<Option<u64>>()
+            }
+            IndexPredicate::And(children) => children
+                .iter()
+                .filter_map(|c| c.estimate(index, fields))
+                .min(),
+            IndexPredicate::Or(children) => children
+                .iter()
+                .map(|c| c.estimate(index, fields))
+                .sum::<Option<u64>>(),
+            _ => None,
         }
     }
 }
@@ -400,6 +460,54 @@ mod tests {
             .map(|(_, id, _)| id)
             .collect();
         assert_eq!(ids, ["d1", "d3"]);
+    }
+
+    /// An AND whose equalities select few rows leaves its range to the filter
+    /// (a superset, not exact); one whose equalities select many intersects
+    /// them with the range in the index.
+    #[test]
+    fn ands_are_narrowed_by_their_term_lookups_when_those_select_few_rows() {
+        use crate::segment::index::index_docs;
+
+        let docs: Vec<serde_json::Value> = (0..400)
+            .map(|i| serde_json::json!({"user": i % 100, "kind": i % 2, "t": format!("t{i:04}")}))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (fields, index) = index_docs(dir.path(), &docs, &[]);
+        let select = |predicate: IndexPredicate| {
+            let (query, exact) = predicate.to_query(&index, &fields).unwrap();
+            (index.matching_rows(query.as_ref()).unwrap(), exact)
+        };
+        let since = |t: &str| IndexPredicate::Range {
+            column: "t".into(),
+            lower: Bound::Included(Scalar::Str(t.into())),
+            upper: Bound::Unbounded,
+        };
+        // user = 7: 4 rows of 400; the range is not walked.
+        let user = IndexPredicate::Eq("user".into(), Scalar::I64(7));
+        assert_eq!(user.estimate(&index, &fields), Some(4));
+        assert_eq!(
+            select(IndexPredicate::And(vec![user.clone(), since("t0200")])),
+            (vec![7, 107, 207, 307], false)
+        );
+        // kind = 1: half the rows; intersected with the range, exactly.
+        let kind = IndexPredicate::Eq("kind".into(), Scalar::I64(1));
+        let (rows, exact) = select(IndexPredicate::And(vec![kind, since("t0396")]));
+        assert_eq!((rows, exact), (vec![397, 399], true));
+        // A column no row has selects nothing, and is the narrowest.
+        let absent = IndexPredicate::Eq("nope".into(), Scalar::I64(1));
+        assert_eq!(absent.estimate(&index, &fields), Some(0));
+        assert_eq!(
+            select(IndexPredicate::And(vec![absent, since("t0000")])),
+            (vec![], false)
+        );
+        // Ranges and what enumerates terms have no estimate.
+        assert_eq!(since("t0").estimate(&index, &fields), None);
+        let either = IndexPredicate::Or(vec![
+            user,
+            IndexPredicate::Eq("user".into(), Scalar::I64(8)),
+        ]);
+        assert_eq!(either.estimate(&index, &fields), Some(8));
     }
 
     /// `LIKE 'prefix%'` selects exactly the values that start with the prefix:

@@ -7,7 +7,8 @@
 //!    an index selection (tantivy terms, or the pages of an _event_time window):
 //!      under a top-k and more than FETCH_MAX_ROWS rows, or no selection
 //!                                              → RowGroups (best first, see topk)
-//!      few rows spread over many pages         → Fetch (RocksDB point reads)
+//!      fewer rows than the pages of the columns read would cost
+//!                                              → Fetch (RocksDB point reads)
 //!      else                                    → Rows (their pages decoded)
 //!    the selection is above 1/INDEX_MAX_FRACTION of the segment (no ranking)
 //!                                              → Scan (every column page)
@@ -31,9 +32,12 @@ use crate::shard::SealedEntry;
 pub const INDEX_MAX_FRACTION: usize = 8;
 /// Up to this many selected rows of a segment are fetched from RocksDB ..
 pub const FETCH_MAX_ROWS: usize = 1024;
-/// .. unless they are this many or more per Parquet page they fall in (as a time
-/// range's rows are, sealed segments being in event-time order): decoding a page
-/// of each column then costs less than a RocksDB read and a JSON parse per row.
+/// .. unless the pages they fall in cost less to decode, a page of one column
+/// costing about as much as this many point reads (a RocksDB read and the
+/// parse of the whole document each) ..
+pub const PAGE_COLUMN_FETCHES: usize = 8;
+/// .. and a page of every column read at most this many: rows as dense as a
+/// time range's (sealed segments are in event-time order) are read from pages.
 pub const PAGE_READ_MIN_ROWS: usize = 64;
 /// A lookup of at most this many `_id`s runs on the fragment's task instead of
 /// a blocking thread: a few reads from RocksDB's block cache cost less than the
@@ -56,6 +60,8 @@ pub struct Narrowing<'a> {
     pub search: Option<(&'a str, &'a str)>,
     /// A top-k sits right above the scan (its bound can rule out row groups).
     pub top_k: bool,
+    /// How many columns the scan reads (what a page read decodes).
+    pub columns: usize,
 }
 
 /// How one sealed segment is read.
@@ -90,14 +96,16 @@ impl SegmentAccess {
         {
             return SegmentAccess::RowGroups(selected);
         }
-        Self::without_row_groups(selected)
+        Self::without_row_groups(selected, narrowing.columns)
     }
 
     /// The path for a segment read whole or by its selection (also when its row
-    /// groups cannot be ranked).
-    pub fn without_row_groups(selected: Option<Selected>) -> SegmentAccess {
+    /// groups cannot be ranked), `columns` read.
+    pub fn without_row_groups(selected: Option<Selected>, columns: usize) -> SegmentAccess {
         match selected {
-            Some(selected) if worth_fetching(&selected.rows) => SegmentAccess::Fetch(selected),
+            Some(selected) if worth_fetching(&selected.rows, columns) => {
+                SegmentAccess::Fetch(selected)
+            }
             Some(selected) => SegmentAccess::Rows(selected),
             None => SegmentAccess::Scan,
         }
@@ -209,9 +217,10 @@ fn live_rows(entry: &SealedEntry) -> u64 {
 }
 
 /// Whether the selected rows (ascending) of a segment are better fetched from
-/// RocksDB one by one than read from the pages of its columnar file: few, and
-/// spread over many pages.
-fn worth_fetching(rows: &[u32]) -> bool {
+/// RocksDB one by one than read from the pages of `columns` columns of its
+/// columnar file: few, and spread over many pages. Reading no column (a
+/// count) costs no page.
+fn worth_fetching(rows: &[u32], columns: usize) -> bool {
     if rows.len() > FETCH_MAX_ROWS {
         return false;
     }
@@ -225,7 +234,8 @@ fn worth_fetching(rows: &[u32]) -> bool {
         }
     }
     // No rows: nothing to read either way; a fetch of none costs nothing.
-    rows.len() < pages.max(1) * PAGE_READ_MIN_ROWS
+    let per_page = (columns * PAGE_COLUMN_FETCHES).min(PAGE_READ_MIN_ROWS);
+    rows.is_empty() || rows.len() < pages * per_page
 }
 
 #[cfg(test)]
@@ -284,6 +294,7 @@ mod tests {
             time_split: split.as_ref(),
             search: None,
             top_k,
+            columns: 3,
         };
         let snapshot = shard.snapshot();
         let summary = |s: &Selected| (s.access, s.rows.len());
@@ -406,13 +417,20 @@ mod tests {
     fn few_scattered_rows_are_fetched_and_runs_read_from_pages() {
         // A few rows on pages of their own: a read per row beats a page per row.
         let scattered: Vec<u32> = (0..10).map(|i| i * PAGE_ROWS as u32 + 7).collect();
-        assert!(worth_fetching(&scattered));
+        assert!(worth_fetching(&scattered, 1));
+        assert!(worth_fetching(&scattered, 20));
+        // A count reads no page: nothing to fetch.
+        assert!(!worth_fetching(&scattered, 0));
         // A time range's rows: one run on one or two pages.
         let run: Vec<u32> = (1_000..1_250).collect();
-        assert!(!worth_fetching(&run));
+        assert!(!worth_fetching(&run, 20));
+        // Many rows on few pages of few columns: the pages are read.
+        let user: Vec<u32> = (0..100).map(|i| i * 97).collect();
+        assert!(!worth_fetching(&user, 2));
+        assert!(worth_fetching(&user, 20));
         // Too many rows for point reads, however spread.
         let many: Vec<u32> = (0..2_000).map(|i| i * 97).collect();
-        assert!(!worth_fetching(&many));
-        assert!(worth_fetching(&[]));
+        assert!(!worth_fetching(&many, 20));
+        assert!(worth_fetching(&[], 2));
     }
 }

@@ -354,6 +354,7 @@ impl ScanJob {
             time_split: self.time_split.as_deref(),
             search: self.emitter.scored_search(),
             top_k: self.top_k.is_some(),
+            columns: self.columns.len(),
         }
     }
 
@@ -433,7 +434,7 @@ impl ScanJob {
                                 %error,
                                 "no row group statistics; reading the segment whole"
                             );
-                            SegmentAccess::without_row_groups(selected)
+                            SegmentAccess::without_row_groups(selected, self.columns.len())
                         }
                     }
                 }
@@ -485,6 +486,7 @@ impl ScanJob {
                     entry.segment.scan_rows(
                         &self.columns,
                         &selected.rows,
+                        self.shard.decoded(),
                         in_row_order(&selected.rows, &mut emit),
                     ),
                 )
@@ -493,9 +495,12 @@ impl ScanJob {
                 self.metrics.count(|c| c.segments_scanned += 1);
                 (
                     Access::Scan,
-                    entry
-                        .segment
-                        .scan(&self.columns, &entry.deletes, |batch| emit(batch, &[])),
+                    entry.segment.scan(
+                        &self.columns,
+                        &entry.deletes,
+                        self.shard.decoded(),
+                        |batch| emit(batch, &[]),
+                    ),
                 )
             }
         };
@@ -556,11 +561,17 @@ impl ScanJob {
                         .rows
                         .partition_point(|&r| (r as usize) < part.rows.end);
                     let rows = &selected.rows[start..end];
-                    segment.scan_rows(&self.columns, rows, in_row_order(rows, &mut emit))
+                    segment.scan_rows(
+                        &self.columns,
+                        rows,
+                        self.shard.decoded(),
+                        in_row_order(rows, &mut emit),
+                    )
                 }
                 None => segment.scan_row_group(
                     &self.columns,
                     &part.entry.deletes,
+                    self.shard.decoded(),
                     part.group,
                     |batch| emit(batch, &[]),
                 ),
@@ -637,10 +648,12 @@ impl ScanJob {
                 return Ok(fresh.len() as u64);
             }
         }
-        let stale =
-            entry
-                .segment
-                .scan_rows(&self.columns, &changed, in_row_order(&changed, &mut emit))?;
+        let stale = entry.segment.scan_rows(
+            &self.columns,
+            &changed,
+            self.shard.decoded(),
+            in_row_order(&changed, &mut emit),
+        )?;
         Ok(fresh.len() as u64 + stale)
     }
 }
