@@ -23,7 +23,7 @@ pub struct MutableChunk {
     /// No row will be appended to the chunk any more.
     pub complete: bool,
     /// Shared by the snapshots of a complete chunk until a row of it is removed.
-    pub rows: Arc<[Arc<FlatRow>]>,
+    pub rows: ChunkRows,
 }
 
 /// Rows appended since the last seal. A row's *position* is global and never reused,
@@ -39,8 +39,11 @@ pub struct MutableSegment {
     /// The live rows of complete chunks as last snapshotted, by chunk: a
     /// snapshot takes them whole while their version holds, instead of
     /// collecting every row of the segment again.
-    views: HashMap<u64, (u64, Arc<[Arc<FlatRow>]>)>,
+    views: HashMap<u64, (u64, ChunkRows)>,
 }
+
+/// The live rows of a chunk, shared by snapshots.
+type ChunkRows = Arc<[Arc<FlatRow>]>;
 
 impl MutableSegment {
     /// Appends a row and returns its position.
@@ -117,7 +120,7 @@ impl MutableSegment {
                 None => {
                     let from = (index * CHUNK_POSITIONS).max(self.base) - self.base;
                     let to = ((index + 1) * CHUNK_POSITIONS).min(end) - self.base;
-                    let rows: Arc<[Arc<FlatRow>]> = self
+                    let rows: ChunkRows = self
                         .rows
                         .range(from as usize..to as usize)
                         .flatten()

@@ -937,7 +937,8 @@ mod tests {
         for row in [0, 5, 8191, 8192, 19_999] {
             deletes.insert(row);
         }
-        let collect = |read: &dyn Fn(&mut dyn FnMut(RecordBatch) -> bool) -> Result<u64>| {
+        type Emit<'a> = &'a mut dyn FnMut(RecordBatch) -> bool;
+        let collect = |read: &dyn Fn(Emit<'_>) -> Result<u64>| {
             let mut batches = Vec::new();
             let read = read(&mut |b| {
                 batches.push(b);
