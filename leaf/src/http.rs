@@ -24,6 +24,29 @@ pub fn router(leaf: Arc<Leaf>, readiness: Arc<Readiness>) -> Router {
 }
 
 async fn render_metrics(State(leaf): State<Arc<Leaf>>) -> Response {
+    let decoded = leaf.decoded().stats();
+    let metrics = leaf.metrics();
+    metrics.set(
+        "altdb_leaf_decoded_bytes",
+        "Bytes of sealed segments' columns kept decoded in memory (decoded_cache_mb).",
+        &[],
+        decoded.bytes as f64,
+    );
+    metrics.set(
+        "altdb_leaf_decoded_columns",
+        "Sealed segments' columns kept decoded in memory.",
+        &[],
+        decoded.columns as f64,
+    );
+    let lookups = decoded.hits + decoded.misses;
+    if lookups > 0 {
+        metrics.set(
+            "altdb_leaf_decoded_hit_ratio",
+            "Share of sealed column reads served by kept decoded columns since the start.",
+            &[],
+            decoded.hits as f64 / lookups as f64,
+        );
+    }
     (
         [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         leaf.metrics().render(),

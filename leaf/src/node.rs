@@ -343,6 +343,11 @@ impl Leaf {
     }
 
     /// Fragments decoded earlier, kept to run again.
+    /// The decoded columns of this leaf's sealed segments.
+    pub fn decoded(&self) -> &DecodedColumns {
+        &self.decoded
+    }
+
     pub fn fragments(&self) -> &KeptFragments {
         &self.fragments
     }
