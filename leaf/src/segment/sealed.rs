@@ -538,26 +538,15 @@ impl SealedSegment {
     }
 
     /// Every row of `columns` (those the segment has, in its own types and
-    /// file order) as kept in `decoded`, if all are; `None` when some is not
-    /// or no column is asked for.
-    fn kept(&self, columns: &[String], decoded: &DecodedColumns) -> Result<Option<RecordBatch>> {
-        if !decoded.enabled() {
-            return Ok(None);
-        }
-        let fields = self.file_fields(columns)?;
-        let mut arrays = Vec::with_capacity(fields.len());
-        for field in &fields {
-            match decoded.get(&self.dir, field.name()) {
-                Some(array) => arrays.push(array),
-                None => return Ok(None),
-            }
-        }
-        self.whole_batch(fields, arrays)
-    }
-
-    /// Every row of `columns` as [`Self::kept`], decoding (and keeping) those
-    /// not kept yet; `None` when the cache is off or no column is asked for.
-    fn decoded(&self, columns: &[String], decoded: &DecodedColumns) -> Result<Option<RecordBatch>> {
+    /// file order) as kept in `decoded`; with `decode`, those not kept yet are
+    /// decoded and kept. `None` when the cache is off, no column is asked for,
+    /// or (without `decode`) some column is not kept.
+    fn whole(
+        &self,
+        columns: &[String],
+        decoded: &DecodedColumns,
+        decode: bool,
+    ) -> Result<Option<RecordBatch>> {
         if !decoded.enabled() {
             return Ok(None);
         }
@@ -567,6 +556,9 @@ impl SealedSegment {
             if let Some(array) = decoded.get(&self.dir, field.name()) {
                 arrays.push(array);
                 continue;
+            }
+            if !decode {
+                return Ok(None);
             }
             let (reader, _) = self.reader(std::slice::from_ref(field.name()), None, None)?;
             let parts = reader
@@ -681,7 +673,7 @@ impl SealedSegment {
         {
             return Ok(self.count_rows(rows, deletes, emit));
         }
-        if let Some(whole) = self.decoded(columns, decoded)? {
+        if let Some(whole) = self.whole(columns, decoded, true)? {
             let mut offset = rows.start;
             while offset < rows.end {
                 let end = (offset + BATCH_ROWS).min(rows.end);
@@ -767,11 +759,7 @@ impl SealedSegment {
         // (kept for the next reads); a few rows are read from their pages
         // unless the columns are kept already.
         let decode = rows.len() * DECODE_WHOLE_MIN_FRACTION >= self.meta.rows as usize;
-        let whole = match decode {
-            true => self.decoded(columns, decoded)?,
-            false => self.kept(columns, decoded)?,
-        };
-        if let Some(whole) = whole {
+        if let Some(whole) = self.whole(columns, decoded, decode)? {
             for part in rows.chunks(BATCH_ROWS) {
                 let indices = UInt32Array::from(part.to_vec());
                 if !emit(arrow::compute::take_record_batch(&whole, &indices)?) {
