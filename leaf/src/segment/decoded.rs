@@ -13,13 +13,14 @@
 //! is never kept (it would evict everything else for one scan).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use arrow::array::{Array, ArrayRef};
 
-/// (segment directory, column) → its decoded values.
-type Key = (PathBuf, String);
+/// (the segment's [`cache id`](super::SealedSegment::cache_id), column) → its
+/// decoded values. Not the segment's directory: a collection dropped and
+/// created again reuses its segments' paths.
+type Key = (u64, String);
 
 /// The decoded columns of a leaf's sealed segments.
 #[derive(Debug)]
@@ -69,10 +70,10 @@ impl DecodedColumns {
         self.budget > 0
     }
 
-    /// The decoded column of the segment in `dir`, if kept.
-    pub fn get(&self, dir: &Path, column: &str) -> Option<ArrayRef> {
+    /// The decoded column of a segment, if kept.
+    pub fn get(&self, segment: u64, column: &str) -> Option<ArrayRef> {
         let mut state = self.lock();
-        let key = (dir.to_path_buf(), column.to_string());
+        let key = (segment, column.to_string());
         let state = &mut *state;
         let Some(entry) = state.entries.get_mut(&key) else {
             state.misses += 1;
@@ -86,16 +87,15 @@ impl DecodedColumns {
         Some(entry.array.clone())
     }
 
-    /// Keeps `array` as the decoded column of the segment in `dir`, evicting
-    /// the columns used least recently to make room; too large a column is
-    /// not kept.
-    pub fn insert(&self, dir: &Path, column: &str, array: ArrayRef) {
+    /// Keeps `array` as the decoded column of a segment, evicting the columns
+    /// used least recently to make room; too large a column is not kept.
+    pub fn insert(&self, segment: u64, column: &str, array: ArrayRef) {
         let bytes = array.get_array_memory_size();
         if bytes > self.budget / 4 {
             return;
         }
         let mut state = self.lock();
-        let key = (dir.to_path_buf(), column.to_string());
+        let key = (segment, column.to_string());
         state.remove(&key);
         while state.bytes + bytes > self.budget {
             let Some((_, oldest)) = state.by_use.pop_first() else {
@@ -112,14 +112,13 @@ impl DecodedColumns {
         state.entries.insert(key, Entry { array, bytes, used });
     }
 
-    /// Forgets every column of the segment in `dir` (it was merged away or
-    /// expired).
-    pub fn forget(&self, dir: &Path) {
+    /// Forgets every column of a segment (it was merged away or expired).
+    pub fn forget(&self, segment: u64) {
         let mut state = self.lock();
         let keys: Vec<Key> = state
             .entries
             .keys()
-            .filter(|(d, _)| d == dir)
+            .filter(|(s, _)| *s == segment)
             .cloned()
             .collect();
         for key in keys {
@@ -167,7 +166,7 @@ mod tests {
     fn columns_are_kept_within_the_budget_least_recently_used_first_out() {
         let size = column(1000).get_array_memory_size();
         let cache = DecodedColumns::new(size * 4);
-        let (a, b) = (Path::new("/s/a"), Path::new("/s/b"));
+        let (a, b) = (1, 2);
         cache.insert(a, "x", column(1000));
         cache.insert(a, "y", column(1000));
         cache.insert(b, "x", column(1000));

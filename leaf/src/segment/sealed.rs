@@ -38,6 +38,8 @@ pub const BATCH_ROWS: usize = 8192;
 pub const PAGE_ROWS: usize = 4096;
 /// Largest dictionary page of a column chunk (parquet's default is 1 MiB).
 const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
+/// The next [`SealedSegment::cache_id`].
+static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 /// A read of at least 1/this of a segment's rows decodes its columns whole
 /// and keeps them (see [`DecodedColumns`]); fewer are read from their pages.
 const DECODE_WHOLE_MIN_FRACTION: usize = 16;
@@ -68,6 +70,8 @@ pub struct SealedSegment {
     time_pages: OnceLock<Option<Vec<TimePage>>>,
     /// Replaced by a merged segment: the files go when the last reader lets go.
     retired: AtomicBool,
+    /// Unique among the segments this process opened (see [`Self::cache_id`]).
+    cache_id: u64,
 }
 
 /// Reads the statistics of `column` in a columnar file; `None` if the file
@@ -257,7 +261,14 @@ impl SealedSegment {
             metadata: OnceLock::new(),
             time_pages: OnceLock::new(),
             retired: AtomicBool::new(false),
+            cache_id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// What identifies this segment's columns in [`DecodedColumns`]: unique
+    /// in the process, unlike its directory.
+    pub fn cache_id(&self) -> u64 {
+        self.cache_id
     }
 
     /// Marks the segment replaced: its files are removed once nothing uses it.
@@ -553,7 +564,7 @@ impl SealedSegment {
         let fields = self.file_fields(columns)?;
         let mut arrays = Vec::with_capacity(fields.len());
         for field in &fields {
-            if let Some(array) = decoded.get(&self.dir, field.name()) {
+            if let Some(array) = decoded.get(self.cache_id, field.name()) {
                 arrays.push(array);
                 continue;
             }
@@ -569,7 +580,7 @@ impl SealedSegment {
                 [] => arrow::array::new_empty_array(field.data_type()),
                 parts => arrow::compute::concat(parts)?,
             };
-            decoded.insert(&self.dir, field.name(), array.clone());
+            decoded.insert(self.cache_id, field.name(), array.clone());
             arrays.push(array);
         }
         self.whole_batch(fields, arrays)

@@ -68,7 +68,7 @@ impl Shard {
             state.sealed.retain(|e| e.segment.meta.id != id);
             // Its files go when the last query reading it lets go of it.
             segment.retire();
-            self.decoded.forget(&segment.dir);
+            self.decoded.forget(segment.cache_id());
             drop(state);
             self.store
                 .delete_segment_meta(&self.collection, self.shard, id)?;

@@ -181,7 +181,7 @@ impl Shard {
             {
                 // Its files go when the last query reading it lets go of it.
                 entry.segment.retire();
-                self.decoded.forget(&entry.segment.dir);
+                self.decoded.forget(entry.segment.cache_id());
             }
             state
                 .sealed
