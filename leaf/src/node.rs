@@ -76,7 +76,9 @@ impl Leaf {
             config.sync_writes,
         )?);
         let segments_dir = config.data_dir.join("segments");
-        let decoded = Arc::new(DecodedColumns::new(config.decoded_cache_mb << 20));
+        let decoded = Arc::new(DecodedColumns::new(
+            config.decoded_cache_mb.saturating_mul(1 << 20),
+        ));
         let mut shards = HashMap::new();
         for (collection, shard) in store.shards()? {
             let dir = shard_dir(&segments_dir, &collection, shard);

@@ -414,6 +414,16 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rows `predicate` selects in a segment, and whether exactly those.
+    fn selected(
+        index: &SegmentIndex,
+        fields: &FieldSet,
+        predicate: IndexPredicate,
+    ) -> (Vec<u32>, bool) {
+        let (query, exact) = predicate.to_query(index, fields).unwrap();
+        (index.matching_rows(query.as_ref()).unwrap(), exact)
+    }
     /// short ones stay exact.
     #[test]
     fn long_strings_are_found_without_terms() {
@@ -431,10 +441,7 @@ mod tests {
         let (fields, index) = index_docs(dir.path(), &docs, &[]);
         assert!(index.has_long("s"));
         assert!(!index.has_long("a"));
-        let select = |predicate: IndexPredicate| {
-            let (query, exact) = predicate.to_query(&index, &fields).unwrap();
-            (index.matching_rows(query.as_ref()).unwrap(), exact)
-        };
+        let select = |predicate: IndexPredicate| selected(&index, &fields, predicate);
         let eq = |c: &str, v: &str| IndexPredicate::Eq(c.into(), Scalar::Str(v.into()));
         // Short values: exact, long values cannot equal them.
         assert_eq!(select(eq("s", "xy")), (vec![0], true));
@@ -474,10 +481,7 @@ mod tests {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let (fields, index) = index_docs(dir.path(), &docs, &[]);
-        let select = |predicate: IndexPredicate| {
-            let (query, exact) = predicate.to_query(&index, &fields).unwrap();
-            (index.matching_rows(query.as_ref()).unwrap(), exact)
-        };
+        let select = |predicate: IndexPredicate| selected(&index, &fields, predicate);
         let since = |t: &str| IndexPredicate::Range {
             column: "t".into(),
             lower: Bound::Included(Scalar::Str(t.into())),
@@ -571,10 +575,7 @@ mod tests {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let (fields, index) = index_docs(dir.path(), &docs, &[]);
-        let select = |predicate: IndexPredicate| {
-            let (query, exact) = predicate.to_query(&index, &fields).unwrap();
-            (index.matching_rows(query.as_ref()).unwrap(), exact)
-        };
+        let select = |predicate: IndexPredicate| selected(&index, &fields, predicate);
         let strings = |values: &[&str]| {
             IndexPredicate::In(
                 "s".into(),
