@@ -17,12 +17,15 @@ machine, the commit and the command):
                p50 and p99, next to DuckDB (in-memory table), DataFusion
                (datafusion-python over Parquet) and chDB (embedded ClickHouse, in-memory
                table) on the same rows; ratios altdb/peer; answers checked against DuckDB.
-  concurrency  QPS and p99 of a short-query mix with 1/4/16 clients, without and
-               with ingest running.
+  concurrency  QPS, p50 and p99 of a short-query mix with 1/2/4/8/16 clients (and
+               the ceiling the CPU per query allows), of needle queries with a new
+               literal on every request at 1/4/16 clients, and of both with ingest
+               at 50% of the saturated rate running into another collection.
   scatter      the same queries on the same data on 1 leaf and on 2 leaves.
+  memory       leaf RSS per GB of sealed data and per 1M rows in the mutable segment.
 
 Usage: bench/suite.py [--quick] [--hits N] [--docs N] [--runs R] [--bin-dir DIR]
-                      [--areas ingest,kafka,freshness,queries,concurrency,scatter] [--markdown FILE]
+                      [--areas ingest,kafka,freshness,queries,concurrency,scatter,memory] [--markdown FILE]
 Needs: cargo build --release --bins; pip install -r tests/requirements.txt (pinned peers);
 tansu on PATH
 (peers that are not installed are skipped). --quick takes a few minutes and is
@@ -45,6 +48,7 @@ import time
 import duckdb
 
 import datagen
+import loadgen
 from cluster import cpu_seconds, create_topic, default_bin_dir, dir_bytes, http, start_cluster, start_tansu, stop, tansu_binary
 
 REGIONS = 3_000
@@ -464,47 +468,131 @@ def area_queries(altdb, peer_list, queries, runs, report, label):
     return results
 
 
-def area_concurrency(altdb, mix, seconds, saturated, report):
-    def run_clients(clients):
-        stop_at = time.monotonic() + seconds
-        latencies = []
-        lock = threading.Lock()
+def area_concurrency(altdb, mix, needles, seconds, saturated, report):
+    """Closed-loop clients (bench/loadgen.py: one process and one kept-alive connection each)."""
+    cores = os.cpu_count()
 
-        def client(offset):
-            i = offset
-            while time.monotonic() < stop_at:
-                sql = mix[i % len(mix)]
-                started = time.perf_counter()
-                altdb.sql(sql)
-                with lock:
-                    latencies.append((time.perf_counter() - started) * 1000)
-                i += 1
+    def measure(statements, clients):
+        before = altdb.cpu()
+        result = loadgen.run(altdb.url, statements, clients, seconds)
+        after = altdb.cpu()
+        result.server_cpu = sum(after.values()) - sum(before.values())
+        return result
 
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return len(latencies) / seconds, percentile(latencies, 50), percentile(latencies, 99)
-
-    lines = [f"### Concurrency: a mix of {len(mix)} short queries (needle, GROUP BY low cardinality, top-k, "
-             f"simple aggregate), {seconds:.0f} s per point", "",
-             "| clients | QPS | p50 ms | p99 ms | QPS with ingest | p50 ms with ingest | p99 ms with ingest |",
-             "|---|---|---|---|---|---|---|"]
-    quiet = {c: run_clients(c) for c in (1, 4, 16)}
+    mix_points = (1, 2, 4, 8, 16)
+    needle_points = (1, 4, 16)
+    quiet_mix = {c: measure(mix, c) for c in mix_points}
+    quiet_needle = {c: measure(needles, c) for c in needle_points}
     altdb.create({"name": "background", "num_shards": 4, "id_field": "id", "event_time_field": "ts"})
     rate = saturated * 0.5
     producer = PacedProducer(altdb, "background", rate, seed=6)
+    producing_since = time.monotonic()
     producer.start()
     try:
-        busy = {c: run_clients(c) for c in (1, 4, 16)}
+        time.sleep(2)  # the producer reaches its rate
+        busy_mix = {c: measure(mix, c) for c in (1, 4, 16)}
+        busy_needle = {16: measure(needles, 16)}
     finally:
-        producer.stop()
-    for c in (1, 4, 16):
-        q, b = quiet[c], busy[c]
-        lines.append(f"| {c} | {q[0]:.0f} | {q[1]:.1f} | {q[2]:.1f} | {b[0]:.0f} | {b[1]:.1f} | {b[2]:.1f} |")
-    lines += ["", f"With ingest: ~1 KB documents posted at {rate:,.0f} docs/s (50% of saturation) into another collection."]
+        written = producer.stop()
+        achieved = written / (time.monotonic() - producing_since)
+
+    def cpu_per_query(result):
+        # Server CPU over the measured window and its warm-up, divided by the queries of both.
+        return result.server_cpu / max(1, result.total)
+
+    one = quiet_mix[1]
+    ceiling = cores / cpu_per_query(one)
+    ceiling_with_client = cores / (cpu_per_query(one) + one.client_cpu / max(1, one.count))
+    lines = [f"### Concurrency: a mix of {len(mix)} short queries (needle, GROUP BY low cardinality, top-k, "
+             f"simple aggregate), {seconds:.0f} s per point", "",
+             "Clients are processes with one kept-alive connection each (bench/loadgen.py), sending the next "
+             "query as soon as the answer is read.", "",
+             "| clients | QPS | p50 ms | p99 ms | server CPU cores busy | load generator CPU cores |",
+             "|---|---|---|---|---|---|"]
+    for c, r in quiet_mix.items():
+        lines.append(f"| {c} | {r.qps:.0f} | {r.p50:.1f} | {r.p99:.1f} | "
+                     f"{r.server_cpu / (seconds + 1):.2f} | {r.client_cpu / seconds:.2f} |")
+    lines += ["", f"Ceiling from CPU per query at 1 client: {cpu_per_query(one) * 1000:.2f} CPU-ms per query in the "
+              f"altdb processes → {ceiling:,.0f} QPS on {cores} cores; with the load generator's own CPU "
+              f"({one.client_cpu / max(1, one.count) * 1000:.2f} ms per query) {ceiling_with_client:,.0f} QPS.", "",
+              f"### Concurrency: needle queries only (`WatchID` = a different value on every request, "
+              f"{len(needles):,} values), {seconds:.0f} s per point", "",
+              "| clients | QPS | p50 ms | p99 ms | server CPU cores busy |", "|---|---|---|---|---|"]
+    for c, r in quiet_needle.items():
+        lines.append(f"| {c} | {r.qps:.0f} | {r.p50:.1f} | {r.p99:.1f} | {r.server_cpu / (seconds + 1):.2f} |")
+    lines += ["", f"### Concurrency with ingest: ~1 KB documents posted at {rate:,.0f} docs/s (50% of saturation) "
+              f"into another collection: {achieved:,.0f} docs/s achieved while the queries ran", "",
+              "| load | clients | QPS | p50 ms | p99 ms | p99 / p99 without ingest |", "|---|---|---|---|---|---|"]
+    for name, busy, quiet in (("mix", busy_mix, quiet_mix), ("needle", busy_needle, quiet_needle)):
+        for c, r in busy.items():
+            lines.append(f"| {name} | {c} | {r.qps:.0f} | {r.p50:.1f} | {r.p99:.1f} | {r.p99 / quiet[c].p99:.2f} |")
+    errors = sum(r.errors for d in (quiet_mix, quiet_needle, busy_mix, busy_needle) for r in d.values())
+    if errors:
+        lines += ["", f"**{errors} queries failed.**"]
     report.append("\n".join(lines))
+
+
+def rss_bytes(procs, name):
+    """Resident set size of the processes whose binary is `name`."""
+    total = 0
+    for p in procs:
+        if os.path.basename(p.args[0]) != name:
+            continue
+        with open(f"/proc/{p.pid}/status") as f:
+            total += next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+    return total
+
+
+def sealed_bytes(altdb):
+    """Bytes of the leaves' sealed segment files."""
+    return sum(dir_bytes(os.path.join(altdb.dir, d, "segments")) for d in os.listdir(altdb.dir) if d.startswith("leaf-"))
+
+
+def area_memory(bin_dir, work, hits_path, queries, sealed, report):
+    """Leaf RSS per GB of sealed data (`sealed`: readings on the main cluster) and per
+    1M rows held in the mutable segment (a 1-leaf cluster that never seals)."""
+    mutable_rows = 1_000_000
+    part = os.path.join(work, "hits-mutable.ndjson")
+    with open(hits_path) as src, open(part, "w") as dst:
+        for i, line in enumerate(src):
+            if i == mutable_rows:
+                break
+            dst.write(line)
+    os.environ.update(ALTDB_SEAL_ROWS="100000000", ALTDB_SEAL_INTERVAL_SECS="86400")
+    try:
+        altdb = Altdb(bin_dir, work, 1)
+    finally:
+        del os.environ["ALTDB_SEAL_ROWS"], os.environ["ALTDB_SEAL_INTERVAL_SECS"]
+    try:
+        altdb.create({"name": "hits", "num_shards": 4, "id_field": "WatchID", "event_time_field": "EventTime",
+                      "text_fields": ["Title"]})
+        empty = rss_bytes(altdb.procs, "altdb-leaf")
+        altdb.load("hits", part)
+        loaded_rows = altdb.sql("SELECT COUNT(*) FROM hits")[0][0]
+        loaded = rss_bytes(altdb.procs, "altdb-leaf")
+        for _, _, sql, _ in queries:
+            if "regions" not in sql:
+                altdb.sql(sql)
+        queried = rss_bytes(altdb.procs, "altdb-leaf")
+        _, info = http("GET", f"{altdb.url}/v1/collections/hits")
+        still_mutable = sum(s["mutable_rows"] for s in info["shards"])
+    finally:
+        altdb.stop()
+    per_m = 1e6 / max(1, loaded_rows)
+    gb_sealed = sealed["bytes"] / 1e9
+    report.append("\n".join([
+        "### Memory: leaf RSS", "",
+        "| state | leaf RSS MB (all leaves) | per GB of sealed segment files | per 1M rows |", "|---|---|---|---|",
+        f"| {sealed['rows']:,} rows sealed ({sealed['bytes'] / 1e6:,.0f} MB of segment files), after loading and settling | "
+        f"{sealed['settled'] / 1e6:,.0f} | {sealed['settled'] / 1e6 / gb_sealed:,.0f} MB | {sealed['settled'] / 1e6 * 1e6 / sealed['rows']:,.0f} MB |",
+        f"| the same, after the query runs (decoded columns kept) | {sealed['queried'] / 1e6:,.0f} | "
+        f"{sealed['queried'] / 1e6 / gb_sealed:,.0f} MB | {sealed['queried'] / 1e6 * 1e6 / sealed['rows']:,.0f} MB |",
+        f"| 1 leaf, {loaded_rows:,} `hits` rows in the mutable segment ({still_mutable:,} still unsealed) | "
+        f"{loaded / 1e6:,.0f} (empty: {empty / 1e6:,.0f}) | – | {(loaded - empty) / 1e6 * per_m:,.0f} MB more than empty |",
+        f"| the same, after each query once (columns of the mutable chunks converted) | {queried / 1e6:,.0f} | – | "
+        f"{(queried - empty) / 1e6 * per_m:,.0f} MB more than empty |",
+        "", "The sealed cluster is the suite's (2 leaves; `decoded_cache_mb` 1024 per leaf). Mutable rows are "
+        "kept as parsed documents (with their RocksDB copy in the memtable and block cache) until they are sealed."]))
 
 
 def machine():
@@ -533,7 +621,10 @@ def main():
     parser.add_argument("--docs", type=int, help="~1 KB documents (default 300,000; quick 30,000)")
     parser.add_argument("--runs", type=int, help="hot runs per query (default 10; quick 3)")
     parser.add_argument("--bin-dir", default=default_bin_dir())
-    parser.add_argument("--areas", default="ingest,kafka,freshness,queries,concurrency,scatter")
+    parser.add_argument("--areas", default="ingest,kafka,freshness,queries,concurrency,scatter,memory")
+    parser.add_argument("--saturated", type=float,
+                        help="docs/s taken as the saturated HTTP ingest rate, whose 50%% runs beside the "
+                             "concurrency area (default: the ingest area's measure, else 20,000)")
     parser.add_argument("--markdown", help="also write the report to this file")
     args = parser.parse_args()
     hits_rows = args.hits or (100_000 if args.quick else 2_000_000)
@@ -568,7 +659,10 @@ def main():
         needle_user, needle_watch = con.execute(
             f"SELECT UserID, WatchID FROM read_parquet('{hits_parquet}') WHERE RegionID = 7 LIMIT 1").fetchone()
         queries = hits_queries(needle_user, needle_watch)
+        needle_watches = [w for (w,) in con.execute(
+            f"SELECT WatchID FROM read_parquet('{hits_parquet}') USING SAMPLE 1000 ROWS (reservoir, 7)").fetchall()]
 
+        sealed = None
         altdb = Altdb(args.bin_dir, work, 2)
         try:
             altdb.create({"name": "hits", "num_shards": 4, "id_field": "WatchID", "event_time_field": "EventTime",
@@ -582,20 +676,24 @@ def main():
                 for collection, path in (("hits", hits_path), ("docs", docs_path)):
                     altdb.load(collection, path)
                     altdb.settle(collection)
+            sealed = {"rows": hits_rows + docs, "bytes": sealed_bytes(altdb),
+                      "settled": rss_bytes(altdb.procs, "altdb-leaf")}
             if "kafka" in areas:
                 area_kafka(altdb, {"name": "docs_kafka", "num_shards": 4, "id_field": "id", "event_time_field": "ts",
                                    "text_fields": ["text"]}, docs_path, docs, report)
             altdb.load("regions", regions_path)
-            saturated = (rates or {}).get("docs") or 20_000
+            saturated = args.saturated or (rates or {}).get("docs") or 20_000
             if "freshness" in areas:
                 area_freshness(altdb, saturated, span, report)
             two_leaves = None
             if "queries" in areas or "scatter" in areas:
                 peer_list = peers(hits_parquet, regions_parquet) if "queries" in areas else []
                 two_leaves = area_queries(altdb, peer_list, queries, runs, report, "2 leaves, peers in process")
+            sealed["queried"] = rss_bytes(altdb.procs, "altdb-leaf")
             if "concurrency" in areas:
                 mix = [q[2] for q in queries if q[1] in ("user", "os", "phrases_by_time", "sum_count_avg")]
-                area_concurrency(altdb, mix, span, saturated, report)
+                needles = [f'SELECT "URL", "Title" FROM hits WHERE "WatchID" = {w}' for w in needle_watches]
+                area_concurrency(altdb, mix, needles, span, saturated, report)
         finally:
             altdb.stop()
 
@@ -618,6 +716,8 @@ def main():
                 report.append("\n".join(lines))
             finally:
                 single.stop()
+        if "memory" in areas and sealed:
+            area_memory(args.bin_dir, work, hits_path, queries, sealed, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
