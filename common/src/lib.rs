@@ -54,6 +54,7 @@ pub mod names;
 pub mod patch;
 pub mod placement;
 pub mod plan;
+pub mod priority;
 pub mod probes;
 pub mod random;
 pub mod rollup;

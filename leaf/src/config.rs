@@ -29,6 +29,14 @@ pub struct LeafConfig {
     /// Memory for decoded columns of sealed segments, in MiB, shared by the
     /// leaf's shards (0: every read decodes the segment's pages).
     pub decoded_cache_mb: usize,
+    /// CPU priority (nice, 0..=19) of sealing, merging, retention, tombstone
+    /// forgetting and index rebuilds: work that can wait while queries run
+    /// (`altdb_common::priority`). RocksDB's compactions run at nice 19.
+    pub background_nice: i32,
+    /// CPU priority (nice, 0..=19) of storing pushed rows (default 5: queries
+    /// get ~3/4 of a core both want; 0 shares it equally, at the cost of
+    /// query latency while ingest runs).
+    pub write_nice: i32,
     /// Largest write (DoPut stream) accepted, in bytes; tailers send at most
     /// 32 MiB at a time.
     pub max_put_bytes: usize,
@@ -82,6 +90,8 @@ impl Default for LeafConfig {
             merge_min_segments: 4,
             merge_max_rows: 500_000,
             decoded_cache_mb: 1024,
+            background_nice: 10,
+            write_nice: 5,
             max_put_bytes: altdb_common::rpc::MAX_PUT_BYTES,
             cluster_secret: String::new(),
             cluster_secret_file: None,
@@ -134,6 +144,12 @@ impl LeafConfig {
         let invalid = |what: &str| Err(altdb_common::Error::InvalidConfig(what.into()));
         if self.seal_rows == 0 {
             return invalid("seal_rows must be at least 1");
+        }
+        let max = altdb_common::priority::MAX_NICE;
+        if !(0..=max).contains(&self.background_nice) || !(0..=max).contains(&self.write_nice) {
+            return invalid(&format!(
+                "background_nice and write_nice must be 0..={max} (0: the priority of queries)"
+            ));
         }
         if self.merge_min_segments == 1 {
             return invalid("merge_min_segments must be 0 (no merging) or at least 2");

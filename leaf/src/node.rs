@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use altdb_common::health::LoopHealth;
 use altdb_common::metrics::Metrics;
 use altdb_common::placement::{CopyState, Placement};
+use altdb_common::priority::Lowered;
 use altdb_common::rpc::{
     CollectionStats, CopiedDoc, CopyOf, CopyShardPage, CopyShardRequest, PutAck, PutRow,
     RangeDocsRequest, ShardDigests, ShardDigestsRequest, SourceMark, Watermarks,
@@ -53,6 +54,10 @@ pub struct Leaf {
     merge_policy: MergePolicy,
     /// Decoded columns of every shard's sealed segments, within one budget.
     decoded: Arc<DecodedColumns>,
+    /// Threads for work that can wait (`background_nice`) ...
+    background: Lowered,
+    /// ... and for storing pushed rows (`write_nice`).
+    writes: Lowered,
     fragments: KeptFragments,
     metrics: Metrics,
     /// The placement this leaf follows, in a cluster with a metastore.
@@ -87,6 +92,10 @@ impl Leaf {
             shards.insert((collection, shard), Arc::new(recovered));
         }
         let collections = store.collection_states()?.into_iter().collect();
+        // Seals and merges run one shard at a time; writes to different
+        // shards in parallel, as tokio's blocking pool allowed them.
+        let background = Lowered::new("leaf-background", config.background_nice, 4)?;
+        let writes = Lowered::new("leaf-writes", config.write_nice, 64)?;
         Ok(Arc::new(Self {
             store,
             segments_dir,
@@ -101,6 +110,8 @@ impl Leaf {
                 max_rows: config.merge_max_rows,
             },
             decoded,
+            background,
+            writes,
             fragments: KeptFragments::default(),
             metrics: Metrics::default(),
             follower: OnceLock::new(),
@@ -446,7 +457,7 @@ impl Leaf {
             state.serve(&collection, incarnation, shard)
         })?;
         let shard = self.shard_or_create(&collection, shard);
-        let ack = tokio::task::spawn_blocking(move || {
+        let ack = self.writes.spawn_blocking(move || {
             if patch {
                 shard.patch(&meta, docs, version, doc_limits)
             } else {
@@ -578,7 +589,7 @@ impl Leaf {
                 _ = shutdown.changed() => return,
             }
             for shard in self.all_shards() {
-                match tokio::task::spawn_blocking(move || shard.forget_tombstones(grace)).await {
+                match self.background.spawn_blocking(move || shard.forget_tombstones(grace)).await {
                     Ok(Ok(forgotten)) => {
                         health.succeeded(&self.metrics);
                         if forgotten > 0 {
@@ -611,10 +622,12 @@ impl Leaf {
                 let policy = self.seal_policy;
                 let started = Instant::now();
                 let sealing = shard.clone();
-                let sealed =
-                    tokio::task::spawn_blocking(move || sealing.seal_if_due(policy, false)).await;
+                let sealed = self
+                    .background
+                    .spawn_blocking(move || sealing.seal_if_due(policy, false))
+                    .await;
                 // Segments the retention expired go as the sealer passes.
-                match tokio::task::spawn_blocking(move || shard.expire()).await {
+                match self.background.spawn_blocking(move || shard.expire()).await {
                     Ok(Ok(expired)) if expired.segments > 0 => {
                         self.metrics.add(
                             "altdb_leaf_retention_reclaimed_bytes_total",
@@ -673,7 +686,10 @@ impl Leaf {
             for shard in self.all_shards() {
                 let policy = self.merge_policy;
                 let started = Instant::now();
-                let merged = tokio::task::spawn_blocking(move || shard.merge_if_due(policy)).await;
+                let merged = self
+                    .background
+                    .spawn_blocking(move || shard.merge_if_due(policy))
+                    .await;
                 match merged {
                     Ok(Err(error)) => health.failed(&self.metrics, &error),
                     Err(error) => health.failed(&self.metrics, &error),
@@ -699,6 +715,7 @@ impl Leaf {
     /// version (after an upgrade that changed what is indexed), while the leaf
     /// serves: queries scan those segments until theirs is back. Blocking.
     pub fn rebuild_outdated_indexes(&self, shutdown: &watch::Receiver<bool>) {
+        altdb_common::priority::lower_current_thread(self.background.nice());
         let started = std::time::Instant::now();
         let mut rebuilt = 0;
         for shard in self.all_shards() {

@@ -194,6 +194,11 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Compactions can wait while queries run (see altdb_common::priority);
+        // flushes (the high-priority pool) keep their priority, or writes stall.
+        let mut env = rocksdb::Env::new()?;
+        env.lower_thread_pool_cpu_priority();
+        options.set_env(&env);
         options.increase_parallelism(2);
         options.set_write_buffer_size(64 << 20);
         let db = DB::open(&options, path)?;

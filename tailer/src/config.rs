@@ -67,6 +67,10 @@ pub struct TailerConfig {
     /// (seconds): in-flight requests, hand-offs, flushes. Keep it below the
     /// supervisor's own (Kubernetes' `terminationGracePeriodSeconds`).
     pub shutdown_grace_secs: u64,
+    /// CPU priority (nice, 0..=19) of every thread of this tailer: parsing,
+    /// transforms and pushes (default 5: queries of processes on the same
+    /// machine get ~3/4 of a core both want; 0: as queries).
+    pub nice: i32,
 }
 
 impl TailerConfig {
@@ -91,6 +95,13 @@ impl TailerConfig {
             return Err(altdb_common::Error::InvalidConfig(format!(
                 "ordinal {} of {} tailers is impossible; set --tailers N and --ordinal 0..N-1",
                 self.ordinal, self.tailers
+            )));
+        }
+        let max = altdb_common::priority::MAX_NICE;
+        if !(0..=max).contains(&self.nice) {
+            return Err(altdb_common::Error::InvalidConfig(format!(
+                "nice must be 0..={max} (0: the priority of queries), not {}",
+                self.nice
             )));
         }
         Ok(())
@@ -139,6 +150,7 @@ impl Default for TailerConfig {
             allowed_source_properties: Vec::new(),
             allowed_secret_dirs: Vec::new(),
             shutdown_grace_secs: 25,
+            nice: 5,
         }
     }
 }

@@ -77,8 +77,7 @@ struct Flags {
     shutdown_grace_secs: Option<u64>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     altdb_common::telemetry::init("info");
     let flags = Flags::parse();
     let config: TailerConfig = altdb_common::config::load(
@@ -86,6 +85,16 @@ async fn main() -> anyhow::Result<()> {
         altdb_common::config::flags_layer(&flags),
     )?;
     config.validate()?;
+    // Threads inherit their creator's nice value: lowering this one before the
+    // runtime starts lowers every thread of the tailer (librdkafka's too).
+    altdb_common::priority::lower_current_thread(config.nice);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+async fn serve(config: TailerConfig) -> anyhow::Result<()> {
     let secret = config.cluster_secret()?;
     let tls = altdb_common::tls::from_config(
         config.tls_cert_file.as_deref(),
