@@ -119,8 +119,7 @@ pub fn lower_current_thread(nice: i32) {
         let Some(priority) = priority_for_nice(nice) else {
             return;
         };
-        if let Err(error) = set_thread_priority_and_policy(thread_native_id(), priority, normal())
-        {
+        if let Err(error) = set_thread_priority_and_policy(thread_native_id(), priority, normal()) {
             tracing::warn!(%nice, ?error, "could not lower this thread's CPU priority");
         }
     }

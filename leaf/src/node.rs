@@ -457,14 +457,16 @@ impl Leaf {
             state.serve(&collection, incarnation, shard)
         })?;
         let shard = self.shard_or_create(&collection, shard);
-        let ack = self.writes.spawn_blocking(move || {
-            if patch {
-                shard.patch(&meta, docs, version, doc_limits)
-            } else {
-                shard.write(&meta, &sources, docs, version)
-            }
-        })
-        .await?;
+        let ack = self
+            .writes
+            .spawn_blocking(move || {
+                if patch {
+                    shard.patch(&meta, docs, version, doc_limits)
+                } else {
+                    shard.write(&meta, &sources, docs, version)
+                }
+            })
+            .await?;
         self.metrics.observe(
             "altdb_leaf_write_duration_seconds",
             "Time to store a pushed batch durably (RocksDB WAL) and make it queryable.",
@@ -589,7 +591,11 @@ impl Leaf {
                 _ = shutdown.changed() => return,
             }
             for shard in self.all_shards() {
-                match self.background.spawn_blocking(move || shard.forget_tombstones(grace)).await {
+                match self
+                    .background
+                    .spawn_blocking(move || shard.forget_tombstones(grace))
+                    .await
+                {
                     Ok(Ok(forgotten)) => {
                         health.succeeded(&self.metrics);
                         if forgotten > 0 {
