@@ -522,10 +522,12 @@ def area_concurrency(altdb, mix, needles, seconds, saturated, report):
         lines.append(f"| {c} | {r.qps:.0f} | {r.p50:.1f} | {r.p99:.1f} | {r.server_cpu / (seconds + 1):.2f} |")
     lines += ["", f"### Concurrency with ingest: ~1 KB documents posted at {rate:,.0f} docs/s (50% of saturation) "
               f"into another collection: {achieved:,.0f} docs/s achieved while the queries ran", "",
-              "| load | clients | QPS | p50 ms | p99 ms | p99 / p99 without ingest |", "|---|---|---|---|---|---|"]
+              "| load | clients | QPS | p50 ms | p99 ms | p99 / p99 without ingest | altdb CPU cores busy |",
+              "|---|---|---|---|---|---|---|"]
     for name, busy, quiet in (("mix", busy_mix, quiet_mix), ("needle", busy_needle, quiet_needle)):
         for c, r in busy.items():
-            lines.append(f"| {name} | {c} | {r.qps:.0f} | {r.p50:.1f} | {r.p99:.1f} | {r.p99 / quiet[c].p99:.2f} |")
+            lines.append(f"| {name} | {c} | {r.qps:.0f} | {r.p50:.1f} | {r.p99:.1f} | {r.p99 / quiet[c].p99:.2f} | "
+                         f"{r.server_cpu / (seconds + 1):.2f} |")
     errors = sum(r.errors for d in (quiet_mix, quiet_needle, busy_mix, busy_needle) for r in d.values())
     if errors:
         lines += ["", f"**{errors} queries failed.**"]
