@@ -582,13 +582,18 @@ def area_memory(bin_dir, work, hits_path, queries, sealed, report):
         altdb.stop()
     per_m = 1e6 / max(1, loaded_rows)
     gb_sealed = sealed["bytes"] / 1e9
+
+    def sealed_row(state, rss):
+        grown = rss - sealed["empty"]
+        return (f"| {state} | {rss / 1e6:,.0f} (empty: {sealed['empty'] / 1e6:,.0f}) | "
+                f"{grown / 1e6 / gb_sealed:,.0f} MB more than empty | {grown / 1e6 * 1e6 / sealed['rows']:,.0f} MB more than empty |")
+
     report.append("\n".join([
         "### Memory: leaf RSS", "",
         "| state | leaf RSS MB (all leaves) | per GB of sealed segment files | per 1M rows |", "|---|---|---|---|",
-        f"| {sealed['rows']:,} rows sealed ({sealed['bytes'] / 1e6:,.0f} MB of segment files), after loading and settling | "
-        f"{sealed['settled'] / 1e6:,.0f} | {sealed['settled'] / 1e6 / gb_sealed:,.0f} MB | {sealed['settled'] / 1e6 * 1e6 / sealed['rows']:,.0f} MB |",
-        f"| the same, after the query runs (decoded columns kept) | {sealed['queried'] / 1e6:,.0f} | "
-        f"{sealed['queried'] / 1e6 / gb_sealed:,.0f} MB | {sealed['queried'] / 1e6 * 1e6 / sealed['rows']:,.0f} MB |",
+        sealed_row(f"{sealed['rows']:,} rows sealed ({sealed['bytes'] / 1e6:,.0f} MB of segment files), "
+                   "after loading and settling", sealed["settled"]),
+        sealed_row("the same, after the query runs (decoded columns kept)", sealed["queried"]),
         f"| 1 leaf, {loaded_rows:,} `hits` rows in the mutable segment ({still_mutable:,} still unsealed) | "
         f"{loaded / 1e6:,.0f} (empty: {empty / 1e6:,.0f}) | – | {(loaded - empty) / 1e6 * per_m:,.0f} MB more than empty |",
         f"| the same, after each query once (columns of the mutable chunks converted) | {queried / 1e6:,.0f} | – | "
@@ -666,6 +671,7 @@ def main():
 
         sealed = None
         altdb = Altdb(args.bin_dir, work, 2)
+        empty_leaves = rss_bytes(altdb.procs, "altdb-leaf")
         try:
             altdb.create({"name": "hits", "num_shards": 4, "id_field": "WatchID", "event_time_field": "EventTime",
                           "text_fields": ["Title"]})
@@ -678,7 +684,7 @@ def main():
                 for collection, path in (("hits", hits_path), ("docs", docs_path)):
                     altdb.load(collection, path)
                     altdb.settle(collection)
-            sealed = {"rows": hits_rows + docs, "bytes": sealed_bytes(altdb),
+            sealed = {"rows": hits_rows + docs, "bytes": sealed_bytes(altdb), "empty": empty_leaves,
                       "settled": rss_bytes(altdb.procs, "altdb-leaf")}
             if "kafka" in areas:
                 area_kafka(altdb, {"name": "docs_kafka", "num_shards": 4, "id_field": "id", "event_time_field": "ts",
