@@ -18,7 +18,6 @@
 //! Priorities are per thread on Linux (`setpriority(PRIO_PROCESS, tid)`); raising
 //! a nice value needs no privilege. Elsewhere the pool runs at normal priority.
 
-use std::future::Future;
 use std::io;
 
 use tokio::runtime::{Handle, Runtime};
@@ -27,7 +26,7 @@ use tokio::task::JoinHandle;
 /// The highest nice value (lowest priority) Linux has.
 pub const MAX_NICE: i32 = 19;
 
-/// A pool of threads at `nice` for blocking work and the tasks that drive it.
+/// A pool of threads at `nice` for blocking work.
 pub struct Lowered {
     name: String,
     nice: i32,
@@ -84,16 +83,6 @@ impl Lowered {
         R: Send + 'static,
     {
         self.handle.spawn_blocking(work)
-    }
-
-    /// Runs `task` on the pool's worker thread (for async work such as a
-    /// source's read loop, whose CPU is then spent at the pool's priority).
-    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.handle.spawn(task)
     }
 }
 
@@ -174,8 +163,6 @@ mod tests {
         let pool = Lowered::new("test-lowered", 10, 2).unwrap();
         let inside = pool.spawn_blocking(current_nice).await.unwrap();
         assert_eq!(inside, base.max(10));
-        let on_worker = pool.spawn(async { current_nice() }).await.unwrap();
-        assert_eq!(on_worker, base.max(10));
         let outside = tokio::task::spawn_blocking(current_nice).await.unwrap();
         assert_eq!(outside, base);
         // Dropped inside an async context without panicking.
